@@ -1,0 +1,7 @@
+//! vscsid: a vhost-user-scsi daemon.
+//!
+//! A request travels down the layers in this order:
+//! `vhost` (device, queues, workers) → `virtio` (virtio-scsi request parsing) →
+//! `scsi` (LUN table, CDB decode, sense, emulated disk) → `backend` (io_uring file/block I/O).
+
+pub mod scsi;
