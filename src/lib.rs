@@ -4,4 +4,8 @@
 //! `vhost` (device, queues, workers) → `virtio` (virtio-scsi request parsing) →
 //! `scsi` (LUN table, CDB decode, sense, emulated disk) → `backend` (io_uring file/block I/O).
 
+pub mod backend;
+pub mod config;
 pub mod scsi;
+pub mod vhost;
+pub mod virtio;

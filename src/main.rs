@@ -1,1 +1,155 @@
-fn main() {}
+//! `vscsid`: command line, configuration, signals, and the serving loop.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+
+use vscsid::config::{parse_config_file, parse_disk_spec, Config};
+use vscsid::vhost::{build_lun_table, serve, CurrentDevice};
+
+/// vhost-user-scsi daemon: serves a QEMU guest's virtio-scsi controller from a UNIX socket.
+#[derive(Parser, Debug)]
+#[command(name = "vscsid", version)]
+struct Cli {
+    /// Path of the vhost-user UNIX socket to listen on (created with mode 0600).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// A disk LUN: <path>[,readonly][,cache=<mode>][,block-size=<512|4096>][,discard=unmap|ignore]
+    /// [,serial=<s>][,wwn=<naa>]. Each --disk becomes the next LUN of target 0.
+    #[arg(long, value_name = "SPEC")]
+    disk: Vec<String>,
+    /// Request queues offered (QEMU's num_queues must not exceed it) [default: 16].
+    #[arg(long, value_name = "N")]
+    num_queues: Option<u16>,
+    /// Worker threads serving the request queues [default: min(num-queues, CPUs)].
+    #[arg(long, value_name = "N")]
+    threads: Option<u16>,
+    /// Largest virtqueue size accepted [default: 1024].
+    #[arg(long, value_name = "N")]
+    queue_size: Option<u16>,
+    /// TOML configuration file ([daemon] and [[lun]] tables).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Keep listening for a new connection after the frontend disconnects.
+    #[arg(long)]
+    reconnect: bool,
+}
+
+fn build_config(cli: Cli) -> Result<Config, String> {
+    let mut cfg = match &cli.config {
+        Some(path) => parse_config_file(path).map_err(|e| e.0)?,
+        None => Config::default(),
+    };
+    if let Some(s) = cli.socket {
+        cfg.socket = Some(s);
+    }
+    if let Some(n) = cli.num_queues {
+        cfg.num_queues = n;
+    }
+    if cli.threads.is_some() {
+        cfg.threads = cli.threads;
+    }
+    if let Some(n) = cli.queue_size {
+        cfg.queue_size = n;
+    }
+    cfg.reconnect |= cli.reconnect;
+    for spec in &cli.disk {
+        let lun = parse_disk_spec(spec, cfg.next_lun_of_target0()).map_err(|e| e.0)?;
+        cfg.add_lun(lun, &format!("--disk '{spec}'"))
+            .map_err(|e| e.0)?;
+    }
+    cfg.validate().map_err(|e| e.0)?;
+    Ok(cfg)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("vscsid: {}", first.trim_start_matches("error: ").trim());
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VSCSID_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = match build_config(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vscsid: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let luns = match build_lun_table(&cfg) {
+        Ok(t) => Arc::new(t),
+        Err(e) => {
+            eprintln!("vscsid: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for (t, l, lun) in luns.luns() {
+        let p = lun.disk.properties();
+        tracing::info!(
+            target_id = t,
+            lun = l,
+            path = %lun.backing.path.display(),
+            cache = %lun.backing.cache,
+            blocks = p.capacity_blocks,
+            block_size = p.block_size,
+            readonly = p.readonly,
+            "LUN ready"
+        );
+    }
+    let current = CurrentDevice::default();
+    if let Err(e) = install_signal_handler(current.clone(), luns.clone()) {
+        eprintln!("vscsid: error: cannot install signal handlers: {e}");
+        return ExitCode::FAILURE;
+    }
+    match serve(&cfg, luns, &current) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vscsid: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGTERM/SIGINT: stop taking requests, let in-flight commands complete (bounded), make
+/// completed writes durable, and exit.
+fn install_signal_handler(
+    current: CurrentDevice,
+    luns: Arc<vscsid::scsi::target::LunTable<vscsid::vhost::Lun>>,
+) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                tracing::info!(signal = sig, "shutting down: draining in-flight I/O");
+                if !current.drain() {
+                    tracing::error!("in-flight I/O did not complete in time");
+                }
+                for (_, _, lun) in luns.luns() {
+                    if lun.backing.cache.honours_flush() && !lun.backing.readonly {
+                        let _ = lun.backing.file.sync_data();
+                    }
+                }
+                std::process::exit(0);
+            }
+        })?;
+    Ok(())
+}

@@ -1,1 +1,2 @@
-//! CDB decoding.
+//! TEMPORARY compile stub.
+pub const REPORT_LUNS: u8 = 0xa0;

@@ -84,12 +84,20 @@ pub enum IoRequest {
     WriteZeroes { offset: u64, len: u64 },
     /// Write the first logical block of data-out (`block_len` bytes) over every block of
     /// the range (WRITE SAME of a non-zero block).
-    WriteSame { offset: u64, len: u64, block_len: u32 },
+    WriteSame {
+        offset: u64,
+        len: u64,
+        block_len: u32,
+    },
     /// COMPARE AND WRITE: data-out holds `len` bytes to compare with the medium at `offset`
     /// followed by `len` bytes to write there if they matched. A mismatch gives
     /// MISCOMPARE sense with the offset of the first differing byte in INFORMATION.
     CompareAndWrite { offset: u64, len: u64, fua: bool },
     /// VERIFY: read the range back; with `compare` (BYTCHK=1) compare it with data-out and
     /// fail with MISCOMPARE on a difference.
-    Verify { offset: u64, len: u64, compare: bool },
+    Verify {
+        offset: u64,
+        len: u64,
+        compare: bool,
+    },
 }

@@ -1,0 +1,184 @@
+//! Opening a LUN's backing store: a regular file, a partition or a whole block device.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use super::CacheMode;
+
+/// `BLKGETSIZE64`: size in bytes of a block device.
+const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+/// `BLKSSZGET`: logical sector size of a block device.
+const BLKSSZGET: libc::c_ulong = 0x1268;
+/// `BLKDISCARD`: discard a byte range of a block device.
+const BLKDISCARD: libc::c_ulong = 0x1277;
+
+/// An opened backing store and the facts about it the SCSI layer needs.
+#[derive(Debug)]
+pub struct Backing {
+    pub file: File,
+    pub path: PathBuf,
+    /// Size in bytes.
+    pub size: u64,
+    pub is_block_device: bool,
+    pub cache: CacheMode,
+    pub readonly: bool,
+    /// Alignment O_DIRECT requires of buffer addresses, lengths and offsets (1 when the
+    /// file is not opened O_DIRECT).
+    pub dio_align: u64,
+}
+
+/// Why a backing store could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open {path}: {source}")]
+    Open { path: String, source: io::Error },
+    #[error("{path} is neither a regular file nor a block device")]
+    NotFileOrBlock { path: String },
+    #[error("cannot read the size of {path}: {source}")]
+    Size { path: String, source: io::Error },
+}
+
+impl Backing {
+    /// Opens `path` with the flags `cache` asks for.
+    pub fn open(path: &Path, cache: CacheMode, readonly: bool) -> Result<Backing, OpenError> {
+        let shown = path.display().to_string();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!readonly)
+            .custom_flags(cache.open_flags() | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|source| OpenError::Open {
+                path: shown.clone(),
+                source,
+            })?;
+        let meta = file.metadata().map_err(|source| OpenError::Open {
+            path: shown.clone(),
+            source,
+        })?;
+        let is_block_device = meta.file_type().is_block_device();
+        if !is_block_device && !meta.is_file() {
+            return Err(OpenError::NotFileOrBlock { path: shown });
+        }
+        let size = if is_block_device {
+            block_device_size(&file).map_err(|source| OpenError::Size {
+                path: shown.clone(),
+                source,
+            })?
+        } else {
+            meta.len()
+        };
+        let dio_align = if cache.is_direct() {
+            direct_io_alignment(&file, is_block_device)
+        } else {
+            1
+        };
+        Ok(Backing {
+            file,
+            path: path.to_path_buf(),
+            size,
+            is_block_device,
+            cache,
+            readonly,
+            dio_align,
+        })
+    }
+
+    /// Discards a byte range of a block device with `BLKDISCARD`. Used when the device
+    /// rejects hole punching (it cannot write zeroes with unmap).
+    pub fn blk_discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        let range = [offset, len];
+        // SAFETY: BLKDISCARD reads two u64 from the pointer, which points at `range`.
+        let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), BLKDISCARD, range.as_ptr()) };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn block_device_size(file: &File) -> io::Result<u64> {
+    let mut size: u64 = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64 to the pointer, which points at `size`.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size as *mut u64) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(size)
+}
+
+/// The alignment O_DIRECT needs here: the device's logical sector size for a block
+/// device; for a file, what statx reports (STATX_DIOALIGN), else a safe 4096.
+fn direct_io_alignment(file: &File, is_block_device: bool) -> u64 {
+    if is_block_device {
+        let mut ssz: libc::c_int = 0;
+        // SAFETY: BLKSSZGET writes one int to the pointer, which points at `ssz`.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKSSZGET, &mut ssz as *mut libc::c_int) };
+        if rc == 0 && ssz > 0 {
+            return ssz as u64;
+        }
+        return 4096;
+    }
+    // SAFETY: statx is plain old data; all-zero is a valid value.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    const STATX_DIOALIGN: u32 = 0x2000;
+    // SAFETY: the path is an empty C string used with AT_EMPTY_PATH on our own fd, and
+    // `stx` is a valid out-pointer.
+    let rc = unsafe {
+        libc::statx(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            STATX_DIOALIGN,
+            &mut stx,
+        )
+    };
+    if rc == 0 && stx.stx_mask & STATX_DIOALIGN != 0 {
+        let mem = u64::from(stx.stx_dio_mem_align);
+        let off = u64::from(stx.stx_dio_offset_align);
+        let a = mem.max(off);
+        if a.is_power_of_two() {
+            return a;
+        }
+    }
+    4096
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn opens_a_regular_file_with_its_size() {
+        let mut f = tempfile::NamedTempFile::new().expect("tempfile");
+        f.write_all(&[0u8; 8192]).expect("write");
+        let b = Backing::open(f.path(), CacheMode::Writeback, true).expect("open");
+        assert_eq!(b.size, 8192);
+        assert!(!b.is_block_device);
+        assert_eq!(b.dio_align, 1);
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let err = Backing::open(Path::new("/nonexistent/x.img"), CacheMode::None, false)
+            .expect_err("must fail");
+        assert!(err.to_string().contains("/nonexistent/x.img"));
+    }
+
+    #[test]
+    fn directory_is_refused() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let err = Backing::open(d.path(), CacheMode::Writeback, true).expect_err("dir");
+        assert!(
+            matches!(
+                err,
+                OpenError::NotFileOrBlock { .. } | OpenError::Open { .. }
+            ),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,113 @@
+//! The `--disk <path>[,readonly][,cache=<mode>][,block-size=<512|4096>]...` shorthand.
+
+use std::path::PathBuf;
+
+use super::{check_block_size, ConfigError, LunConfig, LunKind};
+
+/// Parses one `--disk` value into a LUN of target 0 numbered `lun`.
+pub fn parse_disk_spec(spec: &str, lun: u16) -> Result<LunConfig, ConfigError> {
+    let err = |msg: String| ConfigError(format!("--disk '{spec}': {msg}"));
+    let mut parts = spec.split(',');
+    let path = parts.next().unwrap_or_default();
+    if path.is_empty() {
+        return Err(err("path: missing backing file path".into()));
+    }
+    let mut cfg = LunConfig::disk(0, lun, PathBuf::from(path));
+    for opt in parts {
+        let (key, value) = match opt.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt, None),
+        };
+        match (key, value) {
+            ("readonly" | "ro", None) => cfg.readonly = true,
+            ("readonly" | "ro", Some(v)) => cfg.readonly = parse_bool(v).map_err(err)?,
+            ("cache", Some(v)) => {
+                let mode = v.parse().map_err(|e: String| err(format!("cache: {e}")))?;
+                let LunKind::Disk { cache, .. } = &mut cfg.kind;
+                *cache = mode;
+            }
+            ("block-size", Some(v)) => {
+                let n: i64 = v
+                    .parse()
+                    .map_err(|_| err(format!("block-size: '{v}' is not a number")))?;
+                cfg.block_size = check_block_size(n, "block-size").map_err(|e| err(e.0))?;
+            }
+            ("discard", Some(v)) => {
+                cfg.discard = match v {
+                    "unmap" | "on" => true,
+                    "ignore" | "off" => false,
+                    other => {
+                        return Err(err(format!(
+                            "discard: '{other}' is not one of unmap, ignore"
+                        )))
+                    }
+                }
+            }
+            ("serial", Some(v)) => cfg.serial = Some(super::file::check_serial(v, "serial")?),
+            ("wwn", Some(v)) => {
+                cfg.wwn = Some(super::file::parse_wwn(v, "wwn").map_err(|e| err(e.0))?)
+            }
+            ("", _) => return Err(err("empty option".into())),
+            (k, None) => return Err(err(format!("{k}: unknown option or missing '=value'"))),
+            (k, Some(_)) => return Err(err(format!("{k}: unknown option"))),
+        }
+    }
+    Ok(cfg)
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        other => Err(format!("readonly: '{other}' is not on/off")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::CacheMode;
+
+    #[test]
+    fn plain_path_gets_defaults() {
+        let c = parse_disk_spec("/tmp/a.img", 3).expect("ok");
+        assert_eq!(c.lun, 3);
+        assert_eq!(c.target, 0);
+        assert!(!c.readonly);
+        assert_eq!(c.block_size, 512);
+        assert_eq!(
+            c.kind,
+            LunKind::Disk {
+                path: "/tmp/a.img".into(),
+                cache: CacheMode::None
+            }
+        );
+    }
+
+    #[test]
+    fn all_options_parse() {
+        let c = parse_disk_spec("/d.img,readonly,cache=writeback,block-size=4096", 0).expect("ok");
+        assert!(c.readonly);
+        assert_eq!(c.block_size, 4096);
+        assert!(matches!(
+            c.kind,
+            LunKind::Disk {
+                cache: CacheMode::Writeback,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn errors_name_the_option() {
+        let e = parse_disk_spec("/d.img,cache=fast", 0).unwrap_err().0;
+        assert!(e.contains("cache:") && e.contains("fast"), "{e}");
+        let e = parse_disk_spec("/d.img,block-size=1000", 0).unwrap_err().0;
+        assert!(e.contains("block-size"), "{e}");
+        let e = parse_disk_spec("/d.img,bogus", 0).unwrap_err().0;
+        assert!(e.contains("bogus"), "{e}");
+        let e = parse_disk_spec(",readonly", 0).unwrap_err().0;
+        assert!(e.contains("path"), "{e}");
+        assert!(!e.contains('\n'));
+    }
+}

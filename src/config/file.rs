@@ -1,0 +1,259 @@
+//! The TOML configuration file: a `[daemon]` table and one `[[lun]]` table per LUN.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{check_block_size, check_lun_number, Config, ConfigError, LunConfig, LunKind};
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    daemon: RawDaemon,
+    #[serde(default)]
+    lun: Vec<RawLun>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    socket: Option<PathBuf>,
+    num_queues: Option<i64>,
+    threads: Option<i64>,
+    queue_size: Option<i64>,
+    reconnect: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLun {
+    target: Option<i64>,
+    lun: Option<i64>,
+    kind: Option<String>,
+    path: Option<PathBuf>,
+    cache: Option<String>,
+    block_size: Option<i64>,
+    readonly: Option<bool>,
+    discard: Option<bool>,
+    serial: Option<String>,
+    wwn: Option<String>,
+}
+
+/// Reads and checks a configuration file.
+pub fn parse_config_file(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("--config: cannot read {}: {e}", path.display())))?;
+    parse_config_text(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+}
+
+/// Parses configuration text (the file's contents).
+pub fn parse_config_text(text: &str) -> Result<Config, ConfigError> {
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+        let msg = e.message().replace('\n', " ");
+        match line {
+            Some(l) => ConfigError(format!("line {l}: {msg}")),
+            None => ConfigError(msg),
+        }
+    })?;
+    let mut cfg = Config::default();
+    let d = raw.daemon;
+    cfg.socket = d.socket;
+    if let Some(n) = d.num_queues {
+        cfg.num_queues = u16::try_from(n)
+            .map_err(|_| ConfigError(format!("daemon.num_queues: {n} is out of range")))?;
+    }
+    if let Some(n) = d.threads {
+        cfg.threads = Some(
+            u16::try_from(n)
+                .map_err(|_| ConfigError(format!("daemon.threads: {n} is out of range")))?,
+        );
+    }
+    if let Some(n) = d.queue_size {
+        cfg.queue_size = u16::try_from(n)
+            .map_err(|_| ConfigError(format!("daemon.queue_size: {n} is out of range")))?;
+    }
+    cfg.reconnect = d.reconnect.unwrap_or(false);
+    for (i, l) in raw.lun.into_iter().enumerate() {
+        let lun = lun_from_raw(l, i)?;
+        cfg.add_lun(lun, &format!("lun[{i}]"))?;
+    }
+    Ok(cfg)
+}
+
+fn lun_from_raw(l: RawLun, i: usize) -> Result<LunConfig, ConfigError> {
+    let field = |name: &str| format!("lun[{i}].{name}");
+    let target = l.target.unwrap_or(0);
+    let target = u8::try_from(target).map_err(|_| {
+        ConfigError(format!(
+            "{}: target {target} is out of range 0..=255",
+            field("target")
+        ))
+    })?;
+    let lun_no = check_lun_number(
+        l.lun
+            .ok_or_else(|| ConfigError(format!("{}: missing", field("lun"))))?,
+        &field("lun"),
+    )?;
+    let kind = l.kind.as_deref().unwrap_or("disk");
+    if kind != "disk" {
+        return Err(ConfigError(format!(
+            "{}: unknown LUN kind '{kind}' (expected disk)",
+            field("kind")
+        )));
+    }
+    let path = l
+        .path
+        .ok_or_else(|| ConfigError(format!("{}: missing backing file path", field("path"))))?;
+    if path.as_os_str().is_empty() {
+        return Err(ConfigError(format!("{}: empty", field("path"))));
+    }
+    let cache = match l.cache {
+        Some(c) => c
+            .parse()
+            .map_err(|e: String| ConfigError(format!("{}: {e}", field("cache"))))?,
+        None => Default::default(),
+    };
+    let mut cfg = LunConfig::disk(target, lun_no, path);
+    cfg.kind = match cfg.kind {
+        LunKind::Disk { path, .. } => LunKind::Disk { path, cache },
+    };
+    if let Some(bs) = l.block_size {
+        cfg.block_size = check_block_size(bs, &field("block_size"))?;
+    }
+    cfg.readonly = l.readonly.unwrap_or(false);
+    cfg.discard = l.discard.unwrap_or(true);
+    if let Some(s) = l.serial {
+        cfg.serial = Some(check_serial(&s, &field("serial"))?);
+    }
+    if let Some(w) = l.wwn {
+        cfg.wwn = Some(parse_wwn(&w, &field("wwn"))?);
+    }
+    Ok(cfg)
+}
+
+/// A unit serial number: printable ASCII, at most 36 characters (what fits VPD 0x80 sanely).
+pub(crate) fn check_serial(s: &str, field: &str) -> Result<String, ConfigError> {
+    if s.is_empty() || s.len() > 36 || !s.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+        return Err(ConfigError(format!(
+            "{field}: '{s}' must be 1 to 36 printable ASCII characters without spaces"
+        )));
+    }
+    Ok(s.to_string())
+}
+
+/// A 64-bit NAA identifier written as 16 hex digits (optional `0x`), NAA type 2, 3, 5 or 6.
+pub(crate) fn parse_wwn(s: &str, field: &str) -> Result<u64, ConfigError> {
+    let hex = s.strip_prefix("0x").unwrap_or(s);
+    let v = if hex.len() == 16 {
+        u64::from_str_radix(hex, 16).ok()
+    } else {
+        None
+    };
+    match v {
+        Some(v) if matches!(v >> 60, 2 | 3 | 5 | 6) => Ok(v),
+        _ => Err(ConfigError(format!(
+            "{field}: '{s}' is not a 16-hex-digit NAA identifier of type 2, 3, 5 or 6"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::CacheMode;
+
+    #[test]
+    fn full_file_parses() {
+        let cfg = parse_config_text(
+            r#"
+            [daemon]
+            socket = "/run/vscsid/vm1.sock"
+            num_queues = 4
+            reconnect = true
+            [[lun]]
+            target = 0
+            lun = 0
+            path = "/var/lib/a.img"
+            cache = "writeback"
+            block_size = 4096
+            [[lun]]
+            target = 1
+            lun = 2
+            path = "/var/lib/b.img"
+            readonly = true
+            serial = "B-2"
+            wwn = "0x6001405aabbccdd0"
+            "#,
+        )
+        .expect("parse");
+        assert_eq!(
+            cfg.socket.as_deref(),
+            Some(Path::new("/run/vscsid/vm1.sock"))
+        );
+        assert_eq!(cfg.num_queues, 4);
+        assert!(cfg.reconnect);
+        assert_eq!(cfg.luns.len(), 2);
+        assert_eq!(cfg.luns[0].block_size, 4096);
+        assert!(matches!(
+            cfg.luns[0].kind,
+            LunKind::Disk {
+                cache: CacheMode::Writeback,
+                ..
+            }
+        ));
+        assert_eq!((cfg.luns[1].target, cfg.luns[1].lun), (1, 2));
+        assert!(cfg.luns[1].readonly);
+        assert_eq!(cfg.luns[1].wwn, Some(0x6001_405a_abbc_cdd0));
+        assert_eq!(cfg.luns[1].serial.as_deref(), Some("B-2"));
+    }
+
+    #[test]
+    fn errors_name_the_field_on_one_line() {
+        let cases = [
+            (
+                "[[lun]]\nlun = 0\npath = \"/a\"\ncache = \"fast\"\n",
+                "lun[0].cache",
+            ),
+            (
+                "[[lun]]\nlun = 0\npath = \"/a\"\nblock_size = 1024\n",
+                "lun[0].block_size",
+            ),
+            ("[[lun]]\nlun = 99999\npath = \"/a\"\n", "lun[0].lun"),
+            (
+                "[[lun]]\ntarget = 300\nlun = 0\npath = \"/a\"\n",
+                "lun[0].target",
+            ),
+            ("[[lun]]\nlun = 0\n", "lun[0].path"),
+            ("[[lun]]\npath = \"/a\"\n", "lun[0].lun"),
+            (
+                "[[lun]]\nlun = 0\npath = \"/a\"\nwwn = \"12\"\n",
+                "lun[0].wwn",
+            ),
+            (
+                "[[lun]]\nlun = 0\npath = \"/a\"\nkind = \"tape\"\n",
+                "lun[0].kind",
+            ),
+            ("[daemon]\nnum_queues = -1\n", "daemon.num_queues"),
+            (
+                "[[lun]]\nlun = 0\npath = \"/a\"\n[[lun]]\nlun = 0\npath = \"/b\"\n",
+                "lun[1]",
+            ),
+            ("[daemon]\nsokcet = \"/x\"\n", "sokcet"),
+        ];
+        for (text, field) in cases {
+            let e = parse_config_text(text).expect_err(text).0;
+            assert!(e.contains(field), "{text:?} gave {e:?}");
+            assert!(!e.contains('\n'), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn syntax_error_reports_a_line() {
+        let e = parse_config_text("[daemon]\nsocket = \n").unwrap_err().0;
+        assert!(e.starts_with("line 2"), "{e}");
+    }
+}

@@ -1,0 +1,239 @@
+//! Daemon configuration: the LUN table's contents and the device's shape, from the command
+//! line and from a TOML file. Every error names the offending field in one line.
+
+mod disk_spec;
+mod file;
+
+use std::path::PathBuf;
+
+use crate::backend::CacheMode;
+
+pub use disk_spec::parse_disk_spec;
+pub use file::parse_config_file;
+
+/// Largest number of request queues a device offers. QEMU sizes `num_queues` from the
+/// guest's vCPU count without asking, so the device is sized for this many and QEMU refuses
+/// (with a clear message) to start with more. Queues are spread over worker threads by a
+/// 64-bit mask, which holds the control and event queues plus 62 request queues.
+pub const MAX_REQUEST_QUEUES: u16 = 62;
+/// Request queues offered unless configured: QEMU sizes num_queues from the guest's vCPU
+/// count unless told otherwise, so offer enough for common guests.
+pub const DEFAULT_NUM_QUEUES: u16 = 16;
+/// Largest virtqueue size the device accepts.
+pub const MAX_QUEUE_SIZE: u16 = 1024;
+
+/// What a LUN is backed by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LunKind {
+    /// A disk vscsid emulates on a file, partition or block device.
+    Disk { path: PathBuf, cache: CacheMode },
+}
+
+/// One LUN of the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LunConfig {
+    pub target: u8,
+    pub lun: u16,
+    pub kind: LunKind,
+    pub readonly: bool,
+    pub block_size: u32,
+    /// Report and perform UNMAP / WRITE SAME(UNMAP).
+    pub discard: bool,
+    /// Unit serial number (VPD 0x80); derived from the backing path when absent.
+    pub serial: Option<String>,
+    /// NAA identifier (VPD 0x83); derived from the backing path when absent.
+    pub wwn: Option<u64>,
+}
+
+impl LunConfig {
+    /// A disk LUN with the defaults of the `--disk` shorthand.
+    pub fn disk(target: u8, lun: u16, path: PathBuf) -> LunConfig {
+        LunConfig {
+            target,
+            lun,
+            kind: LunKind::Disk {
+                path,
+                cache: CacheMode::default(),
+            },
+            readonly: false,
+            block_size: 512,
+            discard: true,
+            serial: None,
+            wwn: None,
+        }
+    }
+}
+
+/// Everything the daemon needs to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub socket: Option<PathBuf>,
+    pub num_queues: u16,
+    /// Worker threads serving request queues (each queue belongs to one thread).
+    pub threads: Option<u16>,
+    pub queue_size: u16,
+    /// Keep listening for the next frontend after a disconnect instead of exiting.
+    pub reconnect: bool,
+    pub luns: Vec<LunConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            socket: None,
+            num_queues: DEFAULT_NUM_QUEUES,
+            threads: None,
+            queue_size: MAX_QUEUE_SIZE,
+            reconnect: false,
+            luns: Vec::new(),
+        }
+    }
+}
+
+/// A configuration error, already phrased for the user.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Adds a LUN, refusing a (target, LUN) pair already present.
+    pub fn add_lun(&mut self, lun: LunConfig, field: &str) -> Result<(), ConfigError> {
+        if self
+            .luns
+            .iter()
+            .any(|l| l.target == lun.target && l.lun == lun.lun)
+        {
+            return Err(ConfigError(format!(
+                "{field}: target {} LUN {} is configured twice",
+                lun.target, lun.lun
+            )));
+        }
+        self.luns.push(lun);
+        Ok(())
+    }
+
+    /// The next free LUN number of target 0, for the `--disk` shorthand.
+    pub fn next_lun_of_target0(&self) -> u16 {
+        self.luns
+            .iter()
+            .filter(|l| l.target == 0)
+            .map(|l| l.lun + 1)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Checks the whole configuration once it is assembled.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.socket.is_none() {
+            return Err(ConfigError(
+                "socket: no socket path given (use --socket or [daemon] socket)".into(),
+            ));
+        }
+        if self.num_queues == 0 || self.num_queues > MAX_REQUEST_QUEUES {
+            return Err(ConfigError(format!(
+                "num_queues: {} is out of range 1..={MAX_REQUEST_QUEUES}",
+                self.num_queues
+            )));
+        }
+        if let Some(t) = self.threads {
+            if t == 0 || t > self.num_queues {
+                return Err(ConfigError(format!(
+                    "threads: {t} is out of range 1..={} (num_queues)",
+                    self.num_queues
+                )));
+            }
+        }
+        if !self.queue_size.is_power_of_two() || !(16..=MAX_QUEUE_SIZE).contains(&self.queue_size) {
+            return Err(ConfigError(format!(
+                "queue_size: {} must be a power of two in 16..={MAX_QUEUE_SIZE}",
+                self.queue_size
+            )));
+        }
+        if self.luns.is_empty() {
+            return Err(ConfigError(
+                "lun: no LUN configured (use --disk or [[lun]] entries)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a LUN number is addressable (SAM flat space).
+pub(crate) fn check_lun_number(lun: i64, field: &str) -> Result<u16, ConfigError> {
+    if (0..=16383).contains(&lun) {
+        Ok(lun as u16)
+    } else {
+        Err(ConfigError(format!(
+            "{field}: LUN {lun} is out of range 0..=16383"
+        )))
+    }
+}
+
+/// Checks a logical block size.
+pub(crate) fn check_block_size(bs: i64, field: &str) -> Result<u32, ConfigError> {
+    match bs {
+        512 | 4096 => Ok(bs as u32),
+        other => Err(ConfigError(format!(
+            "{field}: block size {other} is not supported (use 512 or 4096)"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Config {
+        Config {
+            socket: Some("/tmp/s.sock".into()),
+            luns: vec![LunConfig::disk(0, 0, "/tmp/a.img".into())],
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn valid_config_passes() {
+        base().validate().expect("valid");
+    }
+
+    #[test]
+    fn errors_name_their_field() {
+        let mut c = base();
+        c.num_queues = 0;
+        assert!(c.validate().unwrap_err().0.starts_with("num_queues:"));
+        let mut c = base();
+        c.socket = None;
+        assert!(c.validate().unwrap_err().0.starts_with("socket:"));
+        let mut c = base();
+        c.luns.clear();
+        assert!(c.validate().unwrap_err().0.starts_with("lun:"));
+        let mut c = base();
+        c.queue_size = 100;
+        assert!(c.validate().unwrap_err().0.starts_with("queue_size:"));
+        let mut c = base();
+        c.threads = Some(c.num_queues + 1);
+        assert!(c.validate().unwrap_err().0.starts_with("threads:"));
+    }
+
+    #[test]
+    fn duplicate_lun_is_refused_and_next_lun_counts_up() {
+        let mut c = base();
+        assert_eq!(c.next_lun_of_target0(), 1);
+        let err = c
+            .add_lun(LunConfig::disk(0, 0, "/tmp/b.img".into()), "--disk")
+            .unwrap_err();
+        assert!(err.0.contains("twice"));
+        c.add_lun(LunConfig::disk(0, 5, "/tmp/b.img".into()), "--disk")
+            .expect("new lun");
+        assert_eq!(c.next_lun_of_target0(), 6);
+    }
+
+    #[test]
+    fn lun_and_block_size_ranges() {
+        assert_eq!(check_lun_number(16383, "lun").unwrap(), 16383);
+        assert!(check_lun_number(16384, "lun").is_err());
+        assert!(check_lun_number(-1, "lun").is_err());
+        assert_eq!(check_block_size(4096, "b").unwrap(), 4096);
+        assert!(check_block_size(1024, "b").unwrap_err().0.contains("1024"));
+    }
+}

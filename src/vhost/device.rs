@@ -1,0 +1,261 @@
+//! The vhost-user-scsi device: features, config space, queue-to-thread layout and the event
+//! dispatch that hands virtqueue kicks and io_uring completions to the right worker.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost_user_backend::VhostUserBackend;
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::control::PendingTmfs;
+use super::inflight::InflightCounters;
+use super::lun::{Lun, MAX_TRANSFER_BYTES};
+use super::slot::{GuestMem, Vring};
+use super::worker::Worker;
+use crate::config::Config;
+use crate::scsi::target::LunTable;
+use crate::virtio::layout::{feature, CDB_SIZE, SENSE_SIZE};
+
+/// Global index of the control queue and of the event queue.
+pub const CONTROL_QUEUE: u16 = 0;
+pub const EVENT_QUEUE: u16 = 1;
+/// How long stopping a queue waits for its commands to complete.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// State every worker thread shares.
+pub struct Shared {
+    pub luns: Arc<LunTable<Lun>>,
+    pub mem: GuestMem,
+    pub inflight: InflightCounters,
+    /// Set on SIGTERM: workers stop taking new requests and let in-flight ones finish.
+    pub stopping: AtomicBool,
+    /// Global queue indices of each thread, in the order of that thread's vring slice.
+    thread_queues: Vec<Vec<u16>>,
+    /// Wakes the control thread when a LUN it waits for (task management) drains.
+    pub(crate) tmf_event: EventFd,
+    pub(crate) tmf_waiting: AtomicU32,
+    pub(crate) workers: Vec<Mutex<Worker>>,
+}
+
+impl Shared {
+    /// `(position in the thread's vrings, global queue)` of a thread's request queues.
+    pub fn request_queues_of(&self, thread: usize) -> impl Iterator<Item = (usize, u16)> + '_ {
+        self.thread_queues
+            .get(thread)
+            .into_iter()
+            .flat_map(|qs| qs.iter().copied().enumerate())
+            .filter(|&(_, q)| q > EVENT_QUEUE)
+    }
+
+    /// Called when a LUN's last in-flight command ends.
+    pub fn lun_drained(&self) {
+        if self.tmf_waiting.load(Ordering::Acquire) > 0 {
+            let _ = self.tmf_event.write(1);
+        }
+    }
+}
+
+/// The device handed to the vhost-user daemon; cloned into every worker thread.
+#[derive(Clone)]
+pub struct ScsiDevice {
+    pub shared: Arc<Shared>,
+    num_request_queues: u16,
+    queue_size: u16,
+    tmfs: Arc<Mutex<PendingTmfs>>,
+}
+
+impl ScsiDevice {
+    pub fn new(cfg: &Config, luns: Arc<LunTable<Lun>>, mem: GuestMem) -> io::Result<ScsiDevice> {
+        let n = cfg.num_queues;
+        let threads = usize::from(cfg.threads.unwrap_or_else(|| default_threads(n)).max(1));
+        let mut thread_queues = vec![Vec::new(); threads];
+        thread_queues[0].extend([CONTROL_QUEUE, EVENT_QUEUE]);
+        for i in 0..n {
+            thread_queues[usize::from(i) % threads].push(i + 2);
+        }
+        let mut workers = Vec::with_capacity(threads);
+        for (t, qs) in thread_queues.iter().enumerate() {
+            let rq = qs.iter().filter(|&&q| q > EVENT_QUEUE).count().max(1);
+            workers.push(Mutex::new(Worker::new(
+                t,
+                rq * usize::from(cfg.queue_size),
+            )?));
+        }
+        let shared = Shared {
+            luns,
+            mem,
+            inflight: InflightCounters::new(usize::from(n) + 2),
+            stopping: AtomicBool::new(false),
+            thread_queues,
+            tmf_event: EventFd::new(EFD_NONBLOCK)?,
+            tmf_waiting: AtomicU32::new(0),
+            workers,
+        };
+        Ok(ScsiDevice {
+            shared: Arc::new(shared),
+            num_request_queues: n,
+            queue_size: cfg.queue_size,
+            tmfs: Arc::new(Mutex::new(PendingTmfs::default())),
+        })
+    }
+
+    /// Epoll token of worker thread's io_uring eventfd (above every queue's token).
+    pub fn ring_token(&self) -> u64 {
+        self.num_queues() as u64 + 1
+    }
+
+    /// Epoll token of the task-management wake-up on thread 0.
+    pub fn tmf_token(&self) -> u64 {
+        self.num_queues() as u64 + 2
+    }
+
+    /// The io_uring eventfd of each worker thread.
+    pub fn ring_fds(&self) -> Vec<std::os::unix::io::RawFd> {
+        self.shared
+            .workers
+            .iter()
+            .map(|w| lock(w).ring_fd())
+            .collect()
+    }
+
+    /// `virtio_scsi_config`, as the device would present it.
+    pub fn config_space(&self) -> [u8; 36] {
+        let mut c = [0u8; 36];
+        let mut put32 = |at: usize, v: u32| c[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        put32(0, u32::from(self.num_request_queues));
+        put32(4, u32::from(self.queue_size) - 2); // seg_max: the header and response take two
+        put32(8, (MAX_TRANSFER_BYTES / 512) as u32); // max_sectors
+        put32(12, u32::from(self.queue_size)); // cmd_per_lun
+        put32(16, 16); // event_info_size: sizeof(virtio_scsi_event)
+        put32(20, SENSE_SIZE as u32);
+        put32(24, CDB_SIZE as u32);
+        c[28..30].copy_from_slice(&0u16.to_le_bytes()); // max_channel
+        c[30..32].copy_from_slice(&255u16.to_le_bytes()); // max_target
+        c[32..36].copy_from_slice(&16383u32.to_le_bytes()); // max_lun
+        c
+    }
+}
+
+fn default_threads(queues: u16) -> u16 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    queues.min(u16::try_from(cpus).unwrap_or(u16::MAX)).max(1)
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl VhostUserBackend for ScsiDevice {
+    type Bitmap = ();
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        usize::from(self.num_request_queues) + 2
+    }
+
+    fn max_queue_size(&self) -> usize {
+        usize::from(self.queue_size)
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | feature::HOTPLUG
+            | feature::CHANGE
+            | vhost::vhost_user::message::VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG
+    }
+
+    fn set_event_idx(&self, _enabled: bool) {
+        // The vrings track EVENT_IDX themselves; workers use their notification helpers.
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let c = self.config_space();
+        let start = (offset as usize).min(c.len());
+        let end = start.saturating_add(size as usize).min(c.len());
+        c[start..end].to_vec()
+    }
+
+    fn update_memory(&self, _mem: GuestMem) -> io::Result<()> {
+        // `shared.mem` is a clone of the same atomic the daemon just updated.
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        self.shared
+            .thread_queues
+            .iter()
+            .map(|qs| qs.iter().fold(0u64, |m, &q| m | (1u64 << q)))
+            .collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        if !self
+            .shared
+            .inflight
+            .wait_queue_idle(queue_index as usize, DRAIN_TIMEOUT)
+        {
+            tracing::error!(
+                queue = queue_index,
+                "commands still in flight after {DRAIN_TIMEOUT:?}"
+            );
+        }
+        Ok(())
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[Vring],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        let sh = &self.shared;
+        let Some(worker) = sh.workers.get(thread_id) else {
+            return Ok(());
+        };
+        let ev = u64::from(device_event);
+        if ev == self.ring_token() {
+            lock(worker).complete(sh, vrings);
+        } else if ev == self.tmf_token() {
+            let _ = sh.tmf_event.read();
+        } else if let Some(&queue) = sh
+            .thread_queues
+            .get(thread_id)
+            .and_then(|qs| qs.get(usize::from(device_event)))
+        {
+            let vpos = usize::from(device_event);
+            match queue {
+                CONTROL_QUEUE => {
+                    lock(&self.tmfs).process_control(sh, thread_id, vrings, vpos);
+                }
+                EVENT_QUEUE => {
+                    // Buffers stay posted until there is an event to report.
+                }
+                _ => lock(worker).process_queue(sh, vrings, vpos, queue),
+            }
+        }
+        if thread_id == 0 {
+            lock(&self.tmfs).retry(sh, vrings);
+        }
+        Ok(())
+    }
+}

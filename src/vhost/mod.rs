@@ -1,0 +1,130 @@
+//! The vhost-user device layer: the socket, the daemon's connection lifecycle, the device's
+//! queues and the worker threads that serve them.
+
+mod control;
+mod device;
+mod inflight;
+mod io;
+pub mod lun;
+mod slot;
+mod worker;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vhost::vhost_user::Listener;
+use vhost_user_backend::VhostUserDaemon;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+
+pub use device::ScsiDevice;
+pub use lun::{build_lun_table, Lun};
+
+use crate::config::Config;
+use crate::scsi::target::LunTable;
+
+/// How long SIGTERM waits for in-flight commands before exiting anyway.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(30);
+
+/// The device serving the current connection, for the signal handler.
+#[derive(Default, Clone)]
+pub struct CurrentDevice(Arc<Mutex<Option<ScsiDevice>>>);
+
+impl CurrentDevice {
+    /// Stops taking new requests and waits (bounded) for in-flight ones to complete.
+    /// Returns false if commands were still in flight at the deadline.
+    pub fn drain(&self) -> bool {
+        let dev = device::lock(&self.0).clone();
+        match dev {
+            Some(d) => {
+                d.shared
+                    .stopping
+                    .store(true, std::sync::atomic::Ordering::Release);
+                d.shared.inflight.wait_all_idle(SHUTDOWN_DRAIN)
+            }
+            None => true,
+        }
+    }
+}
+
+/// Serves frontends on `cfg.socket`: one connection, or one after another with
+/// `cfg.reconnect`. The LUN table (and its open files) outlives connections.
+pub fn serve(
+    cfg: &Config,
+    luns: Arc<LunTable<Lun>>,
+    current: &CurrentDevice,
+) -> Result<(), String> {
+    let socket = cfg
+        .socket
+        .as_deref()
+        .ok_or_else(|| "socket: no socket path given".to_string())?;
+    loop {
+        serve_one(cfg, luns.clone(), socket, current)?;
+        if !cfg.reconnect {
+            return Ok(());
+        }
+        tracing::info!("frontend disconnected; waiting for the next connection");
+    }
+}
+
+fn serve_one(
+    cfg: &Config,
+    luns: Arc<LunTable<Lun>>,
+    socket: &Path,
+    current: &CurrentDevice,
+) -> Result<(), String> {
+    let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
+    let dev = ScsiDevice::new(cfg, luns, mem.clone())
+        .map_err(|e| format!("cannot set up the device: {e}"))?;
+    let mut daemon = VhostUserDaemon::new("vscsid".into(), dev.clone(), mem)
+        .map_err(|e| format!("cannot create the vhost-user daemon: {e}"))?;
+    let handlers = daemon.get_epoll_handlers();
+    for (t, fd) in dev.ring_fds().into_iter().enumerate() {
+        if let Some(h) = handlers.get(t) {
+            h.register_listener(fd, EventSet::IN, dev.ring_token())
+                .map_err(|e| format!("cannot watch io_uring completions: {e}"))?;
+        }
+    }
+    if let Some(h) = handlers.first() {
+        use std::os::unix::io::AsRawFd;
+        h.register_listener(
+            dev.shared.tmf_event.as_raw_fd(),
+            EventSet::IN,
+            dev.tmf_token(),
+        )
+        .map_err(|e| format!("cannot watch task management wake-ups: {e}"))?;
+    }
+    let mut listener = bind_private(socket)?;
+    tracing::info!(socket = %socket.display(), "listening");
+    *device::lock(&current.0) = Some(dev.clone());
+    daemon
+        .start(&mut listener)
+        .map_err(|e| format!("cannot accept a connection on {}: {e}", socket.display()))?;
+    tracing::info!("frontend connected");
+    let result = daemon.wait();
+    for h in daemon.get_epoll_handlers() {
+        h.send_exit_event();
+    }
+    *device::lock(&current.0) = None;
+    drop(daemon);
+    if let Err(e) = result {
+        tracing::warn!("connection ended: {e}");
+    }
+    Ok(())
+}
+
+/// Binds the listening socket readable and writable by its owner only (mode 0600).
+fn bind_private(socket: &Path) -> Result<Listener, String> {
+    // SAFETY: umask only changes this process's file creation mask.
+    let old = unsafe { libc::umask(0o177) };
+    let listener = Listener::new(socket, true);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    let listener =
+        listener.map_err(|e| format!("socket: cannot listen on {}: {e}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("socket: cannot set the mode of {}: {e}", socket.display()))?;
+    Ok(listener)
+}

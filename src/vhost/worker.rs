@@ -1,0 +1,747 @@
+//! A request-queue worker: pops chains from its virtqueues, routes each command through the
+//! LUN table, completes emulated commands at once and drives medium I/O through its own
+//! io_uring, completing requests as their CQEs arrive. One worker per thread; its state is
+//! touched only by that thread (and briefly by task management queries).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use io_uring::{opcode, types};
+use vhost_user_backend::VringT;
+use virtio_queue::QueueT;
+use vm_memory::GuestAddressSpace;
+
+use super::device::Shared;
+use super::io::{compare_with_data_out, map_or_bounce, pattern_buffer, sense_for_errno};
+use super::lun::Lun;
+use super::slot::{Job, Mem, MemGuard, Slot, Vring};
+use crate::backend::{AlignedBuf, Ring};
+use crate::scsi::target::Route;
+use crate::scsi::{cdb, status, DataOut, IoRequest, Outcome, Sense, DATA_IN_SCRATCH};
+use crate::virtio::layout::{encode_cmd_resp, response, CMD_REQ_LEN, CMD_RESP_LEN};
+use crate::virtio::{ParsedChain, SegList};
+
+/// Chunk size for commands that stream a pattern or compare (WRITE SAME, VERIFY).
+const CHUNK: u64 = 1 << 20;
+/// Retries of an operation the kernel answered with EAGAIN/EINTR.
+const MAX_RETRIES: u32 = 16;
+
+/// The guest's data-out buffer, read on demand from guest memory.
+struct GuestDataOut<'a> {
+    mem: &'a Mem,
+    segs: &'a SegList,
+}
+
+impl DataOut for GuestDataOut<'_> {
+    fn len(&self) -> usize {
+        usize::try_from(self.segs.total().saturating_sub(CMD_REQ_LEN as u64)).unwrap_or(usize::MAX)
+    }
+    fn read_at(&self, offset: usize, buf: &mut [u8]) -> usize {
+        self.segs
+            .read_into(self.mem, CMD_REQ_LEN as u64 + offset as u64, buf)
+    }
+}
+
+/// State of one worker thread.
+pub struct Worker {
+    thread: usize,
+    ring: Ring,
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+    max_slots: usize,
+    scratch: Vec<u8>,
+    /// Completions reaped in one pass (kept to avoid allocating per pass).
+    reaped: Vec<(usize, i32)>,
+    /// A queue stopped popping because every slot was busy.
+    throttled: bool,
+}
+
+impl Worker {
+    pub fn new(thread: usize, max_inflight: usize) -> std::io::Result<Worker> {
+        Ok(Worker {
+            thread,
+            ring: Ring::new(max_inflight as u32)?,
+            slots: Vec::new(),
+            free: Vec::new(),
+            max_slots: max_inflight,
+            scratch: vec![0u8; DATA_IN_SCRATCH],
+            reaped: Vec::with_capacity(max_inflight),
+            throttled: false,
+        })
+    }
+
+    pub fn ring_fd(&self) -> std::os::unix::io::RawFd {
+        self.ring.eventfd()
+    }
+
+    /// Whether a command of `lun` (with `tag`, if given) is in flight on this worker.
+    pub fn has_task(&self, lun: &Arc<Lun>, tag: Option<u64>) -> bool {
+        self.slots.iter().any(|s| {
+            s.lun.as_ref().is_some_and(|l| Arc::ptr_eq(l, lun)) && tag.is_none_or(|t| t == s.tag)
+        })
+    }
+
+    fn take_slot(&mut self) -> Option<usize> {
+        if let Some(id) = self.free.pop() {
+            return Some(id);
+        }
+        if self.slots.len() < self.max_slots {
+            self.slots.push(Slot::new());
+            return Some(self.slots.len() - 1);
+        }
+        None
+    }
+
+    /// Serves a request queue: pops every available chain (re-checking after re-enabling
+    /// notifications, for EVENT_IDX), submits the batch's I/O with one system call and
+    /// notifies the guest once for everything completed inline.
+    pub fn process_queue(&mut self, sh: &Shared, vrings: &[Vring], vpos: usize, queue: u16) {
+        let Some(vring) = vrings.get(vpos) else {
+            return;
+        };
+        let mem = sh.mem.memory();
+        let mut completed = false;
+        'outer: loop {
+            let _ = vring.disable_notification();
+            loop {
+                if sh.stopping.load(Ordering::Acquire) {
+                    break 'outer;
+                }
+                let Some(id) = self.take_slot() else {
+                    self.throttled = true;
+                    break 'outer;
+                };
+                let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(&*mem);
+                let Some(chain) = chain else {
+                    self.free.push(id);
+                    break;
+                };
+                let slot = &mut self.slots[id];
+                slot.chain.parse(chain);
+                slot.vring = vpos;
+                slot.queue = queue;
+                if let Some(used) = self.start(id, sh, &mem) {
+                    let slot = &mut self.slots[id];
+                    let _ = vring.add_used(slot.chain.head, used);
+                    slot.release();
+                    self.free.push(id);
+                    completed = true;
+                }
+            }
+            self.submit();
+            match vring.enable_notification() {
+                Ok(true) => continue,
+                _ => break,
+            }
+        }
+        self.submit();
+        if completed {
+            signal(vring);
+        }
+    }
+
+    fn submit(&mut self) {
+        if let Err(e) = self.ring.submit() {
+            tracing::warn!("io_uring submit failed: {e}");
+        }
+    }
+
+    /// Starts one command. Returns the used length when it finished without medium I/O.
+    fn start(&mut self, id: usize, sh: &Shared, mem: &MemGuard) -> Option<u32> {
+        let m: &Mem = mem;
+        let slot = &mut self.slots[id];
+        let mut hdr = [0u8; CMD_REQ_LEN];
+        if slot.chain.error.is_some()
+            || slot.chain.readable.read_into(m, 0, &mut hdr) < CMD_REQ_LEN
+            || slot.chain.writable.total() < CMD_RESP_LEN as u64
+        {
+            return Some(respond(m, &slot.chain, response::FAILURE, 0, 0, &[]));
+        }
+        let mut lun_addr = [0u8; 8];
+        lun_addr.copy_from_slice(&hdr[0..8]);
+        let mut tag = [0u8; 8];
+        tag.copy_from_slice(&hdr[8..16]);
+        slot.tag = u64::from_le_bytes(tag);
+        let cdb = &hdr[19..CMD_REQ_LEN];
+        let data_in_cap = slot.chain.writable.total() - CMD_RESP_LEN as u64;
+        let scratch_len = usize::try_from(data_in_cap)
+            .unwrap_or(usize::MAX)
+            .min(self.scratch.len());
+        let scratch = &mut self.scratch[..scratch_len];
+        let data_out = GuestDataOut {
+            mem: m,
+            segs: &slot.chain.readable,
+        };
+        let (outcome, lun) = match sh.luns.route(&lun_addr) {
+            Route::BadTarget => {
+                return Some(respond(m, &slot.chain, response::BAD_TARGET, 0, 0, &[]));
+            }
+            Route::MissingLun { target } => {
+                let o = if cdb[0] == cdb::REPORT_LUNS {
+                    sh.luns.report_luns(target, cdb, scratch)
+                } else {
+                    sh.luns.missing_lun_command(cdb, scratch)
+                };
+                (o, None)
+            }
+            Route::Lun { target, lun } => {
+                let o = if cdb[0] == cdb::REPORT_LUNS {
+                    sh.luns.report_luns(target, cdb, scratch)
+                } else {
+                    lun.disk.execute(cdb, &data_out, scratch)
+                };
+                (o, Some(lun.clone()))
+            }
+        };
+        match outcome {
+            Outcome::Good { data_in_len } => {
+                let n = data_in_len.min(scratch_len);
+                let written =
+                    slot.chain
+                        .writable
+                        .write_from(m, CMD_RESP_LEN as u64, &self.scratch[..n]);
+                let resid = clamp_u32(data_in_cap - written as u64);
+                let used = respond(m, &slot.chain, response::OK, status::GOOD, resid, &[]);
+                Some(used.saturating_add(written as u32))
+            }
+            Outcome::Check(sense) => Some(respond_sense(m, &slot.chain, &sense, data_in_cap)),
+            Outcome::Io(req) => match lun {
+                Some(lun) => self.start_io(id, sh, mem, lun, req),
+                None => Some(respond_sense(
+                    m,
+                    &slot.chain,
+                    &Sense::lun_not_supported(),
+                    data_in_cap,
+                )),
+            },
+        }
+    }
+
+    /// Starts the medium I/O of a command; returns the used length if it finished at once.
+    fn start_io(
+        &mut self,
+        id: usize,
+        sh: &Shared,
+        mem: &MemGuard,
+        lun: Arc<Lun>,
+        req: IoRequest,
+    ) -> Option<u32> {
+        let slot = &mut self.slots[id];
+        let m: &Mem = mem;
+        let data_in_cap = slot.chain.writable.total() - CMD_RESP_LEN as u64;
+        let data_out_len = slot.chain.readable.total() - CMD_REQ_LEN as u64;
+        let cache = lun.backing.cache;
+        let overrun = |slot: &Slot| Some(respond(m, &slot.chain, response::OVERRUN, 0, 0, &[]));
+        let job = match req {
+            IoRequest::Read { offset, len } => {
+                if len > data_in_cap {
+                    return overrun(slot);
+                }
+                Job::Read {
+                    offset,
+                    len,
+                    done: 0,
+                }
+            }
+            IoRequest::Write { offset, len, fua } => {
+                if len > data_out_len {
+                    return overrun(slot);
+                }
+                Job::Write {
+                    offset,
+                    len,
+                    done: 0,
+                    fua: fua && cache.honours_flush() && !cache.writes_are_synchronous(),
+                }
+            }
+            IoRequest::Flush if !cache.honours_flush() => {
+                return Some(good(m, &slot.chain, data_in_cap));
+            }
+            IoRequest::Discard { ref ranges } if ranges.is_empty() => {
+                return Some(good(m, &slot.chain, data_in_cap));
+            }
+            IoRequest::Verify { compare: false, .. } => {
+                // Nothing to compare: the range was checked, and the host keeps the medium
+                // readable (QEMU answers the same way).
+                return Some(good(m, &slot.chain, data_in_cap));
+            }
+            IoRequest::Flush | IoRequest::WriteZeroes { .. } => Job::Batch { ranges: Vec::new() },
+            IoRequest::Discard { ref ranges } => Job::Batch {
+                ranges: ranges.clone(),
+            },
+            IoRequest::WriteSame {
+                offset,
+                len,
+                block_len,
+            } => {
+                let Some(buf) = pattern_buffer(m, &slot.chain.readable, len, block_len) else {
+                    return Some(respond_sense(
+                        m,
+                        &slot.chain,
+                        &Sense::invalid_field_in_cdb(),
+                        data_in_cap,
+                    ));
+                };
+                slot.bounce = Some(buf);
+                Job::Pattern {
+                    pos: offset,
+                    end: offset + len,
+                }
+            }
+            IoRequest::Verify { offset, len, .. } => {
+                if len > data_out_len {
+                    return overrun(slot);
+                }
+                slot.bounce = AlignedBuf::new(len.min(CHUNK) as usize);
+                Job::Verify {
+                    start: offset,
+                    pos: offset,
+                    end: offset + len,
+                }
+            }
+            IoRequest::CompareAndWrite { offset, len, fua } => {
+                if len.saturating_mul(2) > data_out_len {
+                    return overrun(slot);
+                }
+                slot.bounce = AlignedBuf::new(len as usize);
+                Job::CompareRead {
+                    offset,
+                    len,
+                    fua: fua && cache.honours_flush(),
+                }
+            }
+        };
+        let needs_bounce = matches!(
+            job,
+            Job::Pattern { .. } | Job::Verify { .. } | Job::CompareRead { .. }
+        );
+        if needs_bounce && slot.bounce.is_none() {
+            return Some(respond_sense(
+                m,
+                &slot.chain,
+                &Sense::internal_target_failure(),
+                data_in_cap,
+            ));
+        }
+        slot.job = job;
+        slot.mem = Some(mem.clone());
+        slot.lun = Some(lun.clone());
+        lun.inflight.fetch_add(1, Ordering::AcqRel);
+        sh.inflight.begin(slot.queue);
+        let submitted = match req {
+            IoRequest::Discard { ranges } => {
+                let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+                ranges
+                    .iter()
+                    .all(|&(o, l)| self.push_fallocate(id, &lun, o, l, mode))
+            }
+            IoRequest::WriteZeroes { offset, len } => {
+                let mode = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+                self.push_fallocate(id, &lun, offset, len, mode)
+            }
+            IoRequest::Flush => self.push_flush(id, &lun),
+            _ => self.push_next(id),
+        };
+        if !submitted {
+            let slot = &mut self.slots[id];
+            slot.error.get_or_insert(Sense::internal_target_failure());
+            if slot.pending == 0 {
+                let used = finish_response(slot);
+                let queue = slot.queue;
+                slot.lun = None;
+                end_lun_io(sh, &lun);
+                sh.inflight.end(queue);
+                return Some(used);
+            }
+        }
+        None
+    }
+
+    fn push_fallocate(&mut self, id: usize, lun: &Lun, offset: u64, len: u64, mode: i32) -> bool {
+        let e = opcode::Fallocate::new(types::Fd(raw_fd(lun)), len)
+            .offset(offset)
+            .mode(mode)
+            .build()
+            .user_data(id as u64);
+        self.push(id, &e)
+    }
+
+    fn push_flush(&mut self, id: usize, lun: &Lun) -> bool {
+        let e = opcode::Fsync::new(types::Fd(raw_fd(lun)))
+            .flags(types::FsyncFlags::DATASYNC)
+            .build()
+            .user_data(id as u64);
+        self.push(id, &e)
+    }
+
+    fn push(&mut self, id: usize, e: &io_uring::squeue::Entry) -> bool {
+        // SAFETY: every entry built by this worker points only at memory owned by slot `id`
+        // (its iovec array, its bounce buffer) or at guest memory held alive by the slot's
+        // memory guard; the slot is not released before the entry's completion is reaped.
+        let ok = unsafe { self.ring.push(e) }.is_ok();
+        if ok {
+            self.slots[id].pending += 1;
+        }
+        ok
+    }
+
+    /// Submits the next read or write of a streaming job. False if it could not be queued.
+    fn push_next(&mut self, id: usize) -> bool {
+        let slot = &mut self.slots[id];
+        let (Some(lun), Some(mem)) = (slot.lun.clone(), slot.mem.clone()) else {
+            return false;
+        };
+        let align = lun.backing.dio_align;
+        let m: &Mem = &mem;
+        let (write, offset, flags) = match slot.job {
+            Job::Read { offset, len, done } => {
+                let ok = map_or_bounce(m, slot, done, len - done, offset + done, align, false);
+                if !ok {
+                    return false;
+                }
+                (false, offset + done, 0)
+            }
+            Job::Write {
+                offset,
+                len,
+                done,
+                fua,
+            } => {
+                let ok = map_or_bounce(m, slot, done, len - done, offset + done, align, true);
+                if !ok {
+                    return false;
+                }
+                (true, offset + done, if fua { libc::RWF_DSYNC } else { 0 })
+            }
+            Job::Pattern { pos, end } => (true, pos, bounce_iov(slot, end - pos)),
+            Job::Verify { pos, end, .. } => (false, pos, bounce_iov(slot, end - pos)),
+            Job::CompareRead { offset, len, .. } => (false, offset, bounce_iov(slot, len)),
+            Job::CompareWrite { offset, len, fua } => {
+                let flags = bounce_iov(slot, len);
+                (true, offset, flags | if fua { libc::RWF_DSYNC } else { 0 })
+            }
+            Job::Idle | Job::Batch { .. } => return false,
+        };
+        if slot.iov.0.is_empty() {
+            return false;
+        }
+        let fd = types::Fd(raw_fd(&lun));
+        let iov = slot.iov.0.as_ptr();
+        let cnt = slot.iov.0.len() as u32;
+        let e = if write {
+            opcode::Writev::new(fd, iov, cnt)
+                .offset(offset)
+                .rw_flags(flags)
+                .build()
+        } else {
+            opcode::Readv::new(fd, iov, cnt).offset(offset).build()
+        }
+        .user_data(id as u64);
+        self.push(id, &e)
+    }
+
+    /// Reaps io_uring completions, advances or finishes their commands, and resumes queues
+    /// that were waiting for a free slot.
+    pub fn complete(&mut self, sh: &Shared, vrings: &[Vring]) {
+        let mut reaped = std::mem::take(&mut self.reaped);
+        self.ring.reap(|ud, res| reaped.push((ud as usize, res)));
+        let mut to_signal: u64 = 0;
+        for &(id, res) in &reaped {
+            if id >= self.slots.len() || self.slots[id].pending == 0 {
+                continue;
+            }
+            let Some(used) = self.on_cqe(id, res) else {
+                continue;
+            };
+            let slot = &mut self.slots[id];
+            if let Some(vring) = vrings.get(slot.vring) {
+                let _ = vring.add_used(slot.chain.head, used);
+                to_signal |= 1u64 << (slot.vring % 64);
+            }
+            let lun = slot.lun.take();
+            let queue = slot.queue;
+            slot.release();
+            self.free.push(id);
+            if let Some(lun) = lun {
+                end_lun_io(sh, &lun);
+            }
+            sh.inflight.end(queue);
+        }
+        reaped.clear();
+        self.reaped = reaped;
+        self.submit();
+        for (vpos, vring) in vrings.iter().enumerate() {
+            if to_signal & (1u64 << (vpos % 64)) != 0 {
+                signal(vring);
+            }
+        }
+        if self.throttled && !self.free.is_empty() {
+            self.throttled = false;
+            for (vpos, queue) in sh.request_queues_of(self.thread) {
+                self.process_queue(sh, vrings, vpos, queue);
+            }
+        }
+    }
+
+    /// Advances a command by one completion; returns the used length when it is finished.
+    fn on_cqe(&mut self, id: usize, res: i32) -> Option<u32> {
+        let slot = &mut self.slots[id];
+        slot.pending -= 1;
+        let Some(mem) = slot.mem.clone() else {
+            return Some(finish_response(slot));
+        };
+        let m: &Mem = &mem;
+        let is_write = matches!(
+            slot.job,
+            Job::Write { .. } | Job::Pattern { .. } | Job::CompareWrite { .. }
+        );
+        if res < 0 {
+            let errno = -res;
+            let retry = (errno == libc::EAGAIN || errno == libc::EINTR)
+                && slot.retries < MAX_RETRIES
+                && !matches!(slot.job, Job::Batch { .. });
+            if retry {
+                slot.retries += 1;
+                if self.push_next(id) {
+                    return None;
+                }
+                let slot = &mut self.slots[id];
+                slot.error.get_or_insert(Sense::internal_target_failure());
+                return (slot.pending == 0).then(|| finish_response(slot));
+            } else if errno == libc::EOPNOTSUPP {
+                if let (Job::Batch { ranges }, Some(lun)) = (&slot.job, &slot.lun) {
+                    if !ranges.is_empty() && lun.backing.is_block_device {
+                        // The device cannot punch holes (write zeroes with unmap): discard.
+                        let failed = ranges
+                            .iter()
+                            .any(|&(o, l)| lun.backing.blk_discard(o, l).is_err());
+                        if failed {
+                            slot.error.get_or_insert(sense_for_errno(errno, true));
+                        }
+                        return (slot.pending == 0).then(|| finish_response(slot));
+                    }
+                }
+            }
+            slot.error.get_or_insert(sense_for_errno(errno, is_write));
+            return (slot.pending == 0).then(|| finish_response(slot));
+        }
+        let n = res as u64;
+        slot.retries = 0;
+        if slot.error.is_some() {
+            return (slot.pending == 0).then(|| finish_response(slot));
+        }
+        match slot.job {
+            Job::Read {
+                offset,
+                len,
+                ref mut done,
+            } => {
+                if n == 0 {
+                    // End of file inside the advertised capacity: the backing shrank.
+                    slot.error = Some(Sense::medium_error_unrecovered_read());
+                    return Some(finish_response(slot));
+                }
+                let start = *done;
+                *done += n;
+                if let Some(b) = slot.bounce.as_ref() {
+                    let chunk = &b.as_slice()[..n.min(b.len() as u64) as usize];
+                    slot.chain
+                        .writable
+                        .write_from(m, CMD_RESP_LEN as u64 + start, chunk);
+                    slot.bounce = None;
+                }
+                if *done < len {
+                    let _ = offset;
+                    return self.continue_or_fail(id);
+                }
+                slot.data_in = len;
+            }
+            Job::Write {
+                len, ref mut done, ..
+            } => {
+                if n == 0 {
+                    slot.error = Some(Sense::write_error());
+                    return Some(finish_response(slot));
+                }
+                *done += n;
+                slot.bounce = None;
+                if *done < len {
+                    return self.continue_or_fail(id);
+                }
+            }
+            Job::Batch { .. } => {
+                if slot.pending > 0 {
+                    return None;
+                }
+            }
+            Job::Pattern { ref mut pos, end } => {
+                *pos += n;
+                if n == 0 {
+                    slot.error = Some(Sense::write_error());
+                } else if *pos < end {
+                    return self.continue_or_fail(id);
+                }
+            }
+            Job::Verify {
+                start,
+                ref mut pos,
+                end,
+            } => {
+                let Some(b) = slot.bounce.as_ref() else {
+                    slot.error = Some(Sense::internal_target_failure());
+                    return Some(finish_response(slot));
+                };
+                if n == 0 {
+                    slot.error = Some(Sense::medium_error_unrecovered_read());
+                    return Some(finish_response(slot));
+                }
+                let got = &b.as_slice()[..n.min(b.len() as u64) as usize];
+                let at = *pos - start;
+                if let Some(diff) = compare_with_data_out(m, &slot.chain.readable, at, got) {
+                    slot.error = Some(Sense::miscompare(at + diff));
+                    return Some(finish_response(slot));
+                }
+                *pos += got.len() as u64;
+                if *pos < end {
+                    return self.continue_or_fail(id);
+                }
+            }
+            Job::CompareRead { offset, len, fua } => {
+                let Some(b) = slot.bounce.as_mut() else {
+                    slot.error = Some(Sense::internal_target_failure());
+                    return Some(finish_response(slot));
+                };
+                if n != len {
+                    slot.error = Some(Sense::medium_error_unrecovered_read());
+                    return Some(finish_response(slot));
+                }
+                if let Some(diff) = compare_with_data_out(m, &slot.chain.readable, 0, b.as_slice())
+                {
+                    slot.error = Some(Sense::miscompare(diff));
+                    return Some(finish_response(slot));
+                }
+                let copied =
+                    slot.chain
+                        .readable
+                        .read_into(m, CMD_REQ_LEN as u64 + len, b.as_mut_slice());
+                if copied as u64 != len {
+                    slot.error = Some(Sense::invalid_field_in_cdb());
+                    return Some(finish_response(slot));
+                }
+                slot.job = Job::CompareWrite { offset, len, fua };
+                return self.continue_or_fail(id);
+            }
+            Job::CompareWrite { len, .. } => {
+                if n != len {
+                    slot.error = Some(Sense::write_error());
+                }
+            }
+            Job::Idle => {}
+        }
+        let slot = &mut self.slots[id];
+        (slot.pending == 0).then(|| finish_response(slot))
+    }
+
+    /// Queues the next operation of a multi-step command, or fails the command.
+    fn continue_or_fail(&mut self, id: usize) -> Option<u32> {
+        if self.push_next(id) {
+            return None;
+        }
+        let slot = &mut self.slots[id];
+        slot.error.get_or_insert(Sense::internal_target_failure());
+        (slot.pending == 0).then(|| finish_response(slot))
+    }
+}
+
+fn raw_fd(lun: &Lun) -> i32 {
+    use std::os::unix::io::AsRawFd;
+    lun.backing.file.as_raw_fd()
+}
+
+/// Points the slot's single iovec at its bounce buffer, for at most `max` bytes.
+fn bounce_iov(slot: &mut Slot, max: u64) -> i32 {
+    slot.iov.0.clear();
+    if let Some(b) = slot.bounce.as_mut() {
+        let n = max.min(b.len() as u64) as usize;
+        slot.iov.0.push(libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: n,
+        });
+    }
+    0
+}
+
+/// Marks the end of one command of `lun`, waking task management waiting for it to drain.
+fn end_lun_io(sh: &Shared, lun: &Lun) {
+    if lun.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        sh.lun_drained();
+    }
+}
+
+/// Writes the response of a finished I/O command; returns the used length.
+fn finish_response(slot: &mut Slot) -> u32 {
+    let Some(mem) = slot.mem.clone() else {
+        return 0;
+    };
+    let m: &Mem = &mem;
+    let data_in_cap = slot.chain.writable.total() - CMD_RESP_LEN as u64;
+    if let Some(sense) = slot.error {
+        return respond_sense(m, &slot.chain, &sense, data_in_cap);
+    }
+    let resid = clamp_u32(data_in_cap - slot.data_in.min(data_in_cap));
+    respond(m, &slot.chain, response::OK, status::GOOD, resid, &[])
+        .saturating_add(clamp_u32(slot.data_in))
+}
+
+fn good(m: &Mem, chain: &ParsedChain, data_in_cap: u64) -> u32 {
+    respond(
+        m,
+        chain,
+        response::OK,
+        status::GOOD,
+        clamp_u32(data_in_cap),
+        &[],
+    )
+}
+
+fn respond_sense(m: &Mem, chain: &ParsedChain, sense: &Sense, data_in_cap: u64) -> u32 {
+    let mut buf = [0u8; 32];
+    let n = sense.to_fixed(&mut buf);
+    respond(
+        m,
+        chain,
+        response::OK,
+        status::CHECK_CONDITION,
+        clamp_u32(data_in_cap),
+        &buf[..n],
+    )
+}
+
+/// Writes a `virtio_scsi_cmd_resp` at the start of the writable part; returns the bytes
+/// written (0 when the guest gave no room for it).
+pub(crate) fn respond(
+    m: &Mem,
+    chain: &ParsedChain,
+    response: u8,
+    status: u8,
+    resid: u32,
+    sense: &[u8],
+) -> u32 {
+    if chain.writable.total() < CMD_RESP_LEN as u64 {
+        return 0;
+    }
+    let mut out = [0u8; CMD_RESP_LEN];
+    encode_cmd_resp(&mut out, response, status, resid, sense);
+    chain.writable.write_from(m, 0, &out) as u32
+}
+
+fn clamp_u32(v: u64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+/// Notifies the guest if it asked to be (EVENT_IDX) or always without it.
+pub(crate) fn signal(vring: &Vring) {
+    if vring.needs_notification().unwrap_or(true) {
+        let _ = vring.signal_used_queue();
+    }
+}
