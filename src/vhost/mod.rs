@@ -109,8 +109,12 @@ fn serve_one(
     }
     *device::lock(&current.0) = None;
     drop(daemon);
-    if let Err(e) = result {
-        tracing::warn!("connection ended: {e}");
+    match result {
+        Ok(())
+        | Err(vhost_user_backend::Error::HandleRequest(
+            vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+        )) => tracing::info!("frontend disconnected"),
+        Err(e) => tracing::warn!("connection ended: {e}"),
     }
     Ok(())
 }

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every test of the project, in order of cost: formatting and lints, unit and
+# integration tests (including the in-process vhost-user frontend tests), then the QEMU
+# guest end-to-end test. Installs the Debian packages it needs first. Fails loudly on the
+# first failing stage; a missing peer (QEMU, kernel, fio ...) is a failure, never a skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+stage() { printf '\n=== %s ===\n' "$*"; }
+
+stage "dependencies"
+scripts/install-deps.sh
+
+stage "cargo fmt --check"
+cargo fmt --check
+
+stage "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+stage "cargo test (unit and integration)"
+cargo test --all-targets
+
+stage "QEMU guest end-to-end"
+tests/qemu/run-e2e.sh
