@@ -37,7 +37,7 @@ pub trait DataOut {
 }
 
 /// A data-out buffer held in host memory (tests, and commands whose payload was copied).
-impl DataOut for [u8] {
+impl DataOut for &[u8] {
     fn len(&self) -> usize {
         <[u8]>::len(self)
     }

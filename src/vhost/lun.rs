@@ -29,7 +29,7 @@ pub fn build_lun_table(cfg: &Config) -> Result<LunTable<Lun>, String> {
         let lun = open_lun(l)?;
         table
             .insert(l.target, l.lun, Arc::new(lun))
-            .map_err(|e| format!("target {} LUN {}: {e:?}", l.target, l.lun))?;
+            .map_err(|e| format!("target {} LUN {}: {e}", l.target, l.lun))?;
     }
     Ok(table)
 }

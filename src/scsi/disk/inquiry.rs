@@ -1,0 +1,139 @@
+//! INQUIRY (standard data and the VPD pages) and READ CAPACITY: what the disk says about
+//! itself.
+
+use super::{
+    ascii_field, reply, EmulatedDisk, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_UNMAP_BLOCKS,
+    MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS,
+};
+use crate::scsi::cdb::{be16, be32, be64, byte};
+use crate::scsi::{Outcome, Sense};
+
+/// VPD pages this disk supports, in ascending order (VPD 0x00).
+const VPD_PAGES: [u8; 6] = [0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2];
+
+impl EmulatedDisk {
+    pub(super) fn inquiry(&self, c: &[u8], data_in: &mut [u8]) -> Result<Outcome, Sense> {
+        let evpd = byte(c, 1) & 0x01 != 0;
+        let cmddt = byte(c, 1) & 0x02 != 0;
+        let page = byte(c, 2);
+        let alloc = usize::from(be16(c, 3));
+        if cmddt || (!evpd && page != 0) {
+            return Err(Sense::invalid_field_in_cdb());
+        }
+        let mut buf = [0u8; 256];
+        let n = if evpd {
+            self.vpd_page(page, &mut buf)?
+        } else {
+            self.standard_inquiry(&mut buf)
+        };
+        Ok(reply(data_in, &buf[..n], alloc))
+    }
+
+    fn standard_inquiry(&self, b: &mut [u8; 256]) -> usize {
+        b[0] = 0x00; // peripheral qualifier 0, direct-access block device
+        b[1] = 0x00; // not removable
+        b[2] = 0x06; // SPC-4
+        b[3] = 0x12; // HISUP, response data format 2
+        b[4] = 36 - 5; // additional length
+        b[7] = 0x02; // CMDQUE: command queuing
+        ascii_field(&mut b[8..16], &self.props.vendor);
+        ascii_field(&mut b[16..32], &self.props.product);
+        ascii_field(&mut b[32..36], &self.props.revision);
+        36
+    }
+
+    fn vpd_page(&self, page: u8, b: &mut [u8; 256]) -> Result<usize, Sense> {
+        b[1] = page;
+        let body = &mut b[4..];
+        let len = match page {
+            0x00 => {
+                body[..VPD_PAGES.len()].copy_from_slice(&VPD_PAGES);
+                VPD_PAGES.len()
+            }
+            0x80 => {
+                let s = self.props.serial.as_bytes();
+                let n = s.len().min(body.len());
+                body[..n].copy_from_slice(&s[..n]);
+                n
+            }
+            0x83 => self.device_identification(body),
+            0xb0 => self.block_limits(body),
+            0xb1 => {
+                let rate: u16 = if self.props.rotational { 7200 } else { 1 };
+                body[..2].copy_from_slice(&rate.to_be_bytes());
+                0x3c
+            }
+            0xb2 => {
+                if self.props.discard {
+                    // LBPU, LBPWS, LBPWS10; LBPRZ: deallocated blocks read as zeroes.
+                    body[1] = 0x80 | 0x40 | 0x20 | 0x04;
+                    body[2] = 0x02; // provisioning type: thin
+                }
+                4
+            }
+            _ => return Err(Sense::invalid_field_in_cdb()),
+        };
+        b[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        Ok(4 + len)
+    }
+
+    /// VPD 0x83: an NAA designator (binary) and a T10 vendor ID designator (ASCII),
+    /// both associated with the logical unit.
+    fn device_identification(&self, body: &mut [u8]) -> usize {
+        body[0] = 0x01; // protocol 0, code set binary
+        body[1] = 0x03; // PIV 0, association LU, type NAA
+        body[3] = 8;
+        body[4..12].copy_from_slice(&self.props.naa.to_be_bytes());
+        let t10 = &mut body[12..];
+        t10[0] = 0x02; // code set ASCII
+        t10[1] = 0x01; // association LU, type T10 vendor ID
+        ascii_field(&mut t10[4..12], &self.props.vendor);
+        let serial = self.props.serial.as_bytes();
+        let n = serial.len().min(36);
+        t10[12..12 + n].copy_from_slice(&serial[..n]);
+        t10[3] = (8 + n) as u8;
+        12 + 4 + 8 + n
+    }
+
+    /// VPD 0xB0 (SBC-3 6.6.4), page length 0x3C.
+    fn block_limits(&self, body: &mut [u8]) -> usize {
+        let bs = self.props.block_size;
+        let granularity = (4096 / bs).max(1);
+        body[0] = 0x01; // WSNZ: WRITE SAME with 0 blocks is refused
+        body[1] = MAX_COMPARE_AND_WRITE_BLOCKS;
+        body[2..4].copy_from_slice(&(granularity as u16).to_be_bytes());
+        body[4..8].copy_from_slice(&self.props.max_transfer_blocks.to_be_bytes());
+        body[8..12].copy_from_slice(&self.props.max_transfer_blocks.to_be_bytes());
+        if self.props.discard {
+            body[16..20].copy_from_slice(&MAX_UNMAP_BLOCKS.to_be_bytes());
+            body[20..24].copy_from_slice(&MAX_UNMAP_DESCRIPTORS.to_be_bytes());
+            body[24..28].copy_from_slice(&granularity.to_be_bytes());
+        }
+        body[32..40].copy_from_slice(&u64::from(MAX_WRITE_SAME_BLOCKS).to_be_bytes());
+        0x3c
+    }
+
+    pub(super) fn read_capacity_10(&self, c: &[u8], data_in: &mut [u8]) -> Result<Outcome, Sense> {
+        // PMI is obsolete; with PMI=0 the LBA field must be zero.
+        if byte(c, 8) & 0x01 == 0 && be32(c, 2) != 0 {
+            return Err(Sense::invalid_field_in_cdb());
+        }
+        let last = self.props.capacity_blocks.saturating_sub(1);
+        let mut b = [0u8; 8];
+        b[0..4].copy_from_slice(&u32::try_from(last).unwrap_or(u32::MAX).to_be_bytes());
+        b[4..8].copy_from_slice(&self.props.block_size.to_be_bytes());
+        Ok(reply(data_in, &b, 8))
+    }
+
+    pub(super) fn read_capacity_16(&self, c: &[u8], data_in: &mut [u8]) -> Result<Outcome, Sense> {
+        let alloc = be32(c, 10) as usize;
+        let _ = be64(c, 2); // LOGICAL BLOCK ADDRESS: obsolete with PMI
+        let mut b = [0u8; 32];
+        b[0..8].copy_from_slice(&self.props.capacity_blocks.saturating_sub(1).to_be_bytes());
+        b[8..12].copy_from_slice(&self.props.block_size.to_be_bytes());
+        if self.props.discard {
+            b[14] = 0x80 | 0x40; // LBPME, LBPRZ
+        }
+        Ok(reply(data_in, &b, alloc))
+    }
+}

@@ -1,0 +1,178 @@
+//! The emulated disk: a SCSI block device (SBC-3) whose medium is reached through the
+//! backend. This module decodes each CDB and either answers it from the disk's properties
+//! or describes the medium I/O the command needs.
+
+mod inquiry;
+mod mode;
+mod opcodes;
+mod rw;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::cdb::{self, byte};
+use super::{DataOut, Outcome, Sense};
+
+pub use opcodes::SUPPORTED_COMMANDS;
+
+/// Largest COMPARE AND WRITE, in blocks (VPD 0xB0).
+pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 16;
+/// Largest WRITE SAME and UNMAP range, in blocks (VPD 0xB0).
+pub const MAX_WRITE_SAME_BLOCKS: u32 = 0x0040_0000;
+pub const MAX_UNMAP_BLOCKS: u32 = 0x0040_0000;
+/// Most block descriptors in one UNMAP parameter list (VPD 0xB0).
+pub const MAX_UNMAP_DESCRIPTORS: u32 = 255;
+
+/// What the disk reports about itself and its medium.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskProperties {
+    /// Logical block size: 512 or 4096.
+    pub block_size: u32,
+    pub capacity_blocks: u64,
+    pub readonly: bool,
+    /// Initial state of the WCE bit.
+    pub write_cache: bool,
+    /// UNMAP and WRITE SAME(UNMAP) deallocate blocks (reported through LBPME/VPD 0xB2).
+    pub discard: bool,
+    /// Largest READ/WRITE, in blocks.
+    pub max_transfer_blocks: u32,
+    /// Unit serial number (VPD 0x80).
+    pub serial: String,
+    /// NAA identifier (VPD 0x83).
+    pub naa: u64,
+    pub vendor: String,
+    pub product: String,
+    pub revision: String,
+    pub rotational: bool,
+}
+
+/// An emulated disk. Shared by every worker thread; the only mutable state (WCE) is atomic.
+#[derive(Debug)]
+pub struct EmulatedDisk {
+    props: DiskProperties,
+    write_cache: AtomicBool,
+}
+
+impl EmulatedDisk {
+    pub fn new(props: DiskProperties) -> EmulatedDisk {
+        let wce = props.write_cache;
+        EmulatedDisk {
+            props,
+            write_cache: AtomicBool::new(wce),
+        }
+    }
+
+    pub fn properties(&self) -> &DiskProperties {
+        &self.props
+    }
+
+    /// The WCE bit as the guest last set it.
+    pub fn write_cache_enabled(&self) -> bool {
+        self.write_cache.load(Ordering::Relaxed)
+    }
+
+    /// LOGICAL UNIT RESET: mode parameters return to their defaults.
+    pub fn reset(&self) {
+        self.write_cache
+            .store(self.props.write_cache, Ordering::Relaxed);
+    }
+
+    /// Executes one CDB. `data_in` receives small payloads (cut to the allocation length);
+    /// READ/WRITE payloads never pass through it.
+    pub fn execute(&self, cdb: &[u8], data_out: &dyn DataOut, data_in: &mut [u8]) -> Outcome {
+        match self.dispatch(cdb, data_out, data_in) {
+            Ok(o) => o,
+            Err(sense) => Outcome::Check(sense),
+        }
+    }
+
+    fn dispatch(
+        &self,
+        cdb: &[u8],
+        data_out: &dyn DataOut,
+        data_in: &mut [u8],
+    ) -> Result<Outcome, Sense> {
+        // The hot path first: READ/WRITE decode without touching anything else.
+        if let Some(rw) = cdb::decode_rw(cdb)? {
+            cdb::check_control(cdb)?;
+            return self.read_write(rw);
+        }
+        cdb::check_control(cdb)?;
+        let op = byte(cdb, 0);
+        match op {
+            cdb::TEST_UNIT_READY => Ok(Outcome::Good { data_in_len: 0 }),
+            cdb::START_STOP_UNIT | cdb::PREVENT_ALLOW_MEDIUM_REMOVAL => {
+                Ok(Outcome::Good { data_in_len: 0 })
+            }
+            cdb::REQUEST_SENSE => Ok(request_sense(cdb, data_in)),
+            cdb::INQUIRY => self.inquiry(cdb, data_in),
+            cdb::READ_CAPACITY_10 => self.read_capacity_10(cdb, data_in),
+            cdb::SERVICE_ACTION_IN_16 => match byte(cdb, 1) & 0x1f {
+                cdb::SAI_READ_CAPACITY_16 => self.read_capacity_16(cdb, data_in),
+                _ => Err(Sense::invalid_field_in_cdb()),
+            },
+            cdb::MODE_SENSE_6 | cdb::MODE_SENSE_10 => self.mode_sense(cdb, data_in),
+            cdb::MODE_SELECT_6 | cdb::MODE_SELECT_10 => self.mode_select(cdb, data_out),
+            cdb::VERIFY_10 | cdb::VERIFY_12 | cdb::VERIFY_16 => self.verify(cdb),
+            cdb::SYNCHRONIZE_CACHE_10 | cdb::SYNCHRONIZE_CACHE_16 => self.synchronize_cache(cdb),
+            cdb::UNMAP => self.unmap(cdb, data_out),
+            cdb::WRITE_SAME_10 | cdb::WRITE_SAME_16 => self.write_same(cdb, data_out),
+            cdb::COMPARE_AND_WRITE => self.compare_and_write(cdb),
+            cdb::MAINTENANCE_IN => match byte(cdb, 1) & 0x1f {
+                cdb::MI_REPORT_SUPPORTED_OPCODES => opcodes::report_supported(cdb, data_in),
+                _ => Err(Sense::invalid_field_in_cdb()),
+            },
+            // REPORT LUNS is answered by the LUN table before a LUN is involved.
+            _ => Err(Sense::invalid_opcode()),
+        }
+    }
+
+    /// Checks that `[lba, lba+blocks)` lies on the medium.
+    fn check_range(&self, lba: u64, blocks: u64) -> Result<(), Sense> {
+        let cap = self.props.capacity_blocks;
+        match lba.checked_add(blocks) {
+            Some(end) if end <= cap && lba < cap => Ok(()),
+            _ => Err(Sense::lba_out_of_range()),
+        }
+    }
+
+    fn check_writable(&self) -> Result<(), Sense> {
+        if self.props.readonly {
+            Err(Sense::write_protected())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn bytes(&self, blocks: u64) -> u64 {
+        blocks * u64::from(self.props.block_size)
+    }
+}
+
+/// Copies `payload` into `data_in`, cut to the allocation length and the buffer.
+fn reply(data_in: &mut [u8], payload: &[u8], alloc_len: usize) -> Outcome {
+    let n = payload.len().min(alloc_len).min(data_in.len());
+    data_in[..n].copy_from_slice(&payload[..n]);
+    Outcome::Good { data_in_len: n }
+}
+
+/// REQUEST SENSE: with autosense nothing is pending, so NO SENSE in the asked format.
+fn request_sense(cdb: &[u8], data_in: &mut [u8]) -> Outcome {
+    let mut buf = [0u8; 32];
+    let n = if byte(cdb, 1) & 0x01 != 0 {
+        Sense::no_sense().to_descriptor(&mut buf)
+    } else {
+        Sense::no_sense().to_fixed(&mut buf)
+    };
+    reply(data_in, &buf[..n], usize::from(byte(cdb, 4)))
+}
+
+/// Copies `s` into a fixed-width, space-padded ASCII field.
+fn ascii_field(dst: &mut [u8], s: &str) {
+    dst.fill(b' ');
+    for (d, c) in dst.iter_mut().zip(s.bytes()) {
+        *d = if (0x20..0x7f).contains(&c) { c } else { b' ' };
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;
