@@ -70,7 +70,12 @@ fn open_lun(l: &LunConfig) -> Result<Lun, String> {
         naa,
         vendor: "VSCSID".into(),
         product: "VIRTUAL-DISK".into(),
-        revision: env!("CARGO_PKG_VERSION").chars().take(4).collect(),
+        revision: env!("CARGO_PKG_VERSION")
+            .chars()
+            .take(4)
+            .collect::<String>()
+            .trim_end_matches('.')
+            .to_string(),
         rotational: false,
     };
     Ok(Lun {

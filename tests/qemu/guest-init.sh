@@ -1,0 +1,145 @@
+#!/bin/busybox sh
+# /init of the test guest. Loads the virtio-scsi and ext4 modules, finds the disks vscsid
+# serves, and runs the checks the kernel command line selects (vscsid.test=e2e|demo).
+# Each check prints "VSCSID-CHECK <name> PASS|FAIL <detail>" on the console; the host
+# script parses them. The e2e run reboots once (to prove a reset guest finds its disks).
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mkdir -p /mnt/d
+for m in $(cat /etc/modules.order); do insmod "/lib/modules/$m" 2>/dev/null; done
+
+arg() { tr ' ' '\n' < /proc/cmdline | sed -n "s/^vscsid\.$1=//p"; }
+MODE=$(arg test)
+NDISKS=$(arg disks); NDISKS=${NDISKS:-1}
+FAILED=0
+check() { # check <name> <PASS|FAIL> <detail...>
+  name=$1; res=$2; shift 2
+  echo "VSCSID-CHECK $name $res $*"
+  [ "$res" = PASS ] || FAILED=1
+}
+ok() { if "$@" >/tmp/out 2>&1; then echo PASS; else echo FAIL; fi; }
+finish() {
+  if [ $FAILED = 0 ]; then echo "VSCSID-RESULT PASS"; else echo "VSCSID-RESULT FAIL"; fi
+  sync
+  poweroff -f
+}
+
+# Wait (bounded) for the SCSI disks, then map LUN number -> /dev/sdX.
+i=0
+while [ "$(ls -d /sys/block/sd* 2>/dev/null | wc -l)" -lt "$NDISKS" ] && [ $i -lt 60 ]; do
+  sleep 0.5; i=$((i + 1))
+done
+lun_dev() { # lun_dev <lun> -> sdX of 0:0:0:<lun>
+  for b in /sys/block/sd*; do
+    [ -e "$b" ] || continue
+    addr=$(basename "$(readlink "$b/device")")
+    [ "${addr##*:}" = "$1" ] && basename "$b"
+  done
+}
+
+if [ "$MODE" = demo ]; then
+  echo "=== vscsid demo guest: SCSI devices ==="
+  for d in /sys/bus/scsi/devices/*:*:*:*; do
+    [ -e "$d/vendor" ] || continue
+    echo "$(basename "$d")  $(cat "$d/vendor") $(cat "$d/model") $(cat "$d/rev")  $(ls "$d/block" 2>/dev/null)"
+  done
+  dev=$(lun_dev 0)
+  if [ -z "$dev" ]; then check demo-disk FAIL "no disk at LUN 0"; finish; fi
+  echo "=== /dev/$dev: $(blockdev --getsize64 /dev/$dev) bytes ==="
+  sg_inq /dev/$dev
+  sg_readcap -l /dev/$dev
+  mkfs.ext4 -q -F /dev/$dev && mount /dev/$dev /mnt/d && echo "hello from the guest" > /mnt/d/hello &&
+    df -h /mnt/d && cat /mnt/d/hello && umount /mnt/d
+  check demo-filesystem "$( [ $? = 0 ] && echo PASS || echo FAIL )" "mkfs, mount, write, df on /dev/$dev"
+  finish
+fi
+
+# ---- e2e ----
+D0=$(lun_dev 0); D1=$(lun_dev 1)
+MARK_OFF=2048   # 512-byte sector where the reboot marker lives (1 MiB into LUN 0)
+MARK="VSCSID-REBOOT-MARK"
+if [ -n "$D0" ] && [ "$(dd if=/dev/$D0 bs=512 skip=$MARK_OFF count=1 2>/dev/null | head -c ${#MARK})" = "$MARK" ]; then
+  # Second boot, after "reboot -f": the disks must be back, with the marker.
+  check reboot-disks-found "$( [ -n "$D0" ] && [ -n "$D1" ] && echo PASS || echo FAIL )" "lun0=$D0 lun1=$D1"
+  check reboot-marker PASS "marker written before the reboot read back from /dev/$D0"
+  dd if=/dev/zero of=/dev/$D0 bs=512 seek=$MARK_OFF count=1 oflag=direct 2>/dev/null
+  finish
+fi
+
+check disks-found "$( [ -n "$D0" ] && [ -n "$D1" ] && echo PASS || echo FAIL )" "lun0=$D0 lun1=$D1"
+[ -n "$D0" ] && [ -n "$D1" ] || finish
+
+SIZE0=$(blockdev --getsize64 /dev/$D0); SIZE1=$(blockdev --getsize64 /dev/$D1)
+check capacity "$( [ "$SIZE0" = "$(arg size0)" ] && [ "$SIZE1" = "$(arg size1)" ] && echo PASS || echo FAIL )" \
+  "lun0=$SIZE0 lun1=$SIZE1 expected $(arg size0) $(arg size1)"
+
+r=$(ok sg_inq /dev/$D0); grep -q "Vendor identification: VSCSID" /tmp/out || r=FAIL
+check sg_inq "$r" "$(grep -E 'Vendor|Product' /tmp/out | tr -s ' ' | tr '\n' ';')"
+r=$(ok sg_vpd -p 0x83 /dev/$D0); grep -qi "NAA" /tmp/out || r=FAIL
+check sg_vpd-0x83 "$r" "$(grep -i 'naa' /tmp/out | head -2 | tr -s ' ' | tr '\n' ';')"
+r=$(ok sg_vpd -p 0xb0 /dev/$D0); grep -qi "Maximum unmap LBA count" /tmp/out || r=FAIL
+check sg_vpd-0xb0 "$r" "$(grep -i 'unmap LBA count' /tmp/out | tr -s ' ')"
+r=$(ok sg_vpd -p 0xb2 /dev/$D0); grep -qi "LBPU=1\|Unmap command supported (LBPU): 1" /tmp/out || r=FAIL
+check sg_vpd-0xb2 "$r" "$(grep -i 'lbpu' /tmp/out | tr -s ' ')"
+# cache=none reports a write cache: the caching page (08h, length 12h) has WCE (bit 2) set.
+r=$(ok sg_modes -p 0x08 /dev/$D0); grep -A1 -i "caching" /tmp/out | grep -qE " 08 12 0[4-7c-f]" || r=FAIL
+check sg_modes-caching "$r" "$(grep -A1 -i 'caching' /tmp/out | tail -1 | tr -s ' ')"
+r=$(ok sg_readcap -l /dev/$D0); grep -q "lbpme=1" /tmp/out || r=FAIL
+check sg_readcap "$r" "$(grep -E 'lbpme|Logical block length' /tmp/out | tr -s ' ' | tr '\n' ';')"
+r=$(ok sg_opcodes /dev/$D0); grep -q "Read(16)" /tmp/out || r=FAIL
+check sg_opcodes "$r" "$(grep -c . /tmp/out) lines"
+
+# The read-only LUN: known content readable, writes refused.
+SUM1=$(md5sum < /dev/$D1 | cut -d' ' -f1)
+check readonly-content "$( [ "$SUM1" = "$(arg md5_1)" ] && echo PASS || echo FAIL )" "md5 $SUM1"
+if dd if=/dev/zero of=/dev/$D1 bs=4096 count=1 oflag=direct 2>/tmp/out; then
+  check readonly-refuses-writes FAIL "a write to the read-only LUN succeeded"
+else
+  check readonly-refuses-writes PASS "$(head -1 /tmp/out)"
+fi
+# The kernel refuses writes to a write-protected disk by itself; send a WRITE(10) straight
+# to the device through its sg node to see the daemon's own answer: DATA PROTECT.
+SG1=$(ls /sys/block/$D1/device/scsi_generic/ 2>/dev/null | head -1)
+sg_raw -s 4096 -i /dev/zero /dev/$SG1 2a 00 00 00 00 00 00 00 01 00 >/tmp/out 2>&1
+if grep -qi "data protect" /tmp/out; then
+  check readonly-write-sense PASS "WRITE(10) answered DATA PROTECT"
+else
+  check readonly-write-sense FAIL "$(tr '\n' ';' < /tmp/out | head -c 300)"
+fi
+
+# fio with crc32c verification and direct I/O on LUN 0.
+r=$(ok fio --name=verify --filename=/dev/$D0 --direct=1 --ioengine=libaio --rw=randwrite --bs=4k \
+  --size=16M --iodepth=8 --verify=crc32c --do_verify=1 --verify_fatal=1 --randrepeat=0)
+check fio-crc32c "$r" "$(grep -E 'err=|IOPS' /tmp/out | head -2 | tr -s ' ' | tr '\n' ';')"
+
+# ext4: mkfs, write, remount, checksums, fsck.
+fs=FAIL
+if mkfs.ext4 -q -F /dev/$D0 && mount /dev/$D0 /mnt/d; then
+  for n in 1 2 3; do dd if=/dev/urandom of=/mnt/d/f$n bs=1M count=4 2>/dev/null; done
+  mkdir /mnt/d/dir && echo hello > /mnt/d/dir/hello
+  (cd /mnt/d && sha256sum f1 f2 f3 dir/hello) > /tmp/sums
+  sync; umount /mnt/d
+  if mount /dev/$D0 /mnt/d && (cd /mnt/d && sha256sum -c /tmp/sums >/dev/null); then fs=PASS; fi
+  umount /mnt/d
+fi
+check ext4-remount-checksums "$fs" "4 files verified after remount"
+r=$(ok e2fsck -fn /dev/$D0)
+check e2fsck-clean "$r" "$(tail -1 /tmp/out)"
+
+# Discard the whole LUN: the blocks must read back as zeroes, and (host check) the
+# backing file becomes sparse again.
+r=$(ok blkdiscard /dev/$D0)
+check blkdiscard "$r" "$(head -1 /tmp/out)"
+Z=$(dd if=/dev/$D0 bs=1M count=8 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
+ZREF=$(dd if=/dev/zero bs=1M count=8 2>/dev/null | md5sum | cut -d' ' -f1)
+check discard-reads-zero "$( [ "$Z" = "$ZREF" ] && echo PASS || echo FAIL )" "first 8 MiB after discard"
+echo "VSCSID-HOST discarded"
+
+# Reboot: write the marker, reset the machine; the second boot checks the disks.
+printf '%s' "$MARK" | dd of=/dev/$D0 bs=512 seek=$MARK_OFF count=1 conv=sync oflag=direct 2>/dev/null
+sync
+if [ $FAILED = 0 ]; then echo "VSCSID-FIRSTBOOT PASS"; else echo "VSCSID-FIRSTBOOT FAIL"; fi
+reboot -f

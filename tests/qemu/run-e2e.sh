@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# QEMU end-to-end test: boots a Linux guest whose only disks are two LUNs served by vscsid
+# over vhost-user-scsi (LUN 0: 256 MiB sparse, writable, cache=none; LUN 1: 64 MiB
+# read-only, 4096-byte blocks, known content) and checks in the guest: discovery and
+# capacity, sg3-utils output, read-only behaviour, fio crc32c verification with direct I/O,
+# ext4 mkfs/remount/checksums/fsck, discard (and, on the host, that the backing file is
+# sparse again), and that a rebooted guest finds its disks again.
+# Prints one line per check and "N passed, M failed"; exits non-zero on any failure.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$here"
+TIMEOUT=${VSCSID_E2E_TIMEOUT:-900}
+
+for tool in qemu-system-x86_64 cargo; do
+  command -v "$tool" >/dev/null || { echo "run-e2e: $tool is missing" >&2; exit 1; }
+done
+
+cargo build --release --quiet
+guest=$here/target/guest
+scripts/build-guest.sh "$guest"
+
+work=$(mktemp -d)
+daemon_pid=""
+cleanup() {
+  if [[ -n $daemon_pid ]] && kill -0 "$daemon_pid" 2>/dev/null; then kill "$daemon_pid"; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+truncate -s 256M "$work/lun0.img"
+head -c $((64 << 20)) /dev/urandom > "$work/lun1.img"
+md5_1=$(md5sum < "$work/lun1.img" | cut -d' ' -f1)
+
+sock=$work/vscsid.sock
+target/release/vscsid --socket "$sock" \
+  --disk "$work/lun0.img,cache=none" \
+  --disk "$work/lun1.img,readonly,block-size=4096,cache=writeback" \
+  --num-queues 2 > "$work/vscsid.log" 2>&1 &
+daemon_pid=$!
+for _ in $(seq 100); do [[ -S $sock ]] && break; sleep 0.1; done
+[[ -S $sock ]] || { echo "run-e2e: vscsid did not create its socket"; cat "$work/vscsid.log"; exit 1; }
+
+serial=$work/serial.log
+set +e
+timeout "$TIMEOUT" qemu-system-x86_64 \
+  -machine q35 -accel tcg -cpu max -m 512M -smp 2 \
+  -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
+  -kernel "$guest/vmlinuz" -initrd "$guest/initrd.gz" \
+  -append "console=ttyS0 loglevel=4 panic=-1 vscsid.test=e2e vscsid.disks=2 vscsid.size0=$((256 << 20)) vscsid.size1=$((64 << 20)) vscsid.md5_1=$md5_1" \
+  -nographic -no-user-config -nodefaults -serial "file:$serial" -monitor none \
+  -chardev socket,id=vus0,path="$sock" \
+  -device vhost-user-scsi-pci,chardev=vus0,num_queues=2 \
+  > "$work/qemu.log" 2>&1
+qemu_rc=$?
+set -e
+
+# The daemon exits by itself when QEMU disconnects.
+for _ in $(seq 100); do kill -0 "$daemon_pid" 2>/dev/null || break; sleep 0.1; done
+daemon_alive=0
+kill -0 "$daemon_pid" 2>/dev/null && daemon_alive=1
+
+passed=0; failed=0
+report() { # report <name> <PASS|FAIL> <detail>
+  printf '%-28s %s  %s\n' "$1" "$2" "$3"
+  if [[ $2 == PASS ]]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+}
+
+# Firmware output may share a line with the guest's first message: match anywhere.
+tr -d '\r' < "$serial" | grep -ao 'VSCSID-CHECK .*' > "$work/checks" || true
+REQUIRED=(disks-found capacity sg_inq sg_vpd-0x83 sg_vpd-0xb0 sg_vpd-0xb2 sg_modes-caching
+  sg_readcap sg_opcodes readonly-content readonly-refuses-writes readonly-write-sense
+  fio-crc32c ext4-remount-checksums e2fsck-clean blkdiscard discard-reads-zero
+  reboot-disks-found reboot-marker)
+for name in "${REQUIRED[@]}"; do
+  line=$(grep -a "^VSCSID-CHECK $name " "$work/checks" | tail -n 1 || true)
+  if [[ -z $line ]]; then
+    report "$name" FAIL "check did not run (guest stopped early?)"
+  else
+    read -r _ _ res detail <<< "$line"
+    report "$name" "$res" "$detail"
+  fi
+done
+
+# Host side: discard punched the file's blocks out (only the reboot marker and a little
+# metadata may be allocated), and QEMU ended by the guest powering off.
+alloc=$(( $(stat -c %b "$work/lun0.img") * $(stat -c %B "$work/lun0.img") ))
+if grep -aq "VSCSID-HOST discarded" "$serial" && (( alloc < (1 << 20) )); then
+  report host-file-sparse PASS "lun0.img allocates $alloc bytes after blkdiscard"
+else
+  report host-file-sparse FAIL "lun0.img allocates $alloc bytes"
+fi
+if grep -aq "VSCSID-RESULT" "$serial" && [[ $qemu_rc -eq 0 ]]; then
+  report guest-powered-off PASS "QEMU exited 0 after the second boot"
+else
+  report guest-powered-off FAIL "QEMU exit status $qemu_rc"
+fi
+if [[ $daemon_alive -eq 0 ]]; then
+  report daemon-exit-on-disconnect PASS "vscsid exited when QEMU disconnected"
+else
+  report daemon-exit-on-disconnect FAIL "vscsid still running after QEMU exited"
+fi
+if grep -aqiE "panic|error" "$work/vscsid.log"; then
+  report daemon-log-clean FAIL "$(grep -aiE 'panic|error' "$work/vscsid.log" | head -3 | tr '\n' ';')"
+else
+  report daemon-log-clean PASS "no errors logged"
+fi
+
+if ((failed > 0)); then
+  echo "--- serial console (last 60 lines) ---"; tail -n 60 "$serial" || true
+  echo "--- vscsid log ---"; tail -n 30 "$work/vscsid.log" || true
+  echo "--- qemu log ---"; cat "$work/qemu.log" || true
+fi
+echo "qemu-e2e: $passed passed, $failed failed"
+((failed == 0))
