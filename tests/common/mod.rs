@@ -1,0 +1,173 @@
+//! Shared helpers of the integration tests: start the real `vscsid` binary on temporary
+//! backing files and connect the in-process vhost-user frontend to it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vscsid::frontend::{lun_address, CmdResponse, ConnectOptions, ScsiFrontend, VirtioScsiRequest};
+
+/// A running daemon on its own temporary directory; killed (by its PID) on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+}
+
+/// One backing file: name, size in bytes, and the `--disk` options after the path.
+pub struct Disk<'a> {
+    pub name: &'a str,
+    pub size: u64,
+    pub opts: &'a str,
+}
+
+impl Daemon {
+    pub fn start(disks: &[Disk], extra: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("vscsid.sock");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vscsid"));
+        cmd.arg("--socket").arg(&socket);
+        for d in disks {
+            let p = dir.path().join(d.name);
+            if !p.exists() {
+                std::fs::File::create(&p)
+                    .and_then(|f| f.set_len(d.size))
+                    .expect("backing file");
+            }
+            let spec = if d.opts.is_empty() {
+                p.display().to_string()
+            } else {
+                format!("{},{}", p.display(), d.opts)
+            };
+            cmd.arg("--disk").arg(spec);
+        }
+        cmd.args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .env("VSCSID_LOG", "warn");
+        let child = cmd.spawn().expect("spawn vscsid");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(socket.exists(), "vscsid did not create its socket");
+        Daemon { child, dir, socket }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn connect(&self, request_queues: u16) -> ScsiFrontend {
+        let opts = ConnectOptions {
+            queues: 2 + request_queues,
+            memory_size: (16 << 20) + usize::from(request_queues) * (36 << 20),
+            ..ConnectOptions::default()
+        };
+        let mut fe = ScsiFrontend::connect(&self.socket, &opts).expect("connect frontend");
+        fe.timeout = Duration::from_secs(20);
+        fe
+    }
+
+    /// Waits (bounded) for the daemon to exit; returns its exit status code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn lun(l: u16) -> [u8; 8] {
+    lun_address(0, l)
+}
+
+pub fn cmd<'a>(
+    l: u16,
+    cdb: &'a [u8],
+    data_out: &'a [u8],
+    data_in_len: u32,
+) -> VirtioScsiRequest<'a> {
+    VirtioScsiRequest {
+        lun: lun(l),
+        tag: 1,
+        cdb,
+        data_out,
+        data_in_len,
+    }
+}
+
+pub fn read16(lba: u64, blocks: u32) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = 0x88;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[10..14].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+pub fn write16(lba: u64, blocks: u32) -> [u8; 16] {
+    let mut c = read16(lba, blocks);
+    c[0] = 0x8a;
+    c
+}
+
+pub fn inquiry(alloc: u16) -> [u8; 6] {
+    let a = alloc.to_be_bytes();
+    [0x12, 0, 0, a[0], a[1], 0]
+}
+
+/// A READ of LBA 0 that must succeed: the daemon is still serving.
+pub fn assert_serving(fe: &mut ScsiFrontend) {
+    let r = fe
+        .command(&cmd(0, &inquiry(96), &[], 96))
+        .expect("INQUIRY after hostile input");
+    assert_eq!((r.response, r.status), (0, 0), "INQUIRY failed: {r:?}");
+    assert_eq!(&r.data_in[8..14], b"VSCSID");
+    let r = fe
+        .command(&cmd(0, &read16(0, 1), &[], 512))
+        .expect("READ after hostile input");
+    assert_eq!((r.response, r.status), (0, 0), "READ failed: {r:?}");
+}
+
+pub fn good(r: &CmdResponse) {
+    assert_eq!((r.response, r.status), (0, 0), "expected GOOD, got {r:?}");
+}
+
+pub fn sense(r: &CmdResponse) -> (u8, u8, u8) {
+    assert_eq!(r.response, 0, "virtio response {r:?}");
+    assert_eq!(r.status, 2, "expected CHECK CONDITION, got {r:?}");
+    r.sense_key().expect("sense data")
+}
+
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+pub fn allocated_bytes(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).map(|m| m.blocks() * 512).unwrap_or(0)
+}

@@ -1,0 +1,314 @@
+//! The daemon driven by the in-process vhost-user frontend: INQUIRY, capacity, data written
+//! and read back (also straight from the backing file), many commands in flight on several
+//! queues, error sense, REPORT LUNS, missing LUNs and targets, task management, discard.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use vscsid::frontend::{lun_address, VirtioScsiRequest};
+
+const MIB: u64 = 1 << 20;
+
+fn two_luns() -> Daemon {
+    Daemon::start(
+        &[
+            Disk {
+                name: "a.img",
+                size: 64 * MIB,
+                opts: "cache=none",
+            },
+            Disk {
+                name: "b.img",
+                size: 16 * MIB,
+                opts: "readonly,block-size=4096,cache=writeback",
+            },
+        ],
+        &["--num-queues", "2"],
+    )
+}
+
+#[test]
+fn inquiry_and_capacity() {
+    let d = two_luns();
+    let mut fe = d.connect(1);
+    let r = fe.command(&cmd(0, &inquiry(96), &[], 96)).unwrap();
+    good(&r);
+    assert_eq!(r.data_in.len(), 36);
+    assert_eq!(&r.data_in[8..16], b"VSCSID  ");
+    assert_eq!(r.resid, 60);
+    let mut rc = [0u8; 16];
+    rc[0] = 0x9e;
+    rc[1] = 0x10;
+    rc[13] = 32;
+    let r = fe.command(&cmd(0, &rc, &[], 32)).unwrap();
+    good(&r);
+    assert_eq!(
+        u64::from_be_bytes(r.data_in[0..8].try_into().unwrap()) + 1,
+        64 * MIB / 512
+    );
+    assert_eq!(
+        u32::from_be_bytes(r.data_in[8..12].try_into().unwrap()),
+        512
+    );
+    let r = fe.command(&cmd(1, &rc, &[], 32)).unwrap();
+    good(&r);
+    assert_eq!(
+        u64::from_be_bytes(r.data_in[0..8].try_into().unwrap()) + 1,
+        16 * MIB / 4096
+    );
+    assert_eq!(
+        u32::from_be_bytes(r.data_in[8..12].try_into().unwrap()),
+        4096
+    );
+}
+
+#[test]
+fn written_data_reads_back_and_reaches_the_file() {
+    let d = two_luns();
+    let mut fe = d.connect(1);
+    let data = pattern(7, 64 * 1024);
+    good(&fe.command(&cmd(0, &write16(100, 128), &data, 0)).unwrap());
+    let r = fe
+        .command(&cmd(0, &read16(100, 128), &[], 64 * 1024))
+        .unwrap();
+    good(&r);
+    assert_eq!(r.data_in, data);
+    // SYNCHRONIZE CACHE, then the bytes are in the backing file at LBA 100.
+    good(
+        &fe.command(&cmd(0, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 0))
+            .unwrap(),
+    );
+    let file = std::fs::read(d.path("a.img")).unwrap();
+    assert_eq!(&file[100 * 512..100 * 512 + data.len()], &data[..]);
+}
+
+#[test]
+fn many_commands_in_flight_on_two_queues() {
+    let d = two_luns();
+    let mut fe = d.connect(2);
+    // 32 writes of distinct patterns per queue, all submitted before any completes.
+    for q in [2usize, 3] {
+        let mut heads = Vec::new();
+        for i in 0..32u64 {
+            let lba = (q as u64) * 10_000 + i * 16;
+            let data = pattern(lba, 8192);
+            let req = VirtioScsiRequest {
+                lun: lun(0),
+                tag: i,
+                cdb: &write16(lba, 16),
+                data_out: &data,
+                data_in_len: 0,
+            };
+            heads.push(fe.submit(q, &req).unwrap());
+        }
+        for _ in 0..32 {
+            let (h, r) = fe.complete(q).expect("completion");
+            assert!(heads.contains(&h));
+            good(&r);
+        }
+    }
+    for q in [2usize, 3] {
+        for i in 0..32u64 {
+            let lba = (q as u64) * 10_000 + i * 16;
+            fe.submit(q, &cmd(0, &read16(lba, 16), &[], 8192)).unwrap();
+        }
+        let mut seen = 0;
+        for _ in 0..32 {
+            let (_, r) = fe.complete(q).expect("completion");
+            good(&r);
+            let lba = (0..32u64)
+                .map(|i| (q as u64) * 10_000 + i * 16)
+                .find(|&lba| pattern(lba, 8192) == r.data_in);
+            assert!(lba.is_some(), "read returned data of no write");
+            seen += 1;
+        }
+        assert_eq!(seen, 32);
+    }
+}
+
+#[test]
+fn errors_give_the_right_sense() {
+    let d = two_luns();
+    let mut fe = d.connect(1);
+    // Read-only LUN: DATA PROTECT / WRITE PROTECTED.
+    let r = fe
+        .command(&cmd(1, &write16(0, 1), &[0u8; 4096], 0))
+        .unwrap();
+    assert_eq!(sense(&r), (7, 0x27, 0));
+    // LBA out of range.
+    let r = fe
+        .command(&cmd(0, &read16(64 * MIB / 512, 1), &[], 512))
+        .unwrap();
+    assert_eq!(sense(&r), (5, 0x21, 0));
+    // Unknown opcode.
+    let r = fe.command(&cmd(0, &[0xc4, 0, 0, 0, 0, 0], &[], 0)).unwrap();
+    assert_eq!(sense(&r), (5, 0x20, 0));
+}
+
+#[test]
+fn report_luns_and_missing_luns_and_targets() {
+    let d = two_luns();
+    let mut fe = d.connect(1);
+    let mut rl = [0u8; 12];
+    rl[0] = 0xa0;
+    rl[9] = 255;
+    let r = fe.command(&cmd(0, &rl, &[], 255)).unwrap();
+    good(&r);
+    assert_eq!(&r.data_in[0..4], &16u32.to_be_bytes());
+    assert_eq!(&r.data_in[8..10], &[0, 0]);
+    assert_eq!(&r.data_in[16..18], &[0, 1]);
+    // A LUN the target lacks.
+    let r = fe.command(&cmd(7, &[0u8; 6], &[], 0)).unwrap();
+    assert_eq!(sense(&r), (5, 0x25, 0));
+    // REPORT LUNS through a missing LUN still lists the target's LUNs.
+    let r = fe.command(&cmd(7, &rl, &[], 255)).unwrap();
+    good(&r);
+    assert_eq!(&r.data_in[0..4], &16u32.to_be_bytes());
+    // A target that does not exist: BAD_TARGET.
+    let req = VirtioScsiRequest {
+        lun: lun_address(5, 0),
+        tag: 1,
+        cdb: &[0u8; 6],
+        data_out: &[],
+        data_in_len: 0,
+    };
+    assert_eq!(fe.command(&req).unwrap().response, 3);
+}
+
+#[test]
+fn task_management() {
+    let d = two_luns();
+    let mut fe = d.connect(1);
+    // LOGICAL UNIT RESET and ABORT TASK SET answer FUNCTION COMPLETE once drained.
+    assert_eq!(fe.tmf(5, lun(0), 0).unwrap(), 0);
+    assert_eq!(fe.tmf(1, lun(0), 0).unwrap(), 0);
+    assert_eq!(fe.tmf(0, lun(0), 42).unwrap(), 0);
+    // QUERY TASK for a task not in flight: FUNCTION COMPLETE.
+    assert_eq!(fe.tmf(6, lun(0), 42).unwrap(), 0);
+    // CLEAR ACA is not supported: FUNCTION REJECTED.
+    assert_eq!(fe.tmf(2, lun(0), 0).unwrap(), 11);
+    // Missing LUN: INCORRECT LUN; missing target: BAD TARGET.
+    assert_eq!(fe.tmf(5, lun(9), 0).unwrap(), 12);
+    assert_eq!(fe.tmf(5, lun_address(4, 0), 0).unwrap(), 3);
+    // AN query: no events, response OK.
+    let mut an = [0u8; 16];
+    an[0] = 1;
+    an[4..12].copy_from_slice(&lun(0));
+    let (resp, used) = fe.control(&an, 5).unwrap();
+    assert_eq!((&resp[..], used), (&[0u8, 0, 0, 0, 0][..], 5));
+    assert_serving(&mut fe);
+}
+
+#[test]
+fn unmap_makes_the_file_sparse_again() {
+    let d = two_luns();
+    let mut fe = d.connect(1);
+    let data = pattern(3, 1 << 20);
+    good(&fe.command(&cmd(0, &write16(0, 2048), &data, 0)).unwrap());
+    good(
+        &fe.command(&cmd(0, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 0))
+            .unwrap(),
+    );
+    let before = allocated_bytes(&d.path("a.img"));
+    assert!(before >= 1 << 20, "written data allocates {before}");
+    let mut list = vec![0u8; 24];
+    list[0..2].copy_from_slice(&22u16.to_be_bytes());
+    list[2..4].copy_from_slice(&16u16.to_be_bytes());
+    list[8..16].copy_from_slice(&0u64.to_be_bytes());
+    list[16..20].copy_from_slice(&2048u32.to_be_bytes());
+    let r = fe
+        .command(&cmd(0, &[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], &list, 0))
+        .unwrap();
+    good(&r);
+    let after = allocated_bytes(&d.path("a.img"));
+    assert!(after < before / 4, "allocation {before} -> {after}");
+    let r = fe.command(&cmd(0, &read16(0, 8), &[], 4096)).unwrap();
+    good(&r);
+    assert!(r.data_in.iter().all(|&b| b == 0));
+}
+
+#[test]
+fn write_same_compare_and_write_and_verify() {
+    let d = two_luns();
+    let mut fe = d.connect(1);
+    // WRITE SAME(16) of a pattern block over 64 blocks.
+    let block = pattern(11, 512);
+    let mut ws = [0u8; 16];
+    ws[0] = 0x93;
+    ws[2..10].copy_from_slice(&1000u64.to_be_bytes());
+    ws[10..14].copy_from_slice(&64u32.to_be_bytes());
+    good(&fe.command(&cmd(0, &ws, &block, 0)).unwrap());
+    let r = fe
+        .command(&cmd(0, &read16(1000, 64), &[], 64 * 512))
+        .unwrap();
+    good(&r);
+    assert!(r.data_in.chunks(512).all(|c| c == &block[..]));
+    // VERIFY(16) BYTCHK=1 matching, then a miscompare.
+    let mut v = [0u8; 16];
+    v[0] = 0x8f;
+    v[1] = 0x02;
+    v[2..10].copy_from_slice(&1000u64.to_be_bytes());
+    v[10..14].copy_from_slice(&1u32.to_be_bytes());
+    good(&fe.command(&cmd(0, &v, &block, 0)).unwrap());
+    let mut other = block.clone();
+    other[100] ^= 0xff;
+    let r = fe.command(&cmd(0, &v, &other, 0)).unwrap();
+    assert_eq!(sense(&r), (0x0e, 0x1d, 0));
+    // COMPARE AND WRITE: matching compare writes, a stale compare does not.
+    let mut caw = [0u8; 16];
+    caw[0] = 0x89;
+    caw[2..10].copy_from_slice(&1000u64.to_be_bytes());
+    caw[13] = 1;
+    let new = pattern(12, 512);
+    let mut out = block.clone();
+    out.extend_from_slice(&new);
+    good(&fe.command(&cmd(0, &caw, &out, 0)).unwrap());
+    let r = fe.command(&cmd(0, &caw, &out, 0)).unwrap();
+    assert_eq!(sense(&r), (0x0e, 0x1d, 0));
+    let r = fe.command(&cmd(0, &read16(1000, 1), &[], 512)).unwrap();
+    assert_eq!(r.data_in, new);
+}
+
+#[test]
+fn daemon_exits_when_the_frontend_disconnects() {
+    let mut d = two_luns();
+    {
+        let mut fe = d.connect(1);
+        assert_serving(&mut fe);
+    }
+    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn reconnect_option_serves_a_second_frontend() {
+    let mut d = Daemon::start(
+        &[Disk {
+            name: "a.img",
+            size: 8 * MIB,
+            opts: "",
+        }],
+        &["--reconnect", "--num-queues", "1"],
+    );
+    let data = pattern(5, 4096);
+    {
+        let mut fe = d.connect(1);
+        good(&fe.command(&cmd(0, &write16(8, 8), &data, 0)).unwrap());
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(d.is_running(), "daemon exited despite --reconnect");
+    let mut fe = d.connect(1);
+    let r = fe.command(&cmd(0, &read16(8, 8), &[], 4096)).unwrap();
+    assert_eq!(r.data_in, data);
+}
+
+#[test]
+fn sigterm_exits_cleanly() {
+    let mut d = two_luns();
+    let mut fe = d.connect(1);
+    assert_serving(&mut fe);
+    // SAFETY: signalling our own child by its PID.
+    unsafe { libc::kill(d.child.id() as i32, libc::SIGTERM) };
+    assert_eq!(d.wait_exit(Duration::from_secs(30)), Some(0));
+}
