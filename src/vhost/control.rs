@@ -15,7 +15,7 @@ use vm_memory::GuestAddressSpace;
 use super::device::{lock, Shared};
 use super::lun::Lun;
 use super::slot::{Mem, MemGuard, Vring};
-use super::worker::signal;
+use super::worker::{avail_ring_is_corrupt, signal};
 use crate::scsi::target::Route;
 use crate::virtio::control::ControlRequest;
 use crate::virtio::layout::{response, tmf};
@@ -42,11 +42,13 @@ pub struct PendingTmfs {
 
 impl PendingTmfs {
     /// Serves every request on the control queue.
-    pub fn process_control(&mut self, sh: &Shared, thread: usize, vrings: &[Vring], vpos: usize) {
-        let _ = thread;
+    pub fn process_control(&mut self, sh: &Shared, vrings: &[Vring], vpos: usize, queue: u16) {
         let Some(vring) = vrings.get(vpos) else {
             return;
         };
+        if sh.is_broken(queue) {
+            return;
+        }
         let mem = sh.mem.memory();
         let mut answered = false;
         loop {
@@ -54,6 +56,10 @@ impl PendingTmfs {
             loop {
                 let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(&*mem);
                 let Some(chain) = chain else {
+                    if avail_ring_is_corrupt(vring, &mem) {
+                        sh.mark_broken(queue);
+                        return;
+                    }
                     break;
                 };
                 let mut parsed = ParsedChain::new();

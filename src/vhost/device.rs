@@ -2,7 +2,7 @@
 //! dispatch that hands virtqueue kicks and io_uring completions to the right worker.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,6 +44,9 @@ pub struct Shared {
     pub(crate) tmf_event: EventFd,
     pub(crate) tmf_waiting: AtomicU32,
     pub(crate) workers: Vec<Mutex<Worker>>,
+    /// Queues (bit per global index) whose available ring the guest corrupted; they are not
+    /// served again until the frontend stops and restarts them.
+    broken: AtomicU64,
 }
 
 impl Shared {
@@ -54,6 +57,22 @@ impl Shared {
             .into_iter()
             .flat_map(|qs| qs.iter().copied().enumerate())
             .filter(|&(_, q)| q > EVENT_QUEUE)
+    }
+
+    pub fn is_broken(&self, queue: u16) -> bool {
+        self.broken.load(Ordering::Acquire) & (1u64 << (queue % 64)) != 0
+    }
+
+    /// Stops serving a queue whose available ring makes no sense (an index more than a
+    /// queue size ahead): popping from it would spin. Logged once.
+    pub fn mark_broken(&self, queue: u16) {
+        let bit = 1u64 << (queue % 64);
+        if self.broken.fetch_or(bit, Ordering::AcqRel) & bit == 0 {
+            tracing::error!(
+                queue,
+                "guest corrupted the available ring; queue stopped until reset"
+            );
+        }
     }
 
     /// Called when a LUN's last in-flight command ends.
@@ -99,6 +118,7 @@ impl ScsiDevice {
             tmf_event: EventFd::new(EFD_NONBLOCK)?,
             tmf_waiting: AtomicU32::new(0),
             workers,
+            broken: AtomicU64::new(0),
         };
         Ok(ScsiDevice {
             shared: Arc::new(shared),
@@ -207,7 +227,14 @@ impl VhostUserBackend for ScsiDevice {
         new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
     }
 
+    fn reset_device(&self) {
+        self.shared.broken.store(0, Ordering::Release);
+    }
+
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        self.shared
+            .broken
+            .fetch_and(!(1u64 << (queue_index % 64)), Ordering::AcqRel);
         if !self
             .shared
             .inflight
@@ -245,7 +272,7 @@ impl VhostUserBackend for ScsiDevice {
             let vpos = usize::from(device_event);
             match queue {
                 CONTROL_QUEUE => {
-                    lock(&self.tmfs).process_control(sh, thread_id, vrings, vpos);
+                    lock(&self.tmfs).process_control(sh, vrings, vpos, queue);
                 }
                 EVENT_QUEUE => {
                     // Buffers stay posted until there is an event to report.

@@ -99,6 +99,9 @@ impl Worker {
         let Some(vring) = vrings.get(vpos) else {
             return;
         };
+        if sh.is_broken(queue) {
+            return;
+        }
         let mem = sh.mem.memory();
         let mut completed = false;
         'outer: loop {
@@ -114,6 +117,10 @@ impl Worker {
                 let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(&*mem);
                 let Some(chain) = chain else {
                     self.free.push(id);
+                    if avail_ring_is_corrupt(vring, &mem) {
+                        sh.mark_broken(queue);
+                        break 'outer;
+                    }
                     break;
                 };
                 let slot = &mut self.slots[id];
@@ -737,6 +744,17 @@ pub(crate) fn respond(
 
 fn clamp_u32(v: u64) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+/// True when the guest's available index is more than a queue size ahead of what the
+/// device consumed (or unreadable): such a ring can never be served.
+pub(crate) fn avail_ring_is_corrupt(vring: &Vring, mem: &MemGuard) -> bool {
+    let state = vring.get_ref();
+    let q = state.get_queue();
+    match q.avail_idx(&**mem, std::sync::atomic::Ordering::Acquire) {
+        Ok(idx) => idx.0.wrapping_sub(q.next_avail()) > q.size(),
+        Err(_) => true,
+    }
 }
 
 /// Notifies the guest if it asked to be (EVENT_IDX) or always without it.
