@@ -1,0 +1,123 @@
+//! The command-line contract: bad arguments and configuration give one line naming the
+//! field and a non-zero exit; the shipped example configuration parses.
+
+use std::process::Command;
+
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vscsid"))
+        .args(args)
+        .output()
+        .expect("run vscsid");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn one_line_error(args: &[&str], field: &str) {
+    let (code, err) = run(args);
+    assert_ne!(code, 0, "{args:?} succeeded");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{args:?}: expected one line, got {err:?}");
+    assert!(
+        lines[0].contains(field),
+        "{args:?}: {:?} does not name {field}",
+        lines[0]
+    );
+}
+
+#[test]
+fn bad_arguments_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("d.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let img = img.to_str().unwrap();
+    let sock = dir.path().join("s.sock");
+    let sock = sock.to_str().unwrap();
+    one_line_error(
+        &["--socket", sock, "--disk", &format!("{img},cache=fast")],
+        "cache",
+    );
+    one_line_error(
+        &[
+            "--socket",
+            sock,
+            "--disk",
+            &format!("{img},block-size=1000"),
+        ],
+        "block-size",
+    );
+    one_line_error(
+        &["--socket", sock, "--disk", &format!("{img},colour=red")],
+        "colour",
+    );
+    one_line_error(&["--disk", img], "socket");
+    one_line_error(&["--socket", sock], "lun");
+    one_line_error(
+        &["--socket", sock, "--disk", img, "--num-queues", "0"],
+        "num_queues",
+    );
+    one_line_error(
+        &["--socket", sock, "--disk", "/nonexistent/x.img"],
+        "/nonexistent/x.img",
+    );
+    one_line_error(&["--socket", sock, "--bogus"], "--bogus");
+    one_line_error(&["--socket", sock, "--num-queues", "many"], "num-queues");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[[lun]]\nlun = 0\npath = \"/x\"\ncache = \"sometimes\"\n",
+    )
+    .unwrap();
+    one_line_error(
+        &["--socket", sock, "--config", cfg.to_str().unwrap()],
+        "lun[0].cache",
+    );
+    let (code, _) = run(&["--socket", sock, "--disk", img, "--num-queues", "0"]);
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn example_configuration_parses() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/qemu-examples/vscsid.toml");
+    let cfg =
+        vscsid::config::parse_config_file(std::path::Path::new(path)).expect("example parses");
+    assert_eq!(cfg.luns.len(), 4);
+    assert_eq!(cfg.num_queues, 4);
+    assert!(cfg.reconnect);
+    cfg.validate().expect("example validates");
+}
+
+#[test]
+fn socket_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("d.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let sock = dir.path().join("s.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vscsid"))
+        .args([
+            "--socket",
+            sock.to_str().unwrap(),
+            "--disk",
+            img.to_str().unwrap(),
+        ])
+        .spawn()
+        .unwrap();
+    for _ in 0..500 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let mode = std::fs::metadata(&sock).map(|m| m.permissions().mode() & 0o777);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(mode.expect("socket created"), 0o600);
+}
