@@ -23,7 +23,7 @@ struct Cli {
     /// Request queues offered (QEMU's num_queues must not exceed it) [default: 16].
     #[arg(long, value_name = "N")]
     num_queues: Option<u16>,
-    /// Worker threads serving the request queues [default: min(num-queues, CPUs)].
+    /// Worker threads serving the request queues [default: one per request queue].
     #[arg(long, value_name = "N")]
     threads: Option<u16>,
     /// Largest virtqueue size accepted [default: 1024].

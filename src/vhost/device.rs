@@ -95,7 +95,8 @@ pub struct ScsiDevice {
 impl ScsiDevice {
     pub fn new(cfg: &Config, luns: Arc<LunTable<Lun>>, mem: GuestMem) -> io::Result<ScsiDevice> {
         let n = cfg.num_queues;
-        let threads = usize::from(cfg.threads.unwrap_or_else(|| default_threads(n)).max(1));
+        // One worker thread per request queue unless configured otherwise.
+        let threads = usize::from(cfg.threads.unwrap_or(n).clamp(1, n.max(1)));
         let mut thread_queues = vec![Vec::new(); threads];
         thread_queues[0].extend([CONTROL_QUEUE, EVENT_QUEUE]);
         for i in 0..n {
@@ -158,16 +159,15 @@ impl ScsiDevice {
         put32(16, 16); // event_info_size: sizeof(virtio_scsi_event)
         put32(20, SENSE_SIZE as u32);
         put32(24, CDB_SIZE as u32);
-        c[28..30].copy_from_slice(&0u16.to_le_bytes()); // max_channel
-        c[30..32].copy_from_slice(&255u16.to_le_bytes()); // max_target
-        c[32..36].copy_from_slice(&16383u32.to_le_bytes()); // max_lun
+        // max_channel, max_target, max_lun: what the LUN table holds, so a driver that
+        // reads them scans no further than needed.
+        let max_target = self.shared.luns.max_target().unwrap_or(0);
+        let max_lun = self.shared.luns.max_lun().unwrap_or(0);
+        c[28..30].copy_from_slice(&0u16.to_le_bytes());
+        c[30..32].copy_from_slice(&u16::from(max_target).to_le_bytes());
+        c[32..36].copy_from_slice(&u32::from(max_lun).to_le_bytes());
         c
     }
-}
-
-fn default_threads(queues: u16) -> u16 {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    queues.min(u16::try_from(cpus).unwrap_or(u16::MAX)).max(1)
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -284,5 +284,73 @@ impl VhostUserBackend for ScsiDevice {
             lock(&self.tmfs).retry(sh, vrings);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LunConfig;
+    use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+
+    fn device(threads: Option<u16>) -> (tempfile::TempDir, ScsiDevice) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("d.img");
+        std::fs::File::create(&p)
+            .and_then(|f| f.set_len(1 << 20))
+            .expect("img");
+        let mut cfg = Config {
+            num_queues: 4,
+            queue_size: 256,
+            threads,
+            ..Config::default()
+        };
+        cfg.luns.push(LunConfig::disk(0, 0, p.clone()));
+        cfg.luns.push(LunConfig::disk(2, 7, p));
+        let luns = Arc::new(super::super::build_lun_table(&cfg).expect("luns"));
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
+        let dev = ScsiDevice::new(&cfg, luns, mem).expect("device");
+        (dir, dev)
+    }
+
+    #[test]
+    fn config_space_is_truthful() {
+        let (_d, dev) = device(None);
+        let c = dev.config_space();
+        let u32_at = |i: usize| u32::from_le_bytes([c[i], c[i + 1], c[i + 2], c[i + 3]]);
+        assert_eq!(u32_at(0), 4); // num_queues
+        assert_eq!(u32_at(4), 254); // seg_max
+        assert_eq!(u32_at(8), (MAX_TRANSFER_BYTES / 512) as u32);
+        assert_eq!(u32_at(12), 256); // cmd_per_lun
+        assert_eq!(u32_at(20), 96); // sense_size
+        assert_eq!(u32_at(24), 32); // cdb_size
+        assert_eq!(u16::from_le_bytes([c[30], c[31]]), 2); // max_target
+        assert_eq!(u32_at(32), 7); // max_lun
+        assert_eq!(dev.get_config(20, 8), c[20..28].to_vec());
+        assert!(dev.get_config(40, 4).is_empty());
+    }
+
+    #[test]
+    fn queues_are_spread_one_thread_each_by_default() {
+        let (_d, dev) = device(None);
+        assert_eq!(dev.num_queues(), 6);
+        // Thread 0: control, event and request queue 0; then one request queue each.
+        assert_eq!(
+            dev.queues_per_thread(),
+            vec![0b000111, 0b001000, 0b010000, 0b100000]
+        );
+        let (_d, dev) = device(Some(2));
+        assert_eq!(dev.queues_per_thread(), vec![0b010111, 0b101000]);
+    }
+
+    #[test]
+    fn features_include_what_qemu_forwards() {
+        let (_d, dev) = device(None);
+        let f = dev.features();
+        for bit in [32, 29, 28, 30, 1, 2] {
+            assert!(f & (1u64 << bit) != 0, "feature bit {bit}");
+        }
+        let pf = dev.protocol_features();
+        assert!(pf.contains(VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG));
     }
 }
