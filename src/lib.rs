@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod config;
 pub mod frontend;
+pub mod iscsi;
 pub mod scsi;
 pub mod vhost;
 pub mod virtio;

@@ -1,0 +1,261 @@
+//! vscsid's user-space iSCSI initiator (RFC 7143): it makes a LUN on an iSCSI target a
+//! passthrough LUN of the guest. The guest's CDBs go to the target unchanged; status,
+//! sense and data come back unchanged.
+
+mod chap;
+pub mod login;
+pub mod pdu;
+mod session;
+pub mod text;
+mod url;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use login::{discover, LoginError};
+pub use url::IscsiUrl;
+
+/// CHAP credentials; `mutual` holds the name and secret the target must prove.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Chap {
+    pub user: String,
+    pub secret: String,
+    pub mutual: Option<Box<Chap>>,
+}
+
+impl std::fmt::Debug for Chap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Chap {{ user: {:?}, mutual: {} }}",
+            self.user,
+            self.mutual.is_some()
+        )
+    }
+}
+
+/// Session settings.
+#[derive(Debug, Clone)]
+pub struct IscsiOptions {
+    pub initiator_name: String,
+    pub chap: Option<Chap>,
+    pub header_digest: bool,
+    pub data_digest: bool,
+    pub immediate_data: bool,
+    pub initial_r2t: bool,
+    pub max_recv_data_segment_length: u32,
+    pub max_burst_length: u32,
+    pub first_burst_length: u32,
+    /// Idle time after which a NOP-Out checks the connection.
+    pub nop_interval: Duration,
+    /// How long a NOP-Out may go unanswered before the connection counts as dead.
+    pub nop_timeout: Duration,
+    /// How long commands wait for a lost connection to come back before they fail.
+    pub recovery_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub login_timeout: Duration,
+}
+
+impl Default for IscsiOptions {
+    fn default() -> Self {
+        IscsiOptions {
+            initiator_name: default_initiator_name(),
+            chap: None,
+            header_digest: false,
+            data_digest: false,
+            immediate_data: true,
+            initial_r2t: false,
+            max_recv_data_segment_length: 262_144,
+            max_burst_length: 1 << 20,
+            first_burst_length: 262_144,
+            nop_interval: Duration::from_secs(5),
+            nop_timeout: Duration::from_secs(5),
+            recovery_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            login_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `iqn.2024-01.io.vscsid:<hostname>`.
+pub fn default_initiator_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_lowercase())
+        .unwrap_or_default();
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!(
+        "iqn.2024-01.io.vscsid:{}",
+        if host.is_empty() { "host" } else { &host }
+    )
+}
+
+/// SAM task attribute of a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TaskAttr {
+    Untagged = 0,
+    #[default]
+    Simple = 1,
+    Ordered = 2,
+    HeadOfQueue = 3,
+    Aca = 4,
+}
+
+/// One SCSI command to forward.
+#[derive(Debug, Clone)]
+pub struct ScsiCommand {
+    pub cdb: [u8; 32],
+    pub cdb_len: usize,
+    pub data_out: Vec<u8>,
+    pub data_in_len: u32,
+    pub task_attr: TaskAttr,
+}
+
+/// Status and raw sense bytes of a completed command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScsiStatus {
+    pub status: u8,
+    pub sense: Vec<u8>,
+}
+
+/// The target's residual report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Residual {
+    pub overflow: bool,
+    pub underflow: bool,
+    pub count: u32,
+}
+
+/// Why a command got no status from the target.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    #[error("the target could not be reached within the recovery time")]
+    Timeout,
+    #[error("the session is closed")]
+    Closed,
+    #[error("{0}")]
+    Protocol(String),
+}
+
+/// What became of a command.
+#[derive(Debug, Clone)]
+pub struct ScsiCompletion {
+    pub result: Result<ScsiStatus, TransportError>,
+    pub data_in: Vec<u8>,
+    pub residual: Residual,
+}
+
+impl ScsiCompletion {
+    fn failed(e: TransportError) -> ScsiCompletion {
+        ScsiCompletion {
+            result: Err(e),
+            data_in: Vec::new(),
+            residual: Residual::default(),
+        }
+    }
+}
+
+/// Task management functions (RFC 7143 11.5.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TmfFunction {
+    AbortTask = 1,
+    AbortTaskSet = 2,
+    ClearAca = 3,
+    ClearTaskSet = 4,
+    LogicalUnitReset = 5,
+    TargetWarmReset = 6,
+}
+
+/// A LUN of an iSCSI target, reached through one session. Send + Sync: any thread submits.
+pub struct IscsiLun {
+    session: Arc<session::Session>,
+    pub url: IscsiUrl,
+}
+
+impl IscsiLun {
+    /// Logs in to the URL's target. Credentials in the URL override `opts.chap`'s.
+    pub fn connect(url: &IscsiUrl, opts: &IscsiOptions) -> Result<IscsiLun, LoginError> {
+        let mut opts = opts.clone();
+        if let Some(user) = &url.user {
+            let secret = url
+                .password
+                .clone()
+                .or_else(|| opts.chap.as_ref().map(|c| c.secret.clone()))
+                .unwrap_or_default();
+            let mutual = opts.chap.as_ref().and_then(|c| c.mutual.clone());
+            opts.chap = Some(Chap {
+                user: user.clone(),
+                secret,
+                mutual,
+            });
+        }
+        Ok(IscsiLun {
+            session: session::Session::connect(url, &opts)?,
+            url: url.clone(),
+        })
+    }
+
+    /// Queues a command; `done` is called exactly once.
+    pub fn submit(&self, cmd: ScsiCommand, done: Box<dyn FnOnce(ScsiCompletion) + Send>) {
+        self.session.submit(self.url.lun, cmd, done);
+    }
+
+    /// Runs a command and waits for it (tests, start-up probing).
+    pub fn execute(&self, cmd: ScsiCommand) -> ScsiCompletion {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.submit(
+            cmd,
+            Box::new(move |c| {
+                let _ = tx.send(c);
+            }),
+        );
+        rx.recv()
+            .unwrap_or_else(|_| ScsiCompletion::failed(TransportError::Closed))
+    }
+
+    /// A task management function on this LUN; returns the target's response code
+    /// (0 = function complete).
+    pub fn task_management(&self, f: TmfFunction) -> Result<u8, TransportError> {
+        self.session.task_management(self.url.lun, f as u8, None)
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.session.is_connected()
+    }
+
+    pub fn outstanding(&self) -> usize {
+        self.session.outstanding()
+    }
+
+    pub fn close(&self) {
+        self.session.close();
+    }
+}
+
+impl Drop for IscsiLun {
+    fn drop(&mut self) {
+        self.session.close();
+    }
+}
+
+/// Builds a command from CDB bytes.
+pub fn command(cdb: &[u8], data_out: Vec<u8>, data_in_len: u32) -> ScsiCommand {
+    let mut c = [0u8; 32];
+    let n = cdb.len().min(32);
+    c[..n].copy_from_slice(&cdb[..n]);
+    ScsiCommand {
+        cdb: c,
+        cdb_len: n,
+        data_out,
+        data_in_len,
+        task_attr: TaskAttr::Simple,
+    }
+}

@@ -1,0 +1,761 @@
+//! The full feature phase of one session over one connection: SCSI commands with immediate,
+//! unsolicited and R2T-solicited data, Data-In reassembly, status and sense, the
+//! CmdSN/MaxCmdSN window, NOP keepalive both ways, task management, and recovery (ERL 0):
+//! when the connection drops, log in again and reissue every command that had no status,
+//! within a bound; past it, fail them as a real HBA would.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufReader, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::login::{self, LoginError, Negotiated};
+use super::pdu::{self, op, Framing, Pdu, F_FINAL};
+use super::{
+    IscsiOptions, IscsiUrl, Residual, ScsiCommand, ScsiCompletion, ScsiStatus, TransportError,
+};
+
+/// A fresh random-qualifier ISID (RFC 7143 10.12.5, type 10b).
+pub fn new_isid() -> [u8; 6] {
+    let r = super::chap::random_bytes(5);
+    [0x80, r[0], r[1], r[2], r[3], r[4]]
+}
+
+/// The 8-byte LUN field for `lun` (single-level, peripheral or flat space addressing).
+pub fn lun_field(lun: u16) -> u64 {
+    if lun < 256 {
+        u64::from(lun) << 48
+    } else {
+        u64::from(0x4000 | lun) << 48
+    }
+}
+
+/// Serial number arithmetic (RFC 1982): a <= b.
+fn sn_le(a: u32, b: u32) -> bool {
+    b.wrapping_sub(a) < 0x8000_0000
+}
+
+const NO_TAG: u32 = 0xffff_ffff;
+
+type Done = Box<dyn FnOnce(ScsiCompletion) + Send>;
+
+/// A command the target has not answered yet.
+struct Pending {
+    lun: u64,
+    cmd: ScsiCommand,
+    done: Option<Done>,
+    data_in: Vec<u8>,
+}
+
+/// Mutable session state behind one lock; the writer is part of it so the PDUs of one
+/// command go out together and in CmdSN order.
+struct State {
+    writer: Option<TcpStream>,
+    neg: Option<Negotiated>,
+    cmd_sn: u32,
+    exp_stat_sn: u32,
+    max_cmd_sn: u32,
+    next_itt: u32,
+    pending: HashMap<u32, Pending>,
+    /// Commands waiting to be sent (window closed or connection down), oldest first.
+    unsent: VecDeque<u32>,
+    tmf: HashMap<u32, Option<u8>>,
+    down_since: Option<Instant>,
+    recovering: bool,
+    last_rx: Instant,
+    ping: Option<(u32, Instant)>,
+    generation: u64,
+}
+
+pub(crate) struct Session {
+    url: IscsiUrl,
+    opts: IscsiOptions,
+    isid: [u8; 6],
+    state: Mutex<State>,
+    changed: Condvar,
+    closing: AtomicBool,
+}
+
+/// Completions collected under the lock and delivered after it is released.
+type Completions = Vec<(Done, ScsiCompletion)>;
+
+impl Session {
+    pub(crate) fn connect(url: &IscsiUrl, opts: &IscsiOptions) -> Result<Arc<Session>, LoginError> {
+        let s = Arc::new(Session {
+            url: url.clone(),
+            opts: opts.clone(),
+            isid: new_isid(),
+            state: Mutex::new(State {
+                writer: None,
+                neg: None,
+                cmd_sn: 0,
+                exp_stat_sn: 0,
+                max_cmd_sn: 0,
+                next_itt: 1,
+                pending: HashMap::new(),
+                unsent: VecDeque::new(),
+                tmf: HashMap::new(),
+                down_since: None,
+                recovering: false,
+                last_rx: Instant::now(),
+                ping: None,
+                generation: 0,
+            }),
+            changed: Condvar::new(),
+            closing: AtomicBool::new(false),
+        });
+        s.establish()?;
+        let keep = s.clone();
+        std::thread::Builder::new()
+            .name("iscsi-keepalive".into())
+            .spawn(move || keep.keepalive_loop())
+            .map_err(|e| LoginError::Protocol(e.to_string()))?;
+        Ok(s)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Connects, logs in, starts a reader, and (re)sends every command without status.
+    fn establish(self: &Arc<Self>) -> Result<(), LoginError> {
+        let mut stream = login::connect(&self.url.portal(), &self.opts)?;
+        let neg = login::login(&mut stream, &self.opts, Some(&self.url.target), self.isid)?;
+        let io = |e: std::io::Error| LoginError::Protocol(e.to_string());
+        stream.set_read_timeout(None).map_err(io)?;
+        stream
+            .set_write_timeout(Some(self.opts.nop_timeout.max(Duration::from_secs(5))))
+            .map_err(io)?;
+        let reader = stream.try_clone().map_err(io)?;
+        let framing = neg.framing;
+        let generation;
+        {
+            let mut st = self.lock();
+            st.cmd_sn = neg.cmd_sn;
+            st.exp_stat_sn = neg.exp_stat_sn;
+            st.max_cmd_sn = neg.max_cmd_sn;
+            st.neg = Some(neg);
+            st.writer = Some(stream);
+            st.down_since = None;
+            st.last_rx = Instant::now();
+            st.ping = None;
+            st.generation += 1;
+            generation = st.generation;
+            // ERL 0 gives no way to learn what became of commands without status: reissue
+            // them all, in their original order.
+            let mut itts: Vec<u32> = st.pending.keys().copied().collect();
+            itts.sort_unstable();
+            st.unsent = itts.into();
+            for p in st.pending.values_mut() {
+                p.data_in.clear();
+            }
+            if let Err(e) = self.pump(&mut st) {
+                tracing::warn!("iSCSI: resending after login failed: {e}");
+            }
+        }
+        self.changed.notify_all();
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("iscsi-reader".into())
+            .spawn(move || me.reader_loop(reader, framing, generation))
+            .map_err(|e| LoginError::Protocol(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Queues a command; `done` runs exactly once, from an initiator thread or here.
+    pub(crate) fn submit(self: &Arc<Self>, lun: u16, cmd: ScsiCommand, done: Done) {
+        let mut st = self.lock();
+        let gave_up = st
+            .down_since
+            .is_some_and(|t| t.elapsed() >= self.opts.recovery_timeout);
+        if self.closing.load(Ordering::Acquire) || gave_up {
+            drop(st);
+            let e = if gave_up {
+                TransportError::Timeout
+            } else {
+                TransportError::Closed
+            };
+            done(ScsiCompletion::failed(e));
+            return;
+        }
+        let itt = next_itt(&mut st);
+        st.pending.insert(
+            itt,
+            Pending {
+                lun: lun_field(lun),
+                cmd,
+                done: Some(done),
+                data_in: Vec::new(),
+            },
+        );
+        st.unsent.push_back(itt);
+        if let Err(e) = self.pump(&mut st) {
+            tracing::warn!("iSCSI: send failed: {e}");
+            self.connection_lost(&mut st);
+        }
+    }
+
+    /// Sends queued commands while connected and the CmdSN window is open.
+    fn pump(self: &Arc<Self>, st: &mut State) -> std::io::Result<()> {
+        while st.writer.is_some() && sn_le(st.cmd_sn, st.max_cmd_sn) {
+            let Some(itt) = st.unsent.pop_front() else {
+                break;
+            };
+            if !st.pending.contains_key(&itt) {
+                continue;
+            }
+            self.send_command(st, itt)?;
+        }
+        Ok(())
+    }
+
+    fn send_command(&self, st: &mut State, itt: u32) -> std::io::Result<()> {
+        let (Some(neg), Some(p)) = (st.neg.clone(), st.pending.get(&itt)) else {
+            return Ok(());
+        };
+        let cmd = &p.cmd;
+        let write = !cmd.data_out.is_empty();
+        let read = cmd.data_in_len > 0;
+        let mut pdu = Pdu::new(op::SCSI_CMD);
+        let immediate_len = if write && neg.immediate_data {
+            cmd.data_out
+                .len()
+                .min(neg.first_burst as usize)
+                .min(neg.target_max_recv as usize)
+        } else {
+            0
+        };
+        // Unsolicited Data-Out follows when InitialR2T=No, up to FirstBurstLength.
+        let unsolicited_end = if write && !neg.initial_r2t {
+            cmd.data_out.len().min(neg.first_burst as usize)
+        } else {
+            immediate_len
+        };
+        let final_bit = if unsolicited_end > immediate_len {
+            0
+        } else {
+            F_FINAL
+        };
+        let attr = cmd.task_attr as u8 & 0x07;
+        pdu.set_flags(
+            final_bit | if read { 0x40 } else { 0 } | if write { 0x20 } else { 0 } | attr,
+        );
+        pdu.set_lun(p.lun);
+        pdu.set_itt(itt);
+        let edtl = if write {
+            cmd.data_out.len() as u32
+        } else {
+            cmd.data_in_len
+        };
+        pdu.set_u32(20, edtl);
+        pdu.set_u32(24, st.cmd_sn);
+        pdu.set_u32(28, st.exp_stat_sn);
+        let cdb_len = cmd.cdb_len.min(32);
+        pdu.bhs[32..48].copy_from_slice(&cmd.cdb[..16]);
+        if cdb_len > 16 {
+            // Extended CDB AHS: length covers the type-specific byte and the extra CDB bytes.
+            let extra = &cmd.cdb[16..cdb_len];
+            let mut ahs = Vec::with_capacity(4 + extra.len() + 3);
+            ahs.extend_from_slice(&((extra.len() + 1) as u16).to_be_bytes());
+            ahs.push(0x01);
+            ahs.push(0);
+            ahs.extend_from_slice(extra);
+            while ahs.len() % 4 != 0 {
+                ahs.push(0);
+            }
+            pdu.ahs = ahs;
+        }
+        pdu.data = cmd.data_out[..immediate_len].to_vec();
+        st.cmd_sn = st.cmd_sn.wrapping_add(1);
+        let exp_stat_sn = st.exp_stat_sn;
+        let lun = p.lun;
+        let unsolicited = if unsolicited_end > immediate_len {
+            Some(cmd.data_out[immediate_len..unsolicited_end].to_vec())
+        } else {
+            None
+        };
+        let w = st
+            .writer
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("not connected"))?;
+        w.write_all(&pdu::encode(&pdu, &neg.framing))?;
+        if let Some(data) = unsolicited {
+            send_data_out(w, &neg, lun, itt, NO_TAG, exp_stat_sn, immediate_len, &data)?;
+        }
+        Ok(())
+    }
+
+    fn reader_loop(self: Arc<Self>, stream: TcpStream, framing: Framing, generation: u64) {
+        let mut r = BufReader::with_capacity(256 * 1024, stream);
+        loop {
+            let pdu = match pdu::read_pdu(&mut r, &framing) {
+                Ok(p) => p,
+                Err(e) => {
+                    let mut st = self.lock();
+                    if st.generation == generation && !self.closing.load(Ordering::Acquire) {
+                        tracing::warn!(portal = %self.url.portal(), "iSCSI connection lost: {e}");
+                        self.connection_lost(&mut st);
+                    }
+                    return;
+                }
+            };
+            let mut done = Completions::new();
+            {
+                let mut st = self.lock();
+                if st.generation != generation {
+                    return;
+                }
+                st.last_rx = Instant::now();
+                if let Err(e) = self.handle_pdu(&mut st, pdu, &mut done) {
+                    tracing::warn!("iSCSI: {e}");
+                    self.connection_lost(&mut st);
+                }
+            }
+            self.changed.notify_all();
+            for (f, c) in done {
+                f(c);
+            }
+        }
+    }
+
+    fn update_sn(st: &mut State, pdu: &Pdu, has_status: bool) {
+        let exp = pdu.exp_cmd_sn();
+        let max = pdu.max_cmd_sn();
+        // MaxCmdSN is valid only when it is at least ExpCmdSN - 1.
+        if sn_le(exp.wrapping_sub(1), max) && sn_le(st.max_cmd_sn, max) {
+            st.max_cmd_sn = max;
+        }
+        if has_status {
+            let next = pdu.stat_sn().wrapping_add(1);
+            if sn_le(st.exp_stat_sn, next) {
+                st.exp_stat_sn = next;
+            }
+        }
+    }
+
+    fn handle_pdu(
+        self: &Arc<Self>,
+        st: &mut State,
+        p: Pdu,
+        done: &mut Completions,
+    ) -> std::io::Result<()> {
+        match p.opcode() {
+            op::DATA_IN => {
+                let status = p.flags() & 0x01 != 0;
+                Self::update_sn(st, &p, status);
+                let itt = p.itt();
+                if let Some(pend) = st.pending.get_mut(&itt) {
+                    let off = p.buffer_offset() as usize;
+                    let limit = pend.cmd.data_in_len as usize;
+                    let end = off.saturating_add(p.data.len()).min(limit);
+                    if off < end {
+                        if pend.data_in.len() < end {
+                            pend.data_in.resize(end, 0);
+                        }
+                        pend.data_in[off..end].copy_from_slice(&p.data[..end - off]);
+                    }
+                    if status {
+                        let residual = residual_of(&p);
+                        finish(
+                            st,
+                            itt,
+                            Ok(ScsiStatus {
+                                status: p.bhs[3],
+                                sense: Vec::new(),
+                            }),
+                            residual,
+                            done,
+                        );
+                    } else if p.flags() & 0x40 != 0 && p.ttt() != NO_TAG {
+                        // A bit: DataACK requested (ERL >= 1 only); nothing to do at ERL 0.
+                    }
+                }
+            }
+            op::SCSI_RESP => {
+                Self::update_sn(st, &p, true);
+                let itt = p.itt();
+                let result = if p.bhs[2] != 0 {
+                    Err(TransportError::Protocol(format!(
+                        "target failure (response {:#x})",
+                        p.bhs[2]
+                    )))
+                } else {
+                    let sense = if p.data.len() >= 2 {
+                        let n = usize::from(u16::from_be_bytes([p.data[0], p.data[1]]));
+                        p.data[2..].get(..n).unwrap_or(&p.data[2..]).to_vec()
+                    } else {
+                        Vec::new()
+                    };
+                    Ok(ScsiStatus {
+                        status: p.bhs[3],
+                        sense,
+                    })
+                };
+                finish(st, itt, result, residual_of(&p), done);
+            }
+            op::R2T => {
+                Self::update_sn(st, &p, false);
+                let itt = p.itt();
+                let (Some(neg), Some(pend)) = (st.neg.clone(), st.pending.get(&itt)) else {
+                    return Ok(());
+                };
+                let off = p.buffer_offset() as usize;
+                let len = p.residual() as usize; // desired data transfer length
+                let data = pend
+                    .cmd
+                    .data_out
+                    .get(off..off.saturating_add(len).min(pend.cmd.data_out.len()));
+                let Some(data) = data.map(<[u8]>::to_vec) else {
+                    return Err(std::io::Error::other("R2T outside the command's data"));
+                };
+                let lun = pend.lun;
+                let exp = st.exp_stat_sn;
+                if let Some(w) = st.writer.as_mut() {
+                    send_data_out(w, &neg, lun, itt, p.ttt(), exp, off, &data)?;
+                }
+            }
+            op::NOP_IN => {
+                Self::update_sn(st, &p, p.itt() != NO_TAG);
+                if st.ping.is_some_and(|(itt, _)| itt == p.itt()) {
+                    st.ping = None;
+                }
+                if p.ttt() != NO_TAG {
+                    // The target pings us: answer with its TTT.
+                    let mut out = Pdu::new(op::NOP_OUT);
+                    out.set_immediate();
+                    out.set_flags(F_FINAL);
+                    out.bhs[8..16].copy_from_slice(&p.bhs[8..16]);
+                    out.set_itt(NO_TAG);
+                    out.set_u32(20, p.ttt());
+                    out.set_u32(24, st.cmd_sn);
+                    out.set_u32(28, st.exp_stat_sn);
+                    self.write(st, &out)?;
+                }
+            }
+            op::TASK_MGMT_RESP => {
+                Self::update_sn(st, &p, true);
+                if let Some(slot) = st.tmf.get_mut(&p.itt()) {
+                    *slot = Some(p.bhs[2]);
+                }
+            }
+            op::ASYNC_MSG => {
+                Self::update_sn(st, &p, true);
+                match p.bhs[36] {
+                    1..=3 => {
+                        tracing::warn!(
+                            event = p.bhs[36],
+                            "iSCSI target asks to end the connection"
+                        );
+                        return Err(std::io::Error::other(
+                            "target requested logout or a connection drop",
+                        ));
+                    }
+                    e => tracing::info!(event = e, "iSCSI asynchronous message"),
+                }
+            }
+            op::REJECT => {
+                Self::update_sn(st, &p, true);
+                let reason = p.bhs[2];
+                if p.data.len() >= 48 {
+                    let itt = u32::from_be_bytes([p.data[16], p.data[17], p.data[18], p.data[19]]);
+                    tracing::warn!(reason, itt, "iSCSI target rejected a PDU");
+                    finish(
+                        st,
+                        itt,
+                        Err(TransportError::Protocol(format!(
+                            "PDU rejected, reason {reason:#x}"
+                        ))),
+                        Residual::default(),
+                        done,
+                    );
+                }
+            }
+            op::LOGOUT_RESP | op::TEXT_RESP => Self::update_sn(st, &p, true),
+            other => {
+                return Err(std::io::Error::other(format!(
+                    "unexpected opcode {other:#x}"
+                )))
+            }
+        }
+        self.pump(st)
+    }
+
+    fn write(&self, st: &mut State, p: &Pdu) -> std::io::Result<()> {
+        let framing = st.neg.as_ref().map(|n| n.framing).unwrap_or_default();
+        match st.writer.as_mut() {
+            Some(w) => w.write_all(&pdu::encode(p, &framing)),
+            None => Err(std::io::Error::other("not connected")),
+        }
+    }
+
+    /// Drops the connection and starts recovery (once).
+    fn connection_lost(self: &Arc<Self>, st: &mut State) {
+        if let Some(w) = st.writer.take() {
+            let _ = w.shutdown(Shutdown::Both);
+        }
+        st.generation += 1;
+        if st.down_since.is_none() {
+            st.down_since = Some(Instant::now());
+        }
+        st.ping = None;
+        if !st.recovering && !self.closing.load(Ordering::Acquire) {
+            st.recovering = true;
+            let me = self.clone();
+            let _ = std::thread::Builder::new()
+                .name("iscsi-recovery".into())
+                .spawn(move || me.recover());
+        }
+        self.changed.notify_all();
+    }
+
+    /// Logs in again with back-off until it works or the session closes; fails commands
+    /// once the outage outlasts the recovery bound.
+    fn recover(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if self.closing.load(Ordering::Acquire) {
+                break;
+            }
+            let expired = {
+                let st = self.lock();
+                st.down_since
+                    .is_some_and(|t| t.elapsed() >= self.opts.recovery_timeout)
+            };
+            if expired {
+                self.fail_all(TransportError::Timeout);
+            }
+            match self.establish() {
+                Ok(()) => {
+                    tracing::info!(portal = %self.url.portal(), "iSCSI session re-established");
+                    break;
+                }
+                Err(e) => tracing::debug!("iSCSI login retry failed: {e}"),
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+        self.lock().recovering = false;
+    }
+
+    fn fail_all(&self, e: TransportError) {
+        let done: Completions = {
+            let mut st = self.lock();
+            st.unsent.clear();
+            st.pending
+                .drain()
+                .filter_map(|(_, mut p)| {
+                    p.done
+                        .take()
+                        .map(|d| (d, ScsiCompletion::failed(e.clone())))
+                })
+                .collect()
+        };
+        for (f, c) in done {
+            f(c);
+        }
+    }
+
+    fn keepalive_loop(self: Arc<Self>) {
+        let tick =
+            (self.opts.nop_interval / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
+        while !self.closing.load(Ordering::Acquire) {
+            std::thread::sleep(tick);
+            let mut st = self.lock();
+            if st.writer.is_none() {
+                continue;
+            }
+            if let Some((_, sent)) = st.ping {
+                if sent.elapsed() >= self.opts.nop_timeout {
+                    tracing::warn!(portal = %self.url.portal(), "iSCSI target silent: NOP-Out unanswered");
+                    self.connection_lost(&mut st);
+                }
+                continue;
+            }
+            if st.last_rx.elapsed() >= self.opts.nop_interval {
+                let itt = next_itt(&mut st);
+                let mut p = Pdu::new(op::NOP_OUT);
+                p.set_immediate();
+                p.set_flags(F_FINAL);
+                p.set_itt(itt);
+                p.set_u32(20, NO_TAG);
+                p.set_u32(24, st.cmd_sn);
+                p.set_u32(28, st.exp_stat_sn);
+                st.ping = Some((itt, Instant::now()));
+                if self.write(&mut st, &p).is_err() {
+                    self.connection_lost(&mut st);
+                }
+            }
+        }
+    }
+
+    /// Sends a task management function and waits (bounded) for its response code.
+    pub(crate) fn task_management(
+        self: &Arc<Self>,
+        lun: u16,
+        function: u8,
+        referenced: Option<u32>,
+    ) -> Result<u8, TransportError> {
+        let mut st = self.lock();
+        let itt = next_itt(&mut st);
+        let mut p = Pdu::new(op::TASK_MGMT_REQ);
+        p.set_immediate();
+        p.set_flags(0x80 | (function & 0x7f));
+        p.set_lun(lun_field(lun));
+        p.set_itt(itt);
+        p.set_u32(20, referenced.unwrap_or(NO_TAG));
+        p.set_u32(24, st.cmd_sn);
+        p.set_u32(28, st.exp_stat_sn);
+        st.tmf.insert(itt, None);
+        if self.write(&mut st, &p).is_err() {
+            st.tmf.remove(&itt);
+            return Err(TransportError::Closed);
+        }
+        let deadline = Instant::now() + self.opts.recovery_timeout;
+        loop {
+            if let Some(Some(code)) = st.tmf.get(&itt) {
+                let code = *code;
+                st.tmf.remove(&itt);
+                return Ok(code);
+            }
+            if Instant::now() >= deadline {
+                st.tmf.remove(&itt);
+                return Err(TransportError::Timeout);
+            }
+            st = self
+                .changed
+                .wait_timeout(st, Duration::from_millis(50))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    /// Commands sent or queued and not yet answered.
+    pub(crate) fn outstanding(&self) -> usize {
+        self.lock().pending.len()
+    }
+
+    pub(crate) fn is_connected(&self) -> bool {
+        self.lock().writer.is_some()
+    }
+
+    /// Logs out and fails whatever is still pending.
+    pub(crate) fn close(&self) {
+        self.closing.store(true, Ordering::Release);
+        {
+            let mut st = self.lock();
+            let itt = next_itt(&mut st);
+            let mut p = Pdu::new(op::LOGOUT_REQ);
+            p.set_immediate();
+            p.set_flags(F_FINAL);
+            p.set_itt(itt);
+            p.set_u32(24, st.cmd_sn);
+            p.set_u32(28, st.exp_stat_sn);
+            let _ = self.write(&mut st, &p);
+            st.generation += 1;
+            if let Some(w) = st.writer.take() {
+                let _ = w.shutdown(Shutdown::Both);
+            }
+        }
+        self.fail_all(TransportError::Closed);
+    }
+}
+
+fn next_itt(st: &mut State) -> u32 {
+    let itt = st.next_itt;
+    st.next_itt = st.next_itt.wrapping_add(1);
+    if st.next_itt == NO_TAG || st.next_itt == 0 {
+        st.next_itt = 1;
+    }
+    itt
+}
+
+fn residual_of(p: &Pdu) -> Residual {
+    Residual {
+        overflow: p.flags() & 0x04 != 0,
+        underflow: p.flags() & 0x02 != 0,
+        count: p.residual(),
+    }
+}
+
+fn finish(
+    st: &mut State,
+    itt: u32,
+    result: Result<ScsiStatus, TransportError>,
+    residual: Residual,
+    done: &mut Completions,
+) {
+    if let Some(mut p) = st.pending.remove(&itt) {
+        if let Some(f) = p.done.take() {
+            done.push((
+                f,
+                ScsiCompletion {
+                    result,
+                    data_in: std::mem::take(&mut p.data_in),
+                    residual,
+                },
+            ));
+        }
+    }
+}
+
+/// Sends `data` (starting at buffer offset `offset`) as Data-Out PDUs no longer than the
+/// target's MaxRecvDataSegmentLength, the last one Final.
+#[allow(clippy::too_many_arguments)]
+fn send_data_out(
+    w: &mut TcpStream,
+    neg: &Negotiated,
+    lun: u64,
+    itt: u32,
+    ttt: u32,
+    exp_stat_sn: u32,
+    offset: usize,
+    data: &[u8],
+) -> std::io::Result<()> {
+    let chunk = (neg.target_max_recv as usize).max(512);
+    let mut sent = 0usize;
+    let mut data_sn = 0u32;
+    while sent < data.len() {
+        let n = chunk.min(data.len() - sent);
+        let mut p = Pdu::new(op::DATA_OUT);
+        p.set_flags(if sent + n == data.len() { F_FINAL } else { 0 });
+        p.set_lun(lun);
+        p.set_itt(itt);
+        p.set_u32(20, ttt);
+        p.set_u32(28, exp_stat_sn);
+        p.set_u32(36, data_sn);
+        p.set_u32(40, (offset + sent) as u32);
+        p.data = data[sent..sent + n].to_vec();
+        w.write_all(&pdu::encode(&p, &neg.framing))?;
+        sent += n;
+        data_sn += 1;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_arithmetic_wraps() {
+        assert!(sn_le(1, 1));
+        assert!(sn_le(1, 2));
+        assert!(!sn_le(2, 1));
+        assert!(sn_le(u32::MAX, 0));
+        assert!(!sn_le(0, u32::MAX));
+    }
+
+    #[test]
+    fn lun_fields() {
+        assert_eq!(lun_field(1), 0x0001_0000_0000_0000);
+        assert_eq!(lun_field(300), 0x412c_0000_0000_0000);
+    }
+
+    #[test]
+    fn isid_has_random_type() {
+        let a = new_isid();
+        assert_eq!(a[0], 0x80);
+    }
+}

@@ -1,0 +1,170 @@
+//! A real iSCSI target for tests: `tgtd` (Debian package tgt) started by the test on
+//! 127.0.0.1 with its own portal and control port, configured through `tgtadm`, and killed
+//! by its PID on drop. A missing tgtd fails the test: it is never skipped.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const IQN: &str = "iqn.2024-01.io.vscsid.test:disk";
+
+/// CHAP accounts of a target: (user, secret), plus the target's own for mutual CHAP.
+#[derive(Clone, Default)]
+pub struct Accounts {
+    pub incoming: Option<(String, String)>,
+    pub outgoing: Option<(String, String)>,
+}
+
+pub struct Tgtd {
+    child: Option<Child>,
+    pub port: u16,
+    control: u32,
+    pub dir: tempfile::TempDir,
+    pub backing: PathBuf,
+    size: u64,
+    accounts: Accounts,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl Tgtd {
+    pub fn start(size: u64, accounts: Accounts) -> Tgtd {
+        assert!(
+            Path::new("/usr/sbin/tgtd").exists(),
+            "tgtd is missing: install the Debian package tgt (scripts/install-deps.sh)"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backing = dir.path().join("lun1.img");
+        std::fs::File::create(&backing)
+            .and_then(|f| f.set_len(size))
+            .expect("backing");
+        let port = free_port();
+        let mut t = Tgtd {
+            child: None,
+            port,
+            // tgtd's control "port" is a small number naming its management socket: derive
+            // a unique one from the TCP port (ephemeral ports are above 32768).
+            control: u32::from(port) % 32768 + 1,
+            dir,
+            backing,
+            size,
+            accounts,
+        };
+        t.launch();
+        t
+    }
+
+    /// Starts tgtd (again) on the same portal and re-creates the target.
+    pub fn launch(&mut self) {
+        let child = Command::new("/usr/sbin/tgtd")
+            .args(["-f", "-C", &self.control.to_string(), "--iscsi"])
+            .arg(format!("portal=127.0.0.1:{}", self.port))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn tgtd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.tgtadm(&["--op", "show", "--mode", "sys"]) {
+            assert!(Instant::now() < deadline, "tgtd did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(self.tgtadm(&["--op", "new", "--mode", "target", "--tid", "1", "-T", IQN]));
+        let b = self.backing.display().to_string();
+        assert!(self.tgtadm(&[
+            "--op",
+            "new",
+            "--mode",
+            "logicalunit",
+            "--tid",
+            "1",
+            "--lun",
+            "1",
+            "-b",
+            &b
+        ]));
+        assert!(self.tgtadm(&["--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL"]));
+        if let Some((u, p)) = self.accounts.incoming.clone() {
+            assert!(self.tgtadm(&[
+                "--op",
+                "new",
+                "--mode",
+                "account",
+                "--user",
+                &u,
+                "--password",
+                &p
+            ]));
+            assert!(self.tgtadm(&["--op", "bind", "--mode", "account", "--tid", "1", "--user", &u]));
+        }
+        if let Some((u, p)) = self.accounts.outgoing.clone() {
+            assert!(self.tgtadm(&[
+                "--op",
+                "new",
+                "--mode",
+                "account",
+                "--user",
+                &u,
+                "--password",
+                &p
+            ]));
+            assert!(self.tgtadm(&[
+                "--op",
+                "bind",
+                "--mode",
+                "account",
+                "--tid",
+                "1",
+                "--user",
+                &u,
+                "--outgoing"
+            ]));
+        }
+        // The portal accepts connections once configured.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "tgtd portal did not open");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn tgtadm(&self, args: &[&str]) -> bool {
+        Command::new("/usr/sbin/tgtadm")
+            .args(["-C", &self.control.to_string(), "--lld", "iscsi"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    /// Kills tgtd by its PID (a target crash) and waits for it to go.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("iscsi://127.0.0.1:{}/{IQN}/1", self.port)
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl Drop for Tgtd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
