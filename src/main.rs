@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 
 use vscsid::config::{parse_config_file, parse_disk_spec, Config};
 use vscsid::vhost::{build_lun_table, serve, CurrentDevice};
@@ -20,6 +20,15 @@ struct Cli {
     /// [,serial=<s>][,wwn=<naa>]. Each --disk becomes the next LUN of target 0.
     #[arg(long, value_name = "SPEC")]
     disk: Vec<String>,
+    /// An iSCSI LUN passed through to the guest:
+    /// iscsi://[user[%password]@]host[:port]/<target-iqn>/<lun>. Each --iscsi becomes the
+    /// next LUN of target 0, like --disk. A user without password takes the CHAP secret
+    /// from the VSCSID_CHAP_SECRET environment variable.
+    #[arg(long, value_name = "URL")]
+    iscsi: Vec<String>,
+    /// iSCSI initiator name [default: iqn.2024-01.io.vscsid:<hostname>].
+    #[arg(long, value_name = "IQN")]
+    initiator_name: Option<String>,
     /// Request queues offered (QEMU's num_queues must not exceed it) [default: 16].
     #[arg(long, value_name = "N")]
     num_queues: Option<u16>,
@@ -37,7 +46,14 @@ struct Cli {
     reconnect: bool,
 }
 
-fn build_config(cli: Cli) -> Result<Config, String> {
+/// Positions of the --disk and --iscsi values on the command line.
+#[derive(Default)]
+struct LunOrder {
+    disk: Vec<usize>,
+    iscsi: Vec<usize>,
+}
+
+fn build_config(cli: Cli, order: LunOrder) -> Result<Config, String> {
     let mut cfg = match &cli.config {
         Some(path) => parse_config_file(path).map_err(|e| e.0)?,
         None => Config::default(),
@@ -55,18 +71,54 @@ fn build_config(cli: Cli) -> Result<Config, String> {
         cfg.queue_size = n;
     }
     cfg.reconnect |= cli.reconnect;
-    for spec in &cli.disk {
-        let lun = parse_disk_spec(spec, cfg.next_lun_of_target0()).map_err(|e| e.0)?;
-        cfg.add_lun(lun, &format!("--disk '{spec}'"))
-            .map_err(|e| e.0)?;
+    // --disk and --iscsi LUNs are numbered in command-line order.
+    let mut specs: Vec<(usize, bool, &String)> = Vec::new();
+    specs.extend(
+        order
+            .disk
+            .iter()
+            .copied()
+            .zip(&cli.disk)
+            .map(|(i, s)| (i, true, s)),
+    );
+    specs.extend(
+        order
+            .iscsi
+            .iter()
+            .copied()
+            .zip(&cli.iscsi)
+            .map(|(i, s)| (i, false, s)),
+    );
+    specs.sort_by_key(|&(i, _, _)| i);
+    for (_, is_disk, spec) in specs {
+        if is_disk {
+            let lun = parse_disk_spec(spec, cfg.next_lun_of_target0()).map_err(|e| e.0)?;
+            cfg.add_lun(lun, &format!("--disk '{spec}'"))
+                .map_err(|e| e.0)?;
+        } else {
+            cfg.add_iscsi(spec).map_err(|e| e.0)?;
+        }
+    }
+    if cli.initiator_name.is_some() {
+        cfg.initiator_name = cli.initiator_name;
     }
     cfg.validate().map_err(|e| e.0)?;
     Ok(cfg)
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|c| (c, m)));
+    let (cli, order) = match parsed {
+        Ok((c, m)) => {
+            let idx = |id: &str| m.indices_of(id).map(|i| i.collect()).unwrap_or_default();
+            let order = LunOrder {
+                disk: idx("disk"),
+                iscsi: idx("iscsi"),
+            };
+            (c, order)
+        }
         Err(e) => {
             use clap::error::ErrorKind;
             if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
@@ -87,7 +139,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cfg = match build_config(cli) {
+    let cfg = match build_config(cli, order) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("vscsid: error: {e}");
@@ -102,17 +154,7 @@ fn main() -> ExitCode {
         }
     };
     for (t, l, lun) in luns.luns() {
-        let p = lun.disk.properties();
-        tracing::info!(
-            target_id = t,
-            lun = l,
-            path = %lun.backing.path.display(),
-            cache = %lun.backing.cache,
-            blocks = p.capacity_blocks,
-            block_size = p.block_size,
-            readonly = p.readonly,
-            "LUN ready"
-        );
+        tracing::info!(target_id = t, lun = l, "LUN ready: {}", lun.describe());
     }
     let current = CurrentDevice::default();
     if let Err(e) = install_signal_handler(current.clone(), luns.clone()) {
@@ -145,8 +187,10 @@ fn install_signal_handler(
                     tracing::error!("in-flight I/O did not complete in time");
                 }
                 for (_, _, lun) in luns.luns() {
-                    if lun.backing.cache.honours_flush() && !lun.backing.readonly {
-                        let _ = lun.backing.file.sync_data();
+                    if let Some(d) = lun.as_disk() {
+                        if d.backing.cache.honours_flush() && !d.backing.readonly {
+                            let _ = d.backing.file.sync_data();
+                        }
                     }
                 }
                 std::process::exit(0);

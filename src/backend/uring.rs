@@ -37,6 +37,12 @@ impl Ring {
         self.eventfd.as_raw_fd()
     }
 
+    /// A second handle on the completion eventfd, so other threads (iSCSI completions) can
+    /// wake the same worker.
+    pub fn wake_handle(&self) -> io::Result<EventFd> {
+        self.eventfd.try_clone()
+    }
+
     /// Queues one operation, submitting first if the submission queue is full.
     ///
     /// # Safety

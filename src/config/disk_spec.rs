@@ -23,8 +23,9 @@ pub fn parse_disk_spec(spec: &str, lun: u16) -> Result<LunConfig, ConfigError> {
             ("readonly" | "ro", Some(v)) => cfg.readonly = parse_bool(v).map_err(err)?,
             ("cache", Some(v)) => {
                 let mode = v.parse().map_err(|e: String| err(format!("cache: {e}")))?;
-                let LunKind::Disk { cache, .. } = &mut cfg.kind;
-                *cache = mode;
+                if let LunKind::Disk { cache, .. } = &mut cfg.kind {
+                    *cache = mode;
+                }
             }
             ("block-size", Some(v)) => {
                 let n: i64 = v

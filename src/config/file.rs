@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{check_block_size, check_lun_number, Config, ConfigError, LunConfig, LunKind};
+use super::{check_block_size, check_lun_number, Config, ConfigError, LunConfig, LunKind, Secret};
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -23,6 +23,7 @@ struct RawDaemon {
     threads: Option<i64>,
     queue_size: Option<i64>,
     reconnect: Option<bool>,
+    initiator_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -38,6 +39,11 @@ struct RawLun {
     discard: Option<bool>,
     serial: Option<String>,
     wwn: Option<String>,
+    url: Option<String>,
+    chap_secret_file: Option<PathBuf>,
+    chap_secret_env: Option<String>,
+    header_digest: Option<bool>,
+    data_digest: Option<bool>,
 }
 
 /// Reads and checks a configuration file.
@@ -77,6 +83,7 @@ pub fn parse_config_text(text: &str) -> Result<Config, ConfigError> {
             .map_err(|_| ConfigError(format!("daemon.queue_size: {n} is out of range")))?;
     }
     cfg.reconnect = d.reconnect.unwrap_or(false);
+    cfg.initiator_name = d.initiator_name;
     for (i, l) in raw.lun.into_iter().enumerate() {
         let lun = lun_from_raw(l, i)?;
         cfg.add_lun(lun, &format!("lun[{i}]"))?;
@@ -99,33 +106,74 @@ fn lun_from_raw(l: RawLun, i: usize) -> Result<LunConfig, ConfigError> {
         &field("lun"),
     )?;
     let kind = l.kind.as_deref().unwrap_or("disk");
-    if kind != "disk" {
-        return Err(ConfigError(format!(
-            "{}: unknown LUN kind '{kind}' (expected disk)",
-            field("kind")
-        )));
+    let mut cfg = LunConfig::disk(target, lun_no, PathBuf::new());
+    match kind {
+        "disk" => {
+            let path = l.path.ok_or_else(|| {
+                ConfigError(format!("{}: missing backing file path", field("path")))
+            })?;
+            if path.as_os_str().is_empty() {
+                return Err(ConfigError(format!("{}: empty", field("path"))));
+            }
+            let cache = match l.cache {
+                Some(c) => c
+                    .parse()
+                    .map_err(|e: String| ConfigError(format!("{}: {e}", field("cache"))))?,
+                None => Default::default(),
+            };
+            cfg.kind = LunKind::Disk { path, cache };
+        }
+        "iscsi" => {
+            let url = l
+                .url
+                .ok_or_else(|| ConfigError(format!("{}: missing iscsi:// URL", field("url"))))?;
+            let mut k = LunKind::iscsi(&url, &field("url"))?;
+            if let LunKind::Iscsi {
+                chap_secret,
+                header_digest,
+                data_digest,
+                ..
+            } = &mut k
+            {
+                if let Some(p) = &l.chap_secret_file {
+                    let s = std::fs::read_to_string(p).map_err(|e| {
+                        ConfigError(format!(
+                            "{}: cannot read {}: {e}",
+                            field("chap_secret_file"),
+                            p.display()
+                        ))
+                    })?;
+                    *chap_secret = Some(Secret(s.trim_end_matches(['\n', '\r']).to_string()));
+                }
+                if let Some(var) = &l.chap_secret_env {
+                    let s = std::env::var(var).map_err(|_| {
+                        ConfigError(format!(
+                            "{}: environment variable {var} is not set",
+                            field("chap_secret_env")
+                        ))
+                    })?;
+                    *chap_secret = Some(Secret(s));
+                }
+                *header_digest = l.header_digest.unwrap_or(false);
+                *data_digest = l.data_digest.unwrap_or(false);
+            }
+            cfg.kind = k;
+            cfg.discard = false;
+        }
+        other => {
+            return Err(ConfigError(format!(
+                "{}: unknown LUN kind '{other}' (expected disk or iscsi)",
+                field("kind")
+            )))
+        }
     }
-    let path = l
-        .path
-        .ok_or_else(|| ConfigError(format!("{}: missing backing file path", field("path"))))?;
-    if path.as_os_str().is_empty() {
-        return Err(ConfigError(format!("{}: empty", field("path"))));
-    }
-    let cache = match l.cache {
-        Some(c) => c
-            .parse()
-            .map_err(|e: String| ConfigError(format!("{}: {e}", field("cache"))))?,
-        None => Default::default(),
-    };
-    let mut cfg = LunConfig::disk(target, lun_no, path);
-    cfg.kind = match cfg.kind {
-        LunKind::Disk { path, .. } => LunKind::Disk { path, cache },
-    };
     if let Some(bs) = l.block_size {
         cfg.block_size = check_block_size(bs, &field("block_size"))?;
     }
     cfg.readonly = l.readonly.unwrap_or(false);
-    cfg.discard = l.discard.unwrap_or(true);
+    if let Some(d) = l.discard {
+        cfg.discard = d;
+    }
     if let Some(s) = l.serial {
         cfg.serial = Some(check_serial(&s, &field("serial"))?);
     }
@@ -249,6 +297,41 @@ mod tests {
             assert!(e.contains(field), "{text:?} gave {e:?}");
             assert!(!e.contains('\n'), "{e:?}");
         }
+    }
+
+    #[test]
+    fn iscsi_lun_with_secret_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cret-value\n").unwrap();
+        let text = format!(
+            "[daemon]\ninitiator_name = \"iqn.2024-01.test:host\"\n[[lun]]\nlun = 0\nkind = \"iscsi\"\nurl = \"iscsi://alice@127.0.0.1/iqn.x:y/1\"\nchap_secret_file = \"{}\"\nheader_digest = true\n",
+            secret.display()
+        );
+        let cfg = parse_config_text(&text).expect("parse");
+        assert_eq!(cfg.initiator_name.as_deref(), Some("iqn.2024-01.test:host"));
+        match &cfg.luns[0].kind {
+            LunKind::Iscsi {
+                url,
+                chap_secret,
+                header_digest,
+                ..
+            } => {
+                assert_eq!(url.user.as_deref(), Some("alice"));
+                assert_eq!(
+                    chap_secret.as_ref().map(|s| s.0.as_str()),
+                    Some("s3cret-value")
+                );
+                assert!(*header_digest);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!format!("{cfg:?}").contains("s3cret-value"));
+        let e = parse_config_text("[[lun]]\nlun = 0\nkind = \"iscsi\"\nurl = \"iscsi://h/t\"\n")
+            .unwrap_err();
+        assert!(e.0.contains("lun[0].url"), "{e:?}");
+        let e = parse_config_text("[[lun]]\nlun = 0\nkind = \"iscsi\"\n").unwrap_err();
+        assert!(e.0.contains("lun[0].url"), "{e:?}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod file;
 use std::path::PathBuf;
 
 use crate::backend::CacheMode;
+use crate::iscsi::IscsiUrl;
 
 pub use disk_spec::parse_disk_spec;
 pub use file::parse_config_file;
@@ -22,11 +23,52 @@ pub const DEFAULT_NUM_QUEUES: u16 = 16;
 /// Largest virtqueue size the device accepts.
 pub const MAX_QUEUE_SIZE: u16 = 1024;
 
+/// A secret that never shows up in logs or debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Environment variable holding the CHAP secret of an iSCSI URL that names a user but no
+/// password (so the secret need not appear in `ps`).
+pub const CHAP_SECRET_ENV: &str = "VSCSID_CHAP_SECRET";
+
 /// What a LUN is backed by.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LunKind {
     /// A disk vscsid emulates on a file, partition or block device.
     Disk { path: PathBuf, cache: CacheMode },
+    /// A LUN of an iSCSI target, passed through: the guest's CDBs go there unchanged.
+    Iscsi {
+        url: IscsiUrl,
+        /// CHAP secret for the URL's user when the URL carries none.
+        chap_secret: Option<Secret>,
+        header_digest: bool,
+        data_digest: bool,
+    },
+}
+
+impl LunKind {
+    /// An iSCSI LUN from a URL; a user without password takes the secret from
+    /// [`CHAP_SECRET_ENV`].
+    pub fn iscsi(url: &str, field: &str) -> Result<LunKind, ConfigError> {
+        let url = IscsiUrl::parse(url).map_err(|e| ConfigError(format!("{field}: {e}")))?;
+        let chap_secret = if url.user.is_some() && url.password.is_none() {
+            std::env::var(CHAP_SECRET_ENV).ok().map(Secret)
+        } else {
+            None
+        };
+        Ok(LunKind::Iscsi {
+            url,
+            chap_secret,
+            header_digest: false,
+            data_digest: false,
+        })
+    }
 }
 
 /// One LUN of the table.
@@ -74,6 +116,8 @@ pub struct Config {
     pub queue_size: u16,
     /// Keep listening for the next frontend after a disconnect instead of exiting.
     pub reconnect: bool,
+    /// iSCSI initiator name; derived from the host name when absent.
+    pub initiator_name: Option<String>,
     pub luns: Vec<LunConfig>,
 }
 
@@ -85,6 +129,7 @@ impl Default for Config {
             threads: None,
             queue_size: MAX_QUEUE_SIZE,
             reconnect: false,
+            initiator_name: None,
             luns: Vec::new(),
         }
     }
@@ -110,6 +155,16 @@ impl Config {
         }
         self.luns.push(lun);
         Ok(())
+    }
+
+    /// An iSCSI passthrough LUN with the defaults of the `--iscsi` shorthand.
+    pub fn add_iscsi(&mut self, url: &str) -> Result<(), ConfigError> {
+        let field = format!("--iscsi '{url}'");
+        let kind = LunKind::iscsi(url, &field)?;
+        let mut lun = LunConfig::disk(0, self.next_lun_of_target0(), PathBuf::new());
+        lun.kind = kind;
+        lun.discard = false;
+        self.add_lun(lun, &field)
     }
 
     /// The next free LUN number of target 0, for the `--disk` shorthand.

@@ -13,9 +13,10 @@ use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
 
 use super::device::{lock, Shared};
-use super::lun::Lun;
+use super::lun::{Lun, Medium};
 use super::slot::{Mem, MemGuard, Vring};
 use super::worker::{avail_ring_is_corrupt, signal};
+use crate::iscsi::TmfFunction;
 use crate::scsi::target::Route;
 use crate::virtio::control::ControlRequest;
 use crate::virtio::layout::{response, tmf};
@@ -195,7 +196,14 @@ fn finish_if_drained(p: &PendingTmf) -> Option<(u16, u32)> {
     }
     if p.reset {
         for l in &p.luns {
-            l.disk.reset();
+            match &l.medium {
+                Medium::Disk(d) => d.disk.reset(),
+                Medium::Iscsi(i) => {
+                    if let Err(e) = i.task_management(TmfFunction::LogicalUnitReset) {
+                        tracing::warn!("iSCSI LOGICAL UNIT RESET failed: {e}");
+                    }
+                }
+            }
         }
     }
     let m: &Mem = &p.mem;

@@ -6,27 +6,73 @@ use std::sync::Arc;
 
 use crate::backend::Backing;
 use crate::config::{Config, LunConfig, LunKind};
+use crate::iscsi::{Chap, IscsiLun, IscsiOptions};
 use crate::scsi::disk::{DiskProperties, EmulatedDisk};
 use crate::scsi::target::LunTable;
 
 /// Largest transfer one READ/WRITE may ask for (VPD 0xB0), in bytes.
 pub const MAX_TRANSFER_BYTES: u64 = 8 << 20;
 
+/// An emulated disk and the file or device under it.
+pub struct DiskLun {
+    pub disk: EmulatedDisk,
+    pub backing: Backing,
+}
+
+/// What serves a LUN's commands.
+pub enum Medium {
+    Disk(DiskLun),
+    /// Passthrough to a LUN of an iSCSI target.
+    Iscsi(IscsiLun),
+}
+
 /// One configured LUN.
 pub struct Lun {
     pub target: u8,
     pub lun: u16,
-    pub disk: EmulatedDisk,
-    pub backing: Backing,
+    pub medium: Medium,
     /// Commands of this LUN in flight on any queue (task management waits for zero).
     pub inflight: AtomicU32,
+}
+
+impl Lun {
+    /// The emulated disk, if this LUN is one.
+    pub fn as_disk(&self) -> Option<&DiskLun> {
+        match &self.medium {
+            Medium::Disk(d) => Some(d),
+            Medium::Iscsi(_) => None,
+        }
+    }
+
+    /// A one-line description for the logs.
+    pub fn describe(&self) -> String {
+        match &self.medium {
+            Medium::Disk(d) => format!(
+                "disk {} cache={} {} blocks of {} bytes{}",
+                d.backing.path.display(),
+                d.backing.cache,
+                d.disk.properties().capacity_blocks,
+                d.disk.properties().block_size,
+                if d.disk.properties().readonly {
+                    ", read-only"
+                } else {
+                    ""
+                }
+            ),
+            Medium::Iscsi(i) => format!("iSCSI passthrough {}", i.url),
+        }
+    }
 }
 
 /// Opens every configured LUN and builds the table; errors name the LUN.
 pub fn build_lun_table(cfg: &Config) -> Result<LunTable<Lun>, String> {
     let mut table = LunTable::new();
+    let mut opts = IscsiOptions::default();
+    if let Some(name) = &cfg.initiator_name {
+        opts.initiator_name = name.clone();
+    }
     for l in &cfg.luns {
-        let lun = open_lun(l)?;
+        let lun = open_lun(l, &opts)?;
         table
             .insert(l.target, l.lun, Arc::new(lun))
             .map_err(|e| format!("target {} LUN {}: {e}", l.target, l.lun))?;
@@ -34,9 +80,38 @@ pub fn build_lun_table(cfg: &Config) -> Result<LunTable<Lun>, String> {
     Ok(table)
 }
 
-fn open_lun(l: &LunConfig) -> Result<Lun, String> {
+fn open_lun(l: &LunConfig, iscsi: &IscsiOptions) -> Result<Lun, String> {
     let where_ = format!("target {} LUN {}", l.target, l.lun);
-    let LunKind::Disk { path, cache } = &l.kind;
+    let (path, cache) = match &l.kind {
+        LunKind::Disk { path, cache } => (path, cache),
+        LunKind::Iscsi {
+            url,
+            chap_secret,
+            header_digest,
+            data_digest,
+        } => {
+            let mut opts = IscsiOptions {
+                header_digest: *header_digest,
+                data_digest: *data_digest,
+                ..iscsi.clone()
+            };
+            if let (Some(user), Some(secret)) = (&url.user, chap_secret) {
+                opts.chap = Some(Chap {
+                    user: user.clone(),
+                    secret: secret.0.clone(),
+                    mutual: None,
+                });
+            }
+            let session =
+                IscsiLun::connect(url, &opts).map_err(|e| format!("{where_}: {url}: {e}"))?;
+            return Ok(Lun {
+                target: l.target,
+                lun: l.lun,
+                medium: Medium::Iscsi(session),
+                inflight: AtomicU32::new(0),
+            });
+        }
+    };
     let backing = Backing::open(path, *cache, l.readonly).map_err(|e| format!("{where_}: {e}"))?;
     let bs = u64::from(l.block_size);
     if backing.size < bs {
@@ -81,8 +156,10 @@ fn open_lun(l: &LunConfig) -> Result<Lun, String> {
     Ok(Lun {
         target: l.target,
         lun: l.lun,
-        disk: EmulatedDisk::new(props),
-        backing,
+        medium: Medium::Disk(DiskLun {
+            disk: EmulatedDisk::new(props),
+            backing,
+        }),
         inflight: AtomicU32::new(0),
     })
 }
@@ -125,9 +202,15 @@ mod tests {
         let table = build_lun_table(&cfg).expect("table");
         let luns: Vec<_> = table
             .luns()
-            .map(|(t, l, lun)| (t, l, lun.disk.properties().capacity_blocks))
+            .map(|(t, l, lun)| {
+                (
+                    t,
+                    l,
+                    lun.as_disk().map(|d| d.disk.properties().capacity_blocks),
+                )
+            })
             .collect();
-        assert_eq!(luns, vec![(0, 0, 2048), (0, 1, 256)]);
+        assert_eq!(luns, vec![(0, 0, Some(2048)), (0, 1, Some(256))]);
     }
 
     #[test]

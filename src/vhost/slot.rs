@@ -69,6 +69,8 @@ pub enum Job {
         len: u64,
         fua: bool,
     },
+    /// Forwarded to a passthrough LUN; completes through the worker's passthrough queue.
+    Passthrough,
 }
 
 /// One request's resources; slots are reused so the hot path does not allocate.

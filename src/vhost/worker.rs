@@ -13,9 +13,10 @@ use vm_memory::GuestAddressSpace;
 
 use super::device::Shared;
 use super::io::{compare_with_data_out, map_or_bounce, pattern_buffer, sense_for_errno};
-use super::lun::Lun;
+use super::lun::{Lun, Medium};
 use super::slot::{Job, Mem, MemGuard, Slot, Vring};
 use crate::backend::{AlignedBuf, Ring};
+use crate::iscsi::{ScsiCompletion, TaskAttr, TransportError};
 use crate::scsi::target::Route;
 use crate::scsi::{cdb, status, DataOut, IoRequest, Outcome, Sense, DATA_IN_SCRATCH};
 use crate::virtio::layout::{encode_cmd_resp, response, CMD_REQ_LEN, CMD_RESP_LEN};
@@ -54,13 +55,38 @@ pub struct Worker {
     reaped: Vec<(usize, i32)>,
     /// A queue stopped popping because every slot was busy.
     throttled: bool,
+    /// Completions of passthrough commands, posted by initiator threads.
+    passthrough: Arc<PassthroughDone>,
+}
+
+/// Passthrough completions waiting for the worker, and the eventfd that wakes it (the
+/// io_uring completion eventfd, so one epoll token serves both).
+pub struct PassthroughDone {
+    items: std::sync::Mutex<Vec<(usize, ScsiCompletion)>>,
+    wake: vmm_sys_util::eventfd::EventFd,
+}
+
+impl PassthroughDone {
+    fn post(&self, id: usize, c: ScsiCompletion) {
+        self.items
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((id, c));
+        let _ = self.wake.write(1);
+    }
 }
 
 impl Worker {
     pub fn new(thread: usize, max_inflight: usize) -> std::io::Result<Worker> {
+        let ring = Ring::new(max_inflight as u32)?;
+        let passthrough = Arc::new(PassthroughDone {
+            items: std::sync::Mutex::new(Vec::new()),
+            wake: ring.wake_handle()?,
+        });
         Ok(Worker {
             thread,
-            ring: Ring::new(max_inflight as u32)?,
+            ring,
+            passthrough,
             slots: Vec::new(),
             free: Vec::new(),
             max_slots: max_inflight,
@@ -192,10 +218,20 @@ impl Worker {
                 (o, None)
             }
             Route::Lun { target, lun } => {
-                let o = if cdb[0] == cdb::REPORT_LUNS {
-                    sh.luns.report_luns(target, cdb, scratch)
-                } else {
-                    lun.disk.execute(cdb, &data_out, scratch)
+                let o = match &lun.medium {
+                    _ if cdb[0] == cdb::REPORT_LUNS => sh.luns.report_luns(target, cdb, scratch),
+                    Medium::Disk(d) => d.disk.execute(cdb, &data_out, scratch),
+                    Medium::Iscsi(_) => {
+                        let (lun, attr) = (lun.clone(), hdr[16]);
+                        return self.start_passthrough(
+                            id,
+                            sh,
+                            mem,
+                            lun,
+                            &hdr[19..CMD_REQ_LEN],
+                            attr,
+                        );
+                    }
                 };
                 (o, Some(lun.clone()))
             }
@@ -237,7 +273,15 @@ impl Worker {
         let m: &Mem = mem;
         let data_in_cap = slot.chain.writable.total() - CMD_RESP_LEN as u64;
         let data_out_len = slot.chain.readable.total() - CMD_REQ_LEN as u64;
-        let cache = lun.backing.cache;
+        let Some(disk) = lun.as_disk() else {
+            return Some(respond_sense(
+                m,
+                &slot.chain,
+                &Sense::internal_target_failure(),
+                data_in_cap,
+            ));
+        };
+        let cache = disk.backing.cache;
         let overrun = |slot: &Slot| Some(respond(m, &slot.chain, response::OVERRUN, 0, 0, &[]));
         let job = match req {
             IoRequest::Read { offset, len } => {
@@ -398,7 +442,7 @@ impl Worker {
         let (Some(lun), Some(mem)) = (slot.lun.clone(), slot.mem.clone()) else {
             return false;
         };
-        let align = lun.backing.dio_align;
+        let align = lun.as_disk().map_or(1, |d| d.backing.dio_align);
         let m: &Mem = &mem;
         let (write, offset, flags) = match slot.job {
             Job::Read { offset, len, done } => {
@@ -427,7 +471,7 @@ impl Worker {
                 let flags = bounce_iov(slot, len);
                 (true, offset, flags | if fua { libc::RWF_DSYNC } else { 0 })
             }
-            Job::Idle | Job::Batch { .. } => return false,
+            Job::Idle | Job::Batch { .. } | Job::Passthrough => return false,
         };
         if slot.iov.0.is_empty() {
             return false;
@@ -457,25 +501,25 @@ impl Worker {
             if id >= self.slots.len() || self.slots[id].pending == 0 {
                 continue;
             }
-            let Some(used) = self.on_cqe(id, res) else {
-                continue;
-            };
-            let slot = &mut self.slots[id];
-            if let Some(vring) = vrings.get(slot.vring) {
-                let _ = vring.add_used(slot.chain.head, used);
-                to_signal |= 1u64 << (slot.vring % 64);
+            if let Some(used) = self.on_cqe(id, res) {
+                to_signal |= self.retire(id, used, sh, vrings);
             }
-            let lun = slot.lun.take();
-            let queue = slot.queue;
-            slot.release();
-            self.free.push(id);
-            if let Some(lun) = lun {
-                end_lun_io(sh, &lun);
-            }
-            sh.inflight.end(queue);
         }
         reaped.clear();
         self.reaped = reaped;
+        let done = std::mem::take(
+            &mut *self
+                .passthrough
+                .items
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for (id, c) in done {
+            if id < self.slots.len() && matches!(self.slots[id].job, Job::Passthrough) {
+                let used = finish_passthrough(&mut self.slots[id], c);
+                to_signal |= self.retire(id, used, sh, vrings);
+            }
+        }
         self.submit();
         for (vpos, vring) in vrings.iter().enumerate() {
             if to_signal & (1u64 << (vpos % 64)) != 0 {
@@ -488,6 +532,76 @@ impl Worker {
                 self.process_queue(sh, vrings, vpos, queue);
             }
         }
+    }
+
+    /// Returns a finished command's chain to the guest and frees its slot; returns the bit
+    /// of its vring for the notification mask.
+    fn retire(&mut self, id: usize, used: u32, sh: &Shared, vrings: &[Vring]) -> u64 {
+        let slot = &mut self.slots[id];
+        let mut bit = 0;
+        if let Some(vring) = vrings.get(slot.vring) {
+            let _ = vring.add_used(slot.chain.head, used);
+            bit = 1u64 << (slot.vring % 64);
+        }
+        let lun = slot.lun.take();
+        let queue = slot.queue;
+        slot.release();
+        self.free.push(id);
+        if let Some(lun) = lun {
+            end_lun_io(sh, &lun);
+        }
+        sh.inflight.end(queue);
+        bit
+    }
+
+    /// Forwards a command to a passthrough LUN: the CDB unchanged, data-out copied from guest
+    /// memory; the answer arrives through [`PassthroughDone`].
+    fn start_passthrough(
+        &mut self,
+        id: usize,
+        sh: &Shared,
+        mem: &MemGuard,
+        lun: Arc<Lun>,
+        cdb: &[u8],
+        task_attr: u8,
+    ) -> Option<u32> {
+        let slot = &mut self.slots[id];
+        let m: &Mem = mem;
+        let Medium::Iscsi(target) = &lun.medium else {
+            return Some(respond(m, &slot.chain, response::FAILURE, 0, 0, &[]));
+        };
+        let out_len = slot.chain.readable.total() - CMD_REQ_LEN as u64;
+        let in_len = slot.chain.writable.total() - CMD_RESP_LEN as u64;
+        if out_len > MAX_PASSTHROUGH_BYTES || in_len > MAX_PASSTHROUGH_BYTES {
+            return Some(respond(m, &slot.chain, response::OVERRUN, 0, 0, &[]));
+        }
+        let mut data_out = vec![0u8; out_len as usize];
+        if slot
+            .chain
+            .readable
+            .read_into(m, CMD_REQ_LEN as u64, &mut data_out)
+            != data_out.len()
+        {
+            return Some(respond(m, &slot.chain, response::FAILURE, 0, 0, &[]));
+        }
+        let mut cmd = crate::iscsi::command(cdb, data_out, in_len as u32);
+        cmd.cdb_len =
+            cdb::cdb_len_for_opcode(cdb[0]).unwrap_or(if cdb[0] == 0x7f { 32 } else { 16 });
+        cmd.task_attr = match task_attr {
+            1 => TaskAttr::Ordered,
+            2 => TaskAttr::HeadOfQueue,
+            3 => TaskAttr::Aca,
+            _ => TaskAttr::Simple,
+        };
+        slot.job = Job::Passthrough;
+        slot.mem = Some(mem.clone());
+        slot.lun = Some(lun.clone());
+        slot.pending = 1;
+        lun.inflight.fetch_add(1, Ordering::AcqRel);
+        sh.inflight.begin(slot.queue);
+        let done = self.passthrough.clone();
+        target.submit(cmd, Box::new(move |c| done.post(id, c)));
+        None
     }
 
     /// Advances a command by one completion; returns the used length when it is finished.
@@ -517,11 +631,12 @@ impl Worker {
                 return (slot.pending == 0).then(|| finish_response(slot));
             } else if errno == libc::EOPNOTSUPP {
                 if let (Job::Batch { ranges }, Some(lun)) = (&slot.job, &slot.lun) {
-                    if !ranges.is_empty() && lun.backing.is_block_device {
+                    let block_dev = lun.as_disk().filter(|d| d.backing.is_block_device);
+                    if let (false, Some(d)) = (ranges.is_empty(), block_dev) {
                         // The device cannot punch holes (write zeroes with unmap): discard.
                         let failed = ranges
                             .iter()
-                            .any(|&(o, l)| lun.backing.blk_discard(o, l).is_err());
+                            .any(|&(o, l)| d.backing.blk_discard(o, l).is_err());
                         if failed {
                             slot.error.get_or_insert(sense_for_errno(errno, true));
                         }
@@ -643,7 +758,7 @@ impl Worker {
                     slot.error = Some(Sense::write_error());
                 }
             }
-            Job::Idle => {}
+            Job::Idle | Job::Passthrough => {}
         }
         let slot = &mut self.slots[id];
         (slot.pending == 0).then(|| finish_response(slot))
@@ -660,9 +775,10 @@ impl Worker {
     }
 }
 
+/// The backing file's descriptor (-1, which the kernel refuses, for a LUN without one).
 fn raw_fd(lun: &Lun) -> i32 {
     use std::os::unix::io::AsRawFd;
-    lun.backing.file.as_raw_fd()
+    lun.as_disk().map_or(-1, |d| d.backing.file.as_raw_fd())
 }
 
 /// Points the slot's single iovec at its bounce buffer, for at most `max` bytes.
@@ -676,6 +792,46 @@ fn bounce_iov(slot: &mut Slot, max: u64) -> i32 {
         });
     }
     0
+}
+
+/// Largest data buffer of one passthrough command (it is copied, unlike local I/O).
+const MAX_PASSTHROUGH_BYTES: u64 = 16 << 20;
+
+/// Writes the response of a passthrough command: the target's status, sense and data, or
+/// the virtio answer an HBA gives when the target could not be reached in time.
+fn finish_passthrough(slot: &mut Slot, c: ScsiCompletion) -> u32 {
+    slot.pending = 0;
+    let Some(mem) = slot.mem.clone() else {
+        return 0;
+    };
+    let m: &Mem = &mem;
+    let in_cap = slot.chain.writable.total() - CMD_RESP_LEN as u64;
+    match c.result {
+        Ok(st) => {
+            let n = c
+                .data_in
+                .len()
+                .min(usize::try_from(in_cap).unwrap_or(usize::MAX));
+            let written = slot
+                .chain
+                .writable
+                .write_from(m, CMD_RESP_LEN as u64, &c.data_in[..n]);
+            let resid = clamp_u32(in_cap - written as u64);
+            respond(m, &slot.chain, response::OK, st.status, resid, &st.sense)
+                .saturating_add(written as u32)
+        }
+        Err(TransportError::Timeout | TransportError::Closed) => respond(
+            m,
+            &slot.chain,
+            response::TARGET_FAILURE,
+            0,
+            clamp_u32(in_cap),
+            &[],
+        ),
+        Err(TransportError::Protocol(_)) => {
+            respond(m, &slot.chain, response::FAILURE, 0, clamp_u32(in_cap), &[])
+        }
+    }
 }
 
 /// Marks the end of one command of `lun`, waking task management waiting for it to drain.

@@ -24,6 +24,10 @@ pub struct Disk<'a> {
 
 impl Daemon {
     pub fn start(disks: &[Disk], extra: &[&str]) -> Daemon {
+        Daemon::start_with_env(disks, extra, &[])
+    }
+
+    pub fn start_with_env(disks: &[Disk], extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("vscsid.sock");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vscsid"));
@@ -45,7 +49,8 @@ impl Daemon {
         cmd.args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
-            .env("VSCSID_LOG", "warn");
+            .env("VSCSID_LOG", "warn")
+            .envs(env.iter().copied());
         let child = cmd.spawn().expect("spawn vscsid");
         let deadline = Instant::now() + Duration::from_secs(10);
         while !socket.exists() && Instant::now() < deadline {

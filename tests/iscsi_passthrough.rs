@@ -1,0 +1,148 @@
+//! iSCSI LUNs in the daemon: `--iscsi <url>` makes a tgtd LUN a passthrough LUN next to an
+//! emulated one; the guest's CDBs reach the target unchanged, REPORT LUNS still comes from
+//! vscsid's table, and failed logins stop the daemon with one clear line.
+
+mod common;
+mod iscsi_common;
+
+use std::process::Command;
+
+use common::*;
+use iscsi_common::*;
+
+const MIB: u64 = 1 << 20;
+
+fn start_with_iscsi(url: &str) -> Daemon {
+    Daemon::start(
+        &[Disk {
+            name: "local.img",
+            size: 8 * MIB,
+            opts: "",
+        }],
+        &["--iscsi", url, "--num-queues", "1"],
+    )
+}
+
+/// Sends a command until it is not a UNIT ATTENTION (a new nexus reports one first).
+fn settle(fe: &mut vscsid::frontend::ScsiFrontend, l: u16) {
+    for _ in 0..5 {
+        let r = fe.command(&cmd(l, &[0u8; 6], &[], 0)).unwrap();
+        if r.status == 0 {
+            return;
+        }
+    }
+    panic!("LUN {l} never became ready");
+}
+
+#[test]
+fn passthrough_lun_serves_the_targets_data() {
+    let t = Tgtd::start(32 * MIB, Accounts::default());
+    let d = start_with_iscsi(&t.url());
+    let mut fe = d.connect(1);
+    settle(&mut fe, 1);
+    // INQUIRY comes from the target itself.
+    let r = fe.command(&cmd(1, &inquiry(96), &[], 96)).unwrap();
+    good(&r);
+    assert_eq!(&r.data_in[8..11], b"IET");
+    // LUN 0 is still the emulated disk.
+    let r = fe.command(&cmd(0, &inquiry(96), &[], 96)).unwrap();
+    assert_eq!(&r.data_in[8..14], b"VSCSID");
+    // READ CAPACITY(16) is the target's capacity.
+    let mut rc = [0u8; 16];
+    rc[0] = 0x9e;
+    rc[1] = 0x10;
+    rc[13] = 32;
+    let r = fe.command(&cmd(1, &rc, &[], 32)).unwrap();
+    good(&r);
+    assert_eq!(
+        u64::from_be_bytes(r.data_in[0..8].try_into().unwrap()) + 1,
+        32 * MIB / 512
+    );
+    // Data written through the guest path lands in the target's backing file.
+    let data = pattern(77, 256 * 1024);
+    good(&fe.command(&cmd(1, &write16(2048, 512), &data, 0)).unwrap());
+    let r = fe
+        .command(&cmd(1, &read16(2048, 512), &[], 256 * 1024))
+        .unwrap();
+    good(&r);
+    assert_eq!(r.data_in, data);
+    good(
+        &fe.command(&cmd(1, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 0))
+            .unwrap(),
+    );
+    let file = std::fs::read(&t.backing).unwrap();
+    assert_eq!(&file[2048 * 512..2048 * 512 + data.len()], &data[..]);
+    // Errors are the target's own sense.
+    let r = fe.command(&cmd(1, &read16(1 << 40, 1), &[], 512)).unwrap();
+    assert_eq!(r.status, 2);
+    assert_eq!(r.sense_key().map(|k| k.0), Some(5));
+    // REPORT LUNS is vscsid's table: LUNs 0 and 1.
+    let mut rl = [0u8; 12];
+    rl[0] = 0xa0;
+    rl[9] = 64;
+    let r = fe.command(&cmd(1, &rl, &[], 64)).unwrap();
+    good(&r);
+    assert_eq!(&r.data_in[0..4], &16u32.to_be_bytes());
+    // A LOGICAL UNIT RESET is forwarded and answered.
+    assert_eq!(fe.tmf(5, lun(1), 0).unwrap(), 0);
+    assert_serving(&mut fe);
+}
+
+fn login_error(url: &str, env: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("s.sock");
+    let out = Command::new(env!("CARGO_BIN_EXE_vscsid"))
+        .args(["--socket", sock.to_str().unwrap(), "--iscsi", url])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let lines: Vec<_> = err.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    lines[0].to_string()
+}
+
+#[test]
+fn failed_logins_say_why() {
+    let t = Tgtd::start(
+        8 * MIB,
+        Accounts {
+            incoming: Some(("vmuser".into(), "right-secret-123".into())),
+            outgoing: None,
+        },
+    );
+    let wrong = format!(
+        "iscsi://vmuser%wrong-secret-456@127.0.0.1:{}/{IQN}/1",
+        t.port
+    );
+    let e = login_error(&wrong, &[]);
+    assert!(e.contains("CHAP") && e.contains("authentication"), "{e}");
+    assert!(
+        !e.contains("wrong-secret-456"),
+        "the secret leaked into the message: {e}"
+    );
+    // The secret from the environment works.
+    let from_env = format!("iscsi://vmuser@127.0.0.1:{}/{IQN}/1", t.port);
+    let d = Daemon::start_with_env(
+        &[],
+        &["--iscsi", &from_env],
+        &[("VSCSID_CHAP_SECRET", "right-secret-123")],
+    );
+    let mut fe = d.connect(1);
+    let r = fe.command(&cmd(0, &inquiry(96), &[], 96)).unwrap();
+    assert_eq!(&r.data_in[8..11], b"IET");
+    drop(fe);
+    let e = login_error(
+        &format!("iscsi://127.0.0.1:{}/iqn.2024-01.nope:x/1", t.port),
+        &[],
+    );
+    assert!(e.contains("not found"), "{e}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let e = login_error(&format!("iscsi://127.0.0.1:{port}/{IQN}/1"), &[]);
+    assert!(e.contains("unreachable"), "{e}");
+}
