@@ -20,5 +20,8 @@ cargo clippy --all-targets -- -D warnings
 stage "cargo test (unit and integration)"
 cargo test --all-targets
 
-stage "QEMU guest end-to-end"
+stage "QEMU guest end-to-end (emulated LUNs)"
 tests/qemu/run-e2e.sh
+
+stage "QEMU guest end-to-end (iSCSI passthrough LUN on tgtd)"
+tests/qemu/run-iscsi-e2e.sh

@@ -57,6 +57,32 @@ if [ "$MODE" = demo ]; then
   finish
 fi
 
+if [ "$MODE" = iscsi ]; then
+  # LUN 0 is a LUN of an iSCSI target that vscsid passes through.
+  D0=$(lun_dev 0)
+  check iscsi-disk-found "$( [ -n "$D0" ] && echo PASS || echo FAIL )" "lun0=$D0"
+  [ -n "$D0" ] || finish
+  r=$(ok sg_inq /dev/$D0); grep -q "Vendor identification: IET" /tmp/out || r=FAIL
+  check iscsi-inquiry-vendor "$r" "$(grep -E 'Vendor|Product' /tmp/out | tr -s ' ' | tr '\n' ';')"
+  SIZE0=$(blockdev --getsize64 /dev/$D0)
+  check iscsi-capacity "$( [ "$SIZE0" = "$(arg size0)" ] && echo PASS || echo FAIL )" "$SIZE0 bytes"
+  r=$(ok fio --name=verify --filename=/dev/$D0 --direct=1 --ioengine=libaio --rw=randwrite --bs=4k \
+    --size=16M --iodepth=8 --verify=crc32c --do_verify=1 --verify_fatal=1 --randrepeat=0)
+  check iscsi-fio-crc32c "$r" "$(grep -E 'err=' /tmp/out | head -1 | tr -s ' ')"
+  fs=FAIL
+  if mkfs.ext4 -q -F /dev/$D0 && mount /dev/$D0 /mnt/d; then
+    dd if=/dev/urandom of=/mnt/d/f bs=1M count=4 2>/dev/null
+    (cd /mnt/d && sha256sum f) > /tmp/sums
+    sync; umount /mnt/d
+    if mount /dev/$D0 /mnt/d && (cd /mnt/d && sha256sum -c /tmp/sums >/dev/null); then fs=PASS; fi
+    umount /mnt/d
+  fi
+  check iscsi-ext4 "$fs" "mkfs, write, remount, checksum"
+  r=$(ok e2fsck -fn /dev/$D0)
+  check iscsi-e2fsck-clean "$r" "$(tail -1 /tmp/out)"
+  finish
+fi
+
 # ---- e2e ----
 D0=$(lun_dev 0); D1=$(lun_dev 1)
 MARK_OFF=2048   # 512-byte sector where the reboot marker lives (1 MiB into LUN 0)

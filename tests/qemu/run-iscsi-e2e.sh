@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# QEMU end-to-end test of an iSCSI passthrough LUN: tgtd serves a 128 MiB LUN on
+# 127.0.0.1, vscsid logs in to it with its own initiator and serves it to a Linux guest as
+# LUN 0 over vhost-user-scsi. The guest checks the target's INQUIRY, capacity, fio crc32c
+# verification with direct I/O, and ext4 mkfs/remount/fsck.
+# Prints one line per check and "N passed, M failed"; exits non-zero on any failure.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$here"
+TIMEOUT=${VSCSID_E2E_TIMEOUT:-600}
+
+for tool in qemu-system-x86_64 cargo /usr/sbin/tgtd /usr/sbin/tgtadm; do
+  command -v "$tool" >/dev/null || { echo "run-iscsi-e2e: $tool is missing" >&2; exit 1; }
+done
+
+cargo build --release --quiet
+guest=$here/target/guest
+scripts/build-guest.sh "$guest"
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# A free TCP port for the portal; tgtd's control number is derived from it.
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+ctl=$((port % 32768 + 1))
+iqn=iqn.2024-01.io.vscsid.test:e2e
+truncate -s 128M "$work/target.img"
+/usr/sbin/tgtd -f -C "$ctl" --iscsi "portal=127.0.0.1:$port" > "$work/tgtd.log" 2>&1 &
+pids+=($!)
+tgtadm() { /usr/sbin/tgtadm -C "$ctl" --lld iscsi "$@"; }
+for _ in $(seq 100); do tgtadm --op show --mode sys >/dev/null 2>&1 && break; sleep 0.1; done
+tgtadm --op new --mode target --tid 1 -T "$iqn"
+tgtadm --op new --mode logicalunit --tid 1 --lun 1 -b "$work/target.img"
+tgtadm --op bind --mode target --tid 1 -I ALL
+
+sock=$work/vscsid.sock
+target/release/vscsid --socket "$sock" --iscsi "iscsi://127.0.0.1:$port/$iqn/1" --num-queues 2 \
+  > "$work/vscsid.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do [[ -S $sock ]] && break; sleep 0.1; done
+[[ -S $sock ]] || { echo "run-iscsi-e2e: vscsid did not start"; cat "$work/vscsid.log"; exit 1; }
+
+serial=$work/serial.log
+set +e
+timeout "$TIMEOUT" qemu-system-x86_64 \
+  -machine q35 -accel tcg -cpu max -m 512M -smp 2 \
+  -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
+  -kernel "$guest/vmlinuz" -initrd "$guest/initrd.gz" \
+  -append "console=ttyS0 loglevel=4 panic=-1 vscsid.test=iscsi vscsid.disks=1 vscsid.size0=$((128 << 20))" \
+  -nographic -no-user-config -nodefaults -serial "file:$serial" -monitor none \
+  -chardev socket,id=vus0,path="$sock" \
+  -device vhost-user-scsi-pci,chardev=vus0,num_queues=2 \
+  > "$work/qemu.log" 2>&1
+qemu_rc=$?
+set -e
+
+passed=0; failed=0
+report() {
+  printf '%-24s %s  %s\n' "$1" "$2" "$3"
+  if [[ $2 == PASS ]]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+}
+tr -d '\r' < "$serial" | grep -ao 'VSCSID-CHECK .*' > "$work/checks" || true
+for name in iscsi-disk-found iscsi-inquiry-vendor iscsi-capacity iscsi-fio-crc32c iscsi-ext4 iscsi-e2fsck-clean; do
+  line=$(grep -a "^VSCSID-CHECK $name " "$work/checks" | tail -n 1 || true)
+  if [[ -z $line ]]; then
+    report "$name" FAIL "check did not run"
+  else
+    read -r _ _ res detail <<< "$line"
+    report "$name" "$res" "$detail"
+  fi
+done
+if [[ $qemu_rc -eq 0 ]] && grep -aq "VSCSID-RESULT" "$serial"; then
+  report guest-powered-off PASS "QEMU exited 0"
+else
+  report guest-powered-off FAIL "QEMU exit status $qemu_rc"
+fi
+if ((failed > 0)); then
+  echo "--- serial (last 40 lines) ---"; tail -n 40 "$serial" || true
+  echo "--- vscsid log ---"; tail -n 30 "$work/vscsid.log" || true
+fi
+echo "qemu-iscsi-e2e: $passed passed, $failed failed"
+((failed == 0))
