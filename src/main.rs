@@ -26,6 +26,10 @@ struct Cli {
     /// from the VSCSID_CHAP_SECRET environment variable.
     #[arg(long, value_name = "URL")]
     iscsi: Vec<String>,
+    /// A null LUN of <size> bytes (K/M/G/T suffixes): reads return zeroes, writes are
+    /// dropped. <size>[,block-size=<512|4096>]. Numbered with --disk and --iscsi LUNs.
+    #[arg(long, value_name = "SIZE")]
+    null: Vec<String>,
     /// iSCSI initiator name [default: iqn.2024-01.io.vscsid:<hostname>].
     #[arg(long, value_name = "IQN")]
     initiator_name: Option<String>,
@@ -51,6 +55,15 @@ struct Cli {
 struct LunOrder {
     disk: Vec<usize>,
     iscsi: Vec<usize>,
+    null: Vec<usize>,
+}
+
+/// Which shorthand a LUN on the command line came from.
+#[derive(Clone, Copy)]
+enum Shorthand {
+    Disk,
+    Iscsi,
+    Null,
 }
 
 fn build_config(cli: Cli, order: LunOrder) -> Result<Config, String> {
@@ -72,31 +85,30 @@ fn build_config(cli: Cli, order: LunOrder) -> Result<Config, String> {
     }
     cfg.reconnect |= cli.reconnect;
     // --disk and --iscsi LUNs are numbered in command-line order.
-    let mut specs: Vec<(usize, bool, &String)> = Vec::new();
-    specs.extend(
-        order
-            .disk
-            .iter()
-            .copied()
-            .zip(&cli.disk)
-            .map(|(i, s)| (i, true, s)),
-    );
-    specs.extend(
-        order
-            .iscsi
-            .iter()
-            .copied()
-            .zip(&cli.iscsi)
-            .map(|(i, s)| (i, false, s)),
-    );
+    let mut specs: Vec<(usize, Shorthand, &String)> = Vec::new();
+    for (positions, values, kind) in [
+        (&order.disk, &cli.disk, Shorthand::Disk),
+        (&order.iscsi, &cli.iscsi, Shorthand::Iscsi),
+        (&order.null, &cli.null, Shorthand::Null),
+    ] {
+        specs.extend(
+            positions
+                .iter()
+                .copied()
+                .zip(values)
+                .map(|(i, s)| (i, kind, s)),
+        );
+    }
     specs.sort_by_key(|&(i, _, _)| i);
-    for (_, is_disk, spec) in specs {
-        if is_disk {
-            let lun = parse_disk_spec(spec, cfg.next_lun_of_target0()).map_err(|e| e.0)?;
-            cfg.add_lun(lun, &format!("--disk '{spec}'"))
-                .map_err(|e| e.0)?;
-        } else {
-            cfg.add_iscsi(spec).map_err(|e| e.0)?;
+    for (_, kind, spec) in specs {
+        match kind {
+            Shorthand::Disk => {
+                let lun = parse_disk_spec(spec, cfg.next_lun_of_target0()).map_err(|e| e.0)?;
+                cfg.add_lun(lun, &format!("--disk '{spec}'"))
+                    .map_err(|e| e.0)?;
+            }
+            Shorthand::Iscsi => cfg.add_iscsi(spec).map_err(|e| e.0)?,
+            Shorthand::Null => cfg.add_null(spec).map_err(|e| e.0)?,
         }
     }
     if cli.initiator_name.is_some() {
@@ -116,6 +128,7 @@ fn main() -> ExitCode {
             let order = LunOrder {
                 disk: idx("disk"),
                 iscsi: idx("iscsi"),
+                null: idx("null"),
             };
             (c, order)
         }

@@ -312,3 +312,33 @@ fn sigterm_exits_cleanly() {
     unsafe { libc::kill(d.child.id() as i32, libc::SIGTERM) };
     assert_eq!(d.wait_exit(Duration::from_secs(30)), Some(0));
 }
+
+#[test]
+fn null_lun_reads_zeroes_and_drops_writes() {
+    let d = Daemon::start(
+        &[Disk {
+            name: "a.img",
+            size: 8 * MIB,
+            opts: "",
+        }],
+        &["--null", "1G", "--num-queues", "1"],
+    );
+    let mut fe = d.connect(1);
+    let r = fe.command(&cmd(1, &inquiry(96), &[], 96)).unwrap();
+    good(&r);
+    assert_eq!(&r.data_in[16..25], b"NULL-DISK");
+    good(
+        &fe.command(&cmd(1, &write16(10, 8), &pattern(1, 4096), 0))
+            .unwrap(),
+    );
+    let r = fe
+        .command(&cmd(1, &read16(10, 256), &[], 128 * 1024))
+        .unwrap();
+    good(&r);
+    assert_eq!(r.data_in.len(), 128 * 1024);
+    assert!(r.data_in.iter().all(|&b| b == 0));
+    let r = fe
+        .command(&cmd(1, &read16((1 << 30) / 512, 1), &[], 512))
+        .unwrap();
+    assert_eq!(sense(&r), (5, 0x21, 0));
+}

@@ -40,6 +40,7 @@ struct RawLun {
     serial: Option<String>,
     wwn: Option<String>,
     url: Option<String>,
+    size: Option<toml::Value>,
     chap_secret_file: Option<PathBuf>,
     chap_secret_env: Option<String>,
     header_digest: Option<bool>,
@@ -160,9 +161,29 @@ fn lun_from_raw(l: RawLun, i: usize) -> Result<LunConfig, ConfigError> {
             cfg.kind = k;
             cfg.discard = false;
         }
+        "null" => {
+            let size = match &l.size {
+                Some(toml::Value::Integer(n)) if *n > 0 => *n as u64,
+                Some(toml::Value::String(s)) => super::parse_size(s)
+                    .map_err(|e| ConfigError(format!("{}: {e}", field("size"))))?,
+                Some(_) => {
+                    return Err(ConfigError(format!(
+                        "{}: must be a positive size",
+                        field("size")
+                    )))
+                }
+                None => {
+                    return Err(ConfigError(format!(
+                        "{}: missing (bytes or e.g. \"1G\")",
+                        field("size")
+                    )))
+                }
+            };
+            cfg.kind = LunKind::Null { size };
+        }
         other => {
             return Err(ConfigError(format!(
-                "{}: unknown LUN kind '{other}' (expected disk or iscsi)",
+                "{}: unknown LUN kind '{other}' (expected disk, null or iscsi)",
                 field("kind")
             )))
         }

@@ -42,6 +42,9 @@ pub const CHAP_SECRET_ENV: &str = "VSCSID_CHAP_SECRET";
 pub enum LunKind {
     /// A disk vscsid emulates on a file, partition or block device.
     Disk { path: PathBuf, cache: CacheMode },
+    /// A null disk of `size` bytes: reads return zeroes, writes are dropped. For measuring
+    /// the daemon's own overhead, and as a placeholder disk.
+    Null { size: u64 },
     /// A LUN of an iSCSI target, passed through: the guest's CDBs go there unchanged.
     Iscsi {
         url: IscsiUrl,
@@ -167,6 +170,29 @@ impl Config {
         self.add_lun(lun, &field)
     }
 
+    /// A null LUN from the `--null <size>[,block-size=<512|4096>]` shorthand.
+    pub fn add_null(&mut self, spec: &str) -> Result<(), ConfigError> {
+        let field = format!("--null '{spec}'");
+        let mut parts = spec.split(',');
+        let size = parse_size(parts.next().unwrap_or_default())
+            .map_err(|e| ConfigError(format!("{field}: size: {e}")))?;
+        let mut lun = LunConfig::disk(0, self.next_lun_of_target0(), PathBuf::new());
+        lun.kind = LunKind::Null { size };
+        for opt in parts {
+            match opt.split_once('=') {
+                Some(("block-size", v)) => {
+                    let n: i64 = v.parse().map_err(|_| {
+                        ConfigError(format!("{field}: block-size: '{v}' is not a number"))
+                    })?;
+                    lun.block_size = check_block_size(n, "block-size")
+                        .map_err(|e| ConfigError(format!("{field}: {}", e.0)))?;
+                }
+                _ => return Err(ConfigError(format!("{field}: {opt}: unknown option"))),
+            }
+        }
+        self.add_lun(lun, &field)
+    }
+
     /// The next free LUN number of target 0, for the `--disk` shorthand.
     pub fn next_lun_of_target0(&self) -> u16 {
         self.luns
@@ -211,6 +237,29 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Parses a size: bytes, or a number with a K, M, G or T suffix (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("'{s}' has an unknown unit (use K, M, G or T)")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("'{s}' is not a size"))
 }
 
 /// Checks a LUN number is addressable (SAM flat space).
@@ -281,6 +330,25 @@ mod tests {
         c.add_lun(LunConfig::disk(0, 5, "/tmp/b.img".into()), "--disk")
             .expect("new lun");
         assert_eq!(c.next_lun_of_target0(), 6);
+    }
+
+    #[test]
+    fn sizes_and_null_luns() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_size("16m").unwrap(), 16 << 20);
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("1Q").is_err());
+        assert!(parse_size("").is_err());
+        let mut c = base();
+        c.add_null("1G,block-size=4096").unwrap();
+        assert_eq!(c.luns[1].kind, LunKind::Null { size: 1 << 30 });
+        assert_eq!((c.luns[1].lun, c.luns[1].block_size), (1, 4096));
+        assert!(c
+            .add_null("1G,colour=red")
+            .unwrap_err()
+            .0
+            .contains("colour"));
     }
 
     #[test]

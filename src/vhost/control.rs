@@ -198,6 +198,7 @@ fn finish_if_drained(p: &PendingTmf) -> Option<(u16, u32)> {
         for l in &p.luns {
             match &l.medium {
                 Medium::Disk(d) => d.disk.reset(),
+                Medium::Null(d) => d.reset(),
                 Medium::Iscsi(i) => {
                     if let Err(e) = i.task_management(TmfFunction::LogicalUnitReset) {
                         tracing::warn!("iSCSI LOGICAL UNIT RESET failed: {e}");

@@ -22,6 +22,8 @@ pub struct DiskLun {
 /// What serves a LUN's commands.
 pub enum Medium {
     Disk(DiskLun),
+    /// A null disk: reads return zeroes, writes are dropped; no medium at all.
+    Null(EmulatedDisk),
     /// Passthrough to a LUN of an iSCSI target.
     Iscsi(IscsiLun),
 }
@@ -40,7 +42,7 @@ impl Lun {
     pub fn as_disk(&self) -> Option<&DiskLun> {
         match &self.medium {
             Medium::Disk(d) => Some(d),
-            Medium::Iscsi(_) => None,
+            Medium::Null(_) | Medium::Iscsi(_) => None,
         }
     }
 
@@ -58,6 +60,11 @@ impl Lun {
                 } else {
                     ""
                 }
+            ),
+            Medium::Null(d) => format!(
+                "null disk, {} blocks of {} bytes",
+                d.properties().capacity_blocks,
+                d.properties().block_size
             ),
             Medium::Iscsi(i) => format!("iSCSI passthrough {}", i.url),
         }
@@ -84,6 +91,22 @@ fn open_lun(l: &LunConfig, iscsi: &IscsiOptions) -> Result<Lun, String> {
     let where_ = format!("target {} LUN {}", l.target, l.lun);
     let (path, cache) = match &l.kind {
         LunKind::Disk { path, cache } => (path, cache),
+        LunKind::Null { size } => {
+            let bs = u64::from(l.block_size);
+            if *size < bs {
+                return Err(format!(
+                    "{where_}: size {size} is smaller than one {bs}-byte block"
+                ));
+            }
+            let id = format!("null:{}:{}", l.target, l.lun);
+            let props = disk_properties(l, size / bs, id.as_bytes(), true, "NULL-DISK");
+            return Ok(Lun {
+                target: l.target,
+                lun: l.lun,
+                medium: Medium::Null(EmulatedDisk::new(props)),
+                inflight: AtomicU32::new(0),
+            });
+        }
         LunKind::Iscsi {
             url,
             chap_secret,
@@ -128,31 +151,13 @@ fn open_lun(l: &LunConfig, iscsi: &IscsiOptions) -> Result<Lun, String> {
         ));
     }
     let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
-    let hash = fnv1a(canonical.as_os_str().as_encoded_bytes(), l.target, l.lun);
-    // NAA 3 ("locally assigned"): stable for the same backing path, target and LUN.
-    let naa = l
-        .wwn
-        .unwrap_or((3u64 << 60) | (hash & 0x0fff_ffff_ffff_ffff));
-    let serial = l.serial.clone().unwrap_or_else(|| format!("{hash:016x}"));
-    let props = DiskProperties {
-        block_size: l.block_size,
-        capacity_blocks: backing.size / bs,
-        readonly: l.readonly,
-        write_cache: cache.write_cache_enabled(),
-        discard: l.discard && !l.readonly,
-        max_transfer_blocks: (MAX_TRANSFER_BYTES / bs) as u32,
-        serial,
-        naa,
-        vendor: "VSCSID".into(),
-        product: "VIRTUAL-DISK".into(),
-        revision: env!("CARGO_PKG_VERSION")
-            .chars()
-            .take(4)
-            .collect::<String>()
-            .trim_end_matches('.')
-            .to_string(),
-        rotational: false,
-    };
+    let props = disk_properties(
+        l,
+        backing.size / bs,
+        canonical.as_os_str().as_encoded_bytes(),
+        cache.write_cache_enabled(),
+        "VIRTUAL-DISK",
+    );
     Ok(Lun {
         target: l.target,
         lun: l.lun,
@@ -162,6 +167,43 @@ fn open_lun(l: &LunConfig, iscsi: &IscsiOptions) -> Result<Lun, String> {
         }),
         inflight: AtomicU32::new(0),
     })
+}
+
+/// What an emulated disk reports; identifiers derive from `identity` (the backing path)
+/// so they are stable across restarts and unique per LUN.
+fn disk_properties(
+    l: &LunConfig,
+    capacity_blocks: u64,
+    identity: &[u8],
+    write_cache: bool,
+    product: &str,
+) -> DiskProperties {
+    let bs = u64::from(l.block_size);
+    let hash = fnv1a(identity, l.target, l.lun);
+    // NAA 3 ("locally assigned"): stable for the same backing, target and LUN.
+    let naa = l
+        .wwn
+        .unwrap_or((3u64 << 60) | (hash & 0x0fff_ffff_ffff_ffff));
+    let serial = l.serial.clone().unwrap_or_else(|| format!("{hash:016x}"));
+    DiskProperties {
+        block_size: l.block_size,
+        capacity_blocks,
+        readonly: l.readonly,
+        write_cache,
+        discard: l.discard && !l.readonly,
+        max_transfer_blocks: (MAX_TRANSFER_BYTES / bs) as u32,
+        serial,
+        naa,
+        vendor: "VSCSID".into(),
+        product: product.into(),
+        revision: env!("CARGO_PKG_VERSION")
+            .chars()
+            .take(4)
+            .collect::<String>()
+            .trim_end_matches('.')
+            .to_string(),
+        rotational: false,
+    }
 }
 
 /// FNV-1a: a fixed, dependency-free hash, so identifiers survive restarts and upgrades.

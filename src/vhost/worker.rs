@@ -221,6 +221,10 @@ impl Worker {
                 let o = match &lun.medium {
                     _ if cdb[0] == cdb::REPORT_LUNS => sh.luns.report_luns(target, cdb, scratch),
                     Medium::Disk(d) => d.disk.execute(cdb, &data_out, scratch),
+                    Medium::Null(d) => match d.execute(cdb, &data_out, scratch) {
+                        Outcome::Io(req) => return Some(null_io(m, &slot.chain, &req)),
+                        other => other,
+                    },
                     Medium::Iscsi(_) => {
                         let (lun, attr) = (lun.clone(), hdr[16]);
                         return self.start_passthrough(
@@ -792,6 +796,33 @@ fn bounce_iov(slot: &mut Slot, max: u64) -> i32 {
         });
     }
     0
+}
+
+/// Medium access on a null LUN: reads return zeroes, everything else succeeds at once.
+fn null_io(m: &Mem, chain: &ParsedChain, req: &IoRequest) -> u32 {
+    static ZEROES: [u8; 64 * 1024] = [0; 64 * 1024];
+    let data_in_cap = chain.writable.total() - CMD_RESP_LEN as u64;
+    let IoRequest::Read { len, .. } = *req else {
+        return good(m, chain, data_in_cap);
+    };
+    if len > data_in_cap {
+        return respond(m, chain, response::OVERRUN, 0, 0, &[]);
+    }
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(ZEROES.len() as u64) as usize;
+        if chain
+            .writable
+            .write_from(m, CMD_RESP_LEN as u64 + done, &ZEROES[..n])
+            < n
+        {
+            let sense = Sense::internal_target_failure();
+            return respond_sense(m, chain, &sense, data_in_cap);
+        }
+        done += n as u64;
+    }
+    let resid = clamp_u32(data_in_cap - len);
+    respond(m, chain, response::OK, status::GOOD, resid, &[]).saturating_add(clamp_u32(len))
 }
 
 /// Largest data buffer of one passthrough command (it is copied, unlike local I/O).
