@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""Reads the benchmark's JSON lines, prints a table of ratios against qsd-vhost-user-blk,
+and writes an SVG bar chart of IOPS relative to it."""
+import json
+import sys
+
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+svg_path = sys.argv[2]
+base_name = "qsd-vhost-user-blk"
+systems = []
+workloads = []
+for r in rows:
+    if r["system"] not in systems:
+        systems.append(r["system"])
+    if r["workload"] not in workloads:
+        workloads.append(r["workload"])
+by = {(r["system"], r["workload"]): r for r in rows}
+
+print()
+print(f"{'workload':<20} {'system':<20} {'IOPS':>10} {'x qsd':>7} {'mean us':>9} {'x qsd':>7} {'p99 us':>8} {'CPU us/IO':>10}")
+for w in workloads:
+    base = by.get((base_name, w))
+    for s in systems:
+        r = by.get((s, w))
+        if not r:
+            continue
+        ratio = r["iops"] / base["iops"] if base and base["iops"] else float("nan")
+        lat = r["lat_mean_us"] / base["lat_mean_us"] if base and base["lat_mean_us"] else float("nan")
+        cpu = r["cpu_us_per_io"]
+        cpu = f"{cpu:.2f}" if cpu is not None else "-"
+        print(f"{w:<20} {s:<20} {r['iops']:>10.0f} {ratio:>7.2f} {r['lat_mean_us']:>9.1f} {lat:>7.2f} {r['lat_p99_us']:>8.0f} {cpu:>10}")
+    print()
+
+# Grouped bars: IOPS of each system relative to qsd-vhost-user-blk, per workload.
+colors = ["#2b6cb0", "#718096", "#38a169", "#d69e2e", "#9f7aea"]
+W, H, left, bottom, top = 900, 420, 70, 60, 40
+group_w = (W - left - 20) / max(1, len(workloads))
+bar_w = group_w * 0.8 / max(1, len(systems))
+ratios = [by[(s, w)]["iops"] / by[(base_name, w)]["iops"]
+          for w in workloads for s in systems
+          if (s, w) in by and (base_name, w) in by and by[(base_name, w)]["iops"]]
+ymax = max(ratios + [1.0]) * 1.15
+scale = (H - bottom - top) / ymax
+out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
+       f'<rect width="{W}" height="{H}" fill="white"/>',
+       f'<text x="{W/2}" y="22" text-anchor="middle" font-size="15">IOPS relative to {base_name} (same load generator, same file)</text>']
+for i in range(0, int(ymax) + 2):
+    y = H - bottom - i * scale
+    if y < top:
+        break
+    out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{W-20}" y2="{y:.1f}" stroke="#ddd"/>')
+    out.append(f'<text x="{left-8}" y="{y+4:.1f}" text-anchor="end">{i}x</text>')
+for gi, w in enumerate(workloads):
+    gx = left + gi * group_w + group_w * 0.1
+    for si, s in enumerate(systems):
+        r, b = by.get((s, w)), by.get((base_name, w))
+        if not r or not b or not b["iops"]:
+            continue
+        v = r["iops"] / b["iops"]
+        h = v * scale
+        x = gx + si * bar_w
+        out.append(f'<rect x="{x:.1f}" y="{H-bottom-h:.1f}" width="{bar_w-2:.1f}" height="{h:.1f}" fill="{colors[si % len(colors)]}"/>')
+        out.append(f'<text x="{x+bar_w/2-1:.1f}" y="{H-bottom-h-4:.1f}" text-anchor="middle" font-size="10">{v:.2f}</text>')
+    out.append(f'<text x="{gx+group_w*0.4:.1f}" y="{H-bottom+18}" text-anchor="middle">{w}</text>')
+for si, s in enumerate(systems):
+    x = left + si * 170
+    out.append(f'<rect x="{x}" y="{H-24}" width="12" height="12" fill="{colors[si % len(colors)]}"/>')
+    out.append(f'<text x="{x+16}" y="{H-14}">{s}</text>')
+out.append("</svg>")
+open(svg_path, "w").write("\n".join(out))
+print(f"chart: {svg_path}")
