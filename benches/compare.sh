@@ -68,7 +68,7 @@ run_loadgen() { # system proto socket
 
 # vscsid on the file.
 sock=$work/vscsid.sock
-target/release/vscsid --socket "$sock" --disk "$disk,cache=none" --num-queues 1 2>"$work/vscsid.log" &
+target/release/vscsid --socket "$sock" --disk "$disk,cache=none" --num-queues 1 --reconnect 2>"$work/vscsid.log" &
 backend_pid=$!
 wait_socket "$sock"
 run_loadgen vscsid scsi "$sock"
@@ -88,7 +88,7 @@ stop_backend
 
 # The daemon's own ceiling.
 sock=$work/null.sock
-target/release/vscsid --socket "$sock" --null 1G --num-queues 1 2>"$work/null.log" &
+target/release/vscsid --socket "$sock" --null 1G --num-queues 1 --reconnect 2>"$work/null.log" &
 backend_pid=$!
 wait_socket "$sock"
 run_loadgen vscsid-null scsi "$sock"
