@@ -60,8 +60,12 @@ pub fn serve(
         .socket
         .as_deref()
         .ok_or_else(|| "socket: no socket path given".to_string())?;
+    // One listening socket for the daemon's life: a frontend that connects while the
+    // previous connection is being torn down waits in its backlog instead of being reset.
+    let mut listener = bind_private(socket)?;
+    tracing::info!(socket = %socket.display(), "listening");
     loop {
-        serve_one(cfg, luns.clone(), socket, current)?;
+        serve_one(cfg, luns.clone(), &mut listener, socket, current)?;
         if !cfg.reconnect {
             return Ok(());
         }
@@ -72,6 +76,7 @@ pub fn serve(
 fn serve_one(
     cfg: &Config,
     luns: Arc<LunTable<Lun>>,
+    listener: &mut Listener,
     socket: &Path,
     current: &CurrentDevice,
 ) -> Result<(), String> {
@@ -96,11 +101,9 @@ fn serve_one(
         )
         .map_err(|e| format!("cannot watch task management wake-ups: {e}"))?;
     }
-    let mut listener = bind_private(socket)?;
-    tracing::info!(socket = %socket.display(), "listening");
     *device::lock(&current.0) = Some(dev.clone());
     daemon
-        .start(&mut listener)
+        .start(listener)
         .map_err(|e| format!("cannot accept a connection on {}: {e}", socket.display()))?;
     tracing::info!("frontend connected");
     let result = daemon.wait();

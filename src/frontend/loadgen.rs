@@ -1,0 +1,294 @@
+//! A load generator on top of the frontend: plays QEMU's part against any vhost-user-scsi
+//! or vhost-user-blk backend and runs a fio-like workload, so every system is measured the
+//! same way from the device side (used by `benches/loadgen.rs` and `benches/compare.sh`).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use vm_memory::{Bytes, GuestAddress};
+
+use super::{lun_address, ConnectOptions, Connection};
+
+/// Which virtio device the backend serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Scsi,
+    Blk,
+}
+
+/// A workload: fio-like parameters plus the names reported with the result.
+#[derive(Debug, Clone)]
+pub struct Args {
+    pub socket: PathBuf,
+    pub proto: Proto,
+    pub rw: String,
+    pub bs: u64,
+    pub iodepth: usize,
+    pub queues: usize,
+    pub runtime: Duration,
+    pub size: u64,
+    pub lun: u16,
+    pub backend_pid: Option<u32>,
+    pub system: String,
+    pub workload: String,
+}
+
+/// Guest buffers of one in-flight request.
+struct Slot {
+    hdr: u64,
+    data: u64,
+    status: u64,
+    started: Instant,
+}
+
+struct Engine {
+    conn: Connection,
+    proto: Proto,
+    first_queue: usize,
+    slots: Vec<Vec<Slot>>,
+    by_head: Vec<Vec<usize>>,
+    next_seq: u64,
+    rng: u64,
+    blocks: u64,
+    args_bs: u64,
+    write: bool,
+    random: bool,
+    lun: [u8; 8],
+}
+
+impl Engine {
+    fn offset(&mut self) -> u64 {
+        if self.random {
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            (self.rng % self.blocks) * self.args_bs
+        } else {
+            let o = (self.next_seq % self.blocks) * self.args_bs;
+            self.next_seq += 1;
+            o
+        }
+    }
+
+    /// Writes the request header for slot `s` of queue `q` and publishes its chain.
+    fn submit(&mut self, q: usize, s: usize) {
+        let off = self.offset();
+        let bs = self.args_bs;
+        let mem = &self.conn.mem;
+        let slot = &mut self.slots[q][s];
+        slot.started = Instant::now();
+        let bufs: Vec<(u64, u32, bool)> = match self.proto {
+            Proto::Scsi => {
+                let mut h = [0u8; 51];
+                h[0..8].copy_from_slice(&self.lun);
+                let cdb = &mut h[19..35];
+                cdb[0] = if self.write { 0x8a } else { 0x88 };
+                cdb[2..10].copy_from_slice(&(off / 512).to_be_bytes());
+                cdb[10..14].copy_from_slice(&((bs / 512) as u32).to_be_bytes());
+                let _ = mem.write_slice(&h, GuestAddress(slot.hdr));
+                if self.write {
+                    vec![
+                        (slot.hdr, 51, false),
+                        (slot.data, bs as u32, false),
+                        (slot.status, 108, true),
+                    ]
+                } else {
+                    vec![
+                        (slot.hdr, 51, false),
+                        (slot.status, 108, true),
+                        (slot.data, bs as u32, true),
+                    ]
+                }
+            }
+            Proto::Blk => {
+                let mut h = [0u8; 16];
+                h[0..4].copy_from_slice(&(u32::from(self.write)).to_le_bytes());
+                h[8..16].copy_from_slice(&(off / 512).to_le_bytes());
+                let _ = mem.write_slice(&h, GuestAddress(slot.hdr));
+                vec![
+                    (slot.hdr, 16, false),
+                    (slot.data, bs as u32, !self.write),
+                    (slot.status, 1, true),
+                ]
+            }
+        };
+        let queue = &mut self.conn.queues[self.first_queue + q];
+        if let Some(head) = queue.add_chain(mem, &bufs, None) {
+            self.by_head[q][usize::from(head)] = s;
+        }
+    }
+
+    /// True when the completed request of slot `s` reports success.
+    fn ok(&self, q: usize, s: usize) -> bool {
+        let slot = &self.slots[q][s];
+        let mem = &self.conn.mem;
+        match self.proto {
+            Proto::Scsi => {
+                let mut r = [0u8; 12];
+                mem.read_slice(&mut r, GuestAddress(slot.status)).is_ok()
+                    && r[10] == 0
+                    && r[11] == 0
+            }
+            Proto::Blk => mem
+                .read_obj::<u8>(GuestAddress(slot.status))
+                .map(|b| b == 0)
+                .unwrap_or(false),
+        }
+    }
+}
+
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Runs the workload against the backend at `a.socket`; returns the result as one JSON
+/// object (system, workload, iops, bw_mib_s, lat_mean_us, lat_p99_us, cpu_us_per_io).
+pub fn run(a: &Args) -> Result<String, String> {
+    let queue_size: u16 = 256;
+    let slot_bytes = 4096 + a.bs;
+    let mem_size = (32 << 20) + (a.queues * a.iodepth) as u64 * slot_bytes.next_multiple_of(4096);
+    let (total_queues, first_queue) = match a.proto {
+        Proto::Scsi => (2 + a.queues, 2),
+        Proto::Blk => (a.queues, 0),
+    };
+    let opts = ConnectOptions {
+        memory_size: mem_size as usize,
+        queues: total_queues as u16,
+        queue_size,
+        event_idx: true,
+        connect_timeout: Duration::from_secs(10),
+    };
+    let mut conn = Connection::connect(&a.socket, &opts).map_err(|e| e.to_string())?;
+    let mut slots = Vec::new();
+    for _ in 0..a.queues {
+        let mut qs = Vec::new();
+        for _ in 0..a.iodepth {
+            let base = conn.alloc(slot_bytes, 4096).map_err(|e| e.to_string())?;
+            let data = base + 4096;
+            let pattern = vec![0x5au8; a.bs as usize];
+            conn.mem
+                .write_slice(&pattern, GuestAddress(data))
+                .map_err(|e| e.to_string())?;
+            qs.push(Slot {
+                hdr: base,
+                data,
+                status: base + 512,
+                started: Instant::now(),
+            });
+        }
+        slots.push(qs);
+    }
+    let mut e = Engine {
+        conn,
+        proto: a.proto,
+        first_queue,
+        slots,
+        by_head: vec![vec![0; usize::from(queue_size)]; a.queues],
+        next_seq: 0,
+        rng: 0x9e37_79b9_7f4a_7c15,
+        blocks: (a.size / a.bs).max(1),
+        args_bs: a.bs,
+        write: a.rw.ends_with("write"),
+        random: a.rw.starts_with("rand"),
+        lun: lun_address(0, a.lun),
+    };
+    // Warm-up is part of the connection; measurement starts with the first submission.
+    let mut lat: Vec<u32> = Vec::with_capacity(4 << 20);
+    let mut errors = 0u64;
+    let cpu0 = a.backend_pid.and_then(cpu_ticks);
+    let start = Instant::now();
+    for q in 0..a.queues {
+        for s in 0..a.iodepth {
+            e.submit(q, s);
+        }
+        e.conn.queues[first_queue + q].kick();
+    }
+    let deadline = start + a.runtime;
+    let mut inflight = a.queues * a.iodepth;
+    let mut stopping = false;
+    while inflight > 0 {
+        let mut progressed = false;
+        for q in 0..a.queues {
+            let mut resubmitted = false;
+            loop {
+                let mem = &e.conn.mem;
+                let Some((head, _)) = e.conn.queues[first_queue + q].pop_used(mem) else {
+                    break;
+                };
+                progressed = true;
+                let s = e.by_head[q][usize::from(head) % usize::from(queue_size)];
+                let us = e.slots[q][s]
+                    .started
+                    .elapsed()
+                    .as_micros()
+                    .min(u128::from(u32::MAX)) as u32;
+                if !e.ok(q, s) {
+                    errors += 1;
+                }
+                if lat.len() < lat.capacity() {
+                    lat.push(us);
+                }
+                if !stopping && Instant::now() >= deadline {
+                    stopping = true;
+                }
+                if stopping {
+                    inflight -= 1;
+                } else {
+                    e.submit(q, s);
+                    resubmitted = true;
+                }
+            }
+            if resubmitted {
+                e.conn.queues[first_queue + q].kick();
+            }
+        }
+        if !progressed {
+            let mut fds: Vec<libc::pollfd> = (0..a.queues)
+                .map(|q| libc::pollfd {
+                    fd: std::os::unix::io::AsRawFd::as_raw_fd(&e.conn.queues[first_queue + q].call),
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            // SAFETY: fds is a valid array of pollfd for the call's duration.
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+            for q in 0..a.queues {
+                let _ = e.conn.queues[first_queue + q].call.read();
+            }
+            if start.elapsed() > a.runtime + Duration::from_secs(30) {
+                return Err("the backend stopped completing requests".into());
+            }
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu1 = a.backend_pid.and_then(cpu_ticks);
+    let ios = lat.len() as f64;
+    if ios == 0.0 {
+        return Err("no I/O completed".into());
+    }
+    if errors > 0 {
+        return Err(format!("{errors} I/Os failed"));
+    }
+    lat.sort_unstable();
+    let mean = lat.iter().map(|&x| f64::from(x)).sum::<f64>() / ios;
+    let p99 = f64::from(lat[((lat.len() as f64 * 0.99) as usize).min(lat.len() - 1)]);
+    let iops = ios / elapsed;
+    let cpu = match (cpu0, cpu1) {
+        // USER_HZ is 100 on Linux: one tick is 10 000 us.
+        (Some(c0), Some(c1)) => format!("{:.3}", (c1 - c0) as f64 * 10_000.0 / ios),
+        _ => "null".into(),
+    };
+    Ok(format!(
+        "{{\"system\": \"{}\", \"workload\": \"{}\", \"iops\": {:.0}, \"bw_mib_s\": {:.1}, \"lat_mean_us\": {:.1}, \"lat_p99_us\": {:.0}, \"cpu_us_per_io\": {}}}",
+        a.system,
+        a.workload,
+        iops,
+        iops * a.bs as f64 / 1048576.0,
+        mean,
+        p99,
+        cpu
+    ))
+}

@@ -1,0 +1,89 @@
+//! The load generator's engine against real backends: it must complete I/O and report
+//! sane numbers (no timing thresholds: speed is for benches/compare.sh to measure).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use vscsid::frontend::loadgen::{run, Args, Proto};
+
+fn args(socket: &std::path::Path, rw: &str, bs: u64, qd: usize, pid: u32) -> Args {
+    Args {
+        socket: socket.to_path_buf(),
+        proto: Proto::Scsi,
+        rw: rw.into(),
+        bs,
+        iodepth: qd,
+        queues: 1,
+        runtime: Duration::from_millis(300),
+        size: 64 << 20,
+        lun: 0,
+        backend_pid: Some(pid),
+        system: "test".into(),
+        workload: format!("{rw}-{qd}"),
+    }
+}
+
+fn field(json: &str, key: &str) -> f64 {
+    let at = json.find(&format!("\"{key}\": ")).expect(key) + key.len() + 4;
+    json[at..]
+        .split([',', '}'])
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .expect("number")
+}
+
+#[test]
+fn drives_vscsid_with_every_workload() {
+    let d = Daemon::start(
+        &[Disk {
+            name: "a.img",
+            size: 64 << 20,
+            opts: "cache=none",
+        }],
+        &["--num-queues", "1", "--reconnect"],
+    );
+    for (rw, bs, qd) in [
+        ("randread", 4096, 1),
+        ("randwrite", 4096, 32),
+        ("read", 131072, 8),
+        ("write", 65536, 4),
+    ] {
+        let out = run(&args(&d.socket, rw, bs, qd, d.child.id())).expect("load run");
+        assert!(
+            out.contains(&format!("\"workload\": \"{rw}-{qd}\"")),
+            "{out}"
+        );
+        let iops = field(&out, "iops");
+        assert!(iops > 0.0, "{out}");
+        assert!(
+            (field(&out, "bw_mib_s") - iops * bs as f64 / 1048576.0).abs() < 1.0,
+            "{out}"
+        );
+        assert!(
+            field(&out, "lat_p99_us") >= field(&out, "lat_mean_us") * 0.5,
+            "{out}"
+        );
+        assert!(field(&out, "cpu_us_per_io") >= 0.0, "{out}");
+    }
+    // The writes went to the file.
+    assert!(allocated_bytes(&d.path("a.img")) > 0);
+}
+
+#[test]
+fn reports_failed_io_as_an_error() {
+    // A read-only LUN refuses writes: the run must fail, not report a speed.
+    let d = Daemon::start(
+        &[Disk {
+            name: "ro.img",
+            size: 64 << 20,
+            opts: "readonly",
+        }],
+        &["--num-queues", "1"],
+    );
+    let err = run(&args(&d.socket, "randwrite", 4096, 4, d.child.id())).unwrap_err();
+    assert!(err.contains("failed"), "{err}");
+}
