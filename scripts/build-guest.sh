@@ -14,7 +14,7 @@ kernel=/boot/vmlinuz-$kver
 [[ -r $kernel ]] || { echo "build-guest: no kernel at $kernel (install linux-image-amd64)" >&2; exit 1; }
 [[ -x /bin/busybox ]] || { echo "build-guest: /bin/busybox missing (install busybox-static)" >&2; exit 1; }
 
-MODULES=(virtio_pci virtio_scsi sd_mod sg ext4 crc32c_generic)
+MODULES=(virtio_pci virtio_scsi virtio_blk sd_mod sg ext4 crc32c_generic)
 TOOLS=(fio sg_inq sg_vpd sg_modes sg_readcap sg_opcodes sg_raw mke2fs e2fsck blkdiscard)
 
 tool_paths=()

@@ -198,6 +198,8 @@ pub fn run(a: &Args) -> Result<String, String> {
     // Warm-up is part of the connection; measurement starts with the first submission.
     let mut lat: Vec<u32> = Vec::with_capacity(4 << 20);
     let mut errors = 0u64;
+    // Every completion counts; latencies are sampled up to the vector's capacity.
+    let mut completed = 0u64;
     let cpu0 = a.backend_pid.and_then(cpu_ticks);
     let start = Instant::now();
     for q in 0..a.queues {
@@ -228,6 +230,7 @@ pub fn run(a: &Args) -> Result<String, String> {
                 if !e.ok(q, s) {
                     errors += 1;
                 }
+                completed += 1;
                 if lat.len() < lat.capacity() {
                     lat.push(us);
                 }
@@ -265,15 +268,15 @@ pub fn run(a: &Args) -> Result<String, String> {
     }
     let elapsed = start.elapsed().as_secs_f64();
     let cpu1 = a.backend_pid.and_then(cpu_ticks);
-    let ios = lat.len() as f64;
-    if ios == 0.0 {
+    let ios = completed as f64;
+    if lat.is_empty() {
         return Err("no I/O completed".into());
     }
     if errors > 0 {
         return Err(format!("{errors} I/Os failed"));
     }
     lat.sort_unstable();
-    let mean = lat.iter().map(|&x| f64::from(x)).sum::<f64>() / ios;
+    let mean = lat.iter().map(|&x| f64::from(x)).sum::<f64>() / lat.len() as f64;
     let p99 = f64::from(lat[((lat.len() as f64 * 0.99) as usize).min(lat.len() - 1)]);
     let iops = ios / elapsed;
     let cpu = match (cpu0, cpu1) {

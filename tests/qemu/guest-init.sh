@@ -57,6 +57,25 @@ if [ "$MODE" = demo ]; then
   finish
 fi
 
+if [ "$MODE" = fio ]; then
+  # benches/vm-fio.sh: the same fio jobs on the guest's one data disk, whatever device it is.
+  i=0
+  while ! ls /sys/block/ | grep -qE '^(sd|vd)' && [ $i -lt 60 ]; do sleep 0.5; i=$((i + 1)); done
+  dev=$(ls /sys/block/ | grep -E '^(sd|vd)' | head -1)
+  RT=$(arg runtime); RT=${RT:-5}
+  for job in "randread 4k 1" "randread 4k 32" "randwrite 4k 32" "read 128k 8"; do
+    set -- $job
+    fio --name=vm --filename=/dev/$dev --direct=1 --ioengine=libaio --rw=$1 --bs=$2 --iodepth=$3 \
+      --runtime=$RT --time_based --size=256M --output-format=terse --terse-version=3 > /tmp/out 2>&1
+    # terse v3: field 8 read IOPS, 49 write IOPS; 40/81 read/write mean latency (us).
+    r=$(awk -F';' '{ if ($8 > 0) print $8, $40; else print $49, $81 }' /tmp/out)
+    set -- $r
+    echo "VSCSID-FIO {\"workload\": \"$(echo $job | awk '{print $1"-"$2"-qd"$3}')\", \"iops\": ${1:-0}, \"lat_mean_us\": ${2:-0}}"
+  done
+  check vm-fio "$( [ -n "$dev" ] && echo PASS || echo FAIL )" "fio on /dev/$dev"
+  finish
+fi
+
 if [ "$MODE" = iscsi ]; then
   # LUN 0 is a LUN of an iSCSI target that vscsid passes through.
   D0=$(lun_dev 0)
