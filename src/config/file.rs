@@ -45,6 +45,24 @@ struct RawLun {
     chap_secret_env: Option<String>,
     header_digest: Option<bool>,
     data_digest: Option<bool>,
+    paths: Option<Vec<String>>,
+    policy: Option<String>,
+    failback: Option<String>,
+    rr_ios: Option<i64>,
+    priorities: Option<Vec<i64>>,
+    nop_interval: Option<toml::Value>,
+    nop_timeout: Option<toml::Value>,
+    no_path_retry: Option<toml::Value>,
+}
+
+/// A time in a TOML value: seconds as a number, or a string like "500ms".
+fn time_text(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(n) => n.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        other => format!("{other}"),
+    }
 }
 
 /// Reads and checks a configuration file.
@@ -133,9 +151,43 @@ fn lun_from_raw(l: RawLun, i: usize) -> Result<LunConfig, ConfigError> {
                 chap_secret,
                 header_digest,
                 data_digest,
+                paths,
                 ..
             } = &mut k
             {
+                let mut set = |name: &str, value: String| {
+                    paths
+                        .set(name, &value)
+                        .map_err(|e| ConfigError(format!("{}: {e}", field(name))))
+                };
+                for p in l.paths.iter().flatten() {
+                    set("paths", p.clone())?;
+                }
+                if let Some(v) = &l.policy {
+                    set("policy", v.clone())?;
+                }
+                if let Some(v) = &l.failback {
+                    set("failback", v.clone())?;
+                }
+                if let Some(v) = l.rr_ios {
+                    set("rr_ios", v.to_string())?;
+                }
+                if let Some(v) = &l.priorities {
+                    let list: Vec<String> = v.iter().map(|n| n.to_string()).collect();
+                    set("priorities", list.join(":"))?;
+                }
+                for (name, v) in [
+                    ("nop_interval", &l.nop_interval),
+                    ("nop_timeout", &l.nop_timeout),
+                    ("no_path_retry", &l.no_path_retry),
+                ] {
+                    if let Some(v) = v {
+                        set(name, time_text(v))?;
+                    }
+                }
+                paths
+                    .check()
+                    .map_err(|e| ConfigError(format!("{}: {e}", field("paths"))))?;
                 if let Some(p) = &l.chap_secret_file {
                     let s = std::fs::read_to_string(p).map_err(|e| {
                         ConfigError(format!(

@@ -3,6 +3,7 @@
 
 mod disk_spec;
 mod file;
+mod paths;
 
 use std::path::PathBuf;
 
@@ -11,6 +12,7 @@ use crate::iscsi::IscsiUrl;
 
 pub use disk_spec::parse_disk_spec;
 pub use file::parse_config_file;
+pub use paths::{duration, PathSettings};
 
 /// Largest number of request queues a device offers. QEMU sizes `num_queues` from the
 /// guest's vCPU count without asking, so the device is sized for this many and QEMU refuses
@@ -52,13 +54,35 @@ pub enum LunKind {
         chap_secret: Option<Secret>,
         header_digest: bool,
         data_digest: bool,
+        /// Extra portals, path policy, path checking, no-path queueing.
+        paths: PathSettings,
     },
 }
 
 impl LunKind {
-    /// An iSCSI LUN from a URL; a user without password takes the secret from
-    /// [`CHAP_SECRET_ENV`].
+    /// An iSCSI LUN from a URL, optionally followed by path options
+    /// (`iscsi://host/iqn/0,path=host2:3260,policy=failover`); a user without password
+    /// takes the secret from [`CHAP_SECRET_ENV`].
     pub fn iscsi(url: &str, field: &str) -> Result<LunKind, ConfigError> {
+        // Options follow the LUN number, after the last '/', so a password holding a
+        // comma stays intact.
+        let (url, options) = match url.rfind('/') {
+            Some(slash) => match url[slash..].find(',') {
+                Some(c) => (&url[..slash + c], &url[slash + c + 1..]),
+                None => (url, ""),
+            },
+            None => (url, ""),
+        };
+        let mut paths = PathSettings::default();
+        for opt in options.split(',').filter(|o| !o.is_empty()) {
+            let (k, v) = opt.split_once('=').unwrap_or((opt, ""));
+            paths
+                .set(k, v)
+                .map_err(|e| ConfigError(format!("{field}: {e}")))?;
+        }
+        paths
+            .check()
+            .map_err(|e| ConfigError(format!("{field}: {e}")))?;
         let url = IscsiUrl::parse(url).map_err(|e| ConfigError(format!("{field}: {e}")))?;
         let chap_secret = if url.user.is_some() && url.password.is_none() {
             std::env::var(CHAP_SECRET_ENV).ok().map(Secret)
@@ -70,6 +94,7 @@ impl LunKind {
             chap_secret,
             header_digest: false,
             data_digest: false,
+            paths,
         })
     }
 }

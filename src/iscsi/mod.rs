@@ -2,8 +2,10 @@
 //! passthrough LUN of the guest. The guest's CDBs go to the target unchanged; status,
 //! sense and data come back unchanged.
 
+pub mod alua;
 mod chap;
 pub mod login;
+pub mod multipath;
 pub mod pdu;
 mod session;
 pub mod text;
@@ -13,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use login::{discover, LoginError};
+pub use multipath::{Failback, MultipathOptions, PathStatus, Policy};
 pub use url::IscsiUrl;
 
 /// CHAP credentials; `mutual` holds the name and secret the target must prove.
@@ -50,7 +53,7 @@ pub struct IscsiOptions {
     pub nop_interval: Duration,
     /// How long a NOP-Out may go unanswered before the connection counts as dead.
     pub nop_timeout: Duration,
-    /// How long commands wait for a lost connection to come back before they fail.
+    /// How long commands wait while no path is up (`no_path_retry`) before they fail.
     pub recovery_timeout: Duration,
     pub connect_timeout: Duration,
     pub login_timeout: Duration,
@@ -68,8 +71,10 @@ impl Default for IscsiOptions {
             max_recv_data_segment_length: 262_144,
             max_burst_length: 1 << 20,
             first_burst_length: 262_144,
-            nop_interval: Duration::from_secs(5),
-            nop_timeout: Duration::from_secs(5),
+            // Sub-second path checking: a silent path is failed within about
+            // interval + timeout (+ one check tick) of its last PDU.
+            nop_interval: Duration::from_millis(200),
+            nop_timeout: Duration::from_millis(400),
             recovery_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             login_timeout: Duration::from_secs(10),
@@ -141,6 +146,10 @@ pub enum TransportError {
     Timeout,
     #[error("the session is closed")]
     Closed,
+    #[error("aborted by task management")]
+    Aborted,
+    #[error("the path failed while the command was at the target, and it is not safe to reissue")]
+    Disrupted,
     #[error("{0}")]
     Protocol(String),
 }
@@ -174,15 +183,26 @@ pub enum TmfFunction {
     TargetWarmReset = 6,
 }
 
-/// A LUN of an iSCSI target, reached through one session. Send + Sync: any thread submits.
+/// A LUN of an iSCSI target, reached through one session per portal (path). Send + Sync:
+/// any thread submits.
 pub struct IscsiLun {
-    session: Arc<session::Session>,
+    core: Arc<multipath::Core>,
     pub url: IscsiUrl,
 }
 
 impl IscsiLun {
-    /// Logs in to the URL's target. Credentials in the URL override `opts.chap`'s.
+    /// Logs in to the URL's target through its one portal. Credentials in the URL override
+    /// `opts.chap`'s.
     pub fn connect(url: &IscsiUrl, opts: &IscsiOptions) -> Result<IscsiLun, LoginError> {
+        Self::connect_multipath(url, opts, &MultipathOptions::default())
+    }
+
+    /// Logs in through the URL's portal and every extra portal of `mp`.
+    pub fn connect_multipath(
+        url: &IscsiUrl,
+        opts: &IscsiOptions,
+        mp: &MultipathOptions,
+    ) -> Result<IscsiLun, LoginError> {
         let mut opts = opts.clone();
         if let Some(user) = &url.user {
             let secret = url
@@ -198,14 +218,15 @@ impl IscsiLun {
             });
         }
         Ok(IscsiLun {
-            session: session::Session::connect(url, &opts)?,
+            core: multipath::Core::connect(url, &opts, mp)?,
             url: url.clone(),
         })
     }
 
-    /// Queues a command; `done` is called exactly once.
-    pub fn submit(&self, cmd: ScsiCommand, done: Box<dyn FnOnce(ScsiCompletion) + Send>) {
-        self.session.submit(self.url.lun, cmd, done);
+    /// Queues a command; `done` is called exactly once. Returns the command's id, which
+    /// [`IscsiLun::abort_task`] takes.
+    pub fn submit(&self, cmd: ScsiCommand, done: Box<dyn FnOnce(ScsiCompletion) + Send>) -> u64 {
+        self.core.submit(cmd, done)
     }
 
     /// Runs a command and waits for it (tests, start-up probing).
@@ -221,28 +242,40 @@ impl IscsiLun {
             .unwrap_or_else(|_| ScsiCompletion::failed(TransportError::Closed))
     }
 
-    /// A task management function on this LUN; returns the target's response code
-    /// (0 = function complete).
+    /// A task management function on this LUN (through every path that is up); returns
+    /// the target's response code (0 = function complete). The LUN's commands end as
+    /// aborted once the target agrees. ABORT TASK needs [`IscsiLun::abort_task`].
     pub fn task_management(&self, f: TmfFunction) -> Result<u8, TransportError> {
-        self.session.task_management(self.url.lun, f as u8, None)
+        self.core.reset(f)
     }
 
+    /// ABORT TASK for the command `submit` returned `id` for.
+    pub fn abort_task(&self, id: u64) -> Result<u8, TransportError> {
+        self.core.abort_task(id)
+    }
+
+    /// Whether some path is up.
     pub fn is_connected(&self) -> bool {
-        self.session.is_connected()
+        self.core.is_connected()
     }
 
     pub fn outstanding(&self) -> usize {
-        self.session.outstanding()
+        self.core.outstanding()
+    }
+
+    /// Path states and counters.
+    pub fn paths(&self) -> Vec<PathStatus> {
+        self.core.status()
     }
 
     pub fn close(&self) {
-        self.session.close();
+        self.core.close();
     }
 }
 
 impl Drop for IscsiLun {
     fn drop(&mut self) {
-        self.session.close();
+        self.core.close();
     }
 }
 

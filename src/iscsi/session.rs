@@ -1,14 +1,17 @@
-//! The full feature phase of one session over one connection: SCSI commands with immediate,
-//! unsolicited and R2T-solicited data, Data-In reassembly, status and sense, the
-//! CmdSN/MaxCmdSN window, NOP keepalive both ways, task management, and recovery (ERL 0):
-//! when the connection drops, log in again and reissue every command that had no status,
-//! within a bound; past it, fail them as a real HBA would.
+//! One path of a LUN: the full feature phase of one session over one connection. SCSI
+//! commands with immediate, unsolicited and R2T-solicited data, Data-In reassembly, status
+//! and sense, the CmdSN/MaxCmdSN window, NOP keepalive both ways, task management.
+//!
+//! When the connection drops (reset, or silence past the NOP timeout) the session hands
+//! every command that had no status back to its LUN (the multipath layer, which reissues
+//! them on another path or queues them), then logs in again in the background with
+//! back-off and tells the LUN when it is back (ERL 0: nothing is recovered in place).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufReader, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use super::login::{self, LoginError, Negotiated};
@@ -39,14 +42,57 @@ fn sn_le(a: u32, b: u32) -> bool {
 
 const NO_TAG: u32 = 0xffff_ffff;
 
-type Done = Box<dyn FnOnce(ScsiCompletion) + Send>;
+pub(crate) type Done = Box<dyn FnOnce(ScsiCompletion) + Send>;
+
+/// How long a task management function may wait for the target's answer.
+const TMF_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TMF answer slot value meaning "the connection went away before the answer".
+const TMF_LOST: u8 = 0xff;
 
 /// A command the target has not answered yet.
 struct Pending {
-    lun: u64,
+    /// The LUN layer's command id (stable across paths, unlike the ITT).
+    id: u64,
+    lun: u16,
     cmd: ScsiCommand,
     done: Option<Done>,
     data_in: Vec<u8>,
+    /// Some PDU of the command went out on the connection (the target may have run it).
+    sent: bool,
+    cmd_sn: u32,
+}
+
+/// A command without status taken back from a failed path.
+pub(crate) struct Orphan {
+    pub id: u64,
+    pub cmd: ScsiCommand,
+    pub done: Done,
+    /// The target may have received (and run) it.
+    pub sent: bool,
+}
+
+/// What a session reports about a lost connection.
+pub(crate) struct LostPath {
+    /// Time since the last PDU from the target when the loss was noticed.
+    pub silent_for: Duration,
+    pub orphans: Vec<Orphan>,
+}
+
+/// What the LUN layer learns from its paths. Called without any session lock held.
+pub(crate) trait PathEvents: Send + Sync {
+    fn path_down(&self, path: usize, lost: LostPath);
+    fn path_up(&self, path: usize);
+}
+
+/// Counters of one path, for logs and status.
+#[derive(Default)]
+pub(crate) struct PathStats {
+    pub ios: AtomicU64,
+    pub errors: AtomicU64,
+    pub failovers: AtomicU64,
+    /// Stall of the last failover: silence before detection plus the reissue, in µs.
+    pub last_failover_us: AtomicU64,
 }
 
 /// Mutable session state behind one lock; the writer is part of it so the PDUs of one
@@ -62,8 +108,9 @@ struct State {
     /// Commands waiting to be sent (window closed or connection down), oldest first.
     unsent: VecDeque<u32>,
     tmf: HashMap<u32, Option<u8>>,
-    down_since: Option<Instant>,
     recovering: bool,
+    /// A loss not yet reported to the LUN layer (reported once the lock is released).
+    lost: Option<LostPath>,
     last_rx: Instant,
     ping: Option<(u32, Instant)>,
     generation: u64,
@@ -73,6 +120,14 @@ pub(crate) struct Session {
     url: IscsiUrl,
     opts: IscsiOptions,
     isid: [u8; 6],
+    /// This session's index among its LUN's paths.
+    path: usize,
+    events: Weak<dyn PathEvents>,
+    pub(crate) stats: PathStats,
+    /// Connected and in full feature phase (read without the lock by path selection).
+    up: AtomicBool,
+    /// Commands queued or sent and not yet answered.
+    outstanding: AtomicUsize,
     state: Mutex<State>,
     changed: Condvar,
     closing: AtomicBool,
@@ -82,11 +137,22 @@ pub(crate) struct Session {
 type Completions = Vec<(Done, ScsiCompletion)>;
 
 impl Session {
-    pub(crate) fn connect(url: &IscsiUrl, opts: &IscsiOptions) -> Result<Arc<Session>, LoginError> {
-        let s = Arc::new(Session {
+    /// A path to `url`'s portal; nothing happens on the network until [`Session::start`].
+    pub(crate) fn new(
+        url: &IscsiUrl,
+        opts: &IscsiOptions,
+        path: usize,
+        events: Weak<dyn PathEvents>,
+    ) -> Arc<Session> {
+        Arc::new(Session {
             url: url.clone(),
             opts: opts.clone(),
             isid: new_isid(),
+            path,
+            events,
+            stats: PathStats::default(),
+            up: AtomicBool::new(false),
+            outstanding: AtomicUsize::new(0),
             state: Mutex::new(State {
                 writer: None,
                 neg: None,
@@ -97,22 +163,44 @@ impl Session {
                 pending: HashMap::new(),
                 unsent: VecDeque::new(),
                 tmf: HashMap::new(),
-                down_since: None,
                 recovering: false,
+                lost: None,
                 last_rx: Instant::now(),
                 ping: None,
                 generation: 0,
             }),
             changed: Condvar::new(),
             closing: AtomicBool::new(false),
-        });
-        s.establish()?;
-        let keep = s.clone();
+        })
+    }
+
+    /// Starts the keepalive and logs in. On failure, `retry_in_background` keeps trying
+    /// (a secondary path may come up later); otherwise the error is final.
+    pub(crate) fn start(self: &Arc<Self>, retry_in_background: bool) -> Result<(), LoginError> {
+        let keep = self.clone();
         std::thread::Builder::new()
             .name("iscsi-keepalive".into())
             .spawn(move || keep.keepalive_loop())
             .map_err(|e| LoginError::Protocol(e.to_string()))?;
-        Ok(s)
+        match self.establish() {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                if retry_in_background {
+                    self.lock().recovering = true;
+                    let me = self.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("iscsi-recovery".into())
+                        .spawn(move || me.recover());
+                } else {
+                    self.closing.store(true, Ordering::Release);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    pub(crate) fn portal(&self) -> String {
+        self.url.portal()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -138,63 +226,86 @@ impl Session {
             st.max_cmd_sn = neg.max_cmd_sn;
             st.neg = Some(neg);
             st.writer = Some(stream);
-            st.down_since = None;
             st.last_rx = Instant::now();
             st.ping = None;
             st.generation += 1;
+            // From here on a loss needs a new recovery.
+            st.recovering = false;
             generation = st.generation;
-            // ERL 0 gives no way to learn what became of commands without status: reissue
-            // them all, in their original order.
-            let mut itts: Vec<u32> = st.pending.keys().copied().collect();
-            itts.sort_unstable();
-            st.unsent = itts.into();
-            for p in st.pending.values_mut() {
-                p.data_in.clear();
-            }
-            if let Err(e) = self.pump(&mut st) {
-                tracing::warn!("iSCSI: resending after login failed: {e}");
-            }
         }
-        self.changed.notify_all();
         let me = self.clone();
         std::thread::Builder::new()
             .name("iscsi-reader".into())
             .spawn(move || me.reader_loop(reader, framing, generation))
             .map_err(|e| LoginError::Protocol(e.to_string()))?;
+        self.up.store(true, Ordering::Release);
+        self.changed.notify_all();
+        if let Some(ev) = self.events.upgrade() {
+            ev.path_up(self.path);
+        }
         Ok(())
     }
 
-    /// Queues a command; `done` runs exactly once, from an initiator thread or here.
-    pub(crate) fn submit(self: &Arc<Self>, lun: u16, cmd: ScsiCommand, done: Done) {
-        let mut st = self.lock();
-        let gave_up = st
-            .down_since
-            .is_some_and(|t| t.elapsed() >= self.opts.recovery_timeout);
-        if self.closing.load(Ordering::Acquire) || gave_up {
-            drop(st);
-            let e = if gave_up {
-                TransportError::Timeout
-            } else {
-                TransportError::Closed
-            };
-            done(ScsiCompletion::failed(e));
+    pub(crate) fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// Reports a loss recorded under the lock to the LUN layer; call with no lock held.
+    fn hand_off(&self) {
+        let Some(lost) = self.lock().lost.take() else {
             return;
+        };
+        self.stats.failovers.fetch_add(1, Ordering::Relaxed);
+        match self.events.upgrade() {
+            Some(ev) => ev.path_down(self.path, lost),
+            None => {
+                for o in lost.orphans {
+                    (o.done)(ScsiCompletion::failed(TransportError::Closed));
+                }
+            }
+        }
+    }
+
+    /// Queues a command on this path; `done` runs exactly once, from a session thread or
+    /// here. A path that is not up gives the command back.
+    pub(crate) fn submit(
+        self: &Arc<Self>,
+        id: u64,
+        lun: u16,
+        cmd: ScsiCommand,
+        done: Done,
+    ) -> Result<(), (ScsiCommand, Done)> {
+        let mut st = self.lock();
+        if self.closing.load(Ordering::Acquire) {
+            drop(st);
+            done(ScsiCompletion::failed(TransportError::Closed));
+            return Ok(());
+        }
+        if st.writer.is_none() {
+            return Err((cmd, done));
         }
         let itt = next_itt(&mut st);
         st.pending.insert(
             itt,
             Pending {
-                lun: lun_field(lun),
+                id,
+                lun,
                 cmd,
                 done: Some(done),
                 data_in: Vec::new(),
+                sent: false,
+                cmd_sn: 0,
             },
         );
+        self.outstanding.store(st.pending.len(), Ordering::Relaxed);
         st.unsent.push_back(itt);
         if let Err(e) = self.pump(&mut st) {
-            tracing::warn!("iSCSI: send failed: {e}");
+            tracing::warn!(portal = %self.url.portal(), "iSCSI: send failed: {e}");
             self.connection_lost(&mut st);
         }
+        drop(st);
+        self.hand_off();
+        Ok(())
     }
 
     /// Sends queued commands while connected and the CmdSN window is open.
@@ -212,9 +323,13 @@ impl Session {
     }
 
     fn send_command(&self, st: &mut State, itt: u32) -> std::io::Result<()> {
-        let (Some(neg), Some(p)) = (st.neg.clone(), st.pending.get(&itt)) else {
+        let cmd_sn = st.cmd_sn;
+        let (Some(neg), Some(p)) = (st.neg.clone(), st.pending.get_mut(&itt)) else {
             return Ok(());
         };
+        p.sent = true;
+        p.cmd_sn = cmd_sn;
+        let p = &*p;
         let cmd = &p.cmd;
         let write = !cmd.data_out.is_empty();
         let read = cmd.data_in_len > 0;
@@ -242,7 +357,7 @@ impl Session {
         pdu.set_flags(
             final_bit | if read { 0x40 } else { 0 } | if write { 0x20 } else { 0 } | attr,
         );
-        pdu.set_lun(p.lun);
+        pdu.set_lun(lun_field(p.lun));
         pdu.set_itt(itt);
         let edtl = if write {
             cmd.data_out.len() as u32
@@ -270,7 +385,7 @@ impl Session {
         pdu.data = cmd.data_out[..immediate_len].to_vec();
         st.cmd_sn = st.cmd_sn.wrapping_add(1);
         let exp_stat_sn = st.exp_stat_sn;
-        let lun = p.lun;
+        let lun = lun_field(p.lun);
         let unsolicited = if unsolicited_end > immediate_len {
             Some(cmd.data_out[immediate_len..unsolicited_end].to_vec())
         } else {
@@ -298,6 +413,8 @@ impl Session {
                         tracing::warn!(portal = %self.url.portal(), "iSCSI connection lost: {e}");
                         self.connection_lost(&mut st);
                     }
+                    drop(st);
+                    self.hand_off();
                     return;
                 }
             };
@@ -309,11 +426,16 @@ impl Session {
                 }
                 st.last_rx = Instant::now();
                 if let Err(e) = self.handle_pdu(&mut st, pdu, &mut done) {
-                    tracing::warn!("iSCSI: {e}");
+                    tracing::warn!(portal = %self.url.portal(), "iSCSI: {e}");
                     self.connection_lost(&mut st);
                 }
+                self.outstanding.store(st.pending.len(), Ordering::Relaxed);
             }
             self.changed.notify_all();
+            self.hand_off();
+            self.stats
+                .ios
+                .fetch_add(done.len() as u64, Ordering::Relaxed);
             for (f, c) in done {
                 f(c);
             }
@@ -410,7 +532,7 @@ impl Session {
                 let Some(data) = data.map(<[u8]>::to_vec) else {
                     return Err(std::io::Error::other("R2T outside the command's data"));
                 };
-                let lun = pend.lun;
+                let lun = lun_field(pend.lun);
                 let exp = st.exp_stat_sn;
                 if let Some(w) = st.writer.as_mut() {
                     send_data_out(w, &neg, lun, itt, p.ttt(), exp, off, &data)?;
@@ -490,16 +612,42 @@ impl Session {
         }
     }
 
-    /// Drops the connection and starts recovery (once).
+    /// Drops the connection, takes back every command without status for the LUN layer
+    /// (reported by [`Session::hand_off`] once the lock is released) and starts
+    /// reconnecting (once).
     fn connection_lost(self: &Arc<Self>, st: &mut State) {
+        self.up.store(false, Ordering::Release);
         if let Some(w) = st.writer.take() {
             let _ = w.shutdown(Shutdown::Both);
         }
         st.generation += 1;
-        if st.down_since.is_none() {
-            st.down_since = Some(Instant::now());
-        }
         st.ping = None;
+        for slot in st.tmf.values_mut() {
+            slot.get_or_insert(TMF_LOST);
+        }
+        st.unsent.clear();
+        let mut taken: Vec<(u32, Pending)> = st.pending.drain().collect();
+        // Reissue in the order the guest sent them.
+        taken.sort_unstable_by_key(|(_, p)| p.id);
+        let orphans = taken.into_iter().filter_map(|(_, mut p)| {
+            p.done.take().map(|done| Orphan {
+                id: p.id,
+                cmd: p.cmd,
+                done,
+                sent: p.sent,
+            })
+        });
+        let silent_for = st.last_rx.elapsed();
+        match &mut st.lost {
+            Some(l) => l.orphans.extend(orphans),
+            None => {
+                st.lost = Some(LostPath {
+                    silent_for,
+                    orphans: orphans.collect(),
+                })
+            }
+        }
+        self.outstanding.store(0, Ordering::Relaxed);
         if !st.recovering && !self.closing.load(Ordering::Acquire) {
             st.recovering = true;
             let me = self.clone();
@@ -510,30 +658,24 @@ impl Session {
         self.changed.notify_all();
     }
 
-    /// Logs in again with back-off until it works or the session closes; fails commands
-    /// once the outage outlasts the recovery bound.
+    /// Logs in again with back-off until it works or the session closes.
     fn recover(self: Arc<Self>) {
         let mut backoff = Duration::from_millis(50);
-        loop {
-            if self.closing.load(Ordering::Acquire) {
-                break;
-            }
-            let expired = {
-                let st = self.lock();
-                st.down_since
-                    .is_some_and(|t| t.elapsed() >= self.opts.recovery_timeout)
-            };
-            if expired {
-                self.fail_all(TransportError::Timeout);
-            }
+        while !self.closing.load(Ordering::Acquire) {
             match self.establish() {
                 Ok(()) => {
                     tracing::info!(portal = %self.url.portal(), "iSCSI session re-established");
-                    break;
+                    return;
                 }
-                Err(e) => tracing::debug!("iSCSI login retry failed: {e}"),
+                Err(e) => {
+                    tracing::debug!(portal = %self.url.portal(), "iSCSI login retry failed: {e}")
+                }
             }
-            std::thread::sleep(backoff);
+            // Sleep in short steps so closing is not held up by a long back-off.
+            let until = Instant::now() + backoff;
+            while Instant::now() < until && !self.closing.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(20).min(backoff));
+            }
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
         self.lock().recovering = false;
@@ -543,14 +685,16 @@ impl Session {
         let done: Completions = {
             let mut st = self.lock();
             st.unsent.clear();
-            st.pending
+            let mut lost = st.lost.take().map(|l| l.orphans).unwrap_or_default();
+            let pending = st
+                .pending
                 .drain()
-                .filter_map(|(_, mut p)| {
-                    p.done
-                        .take()
-                        .map(|d| (d, ScsiCompletion::failed(e.clone())))
-                })
-                .collect()
+                .filter_map(|(_, mut p)| p.done.take())
+                .chain(lost.drain(..).map(|o| o.done))
+                .map(|d| (d, ScsiCompletion::failed(e.clone())))
+                .collect();
+            self.outstanding.store(0, Ordering::Relaxed);
+            pending
         };
         for (f, c) in done {
             f(c);
@@ -558,8 +702,8 @@ impl Session {
     }
 
     fn keepalive_loop(self: Arc<Self>) {
-        let tick =
-            (self.opts.nop_interval / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
+        let tick = (self.opts.nop_interval.min(self.opts.nop_timeout) / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
         while !self.closing.load(Ordering::Acquire) {
             std::thread::sleep(tick);
             let mut st = self.lock();
@@ -570,6 +714,8 @@ impl Session {
                 if sent.elapsed() >= self.opts.nop_timeout {
                     tracing::warn!(portal = %self.url.portal(), "iSCSI target silent: NOP-Out unanswered");
                     self.connection_lost(&mut st);
+                    drop(st);
+                    self.hand_off();
                 }
                 continue;
             }
@@ -585,17 +731,20 @@ impl Session {
                 st.ping = Some((itt, Instant::now()));
                 if self.write(&mut st, &p).is_err() {
                     self.connection_lost(&mut st);
+                    drop(st);
+                    self.hand_off();
                 }
             }
         }
     }
 
     /// Sends a task management function and waits (bounded) for its response code.
-    pub(crate) fn task_management(
+    /// `referenced` is the ITT and CmdSN of the task an ABORT TASK names.
+    fn task_management(
         self: &Arc<Self>,
         lun: u16,
         function: u8,
-        referenced: Option<u32>,
+        referenced: Option<(u32, u32)>,
     ) -> Result<u8, TransportError> {
         let mut st = self.lock();
         let itt = next_itt(&mut st);
@@ -604,20 +753,27 @@ impl Session {
         p.set_flags(0x80 | (function & 0x7f));
         p.set_lun(lun_field(lun));
         p.set_itt(itt);
-        p.set_u32(20, referenced.unwrap_or(NO_TAG));
+        p.set_u32(20, referenced.map_or(NO_TAG, |r| r.0));
         p.set_u32(24, st.cmd_sn);
         p.set_u32(28, st.exp_stat_sn);
+        if let Some((_, ref_cmd_sn)) = referenced {
+            p.set_u32(32, ref_cmd_sn);
+        }
         st.tmf.insert(itt, None);
         if self.write(&mut st, &p).is_err() {
             st.tmf.remove(&itt);
             return Err(TransportError::Closed);
         }
-        let deadline = Instant::now() + self.opts.recovery_timeout;
+        let deadline = Instant::now() + TMF_TIMEOUT;
         loop {
             if let Some(Some(code)) = st.tmf.get(&itt) {
                 let code = *code;
                 st.tmf.remove(&itt);
-                return Ok(code);
+                return if code == TMF_LOST {
+                    Err(TransportError::Closed)
+                } else {
+                    Ok(code)
+                };
             }
             if Instant::now() >= deadline {
                 st.tmf.remove(&itt);
@@ -631,13 +787,81 @@ impl Session {
         }
     }
 
-    /// Commands sent or queued and not yet answered.
-    pub(crate) fn outstanding(&self) -> usize {
-        self.lock().pending.len()
+    /// Completes the given commands (if still pending) as aborted.
+    fn complete_aborted(&self, itts: &[u32]) {
+        let done: Completions = {
+            let mut st = self.lock();
+            let done = itts
+                .iter()
+                .filter_map(|itt| st.pending.remove(itt))
+                .filter_map(|mut p| p.done.take())
+                .map(|d| (d, ScsiCompletion::failed(TransportError::Aborted)))
+                .collect();
+            st.unsent.retain(|i| !itts.contains(i));
+            self.outstanding.store(st.pending.len(), Ordering::Relaxed);
+            done
+        };
+        for (f, c) in done {
+            f(c);
+        }
     }
 
-    pub(crate) fn is_connected(&self) -> bool {
-        self.lock().writer.is_some()
+    /// ABORT TASK for the LUN layer's command `id`, if this path holds it. A command not
+    /// sent yet is dropped here; otherwise the target is asked, and once it answers
+    /// (function complete, or no such task) the command completes as aborted (ERL 0: the
+    /// target sends nothing more for it).
+    pub(crate) fn abort_task(self: &Arc<Self>, id: u64) -> Option<Result<u8, TransportError>> {
+        let st = self.lock();
+        let (&itt, p) = st.pending.iter().find(|(_, p)| p.id == id)?;
+        let (lun, sent, cmd_sn) = (p.lun, p.sent, p.cmd_sn);
+        drop(st);
+        if !sent {
+            self.complete_aborted(&[itt]);
+            return Some(Ok(0));
+        }
+        let r = self.task_management(
+            lun,
+            super::TmfFunction::AbortTask as u8,
+            Some((itt, cmd_sn)),
+        );
+        if matches!(r, Ok(0 | 1)) {
+            self.complete_aborted(&[itt]);
+        }
+        Some(r)
+    }
+
+    /// ABORT TASK SET, CLEAR TASK SET or LOGICAL UNIT RESET on `lun` through this path;
+    /// the commands of the LUN this path held complete as aborted once the target agrees.
+    pub(crate) fn reset_lun(
+        self: &Arc<Self>,
+        lun: u16,
+        function: super::TmfFunction,
+    ) -> Result<u8, TransportError> {
+        let (sent, unsent): (Vec<(u32, bool)>, Vec<(u32, bool)>) = {
+            let st = self.lock();
+            st.pending
+                .iter()
+                .filter(|(_, p)| p.lun == lun)
+                .map(|(&itt, p)| (itt, p.sent))
+                .partition(|(_, sent)| *sent)
+        };
+        let unsent: Vec<u32> = unsent.into_iter().map(|(i, _)| i).collect();
+        self.complete_aborted(&unsent);
+        if !self.is_up() {
+            // Nothing of this LUN is on the target through this path.
+            return Ok(0);
+        }
+        let r = self.task_management(lun, function as u8, None);
+        if r == Ok(0) {
+            let sent: Vec<u32> = sent.into_iter().map(|(i, _)| i).collect();
+            self.complete_aborted(&sent);
+        }
+        r
+    }
+
+    /// Commands sent or queued and not yet answered.
+    pub(crate) fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Relaxed)
     }
 
     /// Logs out and fails whatever is still pending.
@@ -657,7 +881,9 @@ impl Session {
             if let Some(w) = st.writer.take() {
                 let _ = w.shutdown(Shutdown::Both);
             }
+            self.up.store(false, Ordering::Release);
         }
+        self.changed.notify_all();
         self.fail_all(TransportError::Closed);
     }
 }

@@ -85,6 +85,11 @@ impl Sense {
     pub const fn internal_target_failure() -> Sense {
         Sense::new(key::HARDWARE_ERROR, 0x44, 0x00)
     }
+    /// 04/08/00 LOGICAL UNIT COMMUNICATION FAILURE: a passthrough LUN's target could not
+    /// be reached in time (no path within no_path_retry). Not retried by Linux guests.
+    pub const fn lu_communication_failure() -> Sense {
+        Sense::new(key::HARDWARE_ERROR, 0x08, 0x00)
+    }
     /// 06/29/00 POWER ON, RESET, OR BUS DEVICE RESET OCCURRED.
     pub const fn reset_occurred() -> Sense {
         Sense::new(key::UNIT_ATTENTION, 0x29, 0x00)

@@ -2,10 +2,13 @@
 //!
 //! Aborts and resets answer only once the LUN's accepted commands have completed, so no
 //! write reaches the medium after the guest was told its task set is gone; commands are
-//! never cancelled half-way through the medium.
+//! never cancelled half-way through the medium. For passthrough (iSCSI) LUNs the function
+//! is first forwarded to the target as the matching iSCSI task management function (on a
+//! helper thread, so the control queue keeps serving); the commands it aborts there end
+//! as ABORTED, and the answer waits for both the target and the drain.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vhost_user_backend::VringT;
@@ -16,7 +19,7 @@ use super::device::{lock, Shared};
 use super::lun::{Lun, Medium};
 use super::slot::{Mem, MemGuard, Vring};
 use super::worker::{avail_ring_is_corrupt, signal};
-use crate::iscsi::TmfFunction;
+use crate::iscsi::{TmfFunction, TransportError};
 use crate::scsi::target::Route;
 use crate::virtio::control::ControlRequest;
 use crate::virtio::layout::{response, tmf};
@@ -33,6 +36,23 @@ struct PendingTmf {
     luns: Vec<Arc<Lun>>,
     reset: bool,
     deadline: Instant,
+    /// Answers of the function forwarded to passthrough LUNs' targets, one per LUN.
+    forwarded: Vec<Arc<Forwarded>>,
+}
+
+/// The target's answer to a forwarded task management function.
+#[derive(Default)]
+struct Forwarded {
+    answer: Mutex<Option<Result<u8, TransportError>>>,
+}
+
+impl Forwarded {
+    fn get(&self) -> Option<Result<u8, TransportError>> {
+        self.answer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// Task management functions not answered yet (owned by the control queue's thread).
@@ -137,6 +157,7 @@ impl PendingTmfs {
                     }
                     _ => return answer(response::FUNCTION_REJECTED),
                 };
+                let forwarded = forward_to_targets(sh, &luns, subtype, tag);
                 let pending = PendingTmf {
                     chain,
                     vpos,
@@ -144,6 +165,7 @@ impl PendingTmfs {
                     luns,
                     reset: subtype == tmf::LOGICAL_UNIT_RESET || subtype == tmf::I_T_NEXUS_RESET,
                     deadline: Instant::now() + TMF_TIMEOUT,
+                    forwarded,
                 };
                 if let Some(done) = finish_if_drained(&pending) {
                     return Some(done);
@@ -186,8 +208,93 @@ impl PendingTmfs {
     }
 }
 
-/// Answers FUNCTION COMPLETE if none of the TMF's LUNs has a command in flight.
+/// Sends the function to the target of every passthrough LUN among `luns`, each on its
+/// own short-lived thread (task management is rare; a target may take seconds).
+fn forward_to_targets(
+    sh: &Shared,
+    luns: &[Arc<Lun>],
+    subtype: u32,
+    tag: u64,
+) -> Vec<Arc<Forwarded>> {
+    let mut out = Vec::new();
+    for l in luns {
+        if !matches!(l.medium, Medium::Iscsi(_)) {
+            continue;
+        }
+        let function = match subtype {
+            tmf::ABORT_TASK => None,
+            tmf::ABORT_TASK_SET => Some(TmfFunction::AbortTaskSet),
+            tmf::CLEAR_TASK_SET => Some(TmfFunction::ClearTaskSet),
+            _ => Some(TmfFunction::LogicalUnitReset),
+        };
+        // ABORT TASK names a command by the guest's tag; the target knows it by ours.
+        let id = if function.is_none() {
+            match sh
+                .workers
+                .iter()
+                .find_map(|w| lock(w).passthrough_id(l, tag))
+            {
+                Some(id) => Some(id),
+                None => continue, // not in flight: nothing to abort
+            }
+        } else {
+            None
+        };
+        let slot = Arc::new(Forwarded::default());
+        let (lun, answer) = (l.clone(), slot.clone());
+        let wake = sh.tmf_event.try_clone();
+        let spawned = std::thread::Builder::new()
+            .name("iscsi-tmf".into())
+            .spawn(move || {
+                let Medium::Iscsi(i) = &lun.medium else {
+                    return;
+                };
+                let r = match (function, id) {
+                    (Some(f), _) => i.task_management(f),
+                    (None, Some(id)) => i.abort_task(id),
+                    (None, None) => Ok(0),
+                };
+                if let Err(e) = &r {
+                    tracing::warn!("forwarding task management to {} failed: {e}", i.url);
+                }
+                *answer.answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                if let Ok(w) = wake {
+                    let _ = w.write(1);
+                }
+            });
+        if spawned.is_err() {
+            *slot.answer.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(Err(TransportError::Closed));
+        }
+        out.push(slot);
+    }
+    out
+}
+
+/// Answers FUNCTION COMPLETE if every forwarded function was answered and none of the
+/// TMF's LUNs has a command in flight; answers the target's refusal if one refused.
 fn finish_if_drained(p: &PendingTmf) -> Option<(u16, u32)> {
+    let m: &Mem = &p.mem;
+    let mut refused = None;
+    for f in &p.forwarded {
+        match f.get()? {
+            // Function complete, or (ABORT TASK) the task no longer exists.
+            Ok(0 | 1) => {}
+            // Function not supported / authorization failed / rejected.
+            Ok(_) => {
+                refused.get_or_insert(response::FUNCTION_REJECTED);
+            }
+            Err(_) => {
+                refused.get_or_insert(response::FAILURE);
+            }
+        }
+    }
+    if let Some(code) = refused {
+        return Some((
+            p.chain.head,
+            p.chain.writable.write_from(m, 0, &[code]) as u32,
+        ));
+    }
     if p.luns
         .iter()
         .any(|l| l.inflight.load(Ordering::Acquire) > 0)
@@ -199,15 +306,11 @@ fn finish_if_drained(p: &PendingTmf) -> Option<(u16, u32)> {
             match &l.medium {
                 Medium::Disk(d) => d.disk.reset(),
                 Medium::Null(d) => d.reset(),
-                Medium::Iscsi(i) => {
-                    if let Err(e) = i.task_management(TmfFunction::LogicalUnitReset) {
-                        tracing::warn!("iSCSI LOGICAL UNIT RESET failed: {e}");
-                    }
-                }
+                // Forwarded to the target before the drain.
+                Medium::Iscsi(_) => {}
             }
         }
     }
-    let m: &Mem = &p.mem;
     Some((
         p.chain.head,
         p.chain

@@ -112,12 +112,14 @@ fn open_lun(l: &LunConfig, iscsi: &IscsiOptions) -> Result<Lun, String> {
             chap_secret,
             header_digest,
             data_digest,
+            paths,
         } => {
             let mut opts = IscsiOptions {
                 header_digest: *header_digest,
                 data_digest: *data_digest,
                 ..iscsi.clone()
             };
+            paths.apply(&mut opts);
             if let (Some(user), Some(secret)) = (&url.user, chap_secret) {
                 opts.chap = Some(Chap {
                     user: user.clone(),
@@ -125,8 +127,21 @@ fn open_lun(l: &LunConfig, iscsi: &IscsiOptions) -> Result<Lun, String> {
                     mutual: None,
                 });
             }
-            let session =
-                IscsiLun::connect(url, &opts).map_err(|e| format!("{where_}: {url}: {e}"))?;
+            let session = IscsiLun::connect_multipath(url, &opts, &paths.multipath)
+                .map_err(|e| format!("{where_}: {url}: {e}"))?;
+            if paths.multipath.extra_portals.is_empty() {
+                tracing::info!("{where_}: iSCSI {url}: one path");
+            } else {
+                for p in session.paths() {
+                    tracing::info!(
+                        "{where_}: iSCSI path {} {} priority {} ({})",
+                        p.portal,
+                        if p.up { "up" } else { "down, retrying" },
+                        p.priority,
+                        p.alua
+                    );
+                }
+            }
             return Ok(Lun {
                 target: l.target,
                 lun: l.lun,

@@ -94,6 +94,8 @@ pub struct Slot {
     pub data_in: u64,
     /// EAGAIN/EINTR retries of the current operation.
     pub retries: u32,
+    /// The passthrough LUN's id of the forwarded command (for ABORT TASK).
+    pub passthrough_id: u64,
 }
 
 impl Slot {
@@ -112,6 +114,7 @@ impl Slot {
             bounce: None,
             data_in: 0,
             retries: 0,
+            passthrough_id: 0,
         }
     }
 
@@ -127,6 +130,7 @@ impl Slot {
         self.bounce = None;
         self.data_in = 0;
         self.retries = 0;
+        self.passthrough_id = 0;
     }
 }
 

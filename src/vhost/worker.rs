@@ -107,6 +107,18 @@ impl Worker {
         })
     }
 
+    /// The passthrough id of `lun`'s command `tag`, if this worker forwarded it.
+    pub fn passthrough_id(&self, lun: &Arc<Lun>, tag: u64) -> Option<u64> {
+        self.slots
+            .iter()
+            .find(|s| {
+                matches!(s.job, Job::Passthrough)
+                    && s.tag == tag
+                    && s.lun.as_ref().is_some_and(|l| Arc::ptr_eq(l, lun))
+            })
+            .map(|s| s.passthrough_id)
+    }
+
     fn take_slot(&mut self) -> Option<usize> {
         if let Some(id) = self.free.pop() {
             return Some(id);
@@ -604,7 +616,9 @@ impl Worker {
         lun.inflight.fetch_add(1, Ordering::AcqRel);
         sh.inflight.begin(slot.queue);
         let done = self.passthrough.clone();
-        target.submit(cmd, Box::new(move |c| done.post(id, c)));
+        let pid = target.submit(cmd, Box::new(move |c| done.post(id, c)));
+        // The completion can only be consumed by this thread, after this store.
+        self.slots[id].passthrough_id = pid;
         None
     }
 
@@ -851,10 +865,29 @@ fn finish_passthrough(slot: &mut Slot, c: ScsiCompletion) -> u32 {
             respond(m, &slot.chain, response::OK, st.status, resid, &st.sense)
                 .saturating_add(written as u32)
         }
-        Err(TransportError::Timeout | TransportError::Closed) => respond(
+        Err(TransportError::Timeout | TransportError::Closed) => {
+            // No path within no_path_retry: what a real HBA's LU gives for a lost target.
+            let mut sense = [0u8; 18];
+            let n = Sense::lu_communication_failure().to_fixed(&mut sense);
+            respond(
+                m,
+                &slot.chain,
+                response::OK,
+                status::CHECK_CONDITION,
+                clamp_u32(in_cap),
+                &sense[..n],
+            )
+        }
+        // The guest's task management ended it, as QEMU reports cancelled requests.
+        Err(TransportError::Aborted) => {
+            respond(m, &slot.chain, response::ABORTED, 0, clamp_u32(in_cap), &[])
+        }
+        // The path died with the command at the target and it may not run twice: the
+        // guest's SCSI layer decides whether to retry (Linux: DID_TRANSPORT_DISRUPTED).
+        Err(TransportError::Disrupted) => respond(
             m,
             &slot.chain,
-            response::TARGET_FAILURE,
+            response::TRANSPORT_FAILURE,
             0,
             clamp_u32(in_cap),
             &[],
