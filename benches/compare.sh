@@ -6,9 +6,14 @@
 #   vscsid-null         vscsid with a null LUN: the daemon's own ceiling
 # and fio measures the machine's limit on the same file:
 #   host-fio            fio, io_uring, direct=1
+# Then, on one tgtd iSCSI LUN on 127.0.0.1:
+#   vscsid-iscsi        vscsid --iscsi: its own initiator, CDBs passed through
+#   qsd-iscsi           qemu-storage-daemon with QEMU's libiscsi driver (qemu-block-extra)
+#                       exporting the same LUN as vhost-user-blk
 # Workloads: randread-4k-qd1, randread-4k-qd32, randwrite-4k-qd32, read-128k-qd8.
-# Prints one JSON object per line, then a table of ratios against qsd-vhost-user-blk, and
-# writes target/bench/results.jsonl and target/bench/chart.svg.
+# Prints one JSON object per line, then a table of ratios (local systems against
+# qsd-vhost-user-blk, iSCSI systems against qsd-iscsi), and writes
+# target/bench/results.jsonl and target/bench/chart.svg.
 # Usage: benches/compare.sh [--quick]     (--quick: 4 s per run, under 5 minutes in all)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,23 +25,40 @@ scripts/install-deps.sh >/dev/null
 for tool in qemu-storage-daemon fio python3; do
   command -v "$tool" >/dev/null || { echo "compare: $tool is missing" >&2; exit 1; }
 done
-cargo build --release --quiet
-cargo bench --quiet --bench loadgen --no-run 2>/dev/null
-loadgen() { cargo bench --quiet --bench loadgen -- "$@"; }
-
+for tool in /usr/sbin/tgtd /usr/sbin/tgtadm; do
+  [[ -x $tool ]] || { echo "compare: $tool is missing (Debian package tgt)" >&2; exit 1; }
+done
 out=$here/target/bench
 mkdir -p "$out"
 results=$out/results.jsonl
 : > "$results"
 work=$(mktemp -d "$out/run.XXXXXX")
 backend_pid=""
+tgtd_pid=""
 stop_backend() {
   if [[ -n $backend_pid ]] && kill -0 "$backend_pid" 2>/dev/null; then
     kill "$backend_pid"; wait "$backend_pid" 2>/dev/null || true
   fi
   backend_pid=""
 }
-trap 'stop_backend; rm -rf "$work"' EXIT
+stop_tgtd() {
+  if [[ -n $tgtd_pid ]] && kill -0 "$tgtd_pid" 2>/dev/null; then
+    kill "$tgtd_pid"; wait "$tgtd_pid" 2>/dev/null || true
+  fi
+  tgtd_pid=""
+}
+trap 'stop_backend; stop_tgtd; rm -rf "$work"' EXIT
+
+# Build once and run copies, so edits and rebuilds during a run change nothing.
+cargo build --release --quiet
+cp target/release/vscsid "$work/vscsid"
+lg=$(cargo bench --bench loadgen --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
+[[ -x $lg ]] || { echo "compare: could not build the load generator" >&2; exit 1; }
+cp "$lg" "$work/loadgen"
+loadgen() { "$work/loadgen" "$@"; }
+# Backends start straight from $vscsid (not through a shell function) so $! is the
+# daemon itself: its CPU time is measured and it is the process stopped.
+vscsid=$work/vscsid
 
 # One 1 GiB raw file on this (O_DIRECT-capable) filesystem, fully written so reads hit
 # allocated blocks.
@@ -68,7 +90,7 @@ run_loadgen() { # system proto socket
 
 # vscsid on the file.
 sock=$work/vscsid.sock
-target/release/vscsid --socket "$sock" --disk "$disk,cache=none" --num-queues 1 --reconnect 2>"$work/vscsid.log" &
+"$vscsid" --socket "$sock" --disk "$disk,cache=none" --num-queues 1 --reconnect 2>"$work/vscsid.log" &
 backend_pid=$!
 wait_socket "$sock"
 run_loadgen vscsid scsi "$sock"
@@ -88,7 +110,7 @@ stop_backend
 
 # The daemon's own ceiling.
 sock=$work/null.sock
-target/release/vscsid --socket "$sock" --null 1G --num-queues 1 --reconnect 2>"$work/null.log" &
+"$vscsid" --socket "$sock" --null 1G --num-queues 1 --reconnect 2>"$work/null.log" &
 backend_pid=$!
 wait_socket "$sock"
 run_loadgen vscsid-null scsi "$sock"
@@ -112,5 +134,53 @@ print(json.dumps({"system": "host-fio", "workload": sys.argv[2], "iops": round(d
   "cpu_us_per_io": round(cpu, 3)}))
 PY
 done
+
+# iSCSI: one tgtd LUN on 127.0.0.1, driven through vscsid's initiator and through QEMU's
+# libiscsi driver. tgtd serves it from the page cache (its default rdwr backing store), so
+# the initiators and the target's CPU, not the disk, set the pace.
+iscsi_disk=$out/iscsi.img
+iscsi_size=$((256 << 20))
+if [[ ! -f $iscsi_disk || $(stat -c %s "$iscsi_disk") -ne $iscsi_size ]]; then
+  fio --name=fill --filename="$iscsi_disk" --rw=write --bs=1M --size=$iscsi_size \
+    --ioengine=psync --output=/dev/null
+fi
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+ctl=$((port % 32768 + 1))
+iqn=iqn.2024-01.io.vscsid.bench:lun
+/usr/sbin/tgtd -f -C "$ctl" --iscsi "portal=127.0.0.1:$port" >"$work/tgtd.log" 2>&1 &
+tgtd_pid=$!
+tgtadm() { /usr/sbin/tgtadm -C "$ctl" --lld iscsi "$@"; }
+for _ in $(seq 100); do tgtadm --op show --mode sys >/dev/null 2>&1 && break; sleep 0.1; done
+tgtadm --op new --mode target --tid 1 -T "$iqn"
+tgtadm --op new --mode logicalunit --tid 1 --lun 1 -b "$iscsi_disk"
+tgtadm --op bind --mode target --tid 1 -I ALL
+url=iscsi://127.0.0.1:$port/$iqn/1
+run_iscsi() { # system proto socket
+  local system=$1 proto=$2 sock=$3
+  for w in "${WORKLOADS[@]}"; do
+    read -r rw bs qd <<< "$w"
+    loadgen --socket "$sock" --proto "$proto" --rw "$rw" --bs "$bs" --iodepth "$qd" \
+      --runtime "$runtime" --size $iscsi_size --backend-pid "$backend_pid" --lun 0 \
+      --system "$system" --workload "$(name_of "$rw" "$bs" "$qd")" | tee -a "$results"
+  done
+}
+
+sock=$work/vscsid-iscsi.sock
+"$vscsid" --socket "$sock" --iscsi "$url" --num-queues 1 --reconnect 2>"$work/vscsid-iscsi.log" &
+backend_pid=$!
+wait_socket "$sock"
+run_iscsi vscsid-iscsi scsi "$sock"
+stop_backend
+
+sock=$work/qsd-iscsi.sock
+qemu-storage-daemon \
+  --blockdev "driver=iscsi,node-name=disk0,transport=tcp,portal=127.0.0.1:$port,target=$iqn,lun=1,cache.direct=on" \
+  --export "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=$sock,writable=on,num-queues=1" \
+  2>"$work/qsd-iscsi.log" &
+backend_pid=$!
+wait_socket "$sock" || { cat "$work/qsd-iscsi.log" >&2; exit 1; }
+run_iscsi qsd-iscsi blk "$sock"
+stop_backend
+stop_tgtd
 
 python3 benches/report.py "$results" "$out/chart.svg"

@@ -1,12 +1,20 @@
 #!/usr/bin/env python3
-"""Reads the benchmark's JSON lines, prints a table of ratios against qsd-vhost-user-blk,
-and writes an SVG bar chart of IOPS relative to it."""
+"""Reads the benchmark's JSON lines, prints a table of ratios against QEMU's own device
+(qsd-vhost-user-blk for local systems, qsd-iscsi for iSCSI ones), and writes an SVG bar
+chart of IOPS relative to it."""
 import json
 import sys
 
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 svg_path = sys.argv[2]
 base_name = "qsd-vhost-user-blk"
+
+
+def base_of(system):
+    """The QEMU system a system is compared with."""
+    return "qsd-iscsi" if system.endswith("-iscsi") else base_name
+
+
 systems = []
 workloads = []
 for r in rows:
@@ -19,8 +27,8 @@ by = {(r["system"], r["workload"]): r for r in rows}
 print()
 print(f"{'workload':<20} {'system':<20} {'IOPS':>10} {'x qsd':>7} {'mean us':>9} {'x qsd':>7} {'p99 us':>8} {'CPU us/IO':>10}")
 for w in workloads:
-    base = by.get((base_name, w))
     for s in systems:
+        base = by.get((base_of(s), w))
         r = by.get((s, w))
         if not r:
             continue
@@ -32,18 +40,18 @@ for w in workloads:
     print()
 
 # Grouped bars: IOPS of each system relative to qsd-vhost-user-blk, per workload.
-colors = ["#2b6cb0", "#718096", "#38a169", "#d69e2e", "#9f7aea"]
+colors = ["#2b6cb0", "#718096", "#38a169", "#d69e2e", "#9f7aea", "#e53e3e"]
 W, H, left, bottom, top = 900, 420, 70, 60, 40
 group_w = (W - left - 20) / max(1, len(workloads))
 bar_w = group_w * 0.8 / max(1, len(systems))
-ratios = [by[(s, w)]["iops"] / by[(base_name, w)]["iops"]
+ratios = [by[(s, w)]["iops"] / by[(base_of(s), w)]["iops"]
           for w in workloads for s in systems
-          if (s, w) in by and (base_name, w) in by and by[(base_name, w)]["iops"]]
+          if (s, w) in by and (base_of(s), w) in by and by[(base_of(s), w)]["iops"]]
 ymax = max(ratios + [1.0]) * 1.15
 scale = (H - bottom - top) / ymax
 out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
        f'<rect width="{W}" height="{H}" fill="white"/>',
-       f'<text x="{W/2}" y="22" text-anchor="middle" font-size="15">IOPS relative to {base_name} (same load generator, same file)</text>']
+       f'<text x="{W/2}" y="22" text-anchor="middle" font-size="15">IOPS relative to QEMU (qsd-vhost-user-blk; qsd-iscsi for the iSCSI pair), same load generator</text>']
 for i in range(0, int(ymax) + 2):
     y = H - bottom - i * scale
     if y < top:
@@ -53,7 +61,7 @@ for i in range(0, int(ymax) + 2):
 for gi, w in enumerate(workloads):
     gx = left + gi * group_w + group_w * 0.1
     for si, s in enumerate(systems):
-        r, b = by.get((s, w)), by.get((base_name, w))
+        r, b = by.get((s, w)), by.get((base_of(s), w))
         if not r or not b or not b["iops"]:
             continue
         v = r["iops"] / b["iops"]

@@ -55,7 +55,7 @@ pub enum LunKind {
         header_digest: bool,
         data_digest: bool,
         /// Extra portals, path policy, path checking, no-path queueing.
-        paths: PathSettings,
+        paths: Box<PathSettings>,
     },
 }
 
@@ -94,7 +94,7 @@ impl LunKind {
             chap_secret,
             header_digest: false,
             data_digest: false,
-            paths,
+            paths: Box::new(paths),
         })
     }
 }

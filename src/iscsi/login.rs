@@ -54,6 +54,13 @@ const SECURITY: u8 = 0;
 const OPERATIONAL: u8 = 1;
 const FULL_FEATURE: u8 = 3;
 
+/// Rounds a stage may take before we give up on a target that never transits, so a
+/// misbehaving target cannot keep the login going for ever.
+const MAX_STAGE_ROUNDS: usize = 8;
+/// PDUs one response's text may be continued over (C bit). The 64 KiB of text RFC 7143 6.1
+/// asks us to accept takes 8 PDUs of the 8192 bytes a target may send during login.
+const MAX_TEXT_PDUS: usize = 32;
+
 /// Opens a TCP connection to `portal` with the options' timeouts and socket settings.
 pub fn connect(portal: &str, opts: &IscsiOptions) -> Result<TcpStream, LoginError> {
     let unreachable = |e: String| LoginError::Unreachable(portal.to_string(), e);
@@ -138,8 +145,10 @@ impl<S: Read + Write> Exchange<'_, S> {
         p.set_u32(28, self.exp_stat_sn);
         p.data = text::encode(pairs);
         pdu::write_pdu(self.stream, &p, &Framing::default())?;
-        let mut collected = Vec::new();
-        loop {
+        // A key=value pair may be split between continued PDUs (RFC 7143 6.1): parse the
+        // text only once it is whole.
+        let mut text_data = Vec::new();
+        for _ in 0..MAX_TEXT_PDUS {
             let r = pdu::read_pdu(
                 self.stream,
                 &Framing {
@@ -174,7 +183,7 @@ impl<S: Read + Write> Exchange<'_, S> {
             self.max_cmd_sn = r.max_cmd_sn();
             self.cmd_sn = r.exp_cmd_sn();
             self.tsih = u16::from_be_bytes([r.bhs[14], r.bhs[15]]);
-            collected.extend(text::parse(&r.data));
+            text_data.extend_from_slice(&r.data);
             if r.flags() & 0x40 != 0 {
                 // Continue: the target has more text; ask for it with an empty request.
                 let mut more = Pdu::new(op::LOGIN_REQ);
@@ -189,8 +198,11 @@ impl<S: Read + Write> Exchange<'_, S> {
             }
             let t = r.flags() & 0x80 != 0;
             let nsg = r.flags() & 0x03;
-            return Ok((collected, t, nsg));
+            return Ok((text::parse(&text_data), t, nsg));
         }
+        Err(LoginError::Protocol(
+            "the target's login response text never ended".into(),
+        ))
     }
 }
 
@@ -288,7 +300,14 @@ pub fn login<S: Read + Write>(
         t = tt;
         nsg = n;
     }
+    let mut rounds = 0;
     while !(t && nsg == OPERATIONAL) {
+        rounds += 1;
+        if rounds > MAX_STAGE_ROUNDS {
+            return Err(LoginError::Protocol(
+                "the target never left the security stage".into(),
+            ));
+        }
         let (_, tt, n) = x.round(SECURITY, OPERATIONAL, true, &[])?;
         if tt && n == FULL_FEATURE {
             break;
@@ -324,7 +343,7 @@ pub fn login<S: Read + Write>(
     }
     let mut answers = Vec::new();
     let mut offer = ops;
-    for _ in 0..8 {
+    for _ in 0..MAX_STAGE_ROUNDS {
         let (ans, tt, n) = x.round(OPERATIONAL, FULL_FEATURE, true, &offer)?;
         answers.extend(ans);
         if tt && n == FULL_FEATURE {
@@ -416,3 +435,7 @@ pub fn discover(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+#[path = "login/tests.rs"]
+mod tests;

@@ -837,15 +837,14 @@ impl Session {
         lun: u16,
         function: super::TmfFunction,
     ) -> Result<u8, TransportError> {
-        let (sent, unsent): (Vec<(u32, bool)>, Vec<(u32, bool)>) = {
-            let st = self.lock();
-            st.pending
-                .iter()
-                .filter(|(_, p)| p.lun == lun)
-                .map(|(&itt, p)| (itt, p.sent))
-                .partition(|(_, sent)| *sent)
-        };
-        let unsent: Vec<u32> = unsent.into_iter().map(|(i, _)| i).collect();
+        let (mut sent, mut unsent) = (Vec::new(), Vec::new());
+        for (&itt, p) in self.lock().pending.iter().filter(|(_, p)| p.lun == lun) {
+            if p.sent {
+                sent.push(itt);
+            } else {
+                unsent.push(itt);
+            }
+        }
         self.complete_aborted(&unsent);
         if !self.is_up() {
             // Nothing of this LUN is on the target through this path.
@@ -853,7 +852,6 @@ impl Session {
         }
         let r = self.task_management(lun, function as u8, None);
         if r == Ok(0) {
-            let sent: Vec<u32> = sent.into_iter().map(|(i, _)| i).collect();
             self.complete_aborted(&sent);
         }
         r
