@@ -3,6 +3,8 @@
 //! by its PID on drop. A missing tgtd fails the test: it is never skipped.
 #![allow(dead_code)]
 
+pub mod link;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
