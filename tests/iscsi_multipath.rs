@@ -4,6 +4,7 @@
 //! down for less and for more than no_path_retry. With one path left the workload must see
 //! no error and no corrupted block; the stall each failover caused is printed.
 
+mod common;
 mod iscsi_common;
 
 use std::net::SocketAddr;
@@ -223,7 +224,11 @@ fn failover_policy_uses_the_preferred_path_and_fails_back() {
     let w = Workload::start(&r.lun, 2);
     std::thread::sleep(Duration::from_millis(300));
     assert!(ios_on(&r.lun, 0) > 0);
-    assert_eq!(ios_on(&r.lun, 1), passive, "the passive path carries nothing");
+    assert_eq!(
+        ios_on(&r.lun, 1),
+        passive,
+        "the passive path carries nothing"
+    );
     r.links[0].cut_reset();
     wait_path(&r.lun, 0, false);
     std::thread::sleep(Duration::from_millis(300));
@@ -327,4 +332,110 @@ fn unreachable_secondary_path_does_not_stop_the_lun() {
     };
     let bad = IscsiUrl::parse(&format!("iscsi://{dead}/{IQN}/1")).unwrap();
     assert!(IscsiLun::connect_multipath(&bad, &IscsiOptions::default(), &mp).is_err());
+}
+
+mod through_the_daemon {
+    //! The same through vscsid: the CLI's path options, a guest driver's view of a path
+    //! failing, and the guest's aborts of commands that wait for a path.
+    use super::common::{cmd, good, lun, Daemon, Disk};
+    use super::*;
+    use vscsid::frontend::{ScsiFrontend, VirtioScsiRequest};
+
+    /// A command as a guest driver retries it: UNIT ATTENTION again.
+    fn guest_command(
+        fe: &mut ScsiFrontend,
+        req: &VirtioScsiRequest,
+    ) -> vscsid::frontend::CmdResponse {
+        for _ in 0..5 {
+            let r = fe.command(req).expect("answer");
+            let ua = r.status == 2 && r.sense_key().is_some_and(|k| k.0 == 6);
+            if !ua {
+                return r;
+            }
+        }
+        panic!("endless UNIT ATTENTION");
+    }
+
+    #[test]
+    fn path_cut_and_aborts_through_the_daemon() {
+        let tgtd = Tgtd::start(32 * MIB, Accounts::default());
+        let upstream: SocketAddr = format!("127.0.0.1:{}", tgtd.port).parse().unwrap();
+        let links: Vec<Link> = ["127.0.0.2", "127.0.0.3"]
+            .iter()
+            .map(|ip| Link::start(ip, upstream))
+            .collect();
+        let spec = format!(
+            "iscsi://{}/{IQN}/1,path={},policy=round-robin,rr-ios=2,no-path-retry=60",
+            links[0].portal(),
+            links[1].portal()
+        );
+        let d = Daemon::start(
+            &[Disk {
+                name: "local.img",
+                size: MIB,
+                opts: "",
+            }],
+            &["--iscsi", &spec, "--num-queues", "1"],
+        );
+        let mut fe = d.connect(1);
+        let write_verify = |fe: &mut ScsiFrontend, i: u64| {
+            let data = pattern(i, 8 * 512);
+            let w = cdb16(0x8a, i * 8, 8);
+            good(&guest_command(fe, &cmd(1, &w, &data, 0)));
+            let r = cdb16(0x88, i * 8, 8);
+            let back = guest_command(fe, &cmd(1, &r, &[], 8 * 512));
+            good(&back);
+            assert_eq!(
+                crc32c::crc32c(&back.data_in),
+                crc32c::crc32c(&data),
+                "block {i}"
+            );
+        };
+        for i in 0..20 {
+            write_verify(&mut fe, i);
+        }
+        links[0].cut_reset();
+        for i in 20..60 {
+            write_verify(&mut fe, i);
+        }
+        links[0].restore();
+        // Every block written before, during and after the cut reads back.
+        for i in 0..60 {
+            let r = cdb16(0x88, i * 8, 8);
+            let back = guest_command(&mut fe, &cmd(1, &r, &[], 8 * 512));
+            assert_eq!(back.data_in, pattern(i, 8 * 512), "block {i}");
+        }
+
+        // Both paths silent: commands wait for a path; the guest aborts them.
+        links[0].cut_silent();
+        links[1].cut_silent();
+        // Past the NOP timeout (0.6 s by default) both paths are known to be down.
+        std::thread::sleep(Duration::from_millis(2000));
+        let read = cdb16(0x88, 0, 1);
+        let req = |tag| VirtioScsiRequest {
+            lun: lun(1),
+            tag,
+            cdb: &read,
+            data_out: &[],
+            data_in_len: 512,
+        };
+        fe.submit(2, &req(77)).unwrap();
+        fe.submit(2, &req(78)).unwrap();
+        fe.submit(2, &req(79)).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        // ABORT TASK for tag 78, then ABORT TASK SET for the rest.
+        assert_eq!(fe.tmf(0, lun(1), 78).unwrap(), 0, "ABORT TASK");
+        let (_, r) = fe.complete(2).expect("aborted command answered");
+        assert_eq!(r.response, 2, "ABORTED: {r:?}");
+        assert_eq!(fe.tmf(1, lun(1), 0).unwrap(), 0, "ABORT TASK SET");
+        for _ in 0..2 {
+            let (_, r) = fe.complete(2).expect("aborted command answered");
+            assert_eq!(r.response, 2, "ABORTED: {r:?}");
+        }
+        // The paths come back and so does I/O.
+        links[0].restore();
+        links[1].restore();
+        let back = guest_command(&mut fe, &cmd(1, &read, &[], 512));
+        good(&back);
+    }
 }

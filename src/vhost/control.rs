@@ -35,6 +35,8 @@ struct PendingTmf {
     mem: MemGuard,
     luns: Vec<Arc<Lun>>,
     reset: bool,
+    /// ABORT TASK waits for its one task, not for the whole LUN.
+    task: Option<u64>,
     deadline: Instant,
     /// Answers of the function forwarded to passthrough LUNs' targets, one per LUN.
     forwarded: Vec<Arc<Forwarded>>,
@@ -164,10 +166,11 @@ impl PendingTmfs {
                     mem: mem.clone(),
                     luns,
                     reset: subtype == tmf::LOGICAL_UNIT_RESET || subtype == tmf::I_T_NEXUS_RESET,
+                    task: (subtype == tmf::ABORT_TASK).then_some(tag),
                     deadline: Instant::now() + TMF_TIMEOUT,
                     forwarded,
                 };
-                if let Some(done) = finish_if_drained(&pending) {
+                if let Some(done) = finish_if_drained(&pending, sh) {
                     return Some(done);
                 }
                 sh.tmf_waiting.fetch_add(1, Ordering::AcqRel);
@@ -185,7 +188,7 @@ impl PendingTmfs {
         let mut i = 0;
         while i < self.waiting.len() {
             let p = &self.waiting[i];
-            let result = finish_if_drained(p).or_else(|| {
+            let result = finish_if_drained(p, sh).or_else(|| {
                 (Instant::now() >= p.deadline).then(|| {
                     let m: &Mem = &p.mem;
                     (
@@ -273,7 +276,7 @@ fn forward_to_targets(
 
 /// Answers FUNCTION COMPLETE if every forwarded function was answered and none of the
 /// TMF's LUNs has a command in flight; answers the target's refusal if one refused.
-fn finish_if_drained(p: &PendingTmf) -> Option<(u16, u32)> {
+fn finish_if_drained(p: &PendingTmf, sh: &Shared) -> Option<(u16, u32)> {
     let m: &Mem = &p.mem;
     let mut refused = None;
     for f in &p.forwarded {
@@ -295,10 +298,17 @@ fn finish_if_drained(p: &PendingTmf) -> Option<(u16, u32)> {
             p.chain.writable.write_from(m, 0, &[code]) as u32,
         ));
     }
-    if p.luns
-        .iter()
-        .any(|l| l.inflight.load(Ordering::Acquire) > 0)
-    {
+    let busy = match p.task {
+        Some(tag) => p.luns.iter().any(|l| {
+            l.inflight.load(Ordering::Acquire) > 0
+                && sh.workers.iter().any(|w| lock(w).has_task(l, Some(tag)))
+        }),
+        None => p
+            .luns
+            .iter()
+            .any(|l| l.inflight.load(Ordering::Acquire) > 0),
+    };
+    if busy {
         return None;
     }
     if p.reset {

@@ -75,7 +75,7 @@ impl Shared {
         }
     }
 
-    /// Called when a LUN's last in-flight command ends.
+    /// Called when a command ends: wakes task management waiting for commands to end.
     pub fn lun_drained(&self) {
         if self.tmf_waiting.load(Ordering::Acquire) > 0 {
             let _ = self.tmf_event.write(1);

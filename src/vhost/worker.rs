@@ -900,9 +900,10 @@ fn finish_passthrough(slot: &mut Slot, c: ScsiCompletion) -> u32 {
 
 /// Marks the end of one command of `lun`, waking task management waiting for it to drain.
 fn end_lun_io(sh: &Shared, lun: &Lun) {
-    if lun.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
-        sh.lun_drained();
-    }
+    lun.inflight.fetch_sub(1, Ordering::AcqRel);
+    // Waiting task management re-checks (an ABORT TASK waits for one task, not a drain);
+    // nothing happens when none waits.
+    sh.lun_drained();
 }
 
 /// Writes the response of a finished I/O command; returns the used length.
