@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
   qemu-system-x86 qemu-system-common qemu-block-extra
   linux-image-amd64 busybox-static fio sg3-utils e2fsprogs util-linux
-  cpio gzip kmod tgt libiscsi-bin iproute2
+  cpio gzip kmod tgt libiscsi-bin iproute2 iptables
 )
 
 missing=()

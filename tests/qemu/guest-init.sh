@@ -57,6 +57,29 @@ if [ "$MODE" = demo ]; then
   finish
 fi
 
+if [ "$MODE" = multipath ]; then
+  # tests/qemu/run-multipath-e2e.sh breaks the LUN's paths while this fio runs: every
+  # block written is read back and checked (verify_backlog) during the run.
+  D0=$(lun_dev 0)
+  if [ -z "$D0" ]; then check mp-disk-found FAIL "no disk at LUN 0"; finish; fi
+  check mp-disk-found PASS "/dev/$D0 $(cat /sys/block/$D0/device/vendor)"
+  RUNTIME=$(arg runtime); RUNTIME=${RUNTIME:-60}
+  echo "VSCSID-MP-FIO-START"
+  fio --name=mp --filename=/dev/$D0 --direct=1 --ioengine=libaio --rw=randwrite --bs=4k \
+    --size=32M --iodepth=8 --verify=crc32c --verify_backlog=32 --verify_fatal=1 \
+    --time_based --runtime="$RUNTIME" > /tmp/fio.out 2>&1
+  rc=$?
+  echo "VSCSID-MP-FIO-DONE"
+  io=$(grep -o 'write: IOPS=[^,]*' /tmp/fio.out | head -n 1)
+  err=$(grep -o 'err= *[0-9]*' /tmp/fio.out | head -n 1)
+  check mp-fio-crc32c-verify "$( [ $rc = 0 ] && echo PASS || echo FAIL )" "fio exit $rc, $err, $io"
+  [ $rc = 0 ] || tail -n 20 /tmp/fio.out
+  n=$(dmesg | grep -ciE 'I/O error|critical|FAILED Result|timing out command')
+  check mp-no-guest-errors "$( [ "$n" = 0 ] && echo PASS || echo FAIL )" "$n kernel I/O error lines"
+  [ "$n" = 0 ] || dmesg | grep -iE 'I/O error|critical|FAILED Result|timing out command' | tail -n 5
+  finish
+fi
+
 if [ "$MODE" = fio ]; then
   # benches/vm-fio.sh: the same fio jobs on the guest's one data disk, whatever device it is.
   i=0

@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# QEMU end-to-end test of iSCSI multipath with real network failures. The test builds its
+# own two network namespaces joined by two veth links (two paths):
+#
+#   ns "ini": vscsid  192.168.50.1 ==== p0 ==== 192.168.50.2  ns "tgt": tgtd
+#                     192.168.51.1 ==== p1 ==== 192.168.51.2
+#
+# tgtd serves one LUN on both addresses; vscsid logs in through both (round-robin) and
+# serves it to a Linux guest (vhost-user socket on the shared filesystem). While the guest
+# runs fio with crc32c verification (verify_backlog: every block written is read back and
+# checked during the run), the script breaks the paths in turn:
+#   1. path 0 link down (carrier lost, packets vanish: a silent path), then up again;
+#   2. path 1 firewall DROP (silent), then removed;
+#   3. path 0 firewall REJECT with TCP reset (a reset path), then removed;
+#   4. both paths down for 3 s, less than no_path_retry (10 s): I/O only waits.
+# The guest must finish fio with no error and no verification failure, and its kernel
+# must log no I/O error. The stall vscsid measured for each failover is printed
+# ("failover: ..."); README numbers come from here.
+# Prints one line per check and "N passed, M failed"; exits non-zero on any failure.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$here"
+TIMEOUT=${VSCSID_E2E_TIMEOUT:-600}
+
+for tool in qemu-system-x86_64 cargo ip iptables /usr/sbin/tgtd /usr/sbin/tgtadm; do
+  command -v "$tool" >/dev/null || { echo "run-multipath-e2e: $tool is missing" >&2; exit 1; }
+done
+[[ $(id -u) == 0 ]] || { echo "run-multipath-e2e: needs root (network namespaces)" >&2; exit 1; }
+
+cargo build --release --quiet
+guest=$here/target/guest
+scripts/build-guest.sh "$guest"
+
+work=$(mktemp -d)
+ini=vscsid-mp-ini-$$
+tgt=vscsid-mp-tgt-$$
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.2
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  ip netns del "$ini" 2>/dev/null || true
+  ip netns del "$tgt" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+ip netns add "$ini"
+ip netns add "$tgt"
+ip -n "$ini" link set lo up
+ip -n "$tgt" link set lo up
+for p in 0 1; do
+  ip link add "mp${p}i$$" netns "$ini" type veth peer name "mp${p}t$$" netns "$tgt"
+  ip -n "$ini" addr add "192.168.5$p.1/24" dev "mp${p}i$$"
+  ip -n "$tgt" addr add "192.168.5$p.2/24" dev "mp${p}t$$"
+  ip -n "$ini" link set "mp${p}i$$" up
+  ip -n "$tgt" link set "mp${p}t$$" up
+done
+
+ctl=$(( ($$ % 20000) + 10000 ))
+iqn=iqn.2024-01.io.vscsid.test:multipath
+truncate -s 128M "$work/target.img"
+ip netns exec "$tgt" /usr/sbin/tgtd -f -C "$ctl" --iscsi portal=0.0.0.0:3260 > "$work/tgtd.log" 2>&1 &
+pids+=($!)
+tgtadm() { ip netns exec "$tgt" /usr/sbin/tgtadm -C "$ctl" --lld iscsi "$@"; }
+for _ in $(seq 100); do tgtadm --op show --mode sys >/dev/null 2>&1 && break; sleep 0.1; done
+tgtadm --op new --mode target --tid 1 -T "$iqn"
+tgtadm --op new --mode logicalunit --tid 1 --lun 1 -b "$work/target.img"
+tgtadm --op bind --mode target --tid 1 -I ALL
+
+sock=$work/vscsid.sock
+ip netns exec "$ini" env VSCSID_LOG=info target/release/vscsid --socket "$sock" \
+  --iscsi "iscsi://192.168.50.2:3260/$iqn/1,path=192.168.51.2:3260,no-path-retry=10" \
+  --num-queues 2 > "$work/vscsid.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do [[ -S $sock ]] && break; sleep 0.1; done
+[[ -S $sock ]] || { echo "run-multipath-e2e: vscsid did not start"; cat "$work/vscsid.log"; exit 1; }
+
+serial=$work/serial.log
+: > "$serial"
+qemu-system-x86_64 \
+  -machine q35 -accel tcg -cpu max -m 512M -smp 2 \
+  -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
+  -kernel "$guest/vmlinuz" -initrd "$guest/initrd.gz" \
+  -append "console=ttyS0 loglevel=4 panic=-1 vscsid.test=multipath vscsid.disks=1 vscsid.runtime=70" \
+  -nographic -no-user-config -nodefaults -serial "file:$serial" -monitor none \
+  -chardev socket,id=vus0,path="$sock" \
+  -device vhost-user-scsi-pci,chardev=vus0,num_queues=2 \
+  > "$work/qemu.log" 2>&1 &
+qemu=$!
+pids+=($qemu)
+
+log() { echo "[$(date +%T.%3N)] $*"; }
+# Waits (bounded) until $1 matches in file $2 at least $3 times.
+wait_for() {
+  local deadline=$((SECONDS + ${4:-120}))
+  while (( $(grep -ac -- "$1" "$2" || true) < $3 )); do
+    (( SECONDS < deadline )) || { log "timed out waiting for '$1'"; return 1; }
+    kill -0 "$qemu" 2>/dev/null || { log "QEMU exited early"; return 1; }
+    sleep 0.2
+  done
+}
+ups() { grep -ac "iSCSI path up" "$work/vscsid.log" || true; }
+
+events_ok=1
+run_events() {
+  wait_for VSCSID-MP-FIO-START "$serial" 1 300 || return 1
+  log "guest fio started"
+  sleep 4
+  local n
+  n=$(ups)
+  log "path 0: link down"; ip -n "$tgt" link set "mp0t$$" down
+  sleep 4
+  log "path 0: link up"; ip -n "$tgt" link set "mp0t$$" up
+  wait_for "iSCSI path up" "$work/vscsid.log" $((n + 1)) 30 || return 1
+  sleep 3
+  n=$(ups)
+  log "path 1: firewall DROP"
+  ip netns exec "$tgt" iptables -I INPUT -i "mp1t$$" -p tcp --dport 3260 -j DROP
+  sleep 4
+  log "path 1: DROP removed"
+  ip netns exec "$tgt" iptables -D INPUT -i "mp1t$$" -p tcp --dport 3260 -j DROP
+  wait_for "iSCSI path up" "$work/vscsid.log" $((n + 1)) 30 || return 1
+  sleep 3
+  n=$(ups)
+  log "path 0: firewall REJECT with TCP reset"
+  ip netns exec "$tgt" iptables -I INPUT -i "mp0t$$" -p tcp --dport 3260 -j REJECT --reject-with tcp-reset
+  sleep 4
+  log "path 0: REJECT removed"
+  ip netns exec "$tgt" iptables -D INPUT -i "mp0t$$" -p tcp --dport 3260 -j REJECT --reject-with tcp-reset
+  wait_for "iSCSI path up" "$work/vscsid.log" $((n + 1)) 30 || return 1
+  sleep 3
+  n=$(ups)
+  log "both paths: link down for 3 s (no_path_retry is 10 s)"
+  ip -n "$tgt" link set "mp0t$$" down
+  ip -n "$tgt" link set "mp1t$$" down
+  sleep 3
+  ip -n "$tgt" link set "mp0t$$" up
+  ip -n "$tgt" link set "mp1t$$" up
+  log "both paths: links up"
+  wait_for "iSCSI path up" "$work/vscsid.log" $((n + 2)) 30 || return 1
+  grep -aq VSCSID-MP-FIO-DONE "$serial" && { log "fio ended before the last event"; return 1; }
+  return 0
+}
+run_events || events_ok=0
+
+set +e
+deadline=$((SECONDS + TIMEOUT))
+while kill -0 "$qemu" 2>/dev/null && (( SECONDS < deadline )); do sleep 1; done
+kill "$qemu" 2>/dev/null
+wait "$qemu"
+qemu_rc=$?
+set -e
+
+passed=0; failed=0
+report() {
+  printf '%-24s %s  %s\n' "$1" "$2" "$3"
+  if [[ $2 == PASS ]]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+}
+if ((events_ok)); then
+  report path-events PASS "every cut made while fio ran; every path came back"
+else
+  report path-events FAIL "a cut or a path's return did not happen in time"
+fi
+tr -d '\r' < "$serial" | grep -ao 'VSCSID-CHECK .*' > "$work/checks" || true
+for name in mp-disk-found mp-fio-crc32c-verify mp-no-guest-errors; do
+  line=$(grep -a "^VSCSID-CHECK $name " "$work/checks" | tail -n 1 || true)
+  if [[ -z $line ]]; then
+    report "$name" FAIL "check did not run"
+  else
+    read -r _ _ res detail <<< "$line"
+    report "$name" "$res" "$detail"
+  fi
+done
+if [[ $qemu_rc -eq 0 ]] && grep -aq "VSCSID-RESULT" "$serial"; then
+  report guest-powered-off PASS "QEMU exited 0"
+else
+  report guest-powered-off FAIL "QEMU exit status $qemu_rc"
+fi
+# The stalls vscsid measured: silence before detection plus reissue, per failover.
+grep -a "iSCSI path failed" "$work/vscsid.log" | sed 's/\x1b\[[0-9;]*m//g' |
+  sed -n 's/.*portal="\([^"]*\)".*silent_ms=\([0-9]*\) stall_ms=\([0-9]*\) reissued=\([0-9]*\) failed=\([0-9]*\).*/failover: portal \1 stall \3 ms (silent \2 ms), reissued \4, failed \5/p'
+if ((failed > 0)); then
+  echo "--- serial (last 40 lines) ---"; tail -n 40 "$serial" || true
+  echo "--- vscsid log ---"; tail -n 30 "$work/vscsid.log" || true
+fi
+echo "qemu-multipath-e2e: $passed passed, $failed failed"
+((failed == 0))
