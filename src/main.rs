@@ -184,17 +184,24 @@ fn main() -> ExitCode {
 }
 
 /// SIGTERM/SIGINT: stop taking requests, let in-flight commands complete (bounded), make
-/// completed writes durable, and exit.
+/// completed writes durable, and exit. SIGUSR1: log every LUN's state (for iSCSI LUNs,
+/// each path's state and counters).
 fn install_signal_handler(
     current: CurrentDevice,
     luns: Arc<vscsid::scsi::target::LunTable<vscsid::vhost::Lun>>,
 ) -> std::io::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1])?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
+            for sig in signals.forever() {
+                if sig == SIGUSR1 {
+                    for line in vscsid::vhost::status_lines(&luns) {
+                        tracing::info!("status: {line}");
+                    }
+                    continue;
+                }
                 tracing::info!(signal = sig, "shutting down: draining in-flight I/O");
                 if !current.drain() {
                     tracing::error!("in-flight I/O did not complete in time");

@@ -121,3 +121,47 @@ fn socket_is_private() {
     let _ = child.wait();
     assert_eq!(mode.expect("socket created"), 0o600);
 }
+
+#[test]
+fn sigusr1_logs_every_luns_state() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("d.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let sock = dir.path().join("s.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vscsid"))
+        .args(["--socket", sock.to_str().unwrap(), "--disk"])
+        .arg(&img)
+        .args(["--null", "1M"])
+        .env("VSCSID_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..500 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // SAFETY: kill(2) on our own child's PID.
+    unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("status: ") && tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait = std::time::Duration::from_secs(10);
+    let first = rx.recv_timeout(wait).expect("a status line");
+    let second = rx.recv_timeout(wait).expect("a second status line");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(first.contains("target 0 LUN 0: disk"), "{first}");
+    assert!(second.contains("target 0 LUN 1: null disk"), "{second}");
+}

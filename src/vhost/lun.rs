@@ -71,6 +71,36 @@ impl Lun {
     }
 }
 
+/// One line per LUN, and one per path of an iSCSI LUN: what an operator asks with SIGUSR1.
+pub fn status_lines(table: &LunTable<Lun>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (t, l, lun) in table.luns() {
+        out.push(format!(
+            "target {t} LUN {l}: {} ({} commands in flight)",
+            lun.describe(),
+            lun.inflight.load(std::sync::atomic::Ordering::Relaxed)
+        ));
+        if let Medium::Iscsi(i) = &lun.medium {
+            for (n, p) in i.paths().iter().enumerate() {
+                out.push(format!(
+                    "target {t} LUN {l} path {n} {}: {} priority {} alua {} outstanding {} \
+                     ios {} errors {} failovers {} last-failover-ms {}",
+                    p.portal,
+                    if p.up { "up" } else { "down" },
+                    p.priority,
+                    p.alua,
+                    p.outstanding,
+                    p.ios,
+                    p.errors,
+                    p.failovers,
+                    p.last_failover.as_millis()
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// Opens every configured LUN and builds the table; errors name the LUN.
 pub fn build_lun_table(cfg: &Config) -> Result<LunTable<Lun>, String> {
     let mut table = LunTable::new();

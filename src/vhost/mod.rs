@@ -20,7 +20,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
 pub use device::ScsiDevice;
-pub use lun::{build_lun_table, Lun};
+pub use lun::{build_lun_table, status_lines, Lun};
 
 use crate::config::Config;
 use crate::scsi::target::LunTable;
