@@ -4,6 +4,7 @@
 #   qsd-vhost-user-blk  qemu-storage-daemon exporting the same file as vhost-user-blk,
 #                       aio=io_uring, cache.direct=on: QEMU's own block layer and virtio-blk
 #   vscsid-null         vscsid with a null LUN: the daemon's own ceiling
+#   vscsid-null-poll    the same with --poll-us 50 (busy polling)
 # and fio measures the machine's limit on the same file:
 #   host-fio            fio, io_uring, direct=1
 # Then, on one tgtd iSCSI LUN on 127.0.0.1:
@@ -43,7 +44,7 @@ stop_backend() {
 }
 stop_tgtd() {
   if [[ -n $tgtd_pid ]] && kill -0 "$tgtd_pid" 2>/dev/null; then
-    kill "$tgtd_pid"; wait "$tgtd_pid" 2>/dev/null || true
+    kill -9 "$tgtd_pid"; wait "$tgtd_pid" 2>/dev/null || true
   fi
   tgtd_pid=""
 }
@@ -114,6 +115,13 @@ sock=$work/null.sock
 backend_pid=$!
 wait_socket "$sock"
 run_loadgen vscsid-null scsi "$sock"
+stop_backend
+
+sock=$work/null-poll.sock
+"$vscsid" --socket "$sock" --null 1G --num-queues 1 --reconnect --poll-us 50 2>"$work/null-poll.log" &
+backend_pid=$!
+wait_socket "$sock"
+run_loadgen vscsid-null-poll scsi "$sock"
 stop_backend
 
 # The machine's limit on the same file.

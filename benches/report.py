@@ -40,7 +40,7 @@ for w in workloads:
     print()
 
 # Grouped bars: IOPS of each system relative to qsd-vhost-user-blk, per workload.
-colors = ["#2b6cb0", "#718096", "#38a169", "#d69e2e", "#9f7aea", "#e53e3e"]
+colors = ["#2b6cb0", "#718096", "#38a169", "#68d391", "#d69e2e", "#9f7aea", "#e53e3e"]
 W, H, left, bottom, top = 900, 420, 70, 60, 40
 group_w = (W - left - 20) / max(1, len(workloads))
 bar_w = group_w * 0.8 / max(1, len(systems))

@@ -48,6 +48,10 @@ struct Cli {
     /// Keep listening for a new connection after the frontend disconnects.
     #[arg(long)]
     reconnect: bool,
+    /// Busy-poll the queues and completions for this many microseconds after the last
+    /// work before sleeping (0 = off; at most 1000000). Trades CPU for latency.
+    #[arg(long, value_name = "US")]
+    poll_us: Option<i64>,
 }
 
 /// Positions of the --disk and --iscsi values on the command line.
@@ -84,6 +88,9 @@ fn build_config(cli: Cli, order: LunOrder) -> Result<Config, String> {
         cfg.queue_size = n;
     }
     cfg.reconnect |= cli.reconnect;
+    if let Some(n) = cli.poll_us {
+        cfg.poll_us = vscsid::config::check_poll_us(n, "--poll-us").map_err(|e| e.0)?;
+    }
     // --disk and --iscsi LUNs are numbered in command-line order.
     let mut specs: Vec<(usize, Shorthand, &String)> = Vec::new();
     for (positions, values, kind) in [

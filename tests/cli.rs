@@ -66,6 +66,28 @@ fn bad_arguments_name_the_field() {
     );
     one_line_error(&["--socket", sock, "--bogus"], "--bogus");
     one_line_error(&["--socket", sock, "--num-queues", "many"], "num-queues");
+    one_line_error(
+        &["--socket", sock, "--disk", img, "--poll-us", "5000000"],
+        "--poll-us",
+    );
+    one_line_error(
+        &[
+            "--socket",
+            sock,
+            "--iscsi",
+            "iscsi://127.0.0.1/iqn.x:y/0,path=127.0.0.2:3260,policy=random",
+        ],
+        "policy",
+    );
+    one_line_error(
+        &[
+            "--socket",
+            sock,
+            "--iscsi",
+            "iscsi://127.0.0.1/iqn.x:y/0,no-path-retry=forever",
+        ],
+        "no-path-retry",
+    );
     let cfg = dir.path().join("c.toml");
     std::fs::write(
         &cfg,

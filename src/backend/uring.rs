@@ -81,6 +81,11 @@ impl Ring {
     }
 
     /// Clears the eventfd, then hands every posted completion `(user_data, result)` to `f`.
+    /// Whether completions wait to be reaped (no system call: reads the shared CQ ring).
+    pub fn has_completions(&mut self) -> bool {
+        !self.ring.completion().is_empty()
+    }
+
     pub fn reap(&mut self, mut f: impl FnMut(u64, i32)) {
         let _ = self.eventfd.read();
         loop {

@@ -23,6 +23,7 @@ struct RawDaemon {
     threads: Option<i64>,
     queue_size: Option<i64>,
     reconnect: Option<bool>,
+    poll_us: Option<i64>,
     initiator_name: Option<String>,
 }
 
@@ -102,6 +103,9 @@ pub fn parse_config_text(text: &str) -> Result<Config, ConfigError> {
             .map_err(|_| ConfigError(format!("daemon.queue_size: {n} is out of range")))?;
     }
     cfg.reconnect = d.reconnect.unwrap_or(false);
+    if let Some(n) = d.poll_us {
+        cfg.poll_us = super::check_poll_us(n, "daemon.poll_us")?;
+    }
     cfg.initiator_name = d.initiator_name;
     for (i, l) in raw.lun.into_iter().enumerate() {
         let lun = lun_from_raw(l, i)?;

@@ -25,6 +25,21 @@ pub const DEFAULT_NUM_QUEUES: u16 = 16;
 /// Largest virtqueue size the device accepts.
 pub const MAX_QUEUE_SIZE: u16 = 1024;
 
+/// Largest busy-poll budget: polling longer than this only burns CPU.
+pub const MAX_POLL_US: u32 = 1_000_000;
+
+/// Checks a busy-poll budget in microseconds.
+pub fn check_poll_us(n: i64, field: &str) -> Result<u32, ConfigError> {
+    u32::try_from(n)
+        .ok()
+        .filter(|&v| v <= MAX_POLL_US)
+        .ok_or_else(|| {
+            ConfigError(format!(
+                "{field}: {n} is out of range 0..={MAX_POLL_US} microseconds"
+            ))
+        })
+}
+
 /// A secret that never shows up in logs or debug output.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
@@ -144,6 +159,9 @@ pub struct Config {
     pub queue_size: u16,
     /// Keep listening for the next frontend after a disconnect instead of exiting.
     pub reconnect: bool,
+    /// Microseconds a worker keeps polling its queues and completions after the last work
+    /// before it sleeps (0: never polls).
+    pub poll_us: u32,
     /// iSCSI initiator name; derived from the host name when absent.
     pub initiator_name: Option<String>,
     pub luns: Vec<LunConfig>,
@@ -157,6 +175,7 @@ impl Default for Config {
             threads: None,
             queue_size: MAX_QUEUE_SIZE,
             reconnect: false,
+            poll_us: 0,
             initiator_name: None,
             luns: Vec::new(),
         }

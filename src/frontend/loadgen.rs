@@ -118,16 +118,20 @@ impl Engine {
         }
     }
 
-    /// True when the completed request of slot `s` reports success.
+    /// True when the completed request of slot `s` reports success. A UNIT ATTENTION (a
+    /// passthrough LUN's target reports one to every new nexus) is not a failure: a guest
+    /// driver retries it, and the slot's next request does the same here.
     fn ok(&self, q: usize, s: usize) -> bool {
         let slot = &self.slots[q][s];
         let mem = &self.conn.mem;
         match self.proto {
             Proto::Scsi => {
-                let mut r = [0u8; 12];
-                mem.read_slice(&mut r, GuestAddress(slot.status)).is_ok()
-                    && r[10] == 0
-                    && r[11] == 0
+                let mut r = [0u8; 15];
+                if mem.read_slice(&mut r, GuestAddress(slot.status)).is_err() || r[11] != 0 {
+                    return false;
+                }
+                let unit_attention = r[10] == 2 && r[14] & 0x0f == 6;
+                r[10] == 0 || unit_attention
             }
             Proto::Blk => mem
                 .read_obj::<u8>(GuestAddress(slot.status))

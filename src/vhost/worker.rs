@@ -130,6 +130,17 @@ impl Worker {
         None
     }
 
+    /// Whether completions (io_uring or passthrough) wait for [`Worker::complete`].
+    pub fn has_completions(&mut self) -> bool {
+        self.ring.has_completions()
+            || !self
+                .passthrough
+                .items
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+    }
+
     /// Serves a request queue: pops every available chain (re-checking after re-enabling
     /// notifications, for EVENT_IDX), submits the batch's I/O with one system call and
     /// notifies the guest once for everything completed inline.
