@@ -317,6 +317,11 @@ impl Core {
     }
 
     fn choose(&self) -> Option<usize> {
+        if let [only] = self.paths.as_slice() {
+            // One path: nothing to choose, no allocation or lock per command.
+            let usable = only.session.is_up() && alua::usable(only.alua.load(Ordering::Relaxed));
+            return usable.then_some(0);
+        }
         let views = self.views();
         self.lock().selector.choose(
             self.opts.policy,

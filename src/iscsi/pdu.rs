@@ -185,6 +185,12 @@ fn bad(msg: &str) -> io::Error {
 
 /// Reads one PDU, checking digests and the data segment length.
 pub fn read_pdu(r: &mut impl Read, framing: &Framing) -> io::Result<Pdu> {
+    read_pdu_into(r, framing, Vec::new())
+}
+
+/// [`read_pdu`] with the data segment read into `buf` (cleared first), so a reader can
+/// hand the previous PDU's buffer back instead of allocating one per PDU.
+pub fn read_pdu_into(r: &mut impl Read, framing: &Framing, mut buf: Vec<u8>) -> io::Result<Pdu> {
     let mut pdu = Pdu::default();
     r.read_exact(&mut pdu.bhs)?;
     let ahs_len = usize::from(pdu.bhs[4]) * 4;
@@ -202,7 +208,8 @@ pub fn read_pdu(r: &mut impl Read, framing: &Framing) -> io::Result<Pdu> {
         return Err(bad("data segment longer than MaxRecvDataSegmentLength"));
     }
     if dl > 0 {
-        let mut buf = vec![0u8; dl + pad4(dl)];
+        buf.clear();
+        buf.resize(dl + pad4(dl), 0);
         r.read_exact(&mut buf)?;
         if framing.data_digest {
             let mut d = [0u8; 4];

@@ -404,8 +404,10 @@ impl Session {
 
     fn reader_loop(self: Arc<Self>, stream: TcpStream, framing: Framing, generation: u64) {
         let mut r = BufReader::with_capacity(256 * 1024, stream);
+        // The last PDU's data buffer, reused for the next one.
+        let mut spare = Vec::new();
         loop {
-            let pdu = match pdu::read_pdu(&mut r, &framing) {
+            let pdu = match pdu::read_pdu_into(&mut r, &framing, std::mem::take(&mut spare)) {
                 Ok(p) => p,
                 Err(e) => {
                     let mut st = self.lock();
@@ -425,7 +427,7 @@ impl Session {
                     return;
                 }
                 st.last_rx = Instant::now();
-                if let Err(e) = self.handle_pdu(&mut st, pdu, &mut done) {
+                if let Err(e) = self.handle_pdu(&mut st, &pdu, &mut done) {
                     tracing::warn!(portal = %self.url.portal(), "iSCSI: {e}");
                     self.connection_lost(&mut st);
                 }
@@ -460,26 +462,30 @@ impl Session {
     fn handle_pdu(
         self: &Arc<Self>,
         st: &mut State,
-        p: Pdu,
+        p: &Pdu,
         done: &mut Completions,
     ) -> std::io::Result<()> {
         match p.opcode() {
             op::DATA_IN => {
                 let status = p.flags() & 0x01 != 0;
-                Self::update_sn(st, &p, status);
+                Self::update_sn(st, p, status);
                 let itt = p.itt();
                 if let Some(pend) = st.pending.get_mut(&itt) {
                     let off = p.buffer_offset() as usize;
                     let limit = pend.cmd.data_in_len as usize;
                     let end = off.saturating_add(p.data.len()).min(limit);
                     if off < end {
+                        if pend.data_in.capacity() == 0 {
+                            // One allocation for the whole transfer.
+                            pend.data_in.reserve_exact(limit);
+                        }
                         if pend.data_in.len() < end {
                             pend.data_in.resize(end, 0);
                         }
                         pend.data_in[off..end].copy_from_slice(&p.data[..end - off]);
                     }
                     if status {
-                        let residual = residual_of(&p);
+                        let residual = residual_of(p);
                         finish(
                             st,
                             itt,
@@ -496,7 +502,7 @@ impl Session {
                 }
             }
             op::SCSI_RESP => {
-                Self::update_sn(st, &p, true);
+                Self::update_sn(st, p, true);
                 let itt = p.itt();
                 let result = if p.bhs[2] != 0 {
                     Err(TransportError::Protocol(format!(
@@ -515,10 +521,10 @@ impl Session {
                         sense,
                     })
                 };
-                finish(st, itt, result, residual_of(&p), done);
+                finish(st, itt, result, residual_of(p), done);
             }
             op::R2T => {
-                Self::update_sn(st, &p, false);
+                Self::update_sn(st, p, false);
                 let itt = p.itt();
                 let (Some(neg), Some(pend)) = (st.neg.clone(), st.pending.get(&itt)) else {
                     return Ok(());
@@ -539,7 +545,7 @@ impl Session {
                 }
             }
             op::NOP_IN => {
-                Self::update_sn(st, &p, p.itt() != NO_TAG);
+                Self::update_sn(st, p, p.itt() != NO_TAG);
                 if st.ping.is_some_and(|(itt, _)| itt == p.itt()) {
                     st.ping = None;
                 }
@@ -557,13 +563,13 @@ impl Session {
                 }
             }
             op::TASK_MGMT_RESP => {
-                Self::update_sn(st, &p, true);
+                Self::update_sn(st, p, true);
                 if let Some(slot) = st.tmf.get_mut(&p.itt()) {
                     *slot = Some(p.bhs[2]);
                 }
             }
             op::ASYNC_MSG => {
-                Self::update_sn(st, &p, true);
+                Self::update_sn(st, p, true);
                 match p.bhs[36] {
                     1..=3 => {
                         tracing::warn!(
@@ -578,7 +584,7 @@ impl Session {
                 }
             }
             op::REJECT => {
-                Self::update_sn(st, &p, true);
+                Self::update_sn(st, p, true);
                 let reason = p.bhs[2];
                 if p.data.len() >= 48 {
                     let itt = u32::from_be_bytes([p.data[16], p.data[17], p.data[18], p.data[19]]);
@@ -594,7 +600,7 @@ impl Session {
                     );
                 }
             }
-            op::LOGOUT_RESP | op::TEXT_RESP => Self::update_sn(st, &p, true),
+            op::LOGOUT_RESP | op::TEXT_RESP => Self::update_sn(st, p, true),
             other => {
                 return Err(std::io::Error::other(format!(
                     "unexpected opcode {other:#x}"

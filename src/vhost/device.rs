@@ -51,6 +51,8 @@ pub struct Shared {
     broken: AtomicU64,
     /// Busy-poll budget after each event (`--poll-us`); zero sleeps in epoll at once.
     poll: Duration,
+    /// This structure's own Arc, for completions that arrive on other threads.
+    pub(crate) me: std::sync::Weak<Shared>,
 }
 
 impl Shared {
@@ -114,20 +116,22 @@ impl ScsiDevice {
                 rq * usize::from(cfg.queue_size),
             )?));
         }
-        let shared = Shared {
+        let tmf_event = EventFd::new(EFD_NONBLOCK)?;
+        let shared = Arc::new_cyclic(|me| Shared {
+            me: me.clone(),
             luns,
             mem,
             inflight: InflightCounters::new(usize::from(n) + 2),
             stopping: AtomicBool::new(false),
             thread_queues,
-            tmf_event: EventFd::new(EFD_NONBLOCK)?,
+            tmf_event,
             tmf_waiting: AtomicU32::new(0),
             workers,
             broken: AtomicU64::new(0),
             poll: Duration::from_micros(u64::from(cfg.poll_us)),
-        };
+        });
         Ok(ScsiDevice {
-            shared: Arc::new(shared),
+            shared,
             num_request_queues: n,
             queue_size: cfg.queue_size,
             tmfs: Arc::new(Mutex::new(PendingTmfs::default())),

@@ -57,6 +57,9 @@ pub struct Worker {
     throttled: bool,
     /// Completions of passthrough commands, posted by initiator threads.
     passthrough: Arc<PassthroughDone>,
+    /// This thread's vrings (cheap shared handles), so a passthrough completion can be
+    /// answered by the initiator thread that received it.
+    vrings: Vec<Vring>,
 }
 
 /// Passthrough completions waiting for the worker, and the eventfd that wakes it (the
@@ -68,11 +71,16 @@ pub struct PassthroughDone {
 
 impl PassthroughDone {
     fn post(&self, id: usize, c: ScsiCompletion) {
-        self.items
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((id, c));
-        let _ = self.wake.write(1);
+        let first = {
+            let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+            items.push((id, c));
+            items.len() == 1
+        };
+        // One wake-up per batch: while the list is not empty the worker has a wake-up
+        // pending (it empties the list when it runs), so only the first post writes.
+        if first {
+            let _ = self.wake.write(1);
+        }
     }
 }
 
@@ -93,6 +101,7 @@ impl Worker {
             scratch: vec![0u8; DATA_IN_SCRATCH],
             reaped: Vec::with_capacity(max_inflight),
             throttled: false,
+            vrings: Vec::new(),
         })
     }
 
@@ -150,6 +159,9 @@ impl Worker {
         };
         if sh.is_broken(queue) {
             return;
+        }
+        if self.vrings.len() != vrings.len() {
+            self.vrings = vrings.to_vec();
         }
         let mem = sh.mem.memory();
         let mut completed = false;
@@ -561,6 +573,27 @@ impl Worker {
         }
     }
 
+    /// Answers passthrough command `id` with `c` on the calling thread (which holds this
+    /// worker's lock) and notifies the guest.
+    fn finish_passthrough_here(&mut self, id: usize, c: ScsiCompletion, sh: &Shared) {
+        if id >= self.slots.len() || !matches!(self.slots[id].job, Job::Passthrough) {
+            return;
+        }
+        let vrings = std::mem::take(&mut self.vrings);
+        let used = finish_passthrough(&mut self.slots[id], c);
+        let bit = self.retire(id, used, sh, &vrings);
+        for (vpos, vring) in vrings.iter().enumerate() {
+            if bit & (1u64 << (vpos % 64)) != 0 {
+                signal(vring);
+            }
+        }
+        self.vrings = vrings;
+        if self.throttled {
+            // A queue waits for a free slot: let the worker thread resume it.
+            let _ = self.passthrough.wake.write(1);
+        }
+    }
+
     /// Returns a finished command's chain to the guest and frees its slot; returns the bit
     /// of its vring for the notification mask.
     fn retire(&mut self, id: usize, used: u32, sh: &Shared, vrings: &[Vring]) -> u64 {
@@ -627,7 +660,22 @@ impl Worker {
         lun.inflight.fetch_add(1, Ordering::AcqRel);
         sh.inflight.begin(slot.queue);
         let done = self.passthrough.clone();
-        let pid = target.submit(cmd, Box::new(move |c| done.post(id, c)));
+        let (shared, thread) = (sh.me.clone(), self.thread);
+        let pid = target.submit(
+            cmd,
+            Box::new(move |c| {
+                // Answer from the initiator thread when the worker is free: no hand-over,
+                // no wake-up. Otherwise (the worker is busy, or this is its own thread
+                // inside `submit`) hand the completion over.
+                if let Some(sh) = shared.upgrade() {
+                    if let Some(Ok(mut w)) = sh.workers.get(thread).map(|m| m.try_lock()) {
+                        w.finish_passthrough_here(id, c, &sh);
+                        return;
+                    }
+                }
+                done.post(id, c);
+            }),
+        );
         // The completion can only be consumed by this thread, after this store.
         self.slots[id].passthrough_id = pid;
         None
