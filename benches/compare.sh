@@ -143,6 +143,21 @@ print(json.dumps({"system": "host-fio", "workload": sys.argv[2], "iops": round(d
 PY
 done
 
+# Idle memory: a daemon with 4 LUNs (two disks, a null LUN, a read-only disk) after a
+# frontend connected, ran I/O and went away.
+for f in b c; do truncate -s 64M "$work/$f.img"; done
+sock=$work/rss.sock
+"$vscsid" --socket "$sock" --disk "$disk,cache=none" --disk "$work/b.img" --null 1G \
+  --disk "$work/c.img,readonly" --num-queues 4 --reconnect 2>"$work/rss.log" &
+backend_pid=$!
+wait_socket "$sock"
+loadgen --socket "$sock" --proto scsi --rw randread --bs 4096 --iodepth 32 --runtime 1 \
+  --size $size --system rss-warmup >/dev/null
+sleep 1
+rss_kib=$(awk '/^VmRSS/ {print $2}' "/proc/$backend_pid/status")
+echo "{\"system\": \"vscsid\", \"workload\": \"idle-rss-4-luns\", \"rss_mib\": $(python3 -c "print(round($rss_kib / 1024, 1))")}" | tee -a "$results"
+stop_backend
+
 # iSCSI: one tgtd LUN on 127.0.0.1, driven through vscsid's initiator and through QEMU's
 # libiscsi driver. tgtd serves it from the page cache (its default rdwr backing store), so
 # the initiators and the target's CPU, not the disk, set the pace.

@@ -5,7 +5,9 @@ chart of IOPS relative to it."""
 import json
 import sys
 
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+all_rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+rows = [r for r in all_rows if "iops" in r]
+memory = [r for r in all_rows if "rss_mib" in r]
 svg_path = sys.argv[2]
 base_name = "qsd-vhost-user-blk"
 
@@ -76,4 +78,6 @@ for si, s in enumerate(systems):
     out.append(f'<text x="{x+16}" y="{H-14}">{s}</text>')
 out.append("</svg>")
 open(svg_path, "w").write("\n".join(out))
+for r in memory:
+    print(f"{r['system']} {r['workload']}: {r['rss_mib']} MiB resident")
 print(f"chart: {svg_path}")
