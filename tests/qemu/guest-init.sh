@@ -77,6 +77,21 @@ if [ "$MODE" = multipath ]; then
   n=$(dmesg | grep -ciE 'I/O error|critical|FAILED Result|timing out command')
   check mp-no-guest-errors "$( [ "$n" = 0 ] && echo PASS || echo FAIL )" "$n kernel I/O error lines"
   [ "$n" = 0 ] || dmesg | grep -iE 'I/O error|critical|FAILED Result|timing out command' | tail -n 5
+  # Then the host takes both paths away for longer than no_path_retry: reads must fail
+  # (once the queueing time is over) and work again when the paths return.
+  echo "VSCSID-MP-OUTAGE-READY"
+  err=0; after=0; i=0
+  while [ $i -lt 400 ] && [ $after -lt 10 ]; do
+    if dd if=/dev/$D0 of=/dev/null bs=4096 count=1 skip=$((i % 1000)) iflag=direct 2>/dev/null; then
+      [ $err -gt 0 ] && after=$((after + 1))
+    else
+      err=$((err + 1))
+    fi
+    i=$((i + 1))
+    sleep 0.25
+  done
+  check mp-outage-past-no-path-retry "$( [ $err -gt 0 ] && [ $after -ge 10 ] && echo PASS || echo FAIL )" \
+    "$err reads failed while no path was up past no_path_retry, $after good reads after"
   finish
 fi
 

@@ -14,7 +14,9 @@
 #   3. path 0 firewall REJECT with TCP reset (a reset path), then removed;
 #   4. both paths down for 3 s, less than no_path_retry (10 s): I/O only waits.
 # The guest must finish fio with no error and no verification failure, and its kernel
-# must log no I/O error. The stall vscsid measured for each failover is printed
+# must log no I/O error. Then both paths go down for 14 s, longer than no_path_retry: the
+# guest's reads must fail (HARDWARE ERROR / LOGICAL UNIT COMMUNICATION FAILURE once the
+# queueing time is over) and work again when the paths return. The stall vscsid measured for each failover is printed
 # ("failover: ..."); README numbers come from here.
 # Prints one line per check and "N passed, M failed"; exits non-zero on any failure.
 set -euo pipefail
@@ -144,6 +146,22 @@ run_events() {
 }
 run_events || events_ok=0
 
+outage_ok=1
+long_outage() {
+  wait_for VSCSID-MP-OUTAGE-READY "$serial" 1 300 || return 1
+  local n
+  n=$(ups)
+  log "both paths: link down for 14 s (longer than no_path_retry)"
+  ip -n "$tgt" link set "mp0t$$" down
+  ip -n "$tgt" link set "mp1t$$" down
+  sleep 14
+  ip -n "$tgt" link set "mp0t$$" up
+  ip -n "$tgt" link set "mp1t$$" up
+  log "both paths: links up"
+  wait_for "iSCSI path up" "$work/vscsid.log" $((n + 1)) 30
+}
+((events_ok)) && { long_outage || outage_ok=0; }
+
 set +e
 deadline=$((SECONDS + TIMEOUT))
 while kill -0 "$qemu" 2>/dev/null && (( SECONDS < deadline )); do sleep 1; done
@@ -163,7 +181,12 @@ else
   report path-events FAIL "a cut or a path's return did not happen in time"
 fi
 tr -d '\r' < "$serial" | grep -ao 'VSCSID-CHECK .*' > "$work/checks" || true
-for name in mp-disk-found mp-fio-crc32c-verify mp-no-guest-errors; do
+if ((outage_ok)); then
+  report long-outage PASS "both paths cut for longer than no_path_retry, then restored"
+else
+  report long-outage FAIL "the long outage did not run to the end"
+fi
+for name in mp-disk-found mp-fio-crc32c-verify mp-no-guest-errors mp-outage-past-no-path-retry; do
   line=$(grep -a "^VSCSID-CHECK $name " "$work/checks" | tail -n 1 || true)
   if [[ -z $line ]]; then
     report "$name" FAIL "check did not run"
