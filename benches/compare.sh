@@ -15,12 +15,23 @@
 # Prints one JSON object per line, then a table of ratios (local systems against
 # qsd-vhost-user-blk, iSCSI systems against qsd-iscsi), and writes
 # target/bench/results.jsonl and target/bench/chart.svg.
-# Usage: benches/compare.sh [--quick]     (--quick: 4 s per run, under 5 minutes in all)
+# Usage: benches/compare.sh [--quick] [--repeat N]
+#   --quick: 4 s per run, one round, under 5 minutes in all; otherwise 15 s per run and
+#   3 rounds. Each round runs every system once per workload, taking turns; the table
+#   shows each system's median round.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 runtime=15
-[[ ${1:-} == --quick ]] && runtime=4
+rounds=3
+while (($#)); do
+  case $1 in
+    --quick) runtime=4; rounds=1 ;;
+    --repeat) rounds=${2:?--repeat needs a count}; shift ;;
+    *) echo "compare: unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
 
 scripts/install-deps.sh >/dev/null
 for tool in qemu-storage-daemon fio python3; do
@@ -35,6 +46,7 @@ results=$out/results.jsonl
 : > "$results"
 work=$(mktemp -d "$out/run.XXXXXX")
 backend_pid=""
+pids=()
 tgtd_pid=""
 stop_backend() {
   if [[ -n $backend_pid ]] && kill -0 "$backend_pid" 2>/dev/null; then
@@ -48,7 +60,7 @@ stop_tgtd() {
   fi
   tgtd_pid=""
 }
-trap 'stop_backend; stop_tgtd; rm -rf "$work"' EXIT
+trap 'stop_backend; stop_all; stop_tgtd; rm -rf "$work"' EXIT
 
 # Build once and run copies, so edits and rebuilds during a run change nothing.
 cargo build --release --quiet
@@ -79,58 +91,36 @@ wait_socket() {
   echo "compare: backend socket $1 did not appear" >&2; return 1
 }
 
-run_loadgen() { # system proto socket
-  local system=$1 proto=$2 sock=$3
-  for w in "${WORKLOADS[@]}"; do
-    read -r rw bs qd <<< "$w"
-    loadgen --socket "$sock" --proto "$proto" --rw "$rw" --bs "$bs" --iodepth "$qd" \
-      --runtime "$runtime" --size $size --backend-pid "$backend_pid" \
-      --system "$system" --workload "$(name_of "$rw" "$bs" "$qd")" | tee -a "$results"
-  done
+# Every backend runs for the whole comparison and the systems take turns workload by
+# workload, so a drift of the disk's speed during the run hits them all alike.
+pids=()
+stop_all() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  pids=()
 }
-
-# vscsid on the file.
-sock=$work/vscsid.sock
-"$vscsid" --socket "$sock" --disk "$disk,cache=none" --num-queues 1 --reconnect 2>"$work/vscsid.log" &
-backend_pid=$!
-wait_socket "$sock"
-run_loadgen vscsid scsi "$sock"
-stop_backend
-
-# QEMU's block layer and virtio-blk, exported by qemu-storage-daemon.
-sock=$work/qsd.sock
-qemu-storage-daemon \
-  --blockdev "driver=file,node-name=file0,filename=$disk,aio=io_uring,cache.direct=on" \
-  --blockdev driver=raw,node-name=disk0,file=file0 \
-  --export "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=$sock,writable=on,num-queues=1" \
-  2>"$work/qsd.log" &
-backend_pid=$!
-wait_socket "$sock"
-run_loadgen qsd-vhost-user-blk blk "$sock"
-stop_backend
-
-# The daemon's own ceiling.
-sock=$work/null.sock
-"$vscsid" --socket "$sock" --null 1G --num-queues 1 --reconnect 2>"$work/null.log" &
-backend_pid=$!
-wait_socket "$sock"
-run_loadgen vscsid-null scsi "$sock"
-stop_backend
-
-sock=$work/null-poll.sock
-"$vscsid" --socket "$sock" --null 1G --num-queues 1 --reconnect --poll-us 50 2>"$work/null-poll.log" &
-backend_pid=$!
-wait_socket "$sock"
-run_loadgen vscsid-null-poll scsi "$sock"
-stop_backend
-
-# The machine's limit on the same file.
-for w in "${WORKLOADS[@]}"; do
-  read -r rw bs qd <<< "$w"
-  fio --name=host --filename="$disk" --rw="$rw" --bs="$bs" --iodepth="$qd" --direct=1 \
+declare -A sock_of proto_of pid_of size_of
+start_backend() { # system proto socket size command...
+  local system=$1 proto=$2 sock=$3 sz=$4; shift 4
+  "$@" 2>"$work/$system.log" &
+  pids+=($!)
+  pid_of[$system]=$!
+  sock_of[$system]=$sock
+  proto_of[$system]=$proto
+  size_of[$system]=$sz
+  wait_socket "$sock" || { cat "$work/$system.log" >&2; exit 1; }
+}
+run_one() { # system rw bs qd
+  local system=$1
+  loadgen --socket "${sock_of[$system]}" --proto "${proto_of[$system]}" --rw "$2" --bs "$3" \
+    --iodepth "$4" --runtime "$runtime" --size "${size_of[$system]}" \
+    --backend-pid "${pid_of[$system]}" --system "$system" --workload "$(name_of "$2" "$3" "$4")" |
+    tee -a "$results"
+}
+host_fio() { # rw bs qd
+  fio --name=host --filename="$disk" --rw="$1" --bs="$2" --iodepth="$3" --direct=1 \
     --ioengine=io_uring --runtime="$runtime" --time_based --size=$size \
     --output-format=json --output="$work/fio.json" >/dev/null
-  python3 - "$work/fio.json" "$(name_of "$rw" "$bs" "$qd")" "$runtime" <<'PY' | tee -a "$results"
+  python3 - "$work/fio.json" "$(name_of "$1" "$2" "$3")" "$runtime" <<'PY' | tee -a "$results"
 import json, sys
 j = json.load(open(sys.argv[1]))["jobs"][0]
 d = j["read"] if j["read"]["io_bytes"] > 0 else j["write"]
@@ -141,7 +131,31 @@ print(json.dumps({"system": "host-fio", "workload": sys.argv[2], "iops": round(d
   "lat_p99_us": round(d["clat_ns"]["percentile"]["99.000000"] / 1000.0),
   "cpu_us_per_io": round(cpu, 3)}))
 PY
+}
+
+# vscsid on the file; QEMU's block layer and virtio-blk exported by qemu-storage-daemon on
+# the same file; vscsid's own ceiling on null LUNs.
+start_backend vscsid scsi "$work/vscsid.sock" $size \
+  "$vscsid" --socket "$work/vscsid.sock" --disk "$disk,cache=none" --num-queues 1 --reconnect
+start_backend qsd-vhost-user-blk blk "$work/qsd.sock" $size \
+  qemu-storage-daemon \
+  --blockdev "driver=file,node-name=file0,filename=$disk,aio=io_uring,cache.direct=on" \
+  --blockdev driver=raw,node-name=disk0,file=file0 \
+  --export "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=$work/qsd.sock,writable=on,num-queues=1"
+start_backend vscsid-null scsi "$work/null.sock" $size \
+  "$vscsid" --socket "$work/null.sock" --null 1G --num-queues 1 --reconnect
+start_backend vscsid-null-poll scsi "$work/null-poll.sock" $size \
+  "$vscsid" --socket "$work/null-poll.sock" --null 1G --num-queues 1 --reconnect --poll-us 50
+for _ in $(seq "$rounds"); do
+  for w in "${WORKLOADS[@]}"; do
+    read -r rw bs qd <<< "$w"
+    for system in vscsid qsd-vhost-user-blk vscsid-null vscsid-null-poll; do
+      run_one "$system" "$rw" "$bs" "$qd"
+    done
+    host_fio "$rw" "$bs" "$qd"
+  done
 done
+stop_all
 
 # Idle memory: a daemon with 4 LUNs (two disks, a null LUN, a read-only disk) after a
 # frontend connected, ran I/O and went away.
@@ -178,32 +192,21 @@ tgtadm --op new --mode target --tid 1 -T "$iqn"
 tgtadm --op new --mode logicalunit --tid 1 --lun 1 -b "$iscsi_disk"
 tgtadm --op bind --mode target --tid 1 -I ALL
 url=iscsi://127.0.0.1:$port/$iqn/1
-run_iscsi() { # system proto socket
-  local system=$1 proto=$2 sock=$3
+start_backend vscsid-iscsi scsi "$work/vscsid-iscsi.sock" $iscsi_size \
+  "$vscsid" --socket "$work/vscsid-iscsi.sock" --iscsi "$url" --num-queues 1 --reconnect
+start_backend qsd-iscsi blk "$work/qsd-iscsi.sock" $iscsi_size \
+  qemu-storage-daemon \
+  --blockdev "driver=iscsi,node-name=disk0,transport=tcp,portal=127.0.0.1:$port,target=$iqn,lun=1,cache.direct=on" \
+  --export "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=$work/qsd-iscsi.sock,writable=on,num-queues=1"
+for _ in $(seq "$rounds"); do
   for w in "${WORKLOADS[@]}"; do
     read -r rw bs qd <<< "$w"
-    loadgen --socket "$sock" --proto "$proto" --rw "$rw" --bs "$bs" --iodepth "$qd" \
-      --runtime "$runtime" --size $iscsi_size --backend-pid "$backend_pid" --lun 0 \
-      --system "$system" --workload "$(name_of "$rw" "$bs" "$qd")" | tee -a "$results"
+    for system in vscsid-iscsi qsd-iscsi; do
+      run_one "$system" "$rw" "$bs" "$qd"
+    done
   done
-}
-
-sock=$work/vscsid-iscsi.sock
-"$vscsid" --socket "$sock" --iscsi "$url" --num-queues 1 --reconnect 2>"$work/vscsid-iscsi.log" &
-backend_pid=$!
-wait_socket "$sock"
-run_iscsi vscsid-iscsi scsi "$sock"
-stop_backend
-
-sock=$work/qsd-iscsi.sock
-qemu-storage-daemon \
-  --blockdev "driver=iscsi,node-name=disk0,transport=tcp,portal=127.0.0.1:$port,target=$iqn,lun=1,cache.direct=on" \
-  --export "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=$sock,writable=on,num-queues=1" \
-  2>"$work/qsd-iscsi.log" &
-backend_pid=$!
-wait_socket "$sock" || { cat "$work/qsd-iscsi.log" >&2; exit 1; }
-run_iscsi qsd-iscsi blk "$sock"
-stop_backend
+done
+stop_all
 stop_tgtd
 
 python3 benches/report.py "$results" "$out/chart.svg"
