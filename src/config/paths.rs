@@ -54,6 +54,12 @@ impl PathSettings {
     /// Checks what only makes sense as a whole.
     pub fn check(&self) -> Result<(), String> {
         let paths = self.multipath.extra_portals.len() + 1;
+        if paths > crate::iscsi::multipath::MAX_PATHS {
+            return Err(format!(
+                "path: {paths} paths, at most {} per LUN",
+                crate::iscsi::multipath::MAX_PATHS
+            ));
+        }
         if self.multipath.priorities.len() > paths {
             return Err(format!(
                 "priority: {} priorities for {paths} path(s)",
@@ -153,5 +159,11 @@ mod tests {
             .contains("unknown option"));
         p.set("priority", "0:1:2").unwrap();
         assert!(p.check().unwrap_err().contains("3 priorities for 1 path"));
+        let mut many = PathSettings::default();
+        for i in 0..16 {
+            many.set("path", &format!("127.0.0.{}:3260", i + 2))
+                .unwrap();
+        }
+        assert!(many.check().unwrap_err().contains("at most 16"));
     }
 }

@@ -15,6 +15,9 @@ use super::session::{Done, LostPath, PathEvents, Session};
 use super::{alua, LoginError};
 use super::{IscsiOptions, IscsiUrl, ScsiCommand, ScsiCompletion, TmfFunction, TransportError};
 
+/// Most paths one LUN may have.
+pub const MAX_PATHS: usize = 16;
+
 /// How a LUN spreads commands over its usable paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Policy {
@@ -231,6 +234,11 @@ impl Core {
         opts: &IscsiOptions,
         mp: &MultipathOptions,
     ) -> Result<Arc<Core>, LoginError> {
+        if mp.extra_portals.len() + 1 > MAX_PATHS {
+            return Err(LoginError::Protocol(format!(
+                "at most {MAX_PATHS} paths per LUN"
+            )));
+        }
         let mut urls = vec![url.clone()];
         for portal in &mp.extra_portals {
             let (host, port) = split_portal(portal).map_err(LoginError::Protocol)?;
@@ -302,18 +310,22 @@ impl Core {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn views(&self) -> Vec<PathView> {
-        self.paths
-            .iter()
-            .map(|p| {
-                let state = p.alua.load(Ordering::Relaxed);
-                PathView {
-                    usable: p.session.is_up() && alua::usable(state),
-                    rank: (p.priority, alua::preference(state)),
-                    outstanding: p.session.outstanding(),
-                }
-            })
-            .collect()
+    /// What the selector needs of each path, on the stack (this runs per command).
+    fn views(&self) -> ([PathView; MAX_PATHS], usize) {
+        let mut out = [PathView {
+            usable: false,
+            rank: (0, 0),
+            outstanding: 0,
+        }; MAX_PATHS];
+        for (v, p) in out.iter_mut().zip(&self.paths) {
+            let state = p.alua.load(Ordering::Relaxed);
+            *v = PathView {
+                usable: p.session.is_up() && alua::usable(state),
+                rank: (p.priority, alua::preference(state)),
+                outstanding: p.session.outstanding(),
+            };
+        }
+        (out, self.paths.len().min(MAX_PATHS))
     }
 
     fn choose(&self) -> Option<usize> {
@@ -322,12 +334,12 @@ impl Core {
             let usable = only.session.is_up() && alua::usable(only.alua.load(Ordering::Relaxed));
             return usable.then_some(0);
         }
-        let views = self.views();
+        let (views, n) = self.views();
         self.lock().selector.choose(
             self.opts.policy,
             self.opts.failback,
             self.opts.rr_ios,
-            &views,
+            &views[..n],
         )
     }
 
@@ -369,7 +381,8 @@ impl Core {
         drop(st);
         // A path may have come up between the choice and the queueing: its flush could
         // have missed this command.
-        if self.views().iter().any(|v| v.usable) {
+        let (views, n) = self.views();
+        if views[..n].iter().any(|v| v.usable) {
             self.flush();
         }
     }
