@@ -226,7 +226,23 @@ impl IscsiLun {
     /// Queues a command; `done` is called exactly once. Returns the command's id, which
     /// [`IscsiLun::abort_task`] takes.
     pub fn submit(&self, cmd: ScsiCommand, done: Box<dyn FnOnce(ScsiCompletion) + Send>) -> u64 {
-        self.core.submit(cmd, done)
+        self.core.submit(cmd, done, false)
+    }
+
+    /// [`IscsiLun::submit`] without sending yet: the command goes out with the next
+    /// [`IscsiLun::flush`] (or any other write on its path), together with the rest of the
+    /// batch. The caller must flush.
+    pub fn submit_corked(
+        &self,
+        cmd: ScsiCommand,
+        done: Box<dyn FnOnce(ScsiCompletion) + Send>,
+    ) -> u64 {
+        self.core.submit(cmd, done, true)
+    }
+
+    /// Sends what corked submissions queued.
+    pub fn flush(&self) {
+        self.core.flush_paths();
     }
 
     /// Runs a command and waits for it (tests, start-up probing).

@@ -343,21 +343,32 @@ impl Core {
         )
     }
 
-    /// Queues a command; returns its id (for ABORT TASK). `done` runs exactly once.
-    pub(crate) fn submit(&self, cmd: ScsiCommand, done: Done) -> u64 {
+    /// Queues a command; returns its id (for ABORT TASK). `done` runs exactly once. With
+    /// `cork` its PDUs wait for [`Core::flush`], so a burst goes out in one write per path.
+    pub(crate) fn submit(&self, cmd: ScsiCommand, done: Done, cork: bool) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.dispatch(Queued { id, cmd, done });
+        self.dispatch(Queued { id, cmd, done }, cork);
         id
+    }
+
+    /// Sends what corked submissions left behind, on every path.
+    pub(crate) fn flush_paths(&self) {
+        for p in &self.paths {
+            p.session.flush();
+        }
     }
 
     /// Sends a command down a usable path, or queues it while none is (within
     /// `no_path_retry`), or fails it.
-    fn dispatch(&self, mut q: Queued) {
+    fn dispatch(&self, mut q: Queued, cork: bool) {
         for _ in 0..=self.paths.len() {
             let Some(i) = self.choose() else {
                 break;
             };
-            match self.paths[i].session.submit(q.id, self.lun, q.cmd, q.done) {
+            match self.paths[i]
+                .session
+                .submit(q.id, self.lun, q.cmd, q.done, cork)
+            {
                 Ok(()) => return,
                 Err((cmd, done)) => {
                     q.cmd = cmd;
@@ -395,7 +406,7 @@ impl Core {
             std::mem::take(&mut st.queued)
         };
         for q in queued {
-            self.dispatch(q);
+            self.dispatch(q, false);
         }
     }
 
@@ -517,7 +528,7 @@ impl Core {
                 let _ = tx.send(c);
             });
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            p.session.submit(id, self.lun, cmd, done).ok()?;
+            p.session.submit(id, self.lun, cmd, done, false).ok()?;
             rx.recv_timeout(Duration::from_secs(10)).ok()
         });
         let old = p.alua.swap(state, Ordering::Relaxed);
@@ -552,11 +563,14 @@ impl PathEvents for Core {
                 (o.done)(ScsiCompletion::failed(TransportError::Disrupted));
             } else {
                 reissued += 1;
-                self.dispatch(Queued {
-                    id: o.id,
-                    cmd: o.cmd,
-                    done: o.done,
-                });
+                self.dispatch(
+                    Queued {
+                        id: o.id,
+                        cmd: o.cmd,
+                        done: o.done,
+                    },
+                    false,
+                );
             }
         }
         let stall = lost.silent_for + started.elapsed();

@@ -151,27 +151,35 @@ pub fn digest(bytes: &[&[u8]]) -> u32 {
 
 /// Serialises a PDU with the given framing.
 pub fn encode(pdu: &Pdu, framing: &Framing) -> Vec<u8> {
+    let mut out = Vec::with_capacity(BHS_LEN + pdu.ahs.len() + pdu.data.len() + 12);
+    encode_into(pdu, &pdu.data, framing, &mut out);
+    out
+}
+
+/// Appends the PDU's wire form to `out`, with `data` as its data segment (`pdu.data` is
+/// ignored), so a sender can batch PDUs in one buffer and send data without copying it
+/// into the PDU first.
+pub fn encode_into(pdu: &Pdu, data: &[u8], framing: &Framing, out: &mut Vec<u8>) {
     let mut bhs = pdu.bhs;
     bhs[4] = (pdu.ahs.len() / 4) as u8;
-    let dl = pdu.data.len();
+    let dl = data.len();
     bhs[5] = (dl >> 16) as u8;
     bhs[6] = (dl >> 8) as u8;
     bhs[7] = dl as u8;
-    let mut out = Vec::with_capacity(BHS_LEN + pdu.ahs.len() + dl + 12);
+    out.reserve(BHS_LEN + pdu.ahs.len() + dl + 12);
     out.extend_from_slice(&bhs);
     out.extend_from_slice(&pdu.ahs);
     if framing.header_digest {
         out.extend_from_slice(&digest(&[&bhs, &pdu.ahs]).to_le_bytes());
     }
     if dl > 0 {
-        out.extend_from_slice(&pdu.data);
+        out.extend_from_slice(data);
         out.extend(std::iter::repeat_n(0u8, pad4(dl)));
         if framing.data_digest {
             let pad = [0u8; 3];
-            out.extend_from_slice(&digest(&[&pdu.data, &pad[..pad4(dl)]]).to_le_bytes());
+            out.extend_from_slice(&digest(&[data, &pad[..pad4(dl)]]).to_le_bytes());
         }
     }
-    out
 }
 
 /// Writes one PDU.

@@ -99,6 +99,8 @@ pub(crate) struct PathStats {
 /// command go out together and in CmdSN order.
 struct State {
     writer: Option<TcpStream>,
+    /// PDUs encoded and not yet written (a corked batch, or the PDU being sent).
+    out: Vec<u8>,
     neg: Option<Negotiated>,
     cmd_sn: u32,
     exp_stat_sn: u32,
@@ -155,6 +157,7 @@ impl Session {
             outstanding: AtomicUsize::new(0),
             state: Mutex::new(State {
                 writer: None,
+                out: Vec::new(),
                 neg: None,
                 cmd_sn: 0,
                 exp_stat_sn: 0,
@@ -268,12 +271,15 @@ impl Session {
 
     /// Queues a command on this path; `done` runs exactly once, from a session thread or
     /// here. A path that is not up gives the command back.
+    /// With `cork`, the command's PDUs stay in the output buffer until [`Session::flush`]
+    /// (or any other write) sends the batch with one system call.
     pub(crate) fn submit(
         self: &Arc<Self>,
         id: u64,
         lun: u16,
         cmd: ScsiCommand,
         done: Done,
+        cork: bool,
     ) -> Result<(), (ScsiCommand, Done)> {
         let mut st = self.lock();
         if self.closing.load(Ordering::Acquire) {
@@ -299,13 +305,30 @@ impl Session {
         );
         self.outstanding.store(st.pending.len(), Ordering::Relaxed);
         st.unsent.push_back(itt);
-        if let Err(e) = self.pump(&mut st) {
+        let sent = self
+            .pump(&mut st)
+            .and_then(|()| if cork { Ok(()) } else { flush_out(&mut st) });
+        if let Err(e) = sent {
             tracing::warn!(portal = %self.url.portal(), "iSCSI: send failed: {e}");
             self.connection_lost(&mut st);
         }
         drop(st);
         self.hand_off();
         Ok(())
+    }
+
+    /// Writes the PDUs corked submissions left in the output buffer.
+    pub(crate) fn flush(self: &Arc<Self>) {
+        let mut st = self.lock();
+        if st.out.is_empty() {
+            return;
+        }
+        if let Err(e) = flush_out(&mut st) {
+            tracing::warn!(portal = %self.url.portal(), "iSCSI: send failed: {e}");
+            self.connection_lost(&mut st);
+        }
+        drop(st);
+        self.hand_off();
     }
 
     /// Sends queued commands while connected and the CmdSN window is open.
@@ -382,23 +405,34 @@ impl Session {
             }
             pdu.ahs = ahs;
         }
-        pdu.data = cmd.data_out[..immediate_len].to_vec();
-        st.cmd_sn = st.cmd_sn.wrapping_add(1);
         let exp_stat_sn = st.exp_stat_sn;
         let lun = lun_field(p.lun);
-        let unsolicited = if unsolicited_end > immediate_len {
-            Some(cmd.data_out[immediate_len..unsolicited_end].to_vec())
-        } else {
-            None
+        // Borrow the command's data and the output buffer at once (disjoint fields).
+        let State {
+            pending,
+            out,
+            cmd_sn,
+            ..
+        } = st;
+        let Some(p) = pending.get(&itt) else {
+            return Ok(());
         };
-        let w = st
-            .writer
-            .as_mut()
-            .ok_or_else(|| std::io::Error::other("not connected"))?;
-        w.write_all(&pdu::encode(&pdu, &neg.framing))?;
-        if let Some(data) = unsolicited {
-            send_data_out(w, &neg, lun, itt, NO_TAG, exp_stat_sn, immediate_len, &data)?;
+        let data = &p.cmd.data_out;
+        pdu::encode_into(&pdu, &data[..immediate_len], &neg.framing, out);
+        if unsolicited_end > immediate_len {
+            let unsolicited = &data[immediate_len..unsolicited_end];
+            queue_data_out(
+                out,
+                &neg,
+                lun,
+                itt,
+                NO_TAG,
+                exp_stat_sn,
+                immediate_len,
+                unsolicited,
+            );
         }
+        *cmd_sn = cmd_sn.wrapping_add(1);
         Ok(())
     }
 
@@ -531,18 +565,18 @@ impl Session {
                 };
                 let off = p.buffer_offset() as usize;
                 let len = p.residual() as usize; // desired data transfer length
-                let data = pend
-                    .cmd
-                    .data_out
-                    .get(off..off.saturating_add(len).min(pend.cmd.data_out.len()));
-                let Some(data) = data.map(<[u8]>::to_vec) else {
+                let end = off.saturating_add(len).min(pend.cmd.data_out.len());
+                if pend.cmd.data_out.get(off..end).is_none() {
                     return Err(std::io::Error::other("R2T outside the command's data"));
-                };
+                }
                 let lun = lun_field(pend.lun);
                 let exp = st.exp_stat_sn;
-                if let Some(w) = st.writer.as_mut() {
-                    send_data_out(w, &neg, lun, itt, p.ttt(), exp, off, &data)?;
+                let State { pending, out, .. } = &mut *st;
+                if let Some(pend) = pending.get(&itt) {
+                    let data = &pend.cmd.data_out[off..end];
+                    queue_data_out(out, &neg, lun, itt, p.ttt(), exp, off, data);
                 }
+                flush_out(st)?;
             }
             op::NOP_IN => {
                 Self::update_sn(st, p, p.itt() != NO_TAG);
@@ -607,15 +641,18 @@ impl Session {
                 )))
             }
         }
-        self.pump(st)
+        self.pump(st)?;
+        flush_out(st)
     }
 
+    /// Sends one PDU now (after whatever a corked batch left in the output buffer).
     fn write(&self, st: &mut State, p: &Pdu) -> std::io::Result<()> {
         let framing = st.neg.as_ref().map(|n| n.framing).unwrap_or_default();
-        match st.writer.as_mut() {
-            Some(w) => w.write_all(&pdu::encode(p, &framing)),
-            None => Err(std::io::Error::other("not connected")),
+        if st.writer.is_none() {
+            return Err(std::io::Error::other("not connected"));
         }
+        pdu::encode_into(p, &p.data, &framing, &mut st.out);
+        flush_out(st)
     }
 
     /// Drops the connection, takes back every command without status for the LUN layer
@@ -628,6 +665,7 @@ impl Session {
         }
         st.generation += 1;
         st.ping = None;
+        st.out.clear();
         for slot in st.tmf.values_mut() {
             slot.get_or_insert(TMF_LOST);
         }
@@ -930,11 +968,25 @@ fn finish(
     }
 }
 
-/// Sends `data` (starting at buffer offset `offset`) as Data-Out PDUs no longer than the
+/// Writes the output buffer to the connection and empties it.
+fn flush_out(st: &mut State) -> std::io::Result<()> {
+    if st.out.is_empty() {
+        return Ok(());
+    }
+    let State { writer, out, .. } = st;
+    let w = writer
+        .as_mut()
+        .ok_or_else(|| std::io::Error::other("not connected"))?;
+    let r = w.write_all(out);
+    out.clear();
+    r
+}
+
+/// Queues `data` (starting at buffer offset `offset`) as Data-Out PDUs no longer than the
 /// target's MaxRecvDataSegmentLength, the last one Final.
 #[allow(clippy::too_many_arguments)]
-fn send_data_out(
-    w: &mut TcpStream,
+fn queue_data_out(
+    out: &mut Vec<u8>,
     neg: &Negotiated,
     lun: u64,
     itt: u32,
@@ -942,7 +994,7 @@ fn send_data_out(
     exp_stat_sn: u32,
     offset: usize,
     data: &[u8],
-) -> std::io::Result<()> {
+) {
     let chunk = (neg.target_max_recv as usize).max(512);
     let mut sent = 0usize;
     let mut data_sn = 0u32;
@@ -956,12 +1008,10 @@ fn send_data_out(
         p.set_u32(28, exp_stat_sn);
         p.set_u32(36, data_sn);
         p.set_u32(40, (offset + sent) as u32);
-        p.data = data[sent..sent + n].to_vec();
-        w.write_all(&pdu::encode(&p, &neg.framing))?;
+        pdu::encode_into(&p, &data[sent..sent + n], &neg.framing, out);
         sent += n;
         data_sn += 1;
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -60,6 +60,8 @@ pub struct Worker {
     /// This thread's vrings (cheap shared handles), so a passthrough completion can be
     /// answered by the initiator thread that received it.
     vrings: Vec<Vring>,
+    /// Passthrough LUNs with corked commands of the current batch, flushed at its end.
+    corked: Vec<Arc<Lun>>,
 }
 
 /// Passthrough completions waiting for the worker, and the eventfd that wakes it (the
@@ -102,6 +104,7 @@ impl Worker {
             reaped: Vec::with_capacity(max_inflight),
             throttled: false,
             vrings: Vec::new(),
+            corked: Vec::new(),
         })
     }
 
@@ -197,14 +200,25 @@ impl Worker {
                 }
             }
             self.submit();
+            self.flush_passthrough();
             match vring.enable_notification() {
                 Ok(true) => continue,
                 _ => break,
             }
         }
         self.submit();
+        self.flush_passthrough();
         if completed {
             signal(vring);
+        }
+    }
+
+    /// Sends the batch's passthrough commands: one write per iSCSI path.
+    fn flush_passthrough(&mut self) {
+        for lun in self.corked.drain(..) {
+            if let Medium::Iscsi(i) = &lun.medium {
+                i.flush();
+            }
         }
     }
 
@@ -661,7 +675,10 @@ impl Worker {
         sh.inflight.begin(slot.queue);
         let done = self.passthrough.clone();
         let (shared, thread) = (sh.me.clone(), self.thread);
-        let pid = target.submit(
+        if !self.corked.iter().any(|l| Arc::ptr_eq(l, &lun)) {
+            self.corked.push(lun.clone());
+        }
+        let pid = target.submit_corked(
             cmd,
             Box::new(move |c| {
                 // Answer from the initiator thread when the worker is free: no hand-over,
