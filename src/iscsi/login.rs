@@ -124,6 +124,8 @@ struct Exchange<'a, S: Read + Write> {
     cmd_sn: u32,
     exp_stat_sn: u32,
     max_cmd_sn: u32,
+    /// Named in a "target not found" error, whichever round it comes in.
+    target: String,
 }
 
 impl<S: Read + Write> Exchange<'_, S> {
@@ -176,7 +178,7 @@ impl<S: Read + Write> Exchange<'_, S> {
                         "the initiator is not authorised".into(),
                     ))
                 }
-                (2, 3) | (2, 4) => return Err(LoginError::NotFound(String::new())),
+                (2, 3) | (2, 4) => return Err(LoginError::NotFound(self.target.clone())),
                 (c, d) => return Err(LoginError::Rejected(format!("status class {c} detail {d}"))),
             }
             self.exp_stat_sn = r.stat_sn().wrapping_add(1);
@@ -221,6 +223,7 @@ pub fn login<S: Read + Write>(
         cmd_sn: 1,
         exp_stat_sn: 0,
         max_cmd_sn: 1,
+        target: target.unwrap_or("(discovery)").to_string(),
     };
     let not_found = || LoginError::NotFound(target.unwrap_or("(discovery)").to_string());
     let mut first: Vec<(&str, String)> = vec![

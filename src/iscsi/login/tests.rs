@@ -819,6 +819,20 @@ fn endless_continuation_is_refused() {
 }
 
 #[test]
+fn target_not_found_in_a_later_round_names_the_target() {
+    let out = drive(&options(), Some(TARGET), move |t| {
+        let r = t.recv();
+        t.reply(&r, Reply::stay(SECURITY, &[("AuthMethod", "None")]));
+        let r = t.recv();
+        t.reply(&r, Reply::fail(SECURITY, 0x0203));
+    });
+    match out.result {
+        Err(LoginError::NotFound(name)) => assert_eq!(name, TARGET),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn login_status_maps_to_the_error_variant() {
     for status in [0x0201u16, 0x0202] {
         let out = drive(&options(), Some(TARGET), move |t| {
