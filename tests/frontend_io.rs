@@ -244,6 +244,9 @@ fn task_management() {
     an[4..12].copy_from_slice(&lun(0));
     let (resp, used) = fe.control(&an, 5).unwrap();
     assert_eq!((&resp[..], used), (&[0u8, 0, 0, 0, 0][..], 5));
+    // The reset is reported once, as UNIT ATTENTION 29/00, then the LUN serves again.
+    let r = fe.command(&cmd(0, &[0u8; 6], &[], 0)).unwrap();
+    assert_eq!(sense(&r), (6, 0x29, 0x00));
     assert_serving(&mut fe);
 }
 

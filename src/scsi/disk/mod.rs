@@ -45,11 +45,15 @@ pub struct DiskProperties {
     pub rotational: bool,
 }
 
-/// An emulated disk. Shared by every worker thread; the only mutable state (WCE) is atomic.
+/// An emulated disk. Shared by every worker thread; its mutable state (WCE, a pending
+/// unit attention) is atomic.
 #[derive(Debug)]
 pub struct EmulatedDisk {
     props: DiskProperties,
     write_cache: AtomicBool,
+    /// A reset happened and the initiator has not been told yet (SAM: the next command
+    /// other than INQUIRY, REPORT LUNS or REQUEST SENSE gets UNIT ATTENTION 29/00).
+    unit_attention: AtomicBool,
 }
 
 impl EmulatedDisk {
@@ -58,6 +62,7 @@ impl EmulatedDisk {
         EmulatedDisk {
             props,
             write_cache: AtomicBool::new(wce),
+            unit_attention: AtomicBool::new(false),
         }
     }
 
@@ -70,10 +75,12 @@ impl EmulatedDisk {
         self.write_cache.load(Ordering::Relaxed)
     }
 
-    /// LOGICAL UNIT RESET: mode parameters return to their defaults.
+    /// LOGICAL UNIT RESET: mode parameters return to their defaults and the initiator is
+    /// told with a UNIT ATTENTION, as QEMU's disks do.
     pub fn reset(&self) {
         self.write_cache
             .store(self.props.write_cache, Ordering::Relaxed);
+        self.unit_attention.store(true, Ordering::Release);
     }
 
     /// Executes one CDB. `data_in` receives small payloads (cut to the allocation length);
@@ -91,6 +98,12 @@ impl EmulatedDisk {
         data_out: &dyn DataOut,
         data_in: &mut [u8],
     ) -> Result<Outcome, Sense> {
+        if self.unit_attention.load(Ordering::Relaxed)
+            && !matches!(cdb.first(), Some(0x12 | 0xa0 | 0x03))
+            && self.unit_attention.swap(false, Ordering::AcqRel)
+        {
+            return Err(Sense::reset_occurred());
+        }
         // The hot path first: READ/WRITE decode without touching anything else.
         if let Some(rw) = cdb::decode_rw(cdb)? {
             cdb::check_control(cdb)?;

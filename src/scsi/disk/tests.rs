@@ -249,6 +249,14 @@ fn mode_sense_caching_page_and_select() {
     assert!(matches!(o, Outcome::Io(IoRequest::Write { fua: true, .. })));
     d.reset();
     assert!(d.write_cache_enabled());
+    // The reset is reported once, to the first command that is not INQUIRY, REPORT LUNS
+    // or REQUEST SENSE.
+    let (o, _) = run(&d, &[0x12, 0, 0, 0, 36, 0], &[]);
+    assert!(matches!(o, Outcome::Good { .. }));
+    let (o, _) = run(&d, &[0, 0, 0, 0, 0, 0], &[]);
+    assert_eq!(o, Outcome::Check(Sense::reset_occurred()));
+    let (o, _) = run(&d, &[0, 0, 0, 0, 0, 0], &[]);
+    assert_eq!(o, Outcome::Good { data_in_len: 0 });
 }
 
 #[test]
