@@ -1,7 +1,8 @@
 //! The command-line contract: bad arguments and configuration give one line naming the
 //! field and a non-zero exit; the shipped example configuration parses.
 
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 
 fn run(args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_vscsid"))
@@ -24,6 +25,28 @@ fn one_line_error(args: &[&str], field: &str) {
         "{args:?}: {:?} does not name {field}",
         lines[0]
     );
+}
+
+/// Starts vscsid on a fresh 1 MiB disk image in `dir` (`setup` adds arguments, environment
+/// or pipes) and waits (bounded) for its socket.
+fn start_daemon(dir: &Path, setup: impl FnOnce(&mut Command)) -> (Child, PathBuf) {
+    let img = dir.join("d.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let sock = dir.join("s.sock");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vscsid"));
+    cmd.arg("--socket").arg(&sock).arg("--disk").arg(&img);
+    setup(&mut cmd);
+    let child = cmd.spawn().unwrap();
+    for _ in 0..500 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    (child, sock)
 }
 
 #[test]
@@ -117,27 +140,7 @@ fn example_configuration_parses() {
 fn socket_is_private() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("d.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(1 << 20)
-        .unwrap();
-    let sock = dir.path().join("s.sock");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vscsid"))
-        .args([
-            "--socket",
-            sock.to_str().unwrap(),
-            "--disk",
-            img.to_str().unwrap(),
-        ])
-        .spawn()
-        .unwrap();
-    for _ in 0..500 {
-        if sock.exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let (mut child, sock) = start_daemon(dir.path(), |_| {});
     let mode = std::fs::metadata(&sock).map(|m| m.permissions().mode() & 0o777);
     let _ = child.kill();
     let _ = child.wait();
@@ -148,26 +151,11 @@ fn socket_is_private() {
 fn sigusr1_logs_every_luns_state() {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("d.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(1 << 20)
-        .unwrap();
-    let sock = dir.path().join("s.sock");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vscsid"))
-        .args(["--socket", sock.to_str().unwrap(), "--disk"])
-        .arg(&img)
-        .args(["--null", "1M"])
-        .env("VSCSID_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    for _ in 0..500 {
-        if sock.exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let (mut child, _) = start_daemon(dir.path(), |c| {
+        c.args(["--null", "1M"])
+            .env("VSCSID_LOG", "info")
+            .stderr(std::process::Stdio::piped());
+    });
     // SAFETY: kill(2) on our own child's PID.
     unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
     let stderr = child.stderr.take().unwrap();

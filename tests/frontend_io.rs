@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use vscsid::frontend::{lun_address, VirtioScsiRequest};
+use vscsid::frontend::{lun_address, ScsiFrontend, VirtioScsiRequest};
 
 const MIB: u64 = 1 << 20;
 
@@ -84,30 +84,36 @@ fn written_data_reads_back_and_reaches_the_file() {
     assert_eq!(&file[100 * 512..100 * 512 + data.len()], &data[..]);
 }
 
+/// Writes `pattern(lba)` of `blocks` blocks at every LBA on queue `q` of LUN 0, all
+/// submitted before any completes, and checks that each completes GOOD.
+fn write_patterns_at_once(fe: &mut ScsiFrontend, q: usize, lbas: &[u64], blocks: u32) {
+    let mut heads = Vec::new();
+    for (tag, &lba) in lbas.iter().enumerate() {
+        let data = pattern(lba, blocks as usize * 512);
+        let req = VirtioScsiRequest {
+            lun: lun(0),
+            tag: tag as u64,
+            cdb: &write16(lba, blocks),
+            data_out: &data,
+            data_in_len: 0,
+        };
+        heads.push(fe.submit(q, &req).unwrap());
+    }
+    for _ in lbas {
+        let (h, r) = fe.complete(q).expect("completion");
+        assert!(heads.contains(&h));
+        good(&r);
+    }
+}
+
 #[test]
 fn many_commands_in_flight_on_two_queues() {
     let d = two_luns();
     let mut fe = d.connect(2);
     // 32 writes of distinct patterns per queue, all submitted before any completes.
     for q in [2usize, 3] {
-        let mut heads = Vec::new();
-        for i in 0..32u64 {
-            let lba = (q as u64) * 10_000 + i * 16;
-            let data = pattern(lba, 8192);
-            let req = VirtioScsiRequest {
-                lun: lun(0),
-                tag: i,
-                cdb: &write16(lba, 16),
-                data_out: &data,
-                data_in_len: 0,
-            };
-            heads.push(fe.submit(q, &req).unwrap());
-        }
-        for _ in 0..32 {
-            let (h, r) = fe.complete(q).expect("completion");
-            assert!(heads.contains(&h));
-            good(&r);
-        }
+        let lbas: Vec<u64> = (0..32u64).map(|i| (q as u64) * 10_000 + i * 16).collect();
+        write_patterns_at_once(&mut fe, q, &lbas, 16);
     }
     for q in [2usize, 3] {
         for i in 0..32u64 {
@@ -143,24 +149,10 @@ fn busy_polling_serves_the_same_data() {
     let mut fe = d.connect(2);
     for q in [2usize, 3] {
         for round in 0..4u64 {
-            let mut heads = Vec::new();
-            for i in 0..16u64 {
-                let lba = (q as u64) * 4096 + (round * 16 + i) * 8;
-                let data = pattern(lba, 4096);
-                let req = VirtioScsiRequest {
-                    lun: lun(0),
-                    tag: i,
-                    cdb: &write16(lba, 8),
-                    data_out: &data,
-                    data_in_len: 0,
-                };
-                heads.push(fe.submit(q, &req).unwrap());
-            }
-            for _ in 0..16 {
-                let (h, r) = fe.complete(q).expect("completion");
-                assert!(heads.contains(&h));
-                good(&r);
-            }
+            let lbas: Vec<u64> = (0..16u64)
+                .map(|i| (q as u64) * 4096 + (round * 16 + i) * 8)
+                .collect();
+            write_patterns_at_once(&mut fe, q, &lbas, 8);
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
         for i in 0..64u64 {

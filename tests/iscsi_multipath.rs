@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{pattern, read16, write16};
 use iscsi_common::link::Link;
 use iscsi_common::*;
 use vscsid::iscsi::{
@@ -20,30 +21,6 @@ use vscsid::iscsi::{
 };
 
 const MIB: u64 = 1 << 20;
-
-fn cdb16(op: u8, lba: u64, blocks: u32) -> [u8; 16] {
-    let mut c = [0u8; 16];
-    c[0] = op;
-    c[2..10].copy_from_slice(&lba.to_be_bytes());
-    c[10..14].copy_from_slice(&blocks.to_be_bytes());
-    c
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn unit_attention(c: &ScsiCompletion) -> bool {
-    matches!(&c.result, Ok(st) if st.status == 2 && st.sense.get(2).is_some_and(|k| k & 0x0f == 6))
-}
 
 /// Runs a command the way a guest's SCSI layer does: UNIT ATTENTION is retried (a new
 /// nexus reports one); anything else is the answer. Returns it and how long it took.
@@ -91,9 +68,9 @@ impl Workload {
                     while !stop.load(Ordering::Acquire) && i < 1_000_000 {
                         let lba = w * 4096 + (i % 64) * 16;
                         let data = pattern(w << 32 | i, 16 * 512);
-                        let (c, t1) = run(&lun, &cdb16(0x8a, lba, 16), data.clone(), 0);
+                        let (c, t1) = run(&lun, &write16(lba, 16), data.clone(), 0);
                         let wrote = ok(&c);
-                        let (r, t2) = run(&lun, &cdb16(0x88, lba, 16), Vec::new(), 16 * 512);
+                        let (r, t2) = run(&lun, &read16(lba, 16), Vec::new(), 16 * 512);
                         tally
                             .max_stall_us
                             .fetch_max(t1.max(t2).as_micros() as u64, Ordering::Relaxed);
@@ -282,22 +259,22 @@ fn all_paths_down_longer_than_no_path_retry_fails_then_resumes() {
         ..IscsiOptions::default()
     };
     let r = rig(Policy::RoundRobin, opts);
-    let (c, _) = run(&r.lun, &cdb16(0x88, 0, 1), Vec::new(), 512);
+    let (c, _) = run(&r.lun, &read16(0, 1), Vec::new(), 512);
     assert!(ok(&c));
     r.links[0].cut_silent();
     r.links[1].cut_silent();
     wait_path(&r.lun, 0, false);
     wait_path(&r.lun, 1, false);
     // A command now waits for a path, then fails once the outage is older than the bound.
-    let (c, took) = run(&r.lun, &cdb16(0x88, 0, 1), Vec::new(), 512);
+    let (c, took) = run(&r.lun, &read16(0, 1), Vec::new(), 512);
     assert_eq!(c.result.err(), Some(TransportError::Timeout));
     assert!(took < Duration::from_secs(30));
     // Past the bound, new commands fail at once instead of queueing.
-    let (c, _) = run(&r.lun, &cdb16(0x88, 0, 1), Vec::new(), 512);
+    let (c, _) = run(&r.lun, &read16(0, 1), Vec::new(), 512);
     assert_eq!(c.result.err(), Some(TransportError::Timeout));
     r.links[1].restore();
     wait_path(&r.lun, 1, true);
-    let (c, _) = run(&r.lun, &cdb16(0x88, 0, 1), Vec::new(), 512);
+    let (c, _) = run(&r.lun, &read16(0, 1), Vec::new(), 512);
     assert!(ok(&c), "I/O resumes when a path returns");
     r.links[0].restore();
     wait_path(&r.lun, 0, true);
@@ -323,7 +300,7 @@ fn unreachable_secondary_path_does_not_stop_the_lun() {
     .expect("one working path is enough");
     let p = lun.paths();
     assert!(p[0].up && !p[1].up);
-    let (c, _) = run(&lun, &cdb16(0x88, 0, 1), Vec::new(), 512);
+    let (c, _) = run(&lun, &read16(0, 1), Vec::new(), 512);
     assert!(ok(&c));
     // Both unreachable: the login error is reported.
     let mp = MultipathOptions {
@@ -380,9 +357,9 @@ mod through_the_daemon {
         let mut fe = d.connect(1);
         let write_verify = |fe: &mut ScsiFrontend, i: u64| {
             let data = pattern(i, 8 * 512);
-            let w = cdb16(0x8a, i * 8, 8);
+            let w = write16(i * 8, 8);
             good(&guest_command(fe, &cmd(1, &w, &data, 0)));
-            let r = cdb16(0x88, i * 8, 8);
+            let r = read16(i * 8, 8);
             let back = guest_command(fe, &cmd(1, &r, &[], 8 * 512));
             good(&back);
             assert_eq!(
@@ -401,7 +378,7 @@ mod through_the_daemon {
         links[0].restore();
         // Every block written before, during and after the cut reads back.
         for i in 0..60 {
-            let r = cdb16(0x88, i * 8, 8);
+            let r = read16(i * 8, 8);
             let back = guest_command(&mut fe, &cmd(1, &r, &[], 8 * 512));
             assert_eq!(back.data_in, pattern(i, 8 * 512), "block {i}");
         }
@@ -411,7 +388,7 @@ mod through_the_daemon {
         links[1].cut_silent();
         // Past the NOP timeout (0.6 s by default) both paths are known to be down.
         std::thread::sleep(Duration::from_millis(2000));
-        let read = cdb16(0x88, 0, 1);
+        let read = read16(0, 1);
         let req = |tag| VirtioScsiRequest {
             lun: lun(1),
             tag,

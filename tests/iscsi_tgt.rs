@@ -49,12 +49,6 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// True for CHECK CONDITION with UNIT ATTENTION (a new nexus, or a target that restarted):
-/// initiators retry those, and so do these tests.
-fn unit_attention(c: &ScsiCompletion) -> bool {
-    matches!(&c.result, Ok(st) if st.status == 2 && st.sense.get(2).is_some_and(|k| k & 0x0f == 6))
-}
-
 /// Executes a command, retrying (bounded) while the target reports a unit attention.
 fn run(lun: &IscsiLun, cmd: vscsid::iscsi::ScsiCommand) -> ScsiCompletion {
     for _ in 0..5 {

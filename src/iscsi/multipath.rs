@@ -552,6 +552,25 @@ pub struct PathStatus {
     pub last_failover: Duration,
 }
 
+impl std::fmt::Display for PathStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} priority {} alua {} outstanding {} ios {} errors {} failovers {} \
+             last-failover-ms {}",
+            self.portal,
+            if self.up { "up" } else { "down" },
+            self.priority,
+            self.alua,
+            self.outstanding,
+            self.ios,
+            self.errors,
+            self.failovers,
+            self.last_failover.as_millis()
+        )
+    }
+}
+
 impl PathEvents for Core {
     fn path_down(&self, path: usize, lost: LostPath) {
         let started = Instant::now();
@@ -776,6 +795,26 @@ mod tests {
         assert!(split_portal(":1").is_err());
         assert!(split_portal("h:x").is_err());
         assert!(split_portal("[::1").is_err());
+    }
+
+    #[test]
+    fn path_status_line_names_state_and_counters() {
+        let p = PathStatus {
+            portal: "10.0.2.10:3260".into(),
+            up: false,
+            priority: 1,
+            alua: alua::name(alua::STANDBY),
+            outstanding: 3,
+            ios: 42,
+            errors: 1,
+            failovers: 2,
+            last_failover: Duration::from_millis(610),
+        };
+        assert_eq!(
+            p.to_string(),
+            "10.0.2.10:3260: down priority 1 alua standby outstanding 3 ios 42 errors 1 \
+             failovers 2 last-failover-ms 610"
+        );
     }
 
     #[test]

@@ -82,19 +82,7 @@ pub fn status_lines(table: &LunTable<Lun>) -> Vec<String> {
         ));
         if let Medium::Iscsi(i) = &lun.medium {
             for (n, p) in i.paths().iter().enumerate() {
-                out.push(format!(
-                    "target {t} LUN {l} path {n} {}: {} priority {} alua {} outstanding {} \
-                     ios {} errors {} failovers {} last-failover-ms {}",
-                    p.portal,
-                    if p.up { "up" } else { "down" },
-                    p.priority,
-                    p.alua,
-                    p.outstanding,
-                    p.ios,
-                    p.errors,
-                    p.failovers,
-                    p.last_failover.as_millis()
-                ));
+                out.push(format!("target {t} LUN {l} path {n} {p}"));
             }
         }
     }
@@ -163,13 +151,7 @@ fn open_lun(l: &LunConfig, iscsi: &IscsiOptions) -> Result<Lun, String> {
                 tracing::info!("{where_}: iSCSI {url}: one path");
             } else {
                 for p in session.paths() {
-                    tracing::info!(
-                        "{where_}: iSCSI path {} {} priority {} ({})",
-                        p.portal,
-                        if p.up { "up" } else { "down, retrying" },
-                        p.priority,
-                        p.alua
-                    );
+                    tracing::info!("{where_}: iSCSI path {p}");
                 }
             }
             return Ok(Lun {

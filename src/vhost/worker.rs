@@ -568,17 +568,10 @@ impl Worker {
                 .unwrap_or_else(|p| p.into_inner()),
         );
         for (id, c) in done {
-            if id < self.slots.len() && matches!(self.slots[id].job, Job::Passthrough) {
-                let used = finish_passthrough(&mut self.slots[id], c);
-                to_signal |= self.retire(id, used, sh, vrings);
-            }
+            to_signal |= self.answer_passthrough(id, c, sh, vrings);
         }
         self.submit();
-        for (vpos, vring) in vrings.iter().enumerate() {
-            if to_signal & (1u64 << (vpos % 64)) != 0 {
-                signal(vring);
-            }
-        }
+        signal_marked(vrings, to_signal);
         if self.throttled && !self.free.is_empty() {
             self.throttled = false;
             for (vpos, queue) in sh.request_queues_of(self.thread) {
@@ -590,22 +583,30 @@ impl Worker {
     /// Answers passthrough command `id` with `c` on the calling thread (which holds this
     /// worker's lock) and notifies the guest.
     fn finish_passthrough_here(&mut self, id: usize, c: ScsiCompletion, sh: &Shared) {
-        if id >= self.slots.len() || !matches!(self.slots[id].job, Job::Passthrough) {
-            return;
-        }
         let vrings = std::mem::take(&mut self.vrings);
-        let used = finish_passthrough(&mut self.slots[id], c);
-        let bit = self.retire(id, used, sh, &vrings);
-        for (vpos, vring) in vrings.iter().enumerate() {
-            if bit & (1u64 << (vpos % 64)) != 0 {
-                signal(vring);
-            }
-        }
+        let bit = self.answer_passthrough(id, c, sh, &vrings);
+        signal_marked(&vrings, bit);
         self.vrings = vrings;
         if self.throttled {
             // A queue waits for a free slot: let the worker thread resume it.
             let _ = self.passthrough.wake.write(1);
         }
+    }
+
+    /// Writes passthrough command `id`'s answer and retires it; returns its vring's bit for
+    /// the notification mask (0 for a slot that no longer holds a passthrough command).
+    fn answer_passthrough(
+        &mut self,
+        id: usize,
+        c: ScsiCompletion,
+        sh: &Shared,
+        vrings: &[Vring],
+    ) -> u64 {
+        if id >= self.slots.len() || !matches!(self.slots[id].job, Job::Passthrough) {
+            return 0;
+        }
+        let used = finish_passthrough(&mut self.slots[id], c);
+        self.retire(id, used, sh, vrings)
     }
 
     /// Returns a finished command's chain to the guest and frees its slot; returns the bit
@@ -970,6 +971,15 @@ fn finish_passthrough(slot: &mut Slot, c: ScsiCompletion) -> u32 {
         ),
         Err(TransportError::Protocol(_)) => {
             respond(m, &slot.chain, response::FAILURE, 0, clamp_u32(in_cap), &[])
+        }
+    }
+}
+
+/// Notifies the guest on every vring whose bit is set in `mask`.
+fn signal_marked(vrings: &[Vring], mask: u64) {
+    for (vpos, vring) in vrings.iter().enumerate() {
+        if mask & (1u64 << (vpos % 64)) != 0 {
+            signal(vring);
         }
     }
 }

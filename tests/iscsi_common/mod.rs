@@ -12,6 +12,12 @@ use std::time::{Duration, Instant};
 
 pub const IQN: &str = "iqn.2024-01.io.vscsid.test:disk";
 
+/// True for CHECK CONDITION with UNIT ATTENTION (a new nexus, or a target that restarted):
+/// initiators retry those, and so do the tests.
+pub fn unit_attention(c: &vscsid::iscsi::ScsiCompletion) -> bool {
+    matches!(&c.result, Ok(st) if st.status == 2 && st.sense.get(2).is_some_and(|k| k & 0x0f == 6))
+}
+
 /// CHAP accounts of a target: (user, secret), plus the target's own for mutual CHAP.
 #[derive(Clone, Default)]
 pub struct Accounts {
