@@ -45,14 +45,11 @@ mkdir -p "$out"
 results=$out/results.jsonl
 : > "$results"
 work=$(mktemp -d "$out/run.XXXXXX")
-backend_pid=""
 pids=()
 tgtd_pid=""
-stop_backend() {
-  if [[ -n $backend_pid ]] && kill -0 "$backend_pid" 2>/dev/null; then
-    kill "$backend_pid"; wait "$backend_pid" 2>/dev/null || true
-  fi
-  backend_pid=""
+stop_all() { # every backend started by start_backend
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  pids=()
 }
 stop_tgtd() {
   if [[ -n $tgtd_pid ]] && kill -0 "$tgtd_pid" 2>/dev/null; then
@@ -60,7 +57,7 @@ stop_tgtd() {
   fi
   tgtd_pid=""
 }
-trap 'stop_backend; stop_all; stop_tgtd; rm -rf "$work"' EXIT
+trap 'stop_all; stop_tgtd; rm -rf "$work"' EXIT
 
 # Build once and run copies, so edits and rebuilds during a run change nothing.
 cargo build --release --quiet
@@ -93,11 +90,6 @@ wait_socket() {
 
 # Every backend runs for the whole comparison and the systems take turns workload by
 # workload, so a drift of the disk's speed during the run hits them all alike.
-pids=()
-stop_all() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
-  pids=()
-}
 declare -A sock_of proto_of pid_of size_of
 start_backend() { # system proto socket size command...
   local system=$1 proto=$2 sock=$3 sz=$4; shift 4
@@ -160,17 +152,15 @@ stop_all
 # Idle memory: a daemon with 4 LUNs (two disks, a null LUN, a read-only disk) after a
 # frontend connected, ran I/O and went away.
 for f in b c; do truncate -s 64M "$work/$f.img"; done
-sock=$work/rss.sock
-"$vscsid" --socket "$sock" --disk "$disk,cache=none" --disk "$work/b.img" --null 1G \
-  --disk "$work/c.img,readonly" --num-queues 4 --reconnect 2>"$work/rss.log" &
-backend_pid=$!
-wait_socket "$sock"
-loadgen --socket "$sock" --proto scsi --rw randread --bs 4096 --iodepth 32 --runtime 1 \
-  --size $size --system rss-warmup >/dev/null
+start_backend vscsid-4-luns scsi "$work/rss.sock" $size \
+  "$vscsid" --socket "$work/rss.sock" --disk "$disk,cache=none" --disk "$work/b.img" \
+  --null 1G --disk "$work/c.img,readonly" --num-queues 4 --reconnect
+loadgen --socket "$work/rss.sock" --proto scsi --rw randread --bs 4096 --iodepth 32 \
+  --runtime 1 --size $size --system rss-warmup >/dev/null
 sleep 1
-rss_kib=$(awk '/^VmRSS/ {print $2}' "/proc/$backend_pid/status")
+rss_kib=$(awk '/^VmRSS/ {print $2}' "/proc/${pid_of[vscsid-4-luns]}/status")
 echo "{\"system\": \"vscsid\", \"workload\": \"idle-rss-4-luns\", \"rss_mib\": $(python3 -c "print(round($rss_kib / 1024, 1))")}" | tee -a "$results"
-stop_backend
+stop_all
 
 # iSCSI: one tgtd LUN on 127.0.0.1, driven through vscsid's initiator and through QEMU's
 # libiscsi driver. tgtd serves it from the page cache (its default rdwr backing store), so

@@ -59,27 +59,11 @@ for _ in $(seq 100); do kill -0 "$daemon_pid" 2>/dev/null || break; sleep 0.1; d
 daemon_alive=0
 kill -0 "$daemon_pid" 2>/dev/null && daemon_alive=1
 
-passed=0; failed=0
-report() { # report <name> <PASS|FAIL> <detail>
-  printf '%-28s %s  %s\n' "$1" "$2" "$3"
-  if [[ $2 == PASS ]]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
-}
-
-# Firmware output may share a line with the guest's first message: match anywhere.
-tr -d '\r' < "$serial" | grep -ao 'VSCSID-CHECK .*' > "$work/checks" || true
-REQUIRED=(disks-found capacity sg_inq sg_vpd-0x83 sg_vpd-0xb0 sg_vpd-0xb2 sg_modes-caching
-  sg_readcap sg_opcodes readonly-content readonly-refuses-writes readonly-write-sense
-  fio-crc32c ext4-remount-checksums e2fsck-clean blkdiscard discard-reads-zero
-  reboot-disks-found reboot-marker)
-for name in "${REQUIRED[@]}"; do
-  line=$(grep -a "^VSCSID-CHECK $name " "$work/checks" | tail -n 1 || true)
-  if [[ -z $line ]]; then
-    report "$name" FAIL "check did not run (guest stopped early?)"
-  else
-    read -r _ _ res detail <<< "$line"
-    report "$name" "$res" "$detail"
-  fi
-done
+source tests/qemu/report.sh
+report_guest_checks "$serial" disks-found capacity sg_inq sg_vpd-0x83 sg_vpd-0xb0 sg_vpd-0xb2 \
+  sg_modes-caching sg_readcap sg_opcodes readonly-content readonly-refuses-writes \
+  readonly-write-sense fio-crc32c ext4-remount-checksums e2fsck-clean blkdiscard \
+  discard-reads-zero reboot-disks-found reboot-marker
 
 # Host side: discard punched the file's blocks out (only the reboot marker and a little
 # metadata may be allocated), and QEMU ended by the guest powering off.
@@ -89,11 +73,7 @@ if grep -aq "VSCSID-HOST discarded" "$serial" && (( alloc < (1 << 20) )); then
 else
   report host-file-sparse FAIL "lun0.img allocates $alloc bytes"
 fi
-if grep -aq "VSCSID-RESULT" "$serial" && [[ $qemu_rc -eq 0 ]]; then
-  report guest-powered-off PASS "QEMU exited 0 after the second boot"
-else
-  report guest-powered-off FAIL "QEMU exit status $qemu_rc"
-fi
+report_powered_off "$serial" "$qemu_rc" "QEMU exited 0 after the second boot"
 if [[ $daemon_alive -eq 0 ]]; then
   report daemon-exit-on-disconnect PASS "vscsid exited when QEMU disconnected"
 else

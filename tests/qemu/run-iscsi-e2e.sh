@@ -62,26 +62,10 @@ timeout "$TIMEOUT" qemu-system-x86_64 \
 qemu_rc=$?
 set -e
 
-passed=0; failed=0
-report() {
-  printf '%-24s %s  %s\n' "$1" "$2" "$3"
-  if [[ $2 == PASS ]]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
-}
-tr -d '\r' < "$serial" | grep -ao 'VSCSID-CHECK .*' > "$work/checks" || true
-for name in iscsi-disk-found iscsi-inquiry-vendor iscsi-capacity iscsi-fio-crc32c iscsi-ext4 iscsi-e2fsck-clean; do
-  line=$(grep -a "^VSCSID-CHECK $name " "$work/checks" | tail -n 1 || true)
-  if [[ -z $line ]]; then
-    report "$name" FAIL "check did not run"
-  else
-    read -r _ _ res detail <<< "$line"
-    report "$name" "$res" "$detail"
-  fi
-done
-if [[ $qemu_rc -eq 0 ]] && grep -aq "VSCSID-RESULT" "$serial"; then
-  report guest-powered-off PASS "QEMU exited 0"
-else
-  report guest-powered-off FAIL "QEMU exit status $qemu_rc"
-fi
+source tests/qemu/report.sh
+report_guest_checks "$serial" iscsi-disk-found iscsi-inquiry-vendor iscsi-capacity \
+  iscsi-fio-crc32c iscsi-ext4 iscsi-e2fsck-clean
+report_powered_off "$serial" "$qemu_rc" "QEMU exited 0"
 if ((failed > 0)); then
   echo "--- serial (last 40 lines) ---"; tail -n 40 "$serial" || true
   echo "--- vscsid log ---"; tail -n 30 "$work/vscsid.log" || true

@@ -103,6 +103,18 @@ wait_for() {
   done
 }
 ups() { grep -ac "iSCSI path up" "$work/vscsid.log" || true; }
+# links <up|down> <path>...: the target side of each path's veth link.
+links() {
+  local state=$1 p
+  shift
+  for p in "$@"; do ip -n "$tgt" link set "mp${p}t$$" "$state"; done
+}
+# firewall <-I|-D> <path> <iptables target...>: a rule on the path's iSCSI traffic.
+firewall() {
+  local op=$1 p=$2
+  shift 2
+  ip netns exec "$tgt" iptables "$op" INPUT -i "mp${p}t$$" -p tcp --dport 3260 -j "$@"
+}
 
 events_ok=1
 run_events() {
@@ -111,34 +123,32 @@ run_events() {
   sleep 4
   local n
   n=$(ups)
-  log "path 0: link down"; ip -n "$tgt" link set "mp0t$$" down
+  log "path 0: link down"; links down 0
   sleep 4
-  log "path 0: link up"; ip -n "$tgt" link set "mp0t$$" up
+  log "path 0: link up"; links up 0
   wait_for "iSCSI path up" "$work/vscsid.log" $((n + 1)) 30 || return 1
   sleep 3
   n=$(ups)
   log "path 1: firewall DROP"
-  ip netns exec "$tgt" iptables -I INPUT -i "mp1t$$" -p tcp --dport 3260 -j DROP
+  firewall -I 1 DROP
   sleep 4
   log "path 1: DROP removed"
-  ip netns exec "$tgt" iptables -D INPUT -i "mp1t$$" -p tcp --dport 3260 -j DROP
+  firewall -D 1 DROP
   wait_for "iSCSI path up" "$work/vscsid.log" $((n + 1)) 30 || return 1
   sleep 3
   n=$(ups)
   log "path 0: firewall REJECT with TCP reset"
-  ip netns exec "$tgt" iptables -I INPUT -i "mp0t$$" -p tcp --dport 3260 -j REJECT --reject-with tcp-reset
+  firewall -I 0 REJECT --reject-with tcp-reset
   sleep 4
   log "path 0: REJECT removed"
-  ip netns exec "$tgt" iptables -D INPUT -i "mp0t$$" -p tcp --dport 3260 -j REJECT --reject-with tcp-reset
+  firewall -D 0 REJECT --reject-with tcp-reset
   wait_for "iSCSI path up" "$work/vscsid.log" $((n + 1)) 30 || return 1
   sleep 3
   n=$(ups)
   log "both paths: link down for 3 s (no_path_retry is 10 s)"
-  ip -n "$tgt" link set "mp0t$$" down
-  ip -n "$tgt" link set "mp1t$$" down
+  links down 0 1
   sleep 3
-  ip -n "$tgt" link set "mp0t$$" up
-  ip -n "$tgt" link set "mp1t$$" up
+  links up 0 1
   log "both paths: links up"
   wait_for "iSCSI path up" "$work/vscsid.log" $((n + 2)) 30 || return 1
   grep -aq VSCSID-MP-FIO-DONE "$serial" && { log "fio ended before the last event"; return 1; }
@@ -152,11 +162,9 @@ long_outage() {
   local n
   n=$(ups)
   log "both paths: link down for 14 s (longer than no_path_retry)"
-  ip -n "$tgt" link set "mp0t$$" down
-  ip -n "$tgt" link set "mp1t$$" down
+  links down 0 1
   sleep 14
-  ip -n "$tgt" link set "mp0t$$" up
-  ip -n "$tgt" link set "mp1t$$" up
+  links up 0 1
   log "both paths: links up"
   wait_for "iSCSI path up" "$work/vscsid.log" $((n + 1)) 30
 }
@@ -170,36 +178,20 @@ wait "$qemu"
 qemu_rc=$?
 set -e
 
-passed=0; failed=0
-report() {
-  printf '%-24s %s  %s\n' "$1" "$2" "$3"
-  if [[ $2 == PASS ]]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
-}
+source tests/qemu/report.sh
 if ((events_ok)); then
   report path-events PASS "every cut made while fio ran; every path came back"
 else
   report path-events FAIL "a cut or a path's return did not happen in time"
 fi
-tr -d '\r' < "$serial" | grep -ao 'VSCSID-CHECK .*' > "$work/checks" || true
 if ((outage_ok)); then
   report long-outage PASS "both paths cut for longer than no_path_retry, then restored"
 else
   report long-outage FAIL "the long outage did not run to the end"
 fi
-for name in mp-disk-found mp-fio-crc32c-verify mp-no-guest-errors mp-outage-past-no-path-retry; do
-  line=$(grep -a "^VSCSID-CHECK $name " "$work/checks" | tail -n 1 || true)
-  if [[ -z $line ]]; then
-    report "$name" FAIL "check did not run"
-  else
-    read -r _ _ res detail <<< "$line"
-    report "$name" "$res" "$detail"
-  fi
-done
-if [[ $qemu_rc -eq 0 ]] && grep -aq "VSCSID-RESULT" "$serial"; then
-  report guest-powered-off PASS "QEMU exited 0"
-else
-  report guest-powered-off FAIL "QEMU exit status $qemu_rc"
-fi
+report_guest_checks "$serial" mp-disk-found mp-fio-crc32c-verify mp-no-guest-errors \
+  mp-outage-past-no-path-retry
+report_powered_off "$serial" "$qemu_rc" "QEMU exited 0"
 # The stalls vscsid measured: silence before detection plus reissue, per failover.
 grep -a "iSCSI path failed" "$work/vscsid.log" | sed 's/\x1b\[[0-9;]*m//g' |
   sed -n 's/.*portal="\([^"]*\)".*silent_ms=\([0-9]*\) stall_ms=\([0-9]*\) reissued=\([0-9]*\) failed=\([0-9]*\).*/failover: portal \1 stall \3 ms (silent \2 ms), reissued \4, failed \5/p'
