@@ -52,6 +52,10 @@ struct Cli {
     /// work before sleeping (0 = off; at most 1000000). Trades CPU for latency.
     #[arg(long, value_name = "US")]
     poll_us: Option<i64>,
+    /// I/Os gathered before each io_uring submission (default 1: every I/O starts at
+    /// once; at most 1024). Larger batches save system calls at some latency.
+    #[arg(long, value_name = "N")]
+    submit_batch: Option<i64>,
 }
 
 /// Positions of the --disk and --iscsi values on the command line.
@@ -90,6 +94,10 @@ fn build_config(cli: Cli, order: LunOrder) -> Result<Config, String> {
     cfg.reconnect |= cli.reconnect;
     if let Some(n) = cli.poll_us {
         cfg.poll_us = vscsid::config::check_poll_us(n, "--poll-us").map_err(|e| e.0)?;
+    }
+    if let Some(n) = cli.submit_batch {
+        cfg.submit_batch =
+            vscsid::config::check_submit_batch(n, "--submit-batch").map_err(|e| e.0)?;
     }
     // --disk and --iscsi LUNs are numbered in command-line order.
     let mut specs: Vec<(usize, Shorthand, &String)> = Vec::new();

@@ -94,6 +94,10 @@ fn bad_arguments_name_the_field() {
         "--poll-us",
     );
     one_line_error(
+        &["--socket", sock, "--disk", img, "--submit-batch", "0"],
+        "--submit-batch",
+    );
+    one_line_error(
         &[
             "--socket",
             sock,

@@ -13,11 +13,14 @@ pub struct Ring {
     eventfd: EventFd,
     /// SQEs pushed since the last `submit`.
     unsubmitted: u32,
+    /// Queued SQEs that trigger a submission on their own (`daemon.submit_batch`).
+    submit_batch: u32,
 }
 
 impl Ring {
-    /// Creates a ring sized for `inflight` concurrent operations.
-    pub fn new(inflight: u32) -> io::Result<Ring> {
+    /// Creates a ring sized for `inflight` concurrent operations that hands queued
+    /// operations to the kernel whenever `submit_batch` of them are waiting.
+    pub fn new(inflight: u32, submit_batch: u32) -> io::Result<Ring> {
         let sq = inflight.clamp(32, 4096).next_power_of_two();
         let ring = IoUring::builder()
             .setup_cqsize(sq * 2)
@@ -29,6 +32,7 @@ impl Ring {
             ring,
             eventfd,
             unsubmitted: 0,
+            submit_batch: submit_batch.max(1),
         })
     }
 
@@ -53,6 +57,11 @@ impl Ring {
             // SAFETY: the caller guarantees the entry's buffers outlive the operation.
             if unsafe { self.ring.submission().push(entry) }.is_ok() {
                 self.unsubmitted += 1;
+                if self.unsubmitted >= self.submit_batch {
+                    // Started now, the device works on it while the rest of the batch is
+                    // decoded. If this fails the entry stays queued for the next submit.
+                    let _ = self.submit();
+                }
                 return Ok(());
             }
             self.submit()?;
@@ -80,12 +89,12 @@ impl Ring {
         }
     }
 
-    /// Clears the eventfd, then hands every posted completion `(user_data, result)` to `f`.
     /// Whether completions wait to be reaped (no system call: reads the shared CQ ring).
     pub fn has_completions(&mut self) -> bool {
         !self.ring.completion().is_empty()
     }
 
+    /// Clears the eventfd, then hands every posted completion `(user_data, result)` to `f`.
     pub fn reap(&mut self, mut f: impl FnMut(u64, i32)) {
         let _ = self.eventfd.read();
         loop {
@@ -173,7 +182,7 @@ mod tests {
     fn ring_reads_a_file_and_signals_its_eventfd() {
         let mut f = tempfile::NamedTempFile::new().expect("tmp");
         f.write_all(b"hello ring").expect("write");
-        let mut ring = Ring::new(8).expect("ring");
+        let mut ring = Ring::new(8, 32).expect("ring");
         let mut buf = vec![0u8; 10];
         let iov = libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),
@@ -195,5 +204,26 @@ mod tests {
         }
         assert_eq!(got, Some((7, 10)));
         assert_eq!(&buf, b"hello ring");
+    }
+
+    #[test]
+    fn a_full_batch_is_submitted_on_push() {
+        let mut ring = Ring::new(8, 2).expect("ring");
+        let nop = opcode::Nop::new().build();
+        // SAFETY: a NOP points at no memory.
+        unsafe { ring.push(&nop.clone().user_data(1)) }.expect("push");
+        assert_eq!((ring.unsubmitted, ring.ring.submission().len()), (1, 1));
+        // SAFETY: as above.
+        unsafe { ring.push(&nop.user_data(2)) }.expect("push");
+        assert_eq!((ring.unsubmitted, ring.ring.submission().len()), (0, 0));
+        let mut got = Vec::new();
+        for _ in 0..1000 {
+            ring.reap(|ud, _| got.push(ud));
+            if got.len() == 2 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(got, [1, 2]);
     }
 }

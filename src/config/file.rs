@@ -24,6 +24,7 @@ struct RawDaemon {
     queue_size: Option<i64>,
     reconnect: Option<bool>,
     poll_us: Option<i64>,
+    submit_batch: Option<i64>,
     initiator_name: Option<String>,
 }
 
@@ -105,6 +106,9 @@ pub fn parse_config_text(text: &str) -> Result<Config, ConfigError> {
     cfg.reconnect = d.reconnect.unwrap_or(false);
     if let Some(n) = d.poll_us {
         cfg.poll_us = super::check_poll_us(n, "daemon.poll_us")?;
+    }
+    if let Some(n) = d.submit_batch {
+        cfg.submit_batch = super::check_submit_batch(n, "daemon.submit_batch")?;
     }
     cfg.initiator_name = d.initiator_name;
     for (i, l) in raw.lun.into_iter().enumerate() {
@@ -299,6 +303,7 @@ mod tests {
             socket = "/run/vscsid/vm1.sock"
             num_queues = 4
             reconnect = true
+            submit_batch = 8
             [[lun]]
             target = 0
             lun = 0
@@ -321,6 +326,7 @@ mod tests {
         );
         assert_eq!(cfg.num_queues, 4);
         assert!(cfg.reconnect);
+        assert_eq!(cfg.submit_batch, 8);
         assert_eq!(cfg.luns.len(), 2);
         assert_eq!(cfg.luns[0].block_size, 4096);
         assert!(matches!(
@@ -363,6 +369,8 @@ mod tests {
                 "lun[0].kind",
             ),
             ("[daemon]\nnum_queues = -1\n", "daemon.num_queues"),
+            ("[daemon]\nsubmit_batch = 0\n", "daemon.submit_batch"),
+            ("[daemon]\nsubmit_batch = 5000\n", "daemon.submit_batch"),
             (
                 "[[lun]]\nlun = 0\npath = \"/a\"\n[[lun]]\nlun = 0\npath = \"/b\"\n",
                 "lun[1]",

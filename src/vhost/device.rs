@@ -114,6 +114,7 @@ impl ScsiDevice {
             workers.push(Mutex::new(Worker::new(
                 t,
                 rq * usize::from(cfg.queue_size),
+                cfg.submit_batch,
             )?));
         }
         let tmf_event = EventFd::new(EFD_NONBLOCK)?;

@@ -87,8 +87,8 @@ impl PassthroughDone {
 }
 
 impl Worker {
-    pub fn new(thread: usize, max_inflight: usize) -> std::io::Result<Worker> {
-        let ring = Ring::new(max_inflight as u32)?;
+    pub fn new(thread: usize, max_inflight: usize, submit_batch: u32) -> std::io::Result<Worker> {
+        let ring = Ring::new(max_inflight as u32, submit_batch)?;
         let passthrough = Arc::new(PassthroughDone {
             items: std::sync::Mutex::new(Vec::new()),
             wake: ring.wake_handle()?,
