@@ -56,16 +56,9 @@ fn scratch(fe: &mut ScsiFrontend, cdb: &[u8]) -> Scratch {
     }
 }
 
-/// Writes `descs` at indices 0.. of the raw queue, publishes head 0, waits for the answer.
+/// Sends `descs` on the raw queue and waits for the answer.
 fn raw(fe: &mut ScsiFrontend, descs: &[(u64, u32, u16, u16)]) -> Option<(u16, u32)> {
-    let mem = &fe.conn.mem;
-    let q = &mut fe.conn.queues[RAW_Q];
-    for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
-        q.write_desc(mem, i as u16, addr, len, flags, next);
-    }
-    q.push_avail(mem, 0);
-    q.kick();
-    q.wait_used(mem, Duration::from_secs(10))
+    raw_chain(fe, RAW_Q, descs)
 }
 
 fn response_byte(fe: &ScsiFrontend, s: &Scratch) -> u8 {

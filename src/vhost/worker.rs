@@ -532,13 +532,23 @@ impl Worker {
         let fd = types::Fd(raw_fd(&lun));
         let iov = slot.iov.0.as_ptr();
         let cnt = slot.iov.0.len() as u32;
-        let e = if write {
-            opcode::Writev::new(fd, iov, cnt)
+        let first = slot.iov.0[0];
+        // One segment (the common case: a guest page or a bounce buffer) goes as a plain
+        // read or write, which spares the kernel importing an iovec array.
+        let single = u32::try_from(first.iov_len).ok().filter(|_| cnt == 1);
+        let e = match (write, single) {
+            (true, Some(len)) => opcode::Write::new(fd, first.iov_base as *const u8, len)
                 .offset(offset)
                 .rw_flags(flags)
-                .build()
-        } else {
-            opcode::Readv::new(fd, iov, cnt).offset(offset).build()
+                .build(),
+            (false, Some(len)) => opcode::Read::new(fd, first.iov_base.cast::<u8>(), len)
+                .offset(offset)
+                .build(),
+            (true, None) => opcode::Writev::new(fd, iov, cnt)
+                .offset(offset)
+                .rw_flags(flags)
+                .build(),
+            (false, None) => opcode::Readv::new(fd, iov, cnt).offset(offset).build(),
         }
         .user_data(id as u64);
         self.push(id, &e)

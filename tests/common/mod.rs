@@ -150,6 +150,23 @@ pub fn assert_serving(fe: &mut ScsiFrontend) {
     assert_eq!((r.response, r.status), (0, 0), "READ failed: {r:?}");
 }
 
+/// Writes `descs` (address, length, flags, next) at descriptor indices 0.. of request
+/// queue `q`, publishes head 0 and waits (bounded) for its used entry.
+pub fn raw_chain(
+    fe: &mut ScsiFrontend,
+    q: usize,
+    descs: &[(u64, u32, u16, u16)],
+) -> Option<(u16, u32)> {
+    let mem = &fe.conn.mem;
+    let vq = &mut fe.conn.queues[q];
+    for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
+        vq.write_desc(mem, i as u16, addr, len, flags, next);
+    }
+    vq.push_avail(mem, 0);
+    vq.kick();
+    vq.wait_used(mem, Duration::from_secs(10))
+}
+
 pub fn good(r: &CmdResponse) {
     assert_eq!((r.response, r.status), (0, 0), "expected GOOD, got {r:?}");
 }
