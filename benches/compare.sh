@@ -11,7 +11,8 @@
 #   vscsid-iscsi        vscsid --iscsi: its own initiator, CDBs passed through
 #   qsd-iscsi           qemu-storage-daemon with QEMU's libiscsi driver (qemu-block-extra)
 #                       exporting the same LUN as vhost-user-blk
-# Workloads: randread-4k-qd1, randread-4k-qd32, randwrite-4k-qd32, read-128k-qd8.
+# Workloads: randread-4k-qd1, randread-4k-qd32, randwrite-4k-qd32, read-128k-qd8, and for
+# the local systems randread-4k-qd32-2q (two request queues of depth 32: multiqueue scaling).
 # Prints one JSON object per line, then a table of ratios (local systems against
 # qsd-vhost-user-blk, iSCSI systems against qsd-iscsi), and writes
 # target/bench/results.jsonl and target/bench/chart.svg.
@@ -80,8 +81,13 @@ if [[ ! -f $disk || $(stat -c %s "$disk") -ne $size ]]; then
     --ioengine=io_uring --output=/dev/null
 fi
 
+# rw bs iodepth [queues]
 WORKLOADS=("randread 4096 1" "randread 4096 32" "randwrite 4096 32" "read 131072 8")
-name_of() { echo "$1-$(($2 / 1024))k-qd$3"; }
+LOCAL_WORKLOADS=("${WORKLOADS[@]}" "randread 4096 32 2")
+name_of() { # rw bs qd [queues]
+  local q=${4:-1}
+  echo "$1-$(($2 / 1024))k-qd$3$( ((q > 1)) && echo "-${q}q")"
+}
 
 wait_socket() {
   for _ in $(seq 200); do [[ -S $1 ]] && return 0; sleep 0.05; done
@@ -101,18 +107,20 @@ start_backend() { # system proto socket size command...
   size_of[$system]=$sz
   wait_socket "$sock" || { cat "$work/$system.log" >&2; exit 1; }
 }
-run_one() { # system rw bs qd
+run_one() { # system rw bs qd [queues]
   local system=$1
   loadgen --socket "${sock_of[$system]}" --proto "${proto_of[$system]}" --rw "$2" --bs "$3" \
-    --iodepth "$4" --runtime "$runtime" --size "${size_of[$system]}" \
-    --backend-pid "${pid_of[$system]}" --system "$system" --workload "$(name_of "$2" "$3" "$4")" |
+    --iodepth "$4" --queues "${5:-1}" --runtime "$runtime" --size "${size_of[$system]}" \
+    --backend-pid "${pid_of[$system]}" --system "$system" \
+    --workload "$(name_of "$2" "$3" "$4" "${5:-1}")" |
     tee -a "$results"
 }
-host_fio() { # rw bs qd
+host_fio() { # rw bs qd [jobs]: one fio job per queue, each at depth qd
   fio --name=host --filename="$disk" --rw="$1" --bs="$2" --iodepth="$3" --direct=1 \
     --ioengine=io_uring --runtime="$runtime" --time_based --size=$size \
+    --numjobs="${4:-1}" --group_reporting \
     --output-format=json --output="$work/fio.json" >/dev/null
-  python3 - "$work/fio.json" "$(name_of "$1" "$2" "$3")" "$runtime" <<'PY' | tee -a "$results"
+  python3 - "$work/fio.json" "$(name_of "$1" "$2" "$3" "${4:-1}")" "$runtime" <<'PY' | tee -a "$results"
 import json, sys
 j = json.load(open(sys.argv[1]))["jobs"][0]
 d = j["read"] if j["read"]["io_bytes"] > 0 else j["write"]
@@ -126,25 +134,26 @@ PY
 }
 
 # vscsid on the file; QEMU's block layer and virtio-blk exported by qemu-storage-daemon on
-# the same file; vscsid's own ceiling on null LUNs.
+# the same file; vscsid's own ceiling on null LUNs. Each offers two request queues (vscsid
+# serves each with its own thread); the one-queue workloads use the first.
 start_backend vscsid scsi "$work/vscsid.sock" $size \
-  "$vscsid" --socket "$work/vscsid.sock" --disk "$disk,cache=none" --num-queues 1 --reconnect
+  "$vscsid" --socket "$work/vscsid.sock" --disk "$disk,cache=none" --num-queues 2 --reconnect
 start_backend qsd-vhost-user-blk blk "$work/qsd.sock" $size \
   qemu-storage-daemon \
   --blockdev "driver=file,node-name=file0,filename=$disk,aio=io_uring,cache.direct=on" \
   --blockdev driver=raw,node-name=disk0,file=file0 \
-  --export "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=$work/qsd.sock,writable=on,num-queues=1"
+  --export "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=$work/qsd.sock,writable=on,num-queues=2"
 start_backend vscsid-null scsi "$work/null.sock" $size \
-  "$vscsid" --socket "$work/null.sock" --null 1G --num-queues 1 --reconnect
+  "$vscsid" --socket "$work/null.sock" --null 1G --num-queues 2 --reconnect
 start_backend vscsid-null-poll scsi "$work/null-poll.sock" $size \
-  "$vscsid" --socket "$work/null-poll.sock" --null 1G --num-queues 1 --reconnect --poll-us 50
+  "$vscsid" --socket "$work/null-poll.sock" --null 1G --num-queues 2 --reconnect --poll-us 50
 for _ in $(seq "$rounds"); do
-  for w in "${WORKLOADS[@]}"; do
-    read -r rw bs qd <<< "$w"
+  for w in "${LOCAL_WORKLOADS[@]}"; do
+    read -r rw bs qd nq <<< "$w"
     for system in vscsid qsd-vhost-user-blk vscsid-null vscsid-null-poll; do
-      run_one "$system" "$rw" "$bs" "$qd"
+      run_one "$system" "$rw" "$bs" "$qd" "${nq:-1}"
     done
-    host_fio "$rw" "$bs" "$qd"
+    host_fio "$rw" "$bs" "$qd" "${nq:-1}"
   done
 done
 stop_all
