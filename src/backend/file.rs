@@ -86,6 +86,27 @@ impl Backing {
         })
     }
 
+    /// Whether blocks UNMAP deallocates read back as zeroes. Hole punching gives that on a
+    /// file; on a block device it is a write of zeroes with unmap, which the kernel refuses
+    /// unless the device can write zeroes itself. A device that can only discard returns
+    /// whatever it likes for discarded blocks, so the disk must not claim LBPRZ.
+    pub fn unmapped_blocks_read_zeroes(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        if !self.is_block_device {
+            return true;
+        }
+        let Ok(meta) = self.file.metadata() else {
+            return false;
+        };
+        let dev = meta.rdev();
+        let dir = PathBuf::from(format!(
+            "/sys/dev/block/{}:{}",
+            libc::major(dev),
+            libc::minor(dev)
+        ));
+        device_writes_zeroes(&dir)
+    }
+
     /// Discards a byte range of a block device with `BLKDISCARD`. Used when the device
     /// rejects hole punching (it cannot write zeroes with unmap).
     pub fn blk_discard(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -98,6 +119,17 @@ impl Backing {
             Ok(())
         }
     }
+}
+
+/// Whether the block device whose sysfs directory is `dev_dir` (`/sys/dev/block/M:m`)
+/// offloads writing zeroes; a partition's limits are those of its disk (the parent
+/// directory).
+fn device_writes_zeroes(dev_dir: &Path) -> bool {
+    let read = |p: PathBuf| std::fs::read_to_string(p).ok();
+    read(dev_dir.join("queue/write_zeroes_max_bytes"))
+        .or_else(|| read(dev_dir.join("../queue/write_zeroes_max_bytes")))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > 0)
 }
 
 fn block_device_size(file: &File) -> io::Result<u64> {
@@ -160,6 +192,36 @@ mod tests {
         assert_eq!(b.size, 8192);
         assert!(!b.is_block_device);
         assert_eq!(b.dio_align, 1);
+    }
+
+    #[test]
+    fn unmapped_blocks_of_a_file_read_zeroes() {
+        let f = tempfile::NamedTempFile::new().expect("tempfile");
+        let b = Backing::open(f.path(), CacheMode::Writeback, true).expect("open");
+        assert!(b.unmapped_blocks_read_zeroes());
+    }
+
+    #[test]
+    fn write_zeroes_support_comes_from_the_disk_or_its_parent() {
+        let sys = tempfile::tempdir().expect("tempdir");
+        let disk = |name: &str, limit: &str| {
+            let q = sys.path().join(name).join("queue");
+            std::fs::create_dir_all(&q).expect("mkdir");
+            std::fs::write(q.join("write_zeroes_max_bytes"), limit).expect("write");
+            sys.path().join(name)
+        };
+        assert!(device_writes_zeroes(&disk("nvme0n1", "33550336\n")));
+        // A disk that can only discard (like this project's test VM's virtio disk).
+        let vda = disk("vda", "0\n");
+        assert!(!device_writes_zeroes(&vda));
+        // A partition has no queue of its own: its disk's limits apply.
+        let part = vda.join("vda1");
+        std::fs::create_dir_all(&part).expect("mkdir");
+        assert!(!device_writes_zeroes(&part));
+        let part = sys.path().join("nvme0n1").join("nvme0n1p1");
+        std::fs::create_dir_all(&part).expect("mkdir");
+        assert!(device_writes_zeroes(&part));
+        assert!(!device_writes_zeroes(&sys.path().join("missing")));
     }
 
     #[test]

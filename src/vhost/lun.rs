@@ -117,7 +117,7 @@ fn open_lun(l: &LunConfig, iscsi: &IscsiOptions) -> Result<Lun, String> {
                 ));
             }
             let id = format!("null:{}:{}", l.target, l.lun);
-            let props = disk_properties(l, size / bs, id.as_bytes(), true, "NULL-DISK");
+            let props = disk_properties(l, size / bs, id.as_bytes(), true, "NULL-DISK", true);
             return Ok(Lun {
                 target: l.target,
                 lun: l.lun,
@@ -184,6 +184,7 @@ fn open_lun(l: &LunConfig, iscsi: &IscsiOptions) -> Result<Lun, String> {
         canonical.as_os_str().as_encoded_bytes(),
         cache.write_cache_enabled(),
         "VIRTUAL-DISK",
+        backing.unmapped_blocks_read_zeroes(),
     );
     Ok(Lun {
         target: l.target,
@@ -204,6 +205,7 @@ fn disk_properties(
     identity: &[u8],
     write_cache: bool,
     product: &str,
+    unmap_zeroes: bool,
 ) -> DiskProperties {
     let bs = u64::from(l.block_size);
     let hash = fnv1a(identity, l.target, l.lun);
@@ -218,6 +220,7 @@ fn disk_properties(
         readonly: l.readonly,
         write_cache,
         discard: l.discard && !l.readonly,
+        unmap_zeroes,
         max_transfer_blocks: (MAX_TRANSFER_BYTES / bs) as u32,
         serial,
         naa,

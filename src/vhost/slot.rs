@@ -42,10 +42,11 @@ pub enum Job {
         fua: bool,
     },
     /// One or more operations whose results only need to succeed (flush, hole punching).
-    /// `ranges` are kept for discard so a block device that cannot punch holes can fall
-    /// back to BLKDISCARD.
+    /// `ranges` are kept for deallocation, so that a block device which cannot punch holes
+    /// can have them done another way; `redone` once that has been started.
     Batch {
         ranges: Vec<(u64, u64)>,
+        redone: bool,
     },
     /// WRITE SAME of a pattern in `bounce`: next byte to write and the end of the range.
     Pattern {

@@ -369,9 +369,13 @@ impl Worker {
                 // readable (QEMU answers the same way).
                 return Some(good(m, &slot.chain, data_in_cap));
             }
-            IoRequest::Flush | IoRequest::WriteZeroes { .. } => Job::Batch { ranges: Vec::new() },
+            IoRequest::Flush | IoRequest::WriteZeroes { .. } => Job::Batch {
+                ranges: Vec::new(),
+                redone: false,
+            },
             IoRequest::Discard { ref ranges } => Job::Batch {
                 ranges: ranges.clone(),
+                redone: false,
             },
             IoRequest::WriteSame {
                 offset,
@@ -735,20 +739,11 @@ impl Worker {
                 slot.error.get_or_insert(Sense::internal_target_failure());
                 return (slot.pending == 0).then(|| finish_response(slot));
             } else if errno == libc::EOPNOTSUPP {
-                if let (Job::Batch { ranges }, Some(lun)) = (&slot.job, &slot.lun) {
-                    let block_dev = lun.as_disk().filter(|d| d.backing.is_block_device);
-                    if let (false, Some(d)) = (ranges.is_empty(), block_dev) {
-                        // The device cannot punch holes (write zeroes with unmap): discard.
-                        let failed = ranges
-                            .iter()
-                            .any(|&(o, l)| d.backing.blk_discard(o, l).is_err());
-                        if failed {
-                            slot.error.get_or_insert(sense_for_errno(errno, true));
-                        }
-                        return (slot.pending == 0).then(|| finish_response(slot));
-                    }
+                if let Some(answer) = self.deallocate_another_way(id) {
+                    return answer;
                 }
             }
+            let slot = &mut self.slots[id];
             slot.error.get_or_insert(sense_for_errno(errno, is_write));
             return (slot.pending == 0).then(|| finish_response(slot));
         }
@@ -870,6 +865,45 @@ impl Worker {
     }
 
     /// Queues the next operation of a multi-step command, or fails the command.
+    /// A block device refused to punch a hole (a write of zeroes with unmap) for UNMAP or
+    /// WRITE SAME(UNMAP). The first refusal of the command redoes all its ranges another
+    /// way; later ones are then moot. Where the disk claims LBPRZ the blocks must read as
+    /// zeroes, so zeroes are written; elsewhere the ranges are discarded. None when the
+    /// command is not such a deallocation.
+    fn deallocate_another_way(&mut self, id: usize) -> Option<Option<u32>> {
+        let slot = &mut self.slots[id];
+        let lun = slot.lun.clone()?;
+        let disk = lun.as_disk().filter(|d| d.backing.is_block_device)?;
+        let Job::Batch { ranges, redone } = &mut slot.job else {
+            return None;
+        };
+        if ranges.is_empty() {
+            return None;
+        }
+        if !std::mem::replace(redone, true) {
+            let ranges = ranges.clone();
+            if disk.disk.properties().unmap_zeroes {
+                let mode = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+                if !ranges
+                    .iter()
+                    .all(|&(o, l)| self.push_fallocate(id, &lun, o, l, mode))
+                {
+                    let slot = &mut self.slots[id];
+                    slot.error.get_or_insert(Sense::internal_target_failure());
+                }
+            } else if ranges
+                .iter()
+                .any(|&(o, l)| disk.backing.blk_discard(o, l).is_err())
+            {
+                let slot = &mut self.slots[id];
+                slot.error
+                    .get_or_insert(sense_for_errno(libc::EOPNOTSUPP, true));
+            }
+        }
+        let slot = &mut self.slots[id];
+        Some((slot.pending == 0).then(|| finish_response(slot)))
+    }
+
     fn continue_or_fail(&mut self, id: usize) -> Option<u32> {
         if self.push_next(id) {
             return None;

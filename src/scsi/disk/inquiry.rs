@@ -66,7 +66,7 @@ impl EmulatedDisk {
             0xb2 => {
                 if self.props.discard {
                     // LBPU, LBPWS, LBPWS10; LBPRZ: deallocated blocks read as zeroes.
-                    body[1] = 0x80 | 0x40 | 0x20 | 0x04;
+                    body[1] = 0x80 | 0x40 | 0x20 | self.lbprz(0x04);
                     body[2] = 0x02; // provisioning type: thin
                 }
                 4
@@ -113,6 +113,15 @@ impl EmulatedDisk {
         0x3c
     }
 
+    /// `bit` when deallocated blocks read as zeroes, else 0.
+    fn lbprz(&self, bit: u8) -> u8 {
+        if self.props.unmap_zeroes {
+            bit
+        } else {
+            0
+        }
+    }
+
     pub(super) fn read_capacity_10(&self, c: &[u8], data_in: &mut [u8]) -> Result<Outcome, Sense> {
         // PMI is obsolete; with PMI=0 the LBA field must be zero.
         if byte(c, 8) & 0x01 == 0 && be32(c, 2) != 0 {
@@ -132,7 +141,7 @@ impl EmulatedDisk {
         b[0..8].copy_from_slice(&self.props.capacity_blocks.saturating_sub(1).to_be_bytes());
         b[8..12].copy_from_slice(&self.props.block_size.to_be_bytes());
         if self.props.discard {
-            b[14] = 0x80 | 0x40; // LBPME, LBPRZ
+            b[14] = 0x80 | self.lbprz(0x40); // LBPME, LBPRZ
         }
         Ok(reply(data_in, &b, alloc))
     }

@@ -33,6 +33,10 @@ pub struct DiskProperties {
     pub write_cache: bool,
     /// UNMAP and WRITE SAME(UNMAP) deallocate blocks (reported through LBPME/VPD 0xB2).
     pub discard: bool,
+    /// Deallocated blocks read as zeroes (LBPRZ). False for a block device that can only
+    /// discard: its discarded blocks read back as anything, so WRITE SAME(UNMAP) of zeroes
+    /// writes the zeroes instead.
+    pub unmap_zeroes: bool,
     /// Largest READ/WRITE, in blocks.
     pub max_transfer_blocks: u32,
     /// Unit serial number (VPD 0x80).

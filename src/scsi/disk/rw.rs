@@ -160,7 +160,10 @@ impl EmulatedDisk {
             }
             block.iter().all(|&b| b == 0)
         };
-        Ok(Outcome::Io(match (zeroes, unmap && self.props.discard) {
+        // Deallocating stands in for writing zeroes only where deallocated blocks read as
+        // zeroes.
+        let deallocate = unmap && self.props.discard && self.props.unmap_zeroes;
+        Ok(Outcome::Io(match (zeroes, deallocate) {
             (true, true) => IoRequest::Discard {
                 ranges: vec![(offset, len)],
             },

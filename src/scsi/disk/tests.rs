@@ -10,6 +10,7 @@ pub(crate) fn props() -> DiskProperties {
         readonly: false,
         write_cache: true,
         discard: true,
+        unmap_zeroes: true,
         max_transfer_blocks: 1024,
         serial: "SER123".into(),
         naa: 0x3000_0000_dead_beef,
@@ -98,6 +99,10 @@ fn vpd_pages() {
     let (_, b2) = run(&d, &[0x12, 1, 0xb2, 0, 255, 0], &[]);
     assert_eq!(b2[5] & 0xe4, 0xe4);
     assert_eq!(b2[6] & 0x07, 2);
+    let mut p = props();
+    p.unmap_zeroes = false;
+    let (_, b2) = run(&EmulatedDisk::new(p), &[0x12, 1, 0xb2, 0, 255, 0], &[]);
+    assert_eq!(b2[5] & 0xe4, 0xe0); // LBPU, LBPWS, LBPWS10 without LBPRZ
     assert_eq!(
         check(run(&d, &[0x12, 1, 0x99, 0, 255, 0], &[]).0),
         (5, 0x24, 0)
@@ -127,6 +132,11 @@ fn read_capacity() {
     assert_eq!(&d[0..4], &[0xff; 4]);
     let (_, d) = run(&big, &c, &[]);
     assert_eq!(d[14] & 0x80, 0);
+    // A device that only discards: thin provisioned, but no LBPRZ.
+    let mut p = props();
+    p.unmap_zeroes = false;
+    let (_, d) = run(&EmulatedDisk::new(p), &c, &[]);
+    assert_eq!(d[14] & 0xc0, 0x80);
 }
 
 #[test]
@@ -412,6 +422,19 @@ fn write_same_variants() {
     ));
     c[1] = 0;
     assert_eq!(check(run(&d, &c, &pattern[..100]).0), (5, 0x1a, 0));
+    // Where deallocated blocks do not read as zeroes, WRITE SAME(UNMAP) of zeroes writes
+    // them.
+    let mut p = props();
+    p.unmap_zeroes = false;
+    c[1] = 0x08;
+    assert_eq!(
+        run(&EmulatedDisk::new(p), &c, &zero).0,
+        Outcome::Io(IoRequest::WriteZeroes {
+            offset: 0,
+            len: 8192
+        })
+    );
+    c[1] = 0;
     c[13] = 0;
     assert_eq!(check(run(&d, &c, &pattern).0), (5, 0x24, 0));
 }
