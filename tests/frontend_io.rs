@@ -496,3 +496,75 @@ fn scattered_guest_buffers_reach_the_right_blocks() {
         assert_eq!(back, data, "LBA {lba} read back scattered");
     }
 }
+
+#[test]
+fn compare_and_write_is_atomic_against_writes_from_other_queues() {
+    // COMPARE AND WRITE (A -> B) on one queue races plain writes of C to the same block on
+    // another queue, served by another thread. Whatever the order, the result must be one
+    // a serial order gives: the compare saw A and C came after (B overwritten by C), or C
+    // came first and the compare failed. B left on the medium means a write slipped in
+    // between the compare and the write.
+    let d = Daemon::start(
+        &[Disk {
+            name: "a.img",
+            size: 16 * MIB,
+            opts: "cache=none",
+        }],
+        &["--num-queues", "2"],
+    );
+    let mut fe = d.connect(2);
+    let lba = 100u64;
+    let (mut swapped, mut miscompared) = (0, 0);
+    for i in 0..300u64 {
+        let (a, b, c) = (
+            pattern(3 * i, 512),
+            pattern(3 * i + 1, 512),
+            pattern(3 * i + 2, 512),
+        );
+        good(&fe.command(&cmd(0, &write16(lba, 1), &a, 0)).unwrap());
+        let mut caw = [0u8; 16];
+        caw[0] = 0x89;
+        caw[2..10].copy_from_slice(&lba.to_be_bytes());
+        caw[13] = 1;
+        let compare_then_write = [a.clone(), b.clone()].concat();
+        let caw_req = VirtioScsiRequest {
+            lun: lun(0),
+            tag: 1,
+            cdb: &caw,
+            data_out: &compare_then_write,
+            data_in_len: 0,
+        };
+        let write_req = VirtioScsiRequest {
+            lun: lun(0),
+            tag: 2,
+            cdb: &write16(lba, 1),
+            data_out: &c,
+            data_in_len: 0,
+        };
+        // Alternate which one is submitted first.
+        if i % 2 == 0 {
+            fe.submit(2, &caw_req).unwrap();
+            fe.submit(3, &write_req).unwrap();
+        } else {
+            fe.submit(3, &write_req).unwrap();
+            fe.submit(2, &caw_req).unwrap();
+        }
+        let (_, caw_r) = fe.complete(2).expect("COMPARE AND WRITE answered");
+        let (_, write_r) = fe.complete(3).expect("WRITE answered");
+        good(&write_r);
+        let r = fe.command(&cmd(0, &read16(lba, 1), &[], 512)).unwrap();
+        good(&r);
+        assert_ne!(
+            r.data_in, b,
+            "round {i}: a write landed inside COMPARE AND WRITE"
+        );
+        assert_eq!(r.data_in, c, "round {i}");
+        if caw_r.status == 0 {
+            swapped += 1;
+        } else {
+            assert_eq!(sense(&caw_r), (0x0e, 0x1d, 0), "round {i}: MISCOMPARE");
+            miscompared += 1;
+        }
+    }
+    assert_eq!(swapped + miscompared, 300);
+}

@@ -53,6 +53,8 @@ pub struct Shared {
     poll: Duration,
     /// This structure's own Arc, for completions that arrive on other threads.
     pub(crate) me: std::sync::Weak<Shared>,
+    /// Each worker's wake-up (its completion eventfd).
+    wakers: Vec<EventFd>,
 }
 
 impl Shared {
@@ -78,6 +80,13 @@ impl Shared {
                 queue,
                 "guest corrupted the available ring; queue stopped until reset"
             );
+        }
+    }
+
+    /// Wakes every worker: a LUN's write gate opened, commands parked at it may go.
+    pub fn wake_workers(&self) {
+        for w in &self.wakers {
+            let _ = w.write(1);
         }
     }
 
@@ -109,13 +118,12 @@ impl ScsiDevice {
             thread_queues[usize::from(i) % threads].push(i + 2);
         }
         let mut workers = Vec::with_capacity(threads);
+        let mut wakers = Vec::with_capacity(threads);
         for (t, qs) in thread_queues.iter().enumerate() {
             let rq = qs.iter().filter(|&&q| q > EVENT_QUEUE).count().max(1);
-            workers.push(Mutex::new(Worker::new(
-                t,
-                rq * usize::from(cfg.queue_size),
-                cfg.submit_batch,
-            )?));
+            let worker = Worker::new(t, rq * usize::from(cfg.queue_size), cfg.submit_batch)?;
+            wakers.push(worker.waker()?);
+            workers.push(Mutex::new(worker));
         }
         let tmf_event = EventFd::new(EFD_NONBLOCK)?;
         let shared = Arc::new_cyclic(|me| Shared {
@@ -130,6 +138,7 @@ impl ScsiDevice {
             workers,
             broken: AtomicU64::new(0),
             poll: Duration::from_micros(u64::from(cfg.poll_us)),
+            wakers,
         });
         Ok(ScsiDevice {
             shared,

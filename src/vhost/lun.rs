@@ -35,6 +35,8 @@ pub struct Lun {
     pub medium: Medium,
     /// Commands of this LUN in flight on any queue (task management waits for zero).
     pub inflight: AtomicU32,
+    /// Keeps COMPARE AND WRITE atomic against writes from every queue.
+    pub gate: super::gate::WriteGate,
 }
 
 impl Lun {
@@ -123,6 +125,7 @@ fn open_lun(l: &LunConfig, iscsi: &IscsiOptions) -> Result<Lun, String> {
                 lun: l.lun,
                 medium: Medium::Null(EmulatedDisk::new(props)),
                 inflight: AtomicU32::new(0),
+                gate: Default::default(),
             });
         }
         LunKind::Iscsi {
@@ -159,6 +162,7 @@ fn open_lun(l: &LunConfig, iscsi: &IscsiOptions) -> Result<Lun, String> {
                 lun: l.lun,
                 medium: Medium::Iscsi(session),
                 inflight: AtomicU32::new(0),
+                gate: Default::default(),
             });
         }
     };
@@ -194,6 +198,7 @@ fn open_lun(l: &LunConfig, iscsi: &IscsiOptions) -> Result<Lun, String> {
             backing,
         }),
         inflight: AtomicU32::new(0),
+        gate: Default::default(),
     })
 }
 

@@ -3,6 +3,7 @@
 
 mod control;
 mod device;
+mod gate;
 mod inflight;
 mod io;
 pub mod lun;

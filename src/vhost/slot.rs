@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use vm_memory::{GuestMemoryLoadGuard, GuestMemoryMmap};
 
+use super::gate::GateHold;
 use super::lun::Lun;
 use crate::backend::AlignedBuf;
-use crate::scsi::Sense;
+use crate::scsi::{IoRequest, Sense};
 use crate::virtio::ParsedChain;
 
 pub type Mem = GuestMemoryMmap<()>;
@@ -97,6 +98,10 @@ pub struct Slot {
     pub retries: u32,
     /// The passthrough LUN's id of the forwarded command (for ABORT TASK).
     pub passthrough_id: u64,
+    /// What the command holds of its LUN's write gate (released when it ends).
+    pub gate: GateHold,
+    /// The medium I/O of a command waiting at its LUN's closed write gate.
+    pub parked: Option<IoRequest>,
 }
 
 impl Slot {
@@ -116,6 +121,8 @@ impl Slot {
             data_in: 0,
             retries: 0,
             passthrough_id: 0,
+            gate: GateHold::None,
+            parked: None,
         }
     }
 
@@ -132,6 +139,8 @@ impl Slot {
         self.data_in = 0;
         self.retries = 0;
         self.passthrough_id = 0;
+        self.gate = GateHold::None;
+        self.parked = None;
     }
 }
 

@@ -3,6 +3,7 @@
 //! io_uring, completing requests as their CQEs arrive. One worker per thread; its state is
 //! touched only by that thread (and briefly by task management queries).
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
 
 use super::device::Shared;
+use super::gate::{Exclusive, GateHold};
 use super::io::{compare_with_data_out, map_or_bounce, pattern_buffer, sense_for_errno};
 use super::lun::{Lun, Medium};
 use super::slot::{Job, Mem, MemGuard, Slot, Vring};
@@ -62,6 +64,8 @@ pub struct Worker {
     vrings: Vec<Vring>,
     /// Passthrough LUNs with corked commands of the current batch, flushed at its end.
     corked: Vec<Arc<Lun>>,
+    /// Commands waiting at a closed write gate (COMPARE AND WRITE), oldest first.
+    parked: VecDeque<usize>,
 }
 
 /// Passthrough completions waiting for the worker, and the eventfd that wakes it (the
@@ -105,7 +109,13 @@ impl Worker {
             throttled: false,
             vrings: Vec::new(),
             corked: Vec::new(),
+            parked: VecDeque::with_capacity(max_inflight),
         })
+    }
+
+    /// A handle that wakes this worker (its completion eventfd), for other threads.
+    pub fn waker(&self) -> std::io::Result<vmm_sys_util::eventfd::EventFd> {
+        self.ring.wake_handle()
     }
 
     pub fn ring_fd(&self) -> std::os::unix::io::RawFd {
@@ -210,6 +220,11 @@ impl Worker {
         self.flush_passthrough();
         if completed {
             signal(vring);
+        }
+        if !self.parked.is_empty() {
+            // The gate may have opened while this pass parked commands behind older ones.
+            let mask = self.resume_parked(sh, vrings);
+            signal_marked(vrings, mask);
         }
     }
 
@@ -436,6 +451,83 @@ impl Worker {
         slot.lun = Some(lun.clone());
         lun.inflight.fetch_add(1, Ordering::AcqRel);
         sh.inflight.begin(slot.queue);
+        if !self.pass_gate(id, &lun, &req, true) {
+            self.slots[id].parked = Some(req);
+            self.parked.push_back(id);
+            return None;
+        }
+        self.submit_io(id, sh, lun, req)
+    }
+
+    /// Takes a command's share of its LUN's write gate: writes are counted, a COMPARE AND
+    /// WRITE closes the gate and waits for the writes in flight. False: the command waits
+    /// (parked). A new write also waits while earlier ones of this worker wait, so the
+    /// guest's writes keep their order.
+    fn pass_gate(&mut self, id: usize, lun: &Lun, req: &IoRequest, fresh: bool) -> bool {
+        let exclusive = matches!(req, IoRequest::CompareAndWrite { .. });
+        let write = matches!(
+            req,
+            IoRequest::Write { .. }
+                | IoRequest::WriteSame { .. }
+                | IoRequest::WriteZeroes { .. }
+                | IoRequest::Discard { .. }
+        );
+        if !exclusive && !write {
+            return true;
+        }
+        if fresh && !self.parked.is_empty() {
+            return false;
+        }
+        let slot = &mut self.slots[id];
+        if exclusive {
+            let answer = if slot.gate == GateHold::Exclusive {
+                lun.gate.drained()
+            } else {
+                lun.gate.close()
+            };
+            if answer != Exclusive::Busy {
+                slot.gate = GateHold::Exclusive;
+            }
+            answer == Exclusive::Go
+        } else if lun.gate.enter_write() {
+            slot.gate = GateHold::Write;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Starts the commands waiting at a closed write gate, oldest first, as far as the
+    /// gates let them; returns the vrings to notify for those that ended at once.
+    fn resume_parked(&mut self, sh: &Shared, vrings: &[Vring]) -> u64 {
+        let mut to_signal = 0;
+        while let Some(&id) = self.parked.front() {
+            let slot = &mut self.slots[id];
+            let (Some(req), Some(lun)) = (slot.parked.take(), slot.lun.clone()) else {
+                self.parked.pop_front();
+                continue;
+            };
+            if !self.pass_gate(id, &lun, &req, false) {
+                self.slots[id].parked = Some(req);
+                break;
+            }
+            self.parked.pop_front();
+            if let Some(used) = self.submit_io(id, sh, lun, req) {
+                let slot = &mut self.slots[id];
+                if let Some(vring) = vrings.get(slot.vring) {
+                    let _ = vring.add_used(slot.chain.head, used);
+                    to_signal |= 1u64 << (slot.vring % 64);
+                }
+                slot.release();
+                self.free.push(id);
+            }
+        }
+        self.submit();
+        to_signal
+    }
+
+    /// Submits a command's medium I/O; returns the used length if it could not be.
+    fn submit_io(&mut self, id: usize, sh: &Shared, lun: Arc<Lun>, req: IoRequest) -> Option<u32> {
         let submitted = match req {
             IoRequest::Discard { ranges } => {
                 let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
@@ -457,6 +549,7 @@ impl Worker {
                 let used = finish_response(slot);
                 let queue = slot.queue;
                 slot.lun = None;
+                leave_gate(sh, &lun, std::mem::take(&mut slot.gate));
                 end_lun_io(sh, &lun);
                 sh.inflight.end(queue);
                 return Some(used);
@@ -584,6 +677,9 @@ impl Worker {
         for (id, c) in done {
             to_signal |= self.answer_passthrough(id, c, sh, vrings);
         }
+        if !self.parked.is_empty() {
+            to_signal |= self.resume_parked(sh, vrings);
+        }
         self.submit();
         signal_marked(vrings, to_signal);
         if self.throttled && !self.free.is_empty() {
@@ -634,9 +730,11 @@ impl Worker {
         }
         let lun = slot.lun.take();
         let queue = slot.queue;
+        let gate = std::mem::take(&mut slot.gate);
         slot.release();
         self.free.push(id);
         if let Some(lun) = lun {
+            leave_gate(sh, &lun, gate);
             end_lun_io(sh, &lun);
         }
         sh.inflight.end(queue);
@@ -1025,6 +1123,22 @@ fn signal_marked(vrings: &[Vring], mask: u64) {
         if mask & (1u64 << (vpos % 64)) != 0 {
             signal(vring);
         }
+    }
+}
+
+/// Gives back what a command held of its LUN's write gate, waking the workers when that
+/// lets a waiting command go.
+fn leave_gate(sh: &Shared, lun: &Lun, hold: GateHold) {
+    let wake = match hold {
+        GateHold::None => false,
+        GateHold::Write => lun.gate.end_write(),
+        GateHold::Exclusive => {
+            lun.gate.open();
+            true
+        }
+    };
+    if wake {
+        sh.wake_workers();
     }
 }
 
