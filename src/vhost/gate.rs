@@ -17,6 +17,15 @@ pub enum GateHold {
     Exclusive,
 }
 
+/// The answer to a plain write asking to pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteEntry {
+    /// Counted in flight: go.
+    Passed,
+    /// The gate is closed: wait. `wake`: backing off let the holder go, wake it.
+    Wait { wake: bool },
+}
+
 /// The answer to a COMPARE AND WRITE asking for the gate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exclusive {
@@ -35,16 +44,22 @@ pub struct WriteGate {
 }
 
 impl WriteGate {
-    /// A plain write asks to pass. False: the gate is closed and the write must wait.
-    pub fn enter_write(&self) -> bool {
+    /// A plain write asks to pass.
+    pub fn enter_write(&self) -> WriteEntry {
         // Counted first, then checked: a COMPARE AND WRITE closing the gate at the same
         // moment either sees this write or is seen by it (both sequentially consistent).
         self.writes.fetch_add(1, Ordering::SeqCst);
+        self.check_counted_write()
+    }
+
+    fn check_counted_write(&self) -> WriteEntry {
         if self.closed.load(Ordering::SeqCst) {
-            self.end_write();
-            return false;
+            // The holder may have seen this write's count and be waiting for it to end.
+            return WriteEntry::Wait {
+                wake: self.end_write(),
+            };
         }
-        true
+        WriteEntry::Passed
     }
 
     /// A counted write ended. True when a closed gate now waits for no write: the
@@ -88,8 +103,8 @@ mod tests {
     #[test]
     fn writes_pass_an_open_gate() {
         let g = WriteGate::default();
-        assert!(g.enter_write());
-        assert!(g.enter_write());
+        assert_eq!(g.enter_write(), WriteEntry::Passed);
+        assert_eq!(g.enter_write(), WriteEntry::Passed);
         assert!(!g.end_write());
         assert!(!g.end_write());
         assert_eq!(g.close(), Exclusive::Go);
@@ -98,18 +113,29 @@ mod tests {
     #[test]
     fn compare_and_write_waits_for_writes_in_flight_and_holds_new_ones() {
         let g = WriteGate::default();
-        assert!(g.enter_write());
+        assert_eq!(g.enter_write(), WriteEntry::Passed);
         assert_eq!(g.close(), Exclusive::Drain);
         // A new write waits; a second COMPARE AND WRITE too.
-        assert!(!g.enter_write());
+        assert_eq!(g.enter_write(), WriteEntry::Wait { wake: false });
         assert_eq!(g.close(), Exclusive::Busy);
         // The last write in flight ends: the holder is to be woken and may go.
         assert!(g.end_write());
         assert_eq!(g.drained(), Exclusive::Go);
         g.open();
-        assert!(g.enter_write());
+        assert_eq!(g.enter_write(), WriteEntry::Passed);
         assert!(!g.end_write());
         assert_eq!(g.close(), Exclusive::Go);
+    }
+
+    #[test]
+    fn a_write_backing_off_wakes_a_holder_that_counted_it() {
+        let g = WriteGate::default();
+        // The write is counted, the holder closes the gate and sees it in flight...
+        g.writes.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(g.close(), Exclusive::Drain);
+        // ...then the write sees the gate closed and backs off: the holder must be woken.
+        assert_eq!(g.check_counted_write(), WriteEntry::Wait { wake: true });
+        assert_eq!(g.drained(), Exclusive::Go);
     }
 
     #[test]
@@ -124,7 +150,7 @@ mod tests {
                 let (g, inside, bad) = (g.clone(), inside.clone(), violations.clone());
                 std::thread::spawn(move || {
                     for _ in 0..20_000 {
-                        if g.enter_write() {
+                        if g.enter_write() == WriteEntry::Passed {
                             if inside.load(Ordering::SeqCst) != 0 {
                                 bad.fetch_add(1, Ordering::SeqCst);
                             }

@@ -13,7 +13,7 @@ use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
 
 use super::device::Shared;
-use super::gate::{Exclusive, GateHold};
+use super::gate::{Exclusive, GateHold, WriteEntry};
 use super::io::{compare_with_data_out, map_or_bounce, pattern_buffer, sense_for_errno};
 use super::lun::{Lun, Medium};
 use super::slot::{Job, Mem, MemGuard, Slot, Vring};
@@ -451,7 +451,7 @@ impl Worker {
         slot.lun = Some(lun.clone());
         lun.inflight.fetch_add(1, Ordering::AcqRel);
         sh.inflight.begin(slot.queue);
-        if !self.pass_gate(id, &lun, &req, true) {
+        if !self.pass_gate(sh, id, &lun, &req, true) {
             self.slots[id].parked = Some(req);
             self.parked.push_back(id);
             return None;
@@ -463,7 +463,14 @@ impl Worker {
     /// WRITE closes the gate and waits for the writes in flight. False: the command waits
     /// (parked). A new write also waits while earlier ones of this worker wait, so the
     /// guest's writes keep their order.
-    fn pass_gate(&mut self, id: usize, lun: &Lun, req: &IoRequest, fresh: bool) -> bool {
+    fn pass_gate(
+        &mut self,
+        sh: &Shared,
+        id: usize,
+        lun: &Lun,
+        req: &IoRequest,
+        fresh: bool,
+    ) -> bool {
         let exclusive = matches!(req, IoRequest::CompareAndWrite { .. });
         let write = matches!(
             req,
@@ -489,11 +496,19 @@ impl Worker {
                 slot.gate = GateHold::Exclusive;
             }
             answer == Exclusive::Go
-        } else if lun.gate.enter_write() {
-            slot.gate = GateHold::Write;
-            true
         } else {
-            false
+            match lun.gate.enter_write() {
+                WriteEntry::Passed => {
+                    slot.gate = GateHold::Write;
+                    true
+                }
+                WriteEntry::Wait { wake } => {
+                    if wake {
+                        sh.wake_workers();
+                    }
+                    false
+                }
+            }
         }
     }
 
@@ -507,7 +522,7 @@ impl Worker {
                 self.parked.pop_front();
                 continue;
             };
-            if !self.pass_gate(id, &lun, &req, false) {
+            if !self.pass_gate(sh, id, &lun, &req, false) {
                 self.slots[id].parked = Some(req);
                 break;
             }
