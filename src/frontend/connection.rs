@@ -96,9 +96,7 @@ impl Connection {
         let features = offered & wanted;
         let pf = frontend.get_protocol_features().map_err(proto)?;
         frontend
-            .set_protocol_features(
-                pf & (VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG),
-            )
+            .set_protocol_features(pf & VhostUserProtocolFeatures::MQ)
             .map_err(proto)?;
         let max = frontend.get_queue_num().map_err(proto)?;
         if u64::from(opts.queues) > max {

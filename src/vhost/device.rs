@@ -215,13 +215,17 @@ impl VhostUserBackend for ScsiDevice {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG
+        // Not CONFIG: QEMU builds a vhost-user-scsi device's config space from its own
+        // properties, never asks for ours, and warns at every start when it is offered.
+        VhostUserProtocolFeatures::MQ
     }
 
     fn set_event_idx(&self, _enabled: bool) {
         // The vrings track EVENT_IDX themselves; workers use their notification helpers.
     }
 
+    /// The config space for a frontend that asks (GET_CONFIG); QEMU does not, and CONFIG is
+    /// not offered, so this is what QEMU's own properties must agree with.
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         let c = self.config_space();
         let start = (offset as usize).min(c.len());
@@ -419,6 +423,7 @@ mod tests {
             assert!(f & (1u64 << bit) != 0, "feature bit {bit}");
         }
         let pf = dev.protocol_features();
-        assert!(pf.contains(VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG));
+        assert!(pf.contains(VhostUserProtocolFeatures::MQ));
+        assert!(!pf.contains(VhostUserProtocolFeatures::CONFIG));
     }
 }
