@@ -35,3 +35,13 @@ report_powered_off() {
     report guest-powered-off FAIL "QEMU exit status $2"
   fi
 }
+
+# report_qemu_log_clean <QEMU's output>: QEMU had nothing to warn about the backend (it
+# did while vscsid offered the CONFIG protocol feature).
+report_qemu_log_clean() {
+  if grep -aqiE "warning|error" "$1"; then
+    report qemu-log-clean FAIL "$(grep -aiE 'warning|error' "$1" | head -3 | tr '\n' ';')"
+  else
+    report qemu-log-clean PASS "QEMU printed no warning"
+  fi
+}

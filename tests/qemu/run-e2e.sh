@@ -84,12 +84,7 @@ if grep -aqiE "panic|error" "$work/vscsid.log"; then
 else
   report daemon-log-clean PASS "no errors logged"
 fi
-# QEMU has nothing to warn about the backend (it warned when CONFIG was offered).
-if grep -aqiE "warning|error" "$work/qemu.log"; then
-  report qemu-log-clean FAIL "$(grep -aiE 'warning|error' "$work/qemu.log" | head -3 | tr '\n' ';')"
-else
-  report qemu-log-clean PASS "QEMU printed no warning"
-fi
+report_qemu_log_clean "$work/qemu.log"
 
 if ((failed > 0)); then
   echo "--- serial console (last 60 lines) ---"; tail -n 60 "$serial" || true

@@ -66,6 +66,7 @@ source tests/qemu/report.sh
 report_guest_checks "$serial" iscsi-disk-found iscsi-inquiry-vendor iscsi-capacity \
   iscsi-fio-crc32c iscsi-ext4 iscsi-e2fsck-clean
 report_powered_off "$serial" "$qemu_rc" "QEMU exited 0"
+report_qemu_log_clean "$work/qemu.log"
 if ((failed > 0)); then
   echo "--- serial (last 40 lines) ---"; tail -n 40 "$serial" || true
   echo "--- vscsid log ---"; tail -n 30 "$work/vscsid.log" || true

@@ -192,6 +192,7 @@ fi
 report_guest_checks "$serial" mp-disk-found mp-fio-crc32c-verify mp-no-guest-errors \
   mp-outage-past-no-path-retry
 report_powered_off "$serial" "$qemu_rc" "QEMU exited 0"
+report_qemu_log_clean "$work/qemu.log"
 # The stalls vscsid measured: silence before detection plus reissue, per failover.
 grep -a "iSCSI path failed" "$work/vscsid.log" | sed 's/\x1b\[[0-9;]*m//g' |
   sed -n 's/.*portal="\([^"]*\)".*silent_ms=\([0-9]*\) stall_ms=\([0-9]*\) reissued=\([0-9]*\) failed=\([0-9]*\).*/failover: portal \1 stall \3 ms (silent \2 ms), reissued \4, failed \5/p'
