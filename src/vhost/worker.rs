@@ -26,6 +26,9 @@ use crate::virtio::{ParsedChain, SegList};
 
 /// Chunk size for commands that stream a pattern or compare (WRITE SAME, VERIFY).
 const CHUNK: u64 = 1 << 20;
+/// fallocate modes: deallocate (blocks then read as zeroes), and write zeroes.
+const PUNCH_HOLE: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+const ZERO_RANGE: i32 = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
 /// Retries of an operation the kernel answered with EAGAIN/EINTR.
 const MAX_RETRIES: u32 = 16;
 
@@ -202,10 +205,7 @@ impl Worker {
                 slot.vring = vpos;
                 slot.queue = queue;
                 if let Some(used) = self.start(id, sh, &mem) {
-                    let slot = &mut self.slots[id];
-                    let _ = vring.add_used(slot.chain.head, used);
-                    slot.release();
-                    self.free.push(id);
+                    self.finish_inline(id, vring, used);
                     completed = true;
                 }
             }
@@ -226,6 +226,15 @@ impl Worker {
             let mask = self.resume_parked(sh, vrings);
             signal_marked(vrings, mask);
         }
+    }
+
+    /// Returns a command that ended without medium I/O (or whose I/O could not start) to
+    /// the guest and frees its slot; the caller notifies.
+    fn finish_inline(&mut self, id: usize, vring: &Vring, used: u32) {
+        let slot = &mut self.slots[id];
+        let _ = vring.add_used(slot.chain.head, used);
+        slot.release();
+        self.free.push(id);
     }
 
     /// Sends the batch's passthrough commands: one write per iSCSI path.
@@ -528,13 +537,11 @@ impl Worker {
             }
             self.parked.pop_front();
             if let Some(used) = self.submit_io(id, sh, lun, req) {
-                let slot = &mut self.slots[id];
-                if let Some(vring) = vrings.get(slot.vring) {
-                    let _ = vring.add_used(slot.chain.head, used);
-                    to_signal |= 1u64 << (slot.vring % 64);
+                let vpos = self.slots[id].vring;
+                if let Some(vring) = vrings.get(vpos) {
+                    self.finish_inline(id, vring, used);
+                    to_signal |= 1u64 << (vpos % 64);
                 }
-                slot.release();
-                self.free.push(id);
             }
         }
         self.submit();
@@ -544,15 +551,9 @@ impl Worker {
     /// Submits a command's medium I/O; returns the used length if it could not be.
     fn submit_io(&mut self, id: usize, sh: &Shared, lun: Arc<Lun>, req: IoRequest) -> Option<u32> {
         let submitted = match req {
-            IoRequest::Discard { ranges } => {
-                let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-                ranges
-                    .iter()
-                    .all(|&(o, l)| self.push_fallocate(id, &lun, o, l, mode))
-            }
+            IoRequest::Discard { ranges } => self.push_fallocates(id, &lun, &ranges, PUNCH_HOLE),
             IoRequest::WriteZeroes { offset, len } => {
-                let mode = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
-                self.push_fallocate(id, &lun, offset, len, mode)
+                self.push_fallocate(id, &lun, offset, len, ZERO_RANGE)
             }
             IoRequest::Flush => self.push_flush(id, &lun),
             _ => self.push_next(id),
@@ -571,6 +572,13 @@ impl Worker {
             }
         }
         None
+    }
+
+    /// One fallocate per `(offset, len)` range; false if one could not be queued.
+    fn push_fallocates(&mut self, id: usize, lun: &Lun, ranges: &[(u64, u64)], mode: i32) -> bool {
+        ranges
+            .iter()
+            .all(|&(o, l)| self.push_fallocate(id, lun, o, l, mode))
     }
 
     fn push_fallocate(&mut self, id: usize, lun: &Lun, offset: u64, len: u64, mode: i32) -> bool {
@@ -977,7 +985,6 @@ impl Worker {
         (slot.pending == 0).then(|| finish_response(slot))
     }
 
-    /// Queues the next operation of a multi-step command, or fails the command.
     /// A block device refused to punch a hole (a write of zeroes with unmap) for UNMAP or
     /// WRITE SAME(UNMAP). The first refusal of the command redoes all its ranges another
     /// way; later ones are then moot. Where the disk claims LBPRZ the blocks must read as
@@ -996,11 +1003,7 @@ impl Worker {
         if !std::mem::replace(redone, true) {
             let ranges = ranges.clone();
             if disk.disk.properties().unmap_zeroes {
-                let mode = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
-                if !ranges
-                    .iter()
-                    .all(|&(o, l)| self.push_fallocate(id, &lun, o, l, mode))
-                {
+                if !self.push_fallocates(id, &lun, &ranges, ZERO_RANGE) {
                     let slot = &mut self.slots[id];
                     slot.error.get_or_insert(Sense::internal_target_failure());
                 }
@@ -1017,6 +1020,7 @@ impl Worker {
         Some((slot.pending == 0).then(|| finish_response(slot)))
     }
 
+    /// Queues the next operation of a multi-step command, or fails the command.
     fn continue_or_fail(&mut self, id: usize) -> Option<u32> {
         if self.push_next(id) {
             return None;
