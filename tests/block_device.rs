@@ -70,11 +70,7 @@ fn loop_device_lun_deallocates_as_it_reports() {
     let spec = format!("{},cache=none", dev.dev.display());
     let d = Daemon::start(&[], &["--disk", &spec, "--num-queues", "1"]);
     let mut fe = d.connect(1);
-    let mut rc16 = [0u8; 16];
-    rc16[0] = 0x9e;
-    rc16[1] = 0x10;
-    rc16[13] = 32;
-    let r = fe.command(&cmd(0, &rc16, &[], 32)).unwrap();
+    let r = fe.command(&cmd(0, &read_capacity16(32), &[], 32)).unwrap();
     good(&r);
     assert_eq!(&r.data_in[0..8], &(SIZE / 512 - 1).to_be_bytes());
     let lbprz = r.data_in[14] & 0x40 != 0;

@@ -38,11 +38,7 @@ fn inquiry_and_capacity() {
     assert_eq!(r.data_in.len(), 36);
     assert_eq!(&r.data_in[8..16], b"VSCSID  ");
     assert_eq!(r.resid, 60);
-    let mut rc = [0u8; 16];
-    rc[0] = 0x9e;
-    rc[1] = 0x10;
-    rc[13] = 32;
-    let r = fe.command(&cmd(0, &rc, &[], 32)).unwrap();
+    let r = fe.command(&cmd(0, &read_capacity16(32), &[], 32)).unwrap();
     good(&r);
     assert_eq!(
         u64::from_be_bytes(r.data_in[0..8].try_into().unwrap()) + 1,
@@ -52,7 +48,7 @@ fn inquiry_and_capacity() {
         u32::from_be_bytes(r.data_in[8..12].try_into().unwrap()),
         512
     );
-    let r = fe.command(&cmd(1, &rc, &[], 32)).unwrap();
+    let r = fe.command(&cmd(1, &read_capacity16(32), &[], 32)).unwrap();
     good(&r);
     assert_eq!(
         u64::from_be_bytes(r.data_in[0..8].try_into().unwrap()) + 1,
@@ -134,19 +130,24 @@ fn many_commands_in_flight_on_two_queues() {
     }
 }
 
-/// Writes bursts of 16 requests at once on two queues of a daemon started with `args`,
-/// then reads every block back.
-fn bursts_read_back(args: &[&str]) {
+/// A daemon with one 16 MiB cache=none disk and two request queues, plus `args`.
+fn direct_disk_on_two_queues(args: &[&str]) -> Daemon {
     let mut all = vec!["--num-queues", "2"];
     all.extend_from_slice(args);
-    let d = Daemon::start(
+    Daemon::start(
         &[Disk {
             name: "a.img",
             size: 16 * MIB,
             opts: "cache=none",
         }],
         &all,
-    );
+    )
+}
+
+/// Writes bursts of 16 requests at once on two queues of a daemon started with `args`,
+/// then reads every block back.
+fn bursts_read_back(args: &[&str]) {
+    let d = direct_disk_on_two_queues(args);
     let mut fe = d.connect(2);
     for q in [2usize, 3] {
         for round in 0..4u64 {
@@ -408,14 +409,7 @@ fn scattered_guest_buffers_reach_the_right_blocks() {
     // back in order, and a single page takes the plain read/write path.
     use vm_memory::{Bytes, GuestAddress};
     use vscsid::frontend::{VRING_DESC_F_NEXT as N, VRING_DESC_F_WRITE as W};
-    let d = Daemon::start(
-        &[Disk {
-            name: "a.img",
-            size: 16 * MIB,
-            opts: "cache=none",
-        }],
-        &["--num-queues", "2"],
-    );
+    let d = direct_disk_on_two_queues(&[]);
     let mut fe = d.connect(2);
     let raw_q = 3;
     let area = fe.conn.alloc(128 * 1024, 4096).expect("guest area");
@@ -504,14 +498,7 @@ fn compare_and_write_is_atomic_against_writes_from_other_queues() {
     // a serial order gives: the compare saw A and C came after (B overwritten by C), or C
     // came first and the compare failed. B left on the medium means a write slipped in
     // between the compare and the write.
-    let d = Daemon::start(
-        &[Disk {
-            name: "a.img",
-            size: 16 * MIB,
-            opts: "cache=none",
-        }],
-        &["--num-queues", "2"],
-    );
+    let d = direct_disk_on_two_queues(&[]);
     let mut fe = d.connect(2);
     let lba = 100u64;
     let (mut swapped, mut miscompared) = (0, 0);

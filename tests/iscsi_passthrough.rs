@@ -48,11 +48,7 @@ fn passthrough_lun_serves_the_targets_data() {
     let r = fe.command(&cmd(0, &inquiry(96), &[], 96)).unwrap();
     assert_eq!(&r.data_in[8..14], b"VSCSID");
     // READ CAPACITY(16) is the target's capacity.
-    let mut rc = [0u8; 16];
-    rc[0] = 0x9e;
-    rc[1] = 0x10;
-    rc[13] = 32;
-    let r = fe.command(&cmd(1, &rc, &[], 32)).unwrap();
+    let r = fe.command(&cmd(1, &read_capacity16(32), &[], 32)).unwrap();
     good(&r);
     assert_eq!(
         u64::from_be_bytes(r.data_in[0..8].try_into().unwrap()) + 1,

@@ -132,6 +132,15 @@ pub fn write16(lba: u64, blocks: u32) -> [u8; 16] {
     c
 }
 
+/// READ CAPACITY(16) (SERVICE ACTION IN(16), service action 0x10).
+pub fn read_capacity16(alloc: u8) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = 0x9e;
+    c[1] = 0x10;
+    c[13] = alloc;
+    c
+}
+
 pub fn inquiry(alloc: u16) -> [u8; 6] {
     let a = alloc.to_be_bytes();
     [0x12, 0, 0, a[0], a[1], 0]
