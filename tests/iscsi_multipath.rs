@@ -15,10 +15,8 @@ use std::time::{Duration, Instant};
 use common::{pattern, read16, write16};
 use iscsi_common::link::Link;
 use iscsi_common::*;
-use vscsid::iscsi::{
-    command, IscsiLun, IscsiOptions, IscsiUrl, MultipathOptions, Policy, ScsiCompletion,
-    TransportError,
-};
+use vscsid::iscsi::{IscsiLun, IscsiOptions, IscsiUrl, MultipathOptions, Policy};
+use vscsid::scsi::task::{command, ScsiCompletion, TransportError};
 
 const MIB: u64 = 1 << 20;
 

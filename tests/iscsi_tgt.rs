@@ -8,9 +8,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use iscsi_common::*;
-use vscsid::iscsi::{
-    command, discover, Chap, IscsiLun, IscsiOptions, IscsiUrl, ScsiCompletion, TmfFunction,
-};
+use vscsid::iscsi::{discover, Chap, IscsiLun, IscsiOptions, IscsiUrl};
+use vscsid::scsi::task::{command, ScsiCompletion, TmfFunction};
 
 const MIB: u64 = 1 << 20;
 
@@ -50,7 +49,7 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
 }
 
 /// Executes a command, retrying (bounded) while the target reports a unit attention.
-fn run(lun: &IscsiLun, cmd: vscsid::iscsi::ScsiCommand) -> ScsiCompletion {
+fn run(lun: &IscsiLun, cmd: vscsid::scsi::task::ScsiCommand) -> ScsiCompletion {
     for _ in 0..5 {
         let c = lun.execute(cmd.clone());
         if !unit_attention(&c) {

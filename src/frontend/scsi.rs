@@ -19,11 +19,7 @@ pub const SLOTS_PER_QUEUE: usize = 32;
 
 /// The 8-byte virtio-scsi LUN address of (target, lun).
 pub fn lun_address(target: u8, lun: u16) -> [u8; 8] {
-    let (hi, lo) = if lun < 256 {
-        (0, lun as u8)
-    } else {
-        (0x40 | (lun >> 8) as u8, lun as u8)
-    };
+    let [hi, lo] = crate::scsi::LunId::new(lun).unwrap_or_default().to_be16();
     [1, target, hi, lo, 0, 0, 0, 0]
 }
 

@@ -3,7 +3,7 @@
 //! designator) and REPORT TARGET PORT GROUPS. Paths in standby or unavailable groups carry
 //! no I/O; active/optimized ones are preferred to active/non-optimized ones.
 
-use super::ScsiCompletion;
+use crate::scsi::task::ScsiCompletion;
 
 pub const ACTIVE_OPTIMIZED: u8 = 0x0;
 pub const ACTIVE_NON_OPTIMIZED: u8 = 0x1;
@@ -110,7 +110,7 @@ pub fn query(exec: impl Fn(&[u8], u32) -> Option<ScsiCompletion>) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::iscsi::{Residual, ScsiStatus};
+    use crate::scsi::task::{Residual, ScsiStatus};
 
     fn vpd83_with_group(g: u16) -> Vec<u8> {
         // An NAA designator (8 bytes), then a target port group designator.

@@ -18,6 +18,8 @@ pub use login::{discover, LoginError};
 pub use multipath::{Failback, MultipathOptions, PathStatus, Policy};
 pub use url::IscsiUrl;
 
+use crate::scsi::task::{ScsiCommand, ScsiCompletion, TmfFunction, TransportError};
+
 /// CHAP credentials; `mutual` holds the name and secret the target must prove.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Chap {
@@ -101,86 +103,6 @@ pub fn default_initiator_name() -> String {
         "iqn.2024-01.io.vscsid:{}",
         if host.is_empty() { "host" } else { &host }
     )
-}
-
-/// SAM task attribute of a command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TaskAttr {
-    Untagged = 0,
-    #[default]
-    Simple = 1,
-    Ordered = 2,
-    HeadOfQueue = 3,
-    Aca = 4,
-}
-
-/// One SCSI command to forward.
-#[derive(Debug, Clone)]
-pub struct ScsiCommand {
-    pub cdb: [u8; 32],
-    pub cdb_len: usize,
-    pub data_out: Vec<u8>,
-    pub data_in_len: u32,
-    pub task_attr: TaskAttr,
-}
-
-/// Status and raw sense bytes of a completed command.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScsiStatus {
-    pub status: u8,
-    pub sense: Vec<u8>,
-}
-
-/// The target's residual report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Residual {
-    pub overflow: bool,
-    pub underflow: bool,
-    pub count: u32,
-}
-
-/// Why a command got no status from the target.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TransportError {
-    #[error("the target could not be reached within the recovery time")]
-    Timeout,
-    #[error("the session is closed")]
-    Closed,
-    #[error("aborted by task management")]
-    Aborted,
-    #[error("the path failed while the command was at the target, and it is not safe to reissue")]
-    Disrupted,
-    #[error("{0}")]
-    Protocol(String),
-}
-
-/// What became of a command.
-#[derive(Debug, Clone)]
-pub struct ScsiCompletion {
-    pub result: Result<ScsiStatus, TransportError>,
-    pub data_in: Vec<u8>,
-    pub residual: Residual,
-}
-
-impl ScsiCompletion {
-    fn failed(e: TransportError) -> ScsiCompletion {
-        ScsiCompletion {
-            result: Err(e),
-            data_in: Vec::new(),
-            residual: Residual::default(),
-        }
-    }
-}
-
-/// Task management functions (RFC 7143 11.5.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TmfFunction {
-    AbortTask = 1,
-    AbortTaskSet = 2,
-    ClearAca = 3,
-    ClearTaskSet = 4,
-    LogicalUnitReset = 5,
-    TargetWarmReset = 6,
 }
 
 /// A LUN of an iSCSI target, reached through one session per portal (path). Send + Sync:
@@ -292,19 +214,5 @@ impl IscsiLun {
 impl Drop for IscsiLun {
     fn drop(&mut self) {
         self.core.close();
-    }
-}
-
-/// Builds a command from CDB bytes.
-pub fn command(cdb: &[u8], data_out: Vec<u8>, data_in_len: u32) -> ScsiCommand {
-    let mut c = [0u8; 32];
-    let n = cdb.len().min(32);
-    c[..n].copy_from_slice(&cdb[..n]);
-    ScsiCommand {
-        cdb: c,
-        cdb_len: n,
-        data_out,
-        data_in_len,
-        task_attr: TaskAttr::Simple,
     }
 }

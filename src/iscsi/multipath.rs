@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use super::session::{Done, LostPath, PathEvents, Session};
 use super::{alua, LoginError};
-use super::{IscsiOptions, IscsiUrl, ScsiCommand, ScsiCompletion, TmfFunction, TransportError};
+use super::{IscsiOptions, IscsiUrl};
+use crate::scsi::task::{ScsiCommand, ScsiCompletion, TmfFunction, TransportError};
 
 /// Most paths one LUN may have.
 pub const MAX_PATHS: usize = 16;
@@ -523,7 +524,7 @@ impl Core {
         };
         let state = alua::query(|cdb, len| {
             let (tx, rx) = std::sync::mpsc::channel();
-            let cmd = super::command(cdb, Vec::new(), len);
+            let cmd = crate::scsi::task::command(cdb, Vec::new(), len);
             let done: Done = Box::new(move |c| {
                 let _ = tx.send(c);
             });

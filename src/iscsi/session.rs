@@ -16,9 +16,8 @@ use std::time::{Duration, Instant};
 
 use super::login::{self, LoginError, Negotiated};
 use super::pdu::{self, op, Framing, Pdu, F_FINAL};
-use super::{
-    IscsiOptions, IscsiUrl, Residual, ScsiCommand, ScsiCompletion, ScsiStatus, TransportError,
-};
+use super::{IscsiOptions, IscsiUrl};
+use crate::scsi::task::{Residual, ScsiCommand, ScsiCompletion, ScsiStatus, TransportError};
 
 /// A fresh random-qualifier ISID (RFC 7143 10.12.5, type 10b).
 pub fn new_isid() -> [u8; 6] {
@@ -26,13 +25,9 @@ pub fn new_isid() -> [u8; 6] {
     [0x80, r[0], r[1], r[2], r[3], r[4]]
 }
 
-/// The 8-byte LUN field for `lun` (single-level, peripheral or flat space addressing).
+/// The 8-byte LUN field for `lun` (a number the configuration checked to be in range).
 pub fn lun_field(lun: u16) -> u64 {
-    if lun < 256 {
-        u64::from(lun) << 48
-    } else {
-        u64::from(0x4000 | lun) << 48
-    }
+    crate::scsi::LunId::new(lun).unwrap_or_default().to_u64()
 }
 
 /// Serial number arithmetic (RFC 1982): a <= b.

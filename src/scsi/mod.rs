@@ -7,9 +7,12 @@
 
 pub mod cdb;
 pub mod disk;
+pub mod lun_id;
 pub mod sense;
 pub mod target;
+pub mod task;
 
+pub use lun_id::LunId;
 pub use sense::Sense;
 
 /// SCSI status codes (SAM-5 table 33).

@@ -18,8 +18,8 @@ use super::io::{compare_with_data_out, map_or_bounce, pattern_buffer, sense_for_
 use super::lun::{Lun, Medium};
 use super::slot::{Job, Mem, MemGuard, Slot, Vring};
 use crate::backend::{AlignedBuf, Ring};
-use crate::iscsi::{ScsiCompletion, TaskAttr, TransportError};
 use crate::scsi::target::Route;
+use crate::scsi::task::{ScsiCompletion, TaskAttr, TransportError};
 use crate::scsi::{cdb, status, DataOut, IoRequest, Outcome, Sense, DATA_IN_SCRATCH};
 use crate::virtio::layout::{encode_cmd_resp, response, CMD_REQ_LEN, CMD_RESP_LEN};
 use crate::virtio::{ParsedChain, SegList};
@@ -794,7 +794,7 @@ impl Worker {
         {
             return Some(respond(m, &slot.chain, response::FAILURE, 0, 0, &[]));
         }
-        let mut cmd = crate::iscsi::command(cdb, data_out, in_len as u32);
+        let mut cmd = crate::scsi::task::command(cdb, data_out, in_len as u32);
         cmd.cdb_len =
             cdb::cdb_len_for_opcode(cdb[0]).unwrap_or(if cdb[0] == 0x7f { 32 } else { 16 });
         cmd.task_attr = match task_attr {

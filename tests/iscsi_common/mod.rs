@@ -14,7 +14,7 @@ pub const IQN: &str = "iqn.2024-01.io.vscsid.test:disk";
 
 /// True for CHECK CONDITION with UNIT ATTENTION (a new nexus, or a target that restarted):
 /// initiators retry those, and so do the tests.
-pub fn unit_attention(c: &vscsid::iscsi::ScsiCompletion) -> bool {
+pub fn unit_attention(c: &vscsid::scsi::task::ScsiCompletion) -> bool {
     matches!(&c.result, Ok(st) if st.status == 2 && st.sense.get(2).is_some_and(|k| k & 0x0f == 6))
 }
 
