@@ -1,13 +1,20 @@
 //! vscsid: a vhost-user-scsi daemon.
 //!
 //! A request travels down the layers in this order:
-//! `vhost` (device, queues, workers) → `virtio` (virtio-scsi request parsing) →
-//! `scsi` (LUN table, CDB decode, sense, emulated disk) → `backend` (io_uring file/block I/O).
+//! `vhost` (device, queues, workers) → `virtio` (typed requests and responses on the wire)
+//! → `lun` (LUN table, the interface every kind of LUN implements, the emulated disk's
+//! medium I/O, passthrough) → `scsi` (CDB decoding, sense, SCSI emulation, pure logic) and
+//! `backend` (io_uring block I/O, guest memory, backing files). `iscsi` is the initiator
+//! the iSCSI passthrough LUN uses; `config` builds the configuration; `frontend` is an
+//! in-process vhost-user frontend for tests and the load generator.
+
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod backend;
 pub mod config;
 pub mod frontend;
 pub mod iscsi;
+pub mod lun;
 pub mod scsi;
 pub mod vhost;
 pub mod virtio;

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use clap::{CommandFactory, FromArgMatches, Parser};
 
 use vscsid::config::{parse_config_file, parse_disk_spec, Config};
-use vscsid::vhost::{build_lun_table, serve, CurrentDevice};
+use vscsid::lun::{build_lun_table, status_lines, Lun, LunTable};
+use vscsid::vhost::{serve, CurrentDevice};
 
 /// vhost-user-scsi daemon: serves a QEMU guest's virtio-scsi controller from a UNIX socket.
 #[derive(Parser, Debug)]
@@ -182,7 +183,12 @@ fn main() -> ExitCode {
         }
     };
     for (t, l, lun) in luns.luns() {
-        tracing::info!(target_id = t, lun = l, "LUN ready: {}", lun.describe());
+        tracing::info!(
+            target_id = t,
+            lun = l,
+            "LUN ready: {}",
+            lun.device().describe()
+        );
     }
     let current = CurrentDevice::default();
     if let Err(e) = install_signal_handler(current.clone(), luns.clone()) {
@@ -201,10 +207,7 @@ fn main() -> ExitCode {
 /// SIGTERM/SIGINT: stop taking requests, let in-flight commands complete (bounded), make
 /// completed writes durable, and exit. SIGUSR1: log every LUN's state (for iSCSI LUNs,
 /// each path's state and counters).
-fn install_signal_handler(
-    current: CurrentDevice,
-    luns: Arc<vscsid::scsi::target::LunTable<vscsid::vhost::Lun>>,
-) -> std::io::Result<()> {
+fn install_signal_handler(current: CurrentDevice, luns: Arc<LunTable<Lun>>) -> std::io::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1])?;
     std::thread::Builder::new()
@@ -212,7 +215,7 @@ fn install_signal_handler(
         .spawn(move || {
             for sig in signals.forever() {
                 if sig == SIGUSR1 {
-                    for line in vscsid::vhost::status_lines(&luns) {
+                    for line in status_lines(&luns) {
                         tracing::info!("status: {line}");
                     }
                     continue;
@@ -222,11 +225,7 @@ fn install_signal_handler(
                     tracing::error!("in-flight I/O did not complete in time");
                 }
                 for (_, _, lun) in luns.luns() {
-                    if let Some(d) = lun.as_disk() {
-                        if d.backing.cache.honours_flush() && !d.backing.readonly {
-                            let _ = d.backing.file.sync_data();
-                        }
-                    }
+                    lun.device().make_durable();
                 }
                 std::process::exit(0);
             }

@@ -1,10 +1,16 @@
 //! Backends: how a LUN's medium is reached. Regular files and block devices are opened with
-//! the cache mode's flags and driven through one io_uring per worker thread.
+//! the cache mode's flags ([`Backing`]) and driven through one io_uring per worker thread
+//! ([`BlockIo`]); guest memory is reached through scatter lists ([`guest`]).
 
+mod aligned;
+pub mod block_io;
 mod cache;
 mod file;
+pub mod guest;
 pub mod uring;
 
+pub use aligned::AlignedBuf;
+pub use block_io::{BlockIo, Fallocate, IoBuffers};
 pub use cache::CacheMode;
 pub use file::{Backing, OpenError};
-pub use uring::{AlignedBuf, Ring};
+pub use uring::Ring;

@@ -33,6 +33,8 @@ pub const MAINTENANCE_IN: u8 = 0xa3;
 pub const READ_12: u8 = 0xa8;
 pub const WRITE_12: u8 = 0xaa;
 pub const VERIFY_12: u8 = 0xaf;
+/// Variable-length CDB (SPC-4 4.2.3): its length is in byte 7.
+pub const VARIABLE_LENGTH: u8 = 0x7f;
 
 /// SERVICE ACTION IN(16) service action of READ CAPACITY(16).
 pub const SAI_READ_CAPACITY_16: u8 = 0x10;

@@ -1,4 +1,5 @@
-//! SCSI target layer: the LUN table, CDB decoding, sense data and the emulated disk.
+//! SCSI types and logic with no I/O: CDB decoding, sense data, LUN numbers, commands and
+//! their completions, and the emulated disk's command set.
 //!
 //! This layer knows nothing about virtio or io_uring. The request path hands it a CDB, a way
 //! to read the guest's data-out buffer on demand and a scratch buffer for small data-in
@@ -9,7 +10,6 @@ pub mod cdb;
 pub mod disk;
 pub mod lun_id;
 pub mod sense;
-pub mod target;
 pub mod task;
 
 pub use lun_id::LunId;

@@ -2,7 +2,7 @@
 //! dispatch that hands virtqueue kicks and io_uring completions to the right worker.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,92 +16,24 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::control::PendingTmfs;
-use super::inflight::InflightCounters;
-use super::lun::{Lun, MAX_TRANSFER_BYTES};
-use super::slot::{GuestMem, Vring};
+use super::control_queue::PendingTmfs;
+use super::queue::{lock, Vring};
+use super::shared::{Shared, CONTROL_QUEUE, EVENT_QUEUE};
 use super::worker::Worker;
+use crate::backend::guest::GuestMem;
 use crate::config::Config;
-use crate::scsi::target::LunTable;
+use crate::lun::{Lun, LunTable, MAX_TRANSFER_BYTES};
 use crate::virtio::layout::{feature, CDB_SIZE, SENSE_SIZE};
 
-/// Global index of the control queue and of the event queue.
-pub const CONTROL_QUEUE: u16 = 0;
-pub const EVENT_QUEUE: u16 = 1;
 /// How long stopping a queue waits for its commands to complete.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// State every worker thread shares.
-pub struct Shared {
-    pub luns: Arc<LunTable<Lun>>,
-    pub mem: GuestMem,
-    pub inflight: InflightCounters,
-    /// Set on SIGTERM: workers stop taking new requests and let in-flight ones finish.
-    pub stopping: AtomicBool,
-    /// Global queue indices of each thread, in the order of that thread's vring slice.
-    thread_queues: Vec<Vec<u16>>,
-    /// Wakes the control thread when a LUN it waits for (task management) drains.
-    pub(crate) tmf_event: EventFd,
-    pub(crate) tmf_waiting: AtomicU32,
-    pub(crate) workers: Vec<Mutex<Worker>>,
-    /// Queues (bit per global index) whose available ring the guest corrupted; they are not
-    /// served again until the frontend stops and restarts them.
-    broken: AtomicU64,
-    /// Busy-poll budget after each event (`--poll-us`); zero sleeps in epoll at once.
-    poll: Duration,
-    /// This structure's own Arc, for completions that arrive on other threads.
-    pub(crate) me: std::sync::Weak<Shared>,
-    /// Each worker's wake-up (its completion eventfd).
-    wakers: Vec<EventFd>,
-}
-
-impl Shared {
-    /// `(position in the thread's vrings, global queue)` of a thread's request queues.
-    pub fn request_queues_of(&self, thread: usize) -> impl Iterator<Item = (usize, u16)> + '_ {
-        self.thread_queues
-            .get(thread)
-            .into_iter()
-            .flat_map(|qs| qs.iter().copied().enumerate())
-            .filter(|&(_, q)| q > EVENT_QUEUE)
-    }
-
-    pub fn is_broken(&self, queue: u16) -> bool {
-        self.broken.load(Ordering::Acquire) & (1u64 << (queue % 64)) != 0
-    }
-
-    /// Stops serving a queue whose available ring makes no sense (an index more than a
-    /// queue size ahead): popping from it would spin. Logged once.
-    pub fn mark_broken(&self, queue: u16) {
-        let bit = 1u64 << (queue % 64);
-        if self.broken.fetch_or(bit, Ordering::AcqRel) & bit == 0 {
-            tracing::error!(
-                queue,
-                "guest corrupted the available ring; queue stopped until reset"
-            );
-        }
-    }
-
-    /// Wakes every worker: a LUN's write gate opened, commands parked at it may go.
-    pub fn wake_workers(&self) {
-        for w in &self.wakers {
-            let _ = w.write(1);
-        }
-    }
-
-    /// Called when a command ends: wakes task management waiting for commands to end.
-    pub fn lun_drained(&self) {
-        if self.tmf_waiting.load(Ordering::Acquire) > 0 {
-            let _ = self.tmf_event.write(1);
-        }
-    }
-}
 
 /// The device handed to the vhost-user daemon; cloned into every worker thread.
 #[derive(Clone)]
 pub struct ScsiDevice {
     pub shared: Arc<Shared>,
+    workers: Arc<[Arc<Mutex<Worker>>]>,
     num_request_queues: u16,
     queue_size: u16,
     tmfs: Arc<Mutex<PendingTmfs>>,
@@ -123,25 +55,17 @@ impl ScsiDevice {
             let rq = qs.iter().filter(|&&q| q > EVENT_QUEUE).count().max(1);
             let worker = Worker::new(t, rq * usize::from(cfg.queue_size), cfg.submit_batch)?;
             wakers.push(worker.waker()?);
-            workers.push(Mutex::new(worker));
+            workers.push(Arc::new(Mutex::new(worker)));
         }
-        let tmf_event = EventFd::new(EFD_NONBLOCK)?;
-        let shared = Arc::new_cyclic(|me| Shared {
-            me: me.clone(),
-            luns,
-            mem,
-            inflight: InflightCounters::new(usize::from(n) + 2),
-            stopping: AtomicBool::new(false),
-            thread_queues,
-            tmf_event,
-            tmf_waiting: AtomicU32::new(0),
-            workers,
-            broken: AtomicU64::new(0),
-            poll: Duration::from_micros(u64::from(cfg.poll_us)),
-            wakers,
-        });
+        let poll = Duration::from_micros(u64::from(cfg.poll_us));
+        let queues = usize::from(n) + 2;
+        let shared = Arc::new(Shared::new(luns, mem, queues, thread_queues, poll, wakers)?);
+        for w in &workers {
+            lock(w).attach(Arc::downgrade(&shared), Arc::downgrade(w));
+        }
         Ok(ScsiDevice {
             shared,
+            workers: workers.into(),
             num_request_queues: n,
             queue_size: cfg.queue_size,
             tmfs: Arc::new(Mutex::new(PendingTmfs::default())),
@@ -160,11 +84,7 @@ impl ScsiDevice {
 
     /// The io_uring eventfd of each worker thread.
     pub fn ring_fds(&self) -> Vec<std::os::unix::io::RawFd> {
-        self.shared
-            .workers
-            .iter()
-            .map(|w| lock(w).ring_fd())
-            .collect()
+        self.workers.iter().map(|w| lock(w).ring_fd()).collect()
     }
 
     /// `virtio_scsi_config`, as the device would present it.
@@ -187,10 +107,6 @@ impl ScsiDevice {
         c[32..36].copy_from_slice(&u32::from(max_lun).to_le_bytes());
         c
     }
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl VhostUserBackend for ScsiDevice {
@@ -251,13 +167,11 @@ impl VhostUserBackend for ScsiDevice {
     }
 
     fn reset_device(&self) {
-        self.shared.broken.store(0, Ordering::Release);
+        self.shared.clear_broken(None);
     }
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
-        self.shared
-            .broken
-            .fetch_and(!(1u64 << (queue_index % 64)), Ordering::AcqRel);
+        self.shared.clear_broken(Some(queue_index));
         if !self
             .shared
             .inflight
@@ -279,7 +193,7 @@ impl VhostUserBackend for ScsiDevice {
         thread_id: usize,
     ) -> io::Result<()> {
         let sh = &self.shared;
-        let Some(worker) = sh.workers.get(thread_id) else {
+        let Some(worker) = self.workers.get(thread_id) else {
             return Ok(());
         };
         let ev = u64::from(device_event);
@@ -295,7 +209,7 @@ impl VhostUserBackend for ScsiDevice {
             let vpos = usize::from(device_event);
             match queue {
                 CONTROL_QUEUE => {
-                    lock(&self.tmfs).process_control(sh, vrings, vpos, queue);
+                    lock(&self.tmfs).process_control(sh, &self.workers, vrings, vpos, queue);
                 }
                 EVENT_QUEUE => {
                     // Buffers stay posted until there is an event to report.
@@ -304,7 +218,7 @@ impl VhostUserBackend for ScsiDevice {
             }
         }
         if thread_id == 0 {
-            lock(&self.tmfs).retry(sh, vrings);
+            lock(&self.tmfs).retry(sh, &self.workers, vrings);
         }
         if !sh.poll.is_zero() {
             busy_poll(sh, worker, vrings, thread_id);
@@ -379,7 +293,7 @@ mod tests {
         };
         cfg.luns.push(LunConfig::disk(0, 0, p.clone()));
         cfg.luns.push(LunConfig::disk(2, 7, p));
-        let luns = Arc::new(super::super::build_lun_table(&cfg).expect("luns"));
+        let luns = Arc::new(crate::lun::build_lun_table(&cfg).expect("luns"));
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
         let dev = ScsiDevice::new(&cfg, luns, mem).expect("device");
         (dir, dev)

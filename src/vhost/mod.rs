@@ -1,12 +1,13 @@
 //! The vhost-user device layer: the socket, the daemon's connection lifecycle, the device's
-//! queues and the worker threads that serve them.
+//! queues and the worker threads that serve them. It knows that a request has a LUN
+//! address, a CDB, data buffers and an answer; what a LUN does with it is the LUN layer's.
 
-mod control;
+mod control_queue;
 mod device;
-mod gate;
 mod inflight;
-mod io;
-pub mod lun;
+mod queue;
+mod remote;
+mod shared;
 mod slot;
 mod worker;
 
@@ -21,10 +22,10 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
 pub use device::ScsiDevice;
-pub use lun::{build_lun_table, status_lines, Lun};
 
+use crate::backend::guest::GuestMem;
 use crate::config::Config;
-use crate::scsi::target::LunTable;
+use crate::lun::{Lun, LunTable};
 
 /// How long SIGTERM waits for in-flight commands before exiting anyway.
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(30);
@@ -37,7 +38,7 @@ impl CurrentDevice {
     /// Stops taking new requests and waits (bounded) for in-flight ones to complete.
     /// Returns false if commands were still in flight at the deadline.
     pub fn drain(&self) -> bool {
-        let dev = device::lock(&self.0).clone();
+        let dev = queue::lock(&self.0).clone();
         match dev {
             Some(d) => {
                 d.shared
@@ -81,7 +82,7 @@ fn serve_one(
     socket: &Path,
     current: &CurrentDevice,
 ) -> Result<(), String> {
-    let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
+    let mem: GuestMem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
     let dev = ScsiDevice::new(cfg, luns, mem.clone())
         .map_err(|e| format!("cannot set up the device: {e}"))?;
     let mut daemon = VhostUserDaemon::new("vscsid".into(), dev.clone(), mem)
@@ -102,7 +103,7 @@ fn serve_one(
         )
         .map_err(|e| format!("cannot watch task management wake-ups: {e}"))?;
     }
-    *device::lock(&current.0) = Some(dev.clone());
+    *queue::lock(&current.0) = Some(dev.clone());
     daemon
         .start(listener)
         .map_err(|e| format!("cannot accept a connection on {}: {e}", socket.display()))?;
@@ -111,7 +112,7 @@ fn serve_one(
     for h in daemon.get_epoll_handlers() {
         h.send_exit_event();
     }
-    *device::lock(&current.0) = None;
+    *queue::lock(&current.0) = None;
     drop(daemon);
     match result {
         Ok(())

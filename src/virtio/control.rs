@@ -2,7 +2,7 @@
 //! query/subscribe, decoded from the device-readable part of a chain.
 
 use super::layout::ctrl;
-use super::SegList;
+use crate::backend::guest::SegList;
 use vm_memory::GuestMemory;
 
 /// A decoded control queue request.
@@ -61,7 +61,7 @@ impl ControlRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::Segment;
+    use crate::backend::guest::Segment;
     use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
     fn setup(bytes: &[u8]) -> (GuestMemoryMmap<()>, SegList) {

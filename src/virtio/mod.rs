@@ -1,5 +1,5 @@
-//! virtio-scsi request parsing: turning a descriptor chain from guest memory into a request
-//! header, a data-out and a data-in scatter list, and writing the response back.
+//! virtio-scsi on the wire: turning a descriptor chain from guest memory into a typed
+//! command or control request and its data buffers, and writing the response back.
 //!
 //! Everything here reads guest-controlled values: lengths and addresses are checked against
 //! guest memory on every access, and nothing panics on what a guest writes.
@@ -7,5 +7,6 @@
 pub mod chain;
 pub mod control;
 pub mod layout;
+pub mod request;
 
-pub use chain::{ChainError, ParsedChain, SegList, Segment};
+pub use chain::{ChainError, ParsedChain};

@@ -4,11 +4,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::cdb::{self, be16, be32, byte};
-use super::{Outcome, Sense};
-
-/// Highest LUN number (flat space addressing).
-pub const MAX_LUN: u16 = 16383;
+use crate::scsi::cdb::{self, be16, be32, byte};
+use crate::scsi::lun_id::{LunId, MAX_LUN};
+use crate::scsi::{Outcome, Sense};
 
 /// Where a LUN address leads.
 pub enum Route<'a, L> {
@@ -66,11 +64,10 @@ impl<L> LunTable<L> {
     /// Routes an 8-byte virtio-scsi LUN address: byte 0 is 1, byte 1 the target, bytes 2-3
     /// the LUN in single-level format (peripheral or flat space addressing).
     pub fn route(&self, addr: &[u8; 8]) -> Route<'_, L> {
-        if addr[0] != 1 || (addr[2] != 0 && !(0x40..0x80).contains(&addr[2])) {
+        let Some(lun) = LunId::from_be16([addr[2], addr[3]]).filter(|_| addr[0] == 1) else {
             return Route::BadTarget;
-        }
-        let target = addr[1];
-        let lun = ((u16::from(addr[2]) << 8) | u16::from(addr[3])) & 0x3fff;
+        };
+        let (target, lun) = (addr[1], lun.value());
         match self.targets.get(&target) {
             None => Route::BadTarget,
             Some(t) => match t.get(&lun) {
@@ -130,18 +127,35 @@ impl<L> LunTable<L> {
         put(4, &[0; 4]);
         if all {
             if let Some(t) = self.targets.get(&target) {
-                for (i, &lun) in t.keys().enumerate() {
-                    let entry = if lun < 256 {
-                        [0x00, lun as u8, 0, 0, 0, 0, 0, 0]
-                    } else {
-                        [0x40 | (lun >> 8) as u8, lun as u8, 0, 0, 0, 0, 0, 0]
-                    };
-                    put(8 + i * 8, &entry);
+                for (i, lun) in t.keys().filter_map(|&l| LunId::new(l)).enumerate() {
+                    put(8 + i * 8, &lun.to_bytes());
                 }
             }
         }
         Outcome::Good {
             data_in_len: (8 + count * 8).min(limit),
+        }
+    }
+
+    /// Answers a command the target itself answers rather than a LUN: REPORT LUNS (for any
+    /// LUN address of the target) and every command to a LUN the target lacks. None for a
+    /// command the LUN must run.
+    pub fn target_command(
+        &self,
+        route: &Route<'_, L>,
+        c: &[u8],
+        data_in: &mut [u8],
+    ) -> Option<Outcome> {
+        let target = match route {
+            Route::BadTarget => return None,
+            Route::MissingLun { target } | Route::Lun { target, .. } => *target,
+        };
+        if byte(c, 0) == cdb::REPORT_LUNS {
+            return Some(self.report_luns(target, c, data_in));
+        }
+        match route {
+            Route::MissingLun { .. } => Some(self.missing_lun_command(c, data_in)),
+            _ => None,
         }
     }
 

@@ -1,0 +1,108 @@
+//! The emulated disk LUN: SCSI emulation ([`EmulatedDisk`]) on a file, partition or block
+//! device ([`Backing`]), its medium reached through the worker's block I/O ([`medium`]),
+//! COMPARE AND WRITE kept atomic by the LUN's [`WriteGate`].
+
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::path::Path;
+
+use super::gate::WriteGate;
+use super::identity::disk_properties;
+use super::{answer_emulated, medium, Command, IoContext, LunDevice, Step, Task};
+use crate::backend::{Backing, CacheMode};
+use crate::config::LunConfig;
+use crate::scsi::disk::{DiskProperties, EmulatedDisk};
+use crate::scsi::Outcome;
+
+pub struct DiskLun {
+    pub disk: EmulatedDisk,
+    pub backing: Backing,
+    /// Keeps COMPARE AND WRITE atomic against writes from every queue.
+    pub gate: WriteGate,
+}
+
+impl DiskLun {
+    pub fn fd(&self) -> RawFd {
+        self.backing.file.as_raw_fd()
+    }
+}
+
+/// Opens the backing store of a disk LUN and checks it fits the configured block size.
+pub fn open(l: &LunConfig, path: &Path, cache: CacheMode) -> Result<Box<dyn LunDevice>, String> {
+    let where_ = format!("target {} LUN {}", l.target, l.lun);
+    let backing = Backing::open(path, cache, l.readonly).map_err(|e| format!("{where_}: {e}"))?;
+    let bs = u64::from(l.block_size);
+    if backing.size < bs {
+        return Err(format!(
+            "{where_}: {} is smaller than one {bs}-byte block",
+            path.display()
+        ));
+    }
+    if backing.dio_align > bs {
+        return Err(format!(
+            "{where_}: block-size {bs} is smaller than the {}-byte alignment O_DIRECT needs on {}; use block-size=4096 or another cache mode",
+            backing.dio_align,
+            path.display()
+        ));
+    }
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let props = disk_properties(
+        l,
+        backing.size / bs,
+        canonical.as_os_str().as_encoded_bytes(),
+        cache.write_cache_enabled(),
+        "VIRTUAL-DISK",
+        backing.unmapped_blocks_read_zeroes(),
+    );
+    Ok(Box::new(DiskLun {
+        disk: EmulatedDisk::new(props),
+        backing,
+        gate: WriteGate::default(),
+    }))
+}
+
+impl LunDevice for DiskLun {
+    fn start(&self, cmd: &Command<'_>, task: &mut Task, io: &mut IoContext<'_>) -> Step {
+        match self.disk.execute(cmd.cdb, &io.data.out, io.scratch) {
+            Outcome::Io(req) => medium::start(self, req, task, io),
+            done => Step::Done(answer_emulated(done, io.scratch, io.data.inn)),
+        }
+    }
+
+    fn io_done(&self, task: &mut Task, res: i32, io: &mut IoContext<'_>) -> Step {
+        medium::on_completion(self, task, res, io)
+    }
+
+    fn resume(&self, task: &mut Task, io: &mut IoContext<'_>) -> Step {
+        medium::resume(self, task, io)
+    }
+
+    fn end(&self, task: &mut Task) -> bool {
+        medium::leave_gate(self, task)
+    }
+
+    fn reset(&self) {
+        self.disk.reset();
+    }
+
+    fn make_durable(&self) {
+        if self.backing.cache.honours_flush() && !self.backing.readonly {
+            let _ = self.backing.file.sync_data();
+        }
+    }
+
+    fn describe(&self) -> String {
+        let p = self.disk.properties();
+        format!(
+            "disk {} cache={} {} blocks of {} bytes{}",
+            self.backing.path.display(),
+            self.backing.cache,
+            p.capacity_blocks,
+            p.block_size,
+            if p.readonly { ", read-only" } else { "" }
+        )
+    }
+
+    fn disk_properties(&self) -> Option<&DiskProperties> {
+        Some(self.disk.properties())
+    }
+}

@@ -1,0 +1,150 @@
+//! The iSCSI passthrough LUN: every CDB goes unchanged to a LUN of an iSCSI target through
+//! vscsid's initiator ([`IscsiLun`], with multipath); status, sense and data come back
+//! unchanged. Data-out is copied into the command, data-in copied back on completion.
+
+use super::{Answer, Command, HostError, IoContext, LunDevice, RawSense, Step, Task};
+use crate::backend::guest::DataBuffers;
+use crate::config::{LunConfig, PathSettings};
+use crate::iscsi::{Chap, IscsiLun, IscsiOptions, IscsiUrl};
+use crate::scsi::cdb;
+use crate::scsi::task::{command, ScsiCompletion, TmfFunction, TransportError};
+use crate::scsi::{status, Sense};
+
+/// Largest data buffer of one passthrough command (it is copied, unlike local I/O).
+const MAX_PASSTHROUGH_BYTES: u64 = 16 << 20;
+
+pub struct IscsiPassthrough {
+    lun: IscsiLun,
+}
+
+/// Logs in to the LUN's target through each of its portals.
+pub fn open(
+    l: &LunConfig,
+    url: &IscsiUrl,
+    chap_secret: Option<&str>,
+    digests: (bool, bool),
+    paths: &PathSettings,
+    defaults: &IscsiOptions,
+) -> Result<Box<dyn LunDevice>, String> {
+    let where_ = format!("target {} LUN {}", l.target, l.lun);
+    let mut opts = IscsiOptions {
+        header_digest: digests.0,
+        data_digest: digests.1,
+        ..defaults.clone()
+    };
+    paths.apply(&mut opts);
+    if let (Some(user), Some(secret)) = (&url.user, chap_secret) {
+        opts.chap = Some(Chap {
+            user: user.clone(),
+            secret: secret.to_string(),
+            mutual: None,
+        });
+    }
+    let lun = IscsiLun::connect_multipath(url, &opts, &paths.multipath)
+        .map_err(|e| format!("{where_}: {url}: {e}"))?;
+    if paths.multipath.extra_portals.is_empty() {
+        tracing::info!("{where_}: iSCSI {url}: one path");
+    } else {
+        for p in lun.paths() {
+            tracing::info!("{where_}: iSCSI path {p}");
+        }
+    }
+    Ok(Box::new(IscsiPassthrough { lun }))
+}
+
+impl LunDevice for IscsiPassthrough {
+    fn start(&self, cmd: &Command<'_>, task: &mut Task, io: &mut IoContext<'_>) -> Step {
+        let (out_len, in_len) = (io.data.out.len(), io.data.inn.len());
+        if out_len > MAX_PASSTHROUGH_BYTES || in_len > MAX_PASSTHROUGH_BYTES {
+            return Step::Done(Answer::overrun());
+        }
+        let mut data_out = vec![0u8; out_len as usize];
+        if io.data.out.read_at(0, &mut data_out) != data_out.len() {
+            return Step::Done(Answer::failure());
+        }
+        let mut c = command(cmd.cdb, data_out, in_len as u32);
+        let op = cmd.cdb[0];
+        c.cdb_len =
+            cdb::cdb_len_for_opcode(op).unwrap_or(if op == cdb::VARIABLE_LENGTH { 32 } else { 16 });
+        c.task_attr = cmd.task_attr;
+        io.hold(task);
+        // The answer can only be consumed by this worker, after this store: it holds the
+        // worker's lock until its batch ends.
+        task.remote_id = Some(self.lun.submit_corked(c, io.reply.callback(io.id)));
+        Step::Forwarded
+    }
+
+    fn remote_done(&self, _task: &mut Task, c: ScsiCompletion, data: DataBuffers<'_>) -> Answer {
+        let in_cap = data.inn.len();
+        let resid = u32::try_from(in_cap).unwrap_or(u32::MAX);
+        let host = |error| Answer::Host { error, resid };
+        match c.result {
+            Ok(st) => {
+                let n = c
+                    .data_in
+                    .len()
+                    .min(usize::try_from(in_cap).unwrap_or(usize::MAX));
+                let written = data.inn.write_at(0, &c.data_in[..n]);
+                Answer::Status {
+                    status: st.status,
+                    sense: RawSense::new(&st.sense),
+                    data_in: written as u64,
+                }
+            }
+            // No path within no_path_retry: what a real HBA's LU gives for a lost target.
+            Err(TransportError::Timeout | TransportError::Closed) => {
+                let mut sense = [0u8; 18];
+                let n = Sense::lu_communication_failure().to_fixed(&mut sense);
+                Answer::Status {
+                    status: status::CHECK_CONDITION,
+                    sense: RawSense::new(&sense[..n]),
+                    data_in: 0,
+                }
+            }
+            // The guest's task management ended it, as QEMU reports cancelled requests.
+            Err(TransportError::Aborted) => host(HostError::Aborted),
+            // The path died with the command at the target and it may not run twice: the
+            // guest's SCSI layer decides whether to retry (Linux: DID_TRANSPORT_DISRUPTED).
+            Err(TransportError::Disrupted) => host(HostError::TransportDisrupted),
+            Err(TransportError::Protocol(_)) => host(HostError::Failure),
+        }
+    }
+
+    fn flush(&self) {
+        self.lun.flush();
+    }
+
+    fn forwards_task_management(&self) -> bool {
+        true
+    }
+
+    fn forward_task_management(
+        &self,
+        f: TmfFunction,
+        remote_id: Option<u64>,
+    ) -> Option<Result<u8, TransportError>> {
+        let r = match (f, remote_id) {
+            (TmfFunction::AbortTask, Some(id)) => self.lun.abort_task(id),
+            // Not in flight at the target: nothing to abort.
+            (TmfFunction::AbortTask, None) => Ok(0),
+            (f, _) => self.lun.task_management(f),
+        };
+        if let Err(e) = &r {
+            tracing::warn!("forwarding task management to {} failed: {e}", self.lun.url);
+        }
+        Some(r)
+    }
+
+    fn describe(&self) -> String {
+        format!("iSCSI passthrough {}", self.lun.url)
+    }
+
+    fn detail_lines(&self) -> Vec<String> {
+        self.lun
+            .paths()
+            .iter()
+            .enumerate()
+            .map(|(n, p)| format!("path {n} {p}"))
+            .collect()
+    }
+}

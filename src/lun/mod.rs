@@ -1,0 +1,357 @@
+//! The LUN layer: the LUN table, and the one interface every kind of LUN implements.
+//!
+//! The vhost layer hands a LUN a [`Command`] (CDB, task attribute, the guest's data
+//! buffers) with an [`IoContext`] (the worker's block I/O, a scratch buffer, a way to be
+//! answered later from another thread). The LUN answers at once ([`Step::Done`]), or starts
+//! block I/O and continues when it completes ([`LunDevice::io_done`]), or forwards the
+//! command to a remote target and is answered through the callback
+//! ([`LunDevice::remote_done`]), or parks at its write gate until it may go
+//! ([`LunDevice::resume`]). Per-command state lives in a [`Task`] the worker keeps and reuses,
+//! so the hot path does not allocate.
+//!
+//! Dispatch is a trait object (`Box<dyn LunDevice>` inside [`Lun`]) rather than an enum: one
+//! indirect call per command and per completion, next to an io_uring system call or a
+//! network round trip, costs nothing measurable, and a new kind of LUN is one new file that
+//! implements [`LunDevice`] plus one line in [`registry`]'s `open_device`. The write gate,
+//! the COMPARE AND WRITE / VERIFY / WRITE SAME state machines and the errno-to-sense mapping
+//! live here, beside the emulated disk that needs them.
+
+mod disk;
+mod gate;
+mod identity;
+mod iscsi;
+mod medium;
+mod medium_data;
+mod null;
+mod registry;
+pub mod table;
+mod task;
+pub mod tmf;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::backend::guest::{DataBuffers, GuestData};
+use crate::backend::BlockIo;
+use crate::scsi::disk::DiskProperties;
+use crate::scsi::task::{ScsiCompletion, TaskAttr, TmfFunction, TransportError};
+use crate::scsi::{DataOut, Outcome, Sense};
+
+pub use registry::{build_lun_table, status_lines};
+pub use table::{LunTable, Route};
+pub use task::Task;
+
+/// Largest transfer one READ/WRITE may ask for (VPD 0xB0), in bytes.
+pub const MAX_TRANSFER_BYTES: u64 = 8 << 20;
+
+/// Most sense bytes an answer carries (what a virtio-scsi response has room for; fixed
+/// format sense is 18 bytes, descriptor format rarely more than 32).
+pub const MAX_SENSE: usize = 96;
+
+/// One command as a LUN receives it.
+pub struct Command<'a> {
+    pub cdb: &'a [u8; 32],
+    pub task_attr: TaskAttr,
+}
+
+/// Sense bytes as a remote device returned them.
+#[derive(Clone, Copy)]
+pub struct RawSense {
+    bytes: [u8; MAX_SENSE],
+    len: u8,
+}
+
+impl RawSense {
+    pub fn new(sense: &[u8]) -> RawSense {
+        let len = sense.len().min(MAX_SENSE);
+        let mut bytes = [0u8; MAX_SENSE];
+        bytes[..len].copy_from_slice(&sense[..len]);
+        RawSense {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+/// A failure of the service delivery rather than of the command: no SCSI status exists
+/// (virtio-scsi's response codes, Linux's DID_* codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostError {
+    /// The guest's buffers are too small for the transfer the CDB asks for.
+    Overrun,
+    /// Ended by task management before it completed.
+    Aborted,
+    /// The path to the device failed with the command outstanding; the guest decides
+    /// whether to retry.
+    TransportDisrupted,
+    /// The request could not be carried out at all.
+    Failure,
+}
+
+/// How a command ended.
+#[derive(Clone, Copy)]
+pub enum Answer {
+    /// GOOD; `data_in` bytes were placed at the start of the guest's data-in buffer.
+    Good { data_in: u64 },
+    /// CHECK CONDITION with this sense; no data.
+    Check(Sense),
+    /// A status and sense a remote device returned, with `data_in` bytes of data.
+    Status {
+        status: u8,
+        sense: RawSense,
+        data_in: u64,
+    },
+    /// No status: the service delivery failed. `resid` is the residual to report.
+    Host { error: HostError, resid: u32 },
+}
+
+impl Answer {
+    pub fn overrun() -> Answer {
+        Answer::Host {
+            error: HostError::Overrun,
+            resid: 0,
+        }
+    }
+
+    pub fn failure() -> Answer {
+        Answer::Host {
+            error: HostError::Failure,
+            resid: 0,
+        }
+    }
+}
+
+/// What happened to a command a LUN was given.
+pub enum Step {
+    /// Finished.
+    Done(Answer),
+    /// Block I/O is in flight; [`LunDevice::io_done`] continues it.
+    Pending,
+    /// Waiting at the LUN's write gate; [`LunDevice::resume`] retries it, in order.
+    Parked,
+    /// Sent to a remote device; the answer arrives through the [`ReplyLater`] callback.
+    /// The LUN's [`LunDevice::flush`] must run at the end of the worker's batch.
+    Forwarded,
+}
+
+/// Builds the callback through which a forwarded command is answered (on whatever thread
+/// the answer arrives).
+pub trait ReplyLater {
+    fn callback(&self, id: usize) -> Box<dyn FnOnce(ScsiCompletion) + Send>;
+}
+
+/// What a LUN may use while it runs a command.
+pub struct IoContext<'a> {
+    /// The command's id on its worker: its block I/O's tag and its callback's key.
+    pub id: usize,
+    pub block: &'a mut BlockIo,
+    pub data: DataBuffers<'a>,
+    /// Room for answers the LUN builds itself (INQUIRY, MODE SENSE, ...).
+    pub scratch: &'a mut [u8],
+    pub reply: &'a dyn ReplyLater,
+    /// Earlier commands of this worker wait at a write gate: a new write must wait behind
+    /// them so the guest's writes keep their order.
+    pub waiting_ahead: bool,
+    /// Set when the command let other workers' parked commands go (a gate opened).
+    pub wake_workers: bool,
+    inflight: &'a AtomicU32,
+}
+
+impl IoContext<'_> {
+    /// Counts the command among its LUN's commands in flight (task management waits for
+    /// them), until the worker ends it with [`Lun::end`].
+    pub fn hold(&self, task: &mut Task) {
+        if !task.held {
+            task.held = true;
+            self.inflight.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The interface every kind of LUN implements. Shared by every worker thread.
+pub trait LunDevice: Send + Sync {
+    /// Starts a command.
+    fn start(&self, cmd: &Command<'_>, task: &mut Task, io: &mut IoContext<'_>) -> Step;
+
+    /// One block I/O operation of the command completed with `res` (bytes or -errno).
+    fn io_done(&self, _task: &mut Task, _res: i32, _io: &mut IoContext<'_>) -> Step {
+        Step::Done(Answer::Check(Sense::internal_target_failure()))
+    }
+
+    /// A command parked at the write gate tries again.
+    fn resume(&self, _task: &mut Task, _io: &mut IoContext<'_>) -> Step {
+        Step::Done(Answer::Check(Sense::internal_target_failure()))
+    }
+
+    /// A forwarded command's answer arrived: place its data and give its answer.
+    fn remote_done(&self, _task: &mut Task, _c: ScsiCompletion, _data: DataBuffers<'_>) -> Answer {
+        Answer::failure()
+    }
+
+    /// The command ended (answered, or failed to start): give back what it held.
+    /// Returns true when that lets commands parked on other workers go.
+    fn end(&self, _task: &mut Task) -> bool {
+        false
+    }
+
+    /// Sends what forwarded commands of the batch queued.
+    fn flush(&self) {}
+
+    /// A task management function for the remote device: Some(its answer) when this LUN
+    /// forwards task management (`remote_id` names the command for ABORT TASK), None when
+    /// it has no remote side.
+    fn forward_task_management(
+        &self,
+        _f: TmfFunction,
+        _remote_id: Option<u64>,
+    ) -> Option<Result<u8, TransportError>> {
+        None
+    }
+
+    /// Whether task management must be forwarded to a remote device.
+    fn forwards_task_management(&self) -> bool {
+        false
+    }
+
+    /// A logical unit reset drained the LUN: reset its emulated state.
+    fn reset(&self) {}
+
+    /// At shutdown: make completed writes durable.
+    fn make_durable(&self) {}
+
+    /// A one-line description for the logs.
+    fn describe(&self) -> String;
+
+    /// Lines of detail for the status dump (one per path of a multipath LUN).
+    fn detail_lines(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// What an emulated disk reports about itself; None for passthrough.
+    fn disk_properties(&self) -> Option<&DiskProperties> {
+        None
+    }
+}
+
+/// One configured LUN: its address, its kind, and how many of its commands are in flight.
+pub struct Lun {
+    pub target: u8,
+    pub lun: u16,
+    device: Box<dyn LunDevice>,
+    inflight: AtomicU32,
+}
+
+impl Lun {
+    pub fn new(target: u8, lun: u16, device: Box<dyn LunDevice>) -> Lun {
+        Lun {
+            target,
+            lun,
+            device,
+            inflight: AtomicU32::new(0),
+        }
+    }
+
+    pub fn device(&self) -> &dyn LunDevice {
+        &*self.device
+    }
+
+    /// Commands of this LUN in flight on any queue.
+    pub fn inflight(&self) -> u32 {
+        self.inflight.load(Ordering::Acquire)
+    }
+
+    /// Starts a command; see [`LunDevice::start`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        &self,
+        cmd: &Command<'_>,
+        task: &mut Task,
+        id: usize,
+        block: &mut BlockIo,
+        data: DataBuffers<'_>,
+        scratch: &mut [u8],
+        reply: &dyn ReplyLater,
+        waiting_ahead: bool,
+    ) -> (Step, bool) {
+        let mut io = IoContext {
+            id,
+            block,
+            data,
+            scratch,
+            reply,
+            waiting_ahead,
+            wake_workers: false,
+            inflight: &self.inflight,
+        };
+        let step = self.device.start(cmd, task, &mut io);
+        (step, io.wake_workers)
+    }
+
+    /// Continues a command after a block I/O completion or a parked retry; see
+    /// [`LunDevice::io_done`] and [`LunDevice::resume`]. `res` None resumes.
+    pub fn continue_task(
+        &self,
+        task: &mut Task,
+        res: Option<i32>,
+        id: usize,
+        block: &mut BlockIo,
+        data: DataBuffers<'_>,
+        reply: &dyn ReplyLater,
+    ) -> (Step, bool) {
+        let mut io = IoContext {
+            id,
+            block,
+            data,
+            scratch: &mut [],
+            reply,
+            waiting_ahead: false,
+            wake_workers: false,
+            inflight: &self.inflight,
+        };
+        let step = match res {
+            Some(res) => self.device.io_done(task, res, &mut io),
+            None => self.device.resume(task, &mut io),
+        };
+        (step, io.wake_workers)
+    }
+
+    /// Ends a command: gives back what it held and stops counting it in flight. Returns
+    /// true when other workers must be woken (a gate opened).
+    pub fn end(&self, task: &mut Task) -> bool {
+        let wake = self.device.end(task);
+        if std::mem::take(&mut task.held) {
+            self.inflight.fetch_sub(1, Ordering::AcqRel);
+        }
+        task.reset();
+        wake
+    }
+}
+
+/// Writes a finished emulated command's data (the first `data_in_len` bytes of `scratch`)
+/// to the guest and turns the outcome into an answer. `Outcome::Io` is not finished: a
+/// caller that cannot run I/O gets LOGICAL UNIT NOT SUPPORTED.
+pub fn answer_emulated(outcome: Outcome, scratch: &[u8], data_in: GuestData<'_>) -> Answer {
+    match outcome {
+        Outcome::Good { data_in_len } => {
+            let n = data_in_len.min(scratch.len());
+            Answer::Good {
+                data_in: data_in.write_at(0, &scratch[..n]) as u64,
+            }
+        }
+        Outcome::Check(sense) => Answer::Check(sense),
+        Outcome::Io(_) => Answer::Check(Sense::lun_not_supported()),
+    }
+}
+
+/// The guest's data-out buffer, read on demand, for the SCSI layer's parameter lists.
+impl DataOut for GuestData<'_> {
+    fn len(&self) -> usize {
+        usize::try_from(GuestData::len(self)).unwrap_or(usize::MAX)
+    }
+    fn read_at(&self, offset: usize, buf: &mut [u8]) -> usize {
+        GuestData::read_at(self, offset as u64, buf)
+    }
+}

@@ -1,0 +1,104 @@
+//! Building the LUN table from the configuration: each configured LUN is opened by the
+//! module of its kind. A new kind of LUN registers here, with one line in `open_device`.
+
+use std::sync::Arc;
+
+use super::{disk, iscsi, null, Lun, LunDevice, LunTable};
+use crate::config::{Config, LunConfig, LunKind};
+use crate::iscsi::IscsiOptions;
+
+/// Opens every configured LUN and builds the table; errors name the LUN.
+pub fn build_lun_table(cfg: &Config) -> Result<LunTable<Lun>, String> {
+    let mut table = LunTable::new();
+    let mut opts = IscsiOptions::default();
+    if let Some(name) = &cfg.initiator_name {
+        opts.initiator_name = name.clone();
+    }
+    for l in &cfg.luns {
+        let device = open_device(l, &opts)?;
+        table
+            .insert(l.target, l.lun, Arc::new(Lun::new(l.target, l.lun, device)))
+            .map_err(|e| format!("target {} LUN {}: {e}", l.target, l.lun))?;
+    }
+    Ok(table)
+}
+
+/// The one place that knows every kind of LUN.
+fn open_device(l: &LunConfig, iscsi: &IscsiOptions) -> Result<Box<dyn LunDevice>, String> {
+    match &l.kind {
+        LunKind::Disk { path, cache } => disk::open(l, path, *cache),
+        LunKind::Null { size } => null::open(l, *size),
+        LunKind::Iscsi {
+            url,
+            chap_secret,
+            header_digest,
+            data_digest,
+            paths,
+        } => {
+            let secret = chap_secret.as_ref().map(|s| s.0.as_str());
+            let digests = (*header_digest, *data_digest);
+            iscsi::open(l, url, secret, digests, paths, iscsi)
+        }
+    }
+}
+
+/// One line per LUN, and its detail lines (the paths of an iSCSI LUN): what an operator
+/// asks with SIGUSR1.
+pub fn status_lines(table: &LunTable<Lun>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (t, l, lun) in table.luns() {
+        out.push(format!(
+            "target {t} LUN {l}: {} ({} commands in flight)",
+            lun.device().describe(),
+            lun.inflight()
+        ));
+        for line in lun.device().detail_lines() {
+            out.push(format!("target {t} LUN {l} {line}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_built_from_config_with_file_capacity() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("d.img");
+        std::fs::File::create(&p)
+            .and_then(|f| f.set_len(1 << 20))
+            .expect("create");
+        let mut cfg = Config::default();
+        cfg.luns.push(LunConfig::disk(0, 0, p.clone()));
+        let mut ro = LunConfig::disk(0, 1, p);
+        ro.readonly = true;
+        ro.block_size = 4096;
+        cfg.luns.push(ro);
+        let table = build_lun_table(&cfg).expect("table");
+        let luns: Vec<_> = table
+            .luns()
+            .map(|(t, l, lun)| {
+                (
+                    t,
+                    l,
+                    lun.device().disk_properties().map(|p| p.capacity_blocks),
+                )
+            })
+            .collect();
+        assert_eq!(luns, vec![(0, 0, Some(2048)), (0, 1, Some(256))]);
+    }
+
+    #[test]
+    fn missing_backing_file_names_the_lun() {
+        let mut cfg = Config::default();
+        cfg.luns
+            .push(LunConfig::disk(0, 3, "/nonexistent/z.img".into()));
+        let err = build_lun_table(&cfg).err().expect("error");
+        assert!(
+            err.contains("LUN 3") && err.contains("/nonexistent/z.img"),
+            "{err}"
+        );
+    }
+}

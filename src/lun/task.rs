@@ -1,0 +1,51 @@
+//! Per-command state of the LUN layer, kept by the worker in the command's slot and reused
+//! from command to command so the hot path does not allocate.
+
+use super::gate::GateHold;
+use super::medium::Job;
+use crate::scsi::{IoRequest, Sense};
+
+/// Where a command is, for the LUN that runs it.
+#[derive(Default)]
+pub struct Task {
+    /// The stage of an emulated disk's medium I/O.
+    pub(super) job: Job,
+    /// First failure seen among the command's operations.
+    pub(super) error: Option<Sense>,
+    /// Data-in bytes placed in guest memory.
+    pub(super) data_in: u64,
+    /// EAGAIN/EINTR retries of the current operation.
+    pub(super) retries: u32,
+    /// What the command holds of its LUN's write gate.
+    pub(super) gate: GateHold,
+    /// The medium I/O of a command waiting at its LUN's closed write gate.
+    pub(super) parked: Option<IoRequest>,
+    /// The remote device's id of a forwarded command (for ABORT TASK).
+    pub(super) remote_id: Option<u64>,
+    /// Counted among the LUN's commands in flight.
+    pub(super) held: bool,
+}
+
+impl Task {
+    /// The remote device's id of the command, if it was forwarded.
+    pub fn remote_id(&self) -> Option<u64> {
+        self.remote_id
+    }
+
+    /// Whether the command is out at a remote device.
+    pub fn is_forwarded(&self) -> bool {
+        self.remote_id.is_some()
+    }
+
+    /// Clears the state of an ended command, keeping allocations.
+    pub(super) fn reset(&mut self) {
+        self.job = Job::Idle;
+        self.error = None;
+        self.data_in = 0;
+        self.retries = 0;
+        self.gate = GateHold::None;
+        self.parked = None;
+        self.remote_id = None;
+        self.held = false;
+    }
+}

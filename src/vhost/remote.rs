@@ -1,0 +1,52 @@
+//! Answers of forwarded (passthrough) commands arrive on the initiator's threads. When the
+//! worker is busy they wait here, and the worker's completion eventfd wakes it to take them.
+
+use std::sync::Mutex;
+
+use vmm_sys_util::eventfd::EventFd;
+
+use super::queue::lock;
+use crate::scsi::task::ScsiCompletion;
+
+/// Answers waiting for a worker, and the eventfd that wakes it (its io_uring completion
+/// eventfd, so one epoll token serves both).
+pub struct RemoteAnswers {
+    items: Mutex<Vec<(usize, ScsiCompletion)>>,
+    wake: EventFd,
+}
+
+impl RemoteAnswers {
+    pub fn new(wake: EventFd) -> RemoteAnswers {
+        RemoteAnswers {
+            items: Mutex::new(Vec::new()),
+            wake,
+        }
+    }
+
+    /// Hands command `id`'s answer to the worker.
+    pub fn post(&self, id: usize, c: ScsiCompletion) {
+        let first = {
+            let mut items = lock(&self.items);
+            items.push((id, c));
+            items.len() == 1
+        };
+        // One wake-up per batch: while the list is not empty the worker has a wake-up
+        // pending (it empties the list when it runs), so only the first post writes.
+        if first {
+            self.wake_worker();
+        }
+    }
+
+    /// Every answer posted so far.
+    pub fn take(&self) -> Vec<(usize, ScsiCompletion)> {
+        std::mem::take(&mut *lock(&self.items))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        lock(&self.items).is_empty()
+    }
+
+    pub fn wake_worker(&self) {
+        let _ = self.wake.write(1);
+    }
+}

@@ -1,0 +1,110 @@
+//! State every worker thread of one connection shares: the LUN table, guest memory, the
+//! per-queue in-flight counts, the queue-to-thread layout, and the wake-ups between
+//! threads.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use vmm_sys_util::eventfd::EventFd;
+
+use super::inflight::InflightCounters;
+use crate::backend::guest::GuestMem;
+use crate::lun::{Lun, LunTable};
+
+/// Global index of the control queue and of the event queue.
+pub const CONTROL_QUEUE: u16 = 0;
+pub const EVENT_QUEUE: u16 = 1;
+
+pub struct Shared {
+    pub luns: Arc<LunTable<Lun>>,
+    pub mem: GuestMem,
+    pub inflight: InflightCounters,
+    /// Set on SIGTERM: workers stop taking new requests and let in-flight ones finish.
+    pub stopping: AtomicBool,
+    /// Global queue indices of each thread, in the order of that thread's vring slice.
+    pub thread_queues: Vec<Vec<u16>>,
+    /// Wakes the control thread when a LUN it waits for (task management) drains.
+    pub tmf_event: EventFd,
+    pub tmf_waiting: AtomicU32,
+    /// Queues (bit per global index) whose available ring the guest corrupted; they are not
+    /// served again until the frontend stops and restarts them.
+    broken: AtomicU64,
+    /// Busy-poll budget after each event (`--poll-us`); zero sleeps in epoll at once.
+    pub poll: Duration,
+    /// Each worker's wake-up (its completion eventfd).
+    wakers: Vec<EventFd>,
+}
+
+impl Shared {
+    pub fn new(
+        luns: Arc<LunTable<Lun>>,
+        mem: GuestMem,
+        queues: usize,
+        thread_queues: Vec<Vec<u16>>,
+        poll: Duration,
+        wakers: Vec<EventFd>,
+    ) -> std::io::Result<Shared> {
+        Ok(Shared {
+            luns,
+            mem,
+            inflight: InflightCounters::new(queues),
+            stopping: AtomicBool::new(false),
+            thread_queues,
+            tmf_event: EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)?,
+            tmf_waiting: AtomicU32::new(0),
+            broken: AtomicU64::new(0),
+            poll,
+            wakers,
+        })
+    }
+
+    /// `(position in the thread's vrings, global queue)` of a thread's request queues.
+    pub fn request_queues_of(&self, thread: usize) -> impl Iterator<Item = (usize, u16)> + '_ {
+        self.thread_queues
+            .get(thread)
+            .into_iter()
+            .flat_map(|qs| qs.iter().copied().enumerate())
+            .filter(|&(_, q)| q > EVENT_QUEUE)
+    }
+
+    pub fn is_broken(&self, queue: u16) -> bool {
+        self.broken.load(Ordering::Acquire) & (1u64 << (queue % 64)) != 0
+    }
+
+    /// Stops serving a queue whose available ring makes no sense (an index more than a
+    /// queue size ahead): popping from it would spin. Logged once.
+    pub fn mark_broken(&self, queue: u16) {
+        let bit = 1u64 << (queue % 64);
+        if self.broken.fetch_or(bit, Ordering::AcqRel) & bit == 0 {
+            tracing::error!(
+                queue,
+                "guest corrupted the available ring; queue stopped until reset"
+            );
+        }
+    }
+
+    /// The frontend stopped a queue (or reset the device): it may be served again.
+    pub fn clear_broken(&self, queue: Option<u32>) {
+        match queue {
+            Some(q) => {
+                self.broken.fetch_and(!(1u64 << (q % 64)), Ordering::AcqRel);
+            }
+            None => self.broken.store(0, Ordering::Release),
+        }
+    }
+
+    /// Wakes every worker: a LUN's write gate opened, commands parked at it may go.
+    pub fn wake_workers(&self) {
+        for w in &self.wakers {
+            let _ = w.write(1);
+        }
+    }
+
+    /// Called when a command ends: wakes task management waiting for commands to end.
+    pub fn lun_drained(&self) {
+        if self.tmf_waiting.load(Ordering::Acquire) > 0 {
+            let _ = self.tmf_event.write(1);
+        }
+    }
+}
