@@ -2,28 +2,20 @@
 //! device ([`Backing`]), its medium reached through the worker's block I/O ([`medium`]),
 //! COMPARE AND WRITE kept atomic by the LUN's [`WriteGate`].
 
-use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::Path;
 
 use super::gate::WriteGate;
 use super::identity::disk_properties;
-use super::{answer_emulated, medium, Command, IoContext, LunDevice, Step, Task};
+use super::medium::{self, DiskMedium};
+use super::{answer_emulated, Command, IoContext, LunDevice, Step, Task};
 use crate::backend::{Backing, CacheMode};
 use crate::config::LunConfig;
 use crate::scsi::disk::{DiskProperties, EmulatedDisk};
 use crate::scsi::Outcome;
 
 pub struct DiskLun {
-    pub disk: EmulatedDisk,
-    pub backing: Backing,
-    /// Keeps COMPARE AND WRITE atomic against writes from every queue.
-    pub gate: WriteGate,
-}
-
-impl DiskLun {
-    pub fn fd(&self) -> RawFd {
-        self.backing.file.as_raw_fd()
-    }
+    disk: EmulatedDisk,
+    medium: DiskMedium,
 }
 
 /// Opens the backing store of a disk LUN and checks it fits the configured block size.
@@ -53,31 +45,35 @@ pub fn open(l: &LunConfig, path: &Path, cache: CacheMode) -> Result<Box<dyn LunD
         "VIRTUAL-DISK",
         backing.unmapped_blocks_read_zeroes(),
     );
+    let unmap_zeroes = props.unmap_zeroes;
     Ok(Box::new(DiskLun {
         disk: EmulatedDisk::new(props),
-        backing,
-        gate: WriteGate::default(),
+        medium: DiskMedium {
+            backing,
+            gate: WriteGate::default(),
+            unmap_zeroes,
+        },
     }))
 }
 
 impl LunDevice for DiskLun {
     fn start(&self, cmd: &Command<'_>, task: &mut Task, io: &mut IoContext<'_>) -> Step {
         match self.disk.execute(cmd.cdb, &io.data.out, io.scratch) {
-            Outcome::Io(req) => medium::start(self, req, task, io),
+            Outcome::Io(req) => medium::start(&self.medium, req, task, io),
             done => Step::Done(answer_emulated(done, io.scratch, io.data.inn)),
         }
     }
 
     fn io_done(&self, task: &mut Task, res: i32, io: &mut IoContext<'_>) -> Step {
-        medium::on_completion(self, task, res, io)
+        medium::on_completion(&self.medium, task, res, io)
     }
 
     fn resume(&self, task: &mut Task, io: &mut IoContext<'_>) -> Step {
-        medium::resume(self, task, io)
+        medium::resume(&self.medium, task, io)
     }
 
     fn end(&self, task: &mut Task) -> bool {
-        medium::leave_gate(self, task)
+        medium::leave_gate(&self.medium, task)
     }
 
     fn reset(&self) {
@@ -85,8 +81,8 @@ impl LunDevice for DiskLun {
     }
 
     fn make_durable(&self) {
-        if self.backing.cache.honours_flush() && !self.backing.readonly {
-            let _ = self.backing.file.sync_data();
+        if self.medium.backing.cache.honours_flush() && !self.medium.backing.readonly {
+            let _ = self.medium.backing.file.sync_data();
         }
     }
 
@@ -94,8 +90,8 @@ impl LunDevice for DiskLun {
         let p = self.disk.properties();
         format!(
             "disk {} cache={} {} blocks of {} bytes{}",
-            self.backing.path.display(),
-            self.backing.cache,
+            self.medium.backing.path.display(),
+            self.medium.backing.cache,
             p.capacity_blocks,
             p.block_size,
             if p.readonly { ", read-only" } else { "" }

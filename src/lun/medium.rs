@@ -5,17 +5,33 @@
 //! under the LUN's write gate; flush, UNMAP and zeroing fan out operations that only need
 //! to succeed, with a fallback for block devices that refuse to punch holes.
 
-use super::disk::DiskLun;
-use super::gate::{Exclusive, GateHold, WriteEntry};
+use std::os::unix::io::{AsRawFd, RawFd};
+
+use super::gate::{Exclusive, GateHold, WriteEntry, WriteGate};
 use super::medium_data::{compare_with_data_out, pattern_buffer, sense_for_errno};
 use super::{Answer, IoContext, Step, Task};
-use crate::backend::{AlignedBuf, Fallocate};
+use crate::backend::{AlignedBuf, Backing, Fallocate};
 use crate::scsi::{IoRequest, Sense};
 
 /// Chunk size for commands that compare what they read (VERIFY).
 const CHUNK: u64 = 1 << 20;
 /// Retries of an operation the kernel answered with EAGAIN/EINTR.
 const MAX_RETRIES: u32 = 16;
+
+/// An emulated disk's medium: the file or device under it and the gate that keeps
+/// COMPARE AND WRITE atomic against writes from every queue.
+pub struct DiskMedium {
+    pub backing: Backing,
+    pub gate: WriteGate,
+    /// Deallocated blocks read as zeroes (the disk reports LBPRZ).
+    pub unmap_zeroes: bool,
+}
+
+impl DiskMedium {
+    fn fd(&self) -> RawFd {
+        self.backing.file.as_raw_fd()
+    }
+}
 
 /// The stage a command's medium I/O is in.
 #[derive(Default)]
@@ -68,7 +84,7 @@ pub enum Job {
 }
 
 /// Starts the medium I/O of a command.
-pub fn start(disk: &DiskLun, req: IoRequest, task: &mut Task, io: &mut IoContext<'_>) -> Step {
+pub fn start(disk: &DiskMedium, req: IoRequest, task: &mut Task, io: &mut IoContext<'_>) -> Step {
     let data_in_cap = io.data.inn.len();
     let data_out_len = io.data.out.len();
     let cache = disk.backing.cache;
@@ -169,7 +185,7 @@ pub fn start(disk: &DiskLun, req: IoRequest, task: &mut Task, io: &mut IoContext
 }
 
 /// A command parked at the write gate tries again.
-pub fn resume(disk: &DiskLun, task: &mut Task, io: &mut IoContext<'_>) -> Step {
+pub fn resume(disk: &DiskMedium, task: &mut Task, io: &mut IoContext<'_>) -> Step {
     let Some(req) = task.parked.take() else {
         return Step::Done(Answer::Check(Sense::internal_target_failure()));
     };
@@ -185,7 +201,7 @@ pub fn resume(disk: &DiskLun, task: &mut Task, io: &mut IoContext<'_>) -> Step {
 /// (parked). A new write also waits while earlier ones of this worker wait, so the guest's
 /// writes keep their order.
 fn pass_gate(
-    disk: &DiskLun,
+    disk: &DiskMedium,
     task: &mut Task,
     req: &IoRequest,
     waiting_ahead: bool,
@@ -230,7 +246,7 @@ fn pass_gate(
 
 /// Gives back what a command held of its LUN's write gate; true when that lets a waiting
 /// command go.
-pub fn leave_gate(disk: &DiskLun, task: &mut Task) -> bool {
+pub fn leave_gate(disk: &DiskMedium, task: &mut Task) -> bool {
     match std::mem::take(&mut task.gate) {
         GateHold::None => false,
         GateHold::Write => disk.gate.end_write(),
@@ -242,7 +258,7 @@ pub fn leave_gate(disk: &DiskLun, task: &mut Task) -> bool {
 }
 
 /// Submits a command's medium I/O.
-fn submit(disk: &DiskLun, task: &mut Task, req: IoRequest, io: &mut IoContext<'_>) -> Step {
+fn submit(disk: &DiskMedium, task: &mut Task, req: IoRequest, io: &mut IoContext<'_>) -> Step {
     let (id, fd) = (io.id, disk.fd());
     let submitted = match req {
         IoRequest::Discard { ranges } => ranges
@@ -263,7 +279,7 @@ fn submit(disk: &DiskLun, task: &mut Task, req: IoRequest, io: &mut IoContext<'_
 }
 
 /// Queues the next read or write of a streaming job. False if it could not be queued.
-fn push_next(disk: &DiskLun, task: &mut Task, io: &mut IoContext<'_>) -> bool {
+fn push_next(disk: &DiskMedium, task: &mut Task, io: &mut IoContext<'_>) -> bool {
     let (id, fd, align) = (io.id, disk.fd(), disk.backing.dio_align);
     let (data, guard) = (io.data, io.data.guard);
     let Some(bufs) = io.block.buffers(id) else {
@@ -336,7 +352,7 @@ fn fail(task: &mut Task, sense: Sense) -> Step {
 }
 
 /// Queues the next operation of a multi-step command, or fails the command.
-fn continue_or_fail(disk: &DiskLun, task: &mut Task, io: &mut IoContext<'_>) -> Step {
+fn continue_or_fail(disk: &DiskMedium, task: &mut Task, io: &mut IoContext<'_>) -> Step {
     if push_next(disk, task, io) {
         return Step::Pending;
     }
@@ -345,7 +361,7 @@ fn continue_or_fail(disk: &DiskLun, task: &mut Task, io: &mut IoContext<'_>) -> 
 }
 
 /// Advances a command by one completion (`res`: bytes or -errno).
-pub fn on_completion(disk: &DiskLun, task: &mut Task, res: i32, io: &mut IoContext<'_>) -> Step {
+pub fn on_completion(disk: &DiskMedium, task: &mut Task, res: i32, io: &mut IoContext<'_>) -> Step {
     if res < 0 {
         return on_error(disk, task, -res, io);
     }
@@ -449,7 +465,7 @@ pub fn on_completion(disk: &DiskLun, task: &mut Task, res: i32, io: &mut IoConte
 
 /// An operation failed with `errno`: retried when the kernel asks, redone another way when
 /// a block device cannot deallocate, otherwise the command fails with the disk's sense.
-fn on_error(disk: &DiskLun, task: &mut Task, errno: i32, io: &mut IoContext<'_>) -> Step {
+fn on_error(disk: &DiskMedium, task: &mut Task, errno: i32, io: &mut IoContext<'_>) -> Step {
     let is_write = matches!(
         task.job,
         Job::Write { .. } | Job::Pattern { .. } | Job::CompareWrite { .. }
@@ -475,7 +491,11 @@ fn on_error(disk: &DiskLun, task: &mut Task, errno: i32, io: &mut IoContext<'_>)
 /// later ones are then moot. Where the disk claims LBPRZ the blocks must read as zeroes,
 /// so zeroes are written; elsewhere the ranges are discarded. None when the command is not
 /// such a deallocation.
-fn deallocate_another_way(disk: &DiskLun, task: &mut Task, io: &mut IoContext<'_>) -> Option<Step> {
+fn deallocate_another_way(
+    disk: &DiskMedium,
+    task: &mut Task,
+    io: &mut IoContext<'_>,
+) -> Option<Step> {
     if !disk.backing.is_block_device {
         return None;
     }
@@ -487,7 +507,7 @@ fn deallocate_another_way(disk: &DiskLun, task: &mut Task, io: &mut IoContext<'_
     }
     if !std::mem::replace(redone, true) {
         let (id, fd) = (io.id, disk.fd());
-        let failed = if disk.disk.properties().unmap_zeroes {
+        let failed = if disk.unmap_zeroes {
             let queued = ranges
                 .iter()
                 .all(|&(o, l)| io.block.fallocate(id, fd, o, l, Fallocate::ZeroRange));

@@ -26,6 +26,8 @@ mod null;
 mod registry;
 pub mod table;
 mod task;
+#[cfg(test)]
+mod tests;
 pub mod tmf;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -54,7 +56,7 @@ pub struct Command<'a> {
 }
 
 /// Sense bytes as a remote device returned them.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RawSense {
     bytes: [u8; MAX_SENSE],
     len: u8,
@@ -92,7 +94,7 @@ pub enum HostError {
 }
 
 /// How a command ended.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {
     /// GOOD; `data_in` bytes were placed at the start of the guest's data-in buffer.
     Good { data_in: u64 },
