@@ -14,16 +14,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use super::login::{self, LoginError, Negotiated};
+use super::login::{self, new_isid, LoginError, Negotiated};
 use super::pdu::{self, op, Framing, Pdu, F_FINAL};
 use super::{IscsiOptions, IscsiUrl};
 use crate::scsi::task::{Residual, ScsiCommand, ScsiCompletion, ScsiStatus, TransportError};
-
-/// A fresh random-qualifier ISID (RFC 7143 10.12.5, type 10b).
-pub fn new_isid() -> [u8; 6] {
-    let r = super::chap::random_bytes(5);
-    [0x80, r[0], r[1], r[2], r[3], r[4]]
-}
 
 /// The 8-byte LUN field for `lun` (a number the configuration checked to be in range).
 pub fn lun_field(lun: u16) -> u64 {
@@ -1026,11 +1020,5 @@ mod tests {
     fn lun_fields() {
         assert_eq!(lun_field(1), 0x0001_0000_0000_0000);
         assert_eq!(lun_field(300), 0x412c_0000_0000_0000);
-    }
-
-    #[test]
-    fn isid_has_random_type() {
-        let a = new_isid();
-        assert_eq!(a[0], 0x80);
     }
 }

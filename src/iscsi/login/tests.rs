@@ -985,3 +985,9 @@ fn target_that_never_transits_is_given_up_on() {
         );
     }
 }
+
+#[test]
+fn isid_has_random_type() {
+    let a = new_isid();
+    assert_eq!(a[0], 0x80);
+}
