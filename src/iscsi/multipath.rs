@@ -102,27 +102,41 @@ impl Default for MultipathOptions {
 /// are not: those go back to the guest as a transport failure, and its SCSI layer
 /// decides, as it would with a real HBA.
 pub fn reissue_is_safe(cdb: &[u8]) -> bool {
+    use crate::scsi::cdb::*;
     matches!(
-        cdb.first(),
+        cdb.first().copied(),
         Some(
-            0x00 // TEST UNIT READY
-            | 0x03 // REQUEST SENSE
-            | 0x08 | 0x28 | 0xa8 | 0x88 // READ 6/10/12/16
-            | 0x0a | 0x2a | 0xaa | 0x8a // WRITE 6/10/12/16
-            | 0x2e | 0x8e // WRITE AND VERIFY 10/16
-            | 0x2f | 0x8f // VERIFY 10/16
-            | 0x12 // INQUIRY
-            | 0x1a | 0x5a // MODE SENSE 6/10
-            | 0x1b // START STOP UNIT
-            | 0x1e // PREVENT ALLOW MEDIUM REMOVAL
-            | 0x25 // READ CAPACITY 10
-            | 0x35 | 0x91 // SYNCHRONIZE CACHE 10/16
-            | 0x41 | 0x93 // WRITE SAME 10/16
-            | 0x42 // UNMAP
-            | 0x4d // LOG SENSE
-            | 0x9e // SERVICE ACTION IN 16 (READ CAPACITY 16, GET LBA STATUS)
-            | 0xa0 // REPORT LUNS
-            | 0xa3 // MAINTENANCE IN (REPORT TARGET PORT GROUPS, opcodes)
+            TEST_UNIT_READY
+                | REQUEST_SENSE
+                | READ_6
+                | READ_10
+                | READ_12
+                | READ_16
+                | WRITE_6
+                | WRITE_10
+                | WRITE_12
+                | WRITE_16
+                | WRITE_AND_VERIFY_10
+                | WRITE_AND_VERIFY_16
+                | VERIFY_10
+                | VERIFY_16
+                | INQUIRY
+                | MODE_SENSE_6
+                | MODE_SENSE_10
+                | START_STOP_UNIT
+                | PREVENT_ALLOW_MEDIUM_REMOVAL
+                | READ_CAPACITY_10
+                | SYNCHRONIZE_CACHE_10
+                | SYNCHRONIZE_CACHE_16
+                | WRITE_SAME_10
+                | WRITE_SAME_16
+                | UNMAP
+                | LOG_SENSE
+                // READ CAPACITY(16), GET LBA STATUS
+                | SERVICE_ACTION_IN_16
+                | REPORT_LUNS
+                // REPORT TARGET PORT GROUPS, REPORT SUPPORTED OPERATION CODES
+                | MAINTENANCE_IN
         )
     )
 }
@@ -776,12 +790,13 @@ mod tests {
 
     #[test]
     fn reissue_classification() {
-        assert!(reissue_is_safe(&[0x28]));
-        assert!(reissue_is_safe(&[0x8a]));
-        assert!(reissue_is_safe(&[0x35]));
-        assert!(!reissue_is_safe(&[0x89])); // COMPARE AND WRITE
-        assert!(!reissue_is_safe(&[0x5f])); // PERSISTENT RESERVE OUT
-        assert!(!reissue_is_safe(&[0x3b])); // WRITE BUFFER
+        use crate::scsi::cdb;
+        assert!(reissue_is_safe(&[cdb::READ_10]));
+        assert!(reissue_is_safe(&[cdb::WRITE_16]));
+        assert!(reissue_is_safe(&[cdb::SYNCHRONIZE_CACHE_10]));
+        assert!(!reissue_is_safe(&[cdb::COMPARE_AND_WRITE]));
+        assert!(!reissue_is_safe(&[cdb::PERSISTENT_RESERVE_OUT]));
+        assert!(!reissue_is_safe(&[cdb::WRITE_BUFFER]));
         assert!(!reissue_is_safe(&[]));
     }
 

@@ -235,6 +235,7 @@ pub fn read_pdu_into(r: &mut impl Read, framing: &Framing, mut buf: Vec<u8>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scsi::cdb::{READ_10, WRITE_BUFFER};
 
     #[test]
     fn crc32c_known_vector() {
@@ -336,7 +337,9 @@ mod tests {
         p.set_u32(24, 0x0102_0304);
         p.set_u32(28, 0xa0b0_c0d0);
         // READ(10), LBA 0x12345678, 8 blocks.
-        let cdb = [0x28, 0x00, 0x12, 0x34, 0x56, 0x78, 0x00, 0x00, 0x08, 0x00];
+        let cdb = [
+            READ_10, 0x00, 0x12, 0x34, 0x56, 0x78, 0x00, 0x00, 0x08, 0x00,
+        ];
         p.bhs[32..32 + cdb.len()].copy_from_slice(&cdb);
         #[rustfmt::skip]
         let want: [u8; 48] = [
@@ -372,7 +375,10 @@ mod tests {
         p.set_u32(24, 7);
         p.set_u32(28, 9);
         // WRITE BUFFER, mode 02h (data), parameter list length 5.
-        let cdb = [0x3b, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x05, 0x00];
+        let mut cdb = [0u8; 10];
+        cdb[0] = WRITE_BUFFER;
+        cdb[1] = 0x02;
+        cdb[8] = 5;
         p.bhs[32..32 + cdb.len()].copy_from_slice(&cdb);
         p.data = b"hello".to_vec();
         #[rustfmt::skip]
@@ -412,7 +418,7 @@ mod tests {
         p.set_u32(20, 0x400);
         p.set_u32(24, 0x14);
         p.set_u32(28, 0x18);
-        p.bhs[32] = 0x28;
+        p.bhs[32] = READ_10;
         p.bhs[40] = 0x02;
         let f = Framing {
             header_digest: true,
