@@ -15,6 +15,7 @@ use super::session::{Done, LostPath, PathEvents, Session};
 use super::{alua, LoginError};
 use super::{IscsiOptions, IscsiUrl};
 use crate::scsi::task::{ScsiCommand, ScsiCompletion, TmfFunction, TransportError};
+use crate::scsi::LunId;
 
 /// Most paths one LUN may have.
 pub const MAX_PATHS: usize = 16;
@@ -231,7 +232,7 @@ struct CoreState {
 
 /// The LUN: its paths and everything shared between them.
 pub(crate) struct Core {
-    lun: u16,
+    lun: LunId,
     paths: Vec<Path>,
     opts: MultipathOptions,
     no_path_retry: Duration,
@@ -437,7 +438,7 @@ impl Core {
             }
         };
         tracing::error!(
-            lun = self.lun,
+            lun = self.lun.value(),
             commands = expired.len(),
             "iSCSI: no path came back within no_path_retry; failing queued commands"
         );

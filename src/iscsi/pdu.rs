@@ -236,6 +236,12 @@ pub fn read_pdu_into(r: &mut impl Read, framing: &Framing, mut buf: Vec<u8>) -> 
 mod tests {
     use super::*;
     use crate::scsi::cdb::{READ_10, WRITE_BUFFER};
+    use crate::scsi::LunId;
+
+    /// The LUN field of LUN `n`.
+    fn lun(n: u16) -> u64 {
+        LunId::new(n).expect("lun").to_u64()
+    }
 
     #[test]
     fn crc32c_known_vector() {
@@ -268,7 +274,7 @@ mod tests {
             max_recv_data: 65536,
         };
         let mut p = Pdu::new(op::DATA_OUT);
-        p.set_lun(0x0001_0000_0000_0000);
+        p.set_lun(lun(1));
         p.ahs = vec![1, 2, 3, 4];
         p.data = vec![7u8; 1001];
         let bytes = encode(&p, &f);
@@ -331,7 +337,7 @@ mod tests {
         let mut p = Pdu::new(op::SCSI_CMD);
         // F | R | ATTR=Ordered(2).
         p.set_flags(F_FINAL | 0x40 | 0x02);
-        p.set_lun(0x0003_0000_0000_0000);
+        p.set_lun(lun(3));
         p.set_itt(0x0000_1001);
         p.set_u32(20, 4096);
         p.set_u32(24, 0x0102_0304);
@@ -369,7 +375,7 @@ mod tests {
         p.set_immediate();
         // F | W | ATTR=Simple(1).
         p.set_flags(F_FINAL | 0x20 | 0x01);
-        p.set_lun(0x0001_0000_0000_0000);
+        p.set_lun(lun(1));
         p.set_itt(0x0000_002a);
         p.set_u32(20, 5);
         p.set_u32(24, 7);
@@ -434,7 +440,7 @@ mod tests {
     fn golden_data_out_with_header_and_data_digests() {
         let mut p = Pdu::new(op::DATA_OUT);
         p.set_flags(F_FINAL);
-        p.set_lun(0x0002_0000_0000_0000);
+        p.set_lun(lun(2));
         p.set_itt(0x0000_0033);
         p.set_u32(20, 0x0000_0777);
         p.set_u32(28, 0x55);
@@ -530,7 +536,7 @@ mod tests {
         p.set_immediate();
         // Bit 7 of byte 1 is always 1; function 1 = ABORT TASK.
         p.set_flags(0x80 | 0x01);
-        p.set_lun(0x0001_0000_0000_0000);
+        p.set_lun(lun(1));
         p.set_itt(0x0000_0200);
         p.set_u32(20, 0x0000_002a);
         p.set_u32(24, 0x0000_0031);

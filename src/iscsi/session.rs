@@ -18,11 +18,7 @@ use super::login::{self, new_isid, LoginError, Negotiated};
 use super::pdu::{self, op, Framing, Pdu, F_FINAL};
 use super::{IscsiOptions, IscsiUrl};
 use crate::scsi::task::{Residual, ScsiCommand, ScsiCompletion, ScsiStatus, TransportError};
-
-/// The 8-byte LUN field for `lun` (a number the configuration checked to be in range).
-pub fn lun_field(lun: u16) -> u64 {
-    crate::scsi::LunId::new(lun).unwrap_or_default().to_u64()
-}
+use crate::scsi::LunId;
 
 /// Serial number arithmetic (RFC 1982): a <= b.
 fn sn_le(a: u32, b: u32) -> bool {
@@ -43,7 +39,7 @@ const TMF_LOST: u8 = 0xff;
 struct Pending {
     /// The LUN layer's command id (stable across paths, unlike the ITT).
     id: u64,
-    lun: u16,
+    lun: LunId,
     cmd: ScsiCommand,
     done: Option<Done>,
     data_in: Vec<u8>,
@@ -265,7 +261,7 @@ impl Session {
     pub(crate) fn submit(
         self: &Arc<Self>,
         id: u64,
-        lun: u16,
+        lun: LunId,
         cmd: ScsiCommand,
         done: Done,
         cork: bool,
@@ -369,7 +365,7 @@ impl Session {
         pdu.set_flags(
             final_bit | if read { 0x40 } else { 0 } | if write { 0x20 } else { 0 } | attr,
         );
-        pdu.set_lun(lun_field(p.lun));
+        pdu.set_lun(p.lun.to_u64());
         pdu.set_itt(itt);
         let edtl = if write {
             cmd.data_out.len() as u32
@@ -395,7 +391,7 @@ impl Session {
             pdu.ahs = ahs;
         }
         let exp_stat_sn = st.exp_stat_sn;
-        let lun = lun_field(p.lun);
+        let lun = p.lun.to_u64();
         // Borrow the command's data and the output buffer at once (disjoint fields).
         let State {
             pending,
@@ -558,7 +554,7 @@ impl Session {
                 if pend.cmd.data_out.get(off..end).is_none() {
                     return Err(std::io::Error::other("R2T outside the command's data"));
                 }
-                let lun = lun_field(pend.lun);
+                let lun = pend.lun.to_u64();
                 let exp = st.exp_stat_sn;
                 let State { pending, out, .. } = &mut *st;
                 if let Some(pend) = pending.get(&itt) {
@@ -775,7 +771,7 @@ impl Session {
     /// `referenced` is the ITT and CmdSN of the task an ABORT TASK names.
     fn task_management(
         self: &Arc<Self>,
-        lun: u16,
+        lun: LunId,
         function: u8,
         referenced: Option<(u32, u32)>,
     ) -> Result<u8, TransportError> {
@@ -784,7 +780,7 @@ impl Session {
         let mut p = Pdu::new(op::TASK_MGMT_REQ);
         p.set_immediate();
         p.set_flags(0x80 | (function & 0x7f));
-        p.set_lun(lun_field(lun));
+        p.set_lun(lun.to_u64());
         p.set_itt(itt);
         p.set_u32(20, referenced.map_or(NO_TAG, |r| r.0));
         p.set_u32(24, st.cmd_sn);
@@ -867,7 +863,7 @@ impl Session {
     /// the commands of the LUN this path held complete as aborted once the target agrees.
     pub(crate) fn reset_lun(
         self: &Arc<Self>,
-        lun: u16,
+        lun: LunId,
         function: super::TmfFunction,
     ) -> Result<u8, TransportError> {
         let (mut sent, mut unsent) = (Vec::new(), Vec::new());
@@ -1014,11 +1010,5 @@ mod tests {
         assert!(!sn_le(2, 1));
         assert!(sn_le(u32::MAX, 0));
         assert!(!sn_le(0, u32::MAX));
-    }
-
-    #[test]
-    fn lun_fields() {
-        assert_eq!(lun_field(1), 0x0001_0000_0000_0000);
-        assert_eq!(lun_field(300), 0x412c_0000_0000_0000);
     }
 }
