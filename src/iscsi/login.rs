@@ -7,9 +7,9 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use super::chap;
+use super::options::IscsiOptions;
 use super::pdu::{self, op, Framing, Pdu, F_FINAL};
 use super::text;
-use super::IscsiOptions;
 
 /// Why a login failed; the text says which kind of failure it was.
 #[derive(Debug, thiserror::Error)]

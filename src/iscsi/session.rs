@@ -24,8 +24,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use super::login::{self, new_isid, LoginError, Negotiated};
+use super::options::IscsiOptions;
 use super::pdu::{op, Pdu, F_FINAL};
-use super::{IscsiOptions, IscsiUrl};
+use super::url::IscsiUrl;
 use crate::scsi::task::{ScsiCommand, ScsiCompletion, TransportError};
 use crate::scsi::LunId;
 

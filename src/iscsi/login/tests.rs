@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use md5::{Digest, Md5};
 
 use super::*;
+use crate::iscsi::options::Chap;
 use crate::iscsi::pdu::{BHS_LEN, F_IMMEDIATE};
-use crate::iscsi::Chap;
 
 /// Long enough for any honest exchange, short enough that a wait on it is noticed.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);

@@ -10,8 +10,11 @@ use std::time::{Duration, Instant};
 
 use super::options::{split_portal, MultipathOptions, Policy, MAX_PATHS};
 use super::selector::{PathView, Selector};
+use crate::iscsi::alua;
+use crate::iscsi::login::LoginError;
+use crate::iscsi::options::IscsiOptions;
 use crate::iscsi::session::{Done, LostPath, PathEvents, Session};
-use crate::iscsi::{alua, IscsiOptions, IscsiUrl, LoginError};
+use crate::iscsi::url::IscsiUrl;
 use crate::scsi::task::{ScsiCommand, ScsiCompletion, TmfFunction, TransportError};
 use crate::scsi::LunId;
 
