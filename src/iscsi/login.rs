@@ -447,5 +447,4 @@ pub fn discover(
 }
 
 #[cfg(test)]
-#[path = "login/tests.rs"]
 mod tests;
