@@ -3,7 +3,7 @@
 
 mod disk_spec;
 mod file;
-mod paths;
+mod multipath;
 
 use std::path::PathBuf;
 
@@ -12,7 +12,7 @@ use crate::iscsi::IscsiUrl;
 
 pub use disk_spec::parse_disk_spec;
 pub use file::parse_config_file;
-pub use paths::{duration, PathSettings};
+pub use multipath::{duration, MultipathSettings};
 
 /// Largest number of request queues a device offers. QEMU sizes `num_queues` from the
 /// guest's vCPU count without asking, so the device is sized for this many and QEMU refuses
@@ -87,7 +87,7 @@ pub enum LunKind {
         header_digest: bool,
         data_digest: bool,
         /// Extra portals, path policy, path checking, no-path queueing.
-        paths: Box<PathSettings>,
+        paths: Box<MultipathSettings>,
     },
 }
 
@@ -105,7 +105,7 @@ impl LunKind {
             },
             None => (url, ""),
         };
-        let mut paths = PathSettings::default();
+        let mut paths = MultipathSettings::default();
         for opt in options.split(',').filter(|o| !o.is_empty()) {
             let (k, v) = opt.split_once('=').unwrap_or((opt, ""));
             paths

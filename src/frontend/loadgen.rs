@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::{lun_address, ConnectOptions, Connection};
+use crate::scsi::cdb::{READ_16, WRITE_16};
 
 /// Which virtio device the backend serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +84,7 @@ impl Engine {
                 let mut h = [0u8; 51];
                 h[0..8].copy_from_slice(&self.lun);
                 let cdb = &mut h[19..35];
-                cdb[0] = if self.write { 0x8a } else { 0x88 };
+                cdb[0] = if self.write { WRITE_16 } else { READ_16 };
                 cdb[2..10].copy_from_slice(&(off / 512).to_be_bytes());
                 cdb[10..14].copy_from_slice(&((bs / 512) as u32).to_be_bytes());
                 let _ = mem.write_slice(&h, GuestAddress(slot.hdr));

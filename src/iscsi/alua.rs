@@ -3,6 +3,7 @@
 //! designator) and REPORT TARGET PORT GROUPS. Paths in standby or unavailable groups carry
 //! no I/O; active/optimized ones are preferred to active/non-optimized ones.
 
+use crate::scsi::cdb;
 use crate::scsi::task::ScsiCompletion;
 
 pub const ACTIVE_OPTIMIZED: u8 = 0x0;
@@ -88,19 +89,19 @@ pub fn query(exec: impl Fn(&[u8], u32) -> Option<ScsiCompletion>) -> u8 {
         c.filter(|c| matches!(&c.result, Ok(s) if s.status == 0))
             .map(|c| c.data_in)
     };
-    let Some(inq) = good(exec(&[0x12, 0, 0, 0, 96, 0], 96)) else {
+    let Some(inq) = good(exec(&[cdb::INQUIRY, 0, 0, 0, 96, 0], 96)) else {
         return UNKNOWN;
     };
     if tpgs(&inq) == 0 {
         return UNKNOWN;
     }
-    let Some(group) = good(exec(&[0x12, 1, 0x83, 0x10, 0, 0], 4096)).and_then(|v| port_group(&v))
-    else {
+    let vpd83 = [cdb::INQUIRY, 1, 0x83, 0x10, 0, 0];
+    let Some(group) = good(exec(&vpd83, 4096)).and_then(|v| port_group(&v)) else {
         return UNKNOWN;
     };
     let mut rtpg = [0u8; 12];
-    rtpg[0] = 0xa3;
-    rtpg[1] = 0x0a;
+    rtpg[0] = cdb::MAINTENANCE_IN;
+    rtpg[1] = cdb::MI_REPORT_TARGET_PORT_GROUPS;
     rtpg[6..10].copy_from_slice(&4096u32.to_be_bytes());
     good(exec(&rtpg, 4096))
         .and_then(|d| group_state(&d, group))
@@ -168,14 +169,14 @@ mod tests {
                 residual: Residual::default(),
             })
         };
-        let state = query(|cdb, _| match (cdb[0], cdb[1]) {
-            (0x12, 0) => {
+        let state = query(|c, _| match (c[0], c[1]) {
+            (cdb::INQUIRY, 0) => {
                 let mut inq = vec![0u8; 36];
                 inq[5] = 0x30;
                 answer(inq)
             }
-            (0x12, 1) => answer(vpd83_with_group(2)),
-            (0xa3, 0x0a) => answer(rtpg(&[
+            (cdb::INQUIRY, 1) => answer(vpd83_with_group(2)),
+            (cdb::MAINTENANCE_IN, cdb::MI_REPORT_TARGET_PORT_GROUPS) => answer(rtpg(&[
                 (1, ACTIVE_OPTIMIZED, 1),
                 (2, ACTIVE_NON_OPTIMIZED, 1),
             ])),

@@ -7,9 +7,9 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use super::chap;
+use super::options::IscsiOptions;
 use super::pdu::{self, op, Framing, Pdu, F_FINAL};
 use super::text;
-use super::IscsiOptions;
 
 /// Why a login failed; the text says which kind of failure it was.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +60,13 @@ const MAX_STAGE_ROUNDS: usize = 8;
 /// PDUs one response's text may be continued over (C bit). The 64 KiB of text RFC 7143 6.1
 /// asks us to accept takes 8 PDUs of the 8192 bytes a target may send during login.
 const MAX_TEXT_PDUS: usize = 32;
+
+/// A fresh random-qualifier ISID (RFC 7143 10.12.5, type 10b): the initiator part of
+/// a session's identity, sent in every login request.
+pub fn new_isid() -> [u8; 6] {
+    let r = chap::random_bytes(5);
+    [0x80, r[0], r[1], r[2], r[3], r[4]]
+}
 
 /// Opens a TCP connection to `portal` with the options' timeouts and socket settings.
 pub fn connect(portal: &str, opts: &IscsiOptions) -> Result<TcpStream, LoginError> {
@@ -387,7 +394,7 @@ pub fn discover(
     opts: &IscsiOptions,
 ) -> Result<Vec<(String, Vec<String>)>, LoginError> {
     let mut s = connect(portal, opts)?;
-    let n = login(&mut s, opts, None, super::session::new_isid())?;
+    let n = login(&mut s, opts, None, new_isid())?;
     let mut p = Pdu::new(op::TEXT_REQ);
     p.set_immediate();
     p.set_flags(F_FINAL);
@@ -440,5 +447,4 @@ pub fn discover(
 }
 
 #[cfg(test)]
-#[path = "login/tests.rs"]
 mod tests;

@@ -235,6 +235,13 @@ pub fn read_pdu_into(r: &mut impl Read, framing: &Framing, mut buf: Vec<u8>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scsi::cdb::{READ_10, WRITE_BUFFER};
+    use crate::scsi::LunId;
+
+    /// The LUN field of LUN `n`.
+    fn lun(n: u16) -> u64 {
+        LunId::new(n).expect("lun").to_u64()
+    }
 
     #[test]
     fn crc32c_known_vector() {
@@ -267,7 +274,7 @@ mod tests {
             max_recv_data: 65536,
         };
         let mut p = Pdu::new(op::DATA_OUT);
-        p.set_lun(0x0001_0000_0000_0000);
+        p.set_lun(lun(1));
         p.ahs = vec![1, 2, 3, 4];
         p.data = vec![7u8; 1001];
         let bytes = encode(&p, &f);
@@ -330,13 +337,15 @@ mod tests {
         let mut p = Pdu::new(op::SCSI_CMD);
         // F | R | ATTR=Ordered(2).
         p.set_flags(F_FINAL | 0x40 | 0x02);
-        p.set_lun(0x0003_0000_0000_0000);
+        p.set_lun(lun(3));
         p.set_itt(0x0000_1001);
         p.set_u32(20, 4096);
         p.set_u32(24, 0x0102_0304);
         p.set_u32(28, 0xa0b0_c0d0);
         // READ(10), LBA 0x12345678, 8 blocks.
-        let cdb = [0x28, 0x00, 0x12, 0x34, 0x56, 0x78, 0x00, 0x00, 0x08, 0x00];
+        let cdb = [
+            READ_10, 0x00, 0x12, 0x34, 0x56, 0x78, 0x00, 0x00, 0x08, 0x00,
+        ];
         p.bhs[32..32 + cdb.len()].copy_from_slice(&cdb);
         #[rustfmt::skip]
         let want: [u8; 48] = [
@@ -366,13 +375,16 @@ mod tests {
         p.set_immediate();
         // F | W | ATTR=Simple(1).
         p.set_flags(F_FINAL | 0x20 | 0x01);
-        p.set_lun(0x0001_0000_0000_0000);
+        p.set_lun(lun(1));
         p.set_itt(0x0000_002a);
         p.set_u32(20, 5);
         p.set_u32(24, 7);
         p.set_u32(28, 9);
         // WRITE BUFFER, mode 02h (data), parameter list length 5.
-        let cdb = [0x3b, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x05, 0x00];
+        let mut cdb = [0u8; 10];
+        cdb[0] = WRITE_BUFFER;
+        cdb[1] = 0x02;
+        cdb[8] = 5;
         p.bhs[32..32 + cdb.len()].copy_from_slice(&cdb);
         p.data = b"hello".to_vec();
         #[rustfmt::skip]
@@ -412,7 +424,7 @@ mod tests {
         p.set_u32(20, 0x400);
         p.set_u32(24, 0x14);
         p.set_u32(28, 0x18);
-        p.bhs[32] = 0x28;
+        p.bhs[32] = READ_10;
         p.bhs[40] = 0x02;
         let f = Framing {
             header_digest: true,
@@ -428,7 +440,7 @@ mod tests {
     fn golden_data_out_with_header_and_data_digests() {
         let mut p = Pdu::new(op::DATA_OUT);
         p.set_flags(F_FINAL);
-        p.set_lun(0x0002_0000_0000_0000);
+        p.set_lun(lun(2));
         p.set_itt(0x0000_0033);
         p.set_u32(20, 0x0000_0777);
         p.set_u32(28, 0x55);
@@ -524,7 +536,7 @@ mod tests {
         p.set_immediate();
         // Bit 7 of byte 1 is always 1; function 1 = ABORT TASK.
         p.set_flags(0x80 | 0x01);
-        p.set_lun(0x0001_0000_0000_0000);
+        p.set_lun(lun(1));
         p.set_itt(0x0000_0200);
         p.set_u32(20, 0x0000_002a);
         p.set_u32(24, 0x0000_0031);

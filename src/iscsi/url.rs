@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use crate::scsi::lun_id::{LunId, MAX_LUN};
+
 /// A parsed iSCSI URL.
 #[derive(Clone, PartialEq, Eq)]
 pub struct IscsiUrl {
@@ -11,7 +13,7 @@ pub struct IscsiUrl {
     pub host: String,
     pub port: u16,
     pub target: String,
-    pub lun: u16,
+    pub lun: LunId,
 }
 
 impl fmt::Debug for IscsiUrl {
@@ -104,8 +106,8 @@ impl IscsiUrl {
         let lun = lun
             .parse::<u16>()
             .ok()
-            .filter(|&l| l <= 16383)
-            .ok_or_else(|| format!("lun: '{lun}' is not a LUN number (0..=16383)"))?;
+            .and_then(LunId::new)
+            .ok_or_else(|| format!("lun: '{lun}' is not a LUN number (0..={MAX_LUN})"))?;
         Ok(IscsiUrl {
             user,
             password,
@@ -130,7 +132,7 @@ mod tests {
         assert_eq!(u.password.as_deref(), Some("s3cret"));
         assert_eq!((u.host.as_str(), u.port), ("10.0.0.5", 3261));
         assert_eq!(u.target, "iqn.2024-01.com.example:disk1");
-        assert_eq!(u.lun, 2);
+        assert_eq!(u.lun.value(), 2);
         assert!(!format!("{u:?}").contains("s3cret"));
         assert_eq!(u.portal(), "10.0.0.5:3261");
     }
@@ -138,7 +140,9 @@ mod tests {
     #[test]
     fn defaults_and_ipv6() {
         let u = IscsiUrl::parse("iscsi://127.0.0.1/iqn.x:y/0").unwrap();
-        assert_eq!((u.port, u.lun, u.user), (3260, 0, None));
+        assert_eq!((u.port, u.lun.value(), u.user), (3260, 0, None));
+        let u = IscsiUrl::parse("iscsi://127.0.0.1/iqn.x:y/16383").unwrap();
+        assert_eq!(u.lun.value(), 16383);
         let u = IscsiUrl::parse("iscsi://[::1]:3262/iqn.x:y/1").unwrap();
         assert_eq!((u.host.as_str(), u.port), ("::1", 3262));
         assert_eq!(u.portal(), "[::1]:3262");
@@ -150,6 +154,7 @@ mod tests {
         assert!(e("http://h/t/0").starts_with("scheme"));
         assert!(e("iscsi://h:99999/t/0").starts_with("port"));
         assert!(e("iscsi://h/t/x").starts_with("lun"));
+        assert!(e("iscsi://h/t/16384").starts_with("lun"));
         assert!(e("iscsi://h/t").starts_with("lun"));
         assert!(e("iscsi:///t/0").starts_with("host"));
         assert!(e("iscsi://h//0").starts_with("target"));

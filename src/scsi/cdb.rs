@@ -15,15 +15,20 @@ pub const PREVENT_ALLOW_MEDIUM_REMOVAL: u8 = 0x1e;
 pub const READ_CAPACITY_10: u8 = 0x25;
 pub const READ_10: u8 = 0x28;
 pub const WRITE_10: u8 = 0x2a;
+pub const WRITE_AND_VERIFY_10: u8 = 0x2e;
 pub const VERIFY_10: u8 = 0x2f;
 pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
+pub const WRITE_BUFFER: u8 = 0x3b;
 pub const WRITE_SAME_10: u8 = 0x41;
 pub const UNMAP: u8 = 0x42;
+pub const LOG_SENSE: u8 = 0x4d;
 pub const MODE_SELECT_10: u8 = 0x55;
 pub const MODE_SENSE_10: u8 = 0x5a;
+pub const PERSISTENT_RESERVE_OUT: u8 = 0x5f;
 pub const READ_16: u8 = 0x88;
 pub const COMPARE_AND_WRITE: u8 = 0x89;
 pub const WRITE_16: u8 = 0x8a;
+pub const WRITE_AND_VERIFY_16: u8 = 0x8e;
 pub const VERIFY_16: u8 = 0x8f;
 pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
 pub const WRITE_SAME_16: u8 = 0x93;
@@ -38,6 +43,8 @@ pub const VARIABLE_LENGTH: u8 = 0x7f;
 
 /// SERVICE ACTION IN(16) service action of READ CAPACITY(16).
 pub const SAI_READ_CAPACITY_16: u8 = 0x10;
+/// MAINTENANCE IN service action of REPORT TARGET PORT GROUPS.
+pub const MI_REPORT_TARGET_PORT_GROUPS: u8 = 0x0a;
 /// MAINTENANCE IN service action of REPORT SUPPORTED OPERATION CODES.
 pub const MI_REPORT_SUPPORTED_OPCODES: u8 = 0x0c;
 

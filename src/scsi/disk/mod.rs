@@ -103,7 +103,10 @@ impl EmulatedDisk {
         data_in: &mut [u8],
     ) -> Result<Outcome, Sense> {
         if self.unit_attention.load(Ordering::Relaxed)
-            && !matches!(cdb.first(), Some(0x12 | 0xa0 | 0x03))
+            && !matches!(
+                byte(cdb, 0),
+                cdb::INQUIRY | cdb::REPORT_LUNS | cdb::REQUEST_SENSE
+            )
             && self.unit_attention.swap(false, Ordering::AcqRel)
         {
             return Err(Sense::reset_occurred());

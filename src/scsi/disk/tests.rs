@@ -1,6 +1,12 @@
 //! Tests of the emulated disk, command by command, plus a random-CDB property test.
 
 use super::*;
+use crate::scsi::cdb::{
+    COMPARE_AND_WRITE, INQUIRY, MAINTENANCE_IN, MI_REPORT_SUPPORTED_OPCODES, MODE_SELECT_6,
+    MODE_SENSE_10, MODE_SENSE_6, READ_10, READ_16, READ_CAPACITY_10, REPORT_LUNS, REQUEST_SENSE,
+    SAI_READ_CAPACITY_16, SERVICE_ACTION_IN_16, SYNCHRONIZE_CACHE_10, TEST_UNIT_READY, UNMAP,
+    VERIFY_10, WRITE_10, WRITE_6, WRITE_SAME_16,
+};
 use crate::scsi::{IoRequest, DATA_IN_SCRATCH};
 
 pub(crate) fn props() -> DiskProperties {
@@ -47,7 +53,7 @@ fn check(o: Outcome) -> (u8, u8, u8) {
 
 #[test]
 fn standard_inquiry() {
-    let (o, d) = run(&disk(), &[0x12, 0, 0, 0, 96, 0], &[]);
+    let (o, d) = run(&disk(), &[INQUIRY, 0, 0, 0, 96, 0], &[]);
     assert_eq!(o, Outcome::Good { data_in_len: 36 });
     assert_eq!(d[0], 0);
     assert_eq!(d[2], 6);
@@ -57,15 +63,15 @@ fn standard_inquiry() {
     assert_eq!(&d[16..32], b"VIRTUAL-DISK    ");
     assert_eq!(&d[32..36], b"0.1 ");
     // Allocation length cuts the answer.
-    let (o, _) = run(&disk(), &[0x12, 0, 0, 0, 5, 0], &[]);
+    let (o, _) = run(&disk(), &[INQUIRY, 0, 0, 0, 5, 0], &[]);
     assert_eq!(o, Outcome::Good { data_in_len: 5 });
     // A page code without EVPD, or CmdDt, is invalid.
     assert_eq!(
-        check(run(&disk(), &[0x12, 0, 0x80, 0, 96, 0], &[]).0),
+        check(run(&disk(), &[INQUIRY, 0, 0x80, 0, 96, 0], &[]).0),
         (5, 0x24, 0)
     );
     assert_eq!(
-        check(run(&disk(), &[0x12, 2, 0, 0, 96, 0], &[]).0),
+        check(run(&disk(), &[INQUIRY, 2, 0, 0, 96, 0], &[]).0),
         (5, 0x24, 0)
     );
 }
@@ -73,11 +79,11 @@ fn standard_inquiry() {
 #[test]
 fn vpd_pages() {
     let d = disk();
-    let (_, p0) = run(&d, &[0x12, 1, 0x00, 0, 255, 0], &[]);
+    let (_, p0) = run(&d, &[INQUIRY, 1, 0x00, 0, 255, 0], &[]);
     assert_eq!(&p0[4..], &[0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2]);
-    let (_, p80) = run(&d, &[0x12, 1, 0x80, 0, 255, 0], &[]);
+    let (_, p80) = run(&d, &[INQUIRY, 1, 0x80, 0, 255, 0], &[]);
     assert_eq!(&p80[4..], b"SER123");
-    let (_, p83) = run(&d, &[0x12, 1, 0x83, 0, 255, 0], &[]);
+    let (_, p83) = run(&d, &[INQUIRY, 1, 0x83, 0, 255, 0], &[]);
     assert_eq!(&p83[4..8], &[0x01, 0x03, 0x00, 0x08]);
     assert_eq!(&p83[8..16], &0x3000_0000_dead_beefu64.to_be_bytes());
     assert_eq!(p83[17] & 0x0f, 1); // T10 vendor ID designator
@@ -85,7 +91,7 @@ fn vpd_pages() {
         usize::from(u16::from_be_bytes([p83[2], p83[3]])) + 4,
         p83.len()
     );
-    let (_, b0) = run(&d, &[0x12, 1, 0xb0, 0, 255, 0], &[]);
+    let (_, b0) = run(&d, &[INQUIRY, 1, 0xb0, 0, 255, 0], &[]);
     assert_eq!(b0.len(), 64);
     assert_eq!(b0[4] & 1, 1); // WSNZ
     assert_eq!(u32::from_be_bytes([b0[8], b0[9], b0[10], b0[11]]), 1024);
@@ -94,30 +100,30 @@ fn vpd_pages() {
         MAX_UNMAP_BLOCKS
     );
     assert_eq!(u32::from_be_bytes([b0[28], b0[29], b0[30], b0[31]]), 8);
-    let (_, b1) = run(&d, &[0x12, 1, 0xb1, 0, 255, 0], &[]);
+    let (_, b1) = run(&d, &[INQUIRY, 1, 0xb1, 0, 255, 0], &[]);
     assert_eq!(&b1[4..6], &[0, 1]);
-    let (_, b2) = run(&d, &[0x12, 1, 0xb2, 0, 255, 0], &[]);
+    let (_, b2) = run(&d, &[INQUIRY, 1, 0xb2, 0, 255, 0], &[]);
     assert_eq!(b2[5] & 0xe4, 0xe4);
     assert_eq!(b2[6] & 0x07, 2);
     let mut p = props();
     p.unmap_zeroes = false;
-    let (_, b2) = run(&EmulatedDisk::new(p), &[0x12, 1, 0xb2, 0, 255, 0], &[]);
+    let (_, b2) = run(&EmulatedDisk::new(p), &[INQUIRY, 1, 0xb2, 0, 255, 0], &[]);
     assert_eq!(b2[5] & 0xe4, 0xe0); // LBPU, LBPWS, LBPWS10 without LBPRZ
     assert_eq!(
-        check(run(&d, &[0x12, 1, 0x99, 0, 255, 0], &[]).0),
+        check(run(&d, &[INQUIRY, 1, 0x99, 0, 255, 0], &[]).0),
         (5, 0x24, 0)
     );
 }
 
 #[test]
 fn read_capacity() {
-    let (o, d) = run(&disk(), &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]);
+    let (o, d) = run(&disk(), &[READ_CAPACITY_10, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]);
     assert_eq!(o, Outcome::Good { data_in_len: 8 });
     assert_eq!(&d[0..4], &2047u32.to_be_bytes());
     assert_eq!(&d[4..8], &512u32.to_be_bytes());
     let mut c = [0u8; 16];
-    c[0] = 0x9e;
-    c[1] = 0x10;
+    c[0] = SERVICE_ACTION_IN_16;
+    c[1] = SAI_READ_CAPACITY_16;
     c[13] = 32;
     let (o, d) = run(&disk(), &c, &[]);
     assert_eq!(o, Outcome::Good { data_in_len: 32 });
@@ -128,7 +134,7 @@ fn read_capacity() {
     p.discard = false;
     p.capacity_blocks = 1 << 40;
     let big = EmulatedDisk::new(p);
-    let (_, d) = run(&big, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]);
+    let (_, d) = run(&big, &[READ_CAPACITY_10, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]);
     assert_eq!(&d[0..4], &[0xff; 4]);
     let (_, d) = run(&big, &c, &[]);
     assert_eq!(d[14] & 0x80, 0);
@@ -142,7 +148,7 @@ fn read_capacity() {
 #[test]
 fn read_write_become_io() {
     let d = disk();
-    let (o, _) = run(&d, &[0x28, 0, 0, 0, 0, 10, 0, 0, 4, 0], &[]);
+    let (o, _) = run(&d, &[READ_10, 0, 0, 0, 0, 10, 0, 0, 4, 0], &[]);
     assert_eq!(
         o,
         Outcome::Io(IoRequest::Read {
@@ -150,7 +156,7 @@ fn read_write_become_io() {
             len: 2048
         })
     );
-    let (o, _) = run(&d, &[0x2a, 0x08, 0, 0, 0, 1, 0, 0, 1, 0], &[]);
+    let (o, _) = run(&d, &[WRITE_10, 0x08, 0, 0, 0, 1, 0, 0, 1, 0], &[]);
     assert_eq!(
         o,
         Outcome::Io(IoRequest::Write {
@@ -159,12 +165,12 @@ fn read_write_become_io() {
             fua: true
         })
     );
-    let (o, _) = run(&d, &[0x2a, 0, 0, 0, 0, 1, 0, 0, 1, 0], &[]);
+    let (o, _) = run(&d, &[WRITE_10, 0, 0, 0, 0, 1, 0, 0, 1, 0], &[]);
     assert!(matches!(
         o,
         Outcome::Io(IoRequest::Write { fua: false, .. })
     ));
-    let (o, _) = run(&d, &[0x28, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]);
+    let (o, _) = run(&d, &[READ_10, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]);
     assert_eq!(o, Outcome::Good { data_in_len: 0 });
 }
 
@@ -173,21 +179,21 @@ fn range_and_size_errors() {
     let d = disk();
     // Last block is fine, one past is not.
     assert!(matches!(
-        run(&d, &[0x28, 0, 0, 0, 0x07, 0xff, 0, 0, 1, 0], &[]).0,
+        run(&d, &[READ_10, 0, 0, 0, 0x07, 0xff, 0, 0, 1, 0], &[]).0,
         Outcome::Io(_)
     ));
     assert_eq!(
-        check(run(&d, &[0x28, 0, 0, 0, 0x07, 0xff, 0, 0, 2, 0], &[]).0),
+        check(run(&d, &[READ_10, 0, 0, 0, 0x07, 0xff, 0, 0, 2, 0], &[]).0),
         (5, 0x21, 0)
     );
     let mut c = [0u8; 16];
-    c[0] = 0x88;
+    c[0] = READ_16;
     c[2..10].copy_from_slice(&u64::MAX.to_be_bytes());
     c[13] = 1;
     assert_eq!(check(run(&d, &c, &[]).0), (5, 0x21, 0));
     // More than the maximum transfer length.
     let mut c = [0u8; 16];
-    c[0] = 0x88;
+    c[0] = READ_16;
     c[10..14].copy_from_slice(&1025u32.to_be_bytes());
     assert_eq!(check(run(&d, &c, &[]).0), (5, 0x24, 0));
 }
@@ -198,14 +204,17 @@ fn readonly_refuses_writes() {
     p.readonly = true;
     let d = EmulatedDisk::new(p);
     assert_eq!(
-        check(run(&d, &[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[]).0),
+        check(run(&d, &[WRITE_10, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[]).0),
         (7, 0x27, 0)
     );
-    assert_eq!(check(run(&d, &[0x0a, 0, 0, 0, 1, 0], &[]).0), (7, 0x27, 0));
-    let (_, ms) = run(&d, &[0x1a, 0, 0x3f, 0, 255, 0], &[]);
+    assert_eq!(
+        check(run(&d, &[WRITE_6, 0, 0, 0, 1, 0], &[]).0),
+        (7, 0x27, 0)
+    );
+    let (_, ms) = run(&d, &[MODE_SENSE_6, 0, 0x3f, 0, 255, 0], &[]);
     assert_eq!(ms[2] & 0x80, 0x80);
     assert!(matches!(
-        run(&d, &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[]).0,
+        run(&d, &[READ_10, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[]).0,
         Outcome::Io(_)
     ));
 }
@@ -221,7 +230,7 @@ fn unknown_opcode_and_naca() {
         (5, 0x20, 0)
     );
     assert_eq!(
-        check(run(&disk(), &[0x00, 0, 0, 0, 0, 0x04], &[]).0),
+        check(run(&disk(), &[TEST_UNIT_READY, 0, 0, 0, 0, 0x04], &[]).0),
         (5, 0x24, 0)
     );
 }
@@ -229,19 +238,19 @@ fn unknown_opcode_and_naca() {
 #[test]
 fn mode_sense_caching_page_and_select() {
     let d = disk();
-    let (o, ms) = run(&d, &[0x1a, 0x08, 0x08, 0, 255, 0], &[]);
+    let (o, ms) = run(&d, &[MODE_SENSE_6, 0x08, 0x08, 0, 255, 0], &[]);
     assert_eq!(o, Outcome::Good { data_in_len: 24 });
     assert_eq!(ms[3], 0); // DBD: no block descriptor
     assert_eq!(&ms[4..6], &[0x08, 0x12]);
     assert_eq!(ms[6] & 0x04, 0x04);
     assert_eq!(ms[2] & 0x10, 0x10); // DPOFUA
                                     // Changeable values: only WCE.
-    let (_, ch) = run(&d, &[0x1a, 0x08, 0x48, 0, 255, 0], &[]);
+    let (_, ch) = run(&d, &[MODE_SENSE_6, 0x08, 0x48, 0, 255, 0], &[]);
     assert_eq!(ch[6], 0x04);
     assert!(ch[7..].iter().all(|&b| b == 0));
     // Saved values are not supported.
     assert_eq!(
-        check(run(&d, &[0x1a, 0, 0xc8, 0, 255, 0], &[]).0),
+        check(run(&d, &[MODE_SENSE_6, 0, 0xc8, 0, 255, 0], &[]).0),
         (5, 0x39, 0)
     );
     // MODE SELECT(6) clearing WCE.
@@ -249,19 +258,19 @@ fn mode_sense_caching_page_and_select() {
     let mut page = ms[4..24].to_vec();
     page[2] &= !0x04;
     list.extend_from_slice(&page);
-    let (o, _) = run(&d, &[0x15, 0x10, 0, 0, list.len() as u8, 0], &list);
+    let (o, _) = run(&d, &[MODE_SELECT_6, 0x10, 0, 0, list.len() as u8, 0], &list);
     assert_eq!(o, Outcome::Good { data_in_len: 0 });
     assert!(!d.write_cache_enabled());
-    let (_, ms) = run(&d, &[0x1a, 0x08, 0x08, 0, 255, 0], &[]);
+    let (_, ms) = run(&d, &[MODE_SENSE_6, 0x08, 0x08, 0, 255, 0], &[]);
     assert_eq!(ms[6] & 0x04, 0);
     // With WCE=0 every write is FUA.
-    let (o, _) = run(&d, &[0x2a, 0, 0, 0, 0, 1, 0, 0, 1, 0], &[]);
+    let (o, _) = run(&d, &[WRITE_10, 0, 0, 0, 0, 1, 0, 0, 1, 0], &[]);
     assert!(matches!(o, Outcome::Io(IoRequest::Write { fua: true, .. })));
     d.reset();
     assert!(d.write_cache_enabled());
     // The reset is reported once, to the first command that is not INQUIRY, REPORT LUNS
     // or REQUEST SENSE.
-    let (o, _) = run(&d, &[0x12, 0, 0, 0, 36, 0], &[]);
+    let (o, _) = run(&d, &[INQUIRY, 0, 0, 0, 36, 0], &[]);
     assert!(matches!(o, Outcome::Good { .. }));
     let (o, _) = run(&d, &[0, 0, 0, 0, 0, 0], &[]);
     assert_eq!(o, Outcome::Check(Sense::reset_occurred()));
@@ -272,36 +281,40 @@ fn mode_sense_caching_page_and_select() {
 #[test]
 fn mode_select_rejects_bad_lists() {
     let d = disk();
-    let (_, ms) = run(&d, &[0x1a, 0x08, 0x08, 0, 255, 0], &[]);
+    let (_, ms) = run(&d, &[MODE_SENSE_6, 0x08, 0x08, 0, 255, 0], &[]);
     let mut list = vec![0u8; 4];
     let mut page = ms[4..24].to_vec();
     page[3] = 0x55; // an unchangeable field
     list.extend_from_slice(&page);
     assert_eq!(
-        check(run(&d, &[0x15, 0x10, 0, 0, list.len() as u8, 0], &list).0),
+        check(run(&d, &[MODE_SELECT_6, 0x10, 0, 0, list.len() as u8, 0], &list).0),
         (5, 0x26, 0)
     );
     // PF=0.
     assert_eq!(
-        check(run(&d, &[0x15, 0x00, 0, 0, 24, 0], &list).0),
+        check(run(&d, &[MODE_SELECT_6, 0x00, 0, 0, 24, 0], &list).0),
         (5, 0x24, 0)
     );
     // Guest supplied fewer bytes than the parameter list length.
     assert_eq!(
-        check(run(&d, &[0x15, 0x10, 0, 0, 24, 0], &list[..10]).0),
+        check(run(&d, &[MODE_SELECT_6, 0x10, 0, 0, 24, 0], &list[..10]).0),
         (5, 0x1a, 0)
     );
     // Unknown page.
     let bad = [0u8, 0, 0, 0, 0x19, 2, 0, 0];
     assert_eq!(
-        check(run(&d, &[0x15, 0x10, 0, 0, 8, 0], &bad).0),
+        check(run(&d, &[MODE_SELECT_6, 0x10, 0, 0, 8, 0], &bad).0),
         (5, 0x26, 0)
     );
 }
 
 #[test]
 fn mode_sense_10_with_long_lba_block_descriptor() {
-    let (o, ms) = run(&disk(), &[0x5a, 0x10, 0x3f, 0, 0, 0, 0, 0x01, 0, 0], &[]);
+    let (o, ms) = run(
+        &disk(),
+        &[MODE_SENSE_10, 0x10, 0x3f, 0, 0, 0, 0, 0x01, 0, 0],
+        &[],
+    );
     assert_eq!(
         o,
         Outcome::Good {
@@ -319,15 +332,22 @@ fn mode_sense_10_with_long_lba_block_descriptor() {
 fn synchronize_cache_and_verify() {
     let d = disk();
     assert_eq!(
-        run(&d, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]).0,
+        run(&d, &[SYNCHRONIZE_CACHE_10, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]).0,
         Outcome::Io(IoRequest::Flush)
     );
     assert_eq!(
-        check(run(&d, &[0x35, 0, 0, 0, 0x10, 0, 0, 0, 1, 0], &[]).0),
+        check(
+            run(
+                &d,
+                &[SYNCHRONIZE_CACHE_10, 0, 0, 0, 0x10, 0, 0, 0, 1, 0],
+                &[]
+            )
+            .0
+        ),
         (5, 0x21, 0)
     );
     assert_eq!(
-        run(&d, &[0x2f, 0x02, 0, 0, 0, 2, 0, 0, 1, 0], &[]).0,
+        run(&d, &[VERIFY_10, 0x02, 0, 0, 0, 2, 0, 0, 1, 0], &[]).0,
         Outcome::Io(IoRequest::Verify {
             offset: 1024,
             len: 512,
@@ -335,11 +355,11 @@ fn synchronize_cache_and_verify() {
         })
     );
     assert!(matches!(
-        run(&d, &[0x2f, 0, 0, 0, 0, 2, 0, 0, 1, 0], &[]).0,
+        run(&d, &[VERIFY_10, 0, 0, 0, 0, 2, 0, 0, 1, 0], &[]).0,
         Outcome::Io(IoRequest::Verify { compare: false, .. })
     ));
     assert_eq!(
-        check(run(&d, &[0x2f, 0x04, 0, 0, 0, 2, 0, 0, 1, 0], &[]).0),
+        check(run(&d, &[VERIFY_10, 0x04, 0, 0, 0, 2, 0, 0, 1, 0], &[]).0),
         (5, 0x24, 0)
     );
 }
@@ -361,7 +381,7 @@ fn unmap_list(descs: &[(u64, u32)]) -> Vec<u8> {
 fn unmap_reads_its_parameter_list() {
     let d = disk();
     let l = unmap_list(&[(0, 8), (100, 0), (2040, 8)]);
-    let c = [0x42, 0, 0, 0, 0, 0, 0, 0, l.len() as u8, 0];
+    let c = [UNMAP, 0, 0, 0, 0, 0, 0, 0, l.len() as u8, 0];
     assert_eq!(
         run(&d, &c, &l).0,
         Outcome::Io(IoRequest::Discard {
@@ -369,15 +389,15 @@ fn unmap_reads_its_parameter_list() {
         })
     );
     let l = unmap_list(&[(2041, 8)]);
-    let c = [0x42, 0, 0, 0, 0, 0, 0, 0, l.len() as u8, 0];
+    let c = [UNMAP, 0, 0, 0, 0, 0, 0, 0, l.len() as u8, 0];
     assert_eq!(check(run(&d, &c, &l).0), (5, 0x21, 0));
     let mut l = unmap_list(&[(0, 8)]);
     l[3] = 15; // not a multiple of 16
-    let c = [0x42, 0, 0, 0, 0, 0, 0, 0, l.len() as u8, 0];
+    let c = [UNMAP, 0, 0, 0, 0, 0, 0, 0, l.len() as u8, 0];
     assert_eq!(check(run(&d, &c, &l).0), (5, 0x26, 0));
-    let c = [0x42, 0, 0, 0, 0, 0, 0, 0, 4, 0];
+    let c = [UNMAP, 0, 0, 0, 0, 0, 0, 0, 4, 0];
     assert_eq!(check(run(&d, &c, &l).0), (5, 0x1a, 0));
-    let c = [0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let c = [UNMAP, 0, 0, 0, 0, 0, 0, 0, 0, 0];
     assert_eq!(run(&d, &c, &[]).0, Outcome::Good { data_in_len: 0 });
     let mut p = props();
     p.discard = false;
@@ -389,7 +409,7 @@ fn write_same_variants() {
     let d = disk();
     let zero = vec![0u8; 512];
     let mut c = [0u8; 16];
-    c[0] = 0x93;
+    c[0] = WRITE_SAME_16;
     c[1] = 0x08;
     c[13] = 16;
     assert_eq!(
@@ -443,7 +463,7 @@ fn write_same_variants() {
 fn compare_and_write_limits() {
     let d = disk();
     let mut c = [0u8; 16];
-    c[0] = 0x89;
+    c[0] = COMPARE_AND_WRITE;
     c[9] = 4;
     c[13] = 2;
     assert_eq!(
@@ -462,8 +482,8 @@ fn compare_and_write_limits() {
 fn report_supported_operation_codes() {
     let d = disk();
     let mut c = [0u8; 12];
-    c[0] = 0xa3;
-    c[1] = 0x0c;
+    c[0] = MAINTENANCE_IN;
+    c[1] = MI_REPORT_SUPPORTED_OPCODES;
     c[6..10].copy_from_slice(&4096u32.to_be_bytes());
     let (o, all) = run(&d, &c, &[]);
     let n = SUPPORTED_COMMANDS.len();
@@ -476,7 +496,7 @@ fn report_supported_operation_codes() {
     assert_eq!(&all[0..4], &((8 * n) as u32).to_be_bytes());
     // Every listed command is actually accepted by the dispatcher (never INVALID OPCODE).
     for s in SUPPORTED_COMMANDS {
-        if s.opcode == crate::scsi::cdb::REPORT_LUNS {
+        if s.opcode == REPORT_LUNS {
             continue; // answered by the LUN table, covered by its tests
         }
         let mut cdb = [0u8; 32];
@@ -496,11 +516,11 @@ fn report_supported_operation_codes() {
     }
     // One command: READ(10) supported with its usage bitmap.
     c[2] = 0x01;
-    c[3] = 0x28;
+    c[3] = READ_10;
     let (_, one) = run(&d, &c, &[]);
     assert_eq!(one[1] & 0x07, 0x03);
     assert_eq!(&one[2..4], &10u16.to_be_bytes());
-    assert_eq!(one[4], 0x28);
+    assert_eq!(one[4], READ_10);
     // Unsupported command.
     c[3] = 0xc1;
     let (_, none) = run(&d, &c, &[]);
@@ -518,10 +538,10 @@ fn report_supported_operation_codes() {
 
 #[test]
 fn request_sense_formats() {
-    let (o, d) = run(&disk(), &[0x03, 0, 0, 0, 252, 0], &[]);
+    let (o, d) = run(&disk(), &[REQUEST_SENSE, 0, 0, 0, 252, 0], &[]);
     assert_eq!(o, Outcome::Good { data_in_len: 18 });
     assert_eq!((d[0], d[2]), (0x70, 0));
-    let (_, d) = run(&disk(), &[0x03, 1, 0, 0, 252, 0], &[]);
+    let (_, d) = run(&disk(), &[REQUEST_SENSE, 1, 0, 0, 252, 0], &[]);
     assert_eq!(d[0], 0x72);
 }
 

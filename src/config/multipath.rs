@@ -1,22 +1,23 @@
-//! Path settings of an iSCSI LUN: extra portals (multipath), path policy, NOP-based path
-//! checking and the queueing time while no path is up. One parser serves the `--iscsi`
-//! options (`URL,path=host:port,policy=...`) and the TOML keys of the same names (with `_`
-//! for `-`), so both say the same thing.
+//! Multipath settings of an iSCSI LUN: the portals besides the URL's (one path each),
+//! path policy, NOP-based path checking and the queueing time while no path is up. One
+//! parser serves the `--iscsi` options (`URL,path=host:port,policy=...`) and the TOML keys
+//! of the same names (with `_` for `-`), so both say the same thing.
 
 use std::time::Duration;
 
 use crate::iscsi::{IscsiOptions, MultipathOptions};
 
-/// What an iSCSI LUN's configuration says about its paths; None keeps the default.
+/// What an iSCSI LUN's configuration says about its paths (the portals that lead to it);
+/// None keeps the default.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct PathSettings {
+pub struct MultipathSettings {
     pub multipath: MultipathOptions,
     pub nop_interval: Option<Duration>,
     pub nop_timeout: Option<Duration>,
     pub no_path_retry: Option<Duration>,
 }
 
-impl PathSettings {
+impl MultipathSettings {
     /// Applies one `key=value` (keys with `-` or `_`). Errors name the key.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
         let key = key.replace('_', "-");
@@ -114,7 +115,7 @@ mod tests {
 
     #[test]
     fn options_set_what_they_name() {
-        let mut p = PathSettings::default();
+        let mut p = MultipathSettings::default();
         p.set("path", "127.0.0.2:3261").unwrap();
         p.set("policy", "failover").unwrap();
         p.set("failback", "manual").unwrap();
@@ -139,7 +140,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_option() {
-        let mut p = PathSettings::default();
+        let mut p = MultipathSettings::default();
         for (k, v) in [
             ("path", ":1"),
             ("policy", "random"),
@@ -159,7 +160,7 @@ mod tests {
             .contains("unknown option"));
         p.set("priority", "0:1:2").unwrap();
         assert!(p.check().unwrap_err().contains("3 priorities for 1 path"));
-        let mut many = PathSettings::default();
+        let mut many = MultipathSettings::default();
         for i in 0..16 {
             many.set("path", &format!("127.0.0.{}:3260", i + 2))
                 .unwrap();

@@ -1,0 +1,556 @@
+//! One iSCSI LUN over its paths: logging in on each, sending every command down the path
+//! the selector picks, queueing commands while no path is up and failing them past
+//! `no_path_retry`, failing over the commands a lost path held (those that are safe to run
+//! twice), ALUA state per path, and task management across the paths.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use super::options::{split_portal, MultipathOptions, Policy, MAX_PATHS};
+use super::selector::{PathView, Selector};
+use crate::iscsi::alua;
+use crate::iscsi::login::LoginError;
+use crate::iscsi::options::IscsiOptions;
+use crate::iscsi::session::{Done, LostPath, PathEvents, Session};
+use crate::iscsi::url::IscsiUrl;
+use crate::scsi::task::{ScsiCommand, ScsiCompletion, TmfFunction, TransportError};
+use crate::scsi::LunId;
+
+/// Whether a command that may already have run at the target can be sent again without
+/// changing its outcome. Reads, writes of the guest's own data, and queries are; commands
+/// whose second run differs (COMPARE AND WRITE, reservations, firmware, formatting ...)
+/// are not: those go back to the guest as a transport failure, and its SCSI layer
+/// decides, as it would with a real HBA.
+pub fn reissue_is_safe(cdb: &[u8]) -> bool {
+    use crate::scsi::cdb::*;
+    matches!(
+        cdb.first().copied(),
+        Some(
+            TEST_UNIT_READY
+                | REQUEST_SENSE
+                | READ_6
+                | READ_10
+                | READ_12
+                | READ_16
+                | WRITE_6
+                | WRITE_10
+                | WRITE_12
+                | WRITE_16
+                | WRITE_AND_VERIFY_10
+                | WRITE_AND_VERIFY_16
+                | VERIFY_10
+                | VERIFY_16
+                | INQUIRY
+                | MODE_SENSE_6
+                | MODE_SENSE_10
+                | START_STOP_UNIT
+                | PREVENT_ALLOW_MEDIUM_REMOVAL
+                | READ_CAPACITY_10
+                | SYNCHRONIZE_CACHE_10
+                | SYNCHRONIZE_CACHE_16
+                | WRITE_SAME_10
+                | WRITE_SAME_16
+                | UNMAP
+                | LOG_SENSE
+                // READ CAPACITY(16), GET LBA STATUS
+                | SERVICE_ACTION_IN_16
+                | REPORT_LUNS
+                // REPORT TARGET PORT GROUPS, REPORT SUPPORTED OPERATION CODES
+                | MAINTENANCE_IN
+        )
+    )
+}
+
+/// One path: its session, priority group and ALUA state.
+struct Path {
+    session: Arc<Session>,
+    priority: u32,
+    /// The path's ALUA state (one of `alua`'s codes); `alua::UNKNOWN` when the target
+    /// reports no TPGS.
+    alua: AtomicU8,
+}
+
+struct Queued {
+    id: u64,
+    cmd: ScsiCommand,
+    done: Done,
+}
+
+struct CoreState {
+    selector: Selector,
+    /// Commands waiting for a path, oldest first.
+    queued: VecDeque<Queued>,
+    /// When the LUN last found no usable path; None while some path works.
+    outage_since: Option<Instant>,
+}
+
+/// The LUN: its paths and everything shared between them.
+pub(crate) struct Core {
+    lun: LunId,
+    paths: Vec<Path>,
+    opts: MultipathOptions,
+    no_path_retry: Duration,
+    next_id: AtomicU64,
+    state: Mutex<CoreState>,
+    changed: Condvar,
+    closing: AtomicBool,
+}
+
+impl Core {
+    /// Creates the paths and logs in on each. At least one login must succeed; the others
+    /// keep retrying in the background. With one path, its login error is returned.
+    pub(crate) fn connect(
+        url: &IscsiUrl,
+        opts: &IscsiOptions,
+        mp: &MultipathOptions,
+    ) -> Result<Arc<Core>, LoginError> {
+        if mp.extra_portals.len() + 1 > MAX_PATHS {
+            return Err(LoginError::Protocol(format!(
+                "at most {MAX_PATHS} paths per LUN"
+            )));
+        }
+        let mut urls = vec![url.clone()];
+        for portal in &mp.extra_portals {
+            let (host, port) = split_portal(portal).map_err(LoginError::Protocol)?;
+            urls.push(IscsiUrl {
+                host,
+                port,
+                ..url.clone()
+            });
+        }
+        let core = Arc::new_cyclic(|me: &Weak<Core>| {
+            let events: Weak<dyn PathEvents> = me.clone();
+            let paths = urls
+                .iter()
+                .enumerate()
+                .map(|(i, u)| Path {
+                    session: Session::new(u, opts, i, events.clone()),
+                    priority: mp.priorities.get(i).copied().unwrap_or(
+                        if mp.policy == Policy::Failover {
+                            i as u32
+                        } else {
+                            0
+                        },
+                    ),
+                    alua: AtomicU8::new(alua::UNKNOWN),
+                })
+                .collect();
+            Core {
+                lun: url.lun,
+                paths,
+                opts: mp.clone(),
+                no_path_retry: opts.recovery_timeout,
+                next_id: AtomicU64::new(1),
+                state: Mutex::new(CoreState {
+                    selector: Selector::default(),
+                    queued: VecDeque::new(),
+                    outage_since: None,
+                }),
+                changed: Condvar::new(),
+                closing: AtomicBool::new(false),
+            }
+        });
+        let multipath = core.paths.len() > 1;
+        let mut first_error = None;
+        let mut up = 0;
+        for p in &core.paths {
+            match p.session.start(multipath) {
+                Ok(()) => up += 1,
+                Err(e) => {
+                    if multipath {
+                        tracing::warn!(portal = %p.session.portal(), "iSCSI path login failed, retrying in the background: {e}");
+                    }
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if up == 0 {
+            core.close();
+            return Err(first_error.unwrap_or(LoginError::Protocol("no path".into())));
+        }
+        let weak = Arc::downgrade(&core);
+        std::thread::Builder::new()
+            .name("iscsi-multipath".into())
+            .spawn(move || expiry_loop(weak))
+            .map_err(|e| LoginError::Protocol(e.to_string()))?;
+        Ok(core)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, CoreState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What the selector needs of each path, on the stack (this runs per command).
+    fn views(&self) -> ([PathView; MAX_PATHS], usize) {
+        let mut out = [PathView {
+            usable: false,
+            rank: (0, 0),
+            outstanding: 0,
+        }; MAX_PATHS];
+        for (v, p) in out.iter_mut().zip(&self.paths) {
+            let state = p.alua.load(Ordering::Relaxed);
+            *v = PathView {
+                usable: p.session.is_up() && alua::usable(state),
+                rank: (p.priority, alua::preference(state)),
+                outstanding: p.session.outstanding(),
+            };
+        }
+        (out, self.paths.len().min(MAX_PATHS))
+    }
+
+    fn choose(&self) -> Option<usize> {
+        if let [only] = self.paths.as_slice() {
+            // One path: nothing to choose, no allocation or lock per command.
+            let usable = only.session.is_up() && alua::usable(only.alua.load(Ordering::Relaxed));
+            return usable.then_some(0);
+        }
+        let (views, n) = self.views();
+        self.lock().selector.choose(
+            self.opts.policy,
+            self.opts.failback,
+            self.opts.rr_ios,
+            &views[..n],
+        )
+    }
+
+    /// Queues a command; returns its id (for ABORT TASK). `done` runs exactly once. With
+    /// `cork` its PDUs wait for [`Core::flush`], so a burst goes out in one write per path.
+    pub(crate) fn submit(&self, cmd: ScsiCommand, done: Done, cork: bool) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.dispatch(Queued { id, cmd, done }, cork);
+        id
+    }
+
+    /// Sends what corked submissions left behind, on every path.
+    pub(crate) fn flush_paths(&self) {
+        for p in &self.paths {
+            p.session.flush();
+        }
+    }
+
+    /// Sends a command down a usable path, or queues it while none is (within
+    /// `no_path_retry`), or fails it.
+    fn dispatch(&self, mut q: Queued, cork: bool) {
+        for _ in 0..=self.paths.len() {
+            let Some(i) = self.choose() else {
+                break;
+            };
+            match self.paths[i]
+                .session
+                .submit(q.id, self.lun, q.cmd, q.done, cork)
+            {
+                Ok(()) => return,
+                Err((cmd, done)) => {
+                    q.cmd = cmd;
+                    q.done = done;
+                }
+            }
+        }
+        let mut st = self.lock();
+        if self.closing.load(Ordering::Acquire) {
+            drop(st);
+            (q.done)(ScsiCompletion::failed(TransportError::Closed));
+            return;
+        }
+        let since = *st.outage_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= self.no_path_retry {
+            drop(st);
+            (q.done)(ScsiCompletion::failed(TransportError::Timeout));
+            return;
+        }
+        st.queued.push_back(q);
+        drop(st);
+        // A path may have come up between the choice and the queueing: its flush could
+        // have missed this command.
+        let (views, n) = self.views();
+        if views[..n].iter().any(|v| v.usable) {
+            self.flush();
+        }
+    }
+
+    /// Sends every queued command again (a path came up).
+    fn flush(&self) {
+        let queued = {
+            let mut st = self.lock();
+            st.outage_since = None;
+            std::mem::take(&mut st.queued)
+        };
+        for q in queued {
+            self.dispatch(q, false);
+        }
+    }
+
+    /// Fails queued commands once the outage outlasts `no_path_retry`.
+    fn expire(&self) {
+        let expired = {
+            let mut st = self.lock();
+            match st.outage_since {
+                Some(t) if t.elapsed() >= self.no_path_retry && !st.queued.is_empty() => {
+                    std::mem::take(&mut st.queued)
+                }
+                _ => return,
+            }
+        };
+        tracing::error!(
+            lun = self.lun.value(),
+            commands = expired.len(),
+            "iSCSI: no path came back within no_path_retry; failing queued commands"
+        );
+        for q in expired {
+            (q.done)(ScsiCompletion::failed(TransportError::Timeout));
+        }
+    }
+
+    /// ABORT TASK of command `id` wherever it is; Ok(0) also when it is gone already.
+    pub(crate) fn abort_task(&self, id: u64) -> Result<u8, TransportError> {
+        let queued = {
+            let mut st = self.lock();
+            st.queued
+                .iter()
+                .position(|q| q.id == id)
+                .and_then(|i| st.queued.remove(i))
+        };
+        if let Some(q) = queued {
+            (q.done)(ScsiCompletion::failed(TransportError::Aborted));
+            return Ok(0);
+        }
+        for p in &self.paths {
+            if let Some(r) = p.session.abort_task(id) {
+                return r;
+            }
+        }
+        // Completed meanwhile: "task does not exist" is success for the guest.
+        Ok(0)
+    }
+
+    /// ABORT TASK SET, CLEAR TASK SET or LOGICAL UNIT RESET: on every path that is up
+    /// (each is its own I_T nexus), and for commands waiting for a path.
+    pub(crate) fn reset(&self, f: TmfFunction) -> Result<u8, TransportError> {
+        let queued = std::mem::take(&mut self.lock().queued);
+        for q in queued {
+            (q.done)(ScsiCompletion::failed(TransportError::Aborted));
+        }
+        let mut result = Ok(0);
+        for p in &self.paths {
+            let r = p.session.reset_lun(self.lun, f);
+            if result == Ok(0) {
+                result = r;
+            }
+        }
+        result
+    }
+
+    pub(crate) fn is_connected(&self) -> bool {
+        self.paths.iter().any(|p| p.session.is_up())
+    }
+
+    pub(crate) fn outstanding(&self) -> usize {
+        self.lock().queued.len()
+            + self
+                .paths
+                .iter()
+                .map(|p| p.session.outstanding())
+                .sum::<usize>()
+    }
+
+    /// One line per path: portal, state, counters.
+    pub(crate) fn status(&self) -> Vec<PathStatus> {
+        self.paths
+            .iter()
+            .map(|p| PathStatus {
+                portal: p.session.portal(),
+                up: p.session.is_up(),
+                priority: p.priority,
+                alua: alua::name(p.alua.load(Ordering::Relaxed)),
+                outstanding: p.session.outstanding(),
+                ios: p.session.stats.ios.load(Ordering::Relaxed),
+                errors: p.session.stats.errors.load(Ordering::Relaxed),
+                failovers: p.session.stats.failovers.load(Ordering::Relaxed),
+                last_failover: Duration::from_micros(
+                    p.session.stats.last_failover_us.load(Ordering::Relaxed),
+                ),
+            })
+            .collect()
+    }
+
+    pub(crate) fn close(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.changed.notify_all();
+        for p in &self.paths {
+            p.session.close();
+        }
+        let queued = std::mem::take(&mut self.lock().queued);
+        for q in queued {
+            (q.done)(ScsiCompletion::failed(TransportError::Closed));
+        }
+    }
+
+    /// Reads the path's ALUA state when the target supports TPGS (blocking; called from
+    /// the thread that logged the path in).
+    fn refresh_alua(&self, path: usize) {
+        let Some(p) = self.paths.get(path) else {
+            return;
+        };
+        let state = alua::query(|cdb, len| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let cmd = crate::scsi::task::command(cdb, Vec::new(), len);
+            let done: Done = Box::new(move |c| {
+                let _ = tx.send(c);
+            });
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            p.session.submit(id, self.lun, cmd, done, false).ok()?;
+            rx.recv_timeout(Duration::from_secs(10)).ok()
+        });
+        let old = p.alua.swap(state, Ordering::Relaxed);
+        if old != state {
+            tracing::info!(portal = %p.session.portal(), state = alua::name(state), "ALUA state");
+        }
+    }
+}
+
+/// A path as the status interface and the logs show it.
+#[derive(Debug, Clone)]
+pub struct PathStatus {
+    pub portal: String,
+    pub up: bool,
+    pub priority: u32,
+    pub alua: &'static str,
+    pub outstanding: usize,
+    pub ios: u64,
+    pub errors: u64,
+    pub failovers: u64,
+    pub last_failover: Duration,
+}
+
+impl std::fmt::Display for PathStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} priority {} alua {} outstanding {} ios {} errors {} failovers {} \
+             last-failover-ms {}",
+            self.portal,
+            if self.up { "up" } else { "down" },
+            self.priority,
+            self.alua,
+            self.outstanding,
+            self.ios,
+            self.errors,
+            self.failovers,
+            self.last_failover.as_millis()
+        )
+    }
+}
+
+impl PathEvents for Core {
+    fn path_down(&self, path: usize, lost: LostPath) {
+        let started = Instant::now();
+        let portal = self.paths.get(path).map(|p| p.session.portal());
+        let (mut reissued, mut failed) = (0usize, 0usize);
+        for o in lost.orphans {
+            if o.sent && !reissue_is_safe(&o.cmd.cdb[..o.cmd.cdb_len.min(32)]) {
+                failed += 1;
+                (o.done)(ScsiCompletion::failed(TransportError::Disrupted));
+            } else {
+                reissued += 1;
+                self.dispatch(
+                    Queued {
+                        id: o.id,
+                        cmd: o.cmd,
+                        done: o.done,
+                    },
+                    false,
+                );
+            }
+        }
+        let stall = lost.silent_for + started.elapsed();
+        if let Some(p) = self.paths.get(path) {
+            p.session
+                .stats
+                .last_failover_us
+                .store(stall.as_micros() as u64, Ordering::Relaxed);
+            p.session
+                .stats
+                .errors
+                .fetch_add(failed as u64, Ordering::Relaxed);
+        }
+        let others_up = self.paths.iter().any(|p| p.session.is_up());
+        tracing::warn!(
+            portal = portal.as_deref().unwrap_or("?"),
+            silent_ms = lost.silent_for.as_millis() as u64,
+            stall_ms = stall.as_millis() as u64,
+            reissued,
+            failed,
+            paths_left = self.paths.iter().filter(|p| p.session.is_up()).count(),
+            "iSCSI path failed{}",
+            if others_up {
+                ""
+            } else {
+                "; no path left, queueing I/O"
+            }
+        );
+    }
+
+    fn path_up(&self, path: usize) {
+        if let Some(p) = self.paths.get(path) {
+            tracing::info!(portal = %p.session.portal(), "iSCSI path up");
+        }
+        self.refresh_alua(path);
+        self.flush();
+    }
+}
+
+fn expiry_loop(core: Weak<Core>) {
+    loop {
+        let Some(c) = core.upgrade() else {
+            return;
+        };
+        if c.closing.load(Ordering::Acquire) {
+            return;
+        }
+        c.expire();
+        let tick =
+            (c.no_path_retry / 10).clamp(Duration::from_millis(10), Duration::from_millis(100));
+        let st = c.lock();
+        // Sleep on the condvar so close() ends the wait at once.
+        let _ = c.changed.wait_timeout(st, tick);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reissue_classification() {
+        use crate::scsi::cdb;
+        assert!(reissue_is_safe(&[cdb::READ_10]));
+        assert!(reissue_is_safe(&[cdb::WRITE_16]));
+        assert!(reissue_is_safe(&[cdb::SYNCHRONIZE_CACHE_10]));
+        assert!(!reissue_is_safe(&[cdb::COMPARE_AND_WRITE]));
+        assert!(!reissue_is_safe(&[cdb::PERSISTENT_RESERVE_OUT]));
+        assert!(!reissue_is_safe(&[cdb::WRITE_BUFFER]));
+        assert!(!reissue_is_safe(&[]));
+    }
+
+    #[test]
+    fn path_status_line_names_state_and_counters() {
+        let p = PathStatus {
+            portal: "10.0.2.10:3260".into(),
+            up: false,
+            priority: 1,
+            alua: alua::name(alua::STANDBY),
+            outstanding: 3,
+            ios: 42,
+            errors: 1,
+            failovers: 2,
+            last_failover: Duration::from_millis(610),
+        };
+        assert_eq!(
+            p.to_string(),
+            "10.0.2.10:3260: down priority 1 alua standby outstanding 3 ios 42 errors 1 \
+             failovers 2 last-failover-ms 610"
+        );
+    }
+}

@@ -1,0 +1,260 @@
+//! A session's reader thread: every PDU the target sends. Data-In is reassembled into the
+//! command's buffer, SCSI Response and Data-In with status complete commands (status,
+//! sense, residuals), R2T sends the data asked for, NOP-In answers our pings and the
+//! target's, and each PDU moves the CmdSN window and ExpStatSN.
+
+use std::io::BufReader;
+use std::net::TcpStream;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::send::{flush_out, queue_data_out};
+use super::{sn_le, Completions, Session, State, NO_TAG};
+use crate::iscsi::pdu::{self, op, Framing, Pdu, F_FINAL};
+use crate::scsi::task::{Residual, ScsiCompletion, ScsiStatus, TransportError};
+
+impl Session {
+    pub(super) fn reader_loop(
+        self: Arc<Self>,
+        stream: TcpStream,
+        framing: Framing,
+        generation: u64,
+    ) {
+        let mut r = BufReader::with_capacity(256 * 1024, stream);
+        // The last PDU's data buffer, reused for the next one.
+        let mut spare = Vec::new();
+        loop {
+            let pdu = match pdu::read_pdu_into(&mut r, &framing, std::mem::take(&mut spare)) {
+                Ok(p) => p,
+                Err(e) => {
+                    let mut st = self.lock();
+                    if st.generation == generation && !self.closing.load(Ordering::Acquire) {
+                        tracing::warn!(portal = %self.url.portal(), "iSCSI connection lost: {e}");
+                        self.connection_lost(&mut st);
+                    }
+                    drop(st);
+                    self.hand_off();
+                    return;
+                }
+            };
+            let mut done = Completions::new();
+            {
+                let mut st = self.lock();
+                if st.generation != generation {
+                    return;
+                }
+                st.last_rx = Instant::now();
+                if let Err(e) = self.handle_pdu(&mut st, &pdu, &mut done) {
+                    tracing::warn!(portal = %self.url.portal(), "iSCSI: {e}");
+                    self.connection_lost(&mut st);
+                }
+                self.outstanding.store(st.pending.len(), Ordering::Relaxed);
+            }
+            self.changed.notify_all();
+            self.hand_off();
+            self.stats
+                .ios
+                .fetch_add(done.len() as u64, Ordering::Relaxed);
+            for (f, c) in done {
+                f(c);
+            }
+        }
+    }
+
+    fn update_sn(st: &mut State, pdu: &Pdu, has_status: bool) {
+        let exp = pdu.exp_cmd_sn();
+        let max = pdu.max_cmd_sn();
+        // MaxCmdSN is valid only when it is at least ExpCmdSN - 1.
+        if sn_le(exp.wrapping_sub(1), max) && sn_le(st.max_cmd_sn, max) {
+            st.max_cmd_sn = max;
+        }
+        if has_status {
+            let next = pdu.stat_sn().wrapping_add(1);
+            if sn_le(st.exp_stat_sn, next) {
+                st.exp_stat_sn = next;
+            }
+        }
+    }
+
+    fn handle_pdu(
+        self: &Arc<Self>,
+        st: &mut State,
+        p: &Pdu,
+        done: &mut Completions,
+    ) -> std::io::Result<()> {
+        match p.opcode() {
+            op::DATA_IN => {
+                let status = p.flags() & 0x01 != 0;
+                Self::update_sn(st, p, status);
+                let itt = p.itt();
+                if let Some(pend) = st.pending.get_mut(&itt) {
+                    let off = p.buffer_offset() as usize;
+                    let limit = pend.cmd.data_in_len as usize;
+                    let end = off.saturating_add(p.data.len()).min(limit);
+                    if off < end {
+                        if pend.data_in.capacity() == 0 {
+                            // One allocation for the whole transfer.
+                            pend.data_in.reserve_exact(limit);
+                        }
+                        if pend.data_in.len() < end {
+                            pend.data_in.resize(end, 0);
+                        }
+                        pend.data_in[off..end].copy_from_slice(&p.data[..end - off]);
+                    }
+                    if status {
+                        let residual = residual_of(p);
+                        finish(
+                            st,
+                            itt,
+                            Ok(ScsiStatus {
+                                status: p.bhs[3],
+                                sense: Vec::new(),
+                            }),
+                            residual,
+                            done,
+                        );
+                    } else if p.flags() & 0x40 != 0 && p.ttt() != NO_TAG {
+                        // A bit: DataACK requested (ERL >= 1 only); nothing to do at ERL 0.
+                    }
+                }
+            }
+            op::SCSI_RESP => {
+                Self::update_sn(st, p, true);
+                let itt = p.itt();
+                let result = if p.bhs[2] != 0 {
+                    Err(TransportError::Protocol(format!(
+                        "target failure (response {:#x})",
+                        p.bhs[2]
+                    )))
+                } else {
+                    let sense = if p.data.len() >= 2 {
+                        let n = usize::from(u16::from_be_bytes([p.data[0], p.data[1]]));
+                        p.data[2..].get(..n).unwrap_or(&p.data[2..]).to_vec()
+                    } else {
+                        Vec::new()
+                    };
+                    Ok(ScsiStatus {
+                        status: p.bhs[3],
+                        sense,
+                    })
+                };
+                finish(st, itt, result, residual_of(p), done);
+            }
+            op::R2T => {
+                Self::update_sn(st, p, false);
+                let itt = p.itt();
+                let (Some(neg), Some(pend)) = (st.neg.clone(), st.pending.get(&itt)) else {
+                    return Ok(());
+                };
+                let off = p.buffer_offset() as usize;
+                let len = p.residual() as usize; // desired data transfer length
+                let end = off.saturating_add(len).min(pend.cmd.data_out.len());
+                if pend.cmd.data_out.get(off..end).is_none() {
+                    return Err(std::io::Error::other("R2T outside the command's data"));
+                }
+                let lun = pend.lun.to_u64();
+                let exp = st.exp_stat_sn;
+                let State { pending, out, .. } = &mut *st;
+                if let Some(pend) = pending.get(&itt) {
+                    let data = &pend.cmd.data_out[off..end];
+                    queue_data_out(out, &neg, lun, itt, p.ttt(), exp, off, data);
+                }
+                flush_out(st)?;
+            }
+            op::NOP_IN => {
+                Self::update_sn(st, p, p.itt() != NO_TAG);
+                if st.ping.is_some_and(|(itt, _)| itt == p.itt()) {
+                    st.ping = None;
+                }
+                if p.ttt() != NO_TAG {
+                    // The target pings us: answer with its TTT.
+                    let mut out = Pdu::new(op::NOP_OUT);
+                    out.set_immediate();
+                    out.set_flags(F_FINAL);
+                    out.bhs[8..16].copy_from_slice(&p.bhs[8..16]);
+                    out.set_itt(NO_TAG);
+                    out.set_u32(20, p.ttt());
+                    out.set_u32(24, st.cmd_sn);
+                    out.set_u32(28, st.exp_stat_sn);
+                    self.write(st, &out)?;
+                }
+            }
+            op::TASK_MGMT_RESP => {
+                Self::update_sn(st, p, true);
+                if let Some(slot) = st.tmf.get_mut(&p.itt()) {
+                    *slot = Some(p.bhs[2]);
+                }
+            }
+            op::ASYNC_MSG => {
+                Self::update_sn(st, p, true);
+                match p.bhs[36] {
+                    1..=3 => {
+                        tracing::warn!(
+                            event = p.bhs[36],
+                            "iSCSI target asks to end the connection"
+                        );
+                        return Err(std::io::Error::other(
+                            "target requested logout or a connection drop",
+                        ));
+                    }
+                    e => tracing::info!(event = e, "iSCSI asynchronous message"),
+                }
+            }
+            op::REJECT => {
+                Self::update_sn(st, p, true);
+                let reason = p.bhs[2];
+                if p.data.len() >= 48 {
+                    let itt = u32::from_be_bytes([p.data[16], p.data[17], p.data[18], p.data[19]]);
+                    tracing::warn!(reason, itt, "iSCSI target rejected a PDU");
+                    finish(
+                        st,
+                        itt,
+                        Err(TransportError::Protocol(format!(
+                            "PDU rejected, reason {reason:#x}"
+                        ))),
+                        Residual::default(),
+                        done,
+                    );
+                }
+            }
+            op::LOGOUT_RESP | op::TEXT_RESP => Self::update_sn(st, p, true),
+            other => {
+                return Err(std::io::Error::other(format!(
+                    "unexpected opcode {other:#x}"
+                )))
+            }
+        }
+        self.pump(st)?;
+        flush_out(st)
+    }
+}
+
+fn residual_of(p: &Pdu) -> Residual {
+    Residual {
+        overflow: p.flags() & 0x04 != 0,
+        underflow: p.flags() & 0x02 != 0,
+        count: p.residual(),
+    }
+}
+
+fn finish(
+    st: &mut State,
+    itt: u32,
+    result: Result<ScsiStatus, TransportError>,
+    residual: Residual,
+    done: &mut Completions,
+) {
+    if let Some(mut p) = st.pending.remove(&itt) {
+        if let Some(f) = p.done.take() {
+            done.push((
+                f,
+                ScsiCompletion {
+                    result,
+                    data_in: std::mem::take(&mut p.data_in),
+                    residual,
+                },
+            ));
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! A session's way out to the target: commands queued on the path and sent while the
+//! CmdSN window is open, each as a SCSI Command PDU (with an extended CDB AHS past 16
+//! bytes, and immediate data) followed by its unsolicited Data-Out; the Data-Out an R2T
+//! asks for; corked batches that go out in one write.
+
+use std::io::Write;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::{next_itt, sn_le, Done, Pending, Session, State, NO_TAG};
+use crate::iscsi::login::Negotiated;
+use crate::iscsi::pdu::{self, op, Pdu, F_FINAL};
+use crate::scsi::task::{ScsiCommand, ScsiCompletion, TransportError};
+use crate::scsi::LunId;
+
+impl Session {
+    /// Queues a command on this path; `done` runs exactly once, from a session thread or
+    /// here. A path that is not up gives the command back.
+    /// With `cork`, the command's PDUs stay in the output buffer until [`Session::flush`]
+    /// (or any other write) sends the batch with one system call.
+    pub(crate) fn submit(
+        self: &Arc<Self>,
+        id: u64,
+        lun: LunId,
+        cmd: ScsiCommand,
+        done: Done,
+        cork: bool,
+    ) -> Result<(), (ScsiCommand, Done)> {
+        let mut st = self.lock();
+        if self.closing.load(Ordering::Acquire) {
+            drop(st);
+            done(ScsiCompletion::failed(TransportError::Closed));
+            return Ok(());
+        }
+        if st.writer.is_none() {
+            return Err((cmd, done));
+        }
+        let itt = next_itt(&mut st);
+        st.pending.insert(
+            itt,
+            Pending {
+                id,
+                lun,
+                cmd,
+                done: Some(done),
+                data_in: Vec::new(),
+                sent: false,
+                cmd_sn: 0,
+            },
+        );
+        self.outstanding.store(st.pending.len(), Ordering::Relaxed);
+        st.unsent.push_back(itt);
+        let sent = self
+            .pump(&mut st)
+            .and_then(|()| if cork { Ok(()) } else { flush_out(&mut st) });
+        if let Err(e) = sent {
+            tracing::warn!(portal = %self.url.portal(), "iSCSI: send failed: {e}");
+            self.connection_lost(&mut st);
+        }
+        drop(st);
+        self.hand_off();
+        Ok(())
+    }
+
+    /// Writes the PDUs corked submissions left in the output buffer.
+    pub(crate) fn flush(self: &Arc<Self>) {
+        let mut st = self.lock();
+        if st.out.is_empty() {
+            return;
+        }
+        if let Err(e) = flush_out(&mut st) {
+            tracing::warn!(portal = %self.url.portal(), "iSCSI: send failed: {e}");
+            self.connection_lost(&mut st);
+        }
+        drop(st);
+        self.hand_off();
+    }
+
+    /// Sends queued commands while connected and the CmdSN window is open.
+    pub(super) fn pump(self: &Arc<Self>, st: &mut State) -> std::io::Result<()> {
+        while st.writer.is_some() && sn_le(st.cmd_sn, st.max_cmd_sn) {
+            let Some(itt) = st.unsent.pop_front() else {
+                break;
+            };
+            if !st.pending.contains_key(&itt) {
+                continue;
+            }
+            self.send_command(st, itt)?;
+        }
+        Ok(())
+    }
+
+    fn send_command(&self, st: &mut State, itt: u32) -> std::io::Result<()> {
+        let cmd_sn = st.cmd_sn;
+        let (Some(neg), Some(p)) = (st.neg.clone(), st.pending.get_mut(&itt)) else {
+            return Ok(());
+        };
+        p.sent = true;
+        p.cmd_sn = cmd_sn;
+        let p = &*p;
+        let cmd = &p.cmd;
+        let write = !cmd.data_out.is_empty();
+        let read = cmd.data_in_len > 0;
+        let mut pdu = Pdu::new(op::SCSI_CMD);
+        let immediate_len = if write && neg.immediate_data {
+            cmd.data_out
+                .len()
+                .min(neg.first_burst as usize)
+                .min(neg.target_max_recv as usize)
+        } else {
+            0
+        };
+        // Unsolicited Data-Out follows when InitialR2T=No, up to FirstBurstLength.
+        let unsolicited_end = if write && !neg.initial_r2t {
+            cmd.data_out.len().min(neg.first_burst as usize)
+        } else {
+            immediate_len
+        };
+        let final_bit = if unsolicited_end > immediate_len {
+            0
+        } else {
+            F_FINAL
+        };
+        let attr = cmd.task_attr as u8 & 0x07;
+        pdu.set_flags(
+            final_bit | if read { 0x40 } else { 0 } | if write { 0x20 } else { 0 } | attr,
+        );
+        pdu.set_lun(p.lun.to_u64());
+        pdu.set_itt(itt);
+        let edtl = if write {
+            cmd.data_out.len() as u32
+        } else {
+            cmd.data_in_len
+        };
+        pdu.set_u32(20, edtl);
+        pdu.set_u32(24, st.cmd_sn);
+        pdu.set_u32(28, st.exp_stat_sn);
+        let cdb_len = cmd.cdb_len.min(32);
+        pdu.bhs[32..48].copy_from_slice(&cmd.cdb[..16]);
+        if cdb_len > 16 {
+            // Extended CDB AHS: length covers the type-specific byte and the extra CDB bytes.
+            let extra = &cmd.cdb[16..cdb_len];
+            let mut ahs = Vec::with_capacity(4 + extra.len() + 3);
+            ahs.extend_from_slice(&((extra.len() + 1) as u16).to_be_bytes());
+            ahs.push(0x01);
+            ahs.push(0);
+            ahs.extend_from_slice(extra);
+            while ahs.len() % 4 != 0 {
+                ahs.push(0);
+            }
+            pdu.ahs = ahs;
+        }
+        let exp_stat_sn = st.exp_stat_sn;
+        let lun = p.lun.to_u64();
+        // Borrow the command's data and the output buffer at once (disjoint fields).
+        let State {
+            pending,
+            out,
+            cmd_sn,
+            ..
+        } = st;
+        let Some(p) = pending.get(&itt) else {
+            return Ok(());
+        };
+        let data = &p.cmd.data_out;
+        pdu::encode_into(&pdu, &data[..immediate_len], &neg.framing, out);
+        if unsolicited_end > immediate_len {
+            let unsolicited = &data[immediate_len..unsolicited_end];
+            queue_data_out(
+                out,
+                &neg,
+                lun,
+                itt,
+                NO_TAG,
+                exp_stat_sn,
+                immediate_len,
+                unsolicited,
+            );
+        }
+        *cmd_sn = cmd_sn.wrapping_add(1);
+        Ok(())
+    }
+
+    /// Sends one PDU now (after whatever a corked batch left in the output buffer).
+    pub(super) fn write(&self, st: &mut State, p: &Pdu) -> std::io::Result<()> {
+        let framing = st.neg.as_ref().map(|n| n.framing).unwrap_or_default();
+        if st.writer.is_none() {
+            return Err(std::io::Error::other("not connected"));
+        }
+        pdu::encode_into(p, &p.data, &framing, &mut st.out);
+        flush_out(st)
+    }
+}
+
+/// Writes the output buffer to the connection and empties it.
+pub(super) fn flush_out(st: &mut State) -> std::io::Result<()> {
+    if st.out.is_empty() {
+        return Ok(());
+    }
+    let State { writer, out, .. } = st;
+    let w = writer
+        .as_mut()
+        .ok_or_else(|| std::io::Error::other("not connected"))?;
+    let r = w.write_all(out);
+    out.clear();
+    r
+}
+
+/// Queues `data` (starting at buffer offset `offset`) as Data-Out PDUs no longer than the
+/// target's MaxRecvDataSegmentLength, the last one Final.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn queue_data_out(
+    out: &mut Vec<u8>,
+    neg: &Negotiated,
+    lun: u64,
+    itt: u32,
+    ttt: u32,
+    exp_stat_sn: u32,
+    offset: usize,
+    data: &[u8],
+) {
+    let chunk = (neg.target_max_recv as usize).max(512);
+    let mut sent = 0usize;
+    let mut data_sn = 0u32;
+    while sent < data.len() {
+        let n = chunk.min(data.len() - sent);
+        let mut p = Pdu::new(op::DATA_OUT);
+        p.set_flags(if sent + n == data.len() { F_FINAL } else { 0 });
+        p.set_lun(lun);
+        p.set_itt(itt);
+        p.set_u32(20, ttt);
+        p.set_u32(28, exp_stat_sn);
+        p.set_u32(36, data_sn);
+        p.set_u32(40, (offset + sent) as u32);
+        pdu::encode_into(&p, &data[sent..sent + n], &neg.framing, out);
+        sent += n;
+        data_sn += 1;
+    }
+}
