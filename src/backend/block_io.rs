@@ -465,11 +465,10 @@ mod tests {
         assert_eq!(io.pending(1), 1);
         assert!(io.buffers(1).is_none());
         assert!(!io.read(1, fds[0], 0), "a second operation on busy buffers");
+        let nine = [9u8; 16];
         // SAFETY: writes 16 bytes from a live array to the pipe's write end.
-        assert_eq!(
-            unsafe { libc::write(fds[1], [9u8; 16].as_ptr().cast(), 16) },
-            16
-        );
+        let written = unsafe { libc::write(fds[1], nine.as_ptr().cast(), 16) };
+        assert_eq!(written, 16);
         assert_eq!(wait_for(&mut io), vec![(1, 16)]);
         assert!(io.buffers(1).is_some());
         let mut back = [0u8; 16];

@@ -159,12 +159,12 @@ fn lun_from_raw(l: RawLun, i: usize) -> Result<LunConfig, ConfigError> {
                 chap_secret,
                 header_digest,
                 data_digest,
-                paths,
+                multipath,
                 ..
             } = &mut k
             {
                 let mut set = |name: &str, value: String| {
-                    paths
+                    multipath
                         .set(name, &value)
                         .map_err(|e| ConfigError(format!("{}: {e}", field(name))))
                 };
@@ -193,7 +193,7 @@ fn lun_from_raw(l: RawLun, i: usize) -> Result<LunConfig, ConfigError> {
                         set(name, time_text(v))?;
                     }
                 }
-                paths
+                multipath
                     .check()
                     .map_err(|e| ConfigError(format!("{}: {e}", field("paths"))))?;
                 if let Some(p) = &l.chap_secret_file {

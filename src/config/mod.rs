@@ -87,7 +87,7 @@ pub enum LunKind {
         header_digest: bool,
         data_digest: bool,
         /// Extra portals, path policy, path checking, no-path queueing.
-        paths: Box<MultipathSettings>,
+        multipath: Box<MultipathSettings>,
     },
 }
 
@@ -126,7 +126,7 @@ impl LunKind {
             chap_secret,
             header_digest: false,
             data_digest: false,
-            paths: Box::new(paths),
+            multipath: Box::new(paths),
         })
     }
 }

@@ -4,7 +4,7 @@
 
 use super::{Answer, Command, HostError, IoContext, LunDevice, RawSense, Step, Task};
 use crate::backend::guest::DataBuffers;
-use crate::config::{LunConfig, PathSettings};
+use crate::config::{LunConfig, MultipathSettings};
 use crate::iscsi::{Chap, IscsiLun, IscsiOptions, IscsiUrl};
 use crate::scsi::cdb;
 use crate::scsi::task::{command, ScsiCompletion, TmfFunction, TransportError};
@@ -23,7 +23,7 @@ pub fn open(
     url: &IscsiUrl,
     chap_secret: Option<&str>,
     digests: (bool, bool),
-    paths: &PathSettings,
+    settings: &MultipathSettings,
     defaults: &IscsiOptions,
 ) -> Result<Box<dyn LunDevice>, String> {
     let where_ = format!("target {} LUN {}", l.target, l.lun);
@@ -32,7 +32,7 @@ pub fn open(
         data_digest: digests.1,
         ..defaults.clone()
     };
-    paths.apply(&mut opts);
+    settings.apply(&mut opts);
     if let (Some(user), Some(secret)) = (&url.user, chap_secret) {
         opts.chap = Some(Chap {
             user: user.clone(),
@@ -40,9 +40,9 @@ pub fn open(
             mutual: None,
         });
     }
-    let lun = IscsiLun::connect_multipath(url, &opts, &paths.multipath)
+    let lun = IscsiLun::connect_multipath(url, &opts, &settings.multipath)
         .map_err(|e| format!("{where_}: {url}: {e}"))?;
-    if paths.multipath.extra_portals.is_empty() {
+    if settings.multipath.extra_portals.is_empty() {
         tracing::info!("{where_}: iSCSI {url}: one path");
     } else {
         for p in lun.paths() {

@@ -33,11 +33,11 @@ fn open_device(l: &LunConfig, iscsi: &IscsiOptions) -> Result<Box<dyn LunDevice>
             chap_secret,
             header_digest,
             data_digest,
-            paths,
+            multipath,
         } => {
             let secret = chap_secret.as_ref().map(|s| s.0.as_str());
             let digests = (*header_digest, *data_digest);
-            iscsi::open(l, url, secret, digests, paths, iscsi)
+            iscsi::open(l, url, secret, digests, multipath, iscsi)
         }
     }
 }
