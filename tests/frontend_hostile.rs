@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use vm_memory::{Bytes, GuestAddress};
+use vscsid::frontend::rng::Rng;
 use vscsid::frontend::{
     ScsiFrontend, VirtioScsiRequest, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };
@@ -313,50 +314,38 @@ fn cpu_ticks(pid: u32) -> u64 {
     f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0)
 }
 
-/// xorshift64* so the fuzz test is reproducible without a dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 #[test]
 fn random_chains_and_cdbs() {
     let d = daemon();
     let mut fe = d.connect(2);
     let s = scratch(&mut fe, &inquiry(96));
     let size = fe.conn.memory_size();
-    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    // Reproducible without a dependency: the same chains on every run.
+    let mut rng = Rng::new(0x5eed_1234_abcd_0001);
     for round in 0..1500 {
         // A random header: random LUN address (mostly valid) and CDB.
         let mut h = [0u8; 51];
-        for b in h.iter_mut() {
-            *b = rng.next() as u8;
-        }
+        rng.fill(&mut h);
         if round % 3 != 0 {
             h[0..8].copy_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]);
         }
         fe.conn.mem.write_slice(&h, GuestAddress(s.hdr)).unwrap();
-        let n = 1 + (rng.next() % 5) as usize;
+        let n = 1 + (rng.next_u64() % 5) as usize;
         let mut descs = Vec::new();
         for i in 0..n {
-            let addr = match rng.next() % 4 {
+            let addr = match rng.next_u64() % 4 {
                 0 => s.hdr,
                 1 => s.resp,
-                2 => s.data + (rng.next() % 4096),
-                _ => rng.next() % (size + 8192),
+                2 => s.data + (rng.next_u64() % 4096),
+                _ => rng.next_u64() % (size + 8192),
             };
-            let len = (rng.next() % 70_000) as u32;
-            let mut flags = (rng.next() as u16) & (W | N | VRING_DESC_F_INDIRECT);
+            let len = (rng.next_u64() % 70_000) as u32;
+            let mut flags = (rng.next_u64() as u16) & (W | N | VRING_DESC_F_INDIRECT);
             if i + 1 < n {
                 flags |= N;
             }
-            let next = if rng.next().is_multiple_of(8) {
-                (rng.next() % 8) as u16
+            let next = if rng.next_u64().is_multiple_of(8) {
+                (rng.next_u64() % 8) as u16
             } else {
                 (i + 1) as u16
             };
