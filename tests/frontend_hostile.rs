@@ -62,6 +62,17 @@ fn raw(fe: &mut ScsiFrontend, descs: &[(u64, u32, u16, u16)]) -> Option<(u16, u3
     raw_chain(fe, RAW_Q, descs)
 }
 
+/// One descriptor of an indirect table as it sits in guest memory (virtq_desc: address,
+/// length, flags, next; little-endian).
+fn table_desc(addr: u64, len: u32, flags: u16, next: u16) -> [u8; 16] {
+    let mut e = [0u8; 16];
+    e[0..8].copy_from_slice(&addr.to_le_bytes());
+    e[8..12].copy_from_slice(&len.to_le_bytes());
+    e[12..14].copy_from_slice(&flags.to_le_bytes());
+    e[14..16].copy_from_slice(&next.to_le_bytes());
+    e
+}
+
 fn response_byte(fe: &ScsiFrontend, s: &Scratch) -> u8 {
     let mut r = [0u8; 108];
     fe.conn
@@ -148,20 +159,13 @@ fn looping_and_overlong_chains() {
     // segments than any request may have; the answer is FAILURE.
     let table = fe.conn.alloc(16 * 2001, 16).unwrap();
     for i in 0..2000u64 {
-        let mut e = [0u8; 16];
-        e[0..8].copy_from_slice(&s.hdr.to_le_bytes());
-        e[8..12].copy_from_slice(&1u32.to_le_bytes());
-        e[12..14].copy_from_slice(&N.to_le_bytes());
-        e[14..16].copy_from_slice(&((i + 1) as u16).to_le_bytes());
+        let e = table_desc(s.hdr, 1, N, (i + 1) as u16);
         fe.conn
             .mem
             .write_slice(&e, GuestAddress(table + 16 * i))
             .unwrap();
     }
-    let mut e = [0u8; 16];
-    e[0..8].copy_from_slice(&s.resp.to_le_bytes());
-    e[8..12].copy_from_slice(&108u32.to_le_bytes());
-    e[12..14].copy_from_slice(&W.to_le_bytes());
+    let e = table_desc(s.resp, 108, W, 0);
     fe.conn
         .mem
         .write_slice(&e, GuestAddress(table + 16 * 2000))
@@ -183,10 +187,7 @@ fn bad_indirect_tables() {
     let s = scratch(&mut fe, &inquiry(96));
     assert!(raw(&mut fe, &[(s.data, 17, VRING_DESC_F_INDIRECT, 0)]).is_some());
     // An indirect table that contains another indirect descriptor.
-    let mut e = [0u8; 16];
-    e[0..8].copy_from_slice(&s.data.to_le_bytes());
-    e[8..12].copy_from_slice(&16u32.to_le_bytes());
-    e[12..14].copy_from_slice(&VRING_DESC_F_INDIRECT.to_le_bytes());
+    let e = table_desc(s.data, 16, VRING_DESC_F_INDIRECT, 0);
     fe.conn.mem.write_slice(&e, GuestAddress(s.data)).unwrap();
     assert!(raw(&mut fe, &[(s.data, 16, VRING_DESC_F_INDIRECT, 0)]).is_some());
     assert_serving(&mut fe);
@@ -276,7 +277,7 @@ fn absurd_transfer_lengths_and_addresses() {
         let req = VirtioScsiRequest {
             lun,
             tag: 1,
-            cdb: &[0u8; 6],
+            cdb: &test_unit_ready(),
             data_out: &[],
             data_in_len: 0,
         };
