@@ -55,15 +55,6 @@ impl Drop for LoopDevice {
     }
 }
 
-fn unmap(lba: u64, blocks: u32) -> ([u8; 10], Vec<u8>) {
-    let mut list = vec![0u8; 24];
-    list[0..2].copy_from_slice(&22u16.to_be_bytes());
-    list[2..4].copy_from_slice(&16u16.to_be_bytes());
-    list[8..16].copy_from_slice(&lba.to_be_bytes());
-    list[16..20].copy_from_slice(&blocks.to_be_bytes());
-    ([0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], list)
-}
-
 #[test]
 fn loop_device_lun_deallocates_as_it_reports() {
     let dev = LoopDevice::new();
@@ -80,10 +71,8 @@ fn loop_device_lun_deallocates_as_it_reports() {
     // WRITE SAME(16) with UNMAP of a zero block reads back as zeroes on any device.
     let data = pattern(5, 128 * 512);
     good(&fe.command(&cmd(0, &write16(0, 128), &data, 0)).unwrap());
-    let mut ws = [0u8; 16];
-    ws[0] = 0x93;
-    ws[1] = 0x08;
-    ws[10..14].copy_from_slice(&64u32.to_be_bytes());
+    let mut ws = write_same16(0, 64);
+    ws[1] = 0x08; // UNMAP
     good(&fe.command(&cmd(0, &ws, &[0u8; 512], 0)).unwrap());
     let r = fe
         .command(&cmd(0, &read16(0, 128), &[], 128 * 512))

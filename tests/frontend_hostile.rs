@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use vm_memory::{Bytes, GuestAddress};
+use vscsid::frontend::rng::Rng;
 use vscsid::frontend::{
     ScsiFrontend, VirtioScsiRequest, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };
@@ -59,6 +60,17 @@ fn scratch(fe: &mut ScsiFrontend, cdb: &[u8]) -> Scratch {
 /// Sends `descs` on the raw queue and waits for the answer.
 fn raw(fe: &mut ScsiFrontend, descs: &[(u64, u32, u16, u16)]) -> Option<(u16, u32)> {
     raw_chain(fe, RAW_Q, descs)
+}
+
+/// One descriptor of an indirect table as it sits in guest memory (virtq_desc: address,
+/// length, flags, next; little-endian).
+fn table_desc(addr: u64, len: u32, flags: u16, next: u16) -> [u8; 16] {
+    let mut e = [0u8; 16];
+    e[0..8].copy_from_slice(&addr.to_le_bytes());
+    e[8..12].copy_from_slice(&len.to_le_bytes());
+    e[12..14].copy_from_slice(&flags.to_le_bytes());
+    e[14..16].copy_from_slice(&next.to_le_bytes());
+    e
 }
 
 fn response_byte(fe: &ScsiFrontend, s: &Scratch) -> u8 {
@@ -147,20 +159,13 @@ fn looping_and_overlong_chains() {
     // segments than any request may have; the answer is FAILURE.
     let table = fe.conn.alloc(16 * 2001, 16).unwrap();
     for i in 0..2000u64 {
-        let mut e = [0u8; 16];
-        e[0..8].copy_from_slice(&s.hdr.to_le_bytes());
-        e[8..12].copy_from_slice(&1u32.to_le_bytes());
-        e[12..14].copy_from_slice(&N.to_le_bytes());
-        e[14..16].copy_from_slice(&((i + 1) as u16).to_le_bytes());
+        let e = table_desc(s.hdr, 1, N, (i + 1) as u16);
         fe.conn
             .mem
             .write_slice(&e, GuestAddress(table + 16 * i))
             .unwrap();
     }
-    let mut e = [0u8; 16];
-    e[0..8].copy_from_slice(&s.resp.to_le_bytes());
-    e[8..12].copy_from_slice(&108u32.to_le_bytes());
-    e[12..14].copy_from_slice(&W.to_le_bytes());
+    let e = table_desc(s.resp, 108, W, 0);
     fe.conn
         .mem
         .write_slice(&e, GuestAddress(table + 16 * 2000))
@@ -182,10 +187,7 @@ fn bad_indirect_tables() {
     let s = scratch(&mut fe, &inquiry(96));
     assert!(raw(&mut fe, &[(s.data, 17, VRING_DESC_F_INDIRECT, 0)]).is_some());
     // An indirect table that contains another indirect descriptor.
-    let mut e = [0u8; 16];
-    e[0..8].copy_from_slice(&s.data.to_le_bytes());
-    e[8..12].copy_from_slice(&16u32.to_le_bytes());
-    e[12..14].copy_from_slice(&VRING_DESC_F_INDIRECT.to_le_bytes());
+    let e = table_desc(s.data, 16, VRING_DESC_F_INDIRECT, 0);
     fe.conn.mem.write_slice(&e, GuestAddress(s.data)).unwrap();
     assert!(raw(&mut fe, &[(s.data, 16, VRING_DESC_F_INDIRECT, 0)]).is_some());
     assert_serving(&mut fe);
@@ -275,7 +277,7 @@ fn absurd_transfer_lengths_and_addresses() {
         let req = VirtioScsiRequest {
             lun,
             tag: 1,
-            cdb: &[0u8; 6],
+            cdb: &test_unit_ready(),
             data_out: &[],
             data_in_len: 0,
         };
@@ -313,50 +315,38 @@ fn cpu_ticks(pid: u32) -> u64 {
     f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0)
 }
 
-/// xorshift64* so the fuzz test is reproducible without a dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 #[test]
 fn random_chains_and_cdbs() {
     let d = daemon();
     let mut fe = d.connect(2);
     let s = scratch(&mut fe, &inquiry(96));
     let size = fe.conn.memory_size();
-    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    // Reproducible without a dependency: the same chains on every run.
+    let mut rng = Rng::new(0x5eed_1234_abcd_0001);
     for round in 0..1500 {
         // A random header: random LUN address (mostly valid) and CDB.
         let mut h = [0u8; 51];
-        for b in h.iter_mut() {
-            *b = rng.next() as u8;
-        }
+        rng.fill(&mut h);
         if round % 3 != 0 {
             h[0..8].copy_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]);
         }
         fe.conn.mem.write_slice(&h, GuestAddress(s.hdr)).unwrap();
-        let n = 1 + (rng.next() % 5) as usize;
+        let n = 1 + (rng.next_u64() % 5) as usize;
         let mut descs = Vec::new();
         for i in 0..n {
-            let addr = match rng.next() % 4 {
+            let addr = match rng.next_u64() % 4 {
                 0 => s.hdr,
                 1 => s.resp,
-                2 => s.data + (rng.next() % 4096),
-                _ => rng.next() % (size + 8192),
+                2 => s.data + (rng.next_u64() % 4096),
+                _ => rng.next_u64() % (size + 8192),
             };
-            let len = (rng.next() % 70_000) as u32;
-            let mut flags = (rng.next() as u16) & (W | N | VRING_DESC_F_INDIRECT);
+            let len = (rng.next_u64() % 70_000) as u32;
+            let mut flags = (rng.next_u64() as u16) & (W | N | VRING_DESC_F_INDIRECT);
             if i + 1 < n {
                 flags |= N;
             }
-            let next = if rng.next().is_multiple_of(8) {
-                (rng.next() % 8) as u16
+            let next = if rng.next_u64().is_multiple_of(8) {
+                (rng.next_u64() % 8) as u16
             } else {
                 (i + 1) as u16
             };

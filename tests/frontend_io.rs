@@ -64,20 +64,9 @@ fn inquiry_and_capacity() {
 fn written_data_reads_back_and_reaches_the_file() {
     let d = two_luns();
     let mut fe = d.connect(1);
+    // Read back, then after SYNCHRONIZE CACHE the bytes are in the backing file at LBA 100.
     let data = pattern(7, 64 * 1024);
-    good(&fe.command(&cmd(0, &write16(100, 128), &data, 0)).unwrap());
-    let r = fe
-        .command(&cmd(0, &read16(100, 128), &[], 64 * 1024))
-        .unwrap();
-    good(&r);
-    assert_eq!(r.data_in, data);
-    // SYNCHRONIZE CACHE, then the bytes are in the backing file at LBA 100.
-    good(
-        &fe.command(&cmd(0, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 0))
-            .unwrap(),
-    );
-    let file = std::fs::read(d.path("a.img")).unwrap();
-    assert_eq!(&file[100 * 512..100 * 512 + data.len()], &data[..]);
+    write_read_back_flushed(&mut fe, 0, 100, &data, &d.path("a.img"));
 }
 
 /// Writes `pattern(lba)` of `blocks` blocks at every LBA on queue `q` of LUN 0, all
@@ -206,16 +195,14 @@ fn errors_give_the_right_sense() {
 fn report_luns_and_missing_luns_and_targets() {
     let d = two_luns();
     let mut fe = d.connect(1);
-    let mut rl = [0u8; 12];
-    rl[0] = 0xa0;
-    rl[9] = 255;
+    let rl = report_luns(255);
     let r = fe.command(&cmd(0, &rl, &[], 255)).unwrap();
     good(&r);
     assert_eq!(&r.data_in[0..4], &16u32.to_be_bytes());
     assert_eq!(&r.data_in[8..10], &[0, 0]);
     assert_eq!(&r.data_in[16..18], &[0, 1]);
     // A LUN the target lacks.
-    let r = fe.command(&cmd(7, &[0u8; 6], &[], 0)).unwrap();
+    let r = fe.command(&cmd(7, &test_unit_ready(), &[], 0)).unwrap();
     assert_eq!(sense(&r), (5, 0x25, 0));
     // REPORT LUNS through a missing LUN still lists the target's LUNs.
     let r = fe.command(&cmd(7, &rl, &[], 255)).unwrap();
@@ -225,7 +212,7 @@ fn report_luns_and_missing_luns_and_targets() {
     let req = VirtioScsiRequest {
         lun: lun_address(5, 0),
         tag: 1,
-        cdb: &[0u8; 6],
+        cdb: &test_unit_ready(),
         data_out: &[],
         data_in_len: 0,
     };
@@ -254,7 +241,7 @@ fn task_management() {
     let (resp, used) = fe.control(&an, 5).unwrap();
     assert_eq!((&resp[..], used), (&[0u8, 0, 0, 0, 0][..], 5));
     // The reset is reported once, as UNIT ATTENTION 29/00, then the LUN serves again.
-    let r = fe.command(&cmd(0, &[0u8; 6], &[], 0)).unwrap();
+    let r = fe.command(&cmd(0, &test_unit_ready(), &[], 0)).unwrap();
     assert_eq!(sense(&r), (6, 0x29, 0x00));
     assert_serving(&mut fe);
 }
@@ -265,20 +252,11 @@ fn unmap_makes_the_file_sparse_again() {
     let mut fe = d.connect(1);
     let data = pattern(3, 1 << 20);
     good(&fe.command(&cmd(0, &write16(0, 2048), &data, 0)).unwrap());
-    good(
-        &fe.command(&cmd(0, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 0))
-            .unwrap(),
-    );
+    good(&fe.command(&cmd(0, &synchronize_cache10(), &[], 0)).unwrap());
     let before = allocated_bytes(&d.path("a.img"));
     assert!(before >= 1 << 20, "written data allocates {before}");
-    let mut list = vec![0u8; 24];
-    list[0..2].copy_from_slice(&22u16.to_be_bytes());
-    list[2..4].copy_from_slice(&16u16.to_be_bytes());
-    list[8..16].copy_from_slice(&0u64.to_be_bytes());
-    list[16..20].copy_from_slice(&2048u32.to_be_bytes());
-    let r = fe
-        .command(&cmd(0, &[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], &list, 0))
-        .unwrap();
+    let (c, list) = unmap(0, 2048);
+    let r = fe.command(&cmd(0, &c, &list, 0)).unwrap();
     good(&r);
     let after = allocated_bytes(&d.path("a.img"));
     assert!(after < before / 4, "allocation {before} -> {after}");
@@ -293,32 +271,24 @@ fn write_same_compare_and_write_and_verify() {
     let mut fe = d.connect(1);
     // WRITE SAME(16) of a pattern block over 64 blocks.
     let block = pattern(11, 512);
-    let mut ws = [0u8; 16];
-    ws[0] = 0x93;
-    ws[2..10].copy_from_slice(&1000u64.to_be_bytes());
-    ws[10..14].copy_from_slice(&64u32.to_be_bytes());
-    good(&fe.command(&cmd(0, &ws, &block, 0)).unwrap());
+    good(
+        &fe.command(&cmd(0, &write_same16(1000, 64), &block, 0))
+            .unwrap(),
+    );
     let r = fe
         .command(&cmd(0, &read16(1000, 64), &[], 64 * 512))
         .unwrap();
     good(&r);
     assert!(r.data_in.chunks(512).all(|c| c == &block[..]));
     // VERIFY(16) BYTCHK=1 matching, then a miscompare.
-    let mut v = [0u8; 16];
-    v[0] = 0x8f;
-    v[1] = 0x02;
-    v[2..10].copy_from_slice(&1000u64.to_be_bytes());
-    v[10..14].copy_from_slice(&1u32.to_be_bytes());
+    let v = verify16(1000, 1);
     good(&fe.command(&cmd(0, &v, &block, 0)).unwrap());
     let mut other = block.clone();
     other[100] ^= 0xff;
     let r = fe.command(&cmd(0, &v, &other, 0)).unwrap();
     assert_eq!(sense(&r), (0x0e, 0x1d, 0));
     // COMPARE AND WRITE: matching compare writes, a stale compare does not.
-    let mut caw = [0u8; 16];
-    caw[0] = 0x89;
-    caw[2..10].copy_from_slice(&1000u64.to_be_bytes());
-    caw[13] = 1;
+    let caw = compare_and_write(1000, 1);
     let new = pattern(12, 512);
     let mut out = block.clone();
     out.extend_from_slice(&new);
@@ -509,10 +479,7 @@ fn compare_and_write_is_atomic_against_writes_from_other_queues() {
             pattern(3 * i + 2, 512),
         );
         good(&fe.command(&cmd(0, &write16(lba, 1), &a, 0)).unwrap());
-        let mut caw = [0u8; 16];
-        caw[0] = 0x89;
-        caw[2..10].copy_from_slice(&lba.to_be_bytes());
-        caw[13] = 1;
+        let caw = compare_and_write(lba, 1);
         let compare_then_write = [a.clone(), b.clone()].concat();
         let caw_req = VirtioScsiRequest {
             lun: lun(0),

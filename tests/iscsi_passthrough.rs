@@ -26,7 +26,7 @@ fn start_with_iscsi(url: &str) -> Daemon {
 /// Sends a command until it is not a UNIT ATTENTION (a new nexus reports one first).
 fn settle(fe: &mut vscsid::frontend::ScsiFrontend, l: u16) {
     for _ in 0..5 {
-        let r = fe.command(&cmd(l, &[0u8; 6], &[], 0)).unwrap();
+        let r = fe.command(&cmd(l, &test_unit_ready(), &[], 0)).unwrap();
         if r.status == 0 {
             return;
         }
@@ -56,27 +56,13 @@ fn passthrough_lun_serves_the_targets_data() {
     );
     // Data written through the guest path lands in the target's backing file.
     let data = pattern(77, 256 * 1024);
-    good(&fe.command(&cmd(1, &write16(2048, 512), &data, 0)).unwrap());
-    let r = fe
-        .command(&cmd(1, &read16(2048, 512), &[], 256 * 1024))
-        .unwrap();
-    good(&r);
-    assert_eq!(r.data_in, data);
-    good(
-        &fe.command(&cmd(1, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 0))
-            .unwrap(),
-    );
-    let file = std::fs::read(&t.backing).unwrap();
-    assert_eq!(&file[2048 * 512..2048 * 512 + data.len()], &data[..]);
+    write_read_back_flushed(&mut fe, 1, 2048, &data, &t.backing);
     // Errors are the target's own sense.
     let r = fe.command(&cmd(1, &read16(1 << 40, 1), &[], 512)).unwrap();
     assert_eq!(r.status, 2);
     assert_eq!(r.sense_key().map(|k| k.0), Some(5));
     // REPORT LUNS is vscsid's table: LUNs 0 and 1.
-    let mut rl = [0u8; 12];
-    rl[0] = 0xa0;
-    rl[9] = 64;
-    let r = fe.command(&cmd(1, &rl, &[], 64)).unwrap();
+    let r = fe.command(&cmd(1, &report_luns(64), &[], 64)).unwrap();
     good(&r);
     assert_eq!(&r.data_in[0..4], &16u32.to_be_bytes());
     // A LOGICAL UNIT RESET is forwarded and answered.
@@ -134,11 +120,7 @@ fn failed_logins_say_why() {
         &[],
     );
     assert!(e.contains("not found"), "{e}");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let e = login_error(&format!("iscsi://127.0.0.1:{port}/{IQN}/1"), &[]);
     assert!(e.contains("unreachable"), "{e}");
 }

@@ -3,11 +3,13 @@
 //! data and digests both ways, many commands in flight, and recovery from a target crash.
 
 mod iscsi_common;
+mod scsi_common;
 
 use std::sync::mpsc;
 use std::time::Duration;
 
 use iscsi_common::*;
+use scsi_common::*;
 use vscsid::iscsi::{discover, Chap, IscsiLun, IscsiOptions, IscsiUrl};
 use vscsid::scsi::task::{command, ScsiCompletion, TmfFunction};
 
@@ -20,32 +22,6 @@ fn opts() -> IscsiOptions {
         recovery_timeout: Duration::from_secs(20),
         ..IscsiOptions::default()
     }
-}
-
-fn read16(lba: u64, blocks: u32) -> [u8; 16] {
-    let mut c = [0u8; 16];
-    c[0] = 0x88;
-    c[2..10].copy_from_slice(&lba.to_be_bytes());
-    c[10..14].copy_from_slice(&blocks.to_be_bytes());
-    c
-}
-
-fn write16(lba: u64, blocks: u32) -> [u8; 16] {
-    let mut c = read16(lba, blocks);
-    c[0] = 0x8a;
-    c
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Executes a command, retrying (bounded) while the target reports a unit attention.
@@ -95,14 +71,10 @@ fn discovery_lists_the_target() {
 fn inquiry_capacity_and_patterns_without_chap() {
     let t = Tgtd::start(64 * MIB, Accounts::default());
     let lun = connect(&t, &opts());
-    let c = run(&lun, command(&[0x12, 0, 0, 0, 96, 0], Vec::new(), 96));
+    let c = run(&lun, command(&inquiry(96), Vec::new(), 96));
     good(&c);
     assert_eq!(&c.data_in[8..11], b"IET");
-    let mut rc = [0u8; 16];
-    rc[0] = 0x9e;
-    rc[1] = 0x10;
-    rc[13] = 32;
-    let c = run(&lun, command(&rc, Vec::new(), 32));
+    let c = run(&lun, command(&read_capacity16(32), Vec::new(), 32));
     good(&c);
     assert_eq!(
         u64::from_be_bytes(c.data_in[0..8].try_into().unwrap()) + 1,
@@ -112,12 +84,7 @@ fn inquiry_capacity_and_patterns_without_chap() {
     write_read_back(&lun, 0, 4096, 1);
     write_read_back(&lun, 1000, 2 << 20, 2);
     // VERIFY(16) BYTCHK=1 of what was written.
-    let mut v = [0u8; 16];
-    v[0] = 0x8f;
-    v[1] = 0x02;
-    v[2..10].copy_from_slice(&1000u64.to_be_bytes());
-    v[10..14].copy_from_slice(&8u32.to_be_bytes());
-    good(&run(&lun, command(&v, pattern(2, 4096), 0)));
+    good(&run(&lun, command(&verify16(1000, 8), pattern(2, 4096), 0)));
     // A CHECK CONDITION comes back with its sense.
     let c = run(&lun, command(&read16(1 << 40, 1), Vec::new(), 512));
     let st = c.result.expect("transport");
@@ -153,7 +120,7 @@ fn immediate_data_and_initial_r2t_both_ways_with_digests() {
 fn many_commands_in_flight() {
     let t = Tgtd::start(32 * MIB, Accounts::default());
     let lun = connect(&t, &opts());
-    good(&run(&lun, command(&[0u8; 6], Vec::new(), 0)));
+    good(&run(&lun, command(&test_unit_ready(), Vec::new(), 0)));
     let (tx, rx) = mpsc::channel();
     for i in 0..64u64 {
         let tx = tx.clone();
@@ -277,11 +244,7 @@ fn unknown_target_and_unreachable_portal() {
     .unwrap();
     let err = IscsiLun::connect(&url, &opts()).err().expect("refused");
     assert!(err.to_string().contains("not found"), "{err}");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let url = IscsiUrl::parse(&format!("iscsi://127.0.0.1:{port}/{IQN}/1")).unwrap();
     let err = IscsiLun::connect(&url, &opts()).err().expect("refused");
     assert!(err.to_string().contains("unreachable"), "{err}");

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
 
+use super::rng::Rng;
 use super::{lun_address, ConnectOptions, Connection};
 use crate::scsi::cdb::{READ_16, WRITE_16};
 
@@ -49,7 +50,7 @@ struct Engine {
     slots: Vec<Vec<Slot>>,
     by_head: Vec<Vec<usize>>,
     next_seq: u64,
-    rng: u64,
+    rng: Rng,
     blocks: u64,
     args_bs: u64,
     write: bool,
@@ -60,10 +61,7 @@ struct Engine {
 impl Engine {
     fn offset(&mut self) -> u64 {
         if self.random {
-            self.rng ^= self.rng << 13;
-            self.rng ^= self.rng >> 7;
-            self.rng ^= self.rng << 17;
-            (self.rng % self.blocks) * self.args_bs
+            (self.rng.next_u64() % self.blocks) * self.args_bs
         } else {
             let o = (self.next_seq % self.blocks) * self.args_bs;
             self.next_seq += 1;
@@ -194,7 +192,7 @@ pub fn run(a: &Args) -> Result<String, String> {
         slots,
         by_head: vec![vec![0; usize::from(queue_size)]; a.queues],
         next_seq: 0,
-        rng: 0x9e37_79b9_7f4a_7c15,
+        rng: Rng::new(0x9e37_79b9_7f4a_7c15),
         blocks: (a.size / a.bs).max(1),
         args_bs: a.bs,
         write: a.rw.ends_with("write"),

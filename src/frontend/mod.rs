@@ -5,6 +5,7 @@
 
 mod connection;
 pub mod loadgen;
+pub mod rng;
 mod scsi;
 mod vring;
 

@@ -1,6 +1,11 @@
 //! Shared helpers of the integration tests: start the real `vscsid` binary on temporary
-//! backing files and connect the in-process vhost-user frontend to it.
+//! backing files and connect the in-process vhost-user frontend to it. The SCSI commands
+//! and data patterns of `scsi_common` come along.
 #![allow(dead_code)]
+
+#[path = "../scsi_common/mod.rs"]
+mod scsi_common;
+pub use scsi_common::*;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -118,34 +123,6 @@ pub fn cmd<'a>(
     }
 }
 
-pub fn read16(lba: u64, blocks: u32) -> [u8; 16] {
-    let mut c = [0u8; 16];
-    c[0] = 0x88;
-    c[2..10].copy_from_slice(&lba.to_be_bytes());
-    c[10..14].copy_from_slice(&blocks.to_be_bytes());
-    c
-}
-
-pub fn write16(lba: u64, blocks: u32) -> [u8; 16] {
-    let mut c = read16(lba, blocks);
-    c[0] = 0x8a;
-    c
-}
-
-/// READ CAPACITY(16) (SERVICE ACTION IN(16), service action 0x10).
-pub fn read_capacity16(alloc: u8) -> [u8; 16] {
-    let mut c = [0u8; 16];
-    c[0] = 0x9e;
-    c[1] = 0x10;
-    c[13] = alloc;
-    c
-}
-
-pub fn inquiry(alloc: u16) -> [u8; 6] {
-    let a = alloc.to_be_bytes();
-    [0x12, 0, 0, a[0], a[1], 0]
-}
-
 /// A READ of LBA 0 that must succeed: the daemon is still serving.
 pub fn assert_serving(fe: &mut ScsiFrontend) {
     let r = fe
@@ -176,6 +153,22 @@ pub fn raw_chain(
     vq.wait_used(mem, Duration::from_secs(10))
 }
 
+/// Writes `data` at `lba` of LUN `l` (512-byte blocks) and reads it back, then flushes it
+/// (SYNCHRONIZE CACHE) and checks that the bytes are in the backing `file` at that LBA.
+pub fn write_read_back_flushed(fe: &mut ScsiFrontend, l: u16, lba: u64, data: &[u8], file: &Path) {
+    let blocks = (data.len() / 512) as u32;
+    good(&fe.command(&cmd(l, &write16(lba, blocks), data, 0)).unwrap());
+    let r = fe
+        .command(&cmd(l, &read16(lba, blocks), &[], data.len() as u32))
+        .unwrap();
+    good(&r);
+    assert_eq!(r.data_in, data);
+    good(&fe.command(&cmd(l, &synchronize_cache10(), &[], 0)).unwrap());
+    let on_file = std::fs::read(file).unwrap();
+    let at = lba as usize * 512;
+    assert_eq!(&on_file[at..at + data.len()], data);
+}
+
 pub fn good(r: &CmdResponse) {
     assert_eq!((r.response, r.status), (0, 0), "expected GOOD, got {r:?}");
 }
@@ -184,18 +177,6 @@ pub fn sense(r: &CmdResponse) -> (u8, u8, u8) {
     assert_eq!(r.response, 0, "virtio response {r:?}");
     assert_eq!(r.status, 2, "expected CHECK CONDITION, got {r:?}");
     r.sense_key().expect("sense data")
-}
-
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 pub fn allocated_bytes(p: &Path) -> u64 {

@@ -35,7 +35,9 @@ pub struct Tgtd {
     accounts: Accounts,
 }
 
-fn free_port() -> u16 {
+/// A TCP port on 127.0.0.1 that was free a moment ago: nothing listens on it until
+/// someone binds it.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -99,41 +101,11 @@ impl Tgtd {
             &b
         ]));
         assert!(self.tgtadm(&["--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL"]));
-        if let Some((u, p)) = self.accounts.incoming.clone() {
-            assert!(self.tgtadm(&[
-                "--op",
-                "new",
-                "--mode",
-                "account",
-                "--user",
-                &u,
-                "--password",
-                &p
-            ]));
-            assert!(self.tgtadm(&["--op", "bind", "--mode", "account", "--tid", "1", "--user", &u]));
+        if let Some((u, p)) = &self.accounts.incoming {
+            self.add_account(u, p, false);
         }
-        if let Some((u, p)) = self.accounts.outgoing.clone() {
-            assert!(self.tgtadm(&[
-                "--op",
-                "new",
-                "--mode",
-                "account",
-                "--user",
-                &u,
-                "--password",
-                &p
-            ]));
-            assert!(self.tgtadm(&[
-                "--op",
-                "bind",
-                "--mode",
-                "account",
-                "--tid",
-                "1",
-                "--user",
-                &u,
-                "--outgoing"
-            ]));
+        if let Some((u, p)) = &self.accounts.outgoing {
+            self.add_account(u, p, true);
         }
         // The portal accepts connections once configured.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -141,6 +113,28 @@ impl Tgtd {
             assert!(Instant::now() < deadline, "tgtd portal did not open");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Creates a CHAP account and binds it to the target: the initiator's, or with
+    /// `outgoing` the target's own (mutual CHAP).
+    fn add_account(&self, user: &str, password: &str, outgoing: bool) {
+        assert!(self.tgtadm(&[
+            "--op",
+            "new",
+            "--mode",
+            "account",
+            "--user",
+            user,
+            "--password",
+            password
+        ]));
+        let mut bind = vec![
+            "--op", "bind", "--mode", "account", "--tid", "1", "--user", user,
+        ];
+        if outgoing {
+            bind.push("--outgoing");
+        }
+        assert!(self.tgtadm(&bind));
     }
 
     fn tgtadm(&self, args: &[&str]) -> bool {

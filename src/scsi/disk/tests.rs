@@ -1,6 +1,7 @@
 //! Tests of the emulated disk, command by command, plus a random-CDB property test.
 
 use super::*;
+use crate::frontend::rng::Rng;
 use crate::scsi::cdb::{
     COMPARE_AND_WRITE, INQUIRY, MAINTENANCE_IN, MI_REPORT_SUPPORTED_OPCODES, MODE_SELECT_6,
     MODE_SENSE_10, MODE_SENSE_6, READ_10, READ_16, READ_CAPACITY_10, REPORT_LUNS, REQUEST_SENSE,
@@ -545,36 +546,25 @@ fn request_sense_formats() {
     assert_eq!(d[0], 0x72);
 }
 
-/// A tiny deterministic generator (xorshift64*) so the property test needs no dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 #[test]
 fn random_cdbs_never_panic_and_stay_in_bounds() {
     let d = disk();
     let cap = props().capacity_blocks * 512;
-    let mut rng = Rng(0x1234_5678_9abc_def1);
+    // Reproducible without a dependency: the same inputs on every run.
+    let mut rng = Rng::new(0x1234_5678_9abc_def1);
     let opcodes: Vec<u8> = SUPPORTED_COMMANDS.iter().map(|s| s.opcode).collect();
     let mut data_in = vec![0u8; DATA_IN_SCRATCH];
     for i in 0..50_000 {
         let mut cdb = [0u8; 32];
-        for b in cdb.iter_mut() {
-            *b = rng.next() as u8;
-        }
+        rng.fill(&mut cdb);
         if i % 2 == 0 {
-            cdb[0] = opcodes[(rng.next() as usize) % opcodes.len()];
+            cdb[0] = opcodes[(rng.next_u64() as usize) % opcodes.len()];
         }
-        let cdb_len = (rng.next() % 33) as usize;
-        let out_len = (rng.next() % 600) as usize;
-        let out: Vec<u8> = (0..out_len).map(|_| rng.next() as u8).collect();
-        let in_len = (rng.next() % 300) as usize;
+        let cdb_len = (rng.next_u64() % 33) as usize;
+        let out_len = (rng.next_u64() % 600) as usize;
+        let mut out = vec![0u8; out_len];
+        rng.fill(&mut out);
+        let in_len = (rng.next_u64() % 300) as usize;
         let o = d.execute(&cdb[..cdb_len], &&out[..], &mut data_in[..in_len]);
         match o {
             Outcome::Good { data_in_len } => assert!(data_in_len <= in_len),
