@@ -48,18 +48,17 @@ pub fn open(l: &LunConfig, path: &Path, cache: CacheMode) -> Result<Box<dyn LunD
     let unmap_zeroes = props.unmap_zeroes;
     Ok(Box::new(DiskLun {
         disk: EmulatedDisk::new(props),
-        medium: DiskMedium {
-            backing,
-            gate: WriteGate::default(),
-            unmap_zeroes,
-        },
+        medium: DiskMedium::new(backing, WriteGate::default(), unmap_zeroes),
     }))
 }
 
 impl LunDevice for DiskLun {
     fn start(&self, cmd: &Command<'_>, task: &mut Task, io: &mut IoContext<'_>) -> Step {
         match self.disk.execute(cmd.cdb, &io.data.out, io.scratch) {
-            Outcome::Io(req) => medium::start(&self.medium, req, task, io),
+            Outcome::Io(req) => {
+                let write_cache_off = !self.disk.write_cache_enabled();
+                medium::start(&self.medium, req, write_cache_off, task, io)
+            }
             done => Step::Done(answer_emulated(done, io.scratch, io.data.inn)),
         }
     }
@@ -78,6 +77,7 @@ impl LunDevice for DiskLun {
 
     fn reset(&self) {
         self.disk.reset();
+        self.medium.reset();
     }
 
     fn make_durable(&self) {

@@ -6,6 +6,7 @@
 //! to succeed, with a fallback for block devices that refuse to punch holes.
 
 use std::os::unix::io::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::gate::{Exclusive, GateHold, WriteEntry, WriteGate};
 use super::medium_data::{compare_with_data_out, pattern_buffer, sense_for_errno};
@@ -25,11 +26,29 @@ pub struct DiskMedium {
     pub gate: WriteGate,
     /// Deallocated blocks read as zeroes (the disk reports LBPRZ).
     pub unmap_zeroes: bool,
+    /// A flush failed: writes acknowledged before it may never reach the medium, and a
+    /// later flush that succeeds proves nothing about them (the kernel forgets the error
+    /// once reported). Every flush fails until the LUN is reset or reopened.
+    flush_failed: AtomicBool,
 }
 
 impl DiskMedium {
+    pub fn new(backing: Backing, gate: WriteGate, unmap_zeroes: bool) -> DiskMedium {
+        DiskMedium {
+            backing,
+            gate,
+            unmap_zeroes,
+            flush_failed: AtomicBool::new(false),
+        }
+    }
+
     fn fd(&self) -> RawFd {
         self.backing.file.as_raw_fd()
+    }
+
+    /// Forgets a failed flush (LOGICAL UNIT RESET).
+    pub fn reset(&self) {
+        self.flush_failed.store(false, Ordering::Release);
     }
 }
 
@@ -54,14 +73,20 @@ pub enum Job {
     /// Operations issued at once whose results only need to succeed (flush, hole
     /// punching, zeroing). `ranges` are kept for deallocation, so that a block device which
     /// cannot punch holes can have them done another way; `redone` once that started.
+    /// `flush_after`: the command must be durable when answered (the write cache is off),
+    /// so a flush follows the operations; `flushing` while a flush is in the kernel.
     Fanout {
         ranges: Vec<(u64, u64)>,
         redone: bool,
+        flush_after: bool,
+        flushing: bool,
     },
-    /// WRITE SAME of the pattern in the bounce buffer: next byte to write, end of range.
+    /// WRITE SAME of the pattern in the bounce buffer: next byte to write, end of range;
+    /// `dsync` when each write must be durable (the write cache is off).
     Pattern {
         pos: u64,
         end: u64,
+        dsync: bool,
     },
     /// VERIFY with BYTCHK: read the chunk at `pos` into the bounce buffer, compare it with
     /// data-out.
@@ -83,11 +108,20 @@ pub enum Job {
     },
 }
 
-/// Starts the medium I/O of a command.
-pub fn start(disk: &DiskMedium, req: IoRequest, task: &mut Task, io: &mut IoContext<'_>) -> Step {
+/// Starts the medium I/O of a command. `write_cache_off`: the guest sees no volatile
+/// write cache (WCE=0), so every write must be durable when acknowledged.
+pub fn start(
+    disk: &DiskMedium,
+    req: IoRequest,
+    write_cache_off: bool,
+    task: &mut Task,
+    io: &mut IoContext<'_>,
+) -> Step {
     let data_in_cap = io.data.inn.len();
     let data_out_len = io.data.out.len();
     let cache = disk.backing.cache;
+    // Deallocation and zeroing bypass O_DSYNC: they need their own flush.
+    let flush_after = write_cache_off && cache.honours_flush();
     let overrun = Step::Done(Answer::overrun());
     let mut bounce = None;
     let job = match req {
@@ -123,13 +157,26 @@ pub fn start(disk: &DiskMedium, req: IoRequest, task: &mut Task, io: &mut IoCont
             // readable (QEMU answers the same way).
             return Step::Done(Answer::Good { data_in: 0 });
         }
-        IoRequest::Flush | IoRequest::WriteZeroes { .. } => Job::Fanout {
+        IoRequest::Flush if disk.flush_failed.load(Ordering::Acquire) => {
+            return Step::Done(Answer::Check(Sense::write_error()));
+        }
+        IoRequest::Flush => Job::Fanout {
             ranges: Vec::new(),
             redone: false,
+            flush_after: false,
+            flushing: true,
+        },
+        IoRequest::WriteZeroes { .. } => Job::Fanout {
+            ranges: Vec::new(),
+            redone: false,
+            flush_after,
+            flushing: false,
         },
         IoRequest::Discard { ref ranges } => Job::Fanout {
             ranges: ranges.clone(),
             redone: false,
+            flush_after,
+            flushing: false,
         },
         IoRequest::WriteSame {
             offset,
@@ -143,6 +190,7 @@ pub fn start(disk: &DiskMedium, req: IoRequest, task: &mut Task, io: &mut IoCont
             Job::Pattern {
                 pos: offset,
                 end: offset + len,
+                dsync: flush_after && !cache.writes_are_synchronous(),
             }
         }
         IoRequest::Verify { offset, len, .. } => {
@@ -313,8 +361,8 @@ fn push_next(disk: &DiskMedium, task: &mut Task, io: &mut IoContext<'_>) -> bool
                 true,
             ) && io.block.write(id, fd, offset + done, fua)
         }
-        Job::Pattern { pos, end } => {
-            bufs.point_at_bounce(end - pos) && io.block.write(id, fd, pos, false)
+        Job::Pattern { pos, end, dsync } => {
+            bufs.point_at_bounce(end - pos) && io.block.write(id, fd, pos, dsync)
         }
         Job::Verify { pos, end, .. } => {
             bufs.point_at_bounce(end - pos) && io.block.read(id, fd, pos)
@@ -408,12 +456,28 @@ pub fn on_completion(disk: &DiskMedium, task: &mut Task, res: i32, io: &mut IoCo
                 return continue_or_fail(disk, task, io);
             }
         }
-        Job::Fanout { .. } => {}
-        Job::Pattern { pos, end } => {
+        Job::Fanout {
+            ref mut flush_after,
+            ref mut flushing,
+            ..
+        } => {
+            if io.block.pending(id) == 0 && std::mem::take(flush_after) {
+                *flushing = true;
+                if !io.block.flush(id, disk.fd()) {
+                    return fail(task, Sense::internal_target_failure());
+                }
+                return Step::Pending;
+            }
+        }
+        Job::Pattern { pos, end, dsync } => {
             if n == 0 {
                 task.error = Some(Sense::write_error());
             } else if pos + n < end {
-                task.job = Job::Pattern { pos: pos + n, end };
+                task.job = Job::Pattern {
+                    pos: pos + n,
+                    end,
+                    dsync,
+                };
                 return continue_or_fail(disk, task, io);
             }
         }
@@ -466,9 +530,20 @@ pub fn on_completion(disk: &DiskMedium, task: &mut Task, res: i32, io: &mut IoCo
 /// An operation failed with `errno`: retried when the kernel asks, redone another way when
 /// a block device cannot deallocate, otherwise the command fails with the disk's sense.
 fn on_error(disk: &DiskMedium, task: &mut Task, errno: i32, io: &mut IoContext<'_>) -> Step {
+    if let Job::Fanout { flushing: true, .. } = task.job {
+        // Whatever the errno, acknowledged writes may be lost: a write error, and every
+        // later flush fails too.
+        disk.flush_failed.store(true, Ordering::Release);
+        tracing::error!(
+            path = %disk.backing.path.display(),
+            "flush failed (errno {errno}); every later SYNCHRONIZE CACHE fails until reset"
+        );
+        task.error.get_or_insert(Sense::write_error());
+        return finish_when_idle(task, io);
+    }
     let is_write = matches!(
         task.job,
-        Job::Write { .. } | Job::Pattern { .. } | Job::CompareWrite { .. }
+        Job::Write { .. } | Job::Pattern { .. } | Job::CompareWrite { .. } | Job::Fanout { .. }
     );
     let retry = (errno == libc::EAGAIN || errno == libc::EINTR)
         && task.retries < MAX_RETRIES
@@ -499,7 +574,7 @@ fn deallocate_another_way(
     if !disk.backing.is_block_device {
         return None;
     }
-    let Job::Fanout { ranges, redone } = &mut task.job else {
+    let Job::Fanout { ranges, redone, .. } = &mut task.job else {
         return None;
     };
     if ranges.is_empty() {

@@ -12,6 +12,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::tmf::{TaskManagement, TmfAnswer, TmfRequest};
 use super::*;
 use crate::backend::guest::{Mem, SegList, Segment};
+use crate::backend::CacheMode;
 use crate::config::{Config, LunConfig, LunKind};
 use crate::scsi::cdb;
 
@@ -29,7 +30,9 @@ impl ReplyLater for NoReply {
 }
 
 struct Harness {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    /// Block I/O completions handled so far.
+    completions: usize,
     lun: Arc<Lun>,
     block: BlockIo,
     mem: GuestMemoryAtomic<Mem>,
@@ -49,15 +52,22 @@ fn segs(at: u64) -> SegList {
 }
 
 fn harness(kind: Option<LunKind>) -> Harness {
+    harness_with(|l| {
+        if let Some(k) = kind {
+            l.kind = k;
+        }
+    })
+}
+
+/// A LUN on a fresh 1 MiB image, its configuration adjusted by `edit`.
+fn harness_with(edit: impl FnOnce(&mut LunConfig)) -> Harness {
     let dir = tempfile::tempdir().expect("tmp");
     let p = dir.path().join("d.img");
     std::fs::File::create(&p)
         .and_then(|f| f.set_len(1 << 20))
         .expect("img");
     let mut l = LunConfig::disk(0, 0, p);
-    if let Some(k) = kind {
-        l.kind = k;
-    }
+    edit(&mut l);
     let mut cfg = Config::default();
     cfg.luns.push(l);
     let table = build_lun_table(&cfg).expect("table");
@@ -66,7 +76,8 @@ fn harness(kind: Option<LunKind>) -> Harness {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("mem"),
     );
     Harness {
-        _dir: dir,
+        dir,
+        completions: 0,
         lun,
         block: BlockIo::new(4, 1).expect("ring"),
         mem,
@@ -144,6 +155,7 @@ impl Harness {
                     match got.first() {
                         Some(&(i, res)) => {
                             assert_eq!(i, id, "completion of another command");
+                            self.completions += 1;
                             step = self.advance(id, task, Some(res));
                         }
                         None => std::thread::sleep(Duration::from_millis(1)),
@@ -285,4 +297,93 @@ fn a_null_lun_answers_reads_with_zeroes_at_once() {
     assert_eq!(h.data_in(1024), vec![0u8; 1024]);
     assert!(!task.held);
     assert_eq!(h.block.pending(0), 0);
+}
+
+fn disk_with_cache(cache: CacheMode) -> Harness {
+    harness_with(|l| {
+        if let LunKind::Disk { cache: c, .. } = &mut l.kind {
+            *c = cache;
+        }
+    })
+}
+
+/// WRITE SAME(16) of one zero block over `blocks` blocks at `lba`, with UNMAP if asked.
+fn write_same_zeroes(lba: u64, blocks: u32, unmap: bool) -> [u8; 32] {
+    let mut c = cdb16(cdb::WRITE_SAME_16, lba, blocks);
+    c[1] = if unmap { 0x08 } else { 0 };
+    c
+}
+
+#[test]
+fn zeroing_and_unmap_are_flushed_when_the_write_cache_is_off() {
+    let zero = [0u8; 512];
+    let mut unmap = [0u8; 10];
+    unmap[0] = cdb::UNMAP;
+    unmap[8] = 24;
+    let mut list = [0u8; 24];
+    list[1] = 22;
+    list[3] = 16;
+    list[8..16].copy_from_slice(&16u64.to_be_bytes());
+    list[16..20].copy_from_slice(&8u32.to_be_bytes());
+    let mut unmap_cdb = [0u8; 32];
+    unmap_cdb[..10].copy_from_slice(&unmap);
+    // Write cache on: the deallocation alone; the guest flushes when it needs to.
+    let mut h = disk_with_cache(CacheMode::Writeback);
+    let a = h.run(&write_same_zeroes(0, 8, false), &zero);
+    assert_eq!((a, h.completions), (Answer::Good { data_in: 0 }, 1));
+    // Write cache off (writethrough): O_DSYNC does not cover fallocate, so a flush
+    // follows before the answer.
+    let mut h = disk_with_cache(CacheMode::Writethrough);
+    let a = h.run(&write_same_zeroes(0, 8, false), &zero);
+    assert_eq!((a, h.completions), (Answer::Good { data_in: 0 }, 2));
+    let a = h.run(&write_same_zeroes(8, 8, true), &zero);
+    assert_eq!((a, h.completions), (Answer::Good { data_in: 0 }, 4));
+    let a = h.run(&unmap_cdb, &list);
+    assert_eq!((a, h.completions), (Answer::Good { data_in: 0 }, 6));
+}
+
+/// The descriptor number of the open image file of a harness's disk.
+fn image_fd(h: &Harness) -> i32 {
+    let image = h.dir.path().join("d.img");
+    let fds = std::fs::read_dir("/proc/self/fd").expect("fds");
+    fds.filter_map(|e| e.ok())
+        .find(|e| std::fs::read_link(e.path()).is_ok_and(|p| p == image))
+        .and_then(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .expect("image fd")
+}
+
+#[test]
+fn a_failed_flush_fails_every_later_flush_until_reset() {
+    let mut h = disk_with_cache(CacheMode::Writeback);
+    let mut sync = [0u8; 32];
+    sync[0] = cdb::SYNCHRONIZE_CACHE_10;
+    assert_eq!(h.run(&sync, &[]), Answer::Good { data_in: 0 });
+    let fd = image_fd(&h);
+    let mut pipe = [0i32; 2];
+    // SAFETY: pipe writes two descriptors into the array it is given; dup duplicates a
+    // descriptor this test found open.
+    let saved = unsafe {
+        assert_eq!(libc::pipe(pipe.as_mut_ptr()), 0);
+        libc::dup(fd)
+    };
+    assert!(saved >= 0);
+    // The image's descriptor now names a pipe, which cannot be synced: the flush fails,
+    // with a write error (acknowledged writes may be lost), not a read error.
+    // SAFETY: replaces the image's descriptor with the pipe's read end.
+    assert_eq!(unsafe { libc::dup2(pipe[0], fd) }, fd);
+    assert_eq!(h.run(&sync, &[]), Answer::Check(Sense::write_error()));
+    // The file is back and would sync, but what the failed flush lost is not: every later
+    // flush fails too.
+    // SAFETY: puts the image's own descriptor back.
+    assert_eq!(unsafe { libc::dup2(saved, fd) }, fd);
+    assert_eq!(h.run(&sync, &[]), Answer::Check(Sense::write_error()));
+    assert_eq!(h.run(&sync, &[]), Answer::Check(Sense::write_error()));
+    h.lun.device().reset();
+    let tur = [0u8; 32];
+    assert_eq!(h.run(&tur, &[]), Answer::Check(Sense::reset_occurred()));
+    assert_eq!(h.run(&sync, &[]), Answer::Good { data_in: 0 });
+    for d in [saved, pipe[0], pipe[1]] {
+        // SAFETY: closes descriptors this test opened.
+        unsafe { libc::close(d) };
+    }
 }
