@@ -10,22 +10,13 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$here"
 TIMEOUT=${VSCSID_E2E_TIMEOUT:-900}
+source tests/qemu/lib.sh
 
-for tool in qemu-system-x86_64 cargo; do
-  command -v "$tool" >/dev/null || { echo "run-e2e: $tool is missing" >&2; exit 1; }
-done
-
+need_tools run-e2e qemu-system-x86_64 cargo
 cargo build --release --quiet
-guest=$here/target/guest
-scripts/build-guest.sh "$guest"
+build_guest
 
-work=$(mktemp -d)
-daemon_pid=""
-cleanup() {
-  if [[ -n $daemon_pid ]] && kill -0 "$daemon_pid" 2>/dev/null; then kill "$daemon_pid"; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
+work_dir
 
 truncate -s 256M "$work/lun0.img"
 head -c $((64 << 20)) /dev/urandom > "$work/lun1.img"
@@ -37,20 +28,15 @@ target/release/vscsid --socket "$sock" \
   --disk "$work/lun1.img,readonly,block-size=4096,cache=writeback" \
   --num-queues 2 > "$work/vscsid.log" 2>&1 &
 daemon_pid=$!
-for _ in $(seq 100); do [[ -S $sock ]] && break; sleep 0.1; done
-[[ -S $sock ]] || { echo "run-e2e: vscsid did not create its socket"; cat "$work/vscsid.log"; exit 1; }
+wait_vscsid "$sock" run-e2e "$work/vscsid.log"
 
 serial=$work/serial.log
+vhost_user_scsi "$sock"
+guest_qemu "file:$serial" \
+  "vscsid.test=e2e vscsid.disks=2 vscsid.size0=$((256 << 20)) vscsid.size1=$((64 << 20)) vscsid.md5_1=$md5_1" \
+  "${vus_args[@]}"
 set +e
-timeout "$TIMEOUT" qemu-system-x86_64 \
-  -machine q35 -accel tcg -cpu max -m 512M -smp 2 \
-  -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
-  -kernel "$guest/vmlinuz" -initrd "$guest/initrd.gz" \
-  -append "console=ttyS0 loglevel=4 panic=-1 vscsid.test=e2e vscsid.disks=2 vscsid.size0=$((256 << 20)) vscsid.size1=$((64 << 20)) vscsid.md5_1=$md5_1" \
-  -nographic -no-user-config -nodefaults -serial "file:$serial" -monitor none \
-  -chardev socket,id=vus0,path="$sock" \
-  -device vhost-user-scsi-pci,chardev=vus0,num_queues=2 \
-  > "$work/qemu.log" 2>&1
+timeout "$TIMEOUT" "${qemu_cmd[@]}" > "$work/qemu.log" 2>&1
 qemu_rc=$?
 set -e
 

@@ -8,14 +8,11 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$here"
 TIMEOUT=${VSCSID_E2E_TIMEOUT:-600}
+source tests/qemu/lib.sh
 
-for tool in qemu-system-x86_64 cargo /usr/sbin/tgtd /usr/sbin/tgtadm; do
-  command -v "$tool" >/dev/null || { echo "run-iscsi-e2e: $tool is missing" >&2; exit 1; }
-done
-
+need_tools run-iscsi-e2e qemu-system-x86_64 cargo /usr/sbin/tgtd /usr/sbin/tgtadm
 cargo build --release --quiet
-guest=$here/target/guest
-scripts/build-guest.sh "$guest"
+build_guest
 
 work=$(mktemp -d)
 pids=()
@@ -36,29 +33,20 @@ truncate -s 128M "$work/target.img"
 /usr/sbin/tgtd -f -C "$ctl" --iscsi "portal=127.0.0.1:$port" > "$work/tgtd.log" 2>&1 &
 pids+=($!)
 tgtadm() { /usr/sbin/tgtadm -C "$ctl" --lld iscsi "$@"; }
-for _ in $(seq 100); do tgtadm --op show --mode sys >/dev/null 2>&1 && break; sleep 0.1; done
-tgtadm --op new --mode target --tid 1 -T "$iqn"
-tgtadm --op new --mode logicalunit --tid 1 --lun 1 -b "$work/target.img"
-tgtadm --op bind --mode target --tid 1 -I ALL
+tgt_export "$iqn" "$work/target.img"
 
 sock=$work/vscsid.sock
 target/release/vscsid --socket "$sock" --iscsi "iscsi://127.0.0.1:$port/$iqn/1" --num-queues 2 \
   > "$work/vscsid.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do [[ -S $sock ]] && break; sleep 0.1; done
-[[ -S $sock ]] || { echo "run-iscsi-e2e: vscsid did not start"; cat "$work/vscsid.log"; exit 1; }
+wait_vscsid "$sock" run-iscsi-e2e "$work/vscsid.log"
 
 serial=$work/serial.log
+vhost_user_scsi "$sock"
+guest_qemu "file:$serial" "vscsid.test=iscsi vscsid.disks=1 vscsid.size0=$((128 << 20))" \
+  "${vus_args[@]}"
 set +e
-timeout "$TIMEOUT" qemu-system-x86_64 \
-  -machine q35 -accel tcg -cpu max -m 512M -smp 2 \
-  -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
-  -kernel "$guest/vmlinuz" -initrd "$guest/initrd.gz" \
-  -append "console=ttyS0 loglevel=4 panic=-1 vscsid.test=iscsi vscsid.disks=1 vscsid.size0=$((128 << 20))" \
-  -nographic -no-user-config -nodefaults -serial "file:$serial" -monitor none \
-  -chardev socket,id=vus0,path="$sock" \
-  -device vhost-user-scsi-pci,chardev=vus0,num_queues=2 \
-  > "$work/qemu.log" 2>&1
+timeout "$TIMEOUT" "${qemu_cmd[@]}" > "$work/qemu.log" 2>&1
 qemu_rc=$?
 set -e
 

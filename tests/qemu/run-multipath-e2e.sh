@@ -23,15 +23,13 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$here"
 TIMEOUT=${VSCSID_E2E_TIMEOUT:-600}
+source tests/qemu/lib.sh
 
-for tool in qemu-system-x86_64 cargo ip iptables /usr/sbin/tgtd /usr/sbin/tgtadm; do
-  command -v "$tool" >/dev/null || { echo "run-multipath-e2e: $tool is missing" >&2; exit 1; }
-done
+need_tools run-multipath-e2e qemu-system-x86_64 cargo ip iptables /usr/sbin/tgtd /usr/sbin/tgtadm
 [[ $(id -u) == 0 ]] || { echo "run-multipath-e2e: needs root (network namespaces)" >&2; exit 1; }
 
 cargo build --release --quiet
-guest=$here/target/guest
-scripts/build-guest.sh "$guest"
+build_guest
 
 work=$(mktemp -d)
 ini=vscsid-mp-ini-$$
@@ -65,30 +63,21 @@ truncate -s 128M "$work/target.img"
 ip netns exec "$tgt" /usr/sbin/tgtd -f -C "$ctl" --iscsi portal=0.0.0.0:3260 > "$work/tgtd.log" 2>&1 &
 pids+=($!)
 tgtadm() { ip netns exec "$tgt" /usr/sbin/tgtadm -C "$ctl" --lld iscsi "$@"; }
-for _ in $(seq 100); do tgtadm --op show --mode sys >/dev/null 2>&1 && break; sleep 0.1; done
-tgtadm --op new --mode target --tid 1 -T "$iqn"
-tgtadm --op new --mode logicalunit --tid 1 --lun 1 -b "$work/target.img"
-tgtadm --op bind --mode target --tid 1 -I ALL
+tgt_export "$iqn" "$work/target.img"
 
 sock=$work/vscsid.sock
 ip netns exec "$ini" env VSCSID_LOG=info target/release/vscsid --socket "$sock" \
   --iscsi "iscsi://192.168.50.2:3260/$iqn/1,path=192.168.51.2:3260,no-path-retry=10" \
   --num-queues 2 > "$work/vscsid.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do [[ -S $sock ]] && break; sleep 0.1; done
-[[ -S $sock ]] || { echo "run-multipath-e2e: vscsid did not start"; cat "$work/vscsid.log"; exit 1; }
+wait_vscsid "$sock" run-multipath-e2e "$work/vscsid.log"
 
 serial=$work/serial.log
 : > "$serial"
-qemu-system-x86_64 \
-  -machine q35 -accel tcg -cpu max -m 512M -smp 2 \
-  -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
-  -kernel "$guest/vmlinuz" -initrd "$guest/initrd.gz" \
-  -append "console=ttyS0 loglevel=4 panic=-1 vscsid.test=multipath vscsid.disks=1 vscsid.runtime=70" \
-  -nographic -no-user-config -nodefaults -serial "file:$serial" -monitor none \
-  -chardev socket,id=vus0,path="$sock" \
-  -device vhost-user-scsi-pci,chardev=vus0,num_queues=2 \
-  > "$work/qemu.log" 2>&1 &
+vhost_user_scsi "$sock"
+guest_qemu "file:$serial" "vscsid.test=multipath vscsid.disks=1 vscsid.runtime=70" \
+  "${vus_args[@]}"
+"${qemu_cmd[@]}" > "$work/qemu.log" 2>&1 &
 qemu=$!
 pids+=($qemu)
 

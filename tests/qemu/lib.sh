@@ -1,0 +1,89 @@
+# Sourced by the scripts that boot the test guest (tests/qemu/run-*.sh, scripts/demo.sh,
+# benches/vm-fio.sh), from the repository's root: the guest's kernel and initramfs, the
+# QEMU command line that boots it, vscsid's vhost-user-scsi device, the scratch directory
+# and the waits for vscsid's socket and for a tgtd target.
+
+# Where scripts/build-guest.sh puts the guest: $guest/vmlinuz and $guest/initrd.gz.
+guest=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/target/guest
+
+# need_tools <script name> <tool>...: fails the script when a tool is missing.
+need_tools() {
+  local name=$1 tool
+  shift
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "$name: $tool is missing" >&2; exit 1; }
+  done
+}
+
+# build_guest: builds the guest in $guest (reused while its inputs are unchanged).
+build_guest() {
+  scripts/build-guest.sh "$guest"
+}
+
+# work_dir: sets $work to a new scratch directory; at exit the vscsid whose PID the script
+# keeps in $daemon_pid is stopped (when it still runs) and the directory removed.
+work_dir() {
+  work=$(mktemp -d)
+  daemon_pid=""
+  trap stop_daemon_remove_work EXIT
+}
+stop_daemon_remove_work() {
+  if [[ -n $daemon_pid ]] && kill -0 "$daemon_pid" 2>/dev/null; then kill "$daemon_pid"; fi
+  rm -rf "$work"
+}
+
+# wait_vscsid <socket> <script name> [vscsid's log]: waits (bounded, 10 s) for vscsid's
+# socket; when it does not appear, says so, shows the log and fails the script.
+wait_vscsid() {
+  for _ in $(seq 100); do [[ -S $1 ]] && return 0; sleep 0.1; done
+  echo "$2: vscsid did not create its socket"
+  if [[ -n ${3:-} ]]; then cat "$3"; fi
+  exit 1
+}
+
+# guest_qemu [-a ACCEL] [-m MEMORY] [-l LOGLEVEL] <serial> <kernel arguments> [QEMU arg...]:
+# sets the array qemu_cmd to the QEMU command line that boots the guest: q35, 2 vCPUs,
+# guest RAM in a shared memfd made the guest's memory through a NUMA node (vhost-user
+# backends map it), the guest kernel and initramfs with the kernel arguments after the
+# console's, no display, monitor or default devices, the serial console on <serial>
+# (a QEMU chardev: file:PATH, stdio), then the given QEMU arguments. Defaults: TCG, 512M,
+# loglevel 4.
+guest_qemu() {
+  local accel=tcg mem=512M loglevel=4 opt OPTIND=1
+  while getopts a:m:l: opt; do
+    case $opt in
+      a) accel=$OPTARG ;;
+      m) mem=$OPTARG ;;
+      l) loglevel=$OPTARG ;;
+      *) echo "guest_qemu: unknown option" >&2; return 2 ;;
+    esac
+  done
+  shift $((OPTIND - 1))
+  local serial=$1 append=$2
+  shift 2
+  qemu_cmd=(
+    qemu-system-x86_64
+    -machine q35 -accel "$accel" -cpu max -m "$mem" -smp 2
+    -object "memory-backend-memfd,id=mem,size=$mem,share=on" -numa node,memdev=mem
+    -kernel "$guest/vmlinuz" -initrd "$guest/initrd.gz"
+    -append "console=ttyS0 loglevel=$loglevel panic=-1 $append"
+    -nographic -no-user-config -nodefaults -serial "$serial" -monitor none
+    "$@"
+  )
+}
+
+# vhost_user_scsi <socket>: sets the array vus_args to the QEMU arguments of a
+# vhost-user-scsi-pci device with two request queues, served by vscsid at <socket>.
+vhost_user_scsi() {
+  vus_args=(-chardev "socket,id=vus0,path=$1" -device vhost-user-scsi-pci,chardev=vus0,num_queues=2)
+}
+
+# tgt_export <iqn> <backing file>: waits (bounded, 10 s) for the tgtd that the caller's
+# tgtadm function manages, then exports the file as LUN 1 of target 1 named <iqn>, open
+# to every initiator.
+tgt_export() {
+  for _ in $(seq 100); do tgtadm --op show --mode sys >/dev/null 2>&1 && break; sleep 0.1; done
+  tgtadm --op new --mode target --tid 1 -T "$1"
+  tgtadm --op new --mode logicalunit --tid 1 --lun 1 -b "$2"
+  tgtadm --op bind --mode target --tid 1 -I ALL
+}
