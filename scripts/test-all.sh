@@ -14,6 +14,9 @@ scripts/install-deps.sh
 stage "cargo fmt --check"
 cargo fmt --check
 
+stage "no import cycles between source files"
+python3 scripts/import-cycles.py
+
 stage "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
