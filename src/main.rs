@@ -3,12 +3,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 
 use vscsid::config::{parse_config_file, parse_disk_spec, Config};
 use vscsid::lun::{build_lun_table, status_lines, Lun, LunTable};
-use vscsid::vhost::{serve, CurrentDevice};
+use vscsid::vhost::{serve, CurrentDevice, SocketRemover, VhostSocket};
 
 /// vhost-user-scsi daemon: serves a QEMU guest's virtio-scsi controller from a UNIX socket.
 #[derive(Parser, Debug)]
@@ -175,6 +176,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The socket first: a path that cannot be ours fails before any LUN is opened.
+    let socket = match cfg.socket.as_deref().map(VhostSocket::bind) {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => {
+            eprintln!("vscsid: error: {e}");
+            return ExitCode::from(2);
+        }
+        None => {
+            eprintln!("vscsid: error: socket: no socket path given");
+            return ExitCode::from(2);
+        }
+    };
     let luns = match build_lun_table(&cfg) {
         Ok(t) => Arc::new(t),
         Err(e) => {
@@ -191,11 +204,11 @@ fn main() -> ExitCode {
         );
     }
     let current = CurrentDevice::default();
-    if let Err(e) = install_signal_handler(current.clone(), luns.clone()) {
+    if let Err(e) = install_signal_handler(current.clone(), luns.clone(), socket.remover()) {
         eprintln!("vscsid: error: cannot install signal handlers: {e}");
         return ExitCode::FAILURE;
     }
-    match serve(&cfg, luns, &current) {
+    match serve(&cfg, luns, socket, &current) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vscsid: error: {e}");
@@ -204,10 +217,20 @@ fn main() -> ExitCode {
     }
 }
 
-/// SIGTERM/SIGINT: stop taking requests, let in-flight commands complete (bounded), make
-/// completed writes durable, and exit. SIGUSR1: log every LUN's state (for iSCSI LUNs,
-/// each path's state and counters).
-fn install_signal_handler(current: CurrentDevice, luns: Arc<LunTable<Lun>>) -> std::io::Result<()> {
+/// How long the whole shutdown may take: below the shipped unit's TimeoutStopSec (45 s), so
+/// systemd never has to kill a daemon that is still flushing.
+const SHUTDOWN_BUDGET: Duration = Duration::from_secs(40);
+
+/// SIGTERM/SIGINT: stop taking requests, let in-flight commands complete, make completed
+/// writes durable, remove the socket, and exit, all within [`SHUTDOWN_BUDGET`]: a stuck
+/// medium cannot hold the exit (what could not be flushed in time is logged, and the exit
+/// status says so). SIGUSR1: log every LUN's state (for iSCSI LUNs, each path's state and
+/// counters).
+fn install_signal_handler(
+    current: CurrentDevice,
+    luns: Arc<LunTable<Lun>>,
+    socket: SocketRemover,
+) -> std::io::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1])?;
     std::thread::Builder::new()
@@ -221,13 +244,30 @@ fn install_signal_handler(current: CurrentDevice, luns: Arc<LunTable<Lun>>) -> s
                     continue;
                 }
                 tracing::info!(signal = sig, "shutting down: draining in-flight I/O");
-                if !current.drain() {
+                let deadline = Instant::now() + SHUTDOWN_BUDGET;
+                let mut clean = current.drain();
+                if !clean {
                     tracing::error!("in-flight I/O did not complete in time");
                 }
-                for (_, _, lun) in luns.luns() {
-                    lun.device().make_durable();
+                // Flushing can block on a stuck medium: it runs on its own thread, waited
+                // for only until the deadline.
+                let (done_tx, done_rx) = std::sync::mpsc::channel();
+                let flushing = luns.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("shutdown-flush".into())
+                    .spawn(move || {
+                        for (_, _, lun) in flushing.luns() {
+                            lun.device().make_durable();
+                        }
+                        let _ = done_tx.send(());
+                    });
+                let left = deadline.saturating_duration_since(Instant::now());
+                if spawned.is_err() || done_rx.recv_timeout(left).is_err() {
+                    tracing::error!("completed writes could not be made durable in time");
+                    clean = false;
                 }
-                std::process::exit(0);
+                socket.remove();
+                std::process::exit(if clean { 0 } else { 1 });
             }
         })?;
     Ok(())

@@ -179,3 +179,54 @@ fn sigusr1_logs_every_luns_state() {
     assert!(first.contains("target 0 LUN 0: disk"), "{first}");
     assert!(second.contains("target 0 LUN 1: null disk"), "{second}");
 }
+
+#[test]
+fn socket_path_that_is_not_a_stale_socket_is_refused_before_any_lun() {
+    let dir = tempfile::tempdir().unwrap();
+    // A typo naming a disk image as the socket: refused, the image intact, and the error is
+    // the socket's although the LUN could not have been opened either.
+    let image = dir.path().join("root.img");
+    std::fs::write(&image, b"the guest's disk").unwrap();
+    let (code, err) = run(&[
+        "--socket",
+        image.to_str().unwrap(),
+        "--disk",
+        "/nonexistent/x.img",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("socket") && err.contains("regular file"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&image).unwrap(), b"the guest's disk");
+    // A live daemon's socket is not taken over; the first daemon keeps it.
+    let (mut first, sock) = start_daemon(dir.path(), |_| {});
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(&sock).map(|m| m.ino()).unwrap();
+    let img = dir.path().join("d.img");
+    let (code, err) = run(&[
+        "--socket",
+        sock.to_str().unwrap(),
+        "--disk",
+        img.to_str().unwrap(),
+    ]);
+    let still = std::fs::metadata(&sock).map(|m| m.ino()).ok();
+    let _ = first.kill();
+    let _ = first.wait();
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("in use"), "{err}");
+    assert_eq!(still, Some(inode), "the live daemon's socket was replaced");
+}
+
+#[test]
+fn sigterm_removes_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, sock) = start_daemon(dir.path(), |_| {});
+    assert!(sock.exists());
+    // SAFETY: kill(2) on our own child's PID.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!sock.exists(), "the socket outlived the daemon");
+}

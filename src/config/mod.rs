@@ -303,8 +303,36 @@ impl Config {
                 "lun: no LUN configured (use --disk or [[lun]] entries)".into(),
             ));
         }
+        for l in &self.luns {
+            check_chap_secret(l)?;
+        }
         Ok(())
     }
+}
+
+/// An iSCSI URL naming a CHAP user needs a secret from somewhere: logging in with an empty
+/// one would only fail later, at the target, with a less helpful message.
+fn check_chap_secret(l: &LunConfig) -> Result<(), ConfigError> {
+    let LunKind::Iscsi {
+        url, chap_secret, ..
+    } = &l.kind
+    else {
+        return Ok(());
+    };
+    let Some(user) = &url.user else {
+        return Ok(());
+    };
+    let secret = url
+        .password
+        .as_deref()
+        .or(chap_secret.as_ref().map(|s| s.0.as_str()));
+    if secret.is_none_or(str::is_empty) {
+        return Err(ConfigError(format!(
+            "target {} LUN {}: url: CHAP user '{user}' has no secret (give it in the URL, in {CHAP_SECRET_ENV}, or with chap_secret_file / chap_secret_env)",
+            l.target, l.lun
+        )));
+    }
+    Ok(())
 }
 
 /// Parses a size: bytes, or a number with a K, M, G or T suffix (powers of 1024).
@@ -385,6 +413,37 @@ mod tests {
         let mut c = base();
         c.threads = Some(c.num_queues + 1);
         assert!(c.validate().unwrap_err().0.starts_with("threads:"));
+    }
+
+    #[test]
+    fn a_chap_user_without_a_secret_is_refused() {
+        let mut c = base();
+        let mut kind =
+            LunKind::iscsi("iscsi://alice@127.0.0.1/iqn.2024-01.x:y/1", "url").expect("url parses");
+        if let LunKind::Iscsi { chap_secret, .. } = &mut kind {
+            *chap_secret = None;
+        }
+        let mut l = LunConfig::disk(0, 1, "/tmp/unused.img".into());
+        l.kind = kind.clone();
+        c.luns.push(l.clone());
+        let err = c.validate().unwrap_err().0;
+        assert!(
+            err.contains("LUN 1: url:") && err.contains("alice"),
+            "{err}"
+        );
+        if let LunKind::Iscsi { chap_secret, .. } = &mut l.kind {
+            *chap_secret = Some(Secret("s3cret".into()));
+        }
+        c.luns.pop();
+        c.luns.push(l);
+        c.validate().expect("a secret from the file or environment");
+        // A password in the URL is a secret too.
+        let mut c = base();
+        let mut l = LunConfig::disk(0, 1, "/tmp/unused.img".into());
+        l.kind = LunKind::iscsi("iscsi://alice%pw@127.0.0.1/iqn.2024-01.x:y/1", "url")
+            .expect("url parses");
+        c.luns.push(l);
+        c.validate().expect("password in the URL");
     }
 
     #[test]

@@ -24,11 +24,35 @@ pub enum LoginError {
     Rejected(String),
     #[error("login protocol error: {0}")]
     Protocol(String),
+    /// The target stopped answering within the login timeout; [`LoginError::at`] names
+    /// the portal and the timeout.
+    #[error("the target did not answer the login in time")]
+    TimedOut,
 }
 
 impl From<io::Error> for LoginError {
     fn from(e: io::Error) -> Self {
-        LoginError::Protocol(e.to_string())
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => LoginError::TimedOut,
+            _ => LoginError::Protocol(e.to_string()),
+        }
+    }
+}
+
+impl LoginError {
+    /// The error as the operator should read it for a login through `portal`: a timeout
+    /// names the portal and the timeout instead of the socket's EAGAIN.
+    pub fn at(self, portal: &str, login_timeout: Duration) -> LoginError {
+        match self {
+            LoginError::TimedOut => LoginError::Unreachable(
+                portal.to_string(),
+                format!(
+                    "no answer to the login within {} ms (login_timeout)",
+                    login_timeout.as_millis()
+                ),
+            ),
+            e => e,
+        }
     }
 }
 
@@ -394,7 +418,7 @@ pub fn discover(
     opts: &IscsiOptions,
 ) -> Result<Vec<(String, Vec<String>)>, LoginError> {
     let mut s = connect(portal, opts)?;
-    let n = login(&mut s, opts, None, new_isid())?;
+    let n = login(&mut s, opts, None, new_isid()).map_err(|e| e.at(portal, opts.login_timeout))?;
     let mut p = Pdu::new(op::TEXT_REQ);
     p.set_immediate();
     p.set_flags(F_FINAL);

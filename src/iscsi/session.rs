@@ -205,8 +205,10 @@ impl Session {
 
     /// Connects, logs in, starts a reader, and (re)sends every command without status.
     fn establish(self: &Arc<Self>) -> Result<(), LoginError> {
-        let mut stream = login::connect(&self.url.portal(), &self.opts)?;
-        let neg = login::login(&mut stream, &self.opts, Some(&self.url.target), self.isid)?;
+        let portal = self.url.portal();
+        let mut stream = login::connect(&portal, &self.opts)?;
+        let neg = login::login(&mut stream, &self.opts, Some(&self.url.target), self.isid)
+            .map_err(|e| e.at(&portal, self.opts.login_timeout))?;
         let io = |e: std::io::Error| LoginError::Protocol(e.to_string());
         stream.set_read_timeout(None).map_err(io)?;
         stream

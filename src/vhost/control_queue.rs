@@ -3,8 +3,9 @@
 //! them, asks the workers which commands are in flight, and answers each request when its
 //! function has finished, re-checking whenever a command ends.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
@@ -20,12 +21,43 @@ use crate::virtio::control::ControlRequest;
 use crate::virtio::layout::{response, tmf};
 use crate::virtio::ParsedChain;
 
+/// How often a waiting task management function is checked again without a wake-up, and
+/// the longest it can wait (its own timeout, with a margin).
+const TMF_TICK: Duration = Duration::from_millis(250);
+const TMF_TICKS_FOR: Duration = Duration::from_secs(35);
+
 /// A task management function waiting for LUNs to drain.
 struct PendingTmf {
     chain: ParsedChain,
     vpos: usize,
     mem: MemGuard,
     function: TaskManagement,
+    /// Stops the ticker once the function is answered.
+    answered: Arc<AtomicBool>,
+}
+
+/// Wakes the control queue's thread every tick while a function waits: commands ending
+/// wake it too, but a function's timeout must hold when nothing else happens (a stuck
+/// medium), and commands of an earlier connection end without waking this one.
+fn start_ticker(sh: &Shared) -> Arc<AtomicBool> {
+    let answered = Arc::new(AtomicBool::new(false));
+    let (stop, wake) = (answered.clone(), sh.tmf_event.try_clone());
+    let spawned = std::thread::Builder::new()
+        .name("tmf-ticker".into())
+        .spawn(move || {
+            let Ok(wake) = wake else {
+                return;
+            };
+            let until = Instant::now() + TMF_TICKS_FOR;
+            while !stop.load(Ordering::Acquire) && Instant::now() < until {
+                std::thread::sleep(TMF_TICK);
+                let _ = wake.write(1);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the task management ticker: {e}");
+    }
+    answered
 }
 
 /// Task management functions not answered yet (owned by the control queue's thread).
@@ -167,6 +199,7 @@ impl PendingTmfs {
             vpos,
             mem: mem.clone(),
             function,
+            answered: start_ticker(sh),
         });
         None
     }
@@ -182,6 +215,7 @@ impl PendingTmfs {
                 continue;
             };
             let p = self.waiting.swap_remove(i);
+            p.answered.store(true, Ordering::Release);
             sh.tmf_waiting.fetch_sub(1, Ordering::AcqRel);
             let m: &Mem = &p.mem;
             let used = p.chain.writable.write_from(m, 0, &[answer_code(a)]) as u32;

@@ -28,6 +28,24 @@ use crate::virtio::layout::{feature, CDB_SIZE, SENSE_SIZE};
 
 /// How long stopping a queue waits for its commands to complete.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the block I/O of an ended connection is waited for (a frozen file system can
+/// hold it indefinitely).
+const ABANDONED_IO_WAIT: Duration = Duration::from_secs(3600);
+
+/// Waits until one of `fds` is readable or `timeout` passes.
+fn wait_readable(fds: &[std::os::unix::io::RawFd], timeout: Duration) {
+    let mut polls: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: poll(2) reads and writes exactly `polls.len()` entries of the live vector.
+    let _ = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, ms) };
+}
 
 /// The device handed to the vhost-user daemon; cloned into every worker thread.
 #[derive(Clone)]
@@ -37,6 +55,8 @@ pub struct ScsiDevice {
     num_request_queues: u16,
     queue_size: u16,
     tmfs: Arc<Mutex<PendingTmfs>>,
+    /// Exit-event descriptors handed to vhost-user-backend (see `close_leaked_exit_fds`).
+    exit_fds: Arc<Mutex<Vec<std::os::unix::io::RawFd>>>,
 }
 
 impl ScsiDevice {
@@ -69,7 +89,58 @@ impl ScsiDevice {
             num_request_queues: n,
             queue_size: cfg.queue_size,
             tmfs: Arc::new(Mutex::new(PendingTmfs::default())),
+            exit_fds: Arc::new(Mutex::new(Vec::new())),
         })
+    }
+
+    /// Closes the exit-event consumers of the connection that ended. vhost-user-backend 0.24
+    /// registers each with epoll through `into_raw_fd()` and never closes it: one
+    /// descriptor per worker thread per connection would leak until the open-file limit
+    /// ends the daemon. Called once the daemon object that took them is dropped.
+    pub fn close_leaked_exit_fds(&self) {
+        for fd in lock(&self.exit_fds).drain(..) {
+            // SAFETY: `fd` is an eventfd this device created and handed over; the crate
+            // gave up its ownership with into_raw_fd and nothing else closes it, so it is
+            // still open and this is its only close.
+            unsafe { libc::close(fd) };
+        }
+    }
+
+    /// The connection ended: every command ends at its LUN, at once or (block I/O still in
+    /// the kernel) on a thread that waits for the kernel to finish it, so the LUNs' counts
+    /// and write gates are right for the next connection and a late completion touches no
+    /// ring. Returns that thread, if one was needed.
+    pub fn abandon_commands(&self) -> Option<std::thread::JoinHandle<()>> {
+        let sh = self.shared.clone();
+        let left: Vec<_> = self
+            .workers
+            .iter()
+            .filter(|w| lock(w).abandon(&sh))
+            .cloned()
+            .collect();
+        if left.is_empty() {
+            return None;
+        }
+        tracing::warn!(
+            "connection ended with block I/O in the kernel; its commands end when it completes"
+        );
+        std::thread::Builder::new()
+            .name("abandoned-io".into())
+            .spawn(move || {
+                let deadline = Instant::now() + ABANDONED_IO_WAIT;
+                let mut left = left;
+                while !left.is_empty() && Instant::now() < deadline {
+                    let fds: Vec<_> = left.iter().map(|w| lock(w).ring_fd()).collect();
+                    wait_readable(&fds, Duration::from_millis(100));
+                    left.retain(|w| lock(w).reap_abandoned(&sh));
+                }
+                if !left.is_empty() {
+                    tracing::error!(
+                        "block I/O of an ended connection still in the kernel after {ABANDONED_IO_WAIT:?}; its LUNs keep counting it"
+                    );
+                }
+            })
+            .ok()
     }
 
     /// Epoll token of worker thread's io_uring eventfd (above every queue's token).
@@ -163,11 +234,15 @@ impl VhostUserBackend for ScsiDevice {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+        use std::os::unix::io::AsRawFd;
+        let (consumer, notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()?;
+        lock(&self.exit_fds).push(consumer.as_raw_fd());
+        Some((consumer, notifier))
     }
 
     fn reset_device(&self) {
         self.shared.clear_broken(None);
+        self.shared.end_epoch(None);
     }
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
@@ -179,9 +254,12 @@ impl VhostUserBackend for ScsiDevice {
         {
             tracing::error!(
                 queue = queue_index,
-                "commands still in flight after {DRAIN_TIMEOUT:?}"
+                "commands still in flight after {DRAIN_TIMEOUT:?}; their answers will be dropped"
             );
         }
+        // The ring goes back to the frontend: from here on no command popped before
+        // answers on it; those still in flight end at their LUN without touching it.
+        self.shared.end_epoch(Some(queue_index));
         Ok(())
     }
 

@@ -9,9 +9,9 @@ mod queue;
 mod remote;
 mod shared;
 mod slot;
+mod socket;
 mod worker;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,13 +22,15 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
 pub use device::ScsiDevice;
+pub use socket::{SocketRemover, VhostSocket};
 
 use crate::backend::guest::GuestMem;
 use crate::config::Config;
 use crate::lun::{Lun, LunTable};
 
-/// How long SIGTERM waits for in-flight commands before exiting anyway.
-pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(30);
+/// How long SIGTERM waits for in-flight commands; the flush after it must fit in what is
+/// left of the shutdown budget.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(25);
 
 /// The device serving the current connection, for the signal handler.
 #[derive(Default, Clone)]
@@ -51,23 +53,20 @@ impl CurrentDevice {
     }
 }
 
-/// Serves frontends on `cfg.socket`: one connection, or one after another with
-/// `cfg.reconnect`. The LUN table (and its open files) outlives connections.
+/// Serves frontends on the daemon's socket: one connection, or one after another with
+/// `cfg.reconnect`. The LUN table (and its open files) outlives connections. One listening
+/// socket for the daemon's life: a frontend that connects while the previous connection is
+/// being torn down waits in its backlog instead of being reset.
 pub fn serve(
     cfg: &Config,
     luns: Arc<LunTable<Lun>>,
+    mut socket: VhostSocket,
     current: &CurrentDevice,
 ) -> Result<(), String> {
-    let socket = cfg
-        .socket
-        .as_deref()
-        .ok_or_else(|| "socket: no socket path given".to_string())?;
-    // One listening socket for the daemon's life: a frontend that connects while the
-    // previous connection is being torn down waits in its backlog instead of being reset.
-    let mut listener = bind_private(socket)?;
-    tracing::info!(socket = %socket.display(), "listening");
+    tracing::info!(socket = %socket.path().display(), "listening");
+    let path = socket.path().to_path_buf();
     loop {
-        serve_one(cfg, luns.clone(), &mut listener, socket, current)?;
+        serve_one(cfg, luns.clone(), &mut socket.listener, &path, current)?;
         if !cfg.reconnect {
             return Ok(());
         }
@@ -114,6 +113,9 @@ fn serve_one(
     }
     *queue::lock(&current.0) = None;
     drop(daemon);
+    dev.close_leaked_exit_fds();
+    // Before the next connection: the LUNs must not count this one's commands forever.
+    let _abandoned = dev.abandon_commands();
     match result {
         Ok(())
         | Err(vhost_user_backend::Error::HandleRequest(
@@ -122,18 +124,4 @@ fn serve_one(
         Err(e) => tracing::warn!("connection ended: {e}"),
     }
     Ok(())
-}
-
-/// Binds the listening socket readable and writable by its owner only (mode 0600).
-fn bind_private(socket: &Path) -> Result<Listener, String> {
-    // SAFETY: umask only changes this process's file creation mask.
-    let old = unsafe { libc::umask(0o177) };
-    let listener = Listener::new(socket, true);
-    // SAFETY: as above, restoring the previous mask.
-    unsafe { libc::umask(old) };
-    let listener =
-        listener.map_err(|e| format!("socket: cannot listen on {}: {e}", socket.display()))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("socket: cannot set the mode of {}: {e}", socket.display()))?;
-    Ok(listener)
 }

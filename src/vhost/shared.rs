@@ -34,6 +34,10 @@ pub struct Shared {
     pub poll: Duration,
     /// Each worker's wake-up (its completion eventfd).
     wakers: Vec<EventFd>,
+    /// Per queue, how often the frontend took it back (GET_VRING_BASE, reset). A command
+    /// answers on its ring only while the epoch it was popped in lasts: a ring handed back
+    /// belongs to the guest again, whatever the timing of a late completion.
+    epochs: Vec<AtomicU32>,
 }
 
 impl Shared {
@@ -56,6 +60,7 @@ impl Shared {
             broken: AtomicU64::new(0),
             poll,
             wakers,
+            epochs: (0..queues).map(|_| AtomicU32::new(0)).collect(),
         })
     }
 
@@ -91,6 +96,23 @@ impl Shared {
                 self.broken.fetch_and(!(1u64 << (q % 64)), Ordering::AcqRel);
             }
             None => self.broken.store(0, Ordering::Release),
+        }
+    }
+
+    /// The current epoch of `queue`'s ring.
+    pub fn epoch(&self, queue: u16) -> u32 {
+        self.epochs
+            .get(usize::from(queue))
+            .map_or(0, |e| e.load(Ordering::Acquire))
+    }
+
+    /// The frontend takes `queue`'s ring back (every ring with None): commands popped
+    /// before may no longer answer on it.
+    pub fn end_epoch(&self, queue: Option<u32>) {
+        for (q, e) in self.epochs.iter().enumerate() {
+            if queue.is_none_or(|want| want as usize == q) {
+                e.fetch_add(1, Ordering::AcqRel);
+            }
         }
     }
 

@@ -15,6 +15,8 @@ pub struct Slot {
     pub vring: usize,
     /// Global queue index (for drain accounting).
     pub queue: u16,
+    /// The queue's epoch when the request was popped (see `Shared::epoch`).
+    pub epoch: u32,
     pub tag: u64,
     /// The LUN running the command (None for answers the target gives itself).
     pub lun: Option<Arc<Lun>>,

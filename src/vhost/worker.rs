@@ -182,6 +182,7 @@ impl Worker {
                 slot.chain.parse(chain);
                 slot.vring = vpos;
                 slot.queue = queue;
+                slot.epoch = sh.epoch(queue);
                 if let Some(used) = self.start(id, sh, &mem) {
                     self.finish_inline(id, vring, used);
                     completed = true;
@@ -398,12 +399,63 @@ impl Worker {
         self.retire(id, used, sh, vrings)
     }
 
+    /// The connection ended. Commands with nothing in the kernel (parked at a gate, out at
+    /// a remote device) end at their LUN now, releasing its in-flight count and gate;
+    /// commands whose block I/O is in the kernel end when [`Worker::reap_abandoned`] sees
+    /// it complete. Nothing is written to the rings. Returns whether some remain.
+    pub fn abandon(&mut self, sh: &Shared) -> bool {
+        for id in 0..self.slots.len() {
+            if self.block.pending(id) == 0 {
+                self.end_abandoned(id, sh);
+            }
+        }
+        self.parked.clear();
+        self.corked.clear();
+        self.slots.iter().any(|s| s.lun.is_some())
+    }
+
+    /// Reaps completions of an abandoned connection's block I/O and ends each command once
+    /// the kernel is done with it, without continuing it (a COMPARE AND WRITE that read
+    /// does not write). Returns whether some remain.
+    pub fn reap_abandoned(&mut self, sh: &Shared) -> bool {
+        let mut reaped = std::mem::take(&mut self.reaped);
+        self.block.reap(|id, res| reaped.push((id, res)));
+        for &(id, _) in &reaped {
+            if self.block.pending(id) == 0 {
+                self.end_abandoned(id, sh);
+            }
+        }
+        reaped.clear();
+        self.reaped = reaped;
+        self.slots.iter().any(|s| s.lun.is_some())
+    }
+
+    fn end_abandoned(&mut self, id: usize, sh: &Shared) {
+        let Some(slot) = self.slots.get_mut(id) else {
+            return;
+        };
+        let Some(lun) = slot.lun.take() else {
+            return;
+        };
+        lun.end(&mut slot.task);
+        sh.lun_drained();
+        sh.inflight.end(slot.queue);
+        slot.release();
+        self.block.release(id);
+        self.free.push(id);
+    }
+
     /// Returns a finished command's chain to the guest, ends it at its LUN and frees its
     /// slot; returns the bit of its vring for the notification mask.
     fn retire(&mut self, id: usize, used: u32, sh: &Shared, vrings: &[Vring]) -> u64 {
         let slot = &mut self.slots[id];
         let mut bit = 0;
-        if let Some(vring) = vrings.get(slot.vring) {
+        if slot.epoch != sh.epoch(slot.queue) {
+            tracing::warn!(
+                queue = slot.queue,
+                "a command ended after its queue was taken back; its answer is dropped"
+            );
+        } else if let Some(vring) = vrings.get(slot.vring) {
             let _ = vring.add_used(slot.chain.head, used);
             bit = 1u64 << (slot.vring % 64);
         }

@@ -5,6 +5,8 @@
 
 #[path = "../scsi_common/mod.rs"]
 mod scsi_common;
+
+pub mod ext4;
 pub use scsi_common::*;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,182 @@
+//! A medium that stops answering: the LUN's image lives on a loop-mounted ext4 that the
+//! test freezes (`fsfreeze`), so its writes wait in the kernel until the file system is
+//! thawed. What must hold: a connection that ends with such writes in flight leaves the
+//! LUN usable for the next one (task management and COMPARE AND WRITE complete once the
+//! writes do), and a task management function is answered within its timeout even when
+//! nothing else wakes the daemon. Needs root, mkfs.ext4, mount and fsfreeze.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::ext4::{write_durably, Ext4};
+use common::*;
+use vscsid::frontend::{ScsiFrontend, VirtioScsiRequest};
+
+const CLEAR_TASK_SET: u32 = 3;
+const ABORT_TASK_SET: u32 = 1;
+const FUNCTION_COMPLETE: u8 = 0;
+const FAILURE: u8 = 9;
+
+/// Starts vscsid on an image in `fs` (allocated, so writes do not wait for block
+/// allocation alone).
+fn daemon_on(fs: &Ext4, extra: &[&str]) -> Daemon {
+    let image = fs.file("lun.img");
+    write_durably(&image, &vec![0u8; 4 << 20]);
+    let name = image.to_str().unwrap().to_string();
+    Daemon::start(
+        &[Disk {
+            name: &name,
+            size: 4 << 20,
+            opts: "cache=none",
+        }],
+        extra,
+    )
+}
+
+fn write_req<'a>(cdb: &'a [u8], data: &'a [u8], tag: u64) -> VirtioScsiRequest<'a> {
+    VirtioScsiRequest {
+        lun: lun(0),
+        tag,
+        cdb,
+        data_out: data,
+        data_in_len: 0,
+    }
+}
+
+/// Connects again (bounded): the daemon accepts the next frontend once the previous
+/// connection is torn down.
+fn reconnect(d: &Daemon) -> ScsiFrontend {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let fe = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| d.connect(1)));
+        match fe {
+            Ok(fe) => return fe,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => std::panic::resume_unwind(e),
+        }
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether the daemon has a write waiting in the kernel: the daemon's io_uring
+/// worker threads blocked on the frozen file system show up as tasks in D state.
+fn writes_waiting(d: &mut Daemon) -> bool {
+    let pid = d.child.id();
+    let tasks = Path::new("/proc").join(pid.to_string()).join("task");
+    std::fs::read_dir(tasks).is_ok_and(|ts| {
+        ts.filter_map(|t| t.ok()).any(|t| {
+            std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('D'))
+            })
+        })
+    })
+}
+
+#[test]
+fn a_connection_ending_with_stuck_writes_leaves_the_lun_usable() {
+    let fs = Ext4::new();
+    let mut d = daemon_on(&fs, &["--reconnect"]);
+    let _thaw = fs.thaw_on_drop();
+    let data = pattern(7, 4096);
+    {
+        let mut fe = d.connect(1);
+        good(&fe.command(&write_req(&write16(0, 8), &data, 1)).unwrap());
+        fs.freeze();
+        for i in 0..8u64 {
+            let cdb = write16(8 + i * 8, 8);
+            fe.submit(2, &write_req(&cdb, &data, 10 + i))
+                .expect("submit");
+        }
+        wait_until(
+            "writes never reached the kernel",
+            Duration::from_secs(10),
+            || writes_waiting(&mut d),
+        );
+        // The frontend goes away with the writes in flight.
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    fs.thaw();
+    let mut fe = reconnect(&d);
+    fe.timeout = Duration::from_secs(40);
+    // The old connection's writes completed after it ended: nothing of them is left in
+    // flight, so the task set clears at once and writes and COMPARE AND WRITE pass the
+    // LUN's gate.
+    assert_eq!(
+        fe.tmf(CLEAR_TASK_SET, lun(0), 0).unwrap(),
+        FUNCTION_COMPLETE
+    );
+    good(&fe.command(&write_req(&write16(0, 8), &data, 2)).unwrap());
+    let mut caw = data[..512].to_vec();
+    caw.extend_from_slice(&[0x5a; 512]);
+    good(
+        &fe.command(&write_req(&compare_and_write(0, 1), &caw, 3))
+            .unwrap(),
+    );
+    assert!(d.is_running());
+}
+
+/// Freezes the file system and sends a write that then waits in the kernel.
+fn stick_a_write(fs: &Ext4, d: &mut Daemon, fe: &mut ScsiFrontend) {
+    fs.freeze();
+    let data = pattern(9, 4096);
+    let cdb = write16(0, 8);
+    fe.submit(2, &write_req(&cdb, &data, 1)).expect("submit");
+    wait_until(
+        "the write never reached the kernel",
+        Duration::from_secs(10),
+        || writes_waiting(d),
+    );
+}
+
+#[test]
+fn task_management_is_answered_within_its_timeout_on_a_stuck_medium() {
+    let fs = Ext4::new();
+    let mut d = daemon_on(&fs, &[]);
+    let _thaw = fs.thaw_on_drop();
+    let mut fe = d.connect(1);
+    fe.timeout = Duration::from_secs(60);
+    stick_a_write(&fs, &mut d, &mut fe);
+    // Nothing completes while the file system is frozen: the function fails when its
+    // 30-second bound passes, not whenever something else happens to wake the daemon.
+    assert_eq!(fe.tmf(ABORT_TASK_SET, lun(0), 0).unwrap(), FAILURE);
+    fs.thaw();
+    let (_, r) = fe.complete(2).expect("the write completes after the thaw");
+    good(&r);
+}
+
+#[test]
+fn sigterm_on_a_stuck_medium_ends_within_the_unit_stop_timeout() {
+    let fs = Ext4::new();
+    let mut d = daemon_on(&fs, &[]);
+    let _thaw = fs.thaw_on_drop();
+    let mut fe = d.connect(1);
+    stick_a_write(&fs, &mut d, &mut fe);
+    // SAFETY: kill(2) on our own child's PID.
+    unsafe { libc::kill(d.child.id() as i32, libc::SIGTERM) };
+    // The daemon gives up on the stuck write and removes its socket on the way out before
+    // the unit's TimeoutStopSec (45 s) would have it killed. (Its threads stuck in the
+    // frozen file system can only leave once it thaws.)
+    wait_until(
+        "the daemon did not finish its shutdown within the stop timeout",
+        Duration::from_secs(44),
+        || !d.socket.exists(),
+    );
+    fs.thaw();
+    assert_eq!(
+        d.wait_exit(Duration::from_secs(30)),
+        Some(1),
+        "a shutdown that could not drain must not report success"
+    );
+    drop(fe);
+}
