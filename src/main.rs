@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{CommandFactory, FromArgMatches, Parser};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 
 use vscsid::config::{parse_config_file, parse_disk_spec, Config};
 use vscsid::lun::{build_lun_table, status_lines, Lun, LunTable};
@@ -176,6 +177,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Signals are caught from here on (and handled once the LUNs are open): the socket
+    // appears before the LUNs are ready, and a SIGUSR1 or SIGTERM sent as soon as it
+    // exists must not find the default action.
+    let signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vscsid: error: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     // The socket first: a path that cannot be ours fails before any LUN is opened.
     let socket = match cfg.socket.as_deref().map(VhostSocket::bind) {
         Some(Ok(s)) => s,
@@ -204,8 +215,9 @@ fn main() -> ExitCode {
         );
     }
     let current = CurrentDevice::default();
-    if let Err(e) = install_signal_handler(current.clone(), luns.clone(), socket.remover()) {
-        eprintln!("vscsid: error: cannot install signal handlers: {e}");
+    let remover = socket.remover();
+    if let Err(e) = handle_signals(signals, current.clone(), luns.clone(), remover) {
+        eprintln!("vscsid: error: cannot start the signal thread: {e}");
         return ExitCode::FAILURE;
     }
     match serve(&cfg, luns, socket, &current) {
@@ -226,13 +238,12 @@ const SHUTDOWN_BUDGET: Duration = Duration::from_secs(40);
 /// medium cannot hold the exit (what could not be flushed in time is logged, and the exit
 /// status says so). SIGUSR1: log every LUN's state (for iSCSI LUNs, each path's state and
 /// counters).
-fn install_signal_handler(
+fn handle_signals(
+    mut signals: signal_hook::iterator::Signals,
     current: CurrentDevice,
     luns: Arc<LunTable<Lun>>,
     socket: SocketRemover,
 ) -> std::io::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1])?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
