@@ -431,18 +431,9 @@ impl Worker {
     }
 
     fn end_abandoned(&mut self, id: usize, sh: &Shared) {
-        let Some(slot) = self.slots.get_mut(id) else {
-            return;
-        };
-        let Some(lun) = slot.lun.take() else {
-            return;
-        };
-        lun.end(&mut slot.task);
-        sh.lun_drained();
-        sh.inflight.end(slot.queue);
-        slot.release();
-        self.block.release(id);
-        self.free.push(id);
+        if self.slots.get(id).is_some_and(|s| s.lun.is_some()) {
+            self.end_and_free(id, sh);
+        }
     }
 
     /// Returns a finished command's chain to the guest, ends it at its LUN and frees its
@@ -459,6 +450,14 @@ impl Worker {
             let _ = vring.add_used(slot.chain.head, used);
             bit = 1u64 << (slot.vring % 64);
         }
+        self.end_and_free(id, sh);
+        bit
+    }
+
+    /// Ends command `id` at its LUN (releasing what it held there), stops counting it in
+    /// flight on its queue and frees its slot.
+    fn end_and_free(&mut self, id: usize, sh: &Shared) {
+        let slot = &mut self.slots[id];
         if let Some(lun) = slot.lun.take() {
             if lun.end(&mut slot.task) {
                 sh.wake_workers();
@@ -470,6 +469,5 @@ impl Worker {
         slot.release();
         self.block.release(id);
         self.free.push(id);
-        bit
     }
 }
