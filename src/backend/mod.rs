@@ -7,6 +7,7 @@ pub mod block_io;
 mod cache;
 mod file;
 pub mod guest;
+pub mod guest_fault;
 pub mod uring;
 
 pub use aligned::AlignedBuf;

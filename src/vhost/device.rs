@@ -22,6 +22,7 @@ use super::queue::{lock, Vring};
 use super::shared::{Shared, CONTROL_QUEUE, EVENT_QUEUE};
 use super::worker::Worker;
 use crate::backend::guest::GuestMem;
+use crate::backend::guest_fault;
 use crate::config::Config;
 use crate::lun::{Lun, LunTable, MAX_TRANSFER_BYTES};
 use crate::virtio::layout::{feature, CDB_SIZE, SENSE_SIZE};
@@ -61,6 +62,7 @@ pub struct ScsiDevice {
 
 impl ScsiDevice {
     pub fn new(cfg: &Config, luns: Arc<LunTable<Lun>>, mem: GuestMem) -> io::Result<ScsiDevice> {
+        guest_fault::install()?;
         let n = cfg.num_queues;
         // One worker thread per request queue unless configured otherwise.
         let threads = usize::from(cfg.threads.unwrap_or(n).clamp(1, n.max(1)));
@@ -220,8 +222,21 @@ impl VhostUserBackend for ScsiDevice {
         c[start..end].to_vec()
     }
 
-    fn update_memory(&self, _mem: GuestMem) -> io::Result<()> {
-        // `shared.mem` is a clone of the same atomic the daemon just updated.
+    /// The frontend's new memory table is in place (`shared.mem` is a clone of the same
+    /// atomic): refuse it if a region maps past the end of its file, otherwise watch its
+    /// mappings for a later truncation.
+    fn update_memory(&self, mem: GuestMem) -> io::Result<()> {
+        let table = mem.memory();
+        if let Err(e) = guest_fault::check_regions(&table) {
+            drop(table);
+            // Nothing may touch those pages: an empty table until the connection ends.
+            if let Ok(m) = mem.lock() {
+                m.replace(vm_memory::GuestMemoryMmap::new());
+            }
+            self.shared.connection.drop_connection(&e.to_string());
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, e.to_string()));
+        }
+        guest_fault::watch(&table);
         Ok(())
     }
 
@@ -274,6 +289,9 @@ impl VhostUserBackend for ScsiDevice {
         let Some(worker) = self.workers.get(thread_id) else {
             return Ok(());
         };
+        if sh.connection.broken_by_frontend(vrings) {
+            return Ok(());
+        }
         let ev = u64::from(device_event);
         if ev == self.ring_token() {
             lock(worker).complete(sh, vrings);
@@ -301,6 +319,9 @@ impl VhostUserBackend for ScsiDevice {
         if !sh.poll.is_zero() {
             busy_poll(sh, worker, vrings, thread_id);
         }
+        // A fault on guest memory while serving ends the connection now, not at the next
+        // event.
+        sh.connection.broken_by_frontend(vrings);
         Ok(())
     }
 }

@@ -2,6 +2,7 @@
 //! queues and the worker threads that serve them. It knows that a request has a LUN
 //! address, a CDB, data buffers and an answer; what a LUN does with it is the LUN layer's.
 
+mod connection;
 mod control_queue;
 mod device;
 mod inflight;
@@ -10,6 +11,7 @@ mod remote;
 mod shared;
 mod slot;
 mod socket;
+mod vring;
 mod worker;
 
 use std::path::Path;
@@ -106,6 +108,7 @@ fn serve_one(
     daemon
         .start(listener)
         .map_err(|e| format!("cannot accept a connection on {}: {e}", socket.display()))?;
+    dev.shared.connection.attach(daemon.shutdown_handle());
     tracing::info!("frontend connected");
     let result = daemon.wait();
     for h in daemon.get_epoll_handlers() {

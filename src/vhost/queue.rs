@@ -6,10 +6,9 @@ use std::sync::{Mutex, MutexGuard};
 use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
 
-use crate::backend::guest::{GuestMem, MemGuard};
+use crate::backend::guest::MemGuard;
 
-/// One virtqueue of the device.
-pub type Vring = vhost_user_backend::VringRwLock<GuestMem>;
+pub use super::vring::Vring;
 
 /// Locks a mutex, taking the data even if a thread panicked holding it: every structure
 /// behind these locks stays consistent between statements.

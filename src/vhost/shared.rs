@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use vmm_sys_util::eventfd::EventFd;
 
+use super::connection::ConnectionGuard;
 use super::inflight::InflightCounters;
 use crate::backend::guest::GuestMem;
 use crate::lun::{Lun, LunTable};
@@ -38,6 +39,8 @@ pub struct Shared {
     /// answers on its ring only while the epoch it was popped in lasts: a ring handed back
     /// belongs to the guest again, whatever the timing of a late completion.
     epochs: Vec<AtomicU32>,
+    /// Ends this connection when the frontend breaks the protocol.
+    pub connection: ConnectionGuard,
 }
 
 impl Shared {
@@ -61,6 +64,7 @@ impl Shared {
             poll,
             wakers,
             epochs: (0..queues).map(|_| AtomicU32::new(0)).collect(),
+            connection: ConnectionGuard::default(),
         })
     }
 
