@@ -1,16 +1,16 @@
-//! Ending a connection whose frontend broke the protocol: a virtqueue size no split ring
-//! can have, or guest memory truncated under the daemon (a SIGBUS turned into a counted
-//! fault by `backend::guest_fault`). Any thread may ask, even before the vhost-user
-//! library handed over the connection's shutdown handle: the request is then kept and
-//! carried out as soon as the handle arrives.
+//! Ending a connection whose frontend broke the protocol: a memory table or virtqueue size
+//! the device cannot take, or guest memory truncated under the daemon (a SIGBUS turned into
+//! a counted fault by `backend::guest_fault`). Any thread may ask, even before the
+//! connection's socket was handed over: the request is then kept and carried out as soon
+//! as it arrives.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use vhost_user_backend::ShutdownHandle;
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
 
 use super::queue::lock;
-use super::vring::Vring;
 use crate::backend::guest_fault;
 
 pub struct ConnectionGuard {
@@ -23,7 +23,7 @@ pub struct ConnectionGuard {
 
 #[derive(Default)]
 struct HandleState {
-    handle: Option<ShutdownHandle>,
+    handle: Option<UnixStream>,
     /// A drop was asked for before the handle arrived.
     pending: bool,
 }
@@ -39,15 +39,14 @@ impl Default for ConnectionGuard {
 }
 
 impl ConnectionGuard {
-    /// Hands over the way to end the connection; ends it at once if that was already asked.
-    pub fn attach(&self, handle: Option<ShutdownHandle>) {
+    /// Hands over (a clone of) the connection's socket; ends it at once if that was
+    /// already asked.
+    pub fn attach(&self, socket: UnixStream) {
         let mut st = lock(&self.state);
         if st.pending {
-            if let Some(h) = &handle {
-                h.shutdown();
-            }
+            let _ = socket.shutdown(Shutdown::Both);
         }
-        st.handle = handle;
+        st.handle = Some(socket);
     }
 
     /// Ends the connection (once; later calls do nothing). Commands in flight end as for
@@ -59,15 +58,22 @@ impl ConnectionGuard {
         tracing::error!("dropping the connection: {why}");
         let mut st = lock(&self.state);
         match &st.handle {
-            Some(h) => h.shutdown(),
+            Some(s) => {
+                let _ = s.shutdown(Shutdown::Both);
+            }
             None => st.pending = true,
         }
     }
 
-    /// Whether the connection is being dropped: checks, first, what the frontend may have
-    /// broken since the last look (a refused queue size on one of `vrings`, a fault on
-    /// guest memory) and drops it if so. Nothing more is served once this is true.
-    pub fn broken_by_frontend(&self, vrings: &[Vring]) -> bool {
+    /// Whether the daemon dropped the connection.
+    pub fn is_dropped(&self) -> bool {
+        self.dropped.load(Ordering::Acquire)
+    }
+
+    /// Whether the connection is being dropped: checks, first, whether guest memory
+    /// faulted since the last look, and drops it if so. Nothing more is served once this
+    /// is true.
+    pub fn broken_by_frontend(&self) -> bool {
         if self.dropped.load(Ordering::Acquire) {
             return true;
         }
@@ -75,12 +81,6 @@ impl ConnectionGuard {
             self.drop_connection(
                 "guest memory was truncated under the daemon (SIGBUS on a guest page)",
             );
-            return true;
-        }
-        if let Some(n) = vrings.iter().find_map(Vring::refused_size) {
-            self.drop_connection(&format!(
-                "the frontend set a virtqueue size of {n}, which is not a power of two"
-            ));
             return true;
         }
         false

@@ -7,15 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
-use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
-use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
 
 use super::control_queue::PendingTmfs;
 use super::queue::{lock, Vring};
@@ -56,8 +51,6 @@ pub struct ScsiDevice {
     num_request_queues: u16,
     queue_size: u16,
     tmfs: Arc<Mutex<PendingTmfs>>,
-    /// Exit-event descriptors handed to vhost-user-backend (see `close_leaked_exit_fds`).
-    exit_fds: Arc<Mutex<Vec<std::os::unix::io::RawFd>>>,
 }
 
 impl ScsiDevice {
@@ -91,21 +84,7 @@ impl ScsiDevice {
             num_request_queues: n,
             queue_size: cfg.queue_size,
             tmfs: Arc::new(Mutex::new(PendingTmfs::default())),
-            exit_fds: Arc::new(Mutex::new(Vec::new())),
         })
-    }
-
-    /// Closes the exit-event consumers of the connection that ended. vhost-user-backend 0.24
-    /// registers each with epoll through `into_raw_fd()` and never closes it: one
-    /// descriptor per worker thread per connection would leak until the open-file limit
-    /// ends the daemon. Called once the daemon object that took them is dropped.
-    pub fn close_leaked_exit_fds(&self) {
-        for fd in lock(&self.exit_fds).drain(..) {
-            // SAFETY: `fd` is an eventfd this device created and handed over; the crate
-            // gave up its ownership with into_raw_fd and nothing else closes it, so it is
-            // still open and this is its only close.
-            unsafe { libc::close(fd) };
-        }
     }
 
     /// The connection ended: every command ends at its LUN, at once or (block I/O still in
@@ -155,9 +134,20 @@ impl ScsiDevice {
         self.num_queues() as u64 + 2
     }
 
-    /// The io_uring eventfd of each worker thread.
-    pub fn ring_fds(&self) -> Vec<std::os::unix::io::RawFd> {
-        self.workers.iter().map(|w| lock(w).ring_fd()).collect()
+    /// The descriptors worker thread `t`'s loop watches besides its queues' kicks, with
+    /// their tokens: its io_uring eventfd, and on thread 0 the task-management wake-up.
+    pub fn thread_descriptors(&self, t: usize) -> Vec<(std::os::unix::io::RawFd, u64)> {
+        use std::os::unix::io::AsRawFd;
+        let mut fds: Vec<_> = self
+            .workers
+            .get(t)
+            .map(|w| (lock(w).ring_fd(), self.ring_token()))
+            .into_iter()
+            .collect();
+        if t == 0 {
+            fds.push((self.shared.tmf_event.as_raw_fd(), self.tmf_token()));
+        }
+        fds
     }
 
     /// `virtio_scsi_config`, as the device would present it.
@@ -182,19 +172,18 @@ impl ScsiDevice {
     }
 }
 
-impl VhostUserBackend for ScsiDevice {
-    type Bitmap = ();
-    type Vring = Vring;
-
-    fn num_queues(&self) -> usize {
+/// What the vhost-user protocol asks of the device (see `session.rs`).
+impl ScsiDevice {
+    /// Every queue the device offers: control, event and the request queues.
+    pub fn num_queues(&self) -> usize {
         usize::from(self.num_request_queues) + 2
     }
 
-    fn max_queue_size(&self) -> usize {
-        usize::from(self.queue_size)
+    pub fn max_queue_size(&self) -> u16 {
+        self.queue_size
     }
 
-    fn features(&self) -> u64 {
+    pub fn features(&self) -> u64 {
         (1 << VIRTIO_F_VERSION_1)
             | (1 << VIRTIO_RING_F_EVENT_IDX)
             | (1 << VIRTIO_RING_F_INDIRECT_DESC)
@@ -203,64 +192,27 @@ impl VhostUserBackend for ScsiDevice {
             | vhost::vhost_user::message::VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
 
-    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+    pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
         // Not CONFIG: QEMU builds a vhost-user-scsi device's config space from its own
         // properties, never asks for ours, and warns at every start when it is offered.
         VhostUserProtocolFeatures::MQ
     }
 
-    fn set_event_idx(&self, _enabled: bool) {
-        // The vrings track EVENT_IDX themselves; workers use their notification helpers.
-    }
-
     /// The config space for a frontend that asks (GET_CONFIG); QEMU does not, and CONFIG is
     /// not offered, so this is what QEMU's own properties must agree with.
-    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+    pub fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         let c = self.config_space();
         let start = (offset as usize).min(c.len());
         let end = start.saturating_add(size as usize).min(c.len());
         c[start..end].to_vec()
     }
 
-    /// The frontend's new memory table is in place (`shared.mem` is a clone of the same
-    /// atomic): refuse it if a region maps past the end of its file, otherwise watch its
-    /// mappings for a later truncation.
-    fn update_memory(&self, mem: GuestMem) -> io::Result<()> {
-        let table = mem.memory();
-        if let Err(e) = guest_fault::check_regions(&table) {
-            drop(table);
-            // Nothing may touch those pages: an empty table until the connection ends.
-            if let Ok(m) = mem.lock() {
-                m.replace(vm_memory::GuestMemoryMmap::new());
-            }
-            self.shared.connection.drop_connection(&e.to_string());
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, e.to_string()));
-        }
-        guest_fault::watch(&table);
-        Ok(())
-    }
-
-    fn queues_per_thread(&self) -> Vec<u64> {
-        self.shared
-            .thread_queues
-            .iter()
-            .map(|qs| qs.iter().fold(0u64, |m, &q| m | (1u64 << q)))
-            .collect()
-    }
-
-    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        use std::os::unix::io::AsRawFd;
-        let (consumer, notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()?;
-        lock(&self.exit_fds).push(consumer.as_raw_fd());
-        Some((consumer, notifier))
-    }
-
-    fn reset_device(&self) {
+    pub fn reset_device(&self) {
         self.shared.clear_broken(None);
         self.shared.end_epoch(None);
     }
 
-    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+    pub fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
         self.shared.clear_broken(Some(queue_index));
         if !self
             .shared
@@ -278,19 +230,15 @@ impl VhostUserBackend for ScsiDevice {
         Ok(())
     }
 
-    fn handle_event(
-        &self,
-        device_event: u16,
-        _evset: EventSet,
-        vrings: &[Vring],
-        thread_id: usize,
-    ) -> io::Result<()> {
+    /// Serves one event of worker thread `thread_id`: a kick of the queue at that position
+    /// in `vrings` (the thread's queues), io_uring completions or a task-management wake-up.
+    pub fn handle_event(&self, device_event: u16, vrings: &[Vring], thread_id: usize) {
         let sh = &self.shared;
         let Some(worker) = self.workers.get(thread_id) else {
-            return Ok(());
+            return;
         };
-        if sh.connection.broken_by_frontend(vrings) {
-            return Ok(());
+        if sh.connection.broken_by_frontend() {
+            return;
         }
         let ev = u64::from(device_event);
         if ev == self.ring_token() {
@@ -321,8 +269,7 @@ impl VhostUserBackend for ScsiDevice {
         }
         // A fault on guest memory while serving ends the connection now, not at the next
         // event.
-        sh.connection.broken_by_frontend(vrings);
-        Ok(())
+        sh.connection.broken_by_frontend();
     }
 }
 
@@ -421,11 +368,11 @@ mod tests {
         assert_eq!(dev.num_queues(), 6);
         // Thread 0: control, event and request queue 0; then one request queue each.
         assert_eq!(
-            dev.queues_per_thread(),
-            vec![0b000111, 0b001000, 0b010000, 0b100000]
+            dev.shared.thread_queues,
+            vec![vec![0, 1, 2], vec![3], vec![4], vec![5]]
         );
         let (_d, dev) = device(Some(2));
-        assert_eq!(dev.queues_per_thread(), vec![0b010111, 0b101000]);
+        assert_eq!(dev.shared.thread_queues, vec![vec![0, 1, 2, 4], vec![3, 5]]);
     }
 
     #[test]

@@ -5,9 +5,11 @@
 mod connection;
 mod control_queue;
 mod device;
+mod event_loop;
 mod inflight;
 mod queue;
 mod remote;
+mod session;
 mod shared;
 mod slot;
 mod socket;
@@ -18,12 +20,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use vhost::vhost_user::Listener;
-use vhost_user_backend::VhostUserDaemon;
+use std::os::unix::net::UnixStream;
+
+use vhost::vhost_user::{BackendReqHandler, Listener};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::epoll::EventSet;
 
 pub use device::ScsiDevice;
+use session::FrontendSession;
 pub use socket::{SocketRemover, VhostSocket};
 
 use crate::backend::guest::GuestMem;
@@ -86,45 +89,46 @@ fn serve_one(
     let mem: GuestMem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
     let dev = ScsiDevice::new(cfg, luns, mem.clone())
         .map_err(|e| format!("cannot set up the device: {e}"))?;
-    let mut daemon = VhostUserDaemon::new("vscsid".into(), dev.clone(), mem)
-        .map_err(|e| format!("cannot create the vhost-user daemon: {e}"))?;
-    let handlers = daemon.get_epoll_handlers();
-    for (t, fd) in dev.ring_fds().into_iter().enumerate() {
-        if let Some(h) = handlers.get(t) {
-            h.register_listener(fd, EventSet::IN, dev.ring_token())
-                .map_err(|e| format!("cannot watch io_uring completions: {e}"))?;
-        }
-    }
-    if let Some(h) = handlers.first() {
-        use std::os::unix::io::AsRawFd;
-        h.register_listener(
-            dev.shared.tmf_event.as_raw_fd(),
-            EventSet::IN,
-            dev.tmf_token(),
-        )
-        .map_err(|e| format!("cannot watch task management wake-ups: {e}"))?;
-    }
-    *queue::lock(&current.0) = Some(dev.clone());
-    daemon
-        .start(listener)
+    let session = FrontendSession::new(dev.clone(), mem)
+        .map_err(|e| format!("cannot start the worker threads: {e}"))?;
+    let session = Arc::new(Mutex::new(session));
+    let stream = accept(listener)
         .map_err(|e| format!("cannot accept a connection on {}: {e}", socket.display()))?;
-    dev.shared.connection.attach(daemon.shutdown_handle());
+    let control = stream
+        .try_clone()
+        .map_err(|e| format!("cannot keep the connection: {e}"))?;
+    dev.shared.connection.attach(control);
+    *queue::lock(&current.0) = Some(dev.clone());
     tracing::info!("frontend connected");
-    let result = daemon.wait();
-    for h in daemon.get_epoll_handlers() {
-        h.send_exit_event();
-    }
+    let mut handler = BackendReqHandler::from_stream(stream, session.clone());
+    let result = loop {
+        if let Err(e) = handler.handle_request() {
+            break e;
+        }
+    };
+    queue::lock(&session).stop_threads();
     *queue::lock(&current.0) = None;
-    drop(daemon);
-    dev.close_leaked_exit_fds();
+    drop(handler);
+    drop(session);
     // Before the next connection: the LUNs must not count this one's commands forever.
     let _abandoned = dev.abandon_commands();
     match result {
-        Ok(())
-        | Err(vhost_user_backend::Error::HandleRequest(
-            vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
-        )) => tracing::info!("frontend disconnected"),
-        Err(e) => tracing::warn!("connection ended: {e}"),
+        vhost::vhost_user::Error::Disconnected
+        | vhost::vhost_user::Error::PartialMessage
+        | vhost::vhost_user::Error::SocketBroken(_) => tracing::info!("frontend disconnected"),
+        e if dev.shared.connection.is_dropped() => tracing::info!("connection dropped: {e}"),
+        e => tracing::warn!("connection ended: {e}"),
     }
     Ok(())
+}
+
+/// Waits for the next frontend (the listener is blocking; a spurious wake-up retries).
+fn accept(listener: &mut Listener) -> std::io::Result<UnixStream> {
+    loop {
+        match listener.accept() {
+            Ok(Some(s)) => return Ok(s),
+            Ok(None) => continue,
+            Err(e) => return Err(std::io::Error::other(e.to_string())),
+        }
+    }
 }

@@ -3,7 +3,6 @@
 
 use std::sync::{Mutex, MutexGuard};
 
-use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
 
 use crate::backend::guest::MemGuard;

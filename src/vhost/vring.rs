@@ -1,185 +1,188 @@
-//! The device's virtqueue type: vhost-user-backend's `VringRwLock`, with one check the
-//! crates leave out. A queue size that is not a power of two (SET_VRING_NUM) is invalid in
-//! a split virtqueue; virtio-queue only logs it and keeps its previous size, so the device
-//! would read the guest's rings with a size the guest does not use. Here the size is
-//! refused and remembered, and the device drops the connection instead of serving it.
+//! One virtqueue as the device keeps it: the split ring (virtio-queue's `Queue`, which
+//! reads and writes it in guest memory), the eventfds the frontend gave for kicks and
+//! calls, and the two switches of the vhost-user protocol: started (a kick fd arrived,
+//! until GET_VRING_BASE) and enabled (SET_VRING_ENABLE). Served only while both are on.
 
 use std::fs::File;
-use std::io;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, RwLockReadGuard, RwLockWriteGuard};
+use std::io::{self, Read, Write};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use vhost_user_backend::{VringRwLock, VringState, VringStateGuard, VringStateMutGuard, VringT};
-use virtio_queue::Error as VirtQueError;
+use virtio_queue::{Error as QueueError, Queue, QueueT};
+use vm_memory::{GuestAddress, GuestAddressSpace};
 
 use crate::backend::guest::GuestMem;
 
-/// One virtqueue of the device.
-#[derive(Clone)]
-pub struct Vring {
-    inner: VringRwLock<GuestMem>,
-    /// The last size the frontend asked for that a split virtqueue cannot have (0: none).
-    refused_size: Arc<AtomicU32>,
+/// Whether a split virtqueue may have `num` entries (virtio 1.2, 2.7: a power of two, at
+/// most 32768) within the device's maximum.
+pub fn valid_queue_size(num: u32, max: u16) -> bool {
+    num.is_power_of_two() && num <= u32::from(max)
 }
+
+pub struct VringState {
+    queue: Queue,
+    kick: Option<File>,
+    call: Option<File>,
+    enabled: bool,
+    mem: GuestMem,
+}
+
+impl VringState {
+    pub fn get_queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    pub fn get_queue_mut(&mut self) -> &mut Queue {
+        &mut self.queue
+    }
+
+    /// Whether the ring is to be served: started by the frontend and enabled.
+    pub fn is_live(&self) -> bool {
+        self.queue.ready() && self.enabled
+    }
+
+    pub fn kick(&self) -> Option<&File> {
+        self.kick.as_ref()
+    }
+}
+
+/// One virtqueue, shared by the protocol thread and the worker that serves it.
+#[derive(Clone)]
+pub struct Vring(Arc<RwLock<VringState>>);
 
 impl Vring {
-    /// The invalid size the frontend set for this queue, if it did.
-    pub fn refused_size(&self) -> Option<u32> {
-        match self.refused_size.load(Ordering::Acquire) {
-            0 => None,
-            n => Some(n),
-        }
-    }
-}
-
-/// Whether a split virtqueue may have `num` entries (virtio 1.2, 2.7: a power of two, at
-/// most 32768).
-pub fn valid_queue_size(num: u16) -> bool {
-    num.is_power_of_two()
-}
-
-impl<'a> VringStateGuard<'a, GuestMem> for Vring {
-    type G = RwLockReadGuard<'a, VringState<GuestMem>>;
-}
-
-impl<'a> VringStateMutGuard<'a, GuestMem> for Vring {
-    type G = RwLockWriteGuard<'a, VringState<GuestMem>>;
-}
-
-impl VringT<GuestMem> for Vring {
-    fn new(mem: GuestMem, max_queue_size: u16) -> Result<Self, VirtQueError> {
-        Ok(Vring {
-            inner: VringRwLock::new(mem, max_queue_size)?,
-            refused_size: Arc::new(AtomicU32::new(0)),
-        })
+    pub fn new(mem: GuestMem, max_size: u16) -> Result<Vring, QueueError> {
+        Ok(Vring(Arc::new(RwLock::new(VringState {
+            queue: Queue::new(max_size)?,
+            kick: None,
+            call: None,
+            enabled: false,
+            mem,
+        }))))
     }
 
-    fn get_ref(&self) -> RwLockReadGuard<'_, VringState<GuestMem>> {
-        self.inner.get_ref()
+    // A panic while holding the lock leaves the ring state consistent (every update is one
+    // statement), so a poisoned lock is taken as it is.
+    pub fn get_ref(&self) -> RwLockReadGuard<'_, VringState> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn get_mut(&self) -> RwLockWriteGuard<'_, VringState<GuestMem>> {
-        self.inner.get_mut()
+    pub fn get_mut(&self) -> RwLockWriteGuard<'_, VringState> {
+        self.0.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn add_used(&self, desc_index: u16, len: u32) -> Result<(), VirtQueError> {
-        self.inner.add_used(desc_index, len)
+    /// Puts a used entry on the ring.
+    pub fn add_used(&self, head: u16, len: u32) -> Result<(), QueueError> {
+        let mut st = self.get_mut();
+        let mem = st.mem.memory();
+        st.queue.add_used(&*mem, head, len)
     }
 
-    fn signal_used_queue(&self) -> io::Result<()> {
-        self.inner.signal_used_queue()
-    }
-
-    fn enable_notification(&self) -> Result<bool, VirtQueError> {
-        self.inner.enable_notification()
-    }
-
-    fn disable_notification(&self) -> Result<(), VirtQueError> {
-        self.inner.disable_notification()
-    }
-
-    fn needs_notification(&self) -> Result<bool, VirtQueError> {
-        self.inner.needs_notification()
-    }
-
-    fn set_enabled(&self, enabled: bool) {
-        self.inner.set_enabled(enabled)
-    }
-
-    fn set_queue_info(
-        &self,
-        desc_table: u64,
-        avail_ring: u64,
-        used_ring: u64,
-    ) -> Result<(), VirtQueError> {
-        self.inner.set_queue_info(desc_table, avail_ring, used_ring)
-    }
-
-    fn queue_next_avail(&self) -> u16 {
-        self.inner.queue_next_avail()
-    }
-
-    fn set_queue_next_avail(&self, base: u16) {
-        self.inner.set_queue_next_avail(base)
-    }
-
-    fn set_queue_next_used(&self, idx: u16) {
-        self.inner.set_queue_next_used(idx)
-    }
-
-    fn queue_used_idx(&self) -> Result<u16, VirtQueError> {
-        self.inner.queue_used_idx()
-    }
-
-    fn set_queue_size(&self, num: u16) {
-        if valid_queue_size(num) {
-            self.refused_size.store(0, Ordering::Release);
-            self.inner.set_queue_size(num);
-        } else {
-            tracing::error!(
-                size = num,
-                "refusing a virtqueue size that is not a power of two"
-            );
-            self.refused_size.store(u32::from(num), Ordering::Release);
+    /// Interrupts the guest (writes the call eventfd), if the frontend gave one.
+    pub fn signal_used_queue(&self) -> io::Result<()> {
+        match self.get_ref().call.as_ref() {
+            Some(mut f) => f.write_all(&1u64.to_ne_bytes()),
+            None => Ok(()),
         }
     }
 
-    fn set_queue_event_idx(&self, enabled: bool) {
-        self.inner.set_queue_event_idx(enabled)
+    pub fn enable_notification(&self) -> Result<bool, QueueError> {
+        let mut st = self.get_mut();
+        let mem = st.mem.memory();
+        st.queue.enable_notification(&*mem)
     }
 
-    fn set_queue_ready(&self, ready: bool) {
-        self.inner.set_queue_ready(ready)
+    pub fn disable_notification(&self) -> Result<(), QueueError> {
+        let mut st = self.get_mut();
+        let mem = st.mem.memory();
+        st.queue.disable_notification(&*mem)
     }
 
-    fn set_kick(&self, file: Option<File>) {
-        self.inner.set_kick(file)
+    pub fn needs_notification(&self) -> Result<bool, QueueError> {
+        let mut st = self.get_mut();
+        let mem = st.mem.memory();
+        st.queue.needs_notification(&*mem)
     }
 
-    fn read_kick(&self) -> io::Result<bool> {
-        self.inner.read_kick()
+    /// Consumes a kick; returns whether the ring is to be served.
+    pub fn read_kick(&self) -> bool {
+        let st = self.get_ref();
+        if let Some(mut f) = st.kick.as_ref() {
+            let mut buf = [0u8; 8];
+            let _ = f.read(&mut buf);
+        }
+        st.is_live()
     }
 
-    fn set_call(&self, file: Option<File>) {
-        self.inner.set_call(file)
+    // --- What the protocol thread sets ---
+
+    pub fn set_size(&self, num: u16) {
+        self.get_mut().queue.set_size(num);
     }
 
-    fn set_err(&self, file: Option<File>) {
-        self.inner.set_err(file)
+    pub fn set_event_idx(&self, on: bool) {
+        self.get_mut().queue.set_event_idx(on);
+    }
+
+    pub fn set_enabled(&self, on: bool) {
+        self.get_mut().enabled = on;
+    }
+
+    pub fn set_ready(&self, on: bool) {
+        self.get_mut().queue.set_ready(on);
+    }
+
+    /// Sets the ring's three addresses (guest physical) and takes the used index the guest
+    /// sees as the device's own: after a guest driver restart it is 0 again.
+    pub fn set_addresses(&self, desc: u64, avail: u64, used: u64) -> Result<(), QueueError> {
+        let mut st = self.get_mut();
+        let q = &mut st.queue;
+        q.try_set_desc_table_address(GuestAddress(desc))?;
+        q.try_set_avail_ring_address(GuestAddress(avail))?;
+        q.try_set_used_ring_address(GuestAddress(used))?;
+        let mem = st.mem.memory();
+        let idx = st
+            .queue
+            .used_idx(&*mem, std::sync::atomic::Ordering::Acquire)?;
+        st.queue.set_next_used(idx.0);
+        Ok(())
+    }
+
+    pub fn set_next_avail(&self, base: u16) {
+        self.get_mut().queue.set_next_avail(base);
+    }
+
+    pub fn next_avail(&self) -> u16 {
+        self.get_ref().queue.next_avail()
+    }
+
+    pub fn set_kick(&self, f: Option<File>) {
+        self.get_mut().kick = f;
+    }
+
+    pub fn set_call(&self, f: Option<File>) {
+        self.get_mut().call = f;
+    }
+
+    pub fn has_kick(&self) -> bool {
+        self.get_ref().kick.is_some()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.get_ref().queue.ready()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use virtio_queue::QueueT;
-    use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
-
-    fn vring() -> Vring {
-        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
-        Vring::new(mem, 256).expect("vring")
-    }
 
     #[test]
-    fn power_of_two_sizes_are_taken() {
-        let v = vring();
-        v.set_queue_size(64);
-        assert_eq!(v.get_ref().get_queue().size(), 64);
-        assert_eq!(v.refused_size(), None);
-    }
-
-    #[test]
-    fn other_sizes_are_refused_and_remembered() {
-        let v = vring();
-        v.set_queue_size(64);
-        v.set_queue_size(100);
-        assert_eq!(v.refused_size(), Some(100));
-        assert_eq!(
-            v.get_ref().get_queue().size(),
-            64,
-            "the ring keeps its size"
-        );
-        v.set_queue_size(128);
-        assert_eq!(v.refused_size(), None, "a valid size set later clears it");
+    fn queue_sizes_must_be_powers_of_two_within_the_maximum() {
+        assert!(valid_queue_size(128, 1024));
+        assert!(valid_queue_size(1024, 1024));
+        assert!(valid_queue_size(1, 1024));
+        assert!(!valid_queue_size(100, 1024));
+        assert!(!valid_queue_size(0, 1024));
+        assert!(!valid_queue_size(2048, 1024));
     }
 }
