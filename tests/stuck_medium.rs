@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::ext4::{write_durably, Ext4};
@@ -67,22 +66,6 @@ fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// Whether the daemon has a write waiting in the kernel: the daemon's io_uring
-/// worker threads blocked on the frozen file system show up as tasks in D state.
-fn writes_waiting(d: &mut Daemon) -> bool {
-    let pid = d.child.id();
-    let tasks = Path::new("/proc").join(pid.to_string()).join("task");
-    std::fs::read_dir(tasks).is_ok_and(|ts| {
-        ts.filter_map(|t| t.ok()).any(|t| {
-            std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| {
-                s.rsplit(')')
-                    .next()
-                    .is_some_and(|r| r.trim_start().starts_with('D'))
-            })
-        })
-    })
-}
-
 #[test]
 fn a_connection_ending_with_stuck_writes_leaves_the_lun_usable() {
     let fs = Ext4::new();
@@ -101,7 +84,7 @@ fn a_connection_ending_with_stuck_writes_leaves_the_lun_usable() {
         wait_until(
             "writes never reached the kernel",
             Duration::from_secs(10),
-            || writes_waiting(&mut d),
+            || d.io_waiting_in_kernel(),
         );
         // The frontend goes away with the writes in flight.
     }
@@ -135,7 +118,7 @@ fn stick_a_write(fs: &Ext4, d: &mut Daemon, fe: &mut ScsiFrontend) {
     wait_until(
         "the write never reached the kernel",
         Duration::from_secs(10),
-        || writes_waiting(d),
+        || d.io_waiting_in_kernel(),
     );
 }
 

@@ -15,7 +15,8 @@ use std::sync::OnceLock;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 /// How many mappings are watched: a memory table has at most 8 regions (vhost-user without
-/// CONFIGURE_MEM_SLOTS); the oldest are forgotten first, and by then they are unmapped.
+/// CONFIGURE_MEM_SLOTS), plus the in-flight region; the oldest are forgotten first, and by
+/// then they are unmapped.
 const WATCHED: usize = 64;
 
 /// Watched mappings as `[start, end)` host addresses; `end == 0` marks a free or changing slot.
@@ -114,23 +115,25 @@ pub fn install() -> io::Result<()> {
     result.map_err(io::Error::from_raw_os_error)
 }
 
-/// Watches every region of `mem` (call before the daemon touches them, as far as the
-/// vhost-user library lets us: right after it installed a new memory table).
+/// Watches every region of `mem` (call before the daemon touches them).
 pub fn watch(mem: &GuestMemoryMmap<()>) {
     for region in mem.iter() {
-        let start = region.as_ptr() as usize;
-        let Some(end) = usize::try_from(region.len())
-            .ok()
-            .and_then(|l| start.checked_add(l))
-        else {
-            continue;
-        };
-        let slot = NEXT_SLOT.fetch_add(1, Ordering::AcqRel) % WATCHED;
-        // A reader sees the slot empty (end 0) or whole, never a start with a stale end.
-        ENDS[slot].store(0, Ordering::Release);
-        STARTS[slot].store(start, Ordering::Release);
-        ENDS[slot].store(end, Ordering::Release);
+        if let Ok(len) = usize::try_from(region.len()) {
+            watch_range(region.as_ptr() as usize, len);
+        }
     }
+}
+
+/// Watches one shared mapping of a file the frontend owns, `len` bytes at `start`.
+pub fn watch_range(start: usize, len: usize) {
+    let Some(end) = start.checked_add(len) else {
+        return;
+    };
+    let slot = NEXT_SLOT.fetch_add(1, Ordering::AcqRel) % WATCHED;
+    // A reader sees the slot empty (end 0) or whole, never a start with a stale end.
+    ENDS[slot].store(0, Ordering::Release);
+    STARTS[slot].store(start, Ordering::Release);
+    ENDS[slot].store(end, Ordering::Release);
 }
 
 /// How many guest pages were replaced after a SIGBUS since the process started.

@@ -2,14 +2,14 @@
 //! vhost-user-scsi, and queue set-up and teardown.
 
 use std::fs::File;
-use std::os::unix::io::FromRawFd;
+use std::os::unix::io::{AsRawFd, FromRawFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::message::{VhostUserInflight, VhostUserProtocolFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::vring::SplitQueue;
 use super::FrontendMemory;
@@ -37,6 +37,9 @@ pub struct ConnectOptions {
     pub queue_size: u16,
     pub event_idx: bool,
     pub connect_timeout: Duration,
+    /// Ask for an in-flight region (INFLIGHT_SHMFD) and hand it to every daemon this
+    /// frontend connects to, as QEMU 8.2+ does.
+    pub inflight: bool,
 }
 
 impl Default for ConnectOptions {
@@ -47,6 +50,7 @@ impl Default for ConnectOptions {
             queue_size: 128,
             event_idx: true,
             connect_timeout: Duration::from_secs(10),
+            inflight: false,
         }
     }
 }
@@ -57,6 +61,8 @@ pub struct Connection {
     pub mem: FrontendMemory,
     pub queues: Vec<SplitQueue>,
     pub features: u64,
+    /// The in-flight region the daemon gave, kept for the next daemon.
+    pub inflight: Option<(VhostUserInflight, File)>,
     next_free: u64,
 }
 
@@ -65,39 +71,82 @@ const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
 const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 
+/// Connects to `socket`, retrying until it appears (bounded).
+fn open(socket: &Path, opts: &ConnectOptions) -> Result<Frontend, FrontendError> {
+    let deadline = Instant::now() + opts.connect_timeout;
+    loop {
+        match Frontend::connect(socket, u64::from(opts.queues)) {
+            Ok(f) => return Ok(f),
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                return Err(FrontendError::Connect(
+                    socket.display().to_string(),
+                    e.to_string(),
+                ))
+            }
+        }
+    }
+}
+
 impl Connection {
     /// Connects to `socket` (retrying until it appears, bounded) and starts `opts.queues`
     /// queues the way QEMU does.
     pub fn connect(socket: &Path, opts: &ConnectOptions) -> Result<Connection, FrontendError> {
-        let deadline = Instant::now() + opts.connect_timeout;
-        let mut frontend = loop {
-            match Frontend::connect(socket, u64::from(opts.queues)) {
-                Ok(f) => break f,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => {
-                    return Err(FrontendError::Connect(
-                        socket.display().to_string(),
-                        e.to_string(),
-                    ))
-                }
-            }
-        };
+        let frontend = open(socket, opts)?;
         let mem = memfd_memory(opts.memory_size)?;
+        let mut conn = Connection {
+            frontend,
+            mem,
+            queues: Vec::new(),
+            features: 0,
+            inflight: None,
+            next_free: 0x1000,
+        };
+        conn.handshake(opts)?;
+        let event_idx = conn.features & VIRTIO_RING_F_EVENT_IDX != 0;
+        for _ in 0..opts.queues {
+            let base = conn.alloc(SplitQueue::footprint(opts.queue_size), 4096)?;
+            let queue = SplitQueue::new(&conn.mem, base, opts.queue_size, event_idx)
+                .map_err(|e| FrontendError::Memory(e.to_string()))?;
+            conn.queues.push(queue);
+        }
+        conn.start_queues(opts)?;
+        Ok(conn)
+    }
 
+    /// Connects again, to a daemon restarted on `socket`, with the same guest memory,
+    /// rings and in-flight region, as QEMU does when its backend comes back: each ring
+    /// resumes from the used index in guest memory (QEMU cannot ask a dead backend).
+    pub fn reattach(&mut self, socket: &Path, opts: &ConnectOptions) -> Result<(), FrontendError> {
+        self.frontend = open(socket, opts)?;
+        self.handshake(opts)?;
+        self.start_queues(opts)
+    }
+
+    /// Features, protocol features, owner, memory table and in-flight region.
+    fn handshake(&mut self, opts: &ConnectOptions) -> Result<(), FrontendError> {
+        let frontend = &mut self.frontend;
         let offered = frontend.get_features().map_err(proto)?;
         let mut wanted =
             VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC | VHOST_USER_F_PROTOCOL_FEATURES;
         if opts.event_idx {
             wanted |= VIRTIO_RING_F_EVENT_IDX;
         }
-        let features = offered & wanted;
+        self.features = offered & wanted;
         let pf = frontend.get_protocol_features().map_err(proto)?;
-        frontend
-            .set_protocol_features(pf & VhostUserProtocolFeatures::MQ)
-            .map_err(proto)?;
+        let mut acked = pf & VhostUserProtocolFeatures::MQ;
+        if opts.inflight {
+            if !pf.contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD) {
+                return Err(FrontendError::Protocol(
+                    "the backend offers no in-flight region".into(),
+                ));
+            }
+            acked |= VhostUserProtocolFeatures::INFLIGHT_SHMFD;
+        }
+        frontend.set_protocol_features(acked).map_err(proto)?;
         let max = frontend.get_queue_num().map_err(proto)?;
         if u64::from(opts.queues) > max {
             return Err(FrontendError::Protocol(format!(
@@ -106,51 +155,61 @@ impl Connection {
             )));
         }
         frontend.set_owner().map_err(proto)?;
-        frontend.set_features(features).map_err(proto)?;
-        let regions: Vec<VhostUserMemoryRegionInfo> = mem
+        frontend.set_features(self.features).map_err(proto)?;
+        let regions: Vec<VhostUserMemoryRegionInfo> = self
+            .mem
             .iter()
             .map(VhostUserMemoryRegionInfo::from_guest_region)
             .collect::<Result<_, _>>()
             .map_err(proto)?;
         frontend.set_mem_table(&regions).map_err(proto)?;
+        if opts.inflight {
+            if self.inflight.is_none() {
+                let want = VhostUserInflight {
+                    num_queues: opts.queues,
+                    queue_size: opts.queue_size,
+                    ..Default::default()
+                };
+                self.inflight = Some(frontend.get_inflight_fd(&want).map_err(proto)?);
+            }
+            if let Some((info, file)) = &self.inflight {
+                frontend
+                    .set_inflight_fd(info, file.as_raw_fd())
+                    .map_err(proto)?;
+            }
+        }
+        Ok(())
+    }
 
-        let mut conn = Connection {
-            frontend,
-            mem,
-            queues: Vec::new(),
-            features,
-            next_free: 0x1000,
-        };
-        let event_idx = features & VIRTIO_RING_F_EVENT_IDX != 0;
-        for q in 0..usize::from(opts.queues) {
-            let base = conn.alloc(SplitQueue::footprint(opts.queue_size), 4096)?;
-            let queue = SplitQueue::new(&conn.mem, base, opts.queue_size, event_idx)
-                .map_err(|e| FrontendError::Memory(e.to_string()))?;
-            let host = |gpa: u64| conn.host_address(gpa);
+    /// Sets every queue up and starts it, from the used index its ring holds.
+    fn start_queues(&mut self, opts: &ConnectOptions) -> Result<(), FrontendError> {
+        for q in 0..self.queues.len() {
+            let (desc, avail, used, size) = {
+                let v = &self.queues[q];
+                (v.desc, v.avail, v.used, v.size)
+            };
             let cfg = VringConfigData {
                 queue_max_size: opts.queue_size,
-                queue_size: opts.queue_size,
+                queue_size: size,
                 flags: 0,
-                desc_table_addr: host(queue.desc)?,
-                used_ring_addr: host(queue.used)?,
-                avail_ring_addr: host(queue.avail)?,
+                desc_table_addr: self.host_address(desc)?,
+                used_ring_addr: self.host_address(used)?,
+                avail_ring_addr: self.host_address(avail)?,
                 log_addr: None,
             };
-            conn.frontend
-                .set_vring_num(q, opts.queue_size)
-                .map_err(proto)?;
-            conn.frontend.set_vring_addr(q, &cfg).map_err(proto)?;
-            conn.frontend.set_vring_base(q, 0).map_err(proto)?;
-            conn.frontend
-                .set_vring_call(q, &queue.call)
-                .map_err(proto)?;
-            conn.frontend
-                .set_vring_kick(q, &queue.kick)
-                .map_err(proto)?;
-            conn.frontend.set_vring_enable(q, true).map_err(proto)?;
-            conn.queues.push(queue);
+            let base: u16 = self
+                .mem
+                .read_obj(GuestAddress(used + 2))
+                .map_err(|e| FrontendError::Memory(e.to_string()))?;
+            let f = &mut self.frontend;
+            f.set_vring_num(q, size).map_err(proto)?;
+            f.set_vring_addr(q, &cfg).map_err(proto)?;
+            f.set_vring_base(q, base).map_err(proto)?;
+            f.set_vring_call(q, &self.queues[q].call).map_err(proto)?;
+            f.set_vring_kick(q, &self.queues[q].kick).map_err(proto)?;
+            f.set_vring_enable(q, true).map_err(proto)?;
         }
-        Ok(conn)
+        Ok(())
     }
 
     /// Reserves `len` bytes of guest memory aligned to `align`; returns the guest address.

@@ -162,8 +162,8 @@ pub fn run(a: &Args) -> Result<String, String> {
         memory_size: mem_size as usize,
         queues: total_queues as u16,
         queue_size,
-        event_idx: true,
         connect_timeout: Duration::from_secs(10),
+        ..ConnectOptions::default()
     };
     let mut conn = Connection::connect(&a.socket, &opts).map_err(|e| e.to_string())?;
     let mut slots = Vec::new();

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
 
 use super::queue::{avail_ring_is_corrupt, lock, signal, Vring};
@@ -99,16 +98,14 @@ impl PendingTmfs {
         loop {
             let _ = vring.disable_notification();
             loop {
-                let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(&*mem);
-                let Some(chain) = chain else {
+                let mut parsed = ParsedChain::new();
+                if !vring.pop_chain(&mem, &mut parsed) {
                     if avail_ring_is_corrupt(vring, &mem) {
                         sh.mark_broken(queue);
                         return;
                     }
                     break;
-                };
-                let mut parsed = ParsedChain::new();
-                parsed.parse(chain);
+                }
                 if let Some(used) = self.handle(sh, workers, parsed, vpos, &mem) {
                     let _ = vring.add_used(used.0, used.1);
                     answered = true;

@@ -195,7 +195,9 @@ impl ScsiDevice {
     pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
         // Not CONFIG: QEMU builds a vhost-user-scsi device's config space from its own
         // properties, never asks for ours, and warns at every start when it is offered.
-        VhostUserProtocolFeatures::MQ
+        // INFLIGHT_SHMFD: the frontend keeps a record of what is in flight across
+        // restarts of the daemon (QEMU 8.2+ for vhost-user-scsi).
+        VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::INFLIGHT_SHMFD
     }
 
     /// The config space for a frontend that asks (GET_CONFIG); QEMU does not, and CONFIG is

@@ -7,6 +7,7 @@ mod control_queue;
 mod device;
 mod event_loop;
 mod inflight;
+mod inflight_region;
 mod queue;
 mod remote;
 mod session;

@@ -8,6 +8,7 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::io::AsRawFd;
+use std::sync::Arc;
 
 use vhost::vhost_user::message::{
     VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight,
@@ -21,6 +22,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 use super::device::ScsiDevice;
 use super::event_loop::QueueThread;
+use super::inflight_region::InflightRegion;
 use super::vring::{valid_queue_size, Vring};
 use crate::backend::guest::GuestMem;
 use crate::backend::guest_fault;
@@ -50,6 +52,8 @@ pub struct FrontendSession {
     owned: bool,
     acked_features: u64,
     acked_protocol_features: u64,
+    /// The frontend's in-flight region (INFLIGHT_SHMFD), kept across its reconnects.
+    inflight: Option<Arc<InflightRegion>>,
 }
 
 fn internal<E: std::fmt::Display>(e: E) -> ProtocolError {
@@ -95,6 +99,7 @@ impl FrontendSession {
             owned: false,
             acked_features: 0,
             acked_protocol_features: 0,
+            inflight: None,
         })
     }
 
@@ -130,9 +135,20 @@ impl FrontendSession {
     }
 
     /// A ring starts when it has a kick (and the frontend set the call first or not at all).
+    /// With an in-flight region, what a previous device left in flight is served first.
     fn start_if_ready(&self, index: u32) -> ProtocolResult<()> {
         let vring = self.vring(index)?;
         if !vring.is_ready() && vring.has_kick() {
+            if let (Some(region), Ok(q)) = (&self.inflight, u16::try_from(index)) {
+                let n = vring.attach_inflight(region, q);
+                if n > 0 {
+                    tracing::info!(
+                        queue = index,
+                        commands = n,
+                        "serving again what was in flight"
+                    );
+                }
+            }
             vring.set_ready(true);
             self.update_watch(index)?;
         }
@@ -379,19 +395,54 @@ impl VhostUserBackendReqHandlerMut for FrontendSession {
         Err(UNSUPPORTED)
     }
 
+    /// A new in-flight region for the frontend to keep (it hands it back to every device
+    /// it connects to, after a restart too).
     fn get_inflight_fd(
         &mut self,
-        _inflight: &VhostUserInflight,
+        want: &VhostUserInflight,
     ) -> ProtocolResult<(VhostUserInflight, File)> {
-        Err(UNSUPPORTED)
+        if usize::from(want.num_queues) > self.vrings.len()
+            || want.queue_size > self.device.max_queue_size()
+        {
+            return Err(ProtocolError::InvalidParam);
+        }
+        let (region, file) =
+            InflightRegion::create(want.num_queues, want.queue_size).map_err(internal)?;
+        let size = file
+            .metadata()
+            .map_err(ProtocolError::ReqHandlerError)?
+            .len();
+        self.inflight = Some(region);
+        let reply = VhostUserInflight {
+            mmap_size: size,
+            mmap_offset: 0,
+            num_queues: want.num_queues,
+            queue_size: want.queue_size,
+        };
+        Ok((reply, file))
     }
 
-    fn set_inflight_fd(
-        &mut self,
-        _inflight: &VhostUserInflight,
-        _file: File,
-    ) -> ProtocolResult<()> {
-        Err(UNSUPPORTED)
+    fn set_inflight_fd(&mut self, given: &VhostUserInflight, file: File) -> ProtocolResult<()> {
+        let region = InflightRegion::open(
+            &file,
+            given.mmap_offset,
+            given.mmap_size,
+            given.num_queues,
+            given.queue_size,
+        );
+        match region {
+            Ok(r) => {
+                self.inflight = Some(r);
+                Ok(())
+            }
+            Err(e) => {
+                self.device
+                    .shared
+                    .connection
+                    .drop_connection(&e.to_string());
+                Err(internal(e))
+            }
+        }
     }
 
     fn get_max_mem_slots(&mut self) -> ProtocolResult<u64> {

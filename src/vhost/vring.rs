@@ -3,6 +3,7 @@
 //! calls, and the two switches of the vhost-user protocol: started (a kick fd arrived,
 //! until GET_VRING_BASE) and enabled (SET_VRING_ENABLE). Served only while both are on.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -10,7 +11,9 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use virtio_queue::{Error as QueueError, Queue, QueueT};
 use vm_memory::{GuestAddress, GuestAddressSpace};
 
-use crate::backend::guest::GuestMem;
+use super::inflight_region::{InflightQueue, InflightRegion};
+use crate::backend::guest::{GuestMem, Mem};
+use crate::virtio::ParsedChain;
 
 /// Whether a split virtqueue may have `num` entries (virtio 1.2, 2.7: a power of two, at
 /// most 32768) within the device's maximum.
@@ -24,6 +27,10 @@ pub struct VringState {
     call: Option<File>,
     enabled: bool,
     mem: GuestMem,
+    /// This ring's part of the in-flight region, when the frontend gave one.
+    inflight: Option<InflightQueue>,
+    /// Heads a previous device left in flight, served before the available ring.
+    resubmit: VecDeque<u16>,
 }
 
 impl VringState {
@@ -57,6 +64,8 @@ impl Vring {
             call: None,
             enabled: false,
             mem,
+            inflight: None,
+            resubmit: VecDeque::new(),
         }))))
     }
 
@@ -70,11 +79,80 @@ impl Vring {
         self.0.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Puts a used entry on the ring.
+    /// Takes the next chain to serve into `into`: first what a previous device left in
+    /// flight (in the order it was taken), then the available ring. Recorded in the
+    /// in-flight region before it is served. False when there is nothing to take.
+    pub fn pop_chain(&self, mem: &Mem, into: &mut ParsedChain) -> bool {
+        let mut st = self.get_mut();
+        let head = match st.resubmit.pop_front() {
+            Some(h) => h,
+            None => {
+                let Some(chain) = st.queue.pop_descriptor_chain(mem) else {
+                    return false;
+                };
+                let h = chain.head_index();
+                if let Some(inf) = st.inflight.as_mut() {
+                    inf.taken(h);
+                }
+                h
+            }
+        };
+        let table = GuestAddress(st.queue.desc_table());
+        into.parse_from(mem, table, st.queue.size(), head);
+        true
+    }
+
+    /// Puts a used entry on the ring, recording it in the in-flight region around it.
     pub fn add_used(&self, head: u16, len: u32) -> Result<(), QueueError> {
         let mut st = self.get_mut();
         let mem = st.mem.memory();
-        st.queue.add_used(&*mem, head, len)
+        if let Some(inf) = &st.inflight {
+            inf.returning(head);
+        }
+        st.queue.add_used(&*mem, head, len)?;
+        let used = st.queue.next_used();
+        if let Some(inf) = &st.inflight {
+            inf.returned(head, used);
+        }
+        Ok(())
+    }
+
+    /// Attaches queue `index` of the frontend's in-flight region as the ring starts: the
+    /// heads still in flight are queued for serving again, and the available index
+    /// resumes after them. Returns how many there are.
+    pub fn attach_inflight(&self, region: &Arc<InflightRegion>, index: u16) -> usize {
+        let mut st = self.get_mut();
+        let size = st.queue.size();
+        let Some(mut q) = InflightQueue::new(region, index, size) else {
+            tracing::warn!(
+                queue = index,
+                size,
+                "the in-flight region does not cover this ring; it is not tracked"
+            );
+            st.inflight = None;
+            return 0;
+        };
+        let used = st.queue.next_used();
+        let pending = q.recover(used);
+        // Every head taken either reached the used ring or is still in flight.
+        let next_avail = used.wrapping_add(pending.len() as u16);
+        if next_avail != st.queue.next_avail() {
+            tracing::info!(
+                queue = index,
+                from = st.queue.next_avail(),
+                to = next_avail,
+                "available index taken from the in-flight region"
+            );
+        }
+        st.queue.set_next_avail(next_avail);
+        st.resubmit = pending.into();
+        st.inflight = Some(q);
+        st.resubmit.len()
+    }
+
+    /// Whether this ring records its heads in an in-flight region.
+    pub fn tracks_inflight(&self) -> bool {
+        self.get_ref().inflight.is_some()
     }
 
     /// Interrupts the guest (writes the call eventfd), if the frontend gave one.

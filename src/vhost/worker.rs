@@ -9,7 +9,6 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 
-use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
 
 use super::queue::{avail_ring_is_corrupt, signal, signal_marked, Vring};
@@ -168,17 +167,16 @@ impl Worker {
                     self.throttled = true;
                     break 'outer;
                 };
-                let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(&*mem);
-                let Some(chain) = chain else {
+                let slot = &mut self.slots[id];
+                if !vring.pop_chain(&mem, &mut slot.chain) {
                     self.free.push(id);
                     if avail_ring_is_corrupt(vring, &mem) {
                         sh.mark_broken(queue);
                         break 'outer;
                     }
                     break;
-                };
+                }
                 let slot = &mut self.slots[id];
-                slot.chain.parse(chain);
                 slot.vring = vpos;
                 slot.queue = queue;
                 slot.epoch = sh.epoch(queue);

@@ -20,6 +20,9 @@ pub struct Daemon {
     pub child: Child,
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
+    /// How it was started, to start it again.
+    command: Vec<std::ffi::OsString>,
+    env: Vec<(String, String)>,
 }
 
 /// One backing file: name, size in bytes, and the `--disk` options after the path.
@@ -37,8 +40,7 @@ impl Daemon {
     pub fn start_with_env(disks: &[Disk], extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("vscsid.sock");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vscsid"));
-        cmd.arg("--socket").arg(&socket);
+        let mut args: Vec<std::ffi::OsString> = vec!["--socket".into(), socket.clone().into()];
         for d in disks {
             let p = dir.path().join(d.name);
             if !p.exists() {
@@ -51,20 +53,53 @@ impl Daemon {
             } else {
                 format!("{},{}", p.display(), d.opts)
             };
-            cmd.arg("--disk").arg(spec);
+            args.push("--disk".into());
+            args.push(spec.into());
         }
-        cmd.args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .env("VSCSID_LOG", "warn")
-            .envs(env.iter().copied());
-        let child = cmd.spawn().expect("spawn vscsid");
+        args.extend(extra.iter().map(|a| a.into()));
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let child = spawn(&args, &env);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !socket.exists() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(socket.exists(), "vscsid did not create its socket");
-        Daemon { child, dir, socket }
+        Daemon {
+            child,
+            dir,
+            socket,
+            command: args,
+            env,
+        }
+    }
+
+    /// Starts the daemon again with the same command line, once the previous process has
+    /// ended (killed by the caller or not). The socket file of a dead daemon is stale:
+    /// the new one replaces it.
+    pub fn respawn(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn(&self.command, &self.env);
+    }
+
+    /// Whether the daemon has block I/O waiting in the kernel (a frozen file system): its
+    /// io_uring worker threads show up as tasks in D state.
+    pub fn io_waiting_in_kernel(&self) -> bool {
+        let tasks = Path::new("/proc")
+            .join(self.child.id().to_string())
+            .join("task");
+        std::fs::read_dir(tasks).is_ok_and(|ts| {
+            ts.filter_map(|t| t.ok()).any(|t| {
+                std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .is_some_and(|r| r.trim_start().starts_with('D'))
+                })
+            })
+        })
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -97,6 +132,17 @@ impl Daemon {
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+}
+
+fn spawn(args: &[std::ffi::OsString], env: &[(String, String)]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_vscsid"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .env("VSCSID_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .spawn()
+        .expect("spawn vscsid")
 }
 
 impl Drop for Daemon {
