@@ -59,6 +59,10 @@ struct Cli {
     /// once; at most 1024). Larger batches save system calls at some latency.
     #[arg(long, value_name = "N")]
     submit_batch: Option<i64>,
+    /// How long stopping a queue waits for its commands, in milliseconds [default: 10000;
+    /// at most 60000]. QEMU waits as long; see README "Lifecycle".
+    #[arg(long, value_name = "MS")]
+    stop_timeout_ms: Option<i64>,
 }
 
 /// Positions of the --disk and --iscsi values on the command line.
@@ -101,6 +105,10 @@ fn build_config(cli: Cli, order: LunOrder) -> Result<Config, String> {
     if let Some(n) = cli.submit_batch {
         cfg.submit_batch =
             vscsid::config::check_submit_batch(n, "--submit-batch").map_err(|e| e.0)?;
+    }
+    if let Some(n) = cli.stop_timeout_ms {
+        cfg.stop_timeout_ms =
+            vscsid::config::check_stop_timeout_ms(n, "--stop-timeout-ms").map_err(|e| e.0)?;
     }
     // --disk and --iscsi LUNs are numbered in command-line order.
     let mut specs: Vec<(usize, Shorthand, &String)> = Vec::new();

@@ -25,6 +25,7 @@ struct RawDaemon {
     reconnect: Option<bool>,
     poll_us: Option<i64>,
     submit_batch: Option<i64>,
+    stop_timeout_ms: Option<i64>,
     initiator_name: Option<String>,
 }
 
@@ -109,6 +110,9 @@ pub fn parse_config_text(text: &str) -> Result<Config, ConfigError> {
     }
     if let Some(n) = d.submit_batch {
         cfg.submit_batch = super::check_submit_batch(n, "daemon.submit_batch")?;
+    }
+    if let Some(n) = d.stop_timeout_ms {
+        cfg.stop_timeout_ms = super::check_stop_timeout_ms(n, "daemon.stop_timeout_ms")?;
     }
     cfg.initiator_name = d.initiator_name;
     for (i, l) in raw.lun.into_iter().enumerate() {

@@ -40,6 +40,24 @@ pub fn check_poll_us(n: i64, field: &str) -> Result<u32, ConfigError> {
         })
 }
 
+/// How long stopping a queue (GET_VRING_BASE) waits for its commands by default: QEMU's
+/// main loop, and with it the VM, waits as long.
+pub const DEFAULT_STOP_TIMEOUT_MS: u32 = 10_000;
+/// Longest accepted stop wait.
+pub const MAX_STOP_TIMEOUT_MS: u32 = 60_000;
+
+/// Checks a queue stop wait in milliseconds.
+pub fn check_stop_timeout_ms(n: i64, field: &str) -> Result<u32, ConfigError> {
+    u32::try_from(n)
+        .ok()
+        .filter(|&v| v <= MAX_STOP_TIMEOUT_MS)
+        .ok_or_else(|| {
+            ConfigError(format!(
+                "{field}: {n} is out of range 0..={MAX_STOP_TIMEOUT_MS} milliseconds"
+            ))
+        })
+}
+
 /// Default I/Os gathered per io_uring submission: each one starts at once.
 pub const DEFAULT_SUBMIT_BATCH: u32 = 1;
 /// Largest submission batch: a virtqueue pass never queues more than a ring holds.
@@ -185,6 +203,11 @@ pub struct Config {
     /// latency where submitting is expensive (a virtual disk, one exit per kick); larger
     /// batches save system calls.
     pub submit_batch: u32,
+    /// How long stopping a queue waits for its commands (milliseconds). Commands still
+    /// running then are answered later only if the frontend keeps an in-flight region
+    /// (they are served again when the queue restarts); otherwise the guest never gets
+    /// their answer and retries them after its own timeout.
+    pub stop_timeout_ms: u32,
     /// iSCSI initiator name; derived from the host name when absent.
     pub initiator_name: Option<String>,
     pub luns: Vec<LunConfig>,
@@ -200,6 +223,7 @@ impl Default for Config {
             reconnect: false,
             poll_us: 0,
             submit_batch: DEFAULT_SUBMIT_BATCH,
+            stop_timeout_ms: DEFAULT_STOP_TIMEOUT_MS,
             initiator_name: None,
             luns: Vec::new(),
         }

@@ -184,31 +184,42 @@ impl Connection {
     /// Sets every queue up and starts it, from the used index its ring holds.
     fn start_queues(&mut self, opts: &ConnectOptions) -> Result<(), FrontendError> {
         for q in 0..self.queues.len() {
-            let (desc, avail, used, size) = {
-                let v = &self.queues[q];
-                (v.desc, v.avail, v.used, v.size)
-            };
-            let cfg = VringConfigData {
-                queue_max_size: opts.queue_size,
-                queue_size: size,
-                flags: 0,
-                desc_table_addr: self.host_address(desc)?,
-                used_ring_addr: self.host_address(used)?,
-                avail_ring_addr: self.host_address(avail)?,
-                log_addr: None,
-            };
+            let used = self.queues[q].used;
             let base: u16 = self
                 .mem
                 .read_obj(GuestAddress(used + 2))
                 .map_err(|e| FrontendError::Memory(e.to_string()))?;
-            let f = &mut self.frontend;
-            f.set_vring_num(q, size).map_err(proto)?;
-            f.set_vring_addr(q, &cfg).map_err(proto)?;
-            f.set_vring_base(q, base).map_err(proto)?;
-            f.set_vring_call(q, &self.queues[q].call).map_err(proto)?;
-            f.set_vring_kick(q, &self.queues[q].kick).map_err(proto)?;
-            f.set_vring_enable(q, true).map_err(proto)?;
+            self.start_queue(q, base, opts.queue_size)?;
         }
+        Ok(())
+    }
+
+    /// Sets queue `q` up and starts it with available index `base` (what GET_VRING_BASE
+    /// returned when it was stopped), as QEMU does.
+    pub fn start_queue(&mut self, q: usize, base: u16, max_size: u16) -> Result<(), FrontendError> {
+        let (desc, avail, used, size) = {
+            let v = self
+                .queues
+                .get(q)
+                .ok_or_else(|| FrontendError::Protocol(format!("no queue {q}")))?;
+            (v.desc, v.avail, v.used, v.size)
+        };
+        let cfg = VringConfigData {
+            queue_max_size: max_size,
+            queue_size: size,
+            flags: 0,
+            desc_table_addr: self.host_address(desc)?,
+            used_ring_addr: self.host_address(used)?,
+            avail_ring_addr: self.host_address(avail)?,
+            log_addr: None,
+        };
+        let f = &mut self.frontend;
+        f.set_vring_num(q, size).map_err(proto)?;
+        f.set_vring_addr(q, &cfg).map_err(proto)?;
+        f.set_vring_base(q, base).map_err(proto)?;
+        f.set_vring_call(q, &self.queues[q].call).map_err(proto)?;
+        f.set_vring_kick(q, &self.queues[q].kick).map_err(proto)?;
+        f.set_vring_enable(q, true).map_err(proto)?;
         Ok(())
     }
 

@@ -22,8 +22,6 @@ use crate::config::Config;
 use crate::lun::{Lun, LunTable, MAX_TRANSFER_BYTES};
 use crate::virtio::layout::{feature, CDB_SIZE, SENSE_SIZE};
 
-/// How long stopping a queue waits for its commands to complete.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the block I/O of an ended connection is waited for (a frozen file system can
 /// hold it indefinitely).
 const ABANDONED_IO_WAIT: Duration = Duration::from_secs(3600);
@@ -50,6 +48,8 @@ pub struct ScsiDevice {
     workers: Arc<[Arc<Mutex<Worker>>]>,
     num_request_queues: u16,
     queue_size: u16,
+    /// How long stopping a queue waits for its commands.
+    stop_timeout: Duration,
     tmfs: Arc<Mutex<PendingTmfs>>,
 }
 
@@ -83,6 +83,7 @@ impl ScsiDevice {
             workers: workers.into(),
             num_request_queues: n,
             queue_size: cfg.queue_size,
+            stop_timeout: Duration::from_millis(u64::from(cfg.stop_timeout_ms)),
             tmfs: Arc::new(Mutex::new(PendingTmfs::default())),
         })
     }
@@ -214,17 +215,29 @@ impl ScsiDevice {
         self.shared.end_epoch(None);
     }
 
-    pub fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+    /// The frontend stops a queue (GET_VRING_BASE): waits, bounded, for its commands; then
+    /// the ring is the frontend's again. `tracked`: the ring records its heads in an
+    /// in-flight region, so what is still running is served again when it restarts.
+    pub fn stop_vring(&self, queue_index: u32, tracked: bool) -> io::Result<()> {
         self.shared.clear_broken(Some(queue_index));
         if !self
             .shared
             .inflight
-            .wait_queue_idle(queue_index as usize, DRAIN_TIMEOUT)
+            .wait_queue_idle(queue_index as usize, self.stop_timeout)
         {
-            tracing::error!(
-                queue = queue_index,
-                "commands still in flight after {DRAIN_TIMEOUT:?}; their answers will be dropped"
-            );
+            if tracked {
+                tracing::warn!(
+                    queue = queue_index,
+                    "commands still running {:?} after the queue was stopped; they are served again when it restarts",
+                    self.stop_timeout
+                );
+            } else {
+                tracing::error!(
+                    queue = queue_index,
+                    "commands still running {:?} after the queue was stopped; their answers are dropped (the guest retries them after its timeout)",
+                    self.stop_timeout
+                );
+            }
         }
         // The ring goes back to the frontend: from here on no command popped before
         // answers on it; those still in flight end at their LUN without touching it.

@@ -311,7 +311,7 @@ impl VhostUserBackendReqHandlerMut for FrontendSession {
         vring.set_ready(false);
         self.update_watch(index)?;
         self.device
-            .stop_vring(index)
+            .stop_vring(index, vring.tracks_inflight())
             .map_err(ProtocolError::ReqHandlerError)?;
         let next_avail = vring.next_avail();
         vring.set_kick(None);
