@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 use vscsid::frontend::{lun_address, CmdResponse, ConnectOptions, ScsiFrontend, VirtioScsiRequest};
 
+/// The file a daemon started with [`Daemon::start_logged`] logs to, in its directory.
+const LOG_FILE: &str = "vscsid.log";
+
 /// A running daemon on its own temporary directory; killed (by its PID) on drop.
 pub struct Daemon {
     pub child: Child,
@@ -35,6 +38,16 @@ impl Daemon {
     }
 
     pub fn start_with_env(disks: &[Disk], extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon::spawn(disks, extra, env, false)
+    }
+
+    /// [`Daemon::start_with_env`] with the daemon's log (stderr) in a file of its
+    /// directory, for [`Daemon::log`].
+    pub fn start_logged(disks: &[Disk], extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon::spawn(disks, extra, env, true)
+    }
+
+    fn spawn(disks: &[Disk], extra: &[&str], env: &[(&str, &str)], log_to_file: bool) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("vscsid.sock");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vscsid"));
@@ -53,9 +66,14 @@ impl Daemon {
             };
             cmd.arg("--disk").arg(spec);
         }
+        let stderr = if log_to_file {
+            Stdio::from(std::fs::File::create(dir.path().join(LOG_FILE)).expect("log file"))
+        } else {
+            Stdio::inherit()
+        };
         cmd.args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .env("VSCSID_LOG", "warn")
             .envs(env.iter().copied());
         let child = cmd.spawn().expect("spawn vscsid");
@@ -65,6 +83,25 @@ impl Daemon {
         }
         assert!(socket.exists(), "vscsid did not create its socket");
         Daemon { child, dir, socket }
+    }
+
+    /// What a daemon started with [`Daemon::start_logged`] has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join(LOG_FILE)).unwrap_or_default()
+    }
+
+    /// CPU time (user + system) the daemon has used so far, from /proc.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .expect("daemon's /proc stat");
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf only reads a configuration value.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_millis(ticks * 1000 / hz)
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
