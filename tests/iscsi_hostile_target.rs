@@ -5,8 +5,8 @@
 //! HARDWARE ERROR, LOGICAL UNIT COMMUNICATION FAILURE), logs in a bounded number of times,
 //! does not spin, and keeps its log short. A target that ends every connection right after
 //! its login and the initiator's INQUIRY (a path that flaps without ever carrying a guest's
-//! command) must not keep `no_path_retry` from running out. Counts have generous limits; no timing is asserted beyond the
-//! frontend's own timeout.
+//! command) must not keep `no_path_retry` from running out. Counts have generous limits;
+//! no timing is asserted beyond the frontend's own timeout.
 
 mod common;
 mod iscsi_common;

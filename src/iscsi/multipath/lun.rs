@@ -289,7 +289,9 @@ impl Core {
     /// Ends the outage once a path has proved healthy; fails queued commands once it
     /// outlasts `no_path_retry`.
     fn expire(&self) {
-        if self.lock().outage_since.is_some() && self.paths.iter().any(|p| p.session.is_healthy()) {
+        let in_outage = self.lock().outage_since.is_some();
+        // Checked without the LUN's lock (each check takes its session's).
+        if in_outage && self.paths.iter().any(|p| p.session.is_healthy()) {
             self.lock().outage_since = None;
             return;
         }

@@ -72,7 +72,11 @@ impl Session {
         match loss {
             Loss::Protocol => {
                 if let Some(suppressed) = self.log.check("protocol error") {
-                    tracing::warn!(%portal, "iSCSI protocol error by the target, dropping the connection: {e}{suppressed}");
+                    tracing::warn!(
+                        %portal,
+                        "iSCSI protocol error by the target, dropping the connection: \
+                         {e}{suppressed}"
+                    );
                 }
             }
             Loss::Dropped => {

@@ -5,10 +5,11 @@
 //!
 //! The back-off counts failures in a row: failed logins, and connections that ended by a
 //! protocol error or before they proved healthy (no guest command completed and up for
-//! less than `HEALTHY_AFTER`). After a healthy connection drops, the first login is at once; each
-//! failure doubles the wait from `FIRST_RECONNECT_DELAY` up to `MAX_RECONNECT_DELAY`. So a
-//! target that accepts the login and then breaks the protocol is logged in to at most once
-//! per `MAX_RECONNECT_DELAY`, not as fast as the network allows.
+//! less than `HEALTHY_AFTER`). After a healthy connection drops, the first login is at
+//! once; each failure doubles the wait from `FIRST_RECONNECT_DELAY` up to
+//! `MAX_RECONNECT_DELAY`. So a target that accepts the login and then breaks the protocol
+//! is logged in to at most once per `MAX_RECONNECT_DELAY`, not as fast as the network
+//! allows.
 
 use std::net::Shutdown;
 use std::sync::atomic::Ordering;
