@@ -6,7 +6,8 @@
 //! medium I/O, passthrough) → `scsi` (CDB decoding, sense, SCSI emulation, pure logic) and
 //! `backend` (io_uring block I/O, guest memory, backing files). `iscsi` is the initiator
 //! the iSCSI passthrough LUN uses; `config` builds the configuration; `frontend` is an
-//! in-process vhost-user frontend for tests and the load generator.
+//! in-process vhost-user frontend for tests and the load generator; `log_limit` keeps
+//! repeated log lines down.
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -14,6 +15,7 @@ pub mod backend;
 pub mod config;
 pub mod frontend;
 pub mod iscsi;
+pub mod log_limit;
 pub mod lun;
 pub mod scsi;
 pub mod vhost;

@@ -14,5 +14,5 @@ mod options;
 mod selector;
 
 pub(crate) use lun::Core;
-pub use lun::{reissue_is_safe, PathStatus};
+pub use lun::{reissue_is_safe, PathStatus, MAX_REISSUES};
 pub use options::{split_portal, Failback, MultipathOptions, Policy, MAX_PATHS};

@@ -2,10 +2,12 @@
 //! commands with immediate, unsolicited and R2T-solicited data, Data-In reassembly, status
 //! and sense, the CmdSN/MaxCmdSN window, NOP keepalive both ways, task management.
 //!
-//! When the connection drops (reset, or silence past the NOP timeout) the session hands
-//! every command that had no status back to its LUN (the multipath layer, which reissues
-//! them on another path or queues them), then logs in again in the background with
-//! back-off and tells the LUN when it is back (ERL 0: nothing is recovered in place).
+//! When the connection drops (reset, silence past the NOP timeout, or a protocol error of
+//! the target) the session hands every command that had no status back to its LUN (the
+//! multipath layer, which reissues them on another path or queues them), then logs in
+//! again in the background with back-off and tells the LUN when it is back (ERL 0: nothing
+//! is recovered in place). A connection that ended by a protocol error, or before it
+//! proved healthy, counts as a failure for the back-off, like a failed login.
 //!
 //! This file holds the session's state and its life cycle (login into the full feature
 //! phase, logout). The rest of the session is in its submodules: `send` (commands and
@@ -27,6 +29,7 @@ use super::login::{self, new_isid, LoginError, Negotiated};
 use super::options::IscsiOptions;
 use super::pdu::{op, Pdu, F_FINAL};
 use super::url::IscsiUrl;
+use crate::log_limit::LogLimiter;
 use crate::scsi::task::{ScsiCommand, ScsiCompletion, TransportError};
 use crate::scsi::LunId;
 
@@ -43,6 +46,24 @@ pub(crate) type Done = Box<dyn FnOnce(ScsiCompletion) + Send>;
 /// TMF answer slot value meaning "the connection went away before the answer".
 const TMF_LOST: u8 = 0xff;
 
+/// A connection that stays up this long after its login has proved healthy, even if no
+/// command completed on it: its end resets the reconnect back-off, and it ends the LUN's
+/// outage (`no_path_retry`).
+pub(crate) const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+
+/// A command of the LUN layer on its way to a path.
+pub(crate) struct PathCommand {
+    /// The LUN layer's command id (stable across paths, unlike the ITT).
+    pub id: u64,
+    pub cmd: ScsiCommand,
+    pub done: Done,
+    /// How many times a failed path handed it back after it had been sent.
+    pub reissues: u32,
+    /// The path's own check (ALUA), not the guest's: its answer does not prove the path
+    /// healthy, since a target may answer it and still fail every guest command.
+    pub probe: bool,
+}
+
 /// A command the target has not answered yet.
 struct Pending {
     /// The LUN layer's command id (stable across paths, unlike the ITT).
@@ -50,6 +71,8 @@ struct Pending {
     lun: LunId,
     cmd: ScsiCommand,
     done: Option<Done>,
+    reissues: u32,
+    probe: bool,
     data_in: Vec<u8>,
     /// Some PDU of the command went out on the connection (the target may have run it).
     sent: bool,
@@ -58,11 +81,32 @@ struct Pending {
 
 /// A command without status taken back from a failed path.
 pub(crate) struct Orphan {
-    pub id: u64,
-    pub cmd: ScsiCommand,
-    pub done: Done,
+    pub command: PathCommand,
     /// The target may have received (and run) it.
     pub sent: bool,
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Loss {
+    /// The target broke the protocol (a PDU it must not send, or a length, offset or
+    /// digest that is wrong): logging straight back in would only repeat it.
+    Protocol,
+    /// The connection failed or the target ended it: reset, closed, silent, a failed send,
+    /// a logout the target asked for.
+    Dropped,
+}
+
+impl Loss {
+    /// What an I/O error of the connection means: the PDU reader and the PDU handlers
+    /// report what the target got wrong as `InvalidData`.
+    pub(super) fn of(e: &std::io::Error) -> Loss {
+        if e.kind() == std::io::ErrorKind::InvalidData {
+            Loss::Protocol
+        } else {
+            Loss::Dropped
+        }
+    }
 }
 
 /// What a session reports about a lost connection.
@@ -106,6 +150,13 @@ struct State {
     recovering: bool,
     /// A loss not yet reported to the LUN layer (reported once the lock is released).
     lost: Option<LostPath>,
+    /// When the current connection completed its login.
+    connected_at: Instant,
+    /// A command of the guest completed with status on the current connection.
+    completed_one: bool,
+    /// Failures in a row: logins that failed and connections that ended by a protocol
+    /// error or before they proved healthy. Sets the delay before the next login.
+    reconnect_failures: u32,
     last_rx: Instant,
     ping: Option<(u32, Instant)>,
     generation: u64,
@@ -126,6 +177,8 @@ pub(crate) struct Session {
     state: Mutex<State>,
     changed: Condvar,
     closing: AtomicBool,
+    /// Keeps the lines this path repeats while it flaps down to one per kind and interval.
+    pub(crate) log: LogLimiter,
 }
 
 /// Completions collected under the lock and delivered after it is released.
@@ -161,12 +214,16 @@ impl Session {
                 tmf: HashMap::new(),
                 recovering: false,
                 lost: None,
+                connected_at: Instant::now(),
+                completed_one: false,
+                reconnect_failures: 0,
                 last_rx: Instant::now(),
                 ping: None,
                 generation: 0,
             }),
             changed: Condvar::new(),
             closing: AtomicBool::new(false),
+            log: LogLimiter::default(),
         })
     }
 
@@ -182,7 +239,11 @@ impl Session {
             Ok(()) => Ok(()),
             Err(e) => {
                 if retry_in_background {
-                    self.lock().recovering = true;
+                    {
+                        let mut st = self.lock();
+                        st.recovering = true;
+                        st.reconnect_failures = 1;
+                    }
                     let me = self.clone();
                     let _ = std::thread::Builder::new()
                         .name("iscsi-recovery".into())
@@ -225,19 +286,42 @@ impl Session {
             st.neg = Some(neg);
             st.writer = Some(stream);
             st.last_rx = Instant::now();
+            st.connected_at = Instant::now();
+            st.completed_one = false;
             st.ping = None;
             st.generation += 1;
             // From here on a loss needs a new recovery.
             st.recovering = false;
             generation = st.generation;
+            // Up together with the writer, under the lock: the reader may see the target
+            // close the connection before this function ends, and its `connection_lost`
+            // must not be followed by an `up` that no connection backs.
+            self.up.store(true, Ordering::Release);
         }
         let me = self.clone();
-        std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("iscsi-reader".into())
-            .spawn(move || me.reader_loop(reader, framing, generation))
-            .map_err(|e| LoginError::Protocol(e.to_string()))?;
-        self.up.store(true, Ordering::Release);
+            .spawn(move || me.reader_loop(reader, framing, generation));
+        if let Err(e) = spawned {
+            let mut st = self.lock();
+            if st.generation != generation {
+                // Lost meanwhile: that loss started its own recovery.
+                return Ok(());
+            }
+            self.up.store(false, Ordering::Release);
+            if let Some(w) = st.writer.take() {
+                let _ = w.shutdown(Shutdown::Both);
+            }
+            st.generation += 1;
+            // The caller goes on retrying (or gives up), as after a failed login.
+            st.recovering = true;
+            return Err(LoginError::Protocol(e.to_string()));
+        }
         self.changed.notify_all();
+        // Lost already (the reader got there first): its recovery takes it from here.
+        if self.lock().generation != generation {
+            return Ok(());
+        }
         if let Some(ev) = self.events.upgrade() {
             ev.path_up(self.path);
         }
@@ -246,6 +330,17 @@ impl Session {
 
     pub(crate) fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
+    }
+
+    /// Up and proved healthy: a guest's command completed with status on this connection,
+    /// or it has stayed up for [`HEALTHY_AFTER`]. A path that logs in and fails again at once
+    /// is up for moments only, and never healthy.
+    pub(crate) fn is_healthy(&self) -> bool {
+        if !self.is_up() {
+            return false;
+        }
+        let st = self.lock();
+        st.writer.is_some() && (st.completed_one || st.connected_at.elapsed() >= HEALTHY_AFTER)
     }
 
     /// Commands sent or queued and not yet answered.

@@ -91,8 +91,11 @@ impl LunDevice for IscsiPassthrough {
                     data_in: written as u64,
                 }
             }
-            // No path within no_path_retry: what a real HBA's LU gives for a lost target.
-            Err(TransportError::Timeout | TransportError::Closed) => {
+            // No path within no_path_retry, or none that could carry the command in
+            // MAX_REISSUES tries: what a real HBA's LU gives for a lost target.
+            Err(
+                TransportError::Timeout | TransportError::Closed | TransportError::ReissueLimit,
+            ) => {
                 let mut sense = [0u8; 18];
                 let n = Sense::lu_communication_failure().to_fixed(&mut sense);
                 Answer::Status {

@@ -50,6 +50,8 @@ pub enum TransportError {
     Aborted,
     #[error("the path failed while the command was at the target, and it is not safe to reissue")]
     Disrupted,
+    #[error("the path failed every time the command was sent, up to the reissue limit")]
+    ReissueLimit,
     #[error("{0}")]
     Protocol(String),
 }

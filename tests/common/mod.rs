@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 use vscsid::frontend::{lun_address, CmdResponse, ConnectOptions, ScsiFrontend, VirtioScsiRequest};
 
+/// The file a daemon started with [`Daemon::start_logged`] logs to, in its directory.
+const LOG_FILE: &str = "vscsid.log";
+
 /// A running daemon on its own temporary directory; killed (by its PID) on drop.
 pub struct Daemon {
     pub child: Child,
@@ -23,6 +26,7 @@ pub struct Daemon {
     /// How it was started, to start it again.
     command: Vec<std::ffi::OsString>,
     env: Vec<(String, String)>,
+    log: Option<PathBuf>,
 }
 
 /// One backing file: name, size in bytes, and the `--disk` options after the path.
@@ -38,6 +42,16 @@ impl Daemon {
     }
 
     pub fn start_with_env(disks: &[Disk], extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon::launch(disks, extra, env, false)
+    }
+
+    /// [`Daemon::start_with_env`] with the daemon's log (stderr) in a file of its
+    /// directory, for [`Daemon::log`].
+    pub fn start_logged(disks: &[Disk], extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon::launch(disks, extra, env, true)
+    }
+
+    fn launch(disks: &[Disk], extra: &[&str], env: &[(&str, &str)], log_to_file: bool) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("vscsid.sock");
         let mut args: Vec<std::ffi::OsString> = vec!["--socket".into(), socket.clone().into()];
@@ -61,7 +75,8 @@ impl Daemon {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let child = spawn(&args, &env);
+        let log = log_to_file.then(|| dir.path().join(LOG_FILE));
+        let child = spawn(&args, &env, log.as_deref());
         let deadline = Instant::now() + Duration::from_secs(10);
         while !socket.exists() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
@@ -73,6 +88,7 @@ impl Daemon {
             socket,
             command: args,
             env,
+            log,
         }
     }
 
@@ -82,7 +98,7 @@ impl Daemon {
     pub fn respawn(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = spawn(&self.command, &self.env);
+        self.child = spawn(&self.command, &self.env, self.log.as_deref());
     }
 
     /// Whether the daemon has block I/O waiting in the kernel (a frozen file system): its
@@ -100,6 +116,25 @@ impl Daemon {
                 })
             })
         })
+    }
+
+    /// What a daemon started with [`Daemon::start_logged`] has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join(LOG_FILE)).unwrap_or_default()
+    }
+
+    /// CPU time (user + system) the daemon has used so far, from /proc.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .expect("daemon's /proc stat");
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf only reads a configuration value.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_millis(ticks * 1000 / hz)
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -134,11 +169,22 @@ impl Daemon {
     }
 }
 
-fn spawn(args: &[std::ffi::OsString], env: &[(String, String)]) -> Child {
+/// Starts the binary; its stderr goes to `log` (appended) when given.
+fn spawn(args: &[std::ffi::OsString], env: &[(String, String)], log: Option<&Path>) -> Child {
+    let stderr = match log {
+        Some(p) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .expect("log file"),
+        ),
+        None => Stdio::inherit(),
+    };
     Command::new(env!("CARGO_BIN_EXE_vscsid"))
         .args(args)
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .env("VSCSID_LOG", "warn")
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .spawn()

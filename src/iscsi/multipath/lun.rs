@@ -1,7 +1,12 @@
 //! One iSCSI LUN over its paths: logging in on each, sending every command down the path
 //! the selector picks, queueing commands while no path is up and failing them past
 //! `no_path_retry`, failing over the commands a lost path held (those that are safe to run
-//! twice), ALUA state per path, and task management across the paths.
+//! twice, at most `MAX_REISSUES` times each), ALUA state per path, and task management
+//! across the paths.
+//!
+//! An outage (no usable path) ends when a path proves healthy (`Session::is_healthy`), not
+//! when one merely logs in: a path that logs in and fails again at once does not keep
+//! `no_path_retry` from running out.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -13,10 +18,17 @@ use super::selector::{PathView, Selector};
 use crate::iscsi::alua;
 use crate::iscsi::login::LoginError;
 use crate::iscsi::options::IscsiOptions;
-use crate::iscsi::session::{Done, LostPath, PathEvents, Session};
+use crate::iscsi::session::{Done, LostPath, PathCommand, PathEvents, Session};
 use crate::iscsi::url::IscsiUrl;
 use crate::scsi::task::{ScsiCommand, ScsiCompletion, TmfFunction, TransportError};
 use crate::scsi::LunId;
+
+/// How many times a command that reached the target is sent again after its path failed
+/// with it. A path that fails each time the command is sent (a target that breaks the
+/// protocol on it, say) would otherwise take it round forever: past this bound the command
+/// fails as it would after `no_path_retry` (CHECK CONDITION, HARDWARE ERROR, LOGICAL UNIT
+/// COMMUNICATION FAILURE). Real failovers reissue a command once or twice.
+pub const MAX_REISSUES: u32 = 5;
 
 /// Whether a command that may already have run at the target can be sent again without
 /// changing its outcome. Reads, writes of the guest's own data, and queries are; commands
@@ -72,17 +84,11 @@ struct Path {
     alua: AtomicU8,
 }
 
-struct Queued {
-    id: u64,
-    cmd: ScsiCommand,
-    done: Done,
-}
-
 struct CoreState {
     selector: Selector,
     /// Commands waiting for a path, oldest first.
-    queued: VecDeque<Queued>,
-    /// When the LUN last found no usable path; None while some path works.
+    queued: VecDeque<PathCommand>,
+    /// When the LUN last found no usable path; None once some path has proved healthy.
     outage_since: Option<Instant>,
 }
 
@@ -219,7 +225,14 @@ impl Core {
     /// `cork` its PDUs wait for [`Core::flush`], so a burst goes out in one write per path.
     pub(crate) fn submit(&self, cmd: ScsiCommand, done: Done, cork: bool) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.dispatch(Queued { id, cmd, done }, cork);
+        let c = PathCommand {
+            id,
+            cmd,
+            done,
+            reissues: 0,
+            probe: false,
+        };
+        self.dispatch(c, cork);
         id
     }
 
@@ -232,20 +245,14 @@ impl Core {
 
     /// Sends a command down a usable path, or queues it while none is (within
     /// `no_path_retry`), or fails it.
-    fn dispatch(&self, mut q: Queued, cork: bool) {
+    fn dispatch(&self, mut q: PathCommand, cork: bool) {
         for _ in 0..=self.paths.len() {
             let Some(i) = self.choose() else {
                 break;
             };
-            match self.paths[i]
-                .session
-                .submit(q.id, self.lun, q.cmd, q.done, cork)
-            {
+            match self.paths[i].session.submit(self.lun, q, cork) {
                 Ok(()) => return,
-                Err((cmd, done)) => {
-                    q.cmd = cmd;
-                    q.done = done;
-                }
+                Err(back) => q = back,
             }
         }
         let mut st = self.lock();
@@ -270,20 +277,24 @@ impl Core {
         }
     }
 
-    /// Sends every queued command again (a path came up).
+    /// Sends every queued command again (a path came up). The outage goes on until a path
+    /// proves healthy ([`Core::expire`]).
     fn flush(&self) {
-        let queued = {
-            let mut st = self.lock();
-            st.outage_since = None;
-            std::mem::take(&mut st.queued)
-        };
+        let queued = std::mem::take(&mut self.lock().queued);
         for q in queued {
             self.dispatch(q, false);
         }
     }
 
-    /// Fails queued commands once the outage outlasts `no_path_retry`.
+    /// Ends the outage once a path has proved healthy; fails queued commands once it
+    /// outlasts `no_path_retry`.
     fn expire(&self) {
+        let in_outage = self.lock().outage_since.is_some();
+        // Checked without the LUN's lock (each check takes its session's).
+        if in_outage && self.paths.iter().any(|p| p.session.is_healthy()) {
+            self.lock().outage_since = None;
+            return;
+        }
         let expired = {
             let mut st = self.lock();
             match st.outage_since {
@@ -396,11 +407,16 @@ impl Core {
         let state = alua::query(|cdb, len| {
             let (tx, rx) = std::sync::mpsc::channel();
             let cmd = crate::scsi::task::command(cdb, Vec::new(), len);
-            let done: Done = Box::new(move |c| {
-                let _ = tx.send(c);
-            });
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            p.session.submit(id, self.lun, cmd, done, false).ok()?;
+            let c = PathCommand {
+                id: self.next_id.fetch_add(1, Ordering::Relaxed),
+                cmd,
+                done: Box::new(move |c| {
+                    let _ = tx.send(c);
+                }),
+                reissues: 0,
+                probe: true,
+            };
+            p.session.submit(self.lun, c, false).ok()?;
             rx.recv_timeout(Duration::from_secs(10)).ok()
         });
         let old = p.alua.swap(state, Ordering::Relaxed);
@@ -447,22 +463,24 @@ impl PathEvents for Core {
     fn path_down(&self, path: usize, lost: LostPath) {
         let started = Instant::now();
         let portal = self.paths.get(path).map(|p| p.session.portal());
-        let (mut reissued, mut failed) = (0usize, 0usize);
+        let (mut reissued, mut failed, mut gave_up) = (0usize, 0usize, 0usize);
         for o in lost.orphans {
-            if o.sent && !reissue_is_safe(&o.cmd.cdb[..o.cmd.cdb_len.min(32)]) {
-                failed += 1;
-                (o.done)(ScsiCompletion::failed(TransportError::Disrupted));
-            } else {
-                reissued += 1;
-                self.dispatch(
-                    Queued {
-                        id: o.id,
-                        cmd: o.cmd,
-                        done: o.done,
-                    },
-                    false,
-                );
+            let mut c = o.command;
+            if o.sent {
+                if !reissue_is_safe(&c.cmd.cdb[..c.cmd.cdb_len.min(32)]) {
+                    failed += 1;
+                    (c.done)(ScsiCompletion::failed(TransportError::Disrupted));
+                    continue;
+                }
+                c.reissues += 1;
+                if c.reissues > MAX_REISSUES {
+                    gave_up += 1;
+                    (c.done)(ScsiCompletion::failed(TransportError::ReissueLimit));
+                    continue;
+                }
             }
+            reissued += 1;
+            self.dispatch(c, false);
         }
         let stall = lost.silent_for + started.elapsed();
         if let Some(p) = self.paths.get(path) {
@@ -475,15 +493,34 @@ impl PathEvents for Core {
                 .errors
                 .fetch_add(failed as u64, Ordering::Relaxed);
         }
+        let portal = portal.as_deref().unwrap_or("?");
+        if gave_up > 0 {
+            // Once per command: each ends here, and only here.
+            tracing::error!(
+                lun = self.lun.value(),
+                portal,
+                commands = gave_up,
+                "iSCSI: the path failed each of the {} times these commands were sent; \
+                 failing them",
+                MAX_REISSUES + 1
+            );
+        }
+        let Some(suppressed) = self
+            .paths
+            .get(path)
+            .and_then(|p| p.session.log.check("path failed"))
+        else {
+            return;
+        };
         let others_up = self.paths.iter().any(|p| p.session.is_up());
         tracing::warn!(
-            portal = portal.as_deref().unwrap_or("?"),
+            portal,
             silent_ms = lost.silent_for.as_millis() as u64,
             stall_ms = stall.as_millis() as u64,
             reissued,
             failed,
             paths_left = self.paths.iter().filter(|p| p.session.is_up()).count(),
-            "iSCSI path failed{}",
+            "iSCSI path failed{}{suppressed}",
             if others_up {
                 ""
             } else {
@@ -494,7 +531,9 @@ impl PathEvents for Core {
 
     fn path_up(&self, path: usize) {
         if let Some(p) = self.paths.get(path) {
-            tracing::info!(portal = %p.session.portal(), "iSCSI path up");
+            if let Some(suppressed) = p.session.log.check("path up") {
+                tracing::info!(portal = %p.session.portal(), "iSCSI path up{suppressed}");
+            }
         }
         self.refresh_alua(path);
         self.flush();

@@ -1,7 +1,9 @@
 //! A session's reader thread: every PDU the target sends. Data-In is reassembled into the
 //! command's buffer, SCSI Response and Data-In with status complete commands (status,
 //! sense, residuals), R2T sends the data asked for, NOP-In answers our pings and the
-//! target's, and each PDU moves the CmdSN window and ExpStatSN.
+//! target's, and each PDU moves the CmdSN window and ExpStatSN. A PDU the target must not
+//! send (too long, an R2T outside the data, an unknown opcode) is a protocol error: the
+//! connection is dropped and the error counts against reconnecting.
 
 use std::io::BufReader;
 use std::net::TcpStream;
@@ -10,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::send::{flush_out, queue_data_out};
-use super::{sn_le, Completions, Session, State, NO_TAG};
+use super::{sn_le, Completions, Loss, Session, State, NO_TAG};
 use crate::iscsi::pdu::{self, op, Framing, Pdu, F_FINAL};
 use crate::scsi::task::{Residual, ScsiCompletion, ScsiStatus, TransportError};
 
@@ -30,8 +32,9 @@ impl Session {
                 Err(e) => {
                     let mut st = self.lock();
                     if st.generation == generation && !self.closing.load(Ordering::Acquire) {
-                        tracing::warn!(portal = %self.url.portal(), "iSCSI connection lost: {e}");
-                        self.connection_lost(&mut st);
+                        let loss = Loss::of(&e);
+                        self.log_loss(loss, &e);
+                        self.connection_lost(&mut st, loss);
                     }
                     drop(st);
                     self.hand_off();
@@ -46,8 +49,9 @@ impl Session {
                 }
                 st.last_rx = Instant::now();
                 if let Err(e) = self.handle_pdu(&mut st, &pdu, &mut done) {
-                    tracing::warn!(portal = %self.url.portal(), "iSCSI: {e}");
-                    self.connection_lost(&mut st);
+                    let loss = Loss::of(&e);
+                    self.log_loss(loss, &e);
+                    self.connection_lost(&mut st, loss);
                 }
                 self.outstanding.store(st.pending.len(), Ordering::Relaxed);
             }
@@ -58,6 +62,27 @@ impl Session {
                 .fetch_add(done.len() as u64, Ordering::Relaxed);
             for (f, c) in done {
                 f(c);
+            }
+        }
+    }
+
+    /// Logs why the connection is dropped, at most once per kind and interval.
+    fn log_loss(&self, loss: Loss, e: &std::io::Error) {
+        let portal = self.url.portal();
+        match loss {
+            Loss::Protocol => {
+                if let Some(suppressed) = self.log.check("protocol error") {
+                    tracing::warn!(
+                        %portal,
+                        "iSCSI protocol error by the target, dropping the connection: \
+                         {e}{suppressed}"
+                    );
+                }
+            }
+            Loss::Dropped => {
+                if let Some(suppressed) = self.log.check("connection lost") {
+                    tracing::warn!(%portal, "iSCSI connection lost: {e}{suppressed}");
+                }
             }
         }
     }
@@ -151,7 +176,7 @@ impl Session {
                 let len = p.residual() as usize; // desired data transfer length
                 let end = off.saturating_add(len).min(pend.cmd.data_out.len());
                 if pend.cmd.data_out.get(off..end).is_none() {
-                    return Err(std::io::Error::other("R2T outside the command's data"));
+                    return Err(protocol_error("R2T outside the command's data"));
                 }
                 let lun = pend.lun.to_u64();
                 let exp = st.exp_stat_sn;
@@ -190,10 +215,13 @@ impl Session {
                 Self::update_sn(st, p, true);
                 match p.bhs[36] {
                     1..=3 => {
-                        tracing::warn!(
-                            event = p.bhs[36],
-                            "iSCSI target asks to end the connection"
-                        );
+                        if let Some(suppressed) = self.log.check("target asks to end") {
+                            tracing::warn!(
+                                portal = %self.url.portal(),
+                                event = p.bhs[36],
+                                "iSCSI target asks to end the connection{suppressed}"
+                            );
+                        }
                         return Err(std::io::Error::other(
                             "target requested logout or a connection drop",
                         ));
@@ -206,7 +234,14 @@ impl Session {
                 let reason = p.bhs[2];
                 if p.data.len() >= 48 {
                     let itt = u32::from_be_bytes([p.data[16], p.data[17], p.data[18], p.data[19]]);
-                    tracing::warn!(reason, itt, "iSCSI target rejected a PDU");
+                    if let Some(suppressed) = self.log.check("PDU rejected") {
+                        tracing::warn!(
+                            portal = %self.url.portal(),
+                            reason,
+                            itt,
+                            "iSCSI target rejected a PDU{suppressed}"
+                        );
+                    }
                     finish(
                         st,
                         itt,
@@ -219,15 +254,16 @@ impl Session {
                 }
             }
             op::LOGOUT_RESP | op::TEXT_RESP => Self::update_sn(st, p, true),
-            other => {
-                return Err(std::io::Error::other(format!(
-                    "unexpected opcode {other:#x}"
-                )))
-            }
+            other => return Err(protocol_error(&format!("unexpected opcode {other:#x}"))),
         }
         self.pump(st)?;
         flush_out(st)
     }
+}
+
+/// An error of the target's making (see [`Loss::of`]).
+fn protocol_error(what: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
 }
 
 fn residual_of(p: &Pdu) -> Residual {
@@ -246,6 +282,10 @@ fn finish(
     done: &mut Completions,
 ) {
     if let Some(mut p) = st.pending.remove(&itt) {
+        if result.is_ok() && !p.probe {
+            // The target answered the guest: this connection works.
+            st.completed_one = true;
+        }
         if let Some(f) = p.done.take() {
             done.push((
                 f,

@@ -7,42 +7,42 @@ use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{next_itt, sn_le, Done, Pending, Session, State, NO_TAG};
+use super::{next_itt, sn_le, Loss, PathCommand, Pending, Session, State, NO_TAG};
 use crate::iscsi::login::Negotiated;
 use crate::iscsi::pdu::{self, op, Pdu, F_FINAL};
-use crate::scsi::task::{ScsiCommand, ScsiCompletion, TransportError};
+use crate::scsi::task::{ScsiCompletion, TransportError};
 use crate::scsi::LunId;
 
 impl Session {
-    /// Queues a command on this path; `done` runs exactly once, from a session thread or
-    /// here. A path that is not up gives the command back.
+    /// Queues a command on this path; its `done` runs exactly once, from a session thread
+    /// or here. A path that is not up gives the command back.
     /// With `cork`, the command's PDUs stay in the output buffer until [`Session::flush`]
     /// (or any other write) sends the batch with one system call.
     pub(crate) fn submit(
         self: &Arc<Self>,
-        id: u64,
         lun: LunId,
-        cmd: ScsiCommand,
-        done: Done,
+        c: PathCommand,
         cork: bool,
-    ) -> Result<(), (ScsiCommand, Done)> {
+    ) -> Result<(), PathCommand> {
         let mut st = self.lock();
         if self.closing.load(Ordering::Acquire) {
             drop(st);
-            done(ScsiCompletion::failed(TransportError::Closed));
+            (c.done)(ScsiCompletion::failed(TransportError::Closed));
             return Ok(());
         }
         if st.writer.is_none() {
-            return Err((cmd, done));
+            return Err(c);
         }
         let itt = next_itt(&mut st);
         st.pending.insert(
             itt,
             Pending {
-                id,
+                id: c.id,
                 lun,
-                cmd,
-                done: Some(done),
+                cmd: c.cmd,
+                done: Some(c.done),
+                reissues: c.reissues,
+                probe: c.probe,
                 data_in: Vec::new(),
                 sent: false,
                 cmd_sn: 0,
@@ -54,8 +54,7 @@ impl Session {
             .pump(&mut st)
             .and_then(|()| if cork { Ok(()) } else { flush_out(&mut st) });
         if let Err(e) = sent {
-            tracing::warn!(portal = %self.url.portal(), "iSCSI: send failed: {e}");
-            self.connection_lost(&mut st);
+            self.send_failed(&mut st, &e);
         }
         drop(st);
         self.hand_off();
@@ -69,11 +68,18 @@ impl Session {
             return;
         }
         if let Err(e) = flush_out(&mut st) {
-            tracing::warn!(portal = %self.url.portal(), "iSCSI: send failed: {e}");
-            self.connection_lost(&mut st);
+            self.send_failed(&mut st, &e);
         }
         drop(st);
         self.hand_off();
+    }
+
+    /// Drops the connection a write to failed.
+    fn send_failed(self: &Arc<Self>, st: &mut State, e: &std::io::Error) {
+        if let Some(suppressed) = self.log.check("send failed") {
+            tracing::warn!(portal = %self.url.portal(), "iSCSI: send failed: {e}{suppressed}");
+        }
+        self.connection_lost(st, Loss::of(e));
     }
 
     /// Sends queued commands while connected and the CmdSN window is open.
