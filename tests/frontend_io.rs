@@ -522,3 +522,33 @@ fn compare_and_write_is_atomic_against_writes_from_other_queues() {
     }
     assert_eq!(swapped + miscompared, 300);
 }
+
+/// QEMU gives a guest one request queue per vCPU unless told otherwise, and refuses to
+/// start when the backend offers fewer: the default configuration must serve a guest with
+/// more queues than any thread mask holds, on every queue.
+#[test]
+fn a_guest_with_a_hundred_queues_is_served_on_all_of_them() {
+    let d = Daemon::start(
+        &[Disk {
+            name: "a.img",
+            size: 4 << 20,
+            opts: "",
+        }],
+        &[],
+    );
+    let opts = vscsid::frontend::ConnectOptions {
+        queues: 102,
+        queue_size: 64,
+        // Sparse: only what the test touches is ever allocated.
+        memory_size: 102 * (36 << 20),
+        ..Default::default()
+    };
+    let mut fe = ScsiFrontend::connect(&d.socket, &opts).expect("connect with 100 queues");
+    fe.timeout = Duration::from_secs(20);
+    for q in 2..102 {
+        let r = fe
+            .command_on(q, &cmd(0, &inquiry(96), &[], 96))
+            .unwrap_or_else(|e| panic!("INQUIRY on queue {q}: {e}"));
+        good(&r);
+    }
+}

@@ -14,14 +14,15 @@ pub use disk_spec::parse_disk_spec;
 pub use file::parse_config_file;
 pub use multipath::{duration, MultipathSettings};
 
-/// Largest number of request queues a device offers. QEMU sizes `num_queues` from the
-/// guest's vCPU count without asking, so the device is sized for this many and QEMU refuses
-/// (with a clear message) to start with more. Queues are spread over worker threads by a
-/// 64-bit mask, which holds the control and event queues plus 62 request queues.
-pub const MAX_REQUEST_QUEUES: u16 = 62;
+/// Largest number of request queues a device offers: a virtio device has at most 1024
+/// queues (QEMU's VIRTIO_QUEUE_MAX), two of which are virtio-scsi's control and event
+/// queues.
+pub const MAX_REQUEST_QUEUES: u16 = 1022;
 /// Request queues offered unless configured: QEMU sizes num_queues from the guest's vCPU
-/// count unless told otherwise, so offer enough for common guests.
-pub const DEFAULT_NUM_QUEUES: u16 = 16;
+/// count without asking and refuses to start when the backend offers fewer, so the default
+/// is every queue a guest can have. A queue costs a few hundred bytes until the guest
+/// uses it; worker threads do not follow the number of queues (see `threads`).
+pub const DEFAULT_NUM_QUEUES: u16 = MAX_REQUEST_QUEUES;
 /// Largest virtqueue size the device accepts.
 pub const MAX_QUEUE_SIZE: u16 = 1024;
 
@@ -189,7 +190,9 @@ impl LunConfig {
 pub struct Config {
     pub socket: Option<PathBuf>,
     pub num_queues: u16,
-    /// Worker threads serving request queues (each queue belongs to one thread).
+    /// Worker threads serving request queues (each queue belongs to one thread; queues are
+    /// dealt out in turn). Default: one per CPU the daemon may run on, at most one per
+    /// request queue.
     pub threads: Option<u16>,
     pub queue_size: u16,
     /// Keep listening for the next frontend after a disconnect instead of exiting.

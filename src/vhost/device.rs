@@ -26,6 +26,20 @@ use crate::virtio::layout::{feature, CDB_SIZE, SENSE_SIZE};
 /// hold it indefinitely).
 const ABANDONED_IO_WAIT: Duration = Duration::from_secs(3600);
 
+/// Commands one worker thread serves at once, whatever its number of queues: its io_uring
+/// holds as many; more wait in their rings.
+const MAX_WORKER_SLOTS: usize = 4096;
+
+/// Worker threads unless configured: one per CPU the daemon may run on (its affinity
+/// mask, as systemd's CPUAffinity= or taskset set it), at most one per request queue.
+fn default_threads(request_queues: u16) -> u16 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    u16::try_from(cpus)
+        .unwrap_or(u16::MAX)
+        .min(request_queues)
+        .max(1)
+}
+
 /// Waits until one of `fds` is readable or `timeout` passes.
 fn wait_readable(fds: &[std::os::unix::io::RawFd], timeout: Duration) {
     let mut polls: Vec<libc::pollfd> = fds
@@ -58,7 +72,11 @@ impl ScsiDevice {
         guest_fault::install()?;
         let n = cfg.num_queues;
         // One worker thread per request queue unless configured otherwise.
-        let threads = usize::from(cfg.threads.unwrap_or(n).clamp(1, n.max(1)));
+        let threads = usize::from(
+            cfg.threads
+                .unwrap_or_else(|| default_threads(n))
+                .clamp(1, n.max(1)),
+        );
         let mut thread_queues = vec![Vec::new(); threads];
         thread_queues[0].extend([CONTROL_QUEUE, EVENT_QUEUE]);
         for i in 0..n {
@@ -68,7 +86,8 @@ impl ScsiDevice {
         let mut wakers = Vec::with_capacity(threads);
         for (t, qs) in thread_queues.iter().enumerate() {
             let rq = qs.iter().filter(|&&q| q > EVENT_QUEUE).count().max(1);
-            let worker = Worker::new(t, rq * usize::from(cfg.queue_size), cfg.submit_batch)?;
+            let slots = (rq * usize::from(cfg.queue_size)).min(MAX_WORKER_SLOTS);
+            let worker = Worker::new(t, slots, cfg.submit_batch)?;
             wakers.push(worker.waker()?);
             workers.push(Arc::new(Mutex::new(worker)));
         }
@@ -378,8 +397,8 @@ mod tests {
     }
 
     #[test]
-    fn queues_are_spread_one_thread_each_by_default() {
-        let (_d, dev) = device(None);
+    fn queues_are_dealt_out_to_the_threads_in_turn() {
+        let (_d, dev) = device(Some(4));
         assert_eq!(dev.num_queues(), 6);
         // Thread 0: control, event and request queue 0; then one request queue each.
         assert_eq!(
@@ -388,6 +407,15 @@ mod tests {
         );
         let (_d, dev) = device(Some(2));
         assert_eq!(dev.shared.thread_queues, vec![vec![0, 1, 2, 4], vec![3, 5]]);
+    }
+
+    #[test]
+    fn threads_follow_the_cpus_not_the_queues() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (_d, dev) = device(None);
+        assert_eq!(dev.shared.thread_queues.len(), cpus.min(4));
+        assert_eq!(usize::from(default_threads(1022)), cpus.min(1022));
+        assert_eq!(default_threads(1), 1);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! per-queue in-flight counts, the queue-to-thread layout, and the wake-ups between
 //! threads.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,9 +28,9 @@ pub struct Shared {
     /// Wakes the control thread when a LUN it waits for (task management) drains.
     pub tmf_event: EventFd,
     pub tmf_waiting: AtomicU32,
-    /// Queues (bit per global index) whose available ring the guest corrupted; they are not
+    /// Queues (by global index) whose available ring the guest corrupted; they are not
     /// served again until the frontend stops and restarts them.
-    broken: AtomicU64,
+    broken: Vec<AtomicBool>,
     /// Busy-poll budget after each event (`--poll-us`); zero sleeps in epoll at once.
     pub poll: Duration,
     /// Each worker's wake-up (its completion eventfd).
@@ -60,7 +60,7 @@ impl Shared {
             thread_queues,
             tmf_event: EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)?,
             tmf_waiting: AtomicU32::new(0),
-            broken: AtomicU64::new(0),
+            broken: (0..queues).map(|_| AtomicBool::new(false)).collect(),
             poll,
             wakers,
             epochs: (0..queues).map(|_| AtomicU32::new(0)).collect(),
@@ -78,14 +78,18 @@ impl Shared {
     }
 
     pub fn is_broken(&self, queue: u16) -> bool {
-        self.broken.load(Ordering::Acquire) & (1u64 << (queue % 64)) != 0
+        self.broken
+            .get(usize::from(queue))
+            .is_some_and(|b| b.load(Ordering::Acquire))
     }
 
     /// Stops serving a queue whose available ring makes no sense (an index more than a
     /// queue size ahead): popping from it would spin. Logged once.
     pub fn mark_broken(&self, queue: u16) {
-        let bit = 1u64 << (queue % 64);
-        if self.broken.fetch_or(bit, Ordering::AcqRel) & bit == 0 {
+        let Some(b) = self.broken.get(usize::from(queue)) else {
+            return;
+        };
+        if !b.swap(true, Ordering::AcqRel) {
             tracing::error!(
                 queue,
                 "guest corrupted the available ring; queue stopped until reset"
@@ -97,9 +101,14 @@ impl Shared {
     pub fn clear_broken(&self, queue: Option<u32>) {
         match queue {
             Some(q) => {
-                self.broken.fetch_and(!(1u64 << (q % 64)), Ordering::AcqRel);
+                if let Some(b) = self.broken.get(q as usize) {
+                    b.store(false, Ordering::Release);
+                }
             }
-            None => self.broken.store(0, Ordering::Release),
+            None => self
+                .broken
+                .iter()
+                .for_each(|b| b.store(false, Ordering::Release)),
         }
     }
 
