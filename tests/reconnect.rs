@@ -1,5 +1,5 @@
 //! `--reconnect`: a daemon serves one frontend after another, and nothing accumulates from
-//! one connection to the next.
+//! one connection to the next, also when a frontend dies (QEMU killed) with I/O in flight.
 
 mod common;
 
@@ -10,6 +10,105 @@ fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .expect("read the daemon's descriptors")
+}
+
+/// Threads of a process.
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .expect("read the daemon's threads")
+}
+
+/// Waits (bounded) until `count` stops changing, or drops to `want`; returns it.
+fn settle(count: impl Fn() -> usize, want: Option<usize>) -> usize {
+    let mut n = count();
+    for _ in 0..150 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let m = count();
+        if want.is_some_and(|w| m <= w) || (want.is_none() && m == n) {
+            return m;
+        }
+        n = m;
+    }
+    n
+}
+
+/// A frontend that submits writes on every queue and disappears without waiting for
+/// them, as a killed QEMU does (its socket and memory descriptor close with it).
+fn die_mid_io(d: &Daemon) {
+    let mut fe = d.connect(4);
+    let data = pattern(9, 64 << 10);
+    for q in 2..6 {
+        for i in 0..8u64 {
+            let lba = (q as u64 * 8 + i) * 128;
+            fe.submit(q, &cmd(0, &write16(lba, 128), &data, 0))
+                .expect("submit");
+        }
+    }
+    drop(fe);
+}
+
+#[test]
+fn frontends_killed_mid_io_leave_no_thread_or_descriptor_behind() {
+    let mut d = Daemon::start(
+        &[Disk {
+            name: "d.img",
+            size: 64 << 20,
+            opts: "cache=none",
+        }],
+        &["--reconnect", "--num-queues", "4"],
+    );
+    let pid = d.child.id();
+    die_mid_io(&d);
+    let fds = settle(|| open_fds(pid), None);
+    let tasks = settle(|| threads(pid), None);
+    for _ in 0..20 {
+        die_mid_io(&d);
+    }
+    let mut fe = d.connect(4);
+    good(
+        &fe.command(&cmd(0, &test_unit_ready(), &[], 0))
+            .expect("served after 21 deaths"),
+    );
+    drop(fe);
+    assert!(d.is_running());
+    let fds_after = settle(|| open_fds(pid), Some(fds));
+    let tasks_after = settle(|| threads(pid), Some(tasks));
+    assert!(
+        fds_after <= fds,
+        "{fds} descriptors after one death, {fds_after} after 21"
+    );
+    // The frontends' guest memory (their memfds) is unmapped once their connections end.
+    let guest_maps = settle(
+        || {
+            std::fs::read_to_string(format!("/proc/{pid}/maps"))
+                .map(|m| m.lines().filter(|l| l.contains("vscsid-frontend")).count())
+                .unwrap_or(usize::MAX)
+        },
+        Some(0),
+    );
+    assert_eq!(
+        guest_maps, 0,
+        "guest memory of ended connections is still mapped"
+    );
+    assert!(
+        tasks_after <= tasks,
+        "{tasks} threads after one death, {tasks_after} after 21"
+    );
+}
+
+#[test]
+fn without_reconnect_the_daemon_exits_0_when_its_frontend_dies_mid_io() {
+    let mut d = Daemon::start(
+        &[Disk {
+            name: "d.img",
+            size: 64 << 20,
+            opts: "cache=none",
+        }],
+        &["--num-queues", "4"],
+    );
+    die_mid_io(&d);
+    assert_eq!(d.wait_exit(std::time::Duration::from_secs(30)), Some(0));
 }
 
 #[test]
