@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{CommandFactory, FromArgMatches, Parser};
-use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 
 use vscsid::config::{parse_config_file, parse_disk_spec, Config};
 use vscsid::lun::{build_lun_table, status_lines, Lun, LunTable};
-use vscsid::vhost::{serve, CurrentDevice, SocketRemover, VhostSocket};
+use vscsid::vhost::{serve, CurrentDevice, SocketHandover, SocketRemover, VhostSocket};
 
 /// vhost-user-scsi daemon: serves a QEMU guest's virtio-scsi controller from a UNIX socket.
 #[derive(Parser, Debug)]
@@ -188,15 +188,20 @@ fn main() -> ExitCode {
     // Signals are caught from here on (and handled once the LUNs are open): the socket
     // appears before the LUNs are ready, and a SIGUSR1 or SIGTERM sent as soon as it
     // exists must not find the default action.
-    let signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1]) {
+    // The program file as started: an upgrade executes whatever is at this path then.
+    let exe = std::env::current_exe().ok();
+    let signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1, SIGUSR2]) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("vscsid: error: cannot install signal handlers: {e}");
             return ExitCode::FAILURE;
         }
     };
-    // The socket first: a path that cannot be ours fails before any LUN is opened.
-    let socket = match cfg.socket.as_deref().map(VhostSocket::bind) {
+    // The socket first: a path that cannot be ours fails before any LUN is opened. A
+    // previous vscsid (upgrade in place) or systemd may have passed it already bound.
+    let open_socket =
+        |p: &std::path::Path| VhostSocket::inherited(p).unwrap_or_else(|| VhostSocket::bind(p));
+    let socket = match cfg.socket.as_deref().map(open_socket) {
         Some(Ok(s)) => s,
         Some(Err(e)) => {
             eprintln!("vscsid: error: {e}");
@@ -224,7 +229,11 @@ fn main() -> ExitCode {
     }
     let current = CurrentDevice::default();
     let remover = socket.remover();
-    if let Err(e) = handle_signals(signals, current.clone(), luns.clone(), remover) {
+    let upgrade = exe.map(|exe| Upgrade {
+        exe,
+        socket: socket.handover(),
+    });
+    if let Err(e) = handle_signals(signals, current.clone(), luns.clone(), remover, upgrade) {
         eprintln!("vscsid: error: cannot start the signal thread: {e}");
         return ExitCode::FAILURE;
     }
@@ -241,16 +250,57 @@ fn main() -> ExitCode {
 /// systemd never has to kill a daemon that is still flushing.
 const SHUTDOWN_BUDGET: Duration = Duration::from_secs(40);
 
+/// How long an upgrade waits for in-flight commands before it hands over: what is still
+/// running then is served again by the new program (the frontend's in-flight region).
+const UPGRADE_DRAIN: Duration = Duration::from_secs(5);
+
+/// What an upgrade in place needs: the program to execute and the socket to hand over.
+struct Upgrade {
+    exe: std::path::PathBuf,
+    socket: SocketHandover,
+}
+
+impl Upgrade {
+    /// SIGUSR2: stop taking requests, let in-flight commands complete (bounded), and
+    /// execute the program now at `exe` (the new version) with the same arguments and the
+    /// listening socket. The frontend's connection closes with this program; QEMU 8.2+
+    /// reconnects (chardev `reconnect`), the new program serves what was left in flight
+    /// first. Returns only if the new program cannot be executed; the daemon then goes on.
+    fn run(&self, current: &CurrentDevice) {
+        use std::os::unix::process::CommandExt;
+        let exe = &self.exe;
+        let runnable = std::ffi::CString::new(exe.as_os_str().as_encoded_bytes())
+            .ok()
+            // SAFETY: access(2) reads the NUL-terminated path and nothing else.
+            .is_some_and(|c| unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0);
+        if !runnable {
+            tracing::error!(program = %exe.display(), "upgrade refused: the program cannot be executed");
+            return;
+        }
+        tracing::info!(program = %exe.display(), "upgrade: draining, then handing over the socket");
+        if !current.drain_within(UPGRADE_DRAIN) {
+            tracing::warn!("upgrade: commands still running; the new program serves them again");
+        }
+        let mut cmd = std::process::Command::new(exe);
+        cmd.args(std::env::args_os().skip(1));
+        self.socket.prepare(&mut cmd);
+        let err = cmd.exec();
+        tracing::error!(program = %exe.display(), "upgrade failed, serving on: {err}");
+        current.resume();
+    }
+}
+
 /// SIGTERM/SIGINT: stop taking requests, let in-flight commands complete, make completed
 /// writes durable, remove the socket, and exit, all within [`SHUTDOWN_BUDGET`]: a stuck
 /// medium cannot hold the exit (what could not be flushed in time is logged, and the exit
 /// status says so). SIGUSR1: log every LUN's state (for iSCSI LUNs, each path's state and
-/// counters).
+/// counters). SIGUSR2: upgrade in place ([`Upgrade::run`]).
 fn handle_signals(
     mut signals: signal_hook::iterator::Signals,
     current: CurrentDevice,
     luns: Arc<LunTable<Lun>>,
     socket: SocketRemover,
+    upgrade: Option<Upgrade>,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("signals".into())
@@ -259,6 +309,13 @@ fn handle_signals(
                 if sig == SIGUSR1 {
                     for line in status_lines(&luns) {
                         tracing::info!("status: {line}");
+                    }
+                    continue;
+                }
+                if sig == SIGUSR2 {
+                    match &upgrade {
+                        Some(u) => u.run(&current),
+                        None => tracing::error!("upgrade refused: the program's path is unknown"),
                     }
                     continue;
                 }

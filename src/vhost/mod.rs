@@ -23,12 +23,14 @@ use std::time::Duration;
 
 use std::os::unix::net::UnixStream;
 
-use vhost::vhost_user::{BackendReqHandler, Listener};
+use std::os::unix::net::UnixListener;
+
+use vhost::vhost_user::BackendReqHandler;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 pub use device::ScsiDevice;
 use session::FrontendSession;
-pub use socket::{SocketRemover, VhostSocket};
+pub use socket::{SocketHandover, SocketRemover, VhostSocket};
 
 use crate::backend::guest::GuestMem;
 use crate::config::Config;
@@ -43,19 +45,34 @@ pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(25);
 pub struct CurrentDevice(Arc<Mutex<Option<ScsiDevice>>>);
 
 impl CurrentDevice {
-    /// Stops taking new requests and waits (bounded) for in-flight ones to complete.
-    /// Returns false if commands were still in flight at the deadline.
-    pub fn drain(&self) -> bool {
+    /// Stops taking new requests and waits, at most `within`, for in-flight ones. Returns
+    /// false if commands were still in flight at the deadline.
+    pub fn drain_within(&self, within: Duration) -> bool {
         let dev = queue::lock(&self.0).clone();
         match dev {
             Some(d) => {
                 d.shared
                     .stopping
                     .store(true, std::sync::atomic::Ordering::Release);
-                d.shared.inflight.wait_all_idle(SHUTDOWN_DRAIN)
+                d.shared.inflight.wait_all_idle(within)
             }
             None => true,
         }
+    }
+
+    /// Takes requests again after a drain that led nowhere (an upgrade that failed).
+    pub fn resume(&self) {
+        if let Some(d) = queue::lock(&self.0).clone() {
+            d.shared
+                .stopping
+                .store(false, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Stops taking new requests and waits (bounded) for in-flight ones to complete.
+    /// Returns false if commands were still in flight at the deadline.
+    pub fn drain(&self) -> bool {
+        self.drain_within(SHUTDOWN_DRAIN)
     }
 }
 
@@ -83,7 +100,7 @@ pub fn serve(
 fn serve_one(
     cfg: &Config,
     luns: Arc<LunTable<Lun>>,
-    listener: &mut Listener,
+    listener: &mut UnixListener,
     socket: &Path,
     current: &CurrentDevice,
 ) -> Result<(), String> {
@@ -123,13 +140,13 @@ fn serve_one(
     Ok(())
 }
 
-/// Waits for the next frontend (the listener is blocking; a spurious wake-up retries).
-fn accept(listener: &mut Listener) -> std::io::Result<UnixStream> {
+/// Waits for the next frontend (an interrupted wait retries).
+fn accept(listener: &mut UnixListener) -> std::io::Result<UnixStream> {
     loop {
         match listener.accept() {
-            Ok(Some(s)) => return Ok(s),
-            Ok(None) => continue,
-            Err(e) => return Err(std::io::Error::other(e.to_string())),
+            Ok((s, _)) => return Ok(s),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
         }
     }
 }

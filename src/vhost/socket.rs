@@ -8,16 +8,16 @@
 //! vscsid as its frontend, and one without `--reconnect` would exit when it closes.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-
-use vhost::vhost_user::Listener;
 
 /// `__SO_ACCEPTCON` in `/proc/net/unix`'s flags: the socket listens.
 const SO_ACCEPTCON: u32 = 1 << 16;
 
 /// The daemon's listening socket and the identity of the file it created.
 pub struct VhostSocket {
-    pub(super) listener: Listener,
+    pub(super) listener: UnixListener,
     path: PathBuf,
     inode: (u64, u64),
 }
@@ -33,8 +33,7 @@ impl VhostSocket {
         refuse_unless_stale(path)?;
         // SAFETY: umask only changes this process's file creation mask.
         let old = unsafe { libc::umask(0o177) };
-        // Nothing but a stale socket is left at the path: the listener may unlink it.
-        let listener = Listener::new(path, true);
+        let listener = UnixListener::bind(path);
         // SAFETY: as above, restoring the previous mask.
         unsafe { libc::umask(old) };
         let listener =
@@ -50,6 +49,63 @@ impl VhostSocket {
         })
     }
 
+    /// The listening socket a previous vscsid handed over (an upgrade in place, see
+    /// `upgrade.rs`) or systemd passed (socket activation): descriptor 3 when `LISTEN_FDS`
+    /// is set and `LISTEN_PID` is this process. It must be a listening UNIX socket bound
+    /// to `path`. None when nothing was passed; the variables are removed once read, so
+    /// they do not reach child processes.
+    pub fn inherited(path: &Path) -> Option<Result<VhostSocket, String>> {
+        let ours = std::env::var("LISTEN_PID")
+            .ok()
+            .and_then(|p| p.parse::<u32>().ok())
+            .is_some_and(|p| p == std::process::id());
+        let count = std::env::var("LISTEN_FDS")
+            .ok()
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(0);
+        if !ours || count == 0 {
+            return None;
+        }
+        for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+            std::env::remove_var(var);
+        }
+        Some(Self::from_listen_fd(path, LISTEN_FDS_START))
+    }
+
+    fn from_listen_fd(path: &Path, fd: RawFd) -> Result<VhostSocket, String> {
+        let path = &std::path::absolute(path)
+            .map_err(|e| format!("socket: cannot resolve {}: {e}", path.display()))?;
+        let shown = path.display();
+        let bound = bound_path(fd).map_err(|e| {
+            format!("socket: the passed descriptor {fd} is not a UNIX socket ({e})")
+        })?;
+        if bound != *path {
+            return Err(format!(
+                "socket: the passed socket is bound to {}, not {shown}",
+                bound.display()
+            ));
+        }
+        // SAFETY: descriptor 3 was passed to this process for it to own (sd_listen_fds'
+        // contract); it was checked above to be a UNIX socket, and nothing else uses it.
+        let listener = unsafe { UnixListener::from_raw_fd(fd) };
+        set_cloexec(fd, true).map_err(|e| format!("socket: {e}"))?;
+        let meta = std::fs::symlink_metadata(path)
+            .map_err(|e| format!("socket: cannot inspect {shown}: {e}"))?;
+        tracing::info!(socket = %shown, "listening socket passed by the previous process");
+        Ok(VhostSocket {
+            listener,
+            path: path.to_path_buf(),
+            inode: (meta.dev(), meta.ino()),
+        })
+    }
+
+    /// What is needed to hand the listening socket to a program this process executes.
+    pub fn handover(&self) -> SocketHandover {
+        SocketHandover {
+            fd: self.listener.as_raw_fd(),
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -62,6 +118,85 @@ impl VhostSocket {
             inode: self.inode,
         }
     }
+}
+
+/// Hands the listening socket over to a program this process executes (an upgrade in
+/// place): it becomes descriptor 3 of that program, with `LISTEN_FDS`/`LISTEN_PID` naming
+/// it (exec keeps the process ID), and the program takes it with
+/// [`VhostSocket::inherited`]. Frontends that connect meanwhile wait in its backlog.
+#[derive(Clone, Copy)]
+pub struct SocketHandover {
+    fd: RawFd,
+}
+
+impl SocketHandover {
+    /// Sets `cmd` up to receive the socket, and nothing else: every other descriptor
+    /// above stderr is closed before the exec (descriptors received from the frontend,
+    /// such as its guest memory, are not close-on-exec and would stay open for ever).
+    pub fn prepare(self, cmd: &mut std::process::Command) {
+        let fd = self.fd;
+        cmd.env("LISTEN_FDS", "1")
+            .env("LISTEN_PID", std::process::id().to_string())
+            .env("LISTEN_FDNAMES", "vhost-user");
+        // SAFETY: the closure runs in the child between fork and exec (or, with `exec`, in
+        // this process just before it) and only makes system calls that are
+        // async-signal-safe: dup2, fcntl and close_range.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+                if fd != LISTEN_FDS_START && libc::dup2(fd, LISTEN_FDS_START) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                set_cloexec(LISTEN_FDS_START, false)?;
+                libc::syscall(libc::SYS_close_range, LISTEN_FDS_START + 1, u32::MAX, 0);
+                Ok(())
+            });
+        }
+    }
+}
+
+/// The first descriptor a socket-activated process is given (sd_listen_fds(3)).
+const LISTEN_FDS_START: RawFd = 3;
+
+fn set_cloexec(fd: RawFd, on: bool) -> std::io::Result<()> {
+    // SAFETY: fcntl on a descriptor number only reads or changes its flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let new = if on {
+        flags | libc::FD_CLOEXEC
+    } else {
+        flags & !libc::FD_CLOEXEC
+    };
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, new) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The path a UNIX socket descriptor is bound to.
+fn bound_path(fd: RawFd) -> std::io::Result<PathBuf> {
+    // SAFETY: an all-zero sockaddr_un is valid; getsockname writes at most `len` bytes.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: `addr` and `len` are valid for writing as described.
+    let rc =
+        unsafe { libc::getsockname(fd, (&mut addr as *mut libc::sockaddr_un).cast(), &mut len) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if addr.sun_family != libc::AF_UNIX as libc::sa_family_t {
+        return Err(std::io::Error::other("not a UNIX socket"));
+    }
+    let bytes: Vec<u8> = addr
+        .sun_path
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    let name: std::ffi::OsString = std::os::unix::ffi::OsStringExt::from_vec(bytes);
+    Ok(PathBuf::from(name))
 }
 
 /// Removes the daemon's socket file unless something else took its path meanwhile.
