@@ -137,7 +137,8 @@ impl Connection {
         }
         self.features = offered & wanted;
         let pf = frontend.get_protocol_features().map_err(proto)?;
-        let mut acked = pf & VhostUserProtocolFeatures::MQ;
+        // LOG_SHMFD as QEMU does: the log is handed over only when the guest migrates.
+        let mut acked = pf & (VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::LOG_SHMFD);
         if opts.inflight {
             if !pf.contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD) {
                 return Err(FrontendError::Protocol(

@@ -210,6 +210,8 @@ impl ScsiDevice {
             | feature::HOTPLUG
             | feature::CHANGE
             | vhost::vhost_user::message::VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+            // Live migration: the device logs the guest pages it writes.
+            | (1 << super::session::VHOST_F_LOG_ALL)
     }
 
     pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -217,7 +219,9 @@ impl ScsiDevice {
         // properties, never asks for ours, and warns at every start when it is offered.
         // INFLIGHT_SHMFD: the frontend keeps a record of what is in flight across
         // restarts of the daemon (QEMU 8.2+ for vhost-user-scsi).
-        VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+        VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+            | VhostUserProtocolFeatures::LOG_SHMFD
     }
 
     /// The config space for a frontend that asks (GET_CONFIG); QEMU does not, and CONFIG is

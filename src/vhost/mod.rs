@@ -5,6 +5,7 @@
 mod connection;
 mod control_queue;
 mod device;
+mod dirty_log;
 mod event_loop;
 mod inflight;
 mod inflight_region;

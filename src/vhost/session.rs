@@ -21,6 +21,7 @@ use vhost::vhost_user::{GpuBackend, VhostUserBackendReqHandlerMut};
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 use super::device::ScsiDevice;
+use super::dirty_log::DirtyLog;
 use super::event_loop::QueueThread;
 use super::inflight_region::InflightRegion;
 use super::vring::{valid_queue_size, Vring};
@@ -54,6 +55,8 @@ pub struct FrontendSession {
     acked_protocol_features: u64,
     /// The frontend's in-flight region (INFLIGHT_SHMFD), kept across its reconnects.
     inflight: Option<Arc<InflightRegion>>,
+    /// The dirty log every vring marks while the frontend migrates the guest.
+    log: Arc<DirtyLog>,
 }
 
 fn internal<E: std::fmt::Display>(e: E) -> ProtocolError {
@@ -64,8 +67,9 @@ impl FrontendSession {
     /// Creates the device's vrings and starts one event loop per worker thread.
     pub fn new(device: ScsiDevice, mem: GuestMem) -> io::Result<FrontendSession> {
         let max = device.max_queue_size();
+        let log = Arc::new(DirtyLog::default());
         let vrings = (0..device.num_queues())
-            .map(|_| Vring::new(mem.clone(), max).map_err(io::Error::other))
+            .map(|_| Vring::new(mem.clone(), max, log.clone()).map_err(io::Error::other))
             .collect::<io::Result<Vec<_>>>()?;
         let mut places = vec![
             QueuePlace {
@@ -100,6 +104,7 @@ impl FrontendSession {
             acked_features: 0,
             acked_protocol_features: 0,
             inflight: None,
+            log,
         })
     }
 
@@ -174,6 +179,9 @@ impl Drop for FrontendSession {
     }
 }
 
+/// Virtio feature bit of vhost's "log all writes" (live migration).
+pub const VHOST_F_LOG_ALL: u32 = 26;
+
 const UNSUPPORTED: ProtocolError = ProtocolError::InvalidOperation("not supported");
 
 impl VhostUserBackendReqHandlerMut for FrontendSession {
@@ -211,6 +219,11 @@ impl VhostUserBackendReqHandlerMut for FrontendSession {
             return Err(ProtocolError::InvalidParam);
         }
         self.acked_features = features;
+        let logging = features & (1 << VHOST_F_LOG_ALL) != 0;
+        if logging != self.log.is_on() {
+            tracing::info!(on = logging, "dirty page logging (live migration)");
+        }
+        self.log.set_on(logging);
         let event_idx =
             features & (1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX) != 0;
         for v in &self.vrings {
@@ -479,7 +492,10 @@ impl VhostUserBackendReqHandlerMut for FrontendSession {
         Err(UNSUPPORTED)
     }
 
-    fn set_log_base(&mut self, _log: &VhostUserLog, _file: File) -> ProtocolResult<()> {
-        Err(UNSUPPORTED)
+    /// The bitmap to mark dirty pages in while logging is on (live migration).
+    fn set_log_base(&mut self, log: &VhostUserLog, file: File) -> ProtocolResult<()> {
+        self.log
+            .set_base(&file, log.mmap_offset, log.mmap_size)
+            .map_err(ProtocolError::ReqHandlerError)
     }
 }

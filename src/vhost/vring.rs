@@ -11,6 +11,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use virtio_queue::{Error as QueueError, Queue, QueueT};
 use vm_memory::{GuestAddress, GuestAddressSpace};
 
+use super::dirty_log::{self, DirtyLog};
 use super::inflight_region::{InflightQueue, InflightRegion};
 use crate::backend::guest::{GuestMem, Mem};
 use crate::virtio::ParsedChain;
@@ -31,6 +32,10 @@ pub struct VringState {
     inflight: Option<InflightQueue>,
     /// Heads a previous device left in flight, served before the available ring.
     resubmit: VecDeque<u16>,
+    /// The connection's dirty log (live migration).
+    log: Arc<DirtyLog>,
+    /// A completed chain's buffers, read again to log them (kept to avoid allocating).
+    log_scratch: ParsedChain,
 }
 
 impl VringState {
@@ -52,12 +57,40 @@ impl VringState {
     }
 }
 
+/// Marks in the dirty log what completing `head` writes: the first `len` bytes of its
+/// device-writable buffers (response and data-in, already written) and the used ring's
+/// entry and index.
+fn log_completion(
+    st: &mut VringState,
+    mem: &Mem,
+    log: &vm_memory::MmapRegion<()>,
+    head: u16,
+    len: u32,
+) {
+    let table = GuestAddress(st.queue.desc_table());
+    let size = st.queue.size();
+    st.log_scratch.parse_from(mem, table, size, head);
+    let mut left = u64::from(len);
+    for seg in st.log_scratch.writable.segments() {
+        if left == 0 {
+            break;
+        }
+        let n = left.min(u64::from(seg.len));
+        dirty_log::mark(log, seg.addr.0, n);
+        left -= n;
+    }
+    let used = st.queue.used_ring();
+    let slot = u64::from(st.queue.next_used() % size.max(1));
+    dirty_log::mark(log, used + 4 + 8 * slot, 8);
+    dirty_log::mark(log, used + 2, 2);
+}
+
 /// One virtqueue, shared by the protocol thread and the worker that serves it.
 #[derive(Clone)]
 pub struct Vring(Arc<RwLock<VringState>>);
 
 impl Vring {
-    pub fn new(mem: GuestMem, max_size: u16) -> Result<Vring, QueueError> {
+    pub fn new(mem: GuestMem, max_size: u16, log: Arc<DirtyLog>) -> Result<Vring, QueueError> {
         Ok(Vring(Arc::new(RwLock::new(VringState {
             queue: Queue::new(max_size)?,
             kick: None,
@@ -66,6 +99,8 @@ impl Vring {
             mem,
             inflight: None,
             resubmit: VecDeque::new(),
+            log,
+            log_scratch: ParsedChain::new(),
         }))))
     }
 
@@ -108,6 +143,9 @@ impl Vring {
         let mem = st.mem.memory();
         if let Some(inf) = &st.inflight {
             inf.returning(head);
+        }
+        if let Some(log) = st.log.active() {
+            log_completion(&mut st, &mem, &log, head, len);
         }
         st.queue.add_used(&*mem, head, len)?;
         let used = st.queue.next_used();
