@@ -8,7 +8,6 @@ mod common;
 use std::os::unix::io::{AsRawFd, FromRawFd};
 
 use common::*;
-use vhost::vhost_user::VhostUserFrontend;
 use vhost::{VhostBackend, VhostUserDirtyLogRegion};
 use vm_memory::{Bytes, GuestAddress};
 use vscsid::frontend::{ScsiFrontend, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
