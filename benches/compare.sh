@@ -134,13 +134,14 @@ PY
 }
 
 # vscsid on the file; QEMU's block layer and virtio-blk exported by qemu-storage-daemon on
-# the same file; vscsid's own ceiling on null LUNs. Each offers two request queues (vscsid
+# the same file (both run at once, one measured at a time: the image is `shared` for
+# vscsid and unlocked for qemu-storage-daemon); vscsid's own ceiling on null LUNs. Each offers two request queues (vscsid
 # serves each with its own thread); the one-queue workloads use the first.
 start_backend vscsid scsi "$work/vscsid.sock" $size \
-  "$vscsid" --socket "$work/vscsid.sock" --disk "$disk,cache=none" --num-queues 2 --reconnect
+  "$vscsid" --socket "$work/vscsid.sock" --disk "$disk,cache=none,shared" --num-queues 2 --reconnect
 start_backend qsd-vhost-user-blk blk "$work/qsd.sock" $size \
   qemu-storage-daemon \
-  --blockdev "driver=file,node-name=file0,filename=$disk,aio=io_uring,cache.direct=on" \
+  --blockdev "driver=file,node-name=file0,filename=$disk,aio=io_uring,cache.direct=on,locking=off" \
   --blockdev driver=raw,node-name=disk0,file=file0 \
   --export "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=$work/qsd.sock,writable=on,num-queues=2"
 start_backend vscsid-null scsi "$work/null.sock" $size \

@@ -59,6 +59,10 @@ struct Cli {
     /// once; at most 1024). Larger batches save system calls at some latency.
     #[arg(long, value_name = "N")]
     submit_batch: Option<i64>,
+    /// The destination of a live migration: open the images without their locks and take
+    /// them when QEMU starts the device (after the source let go).
+    #[arg(long)]
+    incoming: bool,
     /// How long stopping a queue waits for its commands, in milliseconds [default: 10000;
     /// at most 60000]. QEMU waits as long; see README "Lifecycle".
     #[arg(long, value_name = "MS")]
@@ -106,6 +110,7 @@ fn build_config(cli: Cli, order: LunOrder) -> Result<Config, String> {
         cfg.submit_batch =
             vscsid::config::check_submit_batch(n, "--submit-batch").map_err(|e| e.0)?;
     }
+    cfg.incoming |= cli.incoming;
     if let Some(n) = cli.stop_timeout_ms {
         cfg.stop_timeout_ms =
             vscsid::config::check_stop_timeout_ms(n, "--stop-timeout-ms").map_err(|e| e.0)?;

@@ -8,6 +8,7 @@ mod cache;
 mod file;
 pub mod guest;
 pub mod guest_fault;
+pub mod image_lock;
 pub mod uring;
 
 pub use aligned::AlignedBuf;

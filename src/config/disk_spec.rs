@@ -21,6 +21,10 @@ pub fn parse_disk_spec(spec: &str, lun: u16) -> Result<LunConfig, ConfigError> {
         match (key, value) {
             ("readonly" | "ro", None) => cfg.readonly = true,
             ("readonly" | "ro", Some(v)) => cfg.readonly = parse_bool(v).map_err(err)?,
+            ("shared", None) => cfg.shared = true,
+            ("shared", Some(v)) => {
+                cfg.shared = parse_bool(v).map_err(|e| err(e.replace("readonly", "shared")))?
+            }
             ("cache", Some(v)) => {
                 let mode = v.parse().map_err(|e: String| err(format!("cache: {e}")))?;
                 if let LunKind::Disk { cache, .. } = &mut cfg.kind {

@@ -39,6 +39,7 @@ struct RawLun {
     cache: Option<String>,
     block_size: Option<i64>,
     readonly: Option<bool>,
+    shared: Option<bool>,
     discard: Option<bool>,
     serial: Option<String>,
     wwn: Option<String>,
@@ -256,6 +257,7 @@ fn lun_from_raw(l: RawLun, i: usize) -> Result<LunConfig, ConfigError> {
         cfg.block_size = check_block_size(bs, &field("block_size"))?;
     }
     cfg.readonly = l.readonly.unwrap_or(false);
+    cfg.shared = l.shared.unwrap_or(false);
     if let Some(d) = l.discard {
         cfg.discard = d;
     }

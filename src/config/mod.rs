@@ -164,6 +164,9 @@ pub struct LunConfig {
     pub serial: Option<String>,
     /// NAA identifier (VPD 0x83); derived from the backing path when absent.
     pub wwn: Option<u64>,
+    /// Other VMs may write the image at the same time (a cluster disk): its image lock
+    /// lets them.
+    pub shared: bool,
 }
 
 impl LunConfig {
@@ -181,6 +184,7 @@ impl LunConfig {
             discard: true,
             serial: None,
             wwn: None,
+            shared: false,
         }
     }
 }
@@ -211,6 +215,9 @@ pub struct Config {
     /// (they are served again when the queue restarts); otherwise the guest never gets
     /// their answer and retries them after its own timeout.
     pub stop_timeout_ms: u32,
+    /// The destination of a live migration: images are opened without their locks, which
+    /// are taken when QEMU starts the device, after the source let go.
+    pub incoming: bool,
     /// iSCSI initiator name; derived from the host name when absent.
     pub initiator_name: Option<String>,
     pub luns: Vec<LunConfig>,
@@ -227,6 +234,7 @@ impl Default for Config {
             poll_us: 0,
             submit_batch: DEFAULT_SUBMIT_BATCH,
             stop_timeout_ms: DEFAULT_STOP_TIMEOUT_MS,
+            incoming: false,
             initiator_name: None,
             luns: Vec::new(),
         }

@@ -8,6 +8,7 @@ use super::gate::WriteGate;
 use super::identity::disk_properties;
 use super::medium::{self, DiskMedium};
 use super::{answer_emulated, Command, IoContext, LunDevice, Step, Task};
+use crate::backend::image_lock::{self, LockMode};
 use crate::backend::{Backing, CacheMode};
 use crate::config::LunConfig;
 use crate::scsi::disk::{DiskProperties, EmulatedDisk};
@@ -16,12 +17,27 @@ use crate::scsi::Outcome;
 pub struct DiskLun {
     disk: EmulatedDisk,
     medium: DiskMedium,
+    lock: LockMode,
 }
 
 /// Opens the backing store of a disk LUN and checks it fits the configured block size.
-pub fn open(l: &LunConfig, path: &Path, cache: CacheMode) -> Result<Box<dyn LunDevice>, String> {
+/// With `lock_now`, the image lock is taken here (and a conflict fails the open);
+/// otherwise at [`LunDevice::activate`].
+pub fn open(
+    l: &LunConfig,
+    path: &Path,
+    cache: CacheMode,
+    lock_now: bool,
+) -> Result<Box<dyn LunDevice>, String> {
     let where_ = format!("target {} LUN {}", l.target, l.lun);
     let backing = Backing::open(path, cache, l.readonly).map_err(|e| format!("{where_}: {e}"))?;
+    let lock = LockMode {
+        writable: !l.readonly,
+        shared: l.shared,
+    };
+    if lock_now {
+        image_lock::lock(&backing.file, path, lock).map_err(|e| format!("{where_}: {e}"))?;
+    }
     let bs = u64::from(l.block_size);
     if backing.size < bs {
         return Err(format!(
@@ -49,6 +65,7 @@ pub fn open(l: &LunConfig, path: &Path, cache: CacheMode) -> Result<Box<dyn LunD
     Ok(Box::new(DiskLun {
         disk: EmulatedDisk::new(props),
         medium: DiskMedium::new(backing, WriteGate::default(), unmap_zeroes),
+        lock,
     }))
 }
 
@@ -84,6 +101,15 @@ impl LunDevice for DiskLun {
         if self.medium.backing.cache.honours_flush() && !self.medium.backing.readonly {
             let _ = self.medium.backing.file.sync_data();
         }
+    }
+
+    fn activate(&self) -> Result<(), String> {
+        let b = &self.medium.backing;
+        image_lock::lock(&b.file, &b.path, self.lock).map_err(|e| e.to_string())
+    }
+
+    fn deactivate(&self) {
+        image_lock::unlock(&self.medium.backing.file);
     }
 
     fn describe(&self) -> String {

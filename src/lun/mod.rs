@@ -224,6 +224,16 @@ pub trait LunDevice: Send + Sync {
     /// At shutdown: make completed writes durable.
     fn make_durable(&self) {}
 
+    /// The device starts serving a guest: take what makes the LUN this VM's (an image
+    /// lock). Idempotent. The error is one line naming the image and who holds it.
+    fn activate(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// The device stopped (every queue; at the end of a migration the destination's
+    /// daemon takes over): let go of what `activate` took.
+    fn deactivate(&self) {}
+
     /// A one-line description for the logs.
     fn describe(&self) -> String;
 

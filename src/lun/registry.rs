@@ -15,7 +15,7 @@ pub fn build_lun_table(cfg: &Config) -> Result<LunTable<Lun>, String> {
         opts.initiator_name = name.clone();
     }
     for l in &cfg.luns {
-        let device = open_device(l, &opts)?;
+        let device = open_device(l, &opts, !cfg.incoming)?;
         table
             .insert(l.target, l.lun, Arc::new(Lun::new(l.target, l.lun, device)))
             .map_err(|e| format!("target {} LUN {}: {e}", l.target, l.lun))?;
@@ -24,9 +24,14 @@ pub fn build_lun_table(cfg: &Config) -> Result<LunTable<Lun>, String> {
 }
 
 /// The one place that knows every kind of LUN.
-fn open_device(l: &LunConfig, iscsi: &IscsiOptions) -> Result<Box<dyn LunDevice>, String> {
+/// `lock_now`: take image locks at once (not for the destination of a migration).
+fn open_device(
+    l: &LunConfig,
+    iscsi: &IscsiOptions,
+    lock_now: bool,
+) -> Result<Box<dyn LunDevice>, String> {
     match &l.kind {
-        LunKind::Disk { path, cache } => disk::open(l, path, *cache),
+        LunKind::Disk { path, cache } => disk::open(l, path, *cache, lock_now),
         LunKind::Null { size } => null::open(l, *size),
         LunKind::Iscsi {
             url,

@@ -144,6 +144,9 @@ impl FrontendSession {
     fn start_if_ready(&self, index: u32) -> ProtocolResult<()> {
         let vring = self.vring(index)?;
         if !vring.is_ready() && vring.has_kick() {
+            if !self.vrings.iter().any(Vring::is_ready) {
+                self.activate_luns()?;
+            }
             if let (Some(region), Ok(q)) = (&self.inflight, u16::try_from(index)) {
                 let n = vring.attach_inflight(region, q);
                 if n > 0 {
@@ -158,6 +161,40 @@ impl FrontendSession {
             self.update_watch(index)?;
         }
         Ok(())
+    }
+
+    /// The device starts (its first ring): every LUN takes its image lock. The source of
+    /// a migration lets go when it stops its device, before this side starts; a lock
+    /// still held elsewhere after [`LOCK_WAIT`] refuses the start and ends the connection.
+    fn activate_luns(&self) -> ProtocolResult<()> {
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            let tried = self
+                .device
+                .shared
+                .luns
+                .luns()
+                .try_for_each(|(_, _, l)| l.device().activate());
+            match tried {
+                Ok(()) => return Ok(()),
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => {
+                    let why = format!("the device cannot start: {e}");
+                    self.device.shared.connection.drop_connection(&why);
+                    return Err(internal(why));
+                }
+            }
+        }
+    }
+
+    /// The device stopped (its last ring): the LUNs let go of their image locks, so the
+    /// destination of a migration can take them.
+    fn deactivate_luns(&self) {
+        for (_, _, l) in self.device.shared.luns.luns() {
+            l.device().deactivate();
+        }
     }
 
     fn frontend_to_guest(&self, addr: u64) -> ProtocolResult<u64> {
@@ -178,6 +215,9 @@ impl Drop for FrontendSession {
         self.stop_threads();
     }
 }
+
+/// How long a starting device waits for image locks held elsewhere.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Virtio feature bit of vhost's "log all writes" (live migration).
 pub const VHOST_F_LOG_ALL: u32 = 26;
@@ -321,6 +361,7 @@ impl VhostUserBackendReqHandlerMut for FrontendSession {
     /// stopped consuming it.
     fn get_vring_base(&mut self, index: u32) -> ProtocolResult<VhostUserVringState> {
         let vring = self.vring(index)?.clone();
+        let was_ready = vring.is_ready();
         vring.set_ready(false);
         self.update_watch(index)?;
         self.device
@@ -329,6 +370,9 @@ impl VhostUserBackendReqHandlerMut for FrontendSession {
         let next_avail = vring.next_avail();
         vring.set_kick(None);
         vring.set_call(None);
+        if was_ready && !self.vrings.iter().any(Vring::is_ready) {
+            self.deactivate_luns();
+        }
         Ok(VhostUserVringState::new(index, u32::from(next_avail)))
     }
 
