@@ -184,7 +184,17 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cfg = match build_config(cli, order) {
-        Ok(c) => c,
+        Ok(mut c) => {
+            if let Some(old) = std::env::var_os(UPGRADED_ENV) {
+                std::env::remove_var(UPGRADED_ENV);
+                tracing::info!(
+                    previous = %old.to_string_lossy(),
+                    "upgraded in place: image locks are taken when the device starts"
+                );
+                c.incoming = true;
+            }
+            c
+        }
         Err(e) => {
             eprintln!("vscsid: error: {e}");
             return ExitCode::from(2);
@@ -259,6 +269,11 @@ const SHUTDOWN_BUDGET: Duration = Duration::from_secs(40);
 /// running then is served again by the new program (the frontend's in-flight region).
 const UPGRADE_DRAIN: Duration = Duration::from_secs(5);
 
+/// Set for the program an upgrade executes: it opens its images without their locks and
+/// takes them when the device starts, because the old program's files may stay open a
+/// moment longer (block I/O still in the kernel holds them).
+const UPGRADED_ENV: &str = "VSCSID_UPGRADED_FROM";
+
 /// What an upgrade in place needs: the program to execute and the socket to hand over.
 struct Upgrade {
     exe: std::path::PathBuf,
@@ -287,7 +302,8 @@ impl Upgrade {
             tracing::warn!("upgrade: commands still running; the new program serves them again");
         }
         let mut cmd = std::process::Command::new(exe);
-        cmd.args(std::env::args_os().skip(1));
+        cmd.args(std::env::args_os().skip(1))
+            .env(UPGRADED_ENV, std::process::id().to_string());
         self.socket.prepare(&mut cmd);
         let err = cmd.exec();
         tracing::error!(program = %exe.display(), "upgrade failed, serving on: {err}");

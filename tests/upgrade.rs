@@ -38,17 +38,31 @@ fn install_and_start(image: &Path) -> Installed {
     let program = dir.path().join("vscsid");
     std::fs::copy(env!("CARGO_BIN_EXE_vscsid"), &program).expect("install the program");
     let socket = dir.path().join("vscsid.sock");
-    let child = Command::new(&program)
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--disk")
-        .arg(format!("{},cache=none", image.display()))
-        .args(["--num-queues", "1", "--reconnect"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .env("VSCSID_LOG", "warn")
-        .spawn()
-        .expect("start the installed program");
+    let spawn = || {
+        Command::new(&program)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--disk")
+            .arg(format!("{},cache=none", image.display()))
+            .args(["--num-queues", "1", "--reconnect"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .env("VSCSID_LOG", "warn")
+            .spawn()
+    };
+    // Another test thread forking while the copy was open for writing keeps the file
+    // busy for a moment (ETXTBSY): retry, bounded.
+    let mut child = spawn();
+    for _ in 0..100 {
+        match &child {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(Duration::from_millis(20));
+                child = spawn();
+            }
+            _ => break,
+        }
+    }
+    let child = child.expect("start the installed program");
     Installed {
         child,
         _dir: dir,
@@ -146,9 +160,18 @@ fn sigusr2_hands_over_to_the_new_program_without_losing_a_command() {
     // lets go of the process only once the medium answers.
     std::thread::sleep(Duration::from_secs(7));
     fs.thaw();
-    wait_until("the new program runs", Duration::from_secs(30), || {
-        std::fs::metadata(format!("/proc/{pid}/exe")).is_ok_and(|m| m.ino() == new_inode)
-    });
+    let runs_new =
+        || std::fs::metadata(format!("/proc/{pid}/exe")).is_ok_and(|m| m.ino() == new_inode);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !runs_new() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        runs_new(),
+        "the new program does not run: {:?} {:?}",
+        d.child.try_wait(),
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+    );
     assert!(
         matches!(d.child.try_wait(), Ok(None)),
         "same process, new program"

@@ -79,6 +79,9 @@ mod tests {
         cfg.luns.push(LunConfig::disk(0, 0, p.clone()));
         let mut ro = LunConfig::disk(0, 1, p);
         ro.readonly = true;
+        // The same image twice, on purpose: its lock must let both in.
+        cfg.luns[0].shared = true;
+        ro.shared = true;
         ro.block_size = 4096;
         cfg.luns.push(ro);
         let table = build_lun_table(&cfg).expect("table");

@@ -375,8 +375,11 @@ mod tests {
             threads,
             ..Config::default()
         };
-        cfg.luns.push(LunConfig::disk(0, 0, p.clone()));
-        cfg.luns.push(LunConfig::disk(2, 7, p));
+        let mut a = LunConfig::disk(0, 0, p.clone());
+        let mut b = LunConfig::disk(2, 7, p);
+        a.shared = true;
+        b.shared = true;
+        cfg.luns.extend([a, b]);
         let luns = Arc::new(crate::lun::build_lun_table(&cfg).expect("luns"));
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
         let dev = ScsiDevice::new(&cfg, luns, mem).expect("device");
