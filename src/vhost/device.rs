@@ -26,6 +26,9 @@ use crate::virtio::layout::{feature, CDB_SIZE, SENSE_SIZE};
 /// hold it indefinitely).
 const ABANDONED_IO_WAIT: Duration = Duration::from_secs(3600);
 
+/// Virtio feature bit of vhost's "log all writes" (live migration).
+pub const VHOST_F_LOG_ALL: u32 = 26;
+
 /// Commands one worker thread serves at once, whatever its number of queues: its io_uring
 /// holds as many; more wait in their rings.
 const MAX_WORKER_SLOTS: usize = 4096;
@@ -211,7 +214,7 @@ impl ScsiDevice {
             | feature::CHANGE
             | vhost::vhost_user::message::VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
             // Live migration: the device logs the guest pages it writes.
-            | (1 << super::session::VHOST_F_LOG_ALL)
+            | (1 << VHOST_F_LOG_ALL)
     }
 
     pub fn protocol_features(&self) -> VhostUserProtocolFeatures {

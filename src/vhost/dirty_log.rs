@@ -13,20 +13,37 @@ use std::sync::{Arc, Mutex};
 
 use vm_memory::{FileOffset, MmapRegion, VolatileMemory};
 
-use super::queue::lock;
 use crate::backend::guest_fault;
 
 /// Bytes of guest memory one bit of the log stands for (vhost-user's VHOST_LOG_PAGE).
 pub const LOG_PAGE: u64 = 4096;
 
 /// The frontend's log and whether logging is on; shared by every vring of a connection.
-#[derive(Default)]
 pub struct DirtyLog {
     on: AtomicBool,
     map: Mutex<Option<Arc<MmapRegion<()>>>>,
+    /// False only with `VSCSID_DEBUG_UNLOGGED_DATA=1`: the data buffers of completed
+    /// chains are not marked (the used ring still is). A fault switch that shows the
+    /// marking matters: a guest migrated so reads stale data on the destination.
+    marks_data: bool,
+}
+
+impl Default for DirtyLog {
+    fn default() -> Self {
+        DirtyLog {
+            on: AtomicBool::new(false),
+            map: Mutex::new(None),
+            marks_data: std::env::var_os("VSCSID_DEBUG_UNLOGGED_DATA").is_none_or(|v| v != "1"),
+        }
+    }
 }
 
 impl DirtyLog {
+    /// Whether data buffers are marked (always, unless the debug fault switch is on).
+    pub fn marks_data(&self) -> bool {
+        self.marks_data
+    }
+
     /// Maps the log the frontend hands over (SET_LOG_BASE), replacing the previous one.
     pub fn set_base(&self, file: &File, offset: u64, size: u64) -> io::Result<()> {
         let len = usize::try_from(size).map_err(|_| io::Error::other("log too large"))?;
@@ -43,7 +60,7 @@ impl DirtyLog {
         let map = MmapRegion::from_file(FileOffset::new(file.try_clone()?, offset), len)
             .map_err(io::Error::other)?;
         guest_fault::watch_range(map.as_ptr() as usize, len);
-        *lock(&self.map) = Some(Arc::new(map));
+        *self.map.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(map));
         Ok(())
     }
 
@@ -61,7 +78,7 @@ impl DirtyLog {
         if !self.is_on() {
             return None;
         }
-        lock(&self.map).clone()
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 

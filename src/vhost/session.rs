@@ -20,7 +20,7 @@ use vhost::vhost_user::{Error as ProtocolError, Result as ProtocolResult};
 use vhost::vhost_user::{GpuBackend, VhostUserBackendReqHandlerMut};
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
-use super::device::ScsiDevice;
+use super::device::{ScsiDevice, VHOST_F_LOG_ALL};
 use super::dirty_log::DirtyLog;
 use super::event_loop::QueueThread;
 use super::inflight_region::InflightRegion;
@@ -218,9 +218,6 @@ impl Drop for FrontendSession {
 
 /// How long a starting device waits for image locks held elsewhere.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Virtio feature bit of vhost's "log all writes" (live migration).
-pub const VHOST_F_LOG_ALL: u32 = 26;
 
 const UNSUPPORTED: ProtocolError = ProtocolError::InvalidOperation("not supported");
 

@@ -70,7 +70,11 @@ fn log_completion(
     let table = GuestAddress(st.queue.desc_table());
     let size = st.queue.size();
     st.log_scratch.parse_from(mem, table, size, head);
-    let mut left = u64::from(len);
+    let mut left = if st.log.marks_data() {
+        u64::from(len)
+    } else {
+        0
+    };
     for seg in st.log_scratch.writable.segments() {
         if left == 0 {
             break;

@@ -95,6 +95,46 @@ if [ "$MODE" = multipath ]; then
   finish
 fi
 
+if [ "$MODE" = migrate ]; then
+  # tests/qemu/run-migration-e2e.sh migrates this guest to another QEMU (with its own
+  # vscsid on the same image) while fio writes and reads back every block with crc32c.
+  D0=$(lun_dev 0)
+  if [ -z "$D0" ]; then check mig-disk-found FAIL "no disk at LUN 0"; finish; fi
+  check mig-disk-found PASS "/dev/$D0 $(cat /sys/block/$D0/device/vendor)"
+  RUNTIME=$(arg runtime); RUNTIME=${RUNTIME:-40}
+  # Known data past fio's range, out of the page cache: read (buffered) 1 MiB at a time
+  # over the first seconds, while the migration runs, so it reaches the page cache by DMA
+  # alone; compared from the page cache on the destination at the end. A page the device
+  # wrote but did not log would hold what QEMU copied before.
+  dd if=/dev/urandom of=/tmp/ref bs=1M count=32 2>/dev/null
+  ref=$(md5sum < /tmp/ref | cut -d' ' -f1)
+  dd if=/tmp/ref of=/dev/$D0 bs=1M seek=128 oflag=direct conv=fsync 2>/dev/null
+  rm -f /tmp/ref
+  sync; echo 3 > /proc/sys/vm/drop_caches
+  echo "VSCSID-MIG-FIO-START"
+  (i=0; while [ $i -lt 32 ]; do
+    dd if=/dev/$D0 of=/dev/null bs=1M skip=$((128 + i)) count=1 2>/dev/null
+    sleep 0.25; i=$((i + 1))
+  done) &
+  fio --name=mig --filename=/dev/$D0 --direct=1 --ioengine=libaio --rw=randrw --bs=4k \
+    --size=32M --iodepth=8 --numjobs=2 --offset_increment=32M --verify=crc32c \
+    --verify_backlog=16 --verify_fatal=1 --time_based --runtime="$RUNTIME" \
+    --group_reporting > /tmp/fio.out 2>&1
+  rc=$?
+  io=$(grep -o 'write: IOPS=[^,]*' /tmp/fio.out | head -n 1)
+  err=$(grep -o 'err= *[0-9]*' /tmp/fio.out | head -n 1)
+  check mig-fio-crc32c-verify "$( [ $rc = 0 ] && echo PASS || echo FAIL )" "fio exit $rc, $err, $io"
+  wait
+  got=$(dd if=/dev/$D0 bs=1M skip=128 count=32 2>/dev/null | md5sum | cut -d' ' -f1)
+  check mig-page-cache-intact "$( [ "$got" = "$ref" ] && echo PASS || echo FAIL )" \
+    "data read into the page cache during the migration: md5 $got, written $ref"
+  [ $rc = 0 ] || tail -n 20 /tmp/fio.out
+  n=$(dmesg | grep -ciE 'I/O error|critical|FAILED Result|timing out command|reset')
+  check mig-no-guest-errors "$( [ "$n" = 0 ] && echo PASS || echo FAIL )" "$n kernel error/reset lines"
+  [ "$n" = 0 ] || dmesg | grep -iE 'I/O error|critical|FAILED Result|timing out command|reset' | tail -n 5
+  finish
+fi
+
 if [ "$MODE" = fio ]; then
   # benches/vm-fio.sh: the same fio jobs on the guest's one data disk, whatever device it is.
   i=0
