@@ -31,6 +31,7 @@ mod tests;
 pub mod tmf;
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use crate::backend::guest::{DataBuffers, GuestData};
 use crate::backend::BlockIo;
@@ -223,6 +224,15 @@ pub trait LunDevice: Send + Sync {
 
     /// At shutdown: make completed writes durable.
     fn make_durable(&self) {}
+
+    /// At shutdown, after the last command: end the LUN's sessions with a remote device
+    /// cleanly (an iSCSI LUN logs out of every path), within `within`.
+    fn shut_down(&self, _within: Duration) {}
+
+    /// Paths to the remote device that are down (0 for a LUN without paths).
+    fn paths_down(&self) -> usize {
+        0
+    }
 
     /// A one-line description for the logs.
     fn describe(&self) -> String;
