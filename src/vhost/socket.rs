@@ -414,7 +414,9 @@ fn refuse_unless_stale(path: &Path) -> Result<(), String> {
 /// Paths of the UNIX sockets that listen, in this network namespace, as their owners
 /// bound them (a socket bound by a relative path elsewhere is not recognised).
 fn listening_paths() -> std::io::Result<Vec<String>> {
-    let text = std::fs::read_to_string("/proc/net/unix")?;
+    // This process's view (/proc/net is a link to it), readable with systemd's
+    // ProcSubset=pid.
+    let text = std::fs::read_to_string("/proc/self/net/unix")?;
     Ok(parse_listening(&text))
 }
 
