@@ -331,7 +331,8 @@ struct Shutdown {
 impl Shutdown {
     /// Ends every LUN's sessions with remote devices (iSCSI logouts) by `deadline`.
     fn end_sessions(&self, deadline: Instant) {
-        for (_, _, lun) in self.luns.luns() {
+        for (t, l, lun) in self.luns.luns() {
+            let _span = tracing::info_span!("lun", target_id = t, lun = l).entered();
             lun.device()
                 .shut_down(deadline.saturating_duration_since(Instant::now()));
         }
