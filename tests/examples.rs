@@ -3,7 +3,8 @@
 //! has a watchdog, and its system call filter lets io_uring through; `vscsid@.socket`
 //! listens where the service expects), the libvirt domain validates against libvirt's
 //! schema (`virt-xml-validate`, Debian libvirt-clients) and carries what vhost-user needs,
-//! and the TOML example parses. A missing tool fails the test: it is never skipped.
+//! and the TOML example parses. `systemd-analyze verify` accepts both units (no unknown or
+//! misspelt setting). A missing tool fails the test: it is never skipped.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -71,6 +72,32 @@ fn the_service_unit_is_hardened_and_keeps_upgrades_and_restarts() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no score in '{line}'"));
     assert!(score <= MAX_EXPOSURE, "exposure {score}: {line}");
+}
+
+#[test]
+fn systemd_accepts_both_units() {
+    // An instance of each, with the service's program where this build put it.
+    let dir = tempfile::tempdir().expect("tmp");
+    let service =
+        read("vscsid@.service").replace("/usr/local/bin/vscsid", env!("CARGO_BIN_EXE_vscsid"));
+    std::fs::write(dir.path().join("vscsid@vm1.service"), service).expect("service");
+    std::fs::write(dir.path().join("vscsid@vm1.socket"), read("vscsid@.socket")).expect("socket");
+    let out = Command::new("systemd-analyze")
+        .args([
+            "verify",
+            "--man=no",
+            "./vscsid@vm1.service",
+            "./vscsid@vm1.socket",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .expect("systemd-analyze");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
 }
 
 /// The system calls a `SystemCallFilter=` group holds, its nested groups expanded.
