@@ -10,7 +10,7 @@ use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 
 use vscsid::config::{parse_config_file, parse_disk_spec, Config, SocketAccess};
 use vscsid::lun::{build_lun_table, status_lines, Lun, LunTable};
-use vscsid::service::{init_logging, status_text, Service};
+use vscsid::service::{init_logging, status_text, LogDestination, Service};
 use vscsid::vhost::{serve, CurrentDevice, SocketHandover, SocketRemover, VhostSocket};
 
 /// vhost-user-scsi daemon: serves a QEMU guest's virtio-scsi controller from a UNIX socket.
@@ -218,7 +218,13 @@ fn main() -> ExitCode {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default()
     });
-    init_logging(&vm_name);
+    let logs = init_logging(&vm_name);
+    // From here on a fatal error is an error entry in the journal (priority 3) when the
+    // logs go there, one plain line on stderr otherwise.
+    let fail = |line: &str| match logs {
+        LogDestination::Journal => tracing::error!("{line}"),
+        LogDestination::Stderr => report(&format!("error: {line}")),
+    };
     let service = Service::from_environment();
     // Signals are caught from here on (and handled once the LUNs are open): the socket
     // appears before the LUNs are ready, and a SIGUSR1 or SIGTERM sent as soon as it
@@ -228,7 +234,7 @@ fn main() -> ExitCode {
     let signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1, SIGUSR2]) {
         Ok(s) => s,
         Err(e) => {
-            report(&format!("error: cannot install signal handlers: {e}"));
+            fail(&format!("cannot install signal handlers: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -240,11 +246,11 @@ fn main() -> ExitCode {
     let socket = match cfg.socket.as_deref().map(open_socket) {
         Some(Ok(s)) => s,
         Some(Err(e)) => {
-            report(&format!("error: {e}"));
+            fail(&e);
             return ExitCode::from(2);
         }
         None => {
-            report("error: socket: no socket path given");
+            fail("socket: no socket path given");
             return ExitCode::from(2);
         }
     };
@@ -254,7 +260,7 @@ fn main() -> ExitCode {
     let luns = match build_lun_table(&cfg) {
         Ok(t) => Arc::new(t),
         Err(e) => {
-            report(&format!("error: {e}"));
+            fail(&e);
             return ExitCode::from(2);
         }
     };
@@ -277,7 +283,7 @@ fn main() -> ExitCode {
         service: service.clone(),
     };
     if let Err(e) = handle_signals(signals, current.clone(), shutdown.clone(), remover, upgrade) {
-        report(&format!("error: cannot start the signal thread: {e}"));
+        fail(&format!("cannot start the signal thread: {e}"));
         return ExitCode::FAILURE;
     }
     // Every LUN is open (every iSCSI LUN logged in) and the socket listens.
@@ -290,7 +296,7 @@ fn main() -> ExitCode {
     };
     service.ready(&status());
     if let Err(e) = service.start_monitor(status) {
-        report(&format!("error: cannot start the service thread: {e}"));
+        fail(&format!("cannot start the service thread: {e}"));
         return ExitCode::FAILURE;
     }
     if let Some(w) = service.watchdog() {
@@ -305,7 +311,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            report(&format!("error: {e}"));
+            fail(&e);
             ExitCode::FAILURE
         }
     }

@@ -146,6 +146,11 @@ fn wait_logouts(t: &HostileTarget, n: usize) -> usize {
 fn sigterm_logs_out_of_the_iscsi_sessions() {
     let target = HostileTarget::start(Misbehaviour::WellBehaved);
     let mut d = Daemon::start(&[], &["--iscsi", &target.url(), "--num-queues", "1"]);
+    // The socket is there before the LUNs are open: wait for the login.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while target.logins() < 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(target.logins(), 1);
     let pid = i32::try_from(d.child.id()).expect("pid");
     // SAFETY: kill(2) sends SIGTERM to the daemon this test started.

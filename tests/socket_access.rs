@@ -97,17 +97,29 @@ impl Helper {
     }
 }
 
+/// Starts the daemon and waits for its READY=1: the socket exists as soon as it is bound,
+/// and gets its owner, group and mode a moment later.
 fn start(extra: &[&str]) -> Daemon {
     let mut args = vec!["--num-queues", "1", "--reconnect"];
     args.extend_from_slice(extra);
-    let d = Daemon::start(
+    let notify_dir = tempfile::tempdir().expect("tmp");
+    let notify_path = notify_dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let d = Daemon::start_with_env(
         &[Disk {
             name: "a.img",
             size: 8 * MIB,
             opts: "",
         }],
         &args,
+        &[("NOTIFY_SOCKET", notify_path.to_str().expect("path"))],
     );
+    let mut buf = [0u8; 1024];
+    let n = notify.recv(&mut buf).expect("READY=1 from the daemon");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
     // Other users may reach the socket's directory; the socket itself decides.
     std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
     d
