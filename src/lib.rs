@@ -7,16 +7,20 @@
 //! `backend` (io_uring block I/O, guest memory, backing files). `iscsi` is the initiator
 //! the iSCSI passthrough LUN uses; `config` builds the configuration; `frontend` is an
 //! in-process vhost-user frontend for tests and the load generator; `log_limit` keeps
-//! repeated log lines down.
+//! repeated log lines down; `service` is what running under systemd takes (logs to the
+//! journal, readiness and status notifications, the watchdog), fed by the worker threads'
+//! `heartbeat`s.
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod backend;
 pub mod config;
 pub mod frontend;
+pub mod heartbeat;
 pub mod iscsi;
 pub mod log_limit;
 pub mod lun;
 pub mod scsi;
+pub mod service;
 pub mod vhost;
 pub mod virtio;

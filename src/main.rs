@@ -8,17 +8,33 @@ use std::time::{Duration, Instant};
 use clap::{CommandFactory, FromArgMatches, Parser};
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 
-use vscsid::config::{parse_config_file, parse_disk_spec, Config};
+use vscsid::config::{parse_config_file, parse_disk_spec, Config, SocketAccess};
 use vscsid::lun::{build_lun_table, status_lines, Lun, LunTable};
+use vscsid::service::{init_logging, status_text, LogDestination, Service};
 use vscsid::vhost::{serve, CurrentDevice, SocketHandover, SocketRemover, VhostSocket};
 
 /// vhost-user-scsi daemon: serves a QEMU guest's virtio-scsi controller from a UNIX socket.
 #[derive(Parser, Debug)]
 #[command(name = "vscsid", version)]
 struct Cli {
-    /// Path of the vhost-user UNIX socket to listen on (created with mode 0600).
+    /// Path of the vhost-user UNIX socket to listen on (created with mode 0600 unless
+    /// --socket-mode says otherwise).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// Owner of the socket (user name or ID) [default: the daemon's user].
+    #[arg(long, value_name = "USER")]
+    socket_owner: Option<String>,
+    /// Group of the socket (group name or ID) [default: the daemon's group].
+    #[arg(long, value_name = "GROUP")]
+    socket_group: Option<String>,
+    /// Permission bits of the socket, octal [default: 0600]. A QEMU running as another
+    /// user connects when these let it write: 0660 with --socket-group for its group.
+    #[arg(long, value_name = "MODE")]
+    socket_mode: Option<String>,
+    /// Name of the VM, for the logs (the journal's VM= field) [default: the socket file's
+    /// name without extension].
+    #[arg(long, value_name = "NAME")]
+    vm_name: Option<String>,
     /// A disk LUN: <path>[,readonly][,cache=<mode>][,block-size=<512|4096>][,discard=unmap|ignore]
     /// [,serial=<s>][,wwn=<naa>]. Each --disk becomes the next LUN of target 0.
     #[arg(long, value_name = "SPEC")]
@@ -36,10 +52,12 @@ struct Cli {
     /// iSCSI initiator name [default: iqn.2024-01.io.vscsid:<hostname>].
     #[arg(long, value_name = "IQN")]
     initiator_name: Option<String>,
-    /// Request queues offered (QEMU's num_queues must not exceed it) [default: 16].
+    /// Request queues offered (QEMU's num_queues must not exceed it) [default: 1022, every
+    /// queue a guest can have].
     #[arg(long, value_name = "N")]
     num_queues: Option<u16>,
-    /// Worker threads serving the request queues [default: one per request queue].
+    /// Worker threads serving the request queues [default: one per CPU, at most one per
+    /// request queue].
     #[arg(long, value_name = "N")]
     threads: Option<u16>,
     /// Largest virtqueue size accepted [default: 1024].
@@ -92,6 +110,24 @@ fn build_config(cli: Cli, order: LunOrder) -> Result<Config, String> {
     };
     if let Some(s) = cli.socket {
         cfg.socket = Some(s);
+    }
+    if let Some(owner) = &cli.socket_owner {
+        cfg.socket_access.owner =
+            Some(vscsid::config::check_account_name(owner, "--socket-owner").map_err(|e| e.0)?);
+    }
+    if let Some(group) = &cli.socket_group {
+        cfg.socket_access.group =
+            Some(vscsid::config::check_account_name(group, "--socket-group").map_err(|e| e.0)?);
+    }
+    if let Some(mode) = &cli.socket_mode {
+        cfg.socket_access.mode =
+            vscsid::config::parse_socket_mode(mode, "--socket-mode").map_err(|e| e.0)?;
+    }
+    if let Some(name) = cli.vm_name {
+        if name.is_empty() || name.chars().any(char::is_control) {
+            return Err("--vm-name: empty or holds control characters".into());
+        }
+        cfg.vm_name = Some(name);
     }
     if let Some(n) = cli.num_queues {
         cfg.num_queues = n;
@@ -171,18 +207,10 @@ fn main() -> ExitCode {
             }
             let text = e.to_string();
             let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("vscsid: {}", first.trim_start_matches("error: ").trim());
+            report(first.trim_start_matches("error: ").trim());
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VSCSID_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cfg = match build_config(cli, order) {
         Ok(mut c) => {
             if let Some(old) = std::env::var_os(UPGRADED_ENV) {
@@ -196,10 +224,25 @@ fn main() -> ExitCode {
             c
         }
         Err(e) => {
-            eprintln!("vscsid: error: {e}");
+            report(&format!("error: {e}"));
             return ExitCode::from(2);
         }
     };
+    let vm_name = cfg.vm_name.clone().unwrap_or_else(|| {
+        cfg.socket
+            .as_deref()
+            .and_then(|p| p.file_stem())
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
+    let logs = init_logging(&vm_name);
+    // From here on a fatal error is an error entry in the journal (priority 3) when the
+    // logs go there, one plain line on stderr otherwise.
+    let fail = |line: &str| match logs {
+        LogDestination::Journal => tracing::error!("{line}"),
+        LogDestination::Stderr => report(&format!("error: {line}")),
+    };
+    let service = Service::from_environment();
     // Signals are caught from here on (and handled once the LUNs are open): the socket
     // appears before the LUNs are ready, and a SIGUSR1 or SIGTERM sent as soon as it
     // exists must not find the default action.
@@ -208,29 +251,33 @@ fn main() -> ExitCode {
     let signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1, SIGUSR2]) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("vscsid: error: cannot install signal handlers: {e}");
+            fail(&format!("cannot install signal handlers: {e}"));
             return ExitCode::FAILURE;
         }
     };
     // The socket first: a path that cannot be ours fails before any LUN is opened. A
     // previous vscsid (upgrade in place) or systemd may have passed it already bound.
-    let open_socket =
-        |p: &std::path::Path| VhostSocket::inherited(p).unwrap_or_else(|| VhostSocket::bind(p));
+    let open_socket = |p: &std::path::Path| {
+        VhostSocket::inherited(p).unwrap_or_else(|| VhostSocket::bind(p, &cfg.socket_access))
+    };
     let socket = match cfg.socket.as_deref().map(open_socket) {
         Some(Ok(s)) => s,
         Some(Err(e)) => {
-            eprintln!("vscsid: error: {e}");
+            fail(&e);
             return ExitCode::from(2);
         }
         None => {
-            eprintln!("vscsid: error: socket: no socket path given");
+            fail("socket: no socket path given");
             return ExitCode::from(2);
         }
     };
+    if socket.passed_by_systemd() && cfg.socket_access != SocketAccess::default() {
+        tracing::info!("socket owner, group and mode come from the .socket unit (SocketUser=, SocketGroup=, SocketMode=), not from the configuration");
+    }
     let luns = match build_lun_table(&cfg) {
         Ok(t) => Arc::new(t),
         Err(e) => {
-            eprintln!("vscsid: error: {e}");
+            fail(&e);
             return ExitCode::from(2);
         }
     };
@@ -248,15 +295,69 @@ fn main() -> ExitCode {
         exe,
         socket: socket.handover(),
     });
-    if let Err(e) = handle_signals(signals, current.clone(), luns.clone(), remover, upgrade) {
-        eprintln!("vscsid: error: cannot start the signal thread: {e}");
+    let shutdown = Shutdown {
+        luns: luns.clone(),
+        service: service.clone(),
+    };
+    if let Err(e) = handle_signals(signals, current.clone(), shutdown.clone(), remover, upgrade) {
+        fail(&format!("cannot start the signal thread: {e}"));
         return ExitCode::FAILURE;
     }
-    match serve(&cfg, luns, socket, &current) {
-        Ok(()) => ExitCode::SUCCESS,
+    // Every LUN is open (every iSCSI LUN logged in) and the socket listens.
+    let status = {
+        let (luns, current) = (luns.clone(), current.clone());
+        move || {
+            let down = luns.luns().map(|(_, _, l)| l.device().paths_down()).sum();
+            status_text(luns.luns().count(), current.is_connected(), down)
+        }
+    };
+    service.ready(&status());
+    if let Err(e) = service.start_monitor(status) {
+        fail(&format!("cannot start the service thread: {e}"));
+        return ExitCode::FAILURE;
+    }
+    if let Some(w) = service.watchdog() {
+        tracing::info!("watchdog: {w:?}, fed while every worker thread makes progress");
+    }
+    // (A system call filter would be installed here: everything is open and bound.)
+    match serve(&cfg, luns, socket, &current, service.heartbeats()) {
+        Ok(()) => {
+            // The frontend left and no other is awaited.
+            service.stopping("stopping: the frontend disconnected");
+            shutdown.end_sessions(Instant::now() + LOGOUT_WAIT);
+            ExitCode::SUCCESS
+        }
         Err(e) => {
-            eprintln!("vscsid: error: {e}");
+            fail(&e);
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints one line to stderr, prefixed with the program's name; a stderr that cannot be
+/// written to (a closed pipe) loses the line rather than panicking.
+fn report(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "vscsid: {line}");
+}
+
+/// How long the iSCSI LUNs' logouts may take in all at the end.
+const LOGOUT_WAIT: Duration = Duration::from_secs(3);
+
+/// What ending the daemon needs besides the device: its LUNs and its service manager.
+#[derive(Clone)]
+struct Shutdown {
+    luns: Arc<LunTable<Lun>>,
+    service: Arc<Service>,
+}
+
+impl Shutdown {
+    /// Ends every LUN's sessions with remote devices (iSCSI logouts) by `deadline`.
+    fn end_sessions(&self, deadline: Instant) {
+        for (t, l, lun) in self.luns.luns() {
+            let _span = tracing::info_span!("lun", target_id = t, lun = l).entered();
+            lun.device()
+                .shut_down(deadline.saturating_duration_since(Instant::now()));
         }
     }
 }
@@ -319,10 +420,11 @@ impl Upgrade {
 fn handle_signals(
     mut signals: signal_hook::iterator::Signals,
     current: CurrentDevice,
-    luns: Arc<LunTable<Lun>>,
+    shutdown: Shutdown,
     socket: SocketRemover,
     upgrade: Option<Upgrade>,
 ) -> std::io::Result<()> {
+    let luns = shutdown.luns.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -341,6 +443,9 @@ fn handle_signals(
                     continue;
                 }
                 tracing::info!(signal = sig, "shutting down: draining in-flight I/O");
+                shutdown
+                    .service
+                    .stopping("stopping: draining in-flight I/O");
                 let deadline = Instant::now() + SHUTDOWN_BUDGET;
                 let mut clean = current.drain();
                 if !clean {
@@ -363,6 +468,8 @@ fn handle_signals(
                     tracing::error!("completed writes could not be made durable in time");
                     clean = false;
                 }
+                // Nothing is in flight any more: the iSCSI sessions log out.
+                shutdown.end_sessions(deadline.min(Instant::now() + LOGOUT_WAIT));
                 socket.remove();
                 std::process::exit(if clean { 0 } else { 1 });
             }

@@ -112,7 +112,7 @@ fn immediate_data_and_initial_r2t_both_ways_with_digests() {
         let lun = connect(&t, &o);
         write_read_back(&lun, 64, 512 * 1024, u64::from(imm) * 2 + u64::from(r2t));
         write_read_back(&lun, 4096, 512, 9);
-        lun.close();
+        lun.close(Duration::from_secs(2));
     }
 }
 
@@ -184,7 +184,7 @@ fn chap_one_way_and_mutual_and_wrong_secret() {
     )
     .expect("mutual CHAP login");
     write_read_back(&lun, 0, 4096, 5);
-    lun.close();
+    lun.close(Duration::from_secs(2));
     // One-way CHAP with the credentials in the URL.
     let with_user = IscsiUrl::parse(&format!(
         "iscsi://guestvm%initiator-secret-1@127.0.0.1:{}/{IQN}/1",
@@ -193,7 +193,7 @@ fn chap_one_way_and_mutual_and_wrong_secret() {
     .unwrap();
     let lun = IscsiLun::connect(&with_user, &opts()).expect("one-way CHAP login");
     write_read_back(&lun, 8, 512, 6);
-    lun.close();
+    lun.close(Duration::from_secs(2));
     // Wrong secret.
     let bad = Chap {
         secret: "not-the-secret".into(),

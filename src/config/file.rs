@@ -19,6 +19,10 @@ struct RawFile {
 #[serde(deny_unknown_fields)]
 struct RawDaemon {
     socket: Option<PathBuf>,
+    socket_owner: Option<String>,
+    socket_group: Option<String>,
+    socket_mode: Option<toml::Value>,
+    vm_name: Option<String>,
     num_queues: Option<i64>,
     threads: Option<i64>,
     queue_size: Option<i64>,
@@ -91,6 +95,42 @@ pub fn parse_config_text(text: &str) -> Result<Config, ConfigError> {
     let mut cfg = Config::default();
     let d = raw.daemon;
     cfg.socket = d.socket;
+    if let Some(owner) = &d.socket_owner {
+        cfg.socket_access.owner = Some(super::check_account_name(owner, "daemon.socket_owner")?);
+    }
+    if let Some(group) = &d.socket_group {
+        cfg.socket_access.group = Some(super::check_account_name(group, "daemon.socket_group")?);
+    }
+    match &d.socket_mode {
+        None => {}
+        Some(toml::Value::String(text)) => {
+            cfg.socket_access.mode = super::parse_socket_mode(text, "daemon.socket_mode")?;
+        }
+        // A TOML octal literal (0o660) arrives as its value.
+        Some(toml::Value::Integer(n)) => {
+            cfg.socket_access.mode = u32::try_from(*n)
+                .ok()
+                .filter(|m| *m <= 0o777)
+                .ok_or_else(|| {
+                    ConfigError(format!(
+                        "daemon.socket_mode: {n} is out of range (write it as a string, \"0660\", or as 0o660)"
+                    ))
+                })?;
+        }
+        Some(other) => {
+            return Err(ConfigError(format!(
+                "daemon.socket_mode: {other} is not an octal permission mode (\"0660\")"
+            )))
+        }
+    }
+    if let Some(name) = d.vm_name {
+        if name.is_empty() || name.chars().any(char::is_control) {
+            return Err(ConfigError(
+                "daemon.vm_name: empty or holds control characters".into(),
+            ));
+        }
+        cfg.vm_name = Some(name);
+    }
     if let Some(n) = d.num_queues {
         cfg.num_queues = u16::try_from(n)
             .map_err(|_| ConfigError(format!("daemon.num_queues: {n} is out of range")))?;
@@ -300,6 +340,44 @@ pub(crate) fn parse_wwn(s: &str, field: &str) -> Result<u64, ConfigError> {
 mod tests {
     use super::*;
     use crate::backend::CacheMode;
+
+    #[test]
+    fn socket_access_and_vm_name() {
+        let cfg = parse_config_text(
+            r#"
+            [daemon]
+            socket = "/run/vscsid/vm1.sock"
+            socket_owner = "root"
+            socket_group = "libvirt-qemu"
+            socket_mode = "0660"
+            vm_name = "vm1"
+            "#,
+        )
+        .expect("parse");
+        assert_eq!(cfg.socket_access.owner.as_deref(), Some("root"));
+        assert_eq!(cfg.socket_access.group.as_deref(), Some("libvirt-qemu"));
+        assert_eq!(cfg.socket_access.mode, 0o660);
+        assert_eq!(cfg.vm_name.as_deref(), Some("vm1"));
+        let cfg = parse_config_text("[daemon]\nsocket_mode = 0o640\n").expect("octal literal");
+        assert_eq!(cfg.socket_access.mode, 0o640);
+        assert_eq!(
+            parse_config_text("").expect("empty").socket_access.mode,
+            0o600,
+            "only the owner by default"
+        );
+        for (text, field) in [
+            ("[daemon]\nsocket_mode = 660\n", "daemon.socket_mode"),
+            ("[daemon]\nsocket_mode = \"0999\"\n", "daemon.socket_mode"),
+            ("[daemon]\nsocket_mode = \"01777\"\n", "daemon.socket_mode"),
+            ("[daemon]\nsocket_mode = true\n", "daemon.socket_mode"),
+            ("[daemon]\nsocket_group = \"a b\"\n", "daemon.socket_group"),
+            ("[daemon]\nsocket_owner = \"\"\n", "daemon.socket_owner"),
+            ("[daemon]\nvm_name = \"\"\n", "daemon.vm_name"),
+        ] {
+            let e = parse_config_text(text).expect_err(text);
+            assert!(e.0.starts_with(field), "{text}: {e}");
+        }
+    }
 
     #[test]
     fn full_file_parses() {

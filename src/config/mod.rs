@@ -76,6 +76,59 @@ pub fn check_submit_batch(n: i64, field: &str) -> Result<u32, ConfigError> {
         })
 }
 
+/// The socket's mode unless configured: only its owner may connect.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
+
+/// Who may connect to the vhost-user socket: the file's owner, group and permission bits
+/// (a QEMU running as another user needs write permission on it). Owner and group are
+/// names or numeric IDs, resolved when the socket is created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketAccess {
+    pub owner: Option<String>,
+    pub group: Option<String>,
+    pub mode: u32,
+}
+
+impl Default for SocketAccess {
+    fn default() -> Self {
+        SocketAccess {
+            owner: None,
+            group: None,
+            mode: DEFAULT_SOCKET_MODE,
+        }
+    }
+}
+
+/// Checks a socket mode given as octal text (`0660`, `660`, `0o660`).
+pub fn parse_socket_mode(text: &str, field: &str) -> Result<u32, ConfigError> {
+    let digits = text.trim();
+    let digits = digits.strip_prefix("0o").unwrap_or(digits);
+    u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|m| !digits.is_empty() && *m <= 0o777)
+        .ok_or_else(|| {
+            ConfigError(format!(
+                "{field}: '{text}' is not an octal permission mode (0000..=0777)"
+            ))
+        })
+}
+
+/// Checks a user or group name (or numeric ID) for the socket.
+pub fn check_account_name(name: &str, field: &str) -> Result<String, ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 256
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'$'));
+    if ok {
+        Ok(name.to_string())
+    } else {
+        Err(ConfigError(format!(
+            "{field}: '{name}' is not a user or group name"
+        )))
+    }
+}
+
 /// A secret that never shows up in logs or debug output.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
@@ -193,6 +246,11 @@ impl LunConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub socket: Option<PathBuf>,
+    /// Owner, group and mode of the socket vscsid creates (not of one systemd passes).
+    pub socket_access: SocketAccess,
+    /// The VM this daemon serves, for the logs (the journal's `VM=` field); default: the
+    /// socket file's name without its extension.
+    pub vm_name: Option<String>,
     pub num_queues: u16,
     /// Worker threads serving request queues (each queue belongs to one thread; queues are
     /// dealt out in turn). Default: one per CPU the daemon may run on, at most one per
@@ -227,6 +285,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             socket: None,
+            socket_access: SocketAccess::default(),
+            vm_name: None,
             num_queues: DEFAULT_NUM_QUEUES,
             threads: None,
             queue_size: MAX_QUEUE_SIZE,

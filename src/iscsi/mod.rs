@@ -13,6 +13,7 @@ pub mod text;
 mod url;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use login::{discover, LoginError};
 pub use multipath::{Failback, MultipathOptions, PathStatus, Policy};
@@ -122,13 +123,18 @@ impl IscsiLun {
         self.core.status()
     }
 
-    pub fn close(&self) {
-        self.core.close();
+    /// Logs out of every path, waiting at most `within` in all for the target's answers,
+    /// and fails whatever is still pending.
+    pub fn close(&self, within: Duration) {
+        self.core.close(within);
     }
 }
 
+/// How long dropping a LUN waits for its logouts.
+const LOGOUT_ON_DROP: Duration = Duration::from_secs(1);
+
 impl Drop for IscsiLun {
     fn drop(&mut self) {
-        self.core.close();
+        self.core.close(LOGOUT_ON_DROP);
     }
 }

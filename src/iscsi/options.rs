@@ -68,11 +68,26 @@ impl Default for IscsiOptions {
     }
 }
 
+/// The host's name (uname's nodename; /proc/sys may be hidden from a sandboxed service).
+fn host_name() -> String {
+    // SAFETY: an all-zero utsname is a valid value for uname to overwrite.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: uname writes one utsname into `uts`, which lives across the call.
+    if unsafe { libc::uname(&mut uts) } != 0 {
+        return String::new();
+    }
+    let bytes: Vec<u8> = uts
+        .nodename
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).trim().to_string()
+}
+
 /// `iqn.2024-01.io.vscsid:<hostname>`.
 pub fn default_initiator_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_lowercase())
-        .unwrap_or_default();
+    let host = host_name().to_lowercase();
     let host: String = host
         .chars()
         .map(|c| {

@@ -160,6 +160,8 @@ struct State {
     last_rx: Instant,
     ping: Option<(u32, Instant)>,
     generation: u64,
+    /// The ITT of our Logout Request while its response is awaited.
+    logout_itt: Option<u32>,
 }
 
 pub(crate) struct Session {
@@ -179,6 +181,8 @@ pub(crate) struct Session {
     closing: AtomicBool,
     /// Keeps the lines this path repeats while it flaps down to one per kind and interval.
     pub(crate) log: LogLimiter,
+    /// The span the session was created in (its LUN's): the session's threads log in it.
+    span: tracing::Span,
 }
 
 /// Completions collected under the lock and delivered after it is released.
@@ -220,10 +224,12 @@ impl Session {
                 last_rx: Instant::now(),
                 ping: None,
                 generation: 0,
+                logout_itt: None,
             }),
             changed: Condvar::new(),
             closing: AtomicBool::new(false),
             log: LogLimiter::default(),
+            span: tracing::Span::current(),
         })
     }
 
@@ -233,7 +239,10 @@ impl Session {
         let keep = self.clone();
         std::thread::Builder::new()
             .name("iscsi-keepalive".into())
-            .spawn(move || keep.keepalive_loop())
+            .spawn(move || {
+                let _span = keep.span.clone().entered();
+                keep.keepalive_loop()
+            })
             .map_err(|e| LoginError::Protocol(e.to_string()))?;
         match self.establish() {
             Ok(()) => Ok(()),
@@ -247,7 +256,10 @@ impl Session {
                     let me = self.clone();
                     let _ = std::thread::Builder::new()
                         .name("iscsi-recovery".into())
-                        .spawn(move || me.recover());
+                        .spawn(move || {
+                            let _span = me.span.clone().entered();
+                            me.recover()
+                        });
                 } else {
                     self.closing.store(true, Ordering::Release);
                 }
@@ -301,7 +313,10 @@ impl Session {
         let me = self.clone();
         let spawned = std::thread::Builder::new()
             .name("iscsi-reader".into())
-            .spawn(move || me.reader_loop(reader, framing, generation));
+            .spawn(move || {
+                let _span = me.span.clone().entered();
+                me.reader_loop(reader, framing, generation)
+            });
         if let Err(e) = spawned {
             let mut st = self.lock();
             if st.generation != generation {
@@ -348,25 +363,48 @@ impl Session {
         self.outstanding.load(Ordering::Relaxed)
     }
 
-    /// Logs out and fails whatever is still pending.
-    pub(crate) fn close(&self) {
+    /// Logs out (waiting at most `within` for the target's Logout Response), closes the
+    /// connection and fails whatever is still pending.
+    pub(crate) fn close(&self, within: Duration) {
         self.closing.store(true, Ordering::Release);
-        {
-            let mut st = self.lock();
+        let deadline = Instant::now() + within;
+        let mut st = self.lock();
+        if st.writer.is_some() && self.is_up() {
             let itt = next_itt(&mut st);
             let mut p = Pdu::new(op::LOGOUT_REQ);
             p.set_immediate();
+            // Reason 0: close the session.
             p.set_flags(F_FINAL);
             p.set_itt(itt);
             p.set_u32(24, st.cmd_sn);
             p.set_u32(28, st.exp_stat_sn);
-            let _ = self.write(&mut st, &p);
-            st.generation += 1;
-            if let Some(w) = st.writer.take() {
-                let _ = w.shutdown(Shutdown::Both);
+            if self.write(&mut st, &p).is_ok() {
+                st.logout_itt = Some(itt);
+                // The reader clears it when the response arrives (or the connection ends).
+                while st.logout_itt.is_some() && st.writer.is_some() {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        tracing::warn!(portal = %self.url.portal(), "iSCSI logout not answered in {within:?}; closing the connection");
+                        break;
+                    }
+                    st = self
+                        .changed
+                        .wait_timeout(st, left)
+                        .map(|(g, _)| g)
+                        .unwrap_or_else(|e| e.into_inner().0);
+                }
+                if st.logout_itt.is_none() {
+                    tracing::info!(portal = %self.url.portal(), "iSCSI session logged out");
+                }
             }
-            self.up.store(false, Ordering::Release);
         }
+        st.logout_itt = None;
+        st.generation += 1;
+        if let Some(w) = st.writer.take() {
+            let _ = w.shutdown(Shutdown::Both);
+        }
+        self.up.store(false, Ordering::Release);
+        drop(st);
         self.changed.notify_all();
         self.fail_all(TransportError::Closed);
     }

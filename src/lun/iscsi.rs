@@ -2,6 +2,8 @@
 //! vscsid's initiator ([`IscsiLun`], with multipath); status, sense and data come back
 //! unchanged. Data-out is copied into the command, data-in copied back on completion.
 
+use std::time::Duration;
+
 use super::{Answer, Command, HostError, IoContext, LunDevice, RawSense, Step, Task};
 use crate::backend::guest::DataBuffers;
 use crate::config::{LunConfig, MultipathSettings};
@@ -140,6 +142,14 @@ impl LunDevice for IscsiPassthrough {
 
     fn describe(&self) -> String {
         format!("iSCSI passthrough {}", self.lun.url)
+    }
+
+    fn shut_down(&self, within: Duration) {
+        self.lun.close(within);
+    }
+
+    fn paths_down(&self) -> usize {
+        self.lun.paths().iter().filter(|p| !p.up).count()
     }
 
     fn detail_lines(&self) -> Vec<String> {

@@ -31,6 +31,7 @@ mod tests;
 pub mod tmf;
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use crate::backend::guest::{DataBuffers, GuestData};
 use crate::backend::BlockIo;
@@ -233,6 +234,15 @@ pub trait LunDevice: Send + Sync {
     /// The device stopped (every queue; at the end of a migration the destination's
     /// daemon takes over): let go of what `activate` took.
     fn deactivate(&self) {}
+
+    /// At shutdown, after the last command: end the LUN's sessions with a remote device
+    /// cleanly (an iSCSI LUN logs out of every path), within `within`.
+    fn shut_down(&self, _within: Duration) {}
+
+    /// Paths to the remote device that are down (0 for a LUN without paths).
+    fn paths_down(&self) -> usize {
+        0
+    }
 
     /// A one-line description for the logs.
     fn describe(&self) -> String;

@@ -15,7 +15,10 @@ pub fn build_lun_table(cfg: &Config) -> Result<LunTable<Lun>, String> {
         opts.initiator_name = name.clone();
     }
     for l in &cfg.luns {
-        let device = open_device(l, &opts, !cfg.incoming)?;
+        // Threads a LUN starts (an iSCSI LUN's sessions) log within this span, so their
+        // lines carry the LUN's address.
+        let span = tracing::info_span!("lun", target_id = l.target, lun = l.lun);
+        let device = span.in_scope(|| open_device(l, &opts, !cfg.incoming))?;
         table
             .insert(l.target, l.lun, Arc::new(Lun::new(l.target, l.lun, device)))
             .map_err(|e| format!("target {} LUN {}: {e}", l.target, l.lun))?;

@@ -19,6 +19,7 @@ use super::worker::Worker;
 use crate::backend::guest::GuestMem;
 use crate::backend::guest_fault;
 use crate::config::Config;
+use crate::heartbeat::Heartbeat;
 use crate::lun::{Lun, LunTable, MAX_TRANSFER_BYTES};
 use crate::virtio::layout::{feature, CDB_SIZE, SENSE_SIZE};
 
@@ -273,7 +274,14 @@ impl ScsiDevice {
 
     /// Serves one event of worker thread `thread_id`: a kick of the queue at that position
     /// in `vrings` (the thread's queues), io_uring completions or a task-management wake-up.
-    pub fn handle_event(&self, device_event: u16, vrings: &[Vring], thread_id: usize) {
+    /// Busy polling beats `beat` on every pass (it may not return to the loop for long).
+    pub fn handle_event(
+        &self,
+        device_event: u16,
+        vrings: &[Vring],
+        thread_id: usize,
+        beat: &Heartbeat,
+    ) {
         let sh = &self.shared;
         let Some(worker) = self.workers.get(thread_id) else {
             return;
@@ -306,7 +314,7 @@ impl ScsiDevice {
             lock(&self.tmfs).retry(sh, &self.workers, vrings);
         }
         if !sh.poll.is_zero() {
-            busy_poll(sh, worker, vrings, thread_id);
+            busy_poll(sh, worker, vrings, thread_id, beat);
         }
         // A fault on guest memory while serving ends the connection now, not at the next
         // event.
@@ -320,13 +328,20 @@ impl ScsiDevice {
 /// without work. (A window that adapts to the device, as QEMU's does, was tried twice and
 /// lost most of the gain on fast devices while still costing CPU on slow ones; left for
 /// later.)
-fn busy_poll(sh: &Shared, worker: &Mutex<Worker>, vrings: &[Vring], thread_id: usize) {
+fn busy_poll(
+    sh: &Shared,
+    worker: &Mutex<Worker>,
+    vrings: &[Vring],
+    thread_id: usize,
+    beat: &Heartbeat,
+) {
     let window = sh.poll;
     if sh.request_queues_of(thread_id).next().is_none() {
         return;
     }
     let mut idle_since = Instant::now();
     while idle_since.elapsed() < window && !sh.stopping.load(Ordering::Acquire) {
+        beat.beat();
         let mut busy = false;
         {
             let mut w = lock(worker);

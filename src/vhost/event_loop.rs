@@ -1,6 +1,8 @@
 //! One epoll loop per worker thread: it waits on the kicks of the thread's queues, the
 //! thread's io_uring completions, task-management wake-ups (thread 0), a "queue became
 //! live" wake-up and an exit event, and hands each event to `ScsiDevice::handle_event`.
+//! Every wake-up beats the thread's heartbeat; with a watchdog configured an idle loop
+//! wakes every tick to beat, so only a thread stuck in a call stops feeding the watchdog.
 
 use std::collections::BTreeSet;
 use std::io;
@@ -14,6 +16,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::device::ScsiDevice;
 use super::queue::lock;
 use super::vring::Vring;
+use crate::heartbeat::{Heartbeat, Heartbeats};
 
 /// Tokens above every queue position and device token.
 const EXIT_TOKEN: u64 = u64::MAX;
@@ -37,12 +40,14 @@ pub struct QueueThread {
 
 impl QueueThread {
     /// Starts the loop of worker `thread_id`, serving `vrings` (the thread's queues, in
-    /// the order of their tokens) and the device's extra descriptors `(fd, token)`.
+    /// the order of their tokens) and the device's extra descriptors `(fd, token)`. The
+    /// loop beats a heartbeat of `heartbeats` on every wake-up.
     pub fn start(
         device: ScsiDevice,
         thread_id: usize,
         vrings: Vec<Vring>,
         extra: &[(RawFd, u64)],
+        heartbeats: &Heartbeats,
     ) -> io::Result<QueueThread> {
         let control = Arc::new(LoopControl {
             epoll: Epoll::new()?,
@@ -63,9 +68,14 @@ impl QueueThread {
             add(fd, token)?;
         }
         let c = control.clone();
+        let name = format!("vscsid-q{thread_id}");
+        let beat = heartbeats.register(&name);
+        let timeout_ms = heartbeats.tick().map_or(-1, |t| {
+            i32::try_from(t.as_millis().max(1)).unwrap_or(i32::MAX)
+        });
         let handle = std::thread::Builder::new()
-            .name(format!("vscsid-q{thread_id}"))
-            .spawn(move || run(&c, &device, thread_id, &vrings))?;
+            .name(name)
+            .spawn(move || run(&c, &device, thread_id, &vrings, &beat, timeout_ms))?;
         Ok(QueueThread {
             control,
             handle: Some(handle),
@@ -109,10 +119,20 @@ impl Drop for QueueThread {
     }
 }
 
-fn run(control: &LoopControl, device: &ScsiDevice, thread_id: usize, vrings: &[Vring]) {
+/// The loop; `timeout_ms` bounds each wait (-1: none).
+fn run(
+    control: &LoopControl,
+    device: &ScsiDevice,
+    thread_id: usize,
+    vrings: &[Vring],
+    beat: &Heartbeat,
+    timeout_ms: i32,
+) {
     let mut events = vec![EpollEvent::default(); 64];
     loop {
-        let n = match control.epoll.wait(-1, &mut events) {
+        let waited = control.epoll.wait(timeout_ms, &mut events);
+        beat.beat();
+        let n = match waited {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
@@ -127,7 +147,7 @@ fn run(control: &LoopControl, device: &ScsiDevice, thread_id: usize, vrings: &[V
                     let _ = control.live_event.read();
                     let positions = std::mem::take(&mut *lock(&control.became_live));
                     for p in positions {
-                        device.handle_event(p, vrings, thread_id);
+                        device.handle_event(p, vrings, thread_id, beat);
                     }
                 }
                 token => {
@@ -139,7 +159,7 @@ fn run(control: &LoopControl, device: &ScsiDevice, thread_id: usize, vrings: &[V
                             continue;
                         }
                     }
-                    device.handle_event(t, vrings, thread_id);
+                    device.handle_event(t, vrings, thread_id, beat);
                 }
             }
         }

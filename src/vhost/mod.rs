@@ -35,6 +35,7 @@ pub use socket::{SocketHandover, SocketRemover, VhostSocket};
 
 use crate::backend::guest::GuestMem;
 use crate::config::Config;
+use crate::heartbeat::Heartbeats;
 use crate::lun::{Lun, LunTable};
 
 /// How long SIGTERM waits for in-flight commands; the flush after it must fit in what is
@@ -70,6 +71,11 @@ impl CurrentDevice {
         }
     }
 
+    /// Whether a frontend is connected.
+    pub fn is_connected(&self) -> bool {
+        queue::lock(&self.0).is_some()
+    }
+
     /// Stops taking new requests and waits (bounded) for in-flight ones to complete.
     /// Returns false if commands were still in flight at the deadline.
     pub fn drain(&self) -> bool {
@@ -80,17 +86,26 @@ impl CurrentDevice {
 /// Serves frontends on the daemon's socket: one connection, or one after another with
 /// `cfg.reconnect`. The LUN table (and its open files) outlives connections. One listening
 /// socket for the daemon's life: a frontend that connects while the previous connection is
-/// being torn down waits in its backlog instead of being reset.
+/// being torn down waits in its backlog instead of being reset. Every worker thread beats a
+/// heartbeat of `heartbeats` (the service watchdog watches them).
 pub fn serve(
     cfg: &Config,
     luns: Arc<LunTable<Lun>>,
     mut socket: VhostSocket,
     current: &CurrentDevice,
+    heartbeats: &Heartbeats,
 ) -> Result<(), String> {
     tracing::info!(socket = %socket.path().display(), "listening");
     let path = socket.path().to_path_buf();
     loop {
-        serve_one(cfg, luns.clone(), &mut socket.listener, &path, current)?;
+        serve_one(
+            cfg,
+            luns.clone(),
+            &mut socket.listener,
+            &path,
+            current,
+            heartbeats,
+        )?;
         if !cfg.reconnect {
             return Ok(());
         }
@@ -104,11 +119,12 @@ fn serve_one(
     listener: &mut UnixListener,
     socket: &Path,
     current: &CurrentDevice,
+    heartbeats: &Heartbeats,
 ) -> Result<(), String> {
     let mem: GuestMem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
     let dev = ScsiDevice::new(cfg, luns, mem.clone())
         .map_err(|e| format!("cannot set up the device: {e}"))?;
-    let session = FrontendSession::new(dev.clone(), mem)
+    let session = FrontendSession::new(dev.clone(), mem, heartbeats)
         .map_err(|e| format!("cannot start the worker threads: {e}"))?;
     let session = Arc::new(Mutex::new(session));
     let stream = accept(listener)

@@ -27,6 +27,7 @@ use super::inflight_region::InflightRegion;
 use super::vring::{valid_queue_size, Vring};
 use crate::backend::guest::GuestMem;
 use crate::backend::guest_fault;
+use crate::heartbeat::Heartbeats;
 
 /// Where a region of guest memory sits in the frontend's address space (ring addresses
 /// arrive as frontend virtual addresses).
@@ -64,8 +65,13 @@ fn internal<E: std::fmt::Display>(e: E) -> ProtocolError {
 }
 
 impl FrontendSession {
-    /// Creates the device's vrings and starts one event loop per worker thread.
-    pub fn new(device: ScsiDevice, mem: GuestMem) -> io::Result<FrontendSession> {
+    /// Creates the device's vrings and starts one event loop per worker thread, each with
+    /// a heartbeat in `heartbeats`.
+    pub fn new(
+        device: ScsiDevice,
+        mem: GuestMem,
+        heartbeats: &Heartbeats,
+    ) -> io::Result<FrontendSession> {
         let max = device.max_queue_size();
         let log = Arc::new(DirtyLog::default());
         let vrings = (0..device.num_queues())
@@ -91,7 +97,13 @@ impl FrontendSession {
                 }
             }
             let extra = device.thread_descriptors(t);
-            threads.push(QueueThread::start(device.clone(), t, own, &extra)?);
+            threads.push(QueueThread::start(
+                device.clone(),
+                t,
+                own,
+                &extra,
+                heartbeats,
+            )?);
         }
         Ok(FrontendSession {
             device,

@@ -6,26 +6,44 @@
 //! a live process listens on is refused with one line. Whether a socket is live is read
 //! from `/proc/net/unix` rather than by connecting: a connection would be taken by a live
 //! vscsid as its frontend, and one without `--reconnect` would exit when it closes.
+//!
+//! The socket is created with mode 0600 and then given its configured owner, group and
+//! mode (`--socket-owner/-group/-mode`), so it is never more open than configured. A socket
+//! systemd passes (socket activation) keeps what its unit set and stays when vscsid ends:
+//! it belongs to the `.socket` unit.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
+use crate::config::SocketAccess;
+
 /// `__SO_ACCEPTCON` in `/proc/net/unix`'s flags: the socket listens.
 const SO_ACCEPTCON: u32 = 1 << 16;
+
+/// `LISTEN_FDNAMES` of a socket vscsid bound itself and hands over to the program it
+/// executes (an upgrade): that program removes it when it ends. Any other name is a socket
+/// systemd passed, which stays.
+const HANDOVER_NAME_BOUND: &str = "vhost-user";
+/// `LISTEN_FDNAMES` of a socket systemd passed, handed over at an upgrade.
+const HANDOVER_NAME_SYSTEMD: &str = "vhost-user-systemd";
 
 /// The daemon's listening socket and the identity of the file it created.
 pub struct VhostSocket {
     pub(super) listener: UnixListener,
     path: PathBuf,
     inode: (u64, u64),
+    /// vscsid created the file (it removes it when it ends); false for a socket systemd
+    /// passed.
+    bound_here: bool,
 }
 
 impl VhostSocket {
-    /// Binds `path` readable and writable by its owner only (mode 0600), replacing only a
-    /// stale socket. Errors are one line naming the socket.
-    pub fn bind(path: &Path) -> Result<VhostSocket, String> {
+    /// Binds `path` with the owner, group and mode of `access` (default: the daemon's
+    /// user, mode 0600), replacing only a stale socket. Errors are one line naming the
+    /// socket.
+    pub fn bind(path: &Path, access: &SocketAccess) -> Result<VhostSocket, String> {
         // Bound by its absolute path, so other processes see which socket it is in
         // /proc/net/unix (it shows the path as given to bind).
         let path = &std::path::absolute(path)
@@ -38,22 +56,46 @@ impl VhostSocket {
         unsafe { libc::umask(old) };
         let listener =
             listener.map_err(|e| format!("socket: cannot listen on {}: {e}", path.display()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| format!("socket: cannot set the mode of {}: {e}", path.display()))?;
         let meta = std::fs::symlink_metadata(path)
             .map_err(|e| format!("socket: cannot inspect {}: {e}", path.display()))?;
-        Ok(VhostSocket {
+        let socket = VhostSocket {
             listener,
             path: path.to_path_buf(),
             inode: (meta.dev(), meta.ino()),
-        })
+            bound_here: true,
+        };
+        // A daemon that refuses to start leaves no socket behind.
+        if let Err(e) = socket.set_access(access) {
+            socket.remover().remove();
+            return Err(e);
+        }
+        Ok(socket)
+    }
+
+    /// Owner and group first, then the mode: the socket is never more open than asked.
+    fn set_access(&self, access: &SocketAccess) -> Result<(), String> {
+        let shown = self.path.display();
+        let uid = access.owner.as_deref().map(user_id).transpose()?;
+        let gid = access.group.as_deref().map(group_id).transpose()?;
+        if uid.is_some() || gid.is_some() {
+            std::os::unix::fs::lchown(&self.path, uid, gid).map_err(|e| {
+                format!(
+                    "socket: cannot give {shown} to {}:{}: {e}",
+                    access.owner.as_deref().unwrap_or("-"),
+                    access.group.as_deref().unwrap_or("-")
+                )
+            })?;
+        }
+        std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(access.mode))
+            .map_err(|e| format!("socket: cannot set the mode of {shown}: {e}"))
     }
 
     /// The listening socket a previous vscsid handed over (an upgrade in place, see
     /// `upgrade.rs`) or systemd passed (socket activation): descriptor 3 when `LISTEN_FDS`
     /// is set and `LISTEN_PID` is this process. It must be a listening UNIX socket bound
     /// to `path`. None when nothing was passed; the variables are removed once read, so
-    /// they do not reach child processes.
+    /// they do not reach child processes. A socket systemd passed is left in place when
+    /// the daemon ends; one a previous vscsid bound is removed, as that one would have.
     pub fn inherited(path: &Path) -> Option<Result<VhostSocket, String>> {
         let ours = std::env::var("LISTEN_PID")
             .ok()
@@ -66,13 +108,20 @@ impl VhostSocket {
         if !ours || count == 0 {
             return None;
         }
+        let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
         for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
             std::env::remove_var(var);
         }
-        Some(Self::from_listen_fd(path, LISTEN_FDS_START))
+        if count > 1 {
+            return Some(Err(format!(
+                "socket: {count} sockets were passed (LISTEN_FDS); the unit must listen on one"
+            )));
+        }
+        let bound_here = names == HANDOVER_NAME_BOUND;
+        Some(Self::from_listen_fd(path, LISTEN_FDS_START, bound_here))
     }
 
-    fn from_listen_fd(path: &Path, fd: RawFd) -> Result<VhostSocket, String> {
+    fn from_listen_fd(path: &Path, fd: RawFd, bound_here: bool) -> Result<VhostSocket, String> {
         let path = &std::path::absolute(path)
             .map_err(|e| format!("socket: cannot resolve {}: {e}", path.display()))?;
         let shown = path.display();
@@ -85,24 +134,46 @@ impl VhostSocket {
                 bound.display()
             ));
         }
+        if !is_listening_stream(fd) {
+            return Err(format!(
+                "socket: the passed descriptor {fd} is not a listening stream socket (the .socket unit needs ListenStream= and Accept=no)"
+            ));
+        }
         // SAFETY: descriptor 3 was passed to this process for it to own (sd_listen_fds'
         // contract); it was checked above to be a UNIX socket, and nothing else uses it.
         let listener = unsafe { UnixListener::from_raw_fd(fd) };
         set_cloexec(fd, true).map_err(|e| format!("socket: {e}"))?;
         let meta = std::fs::symlink_metadata(path)
             .map_err(|e| format!("socket: cannot inspect {shown}: {e}"))?;
-        tracing::info!(socket = %shown, "listening socket passed by the previous process");
+        let from = if bound_here {
+            "the previous process"
+        } else {
+            "systemd"
+        };
+        tracing::info!(socket = %shown, "listening socket passed by {from}");
         Ok(VhostSocket {
             listener,
             path: path.to_path_buf(),
             inode: (meta.dev(), meta.ino()),
+            bound_here,
         })
+    }
+
+    /// Whether the socket came from systemd (socket activation), directly or through an
+    /// upgrade.
+    pub fn passed_by_systemd(&self) -> bool {
+        !self.bound_here
     }
 
     /// What is needed to hand the listening socket to a program this process executes.
     pub fn handover(&self) -> SocketHandover {
         SocketHandover {
             fd: self.listener.as_raw_fd(),
+            name: if self.bound_here {
+                HANDOVER_NAME_BOUND
+            } else {
+                HANDOVER_NAME_SYSTEMD
+            },
         }
     }
 
@@ -111,11 +182,13 @@ impl VhostSocket {
     }
 
     /// A handle that removes the socket file at exit (from a signal handler's thread),
-    /// if it is still the one this daemon created.
+    /// if it is still the one this daemon created. A socket systemd passed is its
+    /// `.socket` unit's and stays.
     pub fn remover(&self) -> SocketRemover {
         SocketRemover {
             path: self.path.clone(),
             inode: self.inode,
+            keep: !self.bound_here,
         }
     }
 }
@@ -127,6 +200,8 @@ impl VhostSocket {
 #[derive(Clone, Copy)]
 pub struct SocketHandover {
     fd: RawFd,
+    /// `LISTEN_FDNAMES`: who created the socket (and so whether it is removed at the end).
+    name: &'static str,
 }
 
 impl SocketHandover {
@@ -137,7 +212,7 @@ impl SocketHandover {
         let fd = self.fd;
         cmd.env("LISTEN_FDS", "1")
             .env("LISTEN_PID", std::process::id().to_string())
-            .env("LISTEN_FDNAMES", "vhost-user");
+            .env("LISTEN_FDNAMES", self.name);
         // SAFETY: the closure runs in the child between fork and exec (or, with `exec`, in
         // this process just before it) and only makes system calls that are
         // async-signal-safe: dup2, fcntl and close_range.
@@ -175,6 +250,82 @@ fn set_cloexec(fd: RawFd, on: bool) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Whether `fd` is a stream socket that listens (what systemd passes for ListenStream=
+/// with Accept=no; a connection or a datagram socket is not).
+fn is_listening_stream(fd: RawFd) -> bool {
+    let option = |name: libc::c_int| {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `value`, which lives across
+        // the call.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                name,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0).then_some(value)
+    };
+    option(libc::SO_TYPE) == Some(libc::SOCK_STREAM) && option(libc::SO_ACCEPTCONN) == Some(1)
+}
+
+/// A user name's ID (a number is taken as the ID itself).
+fn user_id(name: &str) -> Result<u32, String> {
+    if let Ok(id) = name.parse::<u32>() {
+        return Ok(id);
+    }
+    let c = std::ffi::CString::new(name).map_err(|_| format!("socket: no user '{name}'"))?;
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: an all-zero passwd is a valid value for getpwnam_r to overwrite.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: getpwnam_r reads the NUL-terminated name and writes only into `pwd`, `buf`
+    // (at most `buf.len()` bytes) and `found`, all of which outlive the call.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            c.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() {
+        return Err(format!("socket: no user '{name}'"));
+    }
+    Ok(pwd.pw_uid)
+}
+
+/// A group name's ID (a number is taken as the ID itself).
+fn group_id(name: &str) -> Result<u32, String> {
+    if let Ok(id) = name.parse::<u32>() {
+        return Ok(id);
+    }
+    let c = std::ffi::CString::new(name).map_err(|_| format!("socket: no group '{name}'"))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    // SAFETY: an all-zero group is a valid value for getgrnam_r to overwrite.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: getgrnam_r reads the NUL-terminated name and writes only into `grp`, `buf`
+    // (at most `buf.len()` bytes) and `found`, all of which outlive the call.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            c.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() {
+        return Err(format!("socket: no group '{name}'"));
+    }
+    Ok(grp.gr_gid)
+}
+
 /// The path a UNIX socket descriptor is bound to.
 fn bound_path(fd: RawFd) -> std::io::Result<PathBuf> {
     // SAFETY: an all-zero sockaddr_un is valid; getsockname writes at most `len` bytes.
@@ -204,10 +355,15 @@ fn bound_path(fd: RawFd) -> std::io::Result<PathBuf> {
 pub struct SocketRemover {
     path: PathBuf,
     inode: (u64, u64),
+    /// The socket is systemd's: it stays.
+    keep: bool,
 }
 
 impl SocketRemover {
     pub fn remove(&self) {
+        if self.keep {
+            return;
+        }
         let ours = std::fs::symlink_metadata(&self.path)
             .is_ok_and(|m| m.file_type().is_socket() && (m.dev(), m.ino()) == self.inode);
         if ours {
@@ -258,7 +414,9 @@ fn refuse_unless_stale(path: &Path) -> Result<(), String> {
 /// Paths of the UNIX sockets that listen, in this network namespace, as their owners
 /// bound them (a socket bound by a relative path elsewhere is not recognised).
 fn listening_paths() -> std::io::Result<Vec<String>> {
-    let text = std::fs::read_to_string("/proc/net/unix")?;
+    // This process's view (/proc/net is a link to it), readable with systemd's
+    // ProcSubset=pid.
+    let text = std::fs::read_to_string("/proc/self/net/unix")?;
     Ok(parse_listening(&text))
 }
 
@@ -294,22 +452,57 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let file = dir.path().join("disk.img");
         std::fs::write(&file, b"precious").expect("file");
-        let err = VhostSocket::bind(&file).err().expect("refused");
+        let any = SocketAccess::default();
+        let err = VhostSocket::bind(&file, &any).err().expect("refused");
         assert!(err.contains("regular file"), "{err}");
         assert_eq!(std::fs::read(&file).expect("kept"), b"precious");
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&file, &link).expect("symlink");
-        let err = VhostSocket::bind(&link).err().expect("refused");
+        let err = VhostSocket::bind(&link, &any).err().expect("refused");
         assert!(err.contains("symbolic link"), "{err}");
         // A live listener is refused; once it is gone its socket file is stale.
         let sock = dir.path().join("s.sock");
         let live = std::os::unix::net::UnixListener::bind(&sock).expect("listener");
-        let err = VhostSocket::bind(&sock).err().expect("refused");
+        let err = VhostSocket::bind(&sock, &any).err().expect("refused");
         assert!(err.contains("in use"), "{err}");
         drop(live);
-        let ours = VhostSocket::bind(&sock).expect("stale socket replaced");
+        let ours = VhostSocket::bind(&sock, &any).expect("stale socket replaced");
         let remover = ours.remover();
         remover.remove();
         assert!(!sock.exists());
+    }
+
+    #[test]
+    fn owner_group_and_mode_are_applied_and_unknown_names_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let sock = dir.path().join("s.sock");
+        let access = SocketAccess {
+            owner: Some("0".into()),
+            group: Some("nogroup".into()),
+            mode: 0o660,
+        };
+        let s = VhostSocket::bind(&sock, &access).expect("bound");
+        let meta = std::fs::symlink_metadata(&sock).expect("socket");
+        assert_eq!(meta.mode() & 0o7777, 0o660);
+        assert_eq!(meta.uid(), 0);
+        assert_eq!(Ok(meta.gid()), group_id("nogroup"));
+        assert!(is_listening_stream(s.listener.as_raw_fd()));
+        drop(s);
+        let _ = std::fs::remove_file(&sock);
+        let bad = SocketAccess {
+            group: Some("no-such-group-vscsid".into()),
+            ..SocketAccess::default()
+        };
+        let err = VhostSocket::bind(&sock, &bad).err().expect("refused");
+        assert!(err.contains("no group 'no-such-group-vscsid'"), "{err}");
+        assert!(!sock.exists(), "a refused socket is removed again");
+        assert_eq!(user_id("root"), Ok(0));
+        assert!(user_id("no-such-user-vscsid").is_err());
+    }
+
+    #[test]
+    fn a_connection_is_not_a_listening_socket() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().expect("pair");
+        assert!(!is_listening_stream(a.as_raw_fd()));
     }
 }

@@ -4,7 +4,8 @@
 //! outside the command's data, or every connection ends as soon as it has answered one
 //! INQUIRY (the CmdSN window holds just that one command, so no other is ever sent). It
 //! counts the logins it completed, so a test can tell a bounded number of reconnects from
-//! a storm.
+//! a storm, and the Logout Requests it answered. `WellBehaved` never misbehaves (a session
+//! whose end a test watches).
 //!
 //! Connections are served one at a time on the target's own thread (an initiator has one
 //! connection per path). Every loop is bounded: the target accepts at most
@@ -33,6 +34,8 @@ pub enum Misbehaviour {
     /// and closes the connection: a path that logs in and fails again at once without
     /// ever carrying a guest's command.
     DropsAfterInquiry,
+    /// Nothing: every command is answered correctly.
+    WellBehaved,
 }
 
 /// The DataSegmentLength of the bad Data-In: far above the initiator's 256 KiB default.
@@ -53,6 +56,7 @@ const WINDOW: u32 = 31;
 pub struct HostileTarget {
     pub port: u16,
     logins: Arc<AtomicUsize>,
+    logouts: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -63,15 +67,21 @@ impl HostileTarget {
         let port = listener.local_addr().expect("local address").port();
         listener.set_nonblocking(true).expect("nonblocking");
         let logins = Arc::new(AtomicUsize::new(0));
+        let logouts = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (l, s) = (logins.clone(), stop.clone());
+        let counts = Counts {
+            logins: logins.clone(),
+            logouts: logouts.clone(),
+        };
+        let s = stop.clone();
         let thread = std::thread::Builder::new()
             .name("hostile-target".into())
-            .spawn(move || accept_loop(listener, misbehaviour, &l, &s))
+            .spawn(move || accept_loop(listener, misbehaviour, &counts, &s))
             .expect("spawn target");
         HostileTarget {
             port,
             logins,
+            logouts,
             stop,
             thread: Some(thread),
         }
@@ -80,6 +90,11 @@ impl HostileTarget {
     /// Logins that reached the full feature phase so far.
     pub fn logins(&self) -> usize {
         self.logins.load(Ordering::Acquire)
+    }
+
+    /// Logout Requests received (and answered) so far.
+    pub fn logouts(&self) -> usize {
+        self.logouts.load(Ordering::Acquire)
     }
 
     pub fn url(&self) -> String {
@@ -98,10 +113,16 @@ impl Drop for HostileTarget {
 
 pub const TARGET_NAME: &str = "iqn.2024-01.io.vscsid.test:hostile";
 
+/// What the target counts.
+struct Counts {
+    logins: Arc<AtomicUsize>,
+    logouts: Arc<AtomicUsize>,
+}
+
 fn accept_loop(
     listener: TcpListener,
     misbehaviour: Misbehaviour,
-    logins: &AtomicUsize,
+    counts: &Counts,
     stop: &AtomicBool,
 ) {
     let until = Instant::now() + LIFETIME;
@@ -110,7 +131,7 @@ fn accept_loop(
         match listener.accept() {
             Ok((s, _)) => {
                 connections += 1;
-                serve(s, misbehaviour, logins, stop, until);
+                serve(s, misbehaviour, counts, stop, until);
                 if connections >= MAX_CONNECTIONS {
                     return;
                 }
@@ -358,7 +379,7 @@ impl Conn {
 fn serve(
     s: TcpStream,
     misbehaviour: Misbehaviour,
-    logins: &AtomicUsize,
+    counts: &Counts,
     stop: &AtomicBool,
     until: Instant,
 ) {
@@ -378,11 +399,14 @@ fn serve(
     if !c.login(stop, misbehaviour) {
         return;
     }
-    logins.fetch_add(1, Ordering::AcqRel);
+    counts.logins.fetch_add(1, Ordering::AcqRel);
     for _ in 0..MAX_PDUS_PER_CONNECTION {
         let Some(p) = c.next(stop) else {
             return;
         };
+        if p.opcode() == op::LOGOUT_REQ {
+            counts.logouts.fetch_add(1, Ordering::AcqRel);
+        }
         if !c.answer(&p, misbehaviour) {
             return;
         }

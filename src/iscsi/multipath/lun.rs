@@ -173,13 +173,17 @@ impl Core {
             }
         }
         if up == 0 {
-            core.close();
+            core.close(Duration::ZERO);
             return Err(first_error.unwrap_or(LoginError::Protocol("no path".into())));
         }
         let weak = Arc::downgrade(&core);
+        let span = tracing::Span::current();
         std::thread::Builder::new()
             .name("iscsi-multipath".into())
-            .spawn(move || expiry_loop(weak))
+            .spawn(move || {
+                let _span = span.entered();
+                expiry_loop(weak)
+            })
             .map_err(|e| LoginError::Protocol(e.to_string()))?;
         Ok(core)
     }
@@ -386,11 +390,14 @@ impl Core {
             .collect()
     }
 
-    pub(crate) fn close(&self) {
+    /// Logs every path out (all within `within`) and fails what is queued.
+    pub(crate) fn close(&self, within: Duration) {
         self.closing.store(true, Ordering::Release);
         self.changed.notify_all();
+        let deadline = Instant::now() + within;
         for p in &self.paths {
-            p.session.close();
+            p.session
+                .close(deadline.saturating_duration_since(Instant::now()));
         }
         let queued = std::mem::take(&mut self.lock().queued);
         for q in queued {

@@ -36,7 +36,12 @@ impl Session {
                         self.log_loss(loss, &e);
                         self.connection_lost(&mut st, loss);
                     }
+                    // A logout waiting for its response has none coming.
+                    let logging_out = st.logout_itt.take().is_some();
                     drop(st);
+                    if logging_out {
+                        self.changed.notify_all();
+                    }
                     self.hand_off();
                     return;
                 }
@@ -253,7 +258,13 @@ impl Session {
                     );
                 }
             }
-            op::LOGOUT_RESP | op::TEXT_RESP => Self::update_sn(st, p, true),
+            op::LOGOUT_RESP => {
+                Self::update_sn(st, p, true);
+                if st.logout_itt == Some(p.itt()) {
+                    st.logout_itt = None;
+                }
+            }
+            op::TEXT_RESP => Self::update_sn(st, p, true),
             other => return Err(protocol_error(&format!("unexpected opcode {other:#x}"))),
         }
         self.pump(st)?;

@@ -123,7 +123,10 @@ impl Session {
             let me = self.clone();
             let _ = std::thread::Builder::new()
                 .name("iscsi-recovery".into())
-                .spawn(move || me.recover());
+                .spawn(move || {
+                    let _span = me.span.clone().entered();
+                    me.recover()
+                });
         }
         self.changed.notify_all();
     }
