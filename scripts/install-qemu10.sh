@@ -29,8 +29,13 @@ UPSTREAM=${UPSTREAM%%+*}
 prefix=${QEMU10_PREFIX:-$here/target/qemu10}
 # qemu-system-x86: the binary; -common: its helpers and keymaps; -data: firmware links
 # and option ROMs; qemu-utils: qemu-storage-daemon and qemu-img; qemu-block-extra: the
-# block drivers built as modules (libiscsi ...).
-PACKAGES=(qemu-system-x86 qemu-system-common qemu-system-data qemu-utils qemu-block-extra)
+# block drivers built as modules (libiscsi ...); qemu-system-modules-opengl and -spice:
+# ui-opengl.so and ui-spice-core.so, which QEMU 10 loads at start when the command line
+# has display defaults. QEMU looks for a module in QEMU_MODULE_DIR and then in its
+# built-in module directory, which holds the stock 7.2 build's: without its own copy it
+# finds those and prints "failed to initialize module" or "failed to open module".
+PACKAGES=(qemu-system-x86 qemu-system-common qemu-system-data qemu-utils qemu-block-extra
+  qemu-system-modules-opengl qemu-system-modules-spice)
 
 say() { echo "install-qemu10: $*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -172,9 +177,12 @@ done
 [[ -x $unpack/usr/bin/qemu-system-x86_64 ]] || die "the packages hold no usr/bin/qemu-system-x86_64"
 
 # --- 4. checks --------------------------------------------------------------------------------
-missing=$(ldd "$unpack/usr/bin/qemu-system-x86_64" | grep 'not found' || true)
-[[ -z $missing ]] || die "qemu-system-x86_64 $UPSTREAM lacks shared libraries (install them with apt-get):
+for f in usr/bin/qemu-system-x86_64 usr/lib/x86_64-linux-gnu/qemu/ui-opengl.so \
+  usr/lib/x86_64-linux-gnu/qemu/ui-spice-core.so; do
+  missing=$(ldd "$unpack/$f" | grep 'not found' || true)
+  [[ -z $missing ]] || die "$f of QEMU $UPSTREAM lacks shared libraries (install them with apt-get):
 $missing"
+done
 version=$(QEMU_MODULE_DIR=$unpack/usr/lib/x86_64-linux-gnu/qemu \
   "$unpack/usr/bin/qemu-system-x86_64" --version | head -n 1) || die "qemu-system-x86_64 $UPSTREAM does not run"
 grep -q "version $UPSTREAM" <<< "$version" || die "unexpected version: $version"
@@ -187,6 +195,10 @@ QEMU_MODULE_DIR=$unpack/usr/lib/x86_64-linux-gnu/qemu timeout 3 \
   -nodefaults -display none -monitor none -serial none -S > "$dl/smoke.log" 2>&1
 rc=$?
 set -e
+# It must also start silently (a module of another build, a missing file ...).
+if grep -qv 'terminating on signal' "$dl/smoke.log"; then
+  die "qemu-system-x86_64 $UPSTREAM complains at start: $(grep -v 'terminating on signal' "$dl/smoke.log" | head -n 3)"
+fi
 ((rc == 124)) || die "qemu-system-x86_64 $UPSTREAM cannot start a q35 machine (exit $rc): $(grep -v 'terminating on signal' "$dl/smoke.log" | head -n 3)
 (its firmware bios-256k.bin comes from Debian's seabios package)"
 
