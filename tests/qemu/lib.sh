@@ -122,16 +122,18 @@ wait_match() {
 }
 
 # wait_exit <pid> <seconds>: waits (bounded) for a child of this shell to end and sets
-# $exit_status to its exit status; returns 1 (leaving it running) at the deadline.
+# $exit_status to its exit status; returns 1 (leaving it running) at the deadline. Quiet:
+# bash's own report of a child killed by a signal ("Killed") is not shown, the caller
+# knows already.
 wait_exit() {
   local deadline=$((SECONDS + $2))
-  while kill -0 "$1" 2>/dev/null; do
+  while kill -0 "$1"; do
     (( SECONDS < deadline )) || return 1
     sleep 0.05
   done
   exit_status=0
   wait "$1" || exit_status=$?
-}
+} 2>/dev/null
 
 # log_time <log line>: the time of a line of vscsid's log (RFC 3339, UTC), in seconds since
 # the epoch with a fraction.
