@@ -201,7 +201,7 @@ run_variant() {
   report_guest_checks "$serial" rs-disk-found rs-fio-crc32c-verify rs-probe-reads rs-no-guest-errors
   # The console shows the guest kernel's errors even when the guest cannot finish.
   local cerr
-  cerr=$(tr -d '\r' < "$serial" | sed -n '/VSCSID-RS-FIO-START/,$p' | grep -aE "$console_errors" | sed 's/^\[ *[0-9.]*\] //' | sort | uniq -c | sort -rn | head -n 3 | tr -s ' ' | tr '\n' ';' || true)
+  cerr=$(tr -d '\r' < "$serial" | sed -n '/VSCSID-RS-FIO-START/,$p' | grep -av 'VSCSID-' | grep -aE "$console_errors" | sed 's/^\[ *[0-9.]*\] //' | sort | uniq -c | sort -rn | head -n 3 | tr -s ' ' | tr '\n' ';' || true)
   if [[ -z $cerr ]]; then
     report guest-console-clean PASS "no I/O error, timeout, abort, reset or ring error on the guest's console after fio started"
   else
@@ -260,7 +260,9 @@ run_variant() {
   # device start only when both sides have VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD.
   local n31
   n31=$(grep -ac "vhost_user_write req:31 " "$qlog" || true)
-  if (( n31 > 0 )); then
+  if ! grep -aq "vhost_user_write" "$qlog"; then
+    echo "inflight: unknown (QEMU printed no vhost_user_write trace)"
+  elif (( n31 > 0 )); then
     echo "inflight: negotiated (QEMU sent GET_INFLIGHT_FD $n31 times): requests in flight at a restart are resubmitted from the shared in-flight region"
   else
     echo "inflight: not negotiated (QEMU sent no GET_INFLIGHT_FD): after a SIGKILL, QEMU restarts each queue at its used index; requests the old vscsid had taken but not completed are found again only when completions were in order"
