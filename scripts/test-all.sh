@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project, in order of cost: formatting and lints, unit and
 # integration tests (including the in-process vhost-user frontend tests), then the QEMU
-# guest end-to-end test. Installs the Debian packages it needs first. Fails loudly on the
+# guest end-to-end tests, the lifecycle ones (QEMU killed, vscsid restarted) last. Installs
+# the Debian packages it needs first, and QEMU 10 into target/qemu10. Fails loudly on the
 # first failing stage; a missing peer (QEMU, kernel, fio ...) is a failure, never a skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,7 @@ stage() { printf '\n=== %s ===\n' "$*"; }
 
 stage "dependencies"
 scripts/install-deps.sh
+scripts/install-qemu10.sh
 
 stage "cargo fmt --check"
 cargo fmt --check
@@ -34,3 +36,9 @@ tests/qemu/run-multipath-e2e.sh
 
 stage "QEMU guest end-to-end (live migration: QEMU 7.2 to QEMU 7.2, each with its own vscsid)"
 tests/qemu/run-migration-e2e.sh
+
+stage "QEMU guest lifecycle (QEMU SIGKILLed mid-I/O 20 times under one vscsid --reconnect)"
+tests/qemu/run-qemu-kill-e2e.sh
+
+stage "QEMU 10 guest lifecycle (vscsid SIGKILLed and SIGTERMed under fio, QEMU reconnects)"
+tests/qemu/run-restart-e2e.sh

@@ -155,3 +155,44 @@ fn many_connections_leak_no_descriptor() {
         "{before} descriptors after 5 connections, {after} after 200 more"
     );
 }
+
+/// A started queue that gets a new call descriptor interrupts the guest once through it.
+/// QEMU gives the call last when it restarts the device after a reconnection, and the
+/// guest may then wait for used entries nobody told it about (the previous daemon died
+/// between putting them on the ring and its call): without that interrupt, with EVENT_IDX,
+/// no later completion would reach it.
+#[test]
+fn a_started_queue_signals_a_new_call_once() {
+    use vhost::VhostBackend;
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    let d = Daemon::start(
+        &[Disk {
+            name: "d.img",
+            size: 1 << 20,
+            opts: "",
+        }],
+        &["--num-queues", "1"],
+    );
+    let mut fe = d.connect(1);
+    good(
+        &fe.command(&cmd(0, &test_unit_ready(), &[], 0))
+            .expect("TEST UNIT READY"),
+    );
+    let call = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+    fe.conn
+        .frontend
+        .set_vring_call(2, &call)
+        .expect("SET_VRING_CALL");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let signalled = loop {
+        if call.read().is_ok() {
+            break true;
+        }
+        if std::time::Instant::now() >= deadline {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert!(signalled, "the new call descriptor was never signalled");
+}

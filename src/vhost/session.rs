@@ -402,7 +402,21 @@ impl VhostUserBackendReqHandlerMut for FrontendSession {
 
     fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> ProtocolResult<()> {
         let i = u32::from(index);
-        self.vring(i)?.set_call(fd);
+        let has_fd = fd.is_some();
+        let vring = self.vring(i)?;
+        vring.set_call(fd);
+        // A started ring that gets a new call interrupts the guest once. After a
+        // reconnection the guest may wait for used entries it was never told about: the
+        // previous backend put them on the ring and died before its call, or this one
+        // completed them while QEMU still had the call on its masked notifier (QEMU 10 sets
+        // the real one last, after SET_VRING_ENABLE, and does not look at the masked one).
+        // With EVENT_IDX the guest's used_event then lies behind the used index and no later
+        // completion would interrupt it; virtio-scsi never times a command out, so its
+        // requests would wait for ever. A spurious interrupt costs the guest one look at
+        // the used ring.
+        if has_fd && vring.is_ready() {
+            let _ = vring.signal_used_queue();
+        }
         self.start_if_ready(i)
     }
 

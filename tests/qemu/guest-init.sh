@@ -135,6 +135,100 @@ if [ "$MODE" = migrate ]; then
   finish
 fi
 
+# Guest uptime in centiseconds in $NOW, without a fork (busybox ash: read is a builtin).
+now_cs() { read -r up _ < /proc/uptime; NOW=$(( ${up%.*} * 100 + 1${up#*.} - 100 )); }
+
+if [ "$MODE" = restart ]; then
+  # tests/qemu/run-restart-e2e.sh restarts vscsid (SIGKILL or SIGTERM) while this fio
+  # runs: four jobs (two 4 KiB with 8 in flight, two 64 KiB with 4 in flight), each on its
+  # own 24 MiB region and spread over both vCPUs (both request queues), every block read
+  # back and checked (verify_backlog) during the run. Beside it a probe reads one 4 KiB
+  # block with O_DIRECT after another from a region fio does not touch, and prints every
+  # gap of 250 ms or more between two completed reads ("VSCSID-GAP <uptime cs> <gap cs>",
+  # on the console as it happens): the stalls the guest sees. It gives up after 10 failed
+  # reads.
+  D0=$(lun_dev 0)
+  if [ -z "$D0" ]; then check rs-disk-found FAIL "no disk at LUN 0"; finish; fi
+  check rs-disk-found PASS "/dev/$D0 $(cat /sys/block/$D0/device/vendor)"
+  RUNTIME=$(arg runtime); RUNTIME=${RUNTIME:-45}
+  base=$(dmesg | wc -l)
+  rm -f /tmp/probe-stop
+  probe() {
+    n=0; err=0; now_cs; prev=$NOW
+    while [ ! -e /tmp/probe-stop ] && [ $n -lt 200000 ] && [ $err -lt 10 ]; do
+      if ! dd if=/dev/$D0 of=/dev/null bs=4096 count=1 skip=$((32768 + n % 8192)) iflag=direct 2>/dev/null; then
+        err=$((err + 1)); echo "VSCSID-PROBE-ERR $NOW"
+      fi
+      now_cs
+      [ $((NOW - prev)) -ge 25 ] && echo "VSCSID-GAP $NOW $((NOW - prev))"
+      prev=$NOW; n=$((n + 1))
+      echo $n > /tmp/probe-n
+    done
+    echo "VSCSID-PROBE-DONE $n $err $prev"
+  }
+  # A read that never completes hangs the probe for good (virtio-scsi lets the host time
+  # commands out, the guest never does): every 5 s without progress, say so and how many
+  # requests the disk has in flight.
+  watch_probe() {
+    last=-1; i=0
+    while [ ! -e /tmp/probe-stop ] && [ $i -lt 2000 ]; do
+      sleep 5; i=$((i + 1))
+      read -r cur < /tmp/probe-n 2>/dev/null || cur=0
+      if [ "$cur" = "$last" ]; then
+        now_cs; echo "VSCSID-STUCK $NOW reads, writes in flight: $(cat /sys/block/$D0/inflight)"
+      fi
+      last=$cur
+    done
+  }
+  (probe 2>&1 | tee /tmp/probe.out) &
+  probe_pid=$!
+  watch_probe &
+  fio --filename=/dev/$D0 --direct=1 --ioengine=libaio --verify=crc32c --verify_backlog=16 --verify_fatal=1 \
+    --verify_state_save=0 --time_based --runtime="$RUNTIME" --cpus_allowed=0-1 \
+    --cpus_allowed_policy=split \
+    --name=w4k --rw=randwrite --bs=4k --iodepth=8 --numjobs=2 --size=24M --offset=0 --offset_increment=24M \
+    --name=w64k --rw=randwrite --bs=64k --iodepth=4 --numjobs=2 --size=24M --offset=48M --offset_increment=24M \
+    > /tmp/fio.out 2>&1 &
+  fio_pid=$!
+  now_cs; echo "VSCSID-RS-FIO-START $NOW"
+  wait $fio_pid
+  rc=$?
+  touch /tmp/probe-stop; wait
+  echo "VSCSID-RS-FIO-DONE"
+  err=$(grep -o 'err= *[0-9]*' /tmp/fio.out | tr -d ' ' | tr '\n' ',')
+  io=$(grep -o 'write: IOPS=[^,]*' /tmp/fio.out | tr '\n' ',')
+  check rs-fio-crc32c-verify "$( [ $rc = 0 ] && echo PASS || echo FAIL )" "fio exit $rc, 4 jobs $err $io"
+  [ $rc = 0 ] || tail -n 30 /tmp/fio.out
+  set -- $(grep '^VSCSID-PROBE-DONE' /tmp/probe.out)
+  check rs-probe-reads "$( [ "${3:-1}" = 0 ] && [ "${2:-0}" -gt 0 ] && echo PASS || echo FAIL )" "${2:-0} O_DIRECT reads, ${3:-?} failed"
+  pat='I/O error|critical|FAILED Result|timing out command|abort|reset|not a head|broken|Buffer I/O'
+  n=$(dmesg | tail -n +$((base + 1)) | grep -ciE "$pat")
+  check rs-no-guest-errors "$( [ "$n" = 0 ] && echo PASS || echo FAIL )" "$n kernel lines about I/O errors, aborts or resets since fio started"
+  [ "$n" = 0 ] || dmesg | tail -n +$((base + 1)) | grep -iE "$pat" | head -n 10
+  finish
+fi
+
+if [ "$MODE" = qemukill ]; then
+  # tests/qemu/run-qemu-kill-e2e.sh kills QEMU while this fio runs (it never ends by
+  # itself). With vscsid.final=1 the guest instead checks that the disk still works
+  # (fio with crc32c verification) and powers off.
+  D0=$(lun_dev 0)
+  if [ -z "$D0" ]; then check qk-disk-found FAIL "no disk at LUN 0"; finish; fi
+  if [ "$(arg final)" = 1 ]; then
+    r=$(ok fio --name=verify --filename=/dev/$D0 --direct=1 --ioengine=libaio --rw=randwrite --bs=4k \
+      --size=16M --iodepth=8 --verify=crc32c --do_verify=1 --verify_fatal=1 --randrepeat=0)
+    check qk-final-fio-crc32c "$r" "$(grep -E 'err=' /tmp/out | head -1 | tr -s ' ')"
+    finish
+  fi
+  fio --filename=/dev/$D0 --direct=1 --ioengine=libaio --time_based --runtime=600 --cpus_allowed=0-1 \
+    --cpus_allowed_policy=split --name=qk --rw=randrw --bs=4k --iodepth=16 --numjobs=2 \
+    --size=32M --offset_increment=32M > /tmp/fio.out 2>&1 &
+  sleep 1
+  echo "VSCSID-QK-IO-START"
+  wait
+  finish
+fi
+
 if [ "$MODE" = fio ]; then
   # benches/vm-fio.sh: the same fio jobs on the guest's one data disk, whatever device it is.
   i=0

@@ -1,10 +1,28 @@
 # Sourced by the scripts that boot the test guest (tests/qemu/run-*.sh, scripts/demo.sh,
 # benches/vm-fio.sh), from the repository's root: the guest's kernel and initramfs, the
-# QEMU command line that boots it, vscsid's vhost-user-scsi device, the scratch directory
-# and the waits for vscsid's socket and for a tgtd target.
+# QEMU command line that boots it (the stock QEMU 7.2, or QEMU 10 after use_qemu10),
+# vscsid's vhost-user-scsi device, the scratch directory and the waits for vscsid's socket
+# and for a tgtd target.
 
 # Where scripts/build-guest.sh puts the guest: $guest/vmlinuz and $guest/initrd.gz.
 guest=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/target/guest
+
+# The QEMU that guest_qemu runs and the arguments it puts first: the stock one by default.
+qemu_bin=qemu-system-x86_64
+qemu_first_args=()
+
+# use_qemu10: guest_qemu runs QEMU 10.0 from its private prefix from now on, installed
+# first when missing (scripts/install-qemu10.sh: fails the script when it cannot be had).
+# Its own data directory goes first (-L) and only its own modules load (QEMU_MODULE_DIR).
+use_qemu10() {
+  local bin prefix
+  bin=$(scripts/install-qemu10.sh | tail -n 1)
+  [[ -x $bin ]] || { echo "use_qemu10: no QEMU 10 binary ($bin)" >&2; exit 1; }
+  prefix=${bin%/usr/bin/qemu-system-x86_64}
+  qemu_bin=$bin
+  qemu_first_args=(-L "$prefix/usr/share/qemu")
+  export QEMU_MODULE_DIR=$prefix/usr/lib/x86_64-linux-gnu/qemu
+}
 
 # need_tools <script name> <tool>...: fails the script when a tool is missing.
 need_tools() {
@@ -42,7 +60,7 @@ wait_vscsid() {
 }
 
 # guest_qemu [-a ACCEL] [-m MEMORY] [-l LOGLEVEL] <serial> <kernel arguments> [QEMU arg...]:
-# sets the array qemu_cmd to the QEMU command line that boots the guest: q35, 2 vCPUs,
+# sets the array qemu_cmd to the QEMU command line ($qemu_bin) that boots the guest: q35, 2 vCPUs,
 # guest RAM in a shared memfd made the guest's memory through a NUMA node (vhost-user
 # backends map it), the guest kernel and initramfs with the kernel arguments after the
 # console's, no display, monitor or default devices, the serial console on <serial>
@@ -62,7 +80,7 @@ guest_qemu() {
   local serial=$1 append=$2
   shift 2
   qemu_cmd=(
-    qemu-system-x86_64
+    "$qemu_bin" "${qemu_first_args[@]}"
     -machine q35 -accel "$accel" -cpu max -m "$mem" -smp 2
     -object "memory-backend-memfd,id=mem,size=$mem,share=on" -numa node,memdev=mem
     -kernel "$guest/vmlinuz" -initrd "$guest/initrd.gz"
@@ -72,10 +90,11 @@ guest_qemu() {
   )
 }
 
-# vhost_user_scsi <socket>: sets the array vus_args to the QEMU arguments of a
-# vhost-user-scsi-pci device with two request queues, served by vscsid at <socket>.
+# vhost_user_scsi <socket> [chardev options]: sets the array vus_args to the QEMU arguments
+# of a vhost-user-scsi-pci device with two request queues, served by vscsid at <socket>;
+# the options are added to the chardev's (e.g. reconnect-ms=1000, QEMU 10 only).
 vhost_user_scsi() {
-  vus_args=(-chardev "socket,id=vus0,path=$1" -device vhost-user-scsi-pci,chardev=vus0,num_queues=2)
+  vus_args=(-chardev "socket,id=vus0,path=$1${2:+,$2}" -device vhost-user-scsi-pci,chardev=vus0,num_queues=2)
 }
 
 # tgt_export <iqn> <backing file>: waits (bounded, 10 s) for the tgtd that the caller's
@@ -86,4 +105,43 @@ tgt_export() {
   tgtadm --op new --mode target --tid 1 -T "$1"
   tgtadm --op new --mode logicalunit --tid 1 --lun 1 -b "$2"
   tgtadm --op bind --mode target --tid 1 -I ALL
+}
+
+# wait_match <regex> <file> <count> <seconds> [pid]: waits (bounded) until the extended
+# regex matches at least <count> lines of <file>; returns 1 at the deadline, or as soon as
+# the process <pid> (when given) has ended.
+wait_match() {
+  local deadline=$((SECONDS + $4)) n
+  while :; do
+    n=$(grep -acE -- "$1" "$2" 2>/dev/null || true)
+    (( ${n:-0} >= $3 )) && return 0
+    (( SECONDS < deadline )) || return 1
+    if [[ -n ${5:-} ]] && ! kill -0 "$5" 2>/dev/null; then return 1; fi
+    sleep 0.05
+  done
+}
+
+# wait_exit <pid> <seconds>: waits (bounded) for a child of this shell to end and sets
+# $exit_status to its exit status; returns 1 (leaving it running) at the deadline. Quiet:
+# bash's own report of a child killed by a signal ("Killed") is not shown, the caller
+# knows already.
+wait_exit() {
+  local deadline=$((SECONDS + $2))
+  while kill -0 "$1"; do
+    (( SECONDS < deadline )) || return 1
+    sleep 0.05
+  done
+  exit_status=0
+  wait "$1" || exit_status=$?
+} 2>/dev/null
+
+# log_time <log line>: the time of a line of vscsid's log (RFC 3339, UTC), in seconds since
+# the epoch with a fraction.
+log_time() {
+  date -d "$(sed 's/\x1b\[[0-9;]*m//g' <<< "$1" | awk '{ print $1 }')" +%s.%N
+}
+
+# ms_between <t0> <t1>: milliseconds from t0 to t1 (seconds since the epoch, fractions).
+ms_between() {
+  awk -v a="$1" -v b="$2" 'BEGIN { printf "%d", (b - a) * 1000 }'
 }

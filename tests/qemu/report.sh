@@ -2,9 +2,11 @@
 # $failed, from the host's own checks and from the guest's console.
 passed=0
 failed=0
+# Put before every check's name (a script running its checks more than once: "kill-").
+report_prefix=""
 
 report() { # report <name> <PASS|FAIL> <detail>
-  printf '%-28s %s  %s\n' "$1" "$2" "$3"
+  printf '%-28s %s  %s\n' "$report_prefix$1" "$2" "$3"
   if [[ $2 == PASS ]]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
 }
 
