@@ -206,7 +206,7 @@ pub struct SocketHandover {
 
 impl SocketHandover {
     /// Sets `cmd` up to receive the socket, and nothing else: every other descriptor
-    /// above stderr is closed before the exec (descriptors received from the frontend,
+    /// above stderr is closed by the exec (descriptors received from the frontend,
     /// such as its guest memory, are not close-on-exec and would stay open for ever).
     pub fn prepare(self, cmd: &mut std::process::Command) {
         let fd = self.fd;
@@ -222,12 +222,23 @@ impl SocketHandover {
                     return Err(std::io::Error::last_os_error());
                 }
                 set_cloexec(LISTEN_FDS_START, false)?;
-                libc::syscall(libc::SYS_close_range, LISTEN_FDS_START + 1, u32::MAX, 0);
+                // Marked close-on-exec rather than closed: with `exec` this runs in the
+                // daemon itself, whose other threads still use their descriptors until
+                // the exec ends them.
+                libc::syscall(
+                    libc::SYS_close_range,
+                    LISTEN_FDS_START + 1,
+                    u32::MAX,
+                    CLOSE_RANGE_CLOEXEC,
+                );
                 Ok(())
             });
         }
     }
 }
+
+/// close_range(2)'s flag that marks the range close-on-exec instead of closing it.
+const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
 
 /// The first descriptor a socket-activated process is given (sd_listen_fds(3)).
 const LISTEN_FDS_START: RawFd = 3;

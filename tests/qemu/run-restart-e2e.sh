@@ -12,6 +12,8 @@
 #         once on the same socket and configuration.
 #   term: the same with SIGTERM (a planned restart: vscsid drains in-flight I/O, flushes,
 #         exits 0), then a new vscsid.
+#   upgrade: SIGUSR2 (upgrade in place: vscsid drains, executes its program again with
+#         the listening socket, same process); QEMU reconnects to it.
 #
 # Checks per variant: every restart done while fio ran, each new vscsid got QEMU's
 # connection (bounded) and the guest's I/O resumed; fio's verification passes; the guest's
@@ -32,7 +34,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$here"
 TIMEOUT=${VSCSID_E2E_TIMEOUT:-600}     # per guest, from boot to power-off
-MODES=${VSCSID_RESTART_MODES:-kill term}
+MODES=${VSCSID_RESTART_MODES:-kill term upgrade}
 RUNTIME=50                             # seconds of fio in the guest
 KILL_AT=(8 20 32)                      # restarts, seconds after fio started
 RECONNECT_MS=1000                      # QEMU's chardev reconnect-ms
@@ -84,7 +86,7 @@ start_vscsid() {
 run_variant() {
   local mode=$1 sig k serial qlog qemu h0 u0 t ok
   report_prefix=$mode-
-  [[ $mode == kill ]] && sig=KILL || sig=TERM
+  case $mode in kill) sig=KILL ;; term) sig=TERM ;; *) sig=USR2 ;; esac
   echo "--- $mode: vscsid restarted with SIG$sig under fio (QEMU $($qemu_bin --version | head -n 1 | awk '{ print $4 }')) ---"
   rm -f "$img" "$sock"
   truncate -s 256M "$img"
@@ -123,19 +125,29 @@ run_variant() {
       log "restart $k: SIG$sig to vscsid $daemon"
       kill -"$sig" "$daemon"
       ok=1
-      if wait_exit "$daemon" 45; then
+      if [[ $mode == upgrade ]]; then
+        # The same process runs the program again and logs on in the same file.
+        old_rc[k]="none (same process)"; old_ms[k]=0; vlogs[k]=${vlogs[0]}
+        if wait_match "frontend connected" "${vlogs[0]}" $((k + 1)) 30 "$daemon"; then
+          conn_ms[k]=$(ms_between "${kill_t[k]}" "$(log_time "$(grep -a 'frontend connected' "${vlogs[0]}" | sed -n "$((k + 1))p")")")
+        else
+          conn_ms[k]=""; ok=0
+        fi
+      elif wait_exit "$daemon" 45; then
         old_rc[k]=$exit_status
       else
         old_rc[k]="still running after 45 s"; ok=0
         kill -9 "$daemon" 2>/dev/null || true; wait_exit "$daemon" 5 || true
       fi
-      old_ms[k]=$(ms_between "${kill_t[k]}" "$(now)")
-      vlogs[k]=$work/$mode-vscsid-$k.log
-      start_vscsid "${vlogs[k]}"
-      if wait_match "frontend connected" "${vlogs[k]}" 1 30 "$daemon"; then
-        conn_ms[k]=$(ms_between "${kill_t[k]}" "$(log_time "$(grep -a 'frontend connected' "${vlogs[k]}" | head -n 1)")")
-      else
-        conn_ms[k]=""; ok=0
+      if [[ $mode != upgrade ]]; then
+        old_ms[k]=$(ms_between "${kill_t[k]}" "$(now)")
+        vlogs[k]=$work/$mode-vscsid-$k.log
+        start_vscsid "${vlogs[k]}"
+        if wait_match "frontend connected" "${vlogs[k]}" 1 30 "$daemon"; then
+          conn_ms[k]=$(ms_between "${kill_t[k]}" "$(log_time "$(grep -a 'frontend connected' "${vlogs[k]}" | head -n 1)")")
+        else
+          conn_ms[k]=""; ok=0
+        fi
       fi
       # The guest's probe prints a gap when its first read after the stall completes.
       # (A stall too short to be a gap leaves the probe going: no VSCSID-STUCK line.)
@@ -188,6 +200,7 @@ run_variant() {
   fi
   local expect_rc=137
   [[ $sig == TERM ]] && expect_rc=0
+  [[ $sig == USR2 ]] && expect_rc="none (same process)"
   for k in 1 2 3; do
     [[ -n ${kill_t[k]:-} ]] || { report "restart-$k" FAIL "not done"; continue; }
     local detail="old vscsid exit ${old_rc[k]} after ${old_ms[k]} ms, new one connected ${conn_ms[k]:-never} ms after the signal, guest I/O resumed: $([[ ${resumed[k]} == 1 ]] && echo yes || echo no)"
@@ -278,8 +291,8 @@ run_variant() {
 
 for mode in $MODES; do
   case $mode in
-    kill|term) run_variant "$mode" ;;
-    *) echo "run-restart-e2e: unknown variant $mode (kill, term)" >&2; exit 2 ;;
+    kill|term|upgrade) run_variant "$mode" ;;
+    *) echo "run-restart-e2e: unknown variant $mode (kill, term, upgrade)" >&2; exit 2 ;;
   esac
 done
 echo "qemu-restart-e2e: $passed passed, $failed failed"
