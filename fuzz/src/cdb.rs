@@ -139,35 +139,37 @@ impl CdbHarness {
             false,
         );
         let deadline = Instant::now() + HANG_BOUND;
+        let mut reaped: Vec<i32> = Vec::new();
         loop {
             match step {
                 Step::Done(_) => break,
                 Step::Pending => {
                     self.block.submit();
-                    let mut got = None;
-                    self.block.reap(|_, res| {
-                        got.get_or_insert(res);
-                    });
-                    match got {
-                        Some(res) => {
-                            step = lun
-                                .continue_task(
-                                    &mut task,
-                                    Some(res),
-                                    0,
-                                    &mut self.block,
-                                    buffers(),
-                                    &NoRemote,
-                                )
-                                .0;
-                        }
-                        None => {
-                            assert!(
-                                Instant::now() < deadline,
-                                "hang: block I/O of {:#04x} never completed",
-                                cdb[0]
-                            );
-                            wait_readable(self.block.eventfd(), Duration::from_millis(5));
+                    reaped.clear();
+                    self.block.reap(|_, res| reaped.push(res));
+                    if reaped.is_empty() {
+                        assert!(
+                            Instant::now() < deadline,
+                            "hang: block I/O of {:#04x} never completed",
+                            cdb[0]
+                        );
+                        wait_readable(self.block.eventfd(), Duration::from_millis(5));
+                        continue;
+                    }
+                    // Every completion goes back to the command, as a worker hands them.
+                    for &res in &reaped {
+                        step = lun
+                            .continue_task(
+                                &mut task,
+                                Some(res),
+                                0,
+                                &mut self.block,
+                                buffers(),
+                                &NoRemote,
+                            )
+                            .0;
+                        if !matches!(step, Step::Pending) {
+                            break;
                         }
                     }
                 }
@@ -175,6 +177,12 @@ impl CdbHarness {
                 Step::Forwarded => panic!("an emulated LUN forwarded {:#04x}", cdb[0]),
             }
         }
+        assert_eq!(
+            self.block.pending(0),
+            0,
+            "command {:#04x} answered with block I/O still in the kernel",
+            cdb[0]
+        );
         lun.end(&mut task);
         self.block.release(0);
         assert_eq!(

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Regenerates the fuzz targets' seed inputs from the tests and examples
+# (fuzz/examples/write_seeds.rs) and merges them into the committed corpora under
+# fuzz/corpus/<target>/, minimised with `cargo fuzz cmin` so only inputs that add coverage
+# are kept. Needs the nightly toolchain and cargo-fuzz.
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+
+targets=(cdb virtio_request control_queue iscsi_pdu iscsi_login iscsi_session config_toml lun_spec)
+rm -rf seeds
+cargo +nightly run --example write_seeds -- seeds
+for t in "${targets[@]}"; do
+    mkdir -p "corpus/$t"
+    cp seeds/"$t"/* "corpus/$t/"
+    cargo +nightly fuzz cmin -O "$t" "corpus/$t" -- -max_len=8192
+done
+du -sh corpus
