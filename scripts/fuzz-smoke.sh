@@ -34,7 +34,7 @@ for t in "${targets[@]}"; do
     printf 'fuzz-smoke: %-15s %ss ... ' "$t" "$seconds"
     if "$bin/$t" "$scratch/$t" "fuzz/corpus/$t" -max_total_time="$seconds" -timeout=10 \
         -max_len=8192 -artifact_prefix="$scratch/artifacts/$t/" >"$scratch/$t.log" 2>&1; then
-        grep -E '^#[0-9]+ +DONE' "$scratch/$t.log" | tail -1 || echo "ok"
+        grep -E '^#[0-9]+[[:space:]]+DONE' "$scratch/$t.log" | tail -1 || echo "ok"
     else
         echo "FAILED"
         tail -40 "$scratch/$t.log" >&2
