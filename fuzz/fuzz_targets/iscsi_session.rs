@@ -60,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
         nop_timeout: Duration::from_secs(60),
         recovery_timeout: Duration::ZERO,
         connect_timeout: Duration::from_secs(1),
-        login_timeout: Duration::from_secs(2),
+        login_timeout: Duration::from_secs(5),
         ..IscsiOptions::default()
     };
     let lun = IscsiLun::connect(&url, &opts).expect("login to the scripted target");

@@ -175,13 +175,20 @@ impl ScriptedTarget {
         listener
             .set_nonblocking(true)
             .expect("nonblocking listener");
-        let mut s = loop {
+        // A connection with another InitiatorName is a stray (a login retry of an earlier
+        // session that came in on the same port), as is one that goes away during login:
+        // drop it and wait for this session's. (A session whose own login breaks fails
+        // its connect, which the target reports.)
+        let (mut s, mut stat_sn) = loop {
             match listener.accept() {
-                Ok((s, _)) => {
+                Ok((mut s, _)) => {
                     let _ = s.set_nonblocking(false);
                     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
                     let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
-                    break s;
+                    match login(&mut s, &initiator_name) {
+                        Ok(stat_sn) => break (s, stat_sn),
+                        Err(Stray | Gone) => continue,
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if Instant::now() >= deadline {
@@ -192,11 +199,8 @@ impl ScriptedTarget {
                 Err(_) => return,
             }
         };
-        // Strays and later connections find nobody listening.
+        // Later connections find nobody listening.
         drop(listener);
-        let Ok(mut stat_sn) = login(&mut s, &initiator_name) else {
-            return;
-        };
         // The ALUA probe (INQUIRY), then the harness's commands; Data-Out is skipped.
         let mut probe_answered = false;
         let mut seen = 0;
@@ -240,19 +244,28 @@ impl ScriptedTarget {
     }
 }
 
-/// Answers every Login Request of `initiator_name` (another is a stray): security moves to
-/// operational, operational to full feature. Returns the next StatSN.
-fn login(s: &mut TcpStream, initiator_name: &str) -> io::Result<u32> {
+/// Why the scripted login ended without a session.
+enum LoginFailure {
+    /// Another session's connection.
+    Stray,
+    /// The initiator went away or broke the protocol.
+    Gone,
+}
+use LoginFailure::{Gone, Stray};
+
+/// Answers every Login Request of `initiator_name`: security moves to operational,
+/// operational to full feature. Returns the next StatSN.
+fn login(s: &mut TcpStream, initiator_name: &str) -> Result<u32, LoginFailure> {
     let mut stat_sn = 0x100u32;
     for _ in 0..8 {
-        let req = read_one(s)?;
+        let req = read_one(s).map_err(|_| Gone)?;
         if req.opcode() != op::LOGIN_REQ {
-            return Err(io::Error::other("not a login request"));
+            return Err(Gone);
         }
         let keys = text::parse(&req.data);
         if let Some(name) = text::get(&keys, "InitiatorName") {
             if name != initiator_name {
-                return Err(io::Error::other("a stray connection"));
+                return Err(Stray);
             }
         }
         let csg = (req.flags() >> 2) & 3;
@@ -265,11 +278,11 @@ fn login(s: &mut TcpStream, initiator_name: &str) -> io::Result<u32> {
         let mut p = login_response(true, csg, nsg, stat_sn, cmd_sn, 0, pairs);
         p.set_itt(req.itt());
         p.bhs[8..14].copy_from_slice(&req.bhs[8..14]);
-        pdu::write_pdu(s, &p, &Framing::default())?;
+        pdu::write_pdu(s, &p, &Framing::default()).map_err(|_| Gone)?;
         stat_sn = stat_sn.wrapping_add(1);
         if nsg == FULL_FEATURE {
             return Ok(stat_sn);
         }
     }
-    Err(io::Error::other("login did not end"))
+    Err(Gone)
 }
