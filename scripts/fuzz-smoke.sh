@@ -28,12 +28,25 @@ bin=fuzz/target/x86_64-unknown-linux-gnu/release
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 
+# Targets whose daemon code leaves detached threads running between inputs and at exit
+# (the task management ticker; the session's keepalive and re-login threads): LeakSanitizer
+# reports what a thread still alive at its check holds, so leaks are not checked there.
+leak_check() {
+    case "$1" in
+        control_queue | iscsi_session) echo 0 ;;
+        *) echo 1 ;;
+    esac
+}
+
 failed=()
 for t in "${targets[@]}"; do
     mkdir -p "$scratch/$t" "$scratch/artifacts/$t"
     printf 'fuzz-smoke: %-15s %ss ... ' "$t" "$seconds"
-    if "$bin/$t" "$scratch/$t" "fuzz/corpus/$t" -max_total_time="$seconds" -timeout=10 \
-        -max_len=8192 -artifact_prefix="$scratch/artifacts/$t/" >"$scratch/$t.log" 2>&1; then
+    leaks=$(leak_check "$t")
+    if ASAN_OPTIONS="detect_odr_violation=0:detect_leaks=$leaks" "$bin/$t" "$scratch/$t" \
+        "fuzz/corpus/$t" -max_total_time="$seconds" -timeout=10 -max_len=8192 \
+        -detect_leaks="$leaks" -artifact_prefix="$scratch/artifacts/$t/" \
+        >"$scratch/$t.log" 2>&1; then
         grep -E '^#[0-9]+[[:space:]]+DONE' "$scratch/$t.log" | tail -1 || echo "ok"
     else
         echo "FAILED"
