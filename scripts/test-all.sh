@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of the project, in order of cost: formatting and lints, unit and
-# integration tests (including the in-process vhost-user frontend tests), then the QEMU
-# guest end-to-end tests, the lifecycle ones (QEMU killed, vscsid restarted) last. Installs
-# the Debian packages it needs first, and QEMU 10 into target/qemu10. Fails loudly on the
-# first failing stage; a missing peer (QEMU, kernel, fio ...) is a failure, never a skip.
+# integration tests (including the in-process vhost-user frontend tests), a short run of
+# every fuzz target, then the QEMU guest end-to-end tests, the lifecycle ones (QEMU killed,
+# vscsid restarted) last. Installs the Debian packages it needs first, and QEMU 10 into
+# target/qemu10. Fails loudly on the first failing stage; a missing peer (QEMU, kernel,
+# fio, the nightly toolchain for the fuzz targets ...) is a failure, never a skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,9 @@ cargo clippy --all-targets -- -D warnings
 
 stage "cargo test (unit and integration)"
 cargo test --all-targets
+
+stage "fuzz targets, 30 s each from the committed corpora (nightly, cargo-fuzz)"
+scripts/fuzz-smoke.sh
 
 stage "QEMU guest end-to-end (emulated LUNs)"
 tests/qemu/run-e2e.sh

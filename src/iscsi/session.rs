@@ -277,7 +277,14 @@ impl Session {
     }
 
     /// Connects, logs in, starts a reader, and (re)sends every command without status.
+    /// Refuses once the session is closing: a login that was under way when
+    /// [`Session::close`] ran ends with its connection shut, so no session comes up again
+    /// after its LUN closed it.
     fn establish(self: &Arc<Self>) -> Result<(), LoginError> {
+        let closed = || LoginError::Protocol("the session is closed".into());
+        if self.closing.load(Ordering::Acquire) {
+            return Err(closed());
+        }
         let portal = self.url.portal();
         let mut stream = login::connect(&portal, &self.opts)?;
         let neg = login::login(&mut stream, &self.opts, Some(&self.url.target), self.isid)
@@ -292,6 +299,10 @@ impl Session {
         let generation;
         {
             let mut st = self.lock();
+            if self.closing.load(Ordering::Acquire) {
+                let _ = stream.shutdown(Shutdown::Both);
+                return Err(closed());
+            }
             st.cmd_sn = neg.cmd_sn;
             st.exp_stat_sn = neg.exp_stat_sn;
             st.max_cmd_sn = neg.max_cmd_sn;
@@ -334,8 +345,13 @@ impl Session {
         }
         self.changed.notify_all();
         // Lost already (the reader got there first): its recovery takes it from here.
+        // Closed meanwhile (close() ends the generation): no session again.
         if self.lock().generation != generation {
-            return Ok(());
+            return if self.closing.load(Ordering::Acquire) {
+                Err(closed())
+            } else {
+                Ok(())
+            };
         }
         if let Some(ev) = self.events.upgrade() {
             ev.path_up(self.path);
@@ -423,6 +439,8 @@ fn next_itt(st: &mut State) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::iscsi::pdu::{self, Framing};
+    use std::net::TcpListener;
 
     #[test]
     fn serial_arithmetic_wraps() {
@@ -431,5 +449,79 @@ mod tests {
         assert!(!sn_le(2, 1));
         assert!(sn_le(u32::MAX, 0));
         assert!(!sn_le(0, u32::MAX));
+    }
+
+    struct NoEvents;
+
+    impl PathEvents for NoEvents {
+        fn path_down(&self, _path: usize, _lost: LostPath) {}
+        fn path_up(&self, _path: usize) {}
+    }
+
+    /// A target on 127.0.0.1 that answers the Login Requests of one connection (security
+    /// to operational, operational to full feature), running `before_last` just before it
+    /// sends the response that ends the login. Bounded by socket timeouts.
+    fn login_target(
+        before_last: impl FnOnce() + Send + 'static,
+    ) -> (u16, std::thread::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("listener");
+        let port = listener.local_addr().expect("port").port();
+        let target = std::thread::spawn(move || {
+            let Ok((mut s, _)) = listener.accept() else {
+                return;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut before_last = Some(before_last);
+            for stat_sn in 1..8u32 {
+                let Ok(req) = pdu::read_pdu(&mut s, &Framing::default()) else {
+                    return;
+                };
+                let csg = (req.flags() >> 2) & 3;
+                let nsg = if csg == 0 { 1 } else { 3 };
+                let mut p = Pdu::new(op::LOGIN_RESP);
+                p.set_flags(0x80 | (csg << 2) | nsg);
+                p.set_itt(req.itt());
+                p.set_u32(24, stat_sn);
+                p.set_u32(28, req.u32_at(24));
+                p.set_u32(32, req.u32_at(24).wrapping_add(31));
+                if nsg == 3 {
+                    if let Some(f) = before_last.take() {
+                        f();
+                    }
+                }
+                if pdu::write_pdu(&mut s, &p, &Framing::default()).is_err() || nsg == 3 {
+                    break;
+                }
+            }
+            // Until the initiator closes the connection.
+            let mut b = [0u8; 64];
+            while matches!(std::io::Read::read(&mut s, &mut b), Ok(n) if n > 0) {}
+        });
+        (port, target)
+    }
+
+    #[test]
+    fn a_session_closed_during_its_login_stays_down() {
+        let slot: Arc<Mutex<Option<Arc<Session>>>> = Arc::default();
+        let closer = slot.clone();
+        let (port, target) = login_target(move || {
+            if let Some(s) = closer.lock().expect("slot").as_ref() {
+                s.close();
+            }
+        });
+        let url = IscsiUrl::parse(&format!("iscsi://127.0.0.1:{port}/iqn.2024-01.test:t/0"))
+            .expect("url");
+        let events: Weak<dyn PathEvents> = Weak::<NoEvents>::new();
+        let session = Session::new(&url, &IscsiOptions::default(), 0, events);
+        *slot.lock().expect("slot") = Some(session.clone());
+        // The target closes the session before it answers the last login request: the
+        // login completes, but the session must not come up on it.
+        assert!(session.establish().is_err());
+        assert!(!session.is_up());
+        assert!(session.lock().writer.is_none());
+        target.join().expect("target");
+        // And once closed, it does not even connect.
+        assert!(session.establish().is_err());
+        assert!(!session.is_up());
     }
 }

@@ -32,9 +32,9 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 pub use device::ScsiDevice;
 // For harnesses that drive the device without a socket (the fuzz targets).
 pub use dirty_log::DirtyLog;
-pub use vring::Vring;
 use session::FrontendSession;
 pub use socket::{SocketHandover, SocketRemover, VhostSocket};
+pub use vring::Vring;
 
 use crate::backend::guest::GuestMem;
 use crate::config::Config;
