@@ -506,7 +506,7 @@ mod tests {
         let closer = slot.clone();
         let (port, target) = login_target(move || {
             if let Some(s) = closer.lock().expect("slot").as_ref() {
-                s.close();
+                s.close(Duration::ZERO);
             }
         });
         let url = IscsiUrl::parse(&format!("iscsi://127.0.0.1:{port}/iqn.2024-01.test:t/0"))
