@@ -92,7 +92,7 @@ fuzz_target!(|data: &[u8]| {
             ),
         }
     }
-    lun.close();
+    lun.close(std::time::Duration::ZERO);
     drop(lun);
     target.join().expect("scripted target");
 });

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
 use vscsid::backend::guest::GuestMem;
+use vscsid::heartbeat::{Heartbeat, Heartbeats};
 use vscsid::lun::build_lun_table;
 use vscsid::vhost::{DirtyLog, ScsiDevice, Vring};
 
@@ -66,6 +67,8 @@ impl QueueFlags {
 /// The device and its guest memory, built once per process.
 pub struct DeviceHarness {
     pub dev: ScsiDevice,
+    /// What the daemon's epoll loop hands the device (no watchdog watches it here).
+    beat: Heartbeat,
     mem: GuestMem,
     _images: Vec<OwnedFd>,
 }
@@ -83,6 +86,7 @@ impl DeviceHarness {
         let dev = ScsiDevice::new(&cfg, luns, mem.clone()).expect("device");
         DeviceHarness {
             dev,
+            beat: Heartbeats::new(None).register("fuzz"),
             mem,
             _images: images,
         }
@@ -136,7 +140,7 @@ impl DeviceHarness {
         ];
         debug_assert_eq!(usize::from(EVENT_VRING), 1);
         for &k in kicks {
-            self.dev.handle_event(k, &vrings, 0);
+            self.dev.handle_event(k, &vrings, 0, &self.beat);
         }
         self.drain(&vrings);
     }
@@ -158,9 +162,9 @@ impl DeviceHarness {
             );
             wait_readable(ring_fd, Duration::from_millis(5));
             self.dev
-                .handle_event(self.dev.ring_token() as u16, vrings, 0);
+                .handle_event(self.dev.ring_token() as u16, vrings, 0, &self.beat);
             self.dev
-                .handle_event(self.dev.tmf_token() as u16, vrings, 0);
+                .handle_event(self.dev.tmf_token() as u16, vrings, 0, &self.beat);
         }
     }
 }
