@@ -119,7 +119,22 @@ impl Ext4 {
     /// Unmounts and mounts the file system again (replaying its journal), as after a
     /// reboot. Whatever still holds files on it must be gone first.
     pub fn remount(&self) {
-        sh("umount", &[self.mnt.to_str().unwrap()]);
+        // A daemon killed just before may hold its image a moment longer: the kernel tears
+        // its io_uring down after the process is gone. Retry a busy unmount, bounded.
+        let mnt = self.mnt.to_str().unwrap();
+        for _ in 0..100 {
+            let busy = Command::new("umount")
+                .arg(mnt)
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stderr).contains("busy"));
+            if !busy {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        if self.is_mounted() {
+            sh("umount", &[mnt]);
+        }
         sh(
             "mount",
             &[
@@ -129,6 +144,16 @@ impl Ext4 {
                 self.mnt.to_str().unwrap(),
             ],
         );
+    }
+}
+
+impl Ext4 {
+    fn is_mounted(&self) -> bool {
+        let mnt = self.mnt.to_string_lossy().into_owned();
+        std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| {
+            m.lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(mnt.as_str()))
+        })
     }
 }
 
