@@ -406,7 +406,16 @@ impl Upgrade {
         cmd.args(std::env::args_os().skip(1))
             .env(UPGRADED_ENV, std::process::id().to_string());
         self.socket.prepare(&mut cmd);
-        let err = cmd.exec();
+        // A program still being written (ETXTBSY: the installer, or a process that forked
+        // while it had the file open for writing) is tried again for a moment.
+        let mut err = cmd.exec();
+        for _ in 0..40 {
+            if err.kind() != std::io::ErrorKind::ExecutableFileBusy {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            err = cmd.exec();
+        }
         tracing::error!(program = %exe.display(), "upgrade failed, serving on: {err}");
         current.resume();
     }

@@ -392,7 +392,7 @@ fn socket_activation_serves_on_the_passed_socket_and_leaves_it() {
     // SAFETY: kill(2) sends SIGUSR2 to the daemon this test started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR2) }, 0);
     notify
-        .wait_for("READY=1", Duration::from_secs(15))
+        .wait_for("READY=1", Duration::from_secs(40))
         .expect("READY=1 again after the upgrade");
     assert!(matches!(child.try_wait(), Ok(None)), "same process");
     let mut fe = vscsid::frontend::ScsiFrontend::connect(&socket, &opts).expect("reconnect");
