@@ -64,14 +64,6 @@ fn used_ring(fe: &ScsiFrontend, q: usize) -> Vec<u8> {
     b
 }
 
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Freezes the file system and leaves one write stuck on queue `Q`; returns its head.
 fn stuck_write(fs: &Ext4, d: &Daemon, fe: &mut ScsiFrontend, data: &[u8]) -> u16 {
     good(

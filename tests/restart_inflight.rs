@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::ext4::{write_durably, Ext4};
 use common::*;
@@ -41,14 +41,6 @@ fn used_idx(fe: &ScsiFrontend, q: usize) -> u16 {
         .mem
         .read_obj(GuestAddress(fe.conn.queues[q].used + 2))
         .expect("used index")
-}
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn read_back(fe: &mut ScsiFrontend, l: u16, lba: u64, len: u32) -> Vec<u8> {

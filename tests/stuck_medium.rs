@@ -58,14 +58,6 @@ fn reconnect(d: &Daemon) -> ScsiFrontend {
     }
 }
 
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn a_connection_ending_with_stuck_writes_leaves_the_lun_usable() {
     let fs = Ext4::new();

@@ -99,26 +99,6 @@ fn write_req<'a>(cdb: &'a [u8], data: &'a [u8], tag: u64) -> VirtioScsiRequest<'
     }
 }
 
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn io_waiting_in_kernel(pid: u32) -> bool {
-    std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|ts| {
-        ts.filter_map(|t| t.ok()).any(|t| {
-            std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| {
-                s.rsplit(')')
-                    .next()
-                    .is_some_and(|r| r.trim_start().starts_with('D'))
-            })
-        })
-    })
-}
-
 fn used_idx(fe: &ScsiFrontend) -> u16 {
     fe.conn
         .mem

@@ -104,18 +104,7 @@ impl Daemon {
     /// Whether the daemon has block I/O waiting in the kernel (a frozen file system): its
     /// io_uring worker threads show up as tasks in D state.
     pub fn io_waiting_in_kernel(&self) -> bool {
-        let tasks = Path::new("/proc")
-            .join(self.child.id().to_string())
-            .join("task");
-        std::fs::read_dir(tasks).is_ok_and(|ts| {
-            ts.filter_map(|t| t.ok()).any(|t| {
-                std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| {
-                    s.rsplit(')')
-                        .next()
-                        .is_some_and(|r| r.trim_start().starts_with('D'))
-                })
-            })
-        })
+        io_waiting_in_kernel(self.child.id())
     }
 
     /// What a daemon started with [`Daemon::start_logged`] has logged so far.
@@ -276,4 +265,27 @@ pub fn sense(r: &CmdResponse) -> (u8, u8, u8) {
 pub fn allocated_bytes(p: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(p).map(|m| m.blocks() * 512).unwrap_or(0)
+}
+
+/// Whether process `pid` has block I/O waiting in the kernel (a frozen file system): its
+/// io_uring worker threads show up as tasks in D state.
+pub fn io_waiting_in_kernel(pid: u32) -> bool {
+    std::fs::read_dir(Path::new("/proc").join(pid.to_string()).join("task")).is_ok_and(|ts| {
+        ts.filter_map(|t| t.ok()).any(|t| {
+            std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('D'))
+            })
+        })
+    })
+}
+
+/// Waits (bounded) until `done`; fails the test with `what` otherwise.
+pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
