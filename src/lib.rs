@@ -9,7 +9,8 @@
 //! in-process vhost-user frontend for tests and the load generator; `log_limit` keeps
 //! repeated log lines down; `service` is what running under systemd takes (logs to the
 //! journal, readiness and status notifications, the watchdog), fed by the worker threads'
-//! `heartbeat`s.
+//! `heartbeat`s; `sandbox` confines each thread to the system calls its kind needs and
+//! drops the daemon's privileges.
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -20,6 +21,7 @@ pub mod heartbeat;
 pub mod iscsi;
 pub mod log_limit;
 pub mod lun;
+pub mod sandbox;
 pub mod scsi;
 pub mod service;
 pub mod vhost;

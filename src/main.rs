@@ -10,6 +10,7 @@ use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 
 use vscsid::config::{parse_config_file, parse_disk_spec, Config, SocketAccess};
 use vscsid::lun::{build_lun_table, status_lines, Lun, LunTable};
+use vscsid::sandbox::{self, SandboxMode, ThreadKind};
 use vscsid::service::{init_logging, status_text, LogDestination, Service};
 use vscsid::vhost::{serve, CurrentDevice, SocketHandover, SocketRemover, VhostSocket};
 
@@ -85,6 +86,15 @@ struct Cli {
     /// at most 60000]. QEMU waits as long; see README "Lifecycle".
     #[arg(long, value_name = "MS")]
     stop_timeout_ms: Option<i64>,
+    /// System call filters, one per kind of thread: on (a call outside them ends the
+    /// daemon with a log line), off (for debugging), or log (calls outside them are
+    /// allowed and recorded in the kernel log) [default: on].
+    #[arg(long, value_name = "on|off|log")]
+    sandbox: Option<String>,
+    /// Continue as this user (and group: default the user's own) once the LUNs are open,
+    /// the socket listens and the iSCSI logins are done. Needs root.
+    #[arg(long, value_name = "USER[:GROUP]")]
+    user: Option<String>,
 }
 
 /// Positions of the --disk and --iscsi values on the command line.
@@ -181,6 +191,12 @@ fn build_config(cli: Cli, order: LunOrder) -> Result<Config, String> {
     if cli.initiator_name.is_some() {
         cfg.initiator_name = cli.initiator_name;
     }
+    if let Some(mode) = &cli.sandbox {
+        cfg.sandbox = vscsid::config::parse_sandbox(mode, "--sandbox").map_err(|e| e.0)?;
+    }
+    if let Some(user) = &cli.user {
+        cfg.user = Some(vscsid::config::check_user_spec(user, "--user").map_err(|e| e.0)?);
+    }
     cfg.validate().map_err(|e| e.0)?;
     Ok(cfg)
 }
@@ -243,6 +259,31 @@ fn main() -> ExitCode {
         LogDestination::Stderr => report(&format!("error: {line}")),
     };
     let service = Service::from_environment();
+    // The user to continue as is looked up before anything is opened: an unknown one, or
+    // another user when not root, is a configuration error.
+    let user = match &cfg.user {
+        Some(u) => match sandbox::resolve_user(&u.spec, u.field) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                fail(&e);
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    // The filters are compiled before the first thread starts (iSCSI logins start some).
+    sandbox::set_journal(logs == LogDestination::Journal);
+    let needs = sandbox::Needs {
+        iscsi: cfg
+            .luns
+            .iter()
+            .any(|l| matches!(l.kind, vscsid::config::LunKind::Iscsi { .. })),
+        drop_to: user.as_ref().map(|u| (u.uid, u.gid)),
+    };
+    if let Err(e) = sandbox::prepare(cfg.sandbox, needs) {
+        fail(&e);
+        return ExitCode::FAILURE;
+    }
     // Signals are caught from here on (and handled once the LUNs are open): the socket
     // appears before the LUNs are ready, and a SIGUSR1 or SIGTERM sent as soon as it
     // exists must not find the default action.
@@ -289,6 +330,14 @@ fn main() -> ExitCode {
             lun.device().describe()
         );
     }
+    // Everything that needs privileges is open: the LUNs, the socket, the iSCSI sessions.
+    if let Some(u) = &user {
+        if let Err(e) = sandbox::drop_privileges(u) {
+            fail(&e);
+            return ExitCode::FAILURE;
+        }
+        tracing::info!(uid = u.uid, gid = u.gid, "continuing as user {}", u.name);
+    }
     let current = CurrentDevice::default();
     let remover = socket.remover();
     let upgrade = exe.map(|exe| Upgrade {
@@ -319,7 +368,16 @@ fn main() -> ExitCode {
     if let Some(w) = service.watchdog() {
         tracing::info!("watchdog: {w:?}, fed while every worker thread makes progress");
     }
-    // (A system call filter would be installed here: everything is open and bound.)
+    // Everything is open and bound, and the signal and service threads have their own
+    // filters: the main thread's comes now, and the workers it starts inherit it.
+    sandbox::enter(ThreadKind::Main);
+    match cfg.sandbox {
+        SandboxMode::On => tracing::info!("system call filters installed for every thread"),
+        SandboxMode::Log => tracing::warn!(
+            "system call filters only log (--sandbox log): calls outside them are allowed"
+        ),
+        SandboxMode::Off => tracing::info!("no system call filters (--sandbox off)"),
+    }
     match serve(&cfg, luns, socket, &current, service.heartbeats()) {
         Ok(()) => {
             // The frontend left and no other is awaited.
@@ -437,6 +495,7 @@ fn handle_signals(
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
+            sandbox::enter(ThreadKind::Signals);
             for sig in signals.forever() {
                 if sig == SIGUSR1 {
                     for line in status_lines(&luns) {
@@ -467,6 +526,7 @@ fn handle_signals(
                 let spawned = std::thread::Builder::new()
                     .name("shutdown-flush".into())
                     .spawn(move || {
+                        sandbox::enter(ThreadKind::Flush);
                         for (_, _, lun) in flushing.luns() {
                             lun.device().make_durable();
                         }

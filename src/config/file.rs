@@ -31,6 +31,8 @@ struct RawDaemon {
     submit_batch: Option<i64>,
     stop_timeout_ms: Option<i64>,
     initiator_name: Option<String>,
+    sandbox: Option<toml::Value>,
+    user: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,6 +158,27 @@ pub fn parse_config_text(text: &str) -> Result<Config, ConfigError> {
         cfg.stop_timeout_ms = super::check_stop_timeout_ms(n, "daemon.stop_timeout_ms")?;
     }
     cfg.initiator_name = d.initiator_name;
+    match &d.sandbox {
+        None => {}
+        Some(toml::Value::String(text)) => {
+            cfg.sandbox = super::parse_sandbox(text, "daemon.sandbox")?;
+        }
+        Some(toml::Value::Boolean(on)) => {
+            cfg.sandbox = if *on {
+                crate::sandbox::SandboxMode::On
+            } else {
+                crate::sandbox::SandboxMode::Off
+            };
+        }
+        Some(other) => {
+            return Err(ConfigError(format!(
+                "daemon.sandbox: {other} is not \"on\", \"off\" or \"log\""
+            )))
+        }
+    }
+    if let Some(user) = &d.user {
+        cfg.user = Some(super::check_user_spec(user, "daemon.user")?);
+    }
     for (i, l) in raw.lun.into_iter().enumerate() {
         let lun = lun_from_raw(l, i)?;
         cfg.add_lun(lun, &format!("lun[{i}]"))?;
@@ -373,6 +396,33 @@ mod tests {
             ("[daemon]\nsocket_group = \"a b\"\n", "daemon.socket_group"),
             ("[daemon]\nsocket_owner = \"\"\n", "daemon.socket_owner"),
             ("[daemon]\nvm_name = \"\"\n", "daemon.vm_name"),
+        ] {
+            let e = parse_config_text(text).expect_err(text);
+            assert!(e.0.starts_with(field), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn sandbox_and_user() {
+        use crate::sandbox::SandboxMode;
+        let cfg = parse_config_text("").expect("empty");
+        assert_eq!(cfg.sandbox, SandboxMode::On, "on by default");
+        assert_eq!(cfg.user, None);
+        let cfg = parse_config_text("[daemon]\nsandbox = \"off\"\nuser = \"nobody:nogroup\"\n")
+            .expect("parse");
+        assert_eq!(cfg.sandbox, SandboxMode::Off);
+        let user = cfg.user.expect("user");
+        assert_eq!(
+            (user.spec.as_str(), user.field),
+            ("nobody:nogroup", "daemon.user")
+        );
+        let cfg = parse_config_text("[daemon]\nsandbox = false\n").expect("bool");
+        assert_eq!(cfg.sandbox, SandboxMode::Off);
+        for (text, field) in [
+            ("[daemon]\nsandbox = \"maybe\"\n", "daemon.sandbox"),
+            ("[daemon]\nsandbox = 1\n", "daemon.sandbox"),
+            ("[daemon]\nuser = \"a b\"\n", "daemon.user"),
+            ("[daemon]\nuser = \"nobody:\"\n", "daemon.user"),
         ] {
             let e = parse_config_text(text).expect_err(text);
             assert!(e.0.starts_with(field), "{text}: {e}");

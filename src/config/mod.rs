@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use crate::backend::CacheMode;
 use crate::iscsi::IscsiUrl;
+use crate::sandbox::SandboxMode;
 
 pub use disk_spec::parse_disk_spec;
 pub use file::{parse_config_file, parse_config_text};
@@ -278,7 +279,41 @@ pub struct Config {
     pub incoming: bool,
     /// iSCSI initiator name; derived from the host name when absent.
     pub initiator_name: Option<String>,
+    /// The system call filters (`--sandbox`, `daemon.sandbox`).
+    pub sandbox: SandboxMode,
+    /// The user (and group) to continue as once the LUNs and the socket are open
+    /// (`--user`, `daemon.user`), with the option it came from for errors.
+    pub user: Option<UserSpec>,
     pub luns: Vec<LunConfig>,
+}
+
+/// `USER[:GROUP]` as written, and where (`--user` or `daemon.user`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserSpec {
+    pub spec: String,
+    pub field: &'static str,
+}
+
+/// Checks `USER[:GROUP]` (names or numeric IDs); they are looked up at start-up.
+pub fn check_user_spec(spec: &str, field: &'static str) -> Result<UserSpec, ConfigError> {
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    check_account_name(user, field)?;
+    if let Some(g) = group {
+        check_account_name(g, field)?;
+    }
+    Ok(UserSpec {
+        spec: spec.to_string(),
+        field,
+    })
+}
+
+/// Checks a `--sandbox` value.
+pub fn parse_sandbox(text: &str, field: &str) -> Result<SandboxMode, ConfigError> {
+    SandboxMode::parse(text)
+        .ok_or_else(|| ConfigError(format!("{field}: '{text}' is not on, off or log")))
 }
 
 impl Default for Config {
@@ -296,6 +331,8 @@ impl Default for Config {
             stop_timeout_ms: DEFAULT_STOP_TIMEOUT_MS,
             incoming: false,
             initiator_name: None,
+            sandbox: SandboxMode::default(),
+            user: None,
             luns: Vec::new(),
         }
     }

@@ -240,6 +240,7 @@ impl Session {
         std::thread::Builder::new()
             .name("iscsi-keepalive".into())
             .spawn(move || {
+                crate::sandbox::enter(crate::sandbox::ThreadKind::Iscsi);
                 let _span = keep.span.clone().entered();
                 keep.keepalive_loop()
             })
@@ -257,6 +258,7 @@ impl Session {
                     let _ = std::thread::Builder::new()
                         .name("iscsi-recovery".into())
                         .spawn(move || {
+                            crate::sandbox::enter(crate::sandbox::ThreadKind::Iscsi);
                             let _span = me.span.clone().entered();
                             me.recover()
                         });
@@ -325,6 +327,7 @@ impl Session {
         let spawned = std::thread::Builder::new()
             .name("iscsi-reader".into())
             .spawn(move || {
+                crate::sandbox::enter(crate::sandbox::ThreadKind::Iscsi);
                 let _span = me.span.clone().entered();
                 me.reader_loop(reader, framing, generation)
             });

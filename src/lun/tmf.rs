@@ -118,6 +118,7 @@ impl TaskManagement {
             let spawned = std::thread::Builder::new()
                 .name("lun-tmf".into())
                 .spawn(move || {
+                    crate::sandbox::enter(crate::sandbox::ThreadKind::Iscsi);
                     let r = lun
                         .device()
                         .forward_task_management(function, id)

@@ -88,7 +88,10 @@ impl Service {
         let me = self.clone();
         std::thread::Builder::new()
             .name("service".into())
-            .spawn(move || me.monitor(&status))?;
+            .spawn(move || {
+                crate::sandbox::enter(crate::sandbox::ThreadKind::Service);
+                me.monitor(&status)
+            })?;
         Ok(())
     }
 

@@ -43,6 +43,7 @@ fn start_ticker(sh: &Shared) -> Arc<AtomicBool> {
     let spawned = std::thread::Builder::new()
         .name("tmf-ticker".into())
         .spawn(move || {
+            crate::sandbox::enter(crate::sandbox::ThreadKind::Ticker);
             let Ok(wake) = wake else {
                 return;
             };

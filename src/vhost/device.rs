@@ -132,6 +132,7 @@ impl ScsiDevice {
         std::thread::Builder::new()
             .name("abandoned-io".into())
             .spawn(move || {
+                crate::sandbox::enter(crate::sandbox::ThreadKind::Worker);
                 let deadline = Instant::now() + ABANDONED_IO_WAIT;
                 let mut left = left;
                 while !left.is_empty() && Instant::now() < deadline {

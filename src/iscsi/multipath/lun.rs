@@ -181,6 +181,7 @@ impl Core {
         std::thread::Builder::new()
             .name("iscsi-multipath".into())
             .spawn(move || {
+                crate::sandbox::enter(crate::sandbox::ThreadKind::Iscsi);
                 let _span = span.entered();
                 expiry_loop(weak)
             })

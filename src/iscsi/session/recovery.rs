@@ -124,6 +124,7 @@ impl Session {
             let _ = std::thread::Builder::new()
                 .name("iscsi-recovery".into())
                 .spawn(move || {
+                    crate::sandbox::enter(crate::sandbox::ThreadKind::Iscsi);
                     let _span = me.span.clone().entered();
                     me.recover()
                 });

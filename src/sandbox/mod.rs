@@ -1,0 +1,178 @@
+//! Confinement inside the daemon, with or without systemd: a seccomp filter per thread
+//! kind that allows only the system calls that kind makes, and an optional drop to an
+//! unprivileged user (`--user`) once the LUNs and the socket are open.
+//!
+//! How it is laid out: [`prepare`] (in `main`, before any thread starts) compiles one
+//! filter per [`ThreadKind`] and installs the SIGSYS handler; each thread then calls
+//! [`enter`] with its kind as the first thing it does, and the main thread calls it for
+//! [`ThreadKind::Main`] once start-up is over. Filters are per thread and a thread inherits
+//! its creator's filter, so a thread's calls must pass its own filter *and* every filter
+//! of the threads that created it: a kind's allow list therefore includes what the kinds
+//! it starts need (checked by the unit tests). Without [`prepare`] (`--sandbox off`, and
+//! the library's own tests) [`enter`] does nothing.
+//!
+//! A call outside the filter: the kernel answers SECCOMP_RET_TRAP, a SIGSYS whose handler
+//! ([`trap`]) writes one line to stderr (the journal under systemd), naming the thread and
+//! the system call, and ends the process with exit status 159 (128 + SIGSYS, what a shell
+//! shows for a process killed by SIGSYS). SECCOMP_RET_KILL_PROCESS would end it without a
+//! word in the daemon's own log (only an audit record in the kernel log, where one is
+//! kept), hence the trap. The kernel logs the trap as an audit record too (type=1326),
+//! where `actions_logged` holds `trap` (the default). `--sandbox log` installs the same
+//! filters with SECCOMP_RET_LOG instead: every call is allowed and those outside a filter
+//! are only recorded in the kernel log, which is how the lists were collected and how a
+//! new environment (another libc, another kernel) is checked.
+
+mod filters;
+mod trap;
+mod user;
+
+use std::sync::OnceLock;
+
+pub use filters::{filter_rules, spawns};
+pub use trap::{set_journal, EXIT_STATUS};
+pub use user::{drop_privileges, resolve_user, TargetUser};
+
+/// Whether the system call filters are installed (`--sandbox`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SandboxMode {
+    /// Filters installed; a call outside them ends the daemon.
+    #[default]
+    On,
+    /// No filters (debugging).
+    Off,
+    /// Filters installed, calls outside them allowed and recorded in the kernel log.
+    Log,
+}
+
+impl SandboxMode {
+    /// `on`, `off` or `log`.
+    pub fn parse(text: &str) -> Option<SandboxMode> {
+        match text {
+            "on" => Some(SandboxMode::On),
+            "off" => Some(SandboxMode::Off),
+            "log" => Some(SandboxMode::Log),
+            _ => None,
+        }
+    }
+}
+
+/// The kinds of threads the daemon runs, each with its own filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ThreadKind {
+    /// The main thread after start-up: accepts the frontend, speaks the vhost-user
+    /// protocol (maps guest memory, takes image locks) and starts the workers.
+    Main,
+    /// The signal thread: status (SIGUSR1), shutdown (SIGTERM) and upgrade in place
+    /// (SIGUSR2, the only kind that may execute a program).
+    Signals,
+    /// The service thread: systemd notifications and the watchdog.
+    Service,
+    /// Queue workers (`vscsid-q*`, the control queue's among them) and the thread that
+    /// waits for block I/O of an ended connection: io_uring, eventfds, epoll, backing
+    /// files, and with iSCSI LUNs the network (a lost path starts its recovery there).
+    Worker,
+    /// The task management ticker: sleeps and writes an eventfd.
+    Ticker,
+    /// iSCSI sessions: reader, keepalive, recovery, multipath expiry and forwarded task
+    /// management: TCP connections to the targets.
+    Iscsi,
+    /// The shutdown flush: makes completed writes durable.
+    Flush,
+}
+
+impl ThreadKind {
+    /// Every kind.
+    pub const ALL: [ThreadKind; 7] = [
+        ThreadKind::Main,
+        ThreadKind::Signals,
+        ThreadKind::Service,
+        ThreadKind::Worker,
+        ThreadKind::Ticker,
+        ThreadKind::Iscsi,
+        ThreadKind::Flush,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ThreadKind::Main => "main",
+            ThreadKind::Signals => "signals",
+            ThreadKind::Service => "service",
+            ThreadKind::Worker => "worker",
+            ThreadKind::Ticker => "ticker",
+            ThreadKind::Iscsi => "iscsi",
+            ThreadKind::Flush => "flush",
+        }
+    }
+}
+
+/// What the filters must allow beyond the fixed lists, known from the configuration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// iSCSI LUNs are configured: workers and the main thread may reach the network (a
+    /// worker that loses a path starts the recovery thread, which inherits its filter).
+    pub iscsi: bool,
+    /// `--user`: the iSCSI threads already run when privileges are dropped, and glibc
+    /// has every thread change its IDs, so they may call setuid/setgid/setgroups to
+    /// exactly these IDs.
+    pub drop_to: Option<(u32, u32)>,
+}
+
+struct Prepared {
+    programs: Vec<(ThreadKind, seccompiler::BpfProgram)>,
+}
+
+static PREPARED: OnceLock<Prepared> = OnceLock::new();
+
+/// Compiles every kind's filter and installs the SIGSYS handler. Called once, before any
+/// thread starts; with [`SandboxMode::Off`] it does nothing.
+pub fn prepare(mode: SandboxMode, needs: Needs) -> Result<(), String> {
+    if mode == SandboxMode::Off {
+        return Ok(());
+    }
+    let mut programs = Vec::new();
+    for kind in ThreadKind::ALL {
+        let program = filters::compile(kind, &needs, mode)
+            .map_err(|e| format!("sandbox: cannot build the {} filter: {e}", kind.name()))?;
+        programs.push((kind, program));
+    }
+    trap::install().map_err(|e| format!("sandbox: cannot install the SIGSYS handler: {e}"))?;
+    PREPARED
+        .set(Prepared { programs })
+        .map_err(|_| "sandbox: prepared twice".to_string())
+}
+
+/// Whether filters are installed ([`prepare`] ran with a mode other than off).
+pub fn active() -> bool {
+    PREPARED.get().is_some()
+}
+
+/// Installs `kind`'s filter on the calling thread (nothing without [`prepare`]). A thread
+/// that cannot be confined ends the daemon: running unconfined is not what was asked.
+pub fn enter(kind: ThreadKind) {
+    if let Some(prepared) = PREPARED.get() {
+        if let Some((_, program)) = prepared.programs.iter().find(|(k, _)| *k == kind) {
+            if let Err(e) = seccompiler::apply_filter(program) {
+                trap::fatal(&format!(
+                    "sandbox: cannot install the {} filter: {e} (--sandbox off runs without)",
+                    kind.name()
+                ));
+            }
+        }
+    }
+    if kind == ThreadKind::Worker {
+        forbidden_call_for_tests();
+    }
+}
+
+/// Test-only fault switch: with `VSCSID_TEST_FORBIDDEN_SYSCALL=1` in the environment, a
+/// worker makes a system call no filter allows (ptrace) as soon as it starts, so the
+/// tests can see a violation end the daemon, and see `--sandbox off` let it pass (the
+/// call asks for process 0's memory, which fails with ESRCH and changes nothing).
+fn forbidden_call_for_tests() {
+    if std::env::var_os("VSCSID_TEST_FORBIDDEN_SYSCALL").is_some_and(|v| v == "1") {
+        // SAFETY: PTRACE_PEEKDATA of process 0 reads nothing (there is no such tracee);
+        // the address and data arguments are not dereferenced.
+        let rc = unsafe { libc::ptrace(libc::PTRACE_PEEKDATA, 0, 0, 0) };
+        tracing::warn!(rc, "test fault switch: ptrace(PTRACE_PEEKDATA) returned");
+    }
+}
