@@ -485,3 +485,131 @@ static NAMES: std::sync::LazyLock<Vec<(i64, &'static str)>> = std::sync::LazyLoc
     v.dedup();
     v
 });
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn needs_all() -> [Needs; 3] {
+        [
+            Needs::default(),
+            Needs {
+                iscsi: true,
+                drop_to: None,
+            },
+            Needs {
+                iscsi: true,
+                drop_to: Some((65534, 65534)),
+            },
+        ]
+    }
+
+    fn allows(kind: ThreadKind, needs: &Needs, nr: i64) -> bool {
+        filter_rules(kind, needs).expect("rules").contains_key(&nr)
+    }
+
+    #[test]
+    fn every_kind_compiles_in_every_mode() {
+        for needs in needs_all() {
+            for kind in ThreadKind::ALL {
+                for mode in [SandboxMode::On, SandboxMode::Log] {
+                    let p = compile(kind, &needs, mode).expect("compiles");
+                    assert!(!p.is_empty(), "{kind:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_kind_allows_what_the_threads_it_starts_need() {
+        // A started thread inherits its creator's filter: its own calls must pass both.
+        for needs in needs_all() {
+            for kind in ThreadKind::ALL {
+                let parent = filter_rules(kind, &needs).expect("rules");
+                for child in spawns(kind, &needs) {
+                    for c in calls(child, &needs) {
+                        // The ID changes happen at start-up, before the main filter.
+                        if matches!(
+                            c.name,
+                            "setuid" | "setgid" | "setresuid" | "setresgid" | "setgroups"
+                        ) {
+                            continue;
+                        }
+                        assert!(
+                            parent.contains_key(&c.nr),
+                            "{kind:?} starts {child:?}, which needs {}",
+                            c.name
+                        );
+                    }
+                }
+                if !spawns(kind, &needs).is_empty() {
+                    assert!(allows(kind, &needs, libc::SYS_clone3), "{kind:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn only_the_signal_thread_may_execute_a_program() {
+        for needs in needs_all() {
+            for kind in ThreadKind::ALL {
+                assert_eq!(
+                    allows(kind, &needs, libc::SYS_execve),
+                    kind == ThreadKind::Signals,
+                    "{kind:?}"
+                );
+                assert!(!allows(kind, &needs, libc::SYS_execveat), "{kind:?}");
+                assert!(!allows(kind, &needs, libc::SYS_ptrace), "{kind:?}");
+                assert!(!allows(kind, &needs, libc::SYS_mount), "{kind:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn network_and_id_changes_only_where_needed() {
+        let plain = Needs::default();
+        for kind in [ThreadKind::Worker, ThreadKind::Ticker, ThreadKind::Flush] {
+            assert!(!allows(kind, &plain, libc::SYS_socket), "{kind:?}");
+            assert!(!allows(kind, &plain, libc::SYS_connect), "{kind:?}");
+        }
+        assert!(!allows(ThreadKind::Main, &plain, libc::SYS_setsockopt));
+        let iscsi = Needs {
+            iscsi: true,
+            drop_to: None,
+        };
+        assert!(allows(ThreadKind::Worker, &iscsi, libc::SYS_connect));
+        let dropping = Needs {
+            iscsi: true,
+            drop_to: Some((1, 1)),
+        };
+        for needs in [plain, iscsi, dropping] {
+            for kind in ThreadKind::ALL {
+                let ids = kind == ThreadKind::Iscsi && needs.drop_to.is_some();
+                assert_eq!(allows(kind, &needs, libc::SYS_setuid), ids, "{kind:?}");
+                assert_eq!(allows(kind, &needs, libc::SYS_setgroups), ids, "{kind:?}");
+            }
+        }
+        assert!(!allows(
+            ThreadKind::Ticker,
+            &plain,
+            libc::SYS_io_uring_enter
+        ));
+        assert!(!allows(ThreadKind::Service, &plain, libc::SYS_clone3));
+    }
+
+    #[test]
+    fn mappings_may_not_be_executable() {
+        let rules = filter_rules(ThreadKind::Worker, &Needs::default()).expect("rules");
+        assert_eq!(rules[&libc::SYS_mmap].len(), 1, "one argument rule");
+        assert_eq!(rules[&libc::SYS_mprotect].len(), 1, "one argument rule");
+        assert!(rules[&libc::SYS_futex].is_empty(), "any arguments");
+    }
+
+    #[test]
+    fn forbidden_calls_have_names() {
+        assert_eq!(call_name(libc::SYS_ptrace), Some("ptrace"));
+        assert_eq!(call_name(libc::SYS_execve), Some("execve"));
+        assert_eq!(call_name(libc::SYS_io_uring_enter), Some("io_uring_enter"));
+        assert_eq!(call_name(100_000), None);
+    }
+}

@@ -1,0 +1,194 @@
+//! Confinement of the real daemon: I/O works under the system call filters, every thread
+//! has one, a forbidden call ends the daemon with a line naming it (and passes with
+//! `--sandbox off`), and `--user` continues as another user once everything is open.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const MIB: u64 = 1 << 20;
+
+/// Exit status after a forbidden call: 128 + SIGSYS.
+const SANDBOX_EXIT: i32 = 159;
+
+fn disk() -> [Disk<'static>; 1] {
+    [Disk {
+        name: "a.img",
+        size: 16 * MIB,
+        opts: "",
+    }]
+}
+
+/// Every thread of `pid`: (name, `Seccomp:` mode, `Seccomp_filters:` count).
+fn thread_filters(pid: u32) -> Vec<(String, String, u32)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("task list");
+    tasks
+        .filter_map(|t| t.ok())
+        .filter_map(|t| {
+            let status = std::fs::read_to_string(t.path().join("status")).ok()?;
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_string())
+                    .unwrap_or_default()
+            };
+            let filters = field("Seccomp_filters:").parse().unwrap_or(0);
+            Some((field("Name:"), field("Seccomp:"), filters))
+        })
+        .collect()
+}
+
+/// `Uid:` and `Gid:` lines of a process (real, effective, saved, filesystem).
+fn ids(pid: u32) -> (String, String) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let line = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    (line("Uid:"), line("Gid:"))
+}
+
+#[test]
+fn io_works_under_the_filters_and_every_thread_has_one() {
+    let d = Daemon::start_logged(&disk(), &["--num-queues", "2", "--threads", "2"], &[]);
+    let mut fe = d.connect(2);
+    let data: Vec<u8> = (0..64 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    write_read_back_flushed(&mut fe, 0, 100, &data, &d.path("a.img"));
+    let threads = thread_filters(d.child.id());
+    let names: Vec<&str> = threads.iter().map(|(n, _, _)| n.as_str()).collect();
+    for expected in ["vscsid", "signals", "service", "vscsid-q0", "vscsid-q1"] {
+        assert!(names.contains(&expected), "no thread {expected}: {names:?}");
+    }
+    for (name, mode, filters) in &threads {
+        assert_eq!(mode, "2", "thread {name} is not in seccomp filter mode");
+        assert!(*filters >= 1, "thread {name} has no filter");
+    }
+    // Workers run under the main thread's filter and their own.
+    let worker = threads
+        .iter()
+        .find(|(n, _, _)| n == "vscsid-q0")
+        .expect("q0");
+    assert!(
+        worker.2 >= 2,
+        "a worker has its own filter on the main one's"
+    );
+    drop(fe);
+    let mut d = d;
+    assert_eq!(d.wait_exit(Duration::from_secs(20)), Some(0), "{}", d.log());
+    assert!(!d.log().contains("sandbox:"), "{}", d.log());
+}
+
+#[test]
+fn a_forbidden_call_ends_the_daemon_with_a_line_naming_it() {
+    let mut d = Daemon::start_logged(&disk(), &[], &[("VSCSID_TEST_FORBIDDEN_SYSCALL", "1")]);
+    let status = d.wait_exit(Duration::from_secs(20));
+    let log = d.log();
+    assert_eq!(status, Some(SANDBOX_EXIT), "{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("vscsid: sandbox: thread 'vscsid-q"))
+        .unwrap_or_else(|| panic!("no sandbox line in: {log}"));
+    assert!(
+        line.contains(&format!(
+            "made system call ptrace ({}), which its filter does not allow",
+            libc::SYS_ptrace
+        )),
+        "{line}"
+    );
+}
+
+#[test]
+fn with_the_sandbox_off_the_same_call_passes() {
+    let d = Daemon::start_logged(
+        &disk(),
+        &["--sandbox", "off"],
+        &[("VSCSID_TEST_FORBIDDEN_SYSCALL", "1")],
+    );
+    let mut fe = d.connect(1);
+    let data = vec![0x5a; 4096];
+    write_read_back_flushed(&mut fe, 0, 8, &data, &d.path("a.img"));
+    let log = d.log();
+    assert!(
+        log.contains("test fault switch"),
+        "the switch did not run: {log}"
+    );
+    assert!(!log.contains("sandbox:"), "{log}");
+    for (name, mode, _) in thread_filters(d.child.id()) {
+        assert_eq!(mode, "0", "thread {name} has a filter with --sandbox off");
+    }
+}
+
+/// Root only: the daemon opens everything as root and continues as nobody.
+#[test]
+fn user_continues_as_nobody_after_opening_everything() {
+    // SAFETY: geteuid only reads the process's ID.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: --user needs root");
+        return;
+    }
+    let d = Daemon::start_logged(&disk(), &["--user", "nobody:nogroup"], &[]);
+    let mut fe = d.connect(1);
+    let pid = d.child.id();
+    let (uid, gid) = ids(pid);
+    assert_eq!(uid, "65534 65534 65534 65534", "Uid: {uid}");
+    assert_eq!(gid, "65534 65534 65534 65534", "Gid: {gid}");
+    // The image is in a directory only root may enter: it was opened before the change.
+    let data = vec![0xa5; 8192];
+    write_read_back_flushed(&mut fe, 0, 64, &data, &d.path("a.img"));
+    for (name, mode, _) in thread_filters(pid) {
+        assert_eq!(mode, "2", "thread {name} is not filtered");
+    }
+    assert!(!d.log().contains("sandbox:"), "{}", d.log());
+}
+
+/// The daemon's exit status and stderr for a command line that must be refused.
+fn refused(args: &[&str]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = dir.path().join("a.img");
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(MIB))
+        .expect("image");
+    let out = Command::new(env!("CARGO_BIN_EXE_vscsid"))
+        .arg("--socket")
+        .arg(dir.path().join("s.sock"))
+        .arg("--disk")
+        .arg(&img)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run vscsid");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn unknown_users_and_bad_sandbox_values_are_refused() {
+    let (code, err) = refused(&["--user", "no-such-user-vscsid"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--user: no user 'no-such-user-vscsid'"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let (code, err) = refused(&["--user", "nobody:no-such-group-vscsid"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--user: no group 'no-such-group-vscsid'"),
+        "{err}"
+    );
+    let (code, err) = refused(&["--sandbox", "maybe"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--sandbox: 'maybe' is not on, off or log"),
+        "{err}"
+    );
+}
