@@ -82,7 +82,7 @@ fn io_works_under_the_filters_and_every_thread_has_one() {
     drop(fe);
     let mut d = d;
     assert_eq!(d.wait_exit(Duration::from_secs(20)), Some(0), "{}", d.log());
-    assert!(!d.log().contains("sandbox:"), "{}", d.log());
+    assert!(!d.log().contains("vscsid: sandbox:"), "{}", d.log());
 }
 
 #[test]
@@ -119,7 +119,7 @@ fn with_the_sandbox_off_the_same_call_passes() {
         log.contains("test fault switch"),
         "the switch did not run: {log}"
     );
-    assert!(!log.contains("sandbox:"), "{log}");
+    assert!(!log.contains("vscsid: sandbox:"), "{log}");
     for (name, mode, _) in thread_filters(d.child.id()) {
         assert_eq!(mode, "0", "thread {name} has a filter with --sandbox off");
     }
@@ -145,7 +145,7 @@ fn user_continues_as_nobody_after_opening_everything() {
     for (name, mode, _) in thread_filters(pid) {
         assert_eq!(mode, "2", "thread {name} is not filtered");
     }
-    assert!(!d.log().contains("sandbox:"), "{}", d.log());
+    assert!(!d.log().contains("vscsid: sandbox:"), "{}", d.log());
 }
 
 /// The daemon's exit status and stderr for a command line that must be refused.

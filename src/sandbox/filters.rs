@@ -89,7 +89,10 @@ mod sys_nr {
         getpeername => SYS_getpeername, shutdown => SYS_shutdown, bind => SYS_bind,
         uname => SYS_uname, execve => SYS_execve, faccessat => SYS_faccessat,
         faccessat2 => SYS_faccessat2, unlinkat => SYS_unlinkat, close_range => SYS_close_range,
-        readlinkat => SYS_readlinkat, setuid => SYS_setuid, setgid => SYS_setgid,
+        readlinkat => SYS_readlinkat, listen => SYS_listen, socketpair => SYS_socketpair,
+        prlimit64 => SYS_prlimit64, set_tid_address => SYS_set_tid_address, umask => SYS_umask,
+        fchmod => SYS_fchmod, fchmodat => SYS_fchmodat, fchownat => SYS_fchownat,
+        execveat => SYS_execveat, setuid => SYS_setuid, setgid => SYS_setgid,
         setgroups => SYS_setgroups, setresuid => SYS_setresuid, setresgid => SYS_setresgid,
         pipe2 => SYS_pipe2, fstatfs => SYS_fstatfs, sysinfo => SYS_sysinfo,
         sched_setaffinity => SYS_sched_setaffinity, ptrace => SYS_ptrace, mount => SYS_mount,
@@ -99,7 +102,8 @@ mod sys_nr {
     nrs! {
         poll => SYS_poll, epoll_wait => SYS_epoll_wait, stat => SYS_stat, lstat => SYS_lstat,
         open => SYS_open, access => SYS_access, unlink => SYS_unlink, readlink => SYS_readlink,
-        dup2 => SYS_dup2, pipe => SYS_pipe,
+        dup2 => SYS_dup2, pipe => SYS_pipe, arch_prctl => SYS_arch_prctl, chmod => SYS_chmod,
+        lchown => SYS_lchown, chown => SYS_chown,
     }
 }
 
@@ -302,6 +306,43 @@ fn notify() -> Vec<Call> {
     vec![call!(socket, Args::OneOf(0, UNIX_FAMILY)), call!(connect)]
 }
 
+/// What the program an upgrade executes does before it confines itself: the kernel keeps
+/// the executing thread's filter across execve (a filter can never be removed), so that
+/// filter also covers the new program's start-up: the dynamic loader (executable
+/// mappings), signal handlers, opening the images read-write, binding the socket when none
+/// is passed, and everything its threads do afterwards.
+fn start_up() -> Vec<Call> {
+    let mut v = vec![
+        call!(mmap),
+        call!(mprotect),
+        call!(openat),
+        call!(rt_sigaction),
+        call!(prlimit64),
+        call!(set_tid_address),
+        call!(socketpair),
+        call!(bind),
+        call!(listen),
+        call!(umask),
+        call!(fchmod),
+        call!(fchmodat),
+        call!(fchownat),
+        call!(getdents64),
+        call!(readlinkat),
+        call!(uname),
+    ];
+    #[cfg(target_arch = "x86_64")]
+    v.extend([
+        call!(arch_prctl),
+        call!(chmod),
+        call!(chown),
+        call!(lchown),
+        call!(readlink),
+        call!(access),
+        call!(unlink),
+    ]);
+    v
+}
+
 /// Removing the socket file at shutdown.
 fn remove_socket() -> Vec<Call> {
     let mut v = vec![call!(unlinkat)];
@@ -309,6 +350,9 @@ fn remove_socket() -> Vec<Call> {
     v.push(call!(unlink));
     v
 }
+
+/// The calls of [`set_ids`].
+const SET_IDS: [&str; 5] = ["setuid", "setgid", "setresuid", "setresgid", "setgroups"];
 
 /// Privilege drop to exactly `uid`/`gid` (glibc makes every thread change its IDs).
 fn set_ids(uid: u32, gid: u32) -> Vec<Call> {
@@ -368,13 +412,19 @@ fn calls(kind: ThreadKind, needs: &Needs) -> Vec<Call> {
             }
         }
         ThreadKind::Signals => {
-            v.extend(spawn());
-            v.extend(block_io());
+            // The new program of an upgrade runs under this filter (as well as its own):
+            // everything any thread of the daemon does, and its start-up.
+            for other in ThreadKind::ALL.into_iter().filter(|&k| k != kind) {
+                v.extend(
+                    calls(other, needs)
+                        .into_iter()
+                        .filter(|c| !SET_IDS.contains(&c.name)),
+                );
+            }
             v.extend(upgrade());
+            v.extend(start_up());
             v.extend(remove_socket());
-            v.extend(read_files());
-            v.extend(notify());
-            // Logging out of iSCSI sessions at shutdown.
+            // Logging out of iSCSI sessions at shutdown, and the new program's logins.
             v.extend(network());
         }
         ThreadKind::Service => v.extend(notify()),
@@ -475,6 +525,7 @@ static NAMES: std::sync::LazyLock<Vec<(i64, &'static str)>> = std::sync::LazyLoc
         .chain([
             call!(ptrace),
             call!(mount),
+            call!(execveat),
             call!(kill),
             call!(sched_setaffinity),
             call!(rt_sigaction),
