@@ -3,11 +3,13 @@
 //! `--sandbox off`), and `--user` continues as another user once everything is open.
 
 mod common;
+mod iscsi_common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
+use iscsi_common::hostile_target::{HostileTarget, Misbehaviour};
 
 const MIB: u64 = 1 << 20;
 
@@ -145,6 +147,88 @@ fn user_continues_as_nobody_after_opening_everything() {
     for (name, mode, _) in thread_filters(pid) {
         assert_eq!(mode, "2", "thread {name} is not filtered");
     }
+    assert!(!d.log().contains("vscsid: sandbox:"), "{}", d.log());
+}
+
+/// Root only: the iSCSI threads already run when the IDs change (glibc has every thread
+/// change them), so their filter lets exactly those IDs through; the session keeps
+/// serving as nobody.
+#[test]
+fn user_with_an_iscsi_lun_changes_the_ids_of_the_running_session_threads() {
+    // SAFETY: geteuid only reads the process's ID.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: --user needs root");
+        return;
+    }
+    let target = HostileTarget::start(Misbehaviour::WellBehaved);
+    let d = Daemon::start_logged(
+        &[],
+        &[
+            "--iscsi",
+            &target.url(),
+            "--num-queues",
+            "1",
+            "--user",
+            "nobody",
+        ],
+        &[],
+    );
+    let mut fe = d.connect(1);
+    good(
+        &fe.command(&cmd(0, &inquiry(96), &[], 96))
+            .expect("INQUIRY through the target"),
+    );
+    let pid = d.child.id();
+    let threads = thread_filters(pid);
+    assert!(
+        threads.iter().any(|(n, _, _)| n.starts_with("iscsi-")),
+        "{threads:?}"
+    );
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let status =
+            std::fs::read_to_string(task.expect("task").path().join("status")).expect("status");
+        let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or("");
+        assert_eq!(
+            uid.split_whitespace().skip(1).collect::<Vec<_>>(),
+            ["65534"; 4],
+            "{status}"
+        );
+    }
+    assert!(!d.log().contains("vscsid: sandbox:"), "{}", d.log());
+}
+
+/// An upgrade in place executes the new program under the signal thread's filter (the
+/// kernel keeps it across execve); the new program confines itself on top and serves.
+#[test]
+fn an_upgrade_in_place_runs_the_new_program_confined() {
+    let mut d = Daemon::start_logged(&disk(), &["--reconnect"], &[]);
+    let pid = d.child.id();
+    let mut fe = d.connect(1);
+    let data = vec![0x3c; 4096];
+    write_read_back_flushed(&mut fe, 0, 16, &data, &d.path("a.img"));
+    let main_filters = || {
+        thread_filters(pid)
+            .into_iter()
+            .find(|(n, _, _)| n == "vscsid")
+            .map_or(0, |(_, _, f)| f)
+    };
+    assert_eq!(main_filters(), 1);
+    // SAFETY: kill(2) sends SIGUSR2 to the daemon this test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGUSR2) }, 0);
+    wait_until(
+        "the new program confines its main thread",
+        Duration::from_secs(20),
+        || main_filters() == 2,
+    );
+    drop(fe);
+    let mut fe = d.connect(1);
+    let data = vec![0xc3; 4096];
+    write_read_back_flushed(&mut fe, 0, 24, &data, &d.path("a.img"));
+    for (name, mode, filters) in thread_filters(pid) {
+        assert_eq!(mode, "2", "thread {name}");
+        assert!(filters >= 2, "thread {name} has {filters} filters");
+    }
+    assert!(d.is_running());
     assert!(!d.log().contains("vscsid: sandbox:"), "{}", d.log());
 }
 

@@ -92,7 +92,7 @@ mod sys_nr {
         readlinkat => SYS_readlinkat, listen => SYS_listen, socketpair => SYS_socketpair,
         prlimit64 => SYS_prlimit64, set_tid_address => SYS_set_tid_address, umask => SYS_umask,
         fchmod => SYS_fchmod, fchmodat => SYS_fchmodat, fchownat => SYS_fchownat,
-        execveat => SYS_execveat, setuid => SYS_setuid, setgid => SYS_setgid,
+        execveat => SYS_execveat, sendmmsg => SYS_sendmmsg, setuid => SYS_setuid, setgid => SYS_setgid,
         setgroups => SYS_setgroups, setresuid => SYS_setresuid, setresgid => SYS_setresgid,
         pipe2 => SYS_pipe2, fstatfs => SYS_fstatfs, sysinfo => SYS_sysinfo,
         sched_setaffinity => SYS_sched_setaffinity, ptrace => SYS_ptrace, mount => SYS_mount,
@@ -118,6 +118,8 @@ const SECCOMP_OPS: &[u64] = &[libc::SECCOMP_SET_MODE_FILTER as u64];
 
 /// ioctl requests: the block device's size, sector size and discard (backing files), and
 /// what std's sockets and terminals ask (FIONBIO for non-blocking mode, TCGETS for isatty).
+// The request constants are `c_ulong`, which is u64 only on 64-bit targets.
+#[allow(clippy::unnecessary_cast)]
 const IOCTLS: &[u64] = &[
     0x1268,      // BLKSSZGET
     0x8008_1272, // BLKGETSIZE64
@@ -261,6 +263,8 @@ fn network() -> Vec<Call> {
         call!(shutdown),
         call!(recvfrom),
         call!(recvmsg),
+        // glibc's resolver sends its A and AAAA queries at once.
+        call!(sendmmsg),
         call!(uname),
         call!(sysinfo),
     ]
