@@ -24,11 +24,16 @@ fn disk() -> [Disk<'static>; 1] {
     }]
 }
 
-/// Every thread of `pid`: (name, `Seccomp:` mode, `Seccomp_filters:` count).
+/// Every thread of `pid`: (name, `Seccomp:` mode, `Seccomp_filters:` count). io_uring's
+/// kernel workers (`iou-wrk-*`, `iou-sqp-*`) are left out: they are threads of the
+/// process but make no system calls.
 fn thread_filters(pid: u32) -> Vec<(String, String, u32)> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("task list");
     tasks
         .filter_map(|t| t.ok())
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| !c.starts_with("iou-"))
+        })
         .filter_map(|t| {
             let status = std::fs::read_to_string(t.path().join("status")).ok()?;
             let field = |name: &str| {

@@ -63,7 +63,9 @@ pub enum ThreadKind {
     /// protocol (maps guest memory, takes image locks) and starts the workers.
     Main,
     /// The signal thread: status (SIGUSR1), shutdown (SIGTERM) and upgrade in place
-    /// (SIGUSR2, the only kind that may execute a program).
+    /// (SIGUSR2, the only kind that may execute a program). The kernel keeps a filter
+    /// across execve, so the upgraded program runs under this one too: it allows what
+    /// every other kind does and what the program does while it starts.
     Signals,
     /// The service thread: systemd notifications and the watchdog.
     Service,
