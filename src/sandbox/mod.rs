@@ -153,7 +153,7 @@ pub fn active() -> bool {
 pub fn enter(kind: ThreadKind) {
     if let Some(prepared) = PREPARED.get() {
         if let Some((_, program)) = prepared.programs.iter().find(|(k, _)| *k == kind) {
-            if let Err(e) = seccompiler::apply_filter(program) {
+            if let Err(e) = apply(program) {
                 trap::fatal(&format!(
                     "sandbox: cannot install the {} filter: {e} (--sandbox off runs without)",
                     kind.name()
@@ -164,6 +164,37 @@ pub fn enter(kind: ThreadKind) {
     if kind == ThreadKind::Worker {
         forbidden_call_for_tests();
     }
+}
+
+/// Installs `program` on the calling thread with prctl(PR_SET_SECCOMP), not seccomp(2):
+/// systemd's `@system-service` system call set (the shipped unit's filter) holds prctl but
+/// not seccomp, which would fail with EPERM there.
+fn apply(program: &seccompiler::BpfProgram) -> std::io::Result<()> {
+    let len = u16::try_from(program.len())
+        .map_err(|_| std::io::Error::other("the filter is too long"))?;
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes plain integers (and is required for a filter
+    // installed without CAP_SYS_ADMIN).
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fprog = libc::sock_fprog {
+        len,
+        // seccompiler's `sock_filter` is `#[repr(C)]` with the kernel's fields, as libc's.
+        filter: program.as_ptr().cast::<libc::sock_filter>().cast_mut(),
+    };
+    // SAFETY: the kernel copies `len` instructions from `fprog.filter`, which `program`
+    // keeps alive across the call, and writes nothing.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Test-only fault switch: with `VSCSID_TEST_FORBIDDEN_SYSCALL=1` in the environment, a
