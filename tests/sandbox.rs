@@ -237,6 +237,71 @@ fn an_upgrade_in_place_runs_the_new_program_confined() {
     assert!(!d.log().contains("vscsid: sandbox:"), "{}", d.log());
 }
 
+/// The shipped unit's `SystemCallFilter=@system-service` answers seccomp(2) with EPERM:
+/// the daemon installs its filters with prctl(PR_SET_SECCOMP) and serves under such a
+/// filter too (inherited here from the test, as from systemd).
+#[test]
+fn the_filters_install_where_seccomp_2_is_refused() {
+    use std::os::unix::process::CommandExt;
+    let arch = std::env::consts::ARCH.try_into().expect("arch");
+    let refuse_seccomp = seccompiler::SeccompFilter::new(
+        [(libc::SYS_seccomp, vec![])].into_iter().collect(),
+        seccompiler::SeccompAction::Allow,
+        seccompiler::SeccompAction::Errno(libc::EPERM as u32),
+        arch,
+    )
+    .expect("filter");
+    let program: seccompiler::BpfProgram = refuse_seccomp.try_into().expect("compile");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = dir.path().join("a.img");
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(16 * MIB))
+        .expect("image");
+    let socket = dir.path().join("s.sock");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vscsid"));
+    cmd.arg("--socket")
+        .arg(&socket)
+        .arg("--disk")
+        .arg(&img)
+        .env("VSCSID_LOG", "warn")
+        .stdout(Stdio::null());
+    // SAFETY: the closure runs in the child between fork and exec and only makes the
+    // prctl and seccomp calls of apply_filter on a program compiled before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            seccompiler::apply_filter(&program).map_err(|e| std::io::Error::other(e.to_string()))
+        });
+    }
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = KillOnDrop(cmd.spawn().expect("spawn vscsid"));
+    wait_until("the socket appears", Duration::from_secs(10), || {
+        socket.exists()
+    });
+    let opts = vscsid::frontend::ConnectOptions {
+        queues: 3,
+        memory_size: 64 << 20,
+        ..vscsid::frontend::ConnectOptions::default()
+    };
+    let mut fe = vscsid::frontend::ScsiFrontend::connect(&socket, &opts).expect("connect");
+    fe.timeout = Duration::from_secs(20);
+    let data = vec![0x77; 4096];
+    write_read_back_flushed(&mut fe, 0, 4, &data, &img);
+    assert!(
+        matches!(child.0.try_wait(), Ok(None)),
+        "the daemon ended under a filter refusing seccomp(2)"
+    );
+    for (name, mode, filters) in thread_filters(child.0.id()) {
+        assert_eq!(mode, "2", "thread {name}");
+        assert!(filters >= 2, "thread {name}: the outer filter and its own");
+    }
+}
+
 /// The daemon's exit status and stderr for a command line that must be refused.
 fn refused(args: &[&str]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().expect("tempdir");
