@@ -134,7 +134,10 @@ fn run(args: &[String]) -> io::Result<bool> {
     let mut held = Buffer::new(len)?;
     held.as_mut_slice().fill(PATTERN);
     held.lock()?;
-    println!("dma-hold: {} MiB filled and locked; waiting for {go}", len / MIB);
+    println!(
+        "dma-hold: {} MiB filled and locked; waiting for {go}",
+        len / MIB
+    );
     wait_for(Path::new(go))?;
     read_range(&dev, held.as_mut_slice(), offset, pace)?;
     println!("dma-hold: read done; waiting for {verify}");
@@ -143,7 +146,11 @@ fn run(args: &[String]) -> io::Result<bool> {
     let mut fresh = Buffer::new(len)?;
     read_range(&dev, fresh.as_mut_slice(), offset, Duration::ZERO)?;
     let (mut bad, mut pattern) = (0usize, 0usize);
-    for (h, f) in held.as_slice().chunks(PAGE).zip(fresh.as_slice().chunks(PAGE)) {
+    for (h, f) in held
+        .as_slice()
+        .chunks(PAGE)
+        .zip(fresh.as_slice().chunks(PAGE))
+    {
         if h != f {
             bad += 1;
             if h.iter().all(|&b| b == PATTERN) {
