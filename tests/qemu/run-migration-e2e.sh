@@ -148,7 +148,7 @@ set -e
 report_guest_checks "$work/serial-dst.log" mig-fio-crc32c-verify mig-page-cache-intact \
   mig-dma-buffer-intact mig-no-guest-errors
 report_powered_off "$work/serial-dst.log" "$dst_rc" "the guest finished on the destination"
-if ! grep -aq VSCSID-RESULT "$work/serial-dst.log"; then
+if ! grep -aq VSCSID-RESULT "$work/serial-dst.log" || ((failed > 0)); then
   echo "--- destination console (last lines) ---"; tail -n 25 "$work/serial-dst.log" || true
   echo "--- destination QEMU ---"; tail -n 10 "$work/qemu-dst.log" || true
   echo "--- source console (last lines) ---"; tail -n 10 "$work/serial-src.log" || true
