@@ -22,6 +22,10 @@ for t in "${TOOLS[@]}"; do
   p=$(command -v "$t") || { echo "build-guest: $t missing (install fio, sg3-utils, e2fsprogs, util-linux)" >&2; exit 1; }
   tool_paths+=("$p")
 done
+# The project's own guest-side probe (examples/guest_dma_hold.rs, for the migration test).
+(cd "$here" && cargo build --release --quiet --example guest_dma_hold)
+dma_hold=$here/target/release/examples/guest_dma_hold
+tool_paths+=("$dma_hold")
 
 key=$( {
   echo "$kver"; sha256sum "$kernel" "$here/tests/qemu/guest-init.sh" "$0" /bin/busybox "${tool_paths[@]}"
@@ -50,10 +54,12 @@ done | awk '!seen[$0]++' | while read -r ko; do
   echo "$name" >> "$stage/etc/modules.order"
 done
 
-# Tools and every shared library they load, at their host paths.
+# Tools and every shared library they load, at their host paths (the probe in /usr/bin).
 for p in "${tool_paths[@]}"; do
-  mkdir -p "$stage$(dirname "$p")"
-  cp -L "$p" "$stage$p"
+  dest=$p
+  [[ $p == "$dma_hold" ]] && dest=/usr/bin/guest_dma_hold
+  mkdir -p "$stage$(dirname "$dest")"
+  cp -L "$p" "$stage$dest"
   ldd "$p" 2>/dev/null | grep -oE '/[^ )]+' | while read -r lib; do
     mkdir -p "$stage$(dirname "$lib")"
     cp -Ln "$lib" "$stage$lib" 2>/dev/null || true

@@ -41,6 +41,12 @@ tests/qemu/run-multipath-e2e.sh
 stage "QEMU guest end-to-end (live migration: QEMU 7.2 to QEMU 7.2, each with its own vscsid)"
 tests/qemu/run-migration-e2e.sh
 
+stage "QEMU guest end-to-end (live migration of an iSCSI LUN: both vscsids logged in to tgtd)"
+tests/qemu/run-migration-e2e.sh --iscsi
+
+stage "QEMU 10 guest end-to-end (live migration: QEMU 10 to QEMU 10)"
+tests/qemu/run-migration-e2e.sh target/qemu10/usr/bin/qemu-system-x86_64 target/qemu10/usr/share/qemu
+
 stage "QEMU guest lifecycle (QEMU SIGKILLed mid-I/O 20 times under one vscsid --reconnect)"
 tests/qemu/run-qemu-kill-e2e.sh
 

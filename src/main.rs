@@ -9,7 +9,7 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 
 use vscsid::config::{parse_config_file, parse_disk_spec, Config, SocketAccess};
-use vscsid::lun::{build_lun_table, status_lines, Lun, LunTable};
+use vscsid::lun::{build_lun_table, iscsi_options, status_lines, LiveLuns};
 use vscsid::sandbox::{self, SandboxMode, ThreadKind};
 use vscsid::service::{init_logging, status_text, LogDestination, Service};
 use vscsid::vhost::{serve, CurrentDevice, SocketHandover, SocketRemover, VhostSocket};
@@ -316,13 +316,13 @@ fn main() -> ExitCode {
         tracing::info!("socket owner, group and mode come from the .socket unit (SocketUser=, SocketGroup=, SocketMode=), not from the configuration");
     }
     let luns = match build_lun_table(&cfg) {
-        Ok(t) => Arc::new(t),
+        Ok(t) => LiveLuns::new(t, iscsi_options(&cfg), !cfg.incoming),
         Err(e) => {
             fail(&e);
             return ExitCode::from(2);
         }
     };
-    for (t, l, lun) in luns.luns() {
+    for (t, l, lun) in luns.snapshot().luns() {
         tracing::info!(
             target_id = t,
             lun = l,
@@ -356,8 +356,9 @@ fn main() -> ExitCode {
     let status = {
         let (luns, current) = (luns.clone(), current.clone());
         move || {
-            let down = luns.luns().map(|(_, _, l)| l.device().paths_down()).sum();
-            status_text(luns.luns().count(), current.is_connected(), down)
+            let table = luns.snapshot();
+            let down = table.luns().map(|(_, _, l)| l.device().paths_down()).sum();
+            status_text(table.luns().count(), current.is_connected(), down)
         }
     };
     service.ready(&status());
@@ -405,14 +406,14 @@ const LOGOUT_WAIT: Duration = Duration::from_secs(3);
 /// What ending the daemon needs besides the device: its LUNs and its service manager.
 #[derive(Clone)]
 struct Shutdown {
-    luns: Arc<LunTable<Lun>>,
+    luns: Arc<LiveLuns>,
     service: Arc<Service>,
 }
 
 impl Shutdown {
     /// Ends every LUN's sessions with remote devices (iSCSI logouts) by `deadline`.
     fn end_sessions(&self, deadline: Instant) {
-        for (t, l, lun) in self.luns.luns() {
+        for (t, l, lun) in self.luns.snapshot().luns() {
             let _span = tracing::info_span!("lun", target_id = t, lun = l).entered();
             lun.device()
                 .shut_down(deadline.saturating_duration_since(Instant::now()));
@@ -498,7 +499,7 @@ fn handle_signals(
             sandbox::enter(ThreadKind::Signals);
             for sig in signals.forever() {
                 if sig == SIGUSR1 {
-                    for line in status_lines(&luns) {
+                    for line in status_lines(&luns.snapshot()) {
                         tracing::info!("status: {line}");
                     }
                     continue;
@@ -527,7 +528,7 @@ fn handle_signals(
                     .name("shutdown-flush".into())
                     .spawn(move || {
                         sandbox::enter(ThreadKind::Flush);
-                        for (_, _, lun) in flushing.luns() {
+                        for (_, _, lun) in flushing.snapshot().luns() {
                             lun.device().make_durable();
                         }
                         let _ = done_tx.send(());

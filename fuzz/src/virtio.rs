@@ -12,7 +12,7 @@ use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, Guest
 
 use vscsid::backend::guest::GuestMem;
 use vscsid::heartbeat::{Heartbeat, Heartbeats};
-use vscsid::lun::build_lun_table;
+use vscsid::lun::{build_lun_table, iscsi_options, LiveLuns};
 use vscsid::vhost::{DirtyLog, ScsiDevice, Vring};
 
 use crate::{wait_readable, HANG_BOUND};
@@ -76,7 +76,11 @@ pub struct DeviceHarness {
 impl DeviceHarness {
     pub fn new() -> DeviceHarness {
         let (cfg, images) = crate::luns::config(NUM_REQUEST_QUEUES, MAX_QUEUE_SIZE);
-        let luns = Arc::new(build_lun_table(&cfg).expect("LUN table"));
+        let luns = LiveLuns::new(
+            build_lun_table(&cfg).expect("LUN table"),
+            iscsi_options(&cfg),
+            true,
+        );
         let regions = [
             (GuestAddress(0), REGION_BYTES as usize),
             (GuestAddress(REGION_BYTES), REGION_BYTES as usize),

@@ -90,6 +90,27 @@ impl Backing {
     /// file; on a block device it is a write of zeroes with unmap, which the kernel refuses
     /// unless the device can write zeroes itself. A device that can only discard returns
     /// whatever it likes for discarded blocks, so the disk must not claim LBPRZ.
+    /// The size in bytes now (a resize reads it again; `size` is the size at open).
+    pub fn current_size(&self) -> io::Result<u64> {
+        if self.is_block_device {
+            block_device_size(&self.file)
+        } else {
+            Ok(self.file.metadata()?.len())
+        }
+    }
+
+    /// Sets a regular file's length (a resize to a given size). A block device's size is
+    /// its owner's to change.
+    pub fn set_file_size(&self, bytes: u64) -> io::Result<()> {
+        if self.is_block_device {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a block device's size is set where it comes from; resize without a size re-reads it",
+            ));
+        }
+        self.file.set_len(bytes)
+    }
+
     pub fn unmapped_blocks_read_zeroes(&self) -> bool {
         use std::os::unix::fs::MetadataExt;
         if !self.is_block_device {

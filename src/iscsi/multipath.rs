@@ -9,6 +9,7 @@
 //! `options` holds what the configuration chooses, `selector` picks a path per command,
 //! and `lun` is the LUN itself: its paths, dispatch, queueing and failover.
 
+mod attention;
 mod lun;
 mod options;
 mod selector;

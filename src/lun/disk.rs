@@ -118,7 +118,7 @@ impl LunDevice for DiskLun {
             "disk {} cache={} {} blocks of {} bytes{}",
             self.medium.backing.path.display(),
             self.medium.backing.cache,
-            p.capacity_blocks,
+            self.disk.capacity_blocks(),
             p.block_size,
             if p.readonly { ", read-only" } else { "" }
         )
@@ -126,5 +126,58 @@ impl LunDevice for DiskLun {
 
     fn disk_properties(&self) -> Option<&DiskProperties> {
         Some(self.disk.properties())
+    }
+
+    fn backing_path(&self) -> Option<std::path::PathBuf> {
+        Some(self.medium.backing.path.clone())
+    }
+
+    fn writable(&self) -> bool {
+        !self.medium.backing.readonly
+    }
+
+    fn capacity(&self) -> Option<(u64, u32)> {
+        let bs = self.disk.properties().block_size;
+        Some((self.disk.capacity_blocks() * u64::from(bs), bs))
+    }
+
+    fn resize(&self, new_size: Option<u64>, force: bool) -> Result<(u64, u64), String> {
+        let b = &self.medium.backing;
+        let bs = u64::from(self.disk.properties().block_size);
+        let old = self.disk.capacity_blocks();
+        let shown = b.path.display();
+        if let Some(bytes) = new_size {
+            if b.readonly {
+                return Err(format!(
+                    "{shown} is read-only: it cannot be given a new size"
+                ));
+            }
+            if bytes % bs != 0 || bytes < bs {
+                return Err(format!("{bytes} is not a whole number of {bs}-byte blocks"));
+            }
+            if bytes / bs < old && !force {
+                return Err(format!(
+                    "{bytes} bytes is smaller than the LUN's {} bytes: shrinking drops the guest's data past it; refused without force",
+                    old * bs
+                ));
+            }
+            b.set_file_size(bytes)
+                .map_err(|e| format!("cannot resize {shown}: {e}"))?;
+        }
+        let size = b
+            .current_size()
+            .map_err(|e| format!("cannot read the size of {shown}: {e}"))?;
+        let new = size / bs;
+        if new == 0 {
+            return Err(format!("{shown} is smaller than one {bs}-byte block"));
+        }
+        if new < old && !force {
+            return Err(format!(
+                "{shown} shrank to {size} bytes, below the LUN's {} bytes; refused without force",
+                old * bs
+            ));
+        }
+        self.disk.set_capacity_blocks(new);
+        Ok((old, new))
     }
 }

@@ -20,6 +20,7 @@ mod disk;
 mod gate;
 mod identity;
 mod iscsi;
+pub mod live;
 mod medium;
 mod medium_data;
 mod null;
@@ -39,7 +40,8 @@ use crate::scsi::disk::DiskProperties;
 use crate::scsi::task::{ScsiCompletion, TaskAttr, TmfFunction, TransportError};
 use crate::scsi::{DataOut, Outcome, Sense};
 
-pub use registry::{build_lun_table, status_lines};
+pub use live::{LiveLuns, LunChange};
+pub use registry::{build_lun_table, iscsi_options, status_lines};
 pub use table::{LunTable, Route};
 pub use task::Task;
 
@@ -256,14 +258,47 @@ pub trait LunDevice: Send + Sync {
     fn disk_properties(&self) -> Option<&DiskProperties> {
         None
     }
+
+    /// Reads the backing store's size again, or (`new_size`) sets a file's size first,
+    /// and makes it the LUN's capacity. A smaller capacity only with `force`. Returns the
+    /// capacity in blocks before and after.
+    fn resize(&self, _new_size: Option<u64>, _force: bool) -> Result<(u64, u64), String> {
+        Err("this kind of LUN cannot be resized".into())
+    }
+
+    /// The file or block device behind the LUN, if it has one.
+    fn backing_path(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+
+    /// Whether the LUN writes its backing file or device.
+    fn writable(&self) -> bool {
+        false
+    }
+
+    /// The LUN's capacity in bytes and its block size, when vscsid knows them.
+    fn capacity(&self) -> Option<(u64, u32)> {
+        self.disk_properties()
+            .map(|p| (p.capacity_blocks * u64::from(p.block_size), p.block_size))
+    }
 }
 
-/// One configured LUN: its address, its kind, and how many of its commands are in flight.
+/// Unit attentions a LUN owes the guest (bits of [`Lun`]'s set), highest priority first.
+pub mod attention {
+    /// A LUN of its target was added or removed: REPORTED LUNS DATA HAS CHANGED.
+    pub const REPORTED_LUNS_CHANGED: u32 = 1 << 0;
+    /// The LUN was resized: CAPACITY DATA HAS CHANGED.
+    pub const CAPACITY_CHANGED: u32 = 1 << 1;
+}
+
+/// One configured LUN: its address, its kind, how many of its commands are in flight, and
+/// the unit attentions it owes the guest.
 pub struct Lun {
     pub target: u8,
     pub lun: u16,
     device: Box<dyn LunDevice>,
     inflight: AtomicU32,
+    attentions: AtomicU32,
 }
 
 impl Lun {
@@ -273,7 +308,36 @@ impl Lun {
             lun,
             device,
             inflight: AtomicU32::new(0),
+            attentions: AtomicU32::new(0),
         }
+    }
+
+    /// Owes the guest the unit attentions `bits` (of [`attention`]).
+    pub fn raise_attention(&self, bits: u32) {
+        self.attentions.fetch_or(bits, Ordering::AcqRel);
+    }
+
+    /// The unit attention this command is answered with instead of running, if one is
+    /// owed: each once, the highest first. INQUIRY, REPORT LUNS and REQUEST SENSE never get
+    /// one (SAM-5 5.14); they leave it owed. One atomic load when none is.
+    pub fn take_attention(&self, cdb: &[u8]) -> Option<Sense> {
+        let owed = self.attentions.load(Ordering::Acquire);
+        if owed == 0 {
+            return None;
+        }
+        use crate::scsi::cdb::{INQUIRY, REPORT_LUNS, REQUEST_SENSE};
+        if matches!(cdb.first(), Some(&INQUIRY | &REPORT_LUNS | &REQUEST_SENSE)) {
+            return None;
+        }
+        let bit = owed & owed.wrapping_neg();
+        if self.attentions.fetch_and(!bit, Ordering::AcqRel) & bit == 0 {
+            return None; // another queue's command took it
+        }
+        Some(if bit == attention::REPORTED_LUNS_CHANGED {
+            Sense::reported_luns_data_changed()
+        } else {
+            Sense::capacity_data_changed()
+        })
     }
 
     pub fn device(&self) -> &dyn LunDevice {

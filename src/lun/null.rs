@@ -45,12 +45,38 @@ impl LunDevice for NullLun {
         let p = self.disk.properties();
         format!(
             "null disk, {} blocks of {} bytes",
-            p.capacity_blocks, p.block_size
+            self.disk.capacity_blocks(),
+            p.block_size
         )
     }
 
     fn disk_properties(&self) -> Option<&DiskProperties> {
         Some(self.disk.properties())
+    }
+
+    fn capacity(&self) -> Option<(u64, u32)> {
+        let bs = self.disk.properties().block_size;
+        Some((self.disk.capacity_blocks() * u64::from(bs), bs))
+    }
+
+    /// A null disk has no backing to read: it takes the size it is given.
+    fn resize(&self, new_size: Option<u64>, force: bool) -> Result<(u64, u64), String> {
+        let bs = u64::from(self.disk.properties().block_size);
+        let old = self.disk.capacity_blocks();
+        let Some(bytes) = new_size else {
+            return Err("a null LUN has no backing store to read a size from: give a size".into());
+        };
+        if bytes % bs != 0 || bytes < bs {
+            return Err(format!("{bytes} is not a whole number of {bs}-byte blocks"));
+        }
+        if bytes / bs < old && !force {
+            return Err(format!(
+                "{bytes} bytes is smaller than the LUN's {} bytes; refused without force",
+                old * bs
+            ));
+        }
+        self.disk.set_capacity_blocks(bytes / bs);
+        Ok((old, bytes / bs))
     }
 }
 

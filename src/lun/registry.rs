@@ -10,20 +10,35 @@ use crate::iscsi::IscsiOptions;
 /// Opens every configured LUN and builds the table; errors name the LUN.
 pub fn build_lun_table(cfg: &Config) -> Result<LunTable<Lun>, String> {
     let mut table = LunTable::new();
+    let opts = iscsi_options(cfg);
+    for l in &cfg.luns {
+        table
+            .insert(l.target, l.lun, open_lun(l, &opts, !cfg.incoming)?)
+            .map_err(|e| format!("target {} LUN {}: {e}", l.target, l.lun))?;
+    }
+    Ok(table)
+}
+
+/// The options every iSCSI LUN of the daemon logs in with.
+pub fn iscsi_options(cfg: &Config) -> IscsiOptions {
     let mut opts = IscsiOptions::default();
     if let Some(name) = &cfg.initiator_name {
         opts.initiator_name = name.clone();
     }
-    for l in &cfg.luns {
-        // Threads a LUN starts (an iSCSI LUN's sessions) log within this span, so their
-        // lines carry the LUN's address.
-        let span = tracing::info_span!("lun", target_id = l.target, lun = l.lun);
-        let device = span.in_scope(|| open_device(l, &opts, !cfg.incoming))?;
-        table
-            .insert(l.target, l.lun, Arc::new(Lun::new(l.target, l.lun, device)))
-            .map_err(|e| format!("target {} LUN {}: {e}", l.target, l.lun))?;
-    }
-    Ok(table)
+    opts
+}
+
+/// Opens one LUN (at start-up, or added while the daemon runs).
+pub(crate) fn open_lun(
+    l: &LunConfig,
+    opts: &IscsiOptions,
+    lock_now: bool,
+) -> Result<Arc<Lun>, String> {
+    // Threads a LUN starts (an iSCSI LUN's sessions) log within this span, so their
+    // lines carry the LUN's address.
+    let span = tracing::info_span!("lun", target_id = l.target, lun = l.lun);
+    let device = span.in_scope(|| open_device(l, opts, lock_now))?;
+    Ok(Arc::new(Lun::new(l.target, l.lun, device)))
 }
 
 /// The one place that knows every kind of LUN.

@@ -36,6 +36,15 @@ pub struct LunTable<L> {
     targets: BTreeMap<u8, BTreeMap<u16, Arc<L>>>,
 }
 
+/// A copy sharing the LUNs: a change to the table is made on a copy, then published.
+impl<L> Clone for LunTable<L> {
+    fn clone(&self) -> Self {
+        LunTable {
+            targets: self.targets.clone(),
+        }
+    }
+}
+
 impl<L> Default for LunTable<L> {
     fn default() -> Self {
         Self::new()
@@ -59,6 +68,28 @@ impl<L> LunTable<L> {
         }
         t.insert(lun, value);
         Ok(())
+    }
+
+    pub fn get(&self, target: u8, lun: u16) -> Option<&Arc<L>> {
+        self.targets.get(&target)?.get(&lun)
+    }
+
+    /// Takes a LUN out; a target left without LUNs goes too.
+    pub fn remove(&mut self, target: u8, lun: u16) -> Option<Arc<L>> {
+        let t = self.targets.get_mut(&target)?;
+        let removed = t.remove(&lun);
+        if t.is_empty() {
+            self.targets.remove(&target);
+        }
+        removed
+    }
+
+    /// The LUNs of one target, in order.
+    pub fn luns_of(&self, target: u8) -> impl Iterator<Item = (u16, &Arc<L>)> {
+        self.targets
+            .get(&target)
+            .into_iter()
+            .flat_map(|t| t.iter().map(|(&l, v)| (l, v)))
     }
 
     /// Routes an 8-byte virtio-scsi LUN address: byte 0 is 1, byte 1 the target, bytes 2-3

@@ -91,6 +91,16 @@ impl Sense {
         Sense::new(key::HARDWARE_ERROR, 0x08, 0x00)
     }
     /// 06/29/00 POWER ON, RESET, OR BUS DEVICE RESET OCCURRED.
+    /// UNIT ATTENTION, CAPACITY DATA HAS CHANGED (after a resize).
+    pub const fn capacity_data_changed() -> Sense {
+        Sense::new(key::UNIT_ATTENTION, 0x2a, 0x09)
+    }
+
+    /// UNIT ATTENTION, REPORTED LUNS DATA HAS CHANGED (a LUN was added or removed).
+    pub const fn reported_luns_data_changed() -> Sense {
+        Sense::new(key::UNIT_ATTENTION, 0x3f, 0x0e)
+    }
+
     pub const fn reset_occurred() -> Sense {
         Sense::new(key::UNIT_ATTENTION, 0x29, 0x00)
     }

@@ -148,7 +148,8 @@ impl PendingTmfs {
             ControlRequest::Unknown(_) | ControlRequest::Short => return Some((head, 0)),
             ControlRequest::Tmf { subtype, lun, tag } => (subtype, lun, tag),
         };
-        let (target, found) = match sh.luns.route(&lun) {
+        let table = sh.luns.load();
+        let (target, found) = match table.route(&lun) {
             Route::BadTarget => return answer(response::BAD_TARGET),
             Route::MissingLun { target } => (target, None),
             Route::Lun { target, lun } => (target, Some(lun.clone())),
@@ -176,8 +177,7 @@ impl PendingTmfs {
             _ => return answer(response::FUNCTION_REJECTED),
         };
         let luns: Vec<Arc<Lun>> = match request {
-            TmfRequest::ItNexusReset => sh
-                .luns
+            TmfRequest::ItNexusReset => table
                 .luns()
                 .filter(|(t, _, _)| *t == target)
                 .map(|(_, _, l)| l.clone())

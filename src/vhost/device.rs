@@ -13,6 +13,7 @@ use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
 
 use super::control_queue::PendingTmfs;
+use super::events;
 use super::queue::{lock, Vring};
 use super::shared::{Shared, CONTROL_QUEUE, EVENT_QUEUE};
 use super::worker::Worker;
@@ -20,12 +21,15 @@ use crate::backend::guest::GuestMem;
 use crate::backend::guest_fault;
 use crate::config::Config;
 use crate::heartbeat::Heartbeat;
-use crate::lun::{Lun, LunTable, MAX_TRANSFER_BYTES};
+use crate::lun::{LiveLuns, MAX_TRANSFER_BYTES};
 use crate::virtio::layout::{feature, CDB_SIZE, SENSE_SIZE};
 
 /// How long the block I/O of an ended connection is waited for (a frozen file system can
 /// hold it indefinitely).
 const ABANDONED_IO_WAIT: Duration = Duration::from_secs(3600);
+
+/// Highest target the config space offers (QEMU's VIRTIO_SCSI_MAX_TARGET).
+const MAX_TARGET: u16 = 255;
 
 /// Virtio feature bit of vhost's "log all writes" (live migration).
 pub const VHOST_F_LOG_ALL: u32 = 26;
@@ -72,7 +76,7 @@ pub struct ScsiDevice {
 }
 
 impl ScsiDevice {
-    pub fn new(cfg: &Config, luns: Arc<LunTable<Lun>>, mem: GuestMem) -> io::Result<ScsiDevice> {
+    pub fn new(cfg: &Config, luns: Arc<LiveLuns>, mem: GuestMem) -> io::Result<ScsiDevice> {
         guest_fault::install()?;
         let n = cfg.num_queues;
         // One worker thread per request queue unless configured otherwise.
@@ -97,6 +101,8 @@ impl ScsiDevice {
         }
         let poll = Duration::from_micros(u64::from(cfg.poll_us));
         let queues = usize::from(n) + 2;
+        // Changes of the LUN table wake the thread of the event queue.
+        luns.set_waker(Some(wakers[0].try_clone()?));
         let shared = Arc::new(Shared::new(luns, mem, queues, thread_queues, poll, wakers)?);
         for w in &workers {
             lock(w).attach(Arc::downgrade(&shared), Arc::downgrade(w));
@@ -186,13 +192,12 @@ impl ScsiDevice {
         put32(16, 16); // event_info_size: sizeof(virtio_scsi_event)
         put32(20, SENSE_SIZE as u32);
         put32(24, CDB_SIZE as u32);
-        // max_channel, max_target, max_lun: what the LUN table holds, so a driver that
-        // reads them scans no further than needed.
-        let max_target = self.shared.luns.max_target().unwrap_or(0);
-        let max_lun = self.shared.luns.max_lun().unwrap_or(0);
+        // max_channel, max_target, max_lun: as QEMU's virtio-scsi gives them (QEMU presents
+        // its own config space to a vhost-user-scsi guest), so a LUN added later at any
+        // address is within what the driver accepts.
         c[28..30].copy_from_slice(&0u16.to_le_bytes());
-        c[30..32].copy_from_slice(&u16::from(max_target).to_le_bytes());
-        c[32..36].copy_from_slice(&u32::from(max_lun).to_le_bytes());
+        c[30..32].copy_from_slice(&MAX_TARGET.to_le_bytes());
+        c[32..36].copy_from_slice(&u32::from(crate::scsi::lun_id::MAX_LUN).to_le_bytes());
         c
     }
 }
@@ -306,13 +311,15 @@ impl ScsiDevice {
                     lock(&self.tmfs).process_control(sh, &self.workers, vrings, vpos, queue);
                 }
                 EVENT_QUEUE => {
-                    // Buffers stay posted until there is an event to report.
+                    // Buffers stay posted until there is an event to report (below).
                 }
                 _ => lock(worker).process_queue(sh, vrings, vpos, queue),
             }
         }
         if thread_id == 0 {
             lock(&self.tmfs).retry(sh, &self.workers, vrings);
+            // The event queue is thread 0's second queue (after the control queue).
+            events::deliver(sh, &sh.luns, vrings, 1);
         }
         if !sh.poll.is_zero() {
             busy_poll(sh, worker, vrings, thread_id, beat);
@@ -399,7 +406,8 @@ mod tests {
         a.shared = true;
         b.shared = true;
         cfg.luns.extend([a, b]);
-        let luns = Arc::new(crate::lun::build_lun_table(&cfg).expect("luns"));
+        let table = crate::lun::build_lun_table(&cfg).expect("luns");
+        let luns = LiveLuns::new(table, crate::lun::iscsi_options(&cfg), true);
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
         let dev = ScsiDevice::new(&cfg, luns, mem).expect("device");
         (dir, dev)
@@ -416,8 +424,9 @@ mod tests {
         assert_eq!(u32_at(12), 256); // cmd_per_lun
         assert_eq!(u32_at(20), 96); // sense_size
         assert_eq!(u32_at(24), 32); // cdb_size
-        assert_eq!(u16::from_le_bytes([c[30], c[31]]), 2); // max_target
-        assert_eq!(u32_at(32), 7); // max_lun
+                                    // max_target, max_lun: QEMU's, whatever the table holds now (LUNs come and go).
+        assert_eq!(u16::from_le_bytes([c[30], c[31]]), 255);
+        assert_eq!(u32_at(32), 16383);
         assert_eq!(dev.get_config(20, 8), c[20..28].to_vec());
         assert!(dev.get_config(40, 4).is_empty());
     }

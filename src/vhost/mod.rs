@@ -7,6 +7,7 @@ mod control_queue;
 mod device;
 mod dirty_log;
 mod event_loop;
+mod events;
 mod inflight;
 mod inflight_region;
 mod queue;
@@ -39,7 +40,7 @@ pub use vring::Vring;
 use crate::backend::guest::GuestMem;
 use crate::config::Config;
 use crate::heartbeat::Heartbeats;
-use crate::lun::{Lun, LunTable};
+use crate::lun::LiveLuns;
 
 /// How long SIGTERM waits for in-flight commands; the flush after it must fit in what is
 /// left of the shutdown budget.
@@ -93,7 +94,7 @@ impl CurrentDevice {
 /// heartbeat of `heartbeats` (the service watchdog watches them).
 pub fn serve(
     cfg: &Config,
-    luns: Arc<LunTable<Lun>>,
+    luns: Arc<LiveLuns>,
     mut socket: VhostSocket,
     current: &CurrentDevice,
     heartbeats: &Heartbeats,
@@ -118,7 +119,7 @@ pub fn serve(
 
 fn serve_one(
     cfg: &Config,
-    luns: Arc<LunTable<Lun>>,
+    luns: Arc<LiveLuns>,
     listener: &mut UnixListener,
     socket: &Path,
     current: &CurrentDevice,

@@ -185,6 +185,7 @@ impl FrontendSession {
                 .device
                 .shared
                 .luns
+                .snapshot()
                 .luns()
                 .try_for_each(|(_, _, l)| l.device().activate());
             match tried {
@@ -204,7 +205,7 @@ impl FrontendSession {
     /// The device stopped (its last ring): the LUNs let go of their image locks, so the
     /// destination of a migration can take them.
     fn deactivate_luns(&self) {
-        for (_, _, l) in self.device.shared.luns.luns() {
+        for (_, _, l) in self.device.shared.luns.snapshot().luns() {
             l.device().deactivate();
         }
     }

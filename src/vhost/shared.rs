@@ -11,14 +11,14 @@ use vmm_sys_util::eventfd::EventFd;
 use super::connection::ConnectionGuard;
 use super::inflight::InflightCounters;
 use crate::backend::guest::GuestMem;
-use crate::lun::{Lun, LunTable};
+use crate::lun::LiveLuns;
 
 /// Global index of the control queue and of the event queue.
 pub const CONTROL_QUEUE: u16 = 0;
 pub const EVENT_QUEUE: u16 = 1;
 
 pub struct Shared {
-    pub luns: Arc<LunTable<Lun>>,
+    pub luns: Arc<LiveLuns>,
     pub mem: GuestMem,
     pub inflight: InflightCounters,
     /// Set on SIGTERM: workers stop taking new requests and let in-flight ones finish.
@@ -45,7 +45,7 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(
-        luns: Arc<LunTable<Lun>>,
+        luns: Arc<LiveLuns>,
         mem: GuestMem,
         queues: usize,
         thread_queues: Vec<Vec<u16>>,

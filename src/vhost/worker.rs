@@ -17,7 +17,7 @@ use super::shared::Shared;
 use super::slot::Slot;
 use crate::backend::guest::{Mem, MemGuard};
 use crate::backend::BlockIo;
-use crate::lun::{answer_emulated, Command, Lun, ReplyLater, Route, Step};
+use crate::lun::{answer_emulated, Answer, Command, Lun, ReplyLater, Route, Step};
 use crate::scsi::task::ScsiCompletion;
 use crate::scsi::DATA_IN_SCRATCH;
 use crate::virtio::request::{self, CmdRequest};
@@ -232,14 +232,18 @@ impl Worker {
         let data = request::data_buffers(&slot.chain, mem);
         let room = usize::try_from(data.inn.len()).unwrap_or(usize::MAX);
         let scratch = &mut self.scratch[..room.min(DATA_IN_SCRATCH)];
-        let route = sh.luns.route(&req.lun);
-        if let Some(outcome) = sh.luns.target_command(&route, &req.cdb, scratch) {
+        let table = sh.luns.load();
+        let route = table.route(&req.lun);
+        if let Some(outcome) = table.target_command(&route, &req.cdb, scratch) {
             let answer = answer_emulated(outcome, scratch, data.inn);
             return Some(request::respond(m, &slot.chain, &answer));
         }
         let Route::Lun { lun, .. } = route else {
             return Some(request::respond_bad_target(m, &slot.chain));
         };
+        if let Some(sense) = lun.take_attention(&req.cdb) {
+            return Some(request::respond(m, &slot.chain, &Answer::Check(sense)));
+        }
         let cmd = Command {
             cdb: &req.cdb,
             task_attr: req.task_attr(),

@@ -112,3 +112,17 @@ mod tests {
         assert_eq!(&out[0..4], &(SENSE_SIZE as u32).to_le_bytes());
     }
 }
+
+/// virtio-scsi events (virtio 1.2 5.6.6.3): `struct virtio_scsi_event` is the event type,
+/// the 8-byte LUN address and a reason, 16 bytes.
+pub mod event {
+    pub const LEN: usize = 16;
+    pub const NO_EVENT: u32 = 0;
+    pub const TRANSPORT_RESET: u32 = 1;
+    pub const PARAM_CHANGE: u32 = 3;
+    /// Or'ed into the next event after the device dropped some.
+    pub const EVENTS_MISSED: u32 = 0x8000_0000;
+    /// Reasons of TRANSPORT_RESET.
+    pub const RESET_RESCAN: u32 = 1;
+    pub const RESET_REMOVED: u32 = 2;
+}

@@ -105,17 +105,32 @@ if [ "$MODE" = migrate ]; then
   # Known data past fio's range, out of the page cache: read (buffered) 1 MiB at a time
   # over the first seconds, while the migration runs, so it reaches the page cache by DMA
   # alone; compared from the page cache on the destination at the end. A page the device
-  # wrote but did not log would hold what QEMU copied before.
-  dd if=/dev/urandom of=/tmp/ref bs=1M count=32 2>/dev/null
-  ref=$(md5sum < /tmp/ref | cut -d' ' -f1)
-  dd if=/tmp/ref of=/dev/$D0 bs=1M seek=128 oflag=direct conv=fsync 2>/dev/null
-  rm -f /tmp/ref
+  # wrote but did not log would hold what QEMU copied before. So that "before" differs
+  # from the data: the data goes from /dev/urandom to the disk and back through 1 MiB
+  # O_DIRECT buffers only (never 32 MiB of it in guest RAM, where freed pages holding it
+  # could be handed to the page cache and hide a missed page), and free memory is filled
+  # with another pattern (a tmpfs file, removed) before the migration starts.
+  dd if=/dev/urandom of=/dev/$D0 bs=1M seek=128 count=64 oflag=direct conv=fsync 2>/dev/null
+  ref=$(dd if=/dev/$D0 bs=1M skip=128 count=32 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
+  dd if=/dev/zero bs=1M count=96 2>/dev/null | tr '\000' '\132' > /tmp/fill
+  rm -f /tmp/fill
   sync; echo 3 > /proc/sys/vm/drop_caches
+  # Held open to the end: the kernel drops a block device's page cache when its last
+  # opener closes it, and the final read must come from the page cache, not the disk.
+  exec 7< /dev/$D0
+  # The same for a buffer of a guest program's own (examples/guest_dma_hold.rs): filled
+  # by the CPU now, then written by the device alone over the migration (MiB 160-191).
+  rm -f /tmp/dma-go /tmp/dma-verify
+  guest_dma_hold /dev/$D0 160 32 250 /tmp/dma-go /tmp/dma-verify > /tmp/dma.out 2>&1 &
+  dma_pid=$!
+  i=0; while [ $i -lt 100 ] && ! grep -q waiting /tmp/dma.out; do sleep 0.1; i=$((i + 1)); done
+  touch /tmp/dma-go
   echo "VSCSID-MIG-FIO-START"
   (i=0; while [ $i -lt 32 ]; do
     dd if=/dev/$D0 of=/dev/null bs=1M skip=$((128 + i)) count=1 2>/dev/null
     sleep 0.25; i=$((i + 1))
   done) &
+  reader_pid=$!
   fio --name=mig --filename=/dev/$D0 --direct=1 --ioengine=libaio --rw=randrw --bs=4k \
     --size=32M --iodepth=8 --numjobs=2 --offset_increment=32M --verify=crc32c \
     --verify_backlog=16 --verify_fatal=1 --time_based --runtime="$RUNTIME" \
@@ -124,10 +139,15 @@ if [ "$MODE" = migrate ]; then
   io=$(grep -o 'write: IOPS=[^,]*' /tmp/fio.out | head -n 1)
   err=$(grep -o 'err= *[0-9]*' /tmp/fio.out | head -n 1)
   check mig-fio-crc32c-verify "$( [ $rc = 0 ] && echo PASS || echo FAIL )" "fio exit $rc, $err, $io"
-  wait
+  wait $reader_pid
   got=$(dd if=/dev/$D0 bs=1M skip=128 count=32 2>/dev/null | md5sum | cut -d' ' -f1)
   check mig-page-cache-intact "$( [ "$got" = "$ref" ] && echo PASS || echo FAIL )" \
     "data read into the page cache during the migration: md5 $got, written $ref"
+  exec 7<&-
+  touch /tmp/dma-verify
+  wait $dma_pid; drc=$?
+  check mig-dma-buffer-intact "$( [ $drc = 0 ] && echo PASS || echo FAIL )" \
+    "$(grep -v waiting /tmp/dma.out | tail -n 1)"
   [ $rc = 0 ] || tail -n 20 /tmp/fio.out
   n=$(dmesg | grep -ciE 'I/O error|critical|FAILED Result|timing out command|reset')
   check mig-no-guest-errors "$( [ "$n" = 0 ] && echo PASS || echo FAIL )" "$n kernel error/reset lines"

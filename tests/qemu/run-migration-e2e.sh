@@ -6,34 +6,57 @@
 # (vscsid offers dirty-page logging, so QEMU puts no blocker on it), the guest keeps running
 # on the destination, fio's verification passes, the guest logs no I/O error or reset,
 # both daemons exit 0 when their QEMU goes; prints QEMU's downtime and total time.
-# Usage: run-migration-e2e.sh [QEMU binary [QEMU data dir]] (default: the stock QEMU).
+# With --iscsi the LUN is one iSCSI LUN (tgtd on 127.0.0.1) that both daemons log in to,
+# instead of an image file.
+# Usage: run-migration-e2e.sh [--iscsi] [QEMU binary [QEMU data dir]] (default: the stock
+# QEMU, an image file).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$here"
+LUN_KIND=file
+if [[ ${1:-} == --iscsi ]]; then LUN_KIND=iscsi; shift; fi
 QEMU=${1:-qemu-system-x86_64}
 QEMU_DATA=${2:-}
 TIMEOUT=${VSCSID_E2E_TIMEOUT:-600}
 source tests/qemu/lib.sh
 
 need_tools run-migration-e2e "$QEMU" cargo python3
+[[ $LUN_KIND == file ]] || need_tools run-migration-e2e /usr/sbin/tgtd /usr/sbin/tgtadm
 cargo build --release --quiet
 build_guest
 work_dir
 pids=()
+tgtd_pid=""
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # tgtd ignores SIGTERM while it has targets.
+  if [[ -n $tgtd_pid ]]; then kill -9 "$tgtd_pid" 2>/dev/null || true; fi
   stop_daemon_remove_work
 }
 trap cleanup EXIT
 
-truncate -s 256M "$work/disk.img"
+if [[ $LUN_KIND == file ]]; then
+  truncate -s 256M "$work/disk.img"
+  lun_args=(--disk "$work/disk.img,cache=none")
+else
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  ctl=$((port % 32768 + 1))
+  iqn=iqn.2024-01.io.vscsid.test:migrate
+  truncate -s 256M "$work/target.img"
+  /usr/sbin/tgtd -f -C "$ctl" --iscsi "portal=127.0.0.1:$port" > "$work/tgtd.log" 2>&1 &
+  tgtd_pid=$!
+  tgtadm() { /usr/sbin/tgtadm -C "$ctl" --lld iscsi "$@"; }
+  tgt_export "$iqn" "$work/target.img"
+  lun_args=(--iscsi "iscsi://127.0.0.1:$port/$iqn/1")
+fi
 # VSCSID_DEBUG_UNLOGGED_DATA=1 in the environment turns the logging of data buffers off on
-# the source: fio's verification is then expected to fail on the destination.
-target/release/vscsid --socket "$work/src.sock" --disk "$work/disk.img,cache=none" \
+# the source: the guest's check of a buffer the device wrote during the migration
+# (mig-dma-buffer-intact) is then expected to fail on the destination.
+target/release/vscsid --socket "$work/src.sock" "${lun_args[@]}" \
   --num-queues 2 > "$work/vscsid-src.log" 2>&1 &
 src_daemon=$!; pids+=("$src_daemon")
 wait_vscsid "$work/src.sock" run-migration-e2e "$work/vscsid-src.log"
-target/release/vscsid --socket "$work/dst.sock" --disk "$work/disk.img,cache=none" \
+target/release/vscsid --socket "$work/dst.sock" "${lun_args[@]}" \
   --num-queues 2 --incoming > "$work/vscsid-dst.log" 2>&1 &
 dst_daemon=$!; pids+=("$dst_daemon")
 wait_vscsid "$work/dst.sock" run-migration-e2e "$work/vscsid-dst.log"
@@ -122,9 +145,10 @@ kill "$dst_qemu" 2>/dev/null
 wait "$dst_qemu"
 dst_rc=$?
 set -e
-report_guest_checks "$work/serial-dst.log" mig-fio-crc32c-verify mig-page-cache-intact mig-no-guest-errors
+report_guest_checks "$work/serial-dst.log" mig-fio-crc32c-verify mig-page-cache-intact \
+  mig-dma-buffer-intact mig-no-guest-errors
 report_powered_off "$work/serial-dst.log" "$dst_rc" "the guest finished on the destination"
-if ! grep -aq VSCSID-RESULT "$work/serial-dst.log"; then
+if ! grep -aq VSCSID-RESULT "$work/serial-dst.log" || ((failed > 0)); then
   echo "--- destination console (last lines) ---"; tail -n 25 "$work/serial-dst.log" || true
   echo "--- destination QEMU ---"; tail -n 10 "$work/qemu-dst.log" || true
   echo "--- source console (last lines) ---"; tail -n 10 "$work/serial-src.log" || true
@@ -147,5 +171,5 @@ else
   report source-logged-dirty-pages FAIL "no dirty page logging on the source"
 fi
 
-echo "migration-e2e ($($QEMU --version | head -n 1)): $passed passed, $failed failed"
+echo "migration-e2e ($LUN_KIND LUN, $($QEMU --version | head -n 1)): $passed passed, $failed failed"
 [[ $failed -eq 0 ]]

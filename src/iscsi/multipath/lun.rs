@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use super::attention::{self, HeldAttention};
 use super::options::{split_portal, MultipathOptions, Policy, MAX_PATHS};
 use super::selector::{PathView, Selector};
 use crate::iscsi::alua;
@@ -20,7 +21,9 @@ use crate::iscsi::login::LoginError;
 use crate::iscsi::options::IscsiOptions;
 use crate::iscsi::session::{Done, LostPath, PathCommand, PathEvents, Session};
 use crate::iscsi::url::IscsiUrl;
-use crate::scsi::task::{ScsiCommand, ScsiCompletion, TmfFunction, TransportError};
+use crate::scsi::task::{
+    Residual, ScsiCommand, ScsiCompletion, ScsiStatus, TmfFunction, TransportError,
+};
 use crate::scsi::LunId;
 
 /// How many times a command that reached the target is sent again after its path failed
@@ -82,6 +85,15 @@ struct Path {
     /// The path's ALUA state (one of `alua`'s codes); `alua::UNKNOWN` when the target
     /// reports no TPGS.
     alua: AtomicU8,
+    /// Logged in, with the new nexus's unit attentions taken and ALUA read: guest
+    /// commands go down it only then (the session is up a little earlier, for those).
+    serving: AtomicBool,
+}
+
+impl Path {
+    fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Acquire) && self.session.is_up()
+    }
 }
 
 struct CoreState {
@@ -102,6 +114,8 @@ pub(crate) struct Core {
     state: Mutex<CoreState>,
     changed: Condvar,
     closing: AtomicBool,
+    /// A unit attention met while clearing a new nexus's, for the guest's next command.
+    held_attention: HeldAttention,
 }
 
 impl Core {
@@ -141,6 +155,7 @@ impl Core {
                         },
                     ),
                     alua: AtomicU8::new(alua::UNKNOWN),
+                    serving: AtomicBool::new(false),
                 })
                 .collect();
             Core {
@@ -156,6 +171,7 @@ impl Core {
                 }),
                 changed: Condvar::new(),
                 closing: AtomicBool::new(false),
+                held_attention: HeldAttention::default(),
             }
         });
         let multipath = core.paths.len() > 1;
@@ -203,7 +219,7 @@ impl Core {
         for (v, p) in out.iter_mut().zip(&self.paths) {
             let state = p.alua.load(Ordering::Relaxed);
             *v = PathView {
-                usable: p.session.is_up() && alua::usable(state),
+                usable: p.is_serving() && alua::usable(state),
                 rank: (p.priority, alua::preference(state)),
                 outstanding: p.session.outstanding(),
             };
@@ -214,7 +230,7 @@ impl Core {
     fn choose(&self) -> Option<usize> {
         if let [only] = self.paths.as_slice() {
             // One path: nothing to choose, no allocation or lock per command.
-            let usable = only.session.is_up() && alua::usable(only.alua.load(Ordering::Relaxed));
+            let usable = only.is_serving() && alua::usable(only.alua.load(Ordering::Relaxed));
             return usable.then_some(0);
         }
         let (views, n) = self.views();
@@ -230,6 +246,20 @@ impl Core {
     /// `cork` its PDUs wait for [`Core::flush`], so a burst goes out in one write per path.
     pub(crate) fn submit(&self, cmd: ScsiCommand, done: Done, cork: bool) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Some(sense) = self
+            .held_attention
+            .take_for(&cmd.cdb[..cmd.cdb_len.min(32)])
+        {
+            done(ScsiCompletion {
+                result: Ok(ScsiStatus {
+                    status: crate::scsi::status::CHECK_CONDITION,
+                    sense,
+                }),
+                data_in: Vec::new(),
+                residual: Residual::default(),
+            });
+            return id;
+        }
         let c = PathCommand {
             id,
             cmd,
@@ -406,27 +436,47 @@ impl Core {
         }
     }
 
+    /// Runs one of vscsid's own commands (no data out) down `path` and waits for its
+    /// answer (blocking, at most 10 s; called from the thread that logged the path in).
+    fn probe(&self, p: &Path, cdb: &[u8], len: u32) -> Option<ScsiCompletion> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let cmd = crate::scsi::task::command(cdb, Vec::new(), len);
+        let c = PathCommand {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            cmd,
+            done: Box::new(move |c| {
+                let _ = tx.send(c);
+            }),
+            reissues: 0,
+            probe: true,
+        };
+        p.session.submit(self.lun, c, false).ok()?;
+        rx.recv_timeout(Duration::from_secs(10)).ok()
+    }
+
+    /// Takes the new nexus's reset attention (`attention`) before any guest command goes
+    /// down the path; holds any other attention met for the guest.
+    fn clear_attentions(&self, path: usize) {
+        let Some(p) = self.paths.get(path) else {
+            return;
+        };
+        let (other, consumed) = attention::clear_after_login(|cdb| self.probe(p, cdb, 0));
+        if consumed > 0 {
+            tracing::debug!(portal = %p.session.portal(), consumed, "iSCSI: new nexus's reset attention taken");
+        }
+        if let Some(sense) = other {
+            tracing::info!(portal = %p.session.portal(), "iSCSI: unit attention after login kept for the guest");
+            self.held_attention.hold(sense);
+        }
+    }
+
     /// Reads the path's ALUA state when the target supports TPGS (blocking; called from
     /// the thread that logged the path in).
     fn refresh_alua(&self, path: usize) {
         let Some(p) = self.paths.get(path) else {
             return;
         };
-        let state = alua::query(|cdb, len| {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let cmd = crate::scsi::task::command(cdb, Vec::new(), len);
-            let c = PathCommand {
-                id: self.next_id.fetch_add(1, Ordering::Relaxed),
-                cmd,
-                done: Box::new(move |c| {
-                    let _ = tx.send(c);
-                }),
-                reissues: 0,
-                probe: true,
-            };
-            p.session.submit(self.lun, c, false).ok()?;
-            rx.recv_timeout(Duration::from_secs(10)).ok()
-        });
+        let state = alua::query(|cdb, len| self.probe(p, cdb, len));
         let old = p.alua.swap(state, Ordering::Relaxed);
         if old != state {
             tracing::info!(portal = %p.session.portal(), state = alua::name(state), "ALUA state");
@@ -470,6 +520,9 @@ impl std::fmt::Display for PathStatus {
 impl PathEvents for Core {
     fn path_down(&self, path: usize, lost: LostPath) {
         let started = Instant::now();
+        if let Some(p) = self.paths.get(path) {
+            p.serving.store(false, Ordering::Release);
+        }
         let portal = self.paths.get(path).map(|p| p.session.portal());
         let (mut reissued, mut failed, mut gave_up) = (0usize, 0usize, 0usize);
         for o in lost.orphans {
@@ -543,7 +596,11 @@ impl PathEvents for Core {
                 tracing::info!(portal = %p.session.portal(), "iSCSI path up{suppressed}");
             }
         }
+        self.clear_attentions(path);
         self.refresh_alua(path);
+        if let Some(p) = self.paths.get(path) {
+            p.serving.store(true, Ordering::Release);
+        }
         self.flush();
     }
 }

@@ -127,7 +127,7 @@ impl EmulatedDisk {
         if byte(c, 8) & 0x01 == 0 && be32(c, 2) != 0 {
             return Err(Sense::invalid_field_in_cdb());
         }
-        let last = self.props.capacity_blocks.saturating_sub(1);
+        let last = self.capacity_blocks().saturating_sub(1);
         let mut b = [0u8; 8];
         b[0..4].copy_from_slice(&u32::try_from(last).unwrap_or(u32::MAX).to_be_bytes());
         b[4..8].copy_from_slice(&self.props.block_size.to_be_bytes());
@@ -138,7 +138,7 @@ impl EmulatedDisk {
         let alloc = be32(c, 10) as usize;
         let _ = be64(c, 2); // LOGICAL BLOCK ADDRESS: obsolete with PMI
         let mut b = [0u8; 32];
-        b[0..8].copy_from_slice(&self.props.capacity_blocks.saturating_sub(1).to_be_bytes());
+        b[0..8].copy_from_slice(&self.capacity_blocks().saturating_sub(1).to_be_bytes());
         b[8..12].copy_from_slice(&self.props.block_size.to_be_bytes());
         if self.props.discard {
             b[14] = 0x80 | self.lbprz(0x40); // LBPME, LBPRZ

@@ -7,7 +7,7 @@ mod mode;
 mod opcodes;
 mod rw;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::cdb::{self, byte};
 use super::{DataOut, Outcome, Sense};
@@ -55,6 +55,9 @@ pub struct DiskProperties {
 pub struct EmulatedDisk {
     props: DiskProperties,
     write_cache: AtomicBool,
+    /// The capacity in blocks: `props.capacity_blocks` at first, changed by a resize
+    /// while the guest runs.
+    capacity: AtomicU64,
     /// A reset happened and the initiator has not been told yet (SAM: the next command
     /// other than INQUIRY, REPORT LUNS or REQUEST SENSE gets UNIT ATTENTION 29/00).
     unit_attention: AtomicBool,
@@ -64,10 +67,22 @@ impl EmulatedDisk {
     pub fn new(props: DiskProperties) -> EmulatedDisk {
         let wce = props.write_cache;
         EmulatedDisk {
-            props,
             write_cache: AtomicBool::new(wce),
+            capacity: AtomicU64::new(props.capacity_blocks),
             unit_attention: AtomicBool::new(false),
+            props,
         }
+    }
+
+    /// The capacity in blocks now.
+    pub fn capacity_blocks(&self) -> u64 {
+        self.capacity.load(Ordering::Acquire)
+    }
+
+    /// A resize: commands checked after this see the new capacity. The caller tells the
+    /// guest (a unit attention, a virtio-scsi event).
+    pub fn set_capacity_blocks(&self, blocks: u64) {
+        self.capacity.store(blocks, Ordering::Release);
     }
 
     pub fn properties(&self) -> &DiskProperties {
@@ -148,7 +163,7 @@ impl EmulatedDisk {
 
     /// Checks that `[lba, lba+blocks)` lies on the medium.
     fn check_range(&self, lba: u64, blocks: u64) -> Result<(), Sense> {
-        let cap = self.props.capacity_blocks;
+        let cap = self.capacity_blocks();
         match lba.checked_add(blocks) {
             Some(end) if end <= cap && lba < cap => Ok(()),
             _ => Err(Sense::lba_out_of_range()),

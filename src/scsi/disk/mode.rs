@@ -76,7 +76,7 @@ impl EmulatedDisk {
         // Block descriptor.
         if !dbd {
             let bs = self.props.block_size;
-            let blocks = self.props.capacity_blocks;
+            let blocks = self.capacity_blocks();
             if llbaa {
                 buf[n..n + 8].copy_from_slice(&blocks.to_be_bytes());
                 buf[n + 12..n + 16].copy_from_slice(&bs.to_be_bytes());

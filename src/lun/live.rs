@@ -1,0 +1,345 @@
+//! The LUN table while the daemon runs: LUNs added, removed and resized while a guest is
+//! using the others, and the changes the guest must be told about.
+//!
+//! The table itself is never changed in place: a change builds a new table (sharing the
+//! LUNs) and publishes it at once ([`ArcSwap`]), so the request path reads it with one
+//! atomic load per command and no lock. A command that found its LUN keeps it alive (its
+//! slot holds the `Arc<Lun>`) after the LUN left the table: a removal lets in-flight
+//! commands finish, then makes the LUN's writes durable and closes it. Changes are made
+//! one at a time (`edit`): of two clients adding the same address, one wins.
+//!
+//! What the guest must hear is kept as [`LunChange`]s until the device layer has an event
+//! buffer to put them in (virtio-scsi's event queue), and as unit attentions on the LUNs
+//! (see [`Lun::raise_attention`]) for a guest that missed the event.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use arc_swap::{ArcSwap, Guard};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{attention, Lun, LunTable};
+use crate::config::{LunConfig, LunKind};
+use crate::iscsi::IscsiOptions;
+
+/// Changes kept for the guest at most; past that the oldest is dropped and the next event
+/// the guest gets says events were missed (it then rescans).
+pub const MAX_PENDING_CHANGES: usize = 64;
+
+/// How long a removal waits for the LUN's commands in flight.
+pub const REMOVE_DRAIN: Duration = Duration::from_secs(30);
+
+/// A change of the LUN table the guest must be told about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LunChange {
+    Added { target: u8, lun: u16 },
+    Removed { target: u8, lun: u16 },
+    CapacityChanged { target: u8, lun: u16 },
+}
+
+/// Changes not yet given to the guest.
+#[derive(Default)]
+pub struct PendingChanges {
+    queue: VecDeque<LunChange>,
+    /// Some were dropped (too many, with no event buffer to put them in).
+    pub missed: bool,
+}
+
+impl PendingChanges {
+    pub fn front(&self) -> Option<LunChange> {
+        self.queue.front().copied()
+    }
+
+    pub fn pop_front(&mut self) -> Option<LunChange> {
+        self.queue.pop_front()
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Queues a change. A LUN added and removed before the guest heard of it is never
+    /// mentioned; the same change twice is told once.
+    fn push(&mut self, c: LunChange) {
+        if let LunChange::Removed { target, lun } = c {
+            let added = LunChange::Added { target, lun };
+            if let Some(i) = self.queue.iter().position(|&q| q == added) {
+                self.queue.remove(i);
+                self.queue
+                    .retain(|&q| q != LunChange::CapacityChanged { target, lun });
+                return;
+            }
+        }
+        if self.queue.contains(&c) {
+            return;
+        }
+        if self.queue.len() >= MAX_PENDING_CHANGES {
+            self.queue.pop_front();
+            self.missed = true;
+        }
+        self.queue.push_back(c);
+    }
+}
+
+/// A LUN as `luns` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LunInfo {
+    pub target: u8,
+    pub lun: u16,
+    pub description: String,
+    pub size_bytes: Option<u64>,
+    pub block_size: Option<u32>,
+    pub in_flight: u32,
+    pub paths: Vec<String>,
+    pub paths_down: usize,
+}
+
+/// The daemon's LUN table, shared by every connection and the control socket.
+pub struct LiveLuns {
+    table: ArcSwap<LunTable<Lun>>,
+    /// One change at a time.
+    edit: Mutex<()>,
+    changes: Mutex<PendingChanges>,
+    /// Set while `changes` holds something (the device layer checks it per event).
+    has_changes: AtomicBool,
+    /// Wakes the serving connection's thread that owns the event queue.
+    waker: Mutex<Option<EventFd>>,
+    /// Options for iSCSI LUNs added later (initiator name ...).
+    iscsi: IscsiOptions,
+    /// The destination of a migration: images are locked when the device starts.
+    lock_at_open: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl LiveLuns {
+    pub fn new(table: LunTable<Lun>, iscsi: IscsiOptions, lock_at_open: bool) -> Arc<LiveLuns> {
+        Arc::new(LiveLuns {
+            table: ArcSwap::from_pointee(table),
+            edit: Mutex::new(()),
+            changes: Mutex::new(PendingChanges::default()),
+            has_changes: AtomicBool::new(false),
+            waker: Mutex::new(None),
+            iscsi,
+            lock_at_open,
+        })
+    }
+
+    /// The table now, for one command (no lock, no allocation).
+    pub fn load(&self) -> Guard<Arc<LunTable<Lun>>> {
+        self.table.load()
+    }
+
+    /// The table now, to keep.
+    pub fn snapshot(&self) -> Arc<LunTable<Lun>> {
+        self.table.load_full()
+    }
+
+    /// The serving connection's wake-up for changes (None when it ends).
+    pub fn set_waker(&self, waker: Option<EventFd>) {
+        *lock(&self.waker) = waker;
+    }
+
+    pub fn has_changes(&self) -> bool {
+        self.has_changes.load(Ordering::Acquire)
+    }
+
+    /// The pending changes, for the device layer to deliver what it can.
+    pub fn changes(&self) -> MutexGuard<'_, PendingChanges> {
+        lock(&self.changes)
+    }
+
+    /// After the device layer took changes out: keeps the flag true while any remain.
+    pub fn changes_taken(&self, left: &PendingChanges) {
+        self.has_changes
+            .store(!left.is_empty() || left.missed, Ordering::Release);
+    }
+
+    fn announce(&self, c: LunChange) {
+        {
+            let mut q = lock(&self.changes);
+            q.push(c);
+            self.has_changes
+                .store(!q.is_empty() || q.missed, Ordering::Release);
+        }
+        if let Some(w) = lock(&self.waker).as_ref() {
+            let _ = w.write(1);
+        }
+    }
+
+    /// Every LUN, for `luns`.
+    pub fn list(&self) -> Vec<LunInfo> {
+        let table = self.snapshot();
+        table
+            .luns()
+            .map(|(target, lun, l)| {
+                let d = l.device();
+                let cap = d.capacity();
+                LunInfo {
+                    target,
+                    lun,
+                    description: d.describe(),
+                    size_bytes: cap.map(|c| c.0),
+                    block_size: cap.map(|c| c.1),
+                    in_flight: l.inflight(),
+                    paths: d.detail_lines(),
+                    paths_down: d.paths_down(),
+                }
+            })
+            .collect()
+    }
+
+    /// The first free LUN number of `target`.
+    pub fn next_free_lun(&self, target: u8) -> Option<u16> {
+        let table = self.load();
+        (0..=crate::scsi::lun_id::MAX_LUN).find(|&l| table.get(target, l).is_none())
+    }
+
+    /// Opens a LUN and puts it in the table; the guest is told (an event, and REPORTED
+    /// LUNS DATA HAS CHANGED on the target's other LUNs). Refused with one line: an
+    /// address in use, an image another LUN has open for writing, a LUN that cannot be
+    /// opened (as at start-up).
+    pub fn add(&self, l: &LunConfig) -> Result<(), String> {
+        let _edit = lock(&self.edit);
+        let current = self.snapshot();
+        if current.get(l.target, l.lun).is_some() {
+            return Err(format!("target {} LUN {} is in use", l.target, l.lun));
+        }
+        if let LunKind::Disk { path, .. } = &l.kind {
+            let wanted = canonical(path);
+            for (t, n, other) in current.luns() {
+                let Some(p) = other.device().backing_path() else {
+                    continue;
+                };
+                if canonical(&p) == wanted && (!l.readonly || other.device().writable()) {
+                    return Err(format!(
+                        "{} is already open for writing as target {t} LUN {n}",
+                        path.display()
+                    ));
+                }
+            }
+        }
+        // The image lock is taken at open (after a migration's switchover; before it, the
+        // device's start takes every LUN's).
+        let lun = super::registry::open_lun(l, &self.iscsi, self.lock_at_open)?;
+        let mut next = (*current).clone();
+        next.insert(l.target, l.lun, lun)
+            .map_err(|e| format!("target {} LUN {}: {e}", l.target, l.lun))?;
+        for (_, other) in next.luns_of(l.target).filter(|&(n, _)| n != l.lun) {
+            other.raise_attention(attention::REPORTED_LUNS_CHANGED);
+        }
+        self.table.store(Arc::new(next));
+        tracing::info!(target_id = l.target, lun = l.lun, "LUN added");
+        self.announce(LunChange::Added {
+            target: l.target,
+            lun: l.lun,
+        });
+        Ok(())
+    }
+
+    /// Takes a LUN out of the table at once (the guest's next commands to it get LOGICAL
+    /// UNIT NOT SUPPORTED) and tells the guest; then waits (at most `drain`) for the
+    /// commands it has in flight, makes its writes durable and closes it. An acknowledged
+    /// write is never lost: in-flight commands keep the LUN open until they end.
+    /// Returns how many commands were still in flight when the wait ended.
+    pub fn remove(&self, target: u8, lun: u16, drain: Duration) -> Result<u32, String> {
+        let removed = {
+            let _edit = lock(&self.edit);
+            let current = self.snapshot();
+            let mut next = (*current).clone();
+            let Some(removed) = next.remove(target, lun) else {
+                return Err(format!("no LUN at target {target} LUN {lun}"));
+            };
+            for (_, other) in next.luns_of(target) {
+                other.raise_attention(attention::REPORTED_LUNS_CHANGED);
+            }
+            self.table.store(Arc::new(next));
+            removed
+        };
+        self.announce(LunChange::Removed { target, lun });
+        let until = Instant::now() + drain;
+        while removed.inflight() > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let left = removed.inflight();
+        let d = removed.device();
+        d.make_durable();
+        if left == 0 {
+            d.shut_down(Duration::from_secs(5));
+            d.deactivate();
+        }
+        tracing::info!(target_id = target, lun, in_flight = left, "LUN removed");
+        Ok(left)
+    }
+
+    /// Reads the LUN's size again (or sets a file's size) and tells the guest when it
+    /// changed. Returns the capacity in blocks before and after.
+    pub fn resize(
+        &self,
+        target: u8,
+        lun: u16,
+        new_size: Option<u64>,
+        force: bool,
+    ) -> Result<(u64, u64), String> {
+        let _edit = lock(&self.edit);
+        let table = self.snapshot();
+        let Some(l) = table.get(target, lun) else {
+            return Err(format!("no LUN at target {target} LUN {lun}"));
+        };
+        let (old, new) = l.device().resize(new_size, force)?;
+        if old != new {
+            l.raise_attention(attention::CAPACITY_CHANGED);
+            tracing::info!(target_id = target, lun, blocks = new, "LUN resized");
+            self.announce(LunChange::CapacityChanged { target, lun });
+        }
+        Ok((old, new))
+    }
+}
+
+fn canonical(p: &std::path::Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn added(lun: u16) -> LunChange {
+        LunChange::Added { target: 0, lun }
+    }
+
+    #[test]
+    fn an_add_then_remove_before_delivery_is_never_told() {
+        let mut q = PendingChanges::default();
+        q.push(added(1));
+        q.push(LunChange::CapacityChanged { target: 0, lun: 1 });
+        q.push(added(2));
+        q.push(LunChange::Removed { target: 0, lun: 1 });
+        assert_eq!(q.pop_front(), Some(added(2)));
+        assert_eq!(q.pop_front(), None);
+        assert!(!q.missed);
+    }
+
+    #[test]
+    fn duplicates_are_told_once_and_overflow_is_missed() {
+        let mut q = PendingChanges::default();
+        q.push(LunChange::CapacityChanged { target: 0, lun: 0 });
+        q.push(LunChange::CapacityChanged { target: 0, lun: 0 });
+        assert_eq!(q.len(), 1);
+        for l in 1..=MAX_PENDING_CHANGES as u16 {
+            q.push(added(l));
+        }
+        assert_eq!(q.len(), MAX_PENDING_CHANGES);
+        assert!(q.missed);
+        assert_eq!(q.front(), Some(added(1)));
+    }
+}
