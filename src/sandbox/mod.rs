@@ -21,6 +21,12 @@
 //! filters with SECCOMP_RET_LOG instead: every call is allowed and those outside a filter
 //! are only recorded in the kernel log, which is how the lists were collected and how a
 //! new environment (another libc, another kernel) is checked.
+//!
+//! A new thread must call [`enter`] with a kind whose list covers what it does (and its
+//! creator's list must cover it too). Opening files for writing, binding sockets and
+//! logging in to targets happen at start-up only: a thread added to do them while the
+//! daemon runs (adding LUNs at run time) needs a kind of its own here, and with `--user`
+//! the files it opens must be accessible to that user.
 
 mod filters;
 mod trap;
