@@ -280,7 +280,11 @@ fn main() -> ExitCode {
             .any(|l| matches!(l.kind, vscsid::config::LunKind::Iscsi { .. })),
         drop_to: user.as_ref().map(|u| (u.uid, u.gid)),
     };
-    if let Err(e) = sandbox::prepare(cfg.sandbox, needs) {
+    // Executed by an upgrade in place from a confined program: every thread already runs
+    // under that program's signal thread filter.
+    let inherited = std::env::var_os(sandbox::INHERITED_ENV).is_some_and(|v| v == "1");
+    std::env::remove_var(sandbox::INHERITED_ENV);
+    if let Err(e) = sandbox::prepare(cfg.sandbox, needs, inherited) {
         fail(&e);
         return ExitCode::FAILURE;
     }
@@ -464,6 +468,12 @@ impl Upgrade {
         let mut cmd = std::process::Command::new(exe);
         cmd.args(std::env::args_os().skip(1))
             .env(UPGRADED_ENV, std::process::id().to_string());
+        if sandbox::active() {
+            // This thread's filter goes with the new program: it need not add another.
+            cmd.env(sandbox::INHERITED_ENV, "1");
+        } else {
+            cmd.env_remove(sandbox::INHERITED_ENV);
+        }
         self.socket.prepare(&mut cmd);
         // A program still being written (ETXTBSY: the installer, or a process that forked
         // while it had the file open for writing) is tried again for a moment.

@@ -203,9 +203,10 @@ fn user_with_an_iscsi_lun_changes_the_ids_of_the_running_session_threads() {
 }
 
 /// An upgrade in place executes the new program under the signal thread's filter (the
-/// kernel keeps it across execve); the new program confines itself on top and serves.
+/// kernel keeps it across execve); the new program confines itself on top and serves, and
+/// a second upgrade does not deepen the filters (the signal thread adds none of its own).
 #[test]
-fn an_upgrade_in_place_runs_the_new_program_confined() {
+fn upgrades_in_place_run_the_new_program_confined() {
     let mut d = Daemon::start_logged(&disk(), &["--reconnect"], &[]);
     let pid = d.child.id();
     let mut fe = d.connect(1);
@@ -229,9 +230,45 @@ fn an_upgrade_in_place_runs_the_new_program_confined() {
     let mut fe = d.connect(1);
     let data = vec![0xc3; 4096];
     write_read_back_flushed(&mut fe, 0, 24, &data, &d.path("a.img"));
+    let depth = |name: &str| {
+        thread_filters(pid)
+            .into_iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, _, f)| f)
+    };
+    assert_eq!(depth("signals"), Some(1), "the old signal filter only");
+    assert_eq!(depth("vscsid-q0"), Some(3), "old signal, main, worker");
+    // A second upgrade: new threads, the same depths.
+    let worker_tid = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.ok())
+            .find(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.trim() == "vscsid-q0")
+            })
+            .map(|t| t.file_name())
+    };
+    let first = worker_tid().expect("worker");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGUSR2) }, 0);
+    drop(fe);
+    wait_until("the second upgrade", Duration::from_secs(20), || {
+        // The same process with a new worker; the main thread's filters come back to 2
+        // once the new program has confined it.
+        worker_tid().is_some_and(|t| t != first)
+            && main_filters() == 2
+            && depth("vscsid-q0") == Some(3)
+    });
+    let mut fe = d.connect(1);
+    write_read_back_flushed(&mut fe, 0, 32, &data, &d.path("a.img"));
     for (name, mode, filters) in thread_filters(pid) {
         assert_eq!(mode, "2", "thread {name}");
-        assert!(filters >= 2, "thread {name} has {filters} filters");
+        assert!(
+            (1..=3).contains(&filters),
+            "thread {name} has {filters} filters"
+        );
     }
     assert!(d.is_running());
     assert!(!d.log().contains("vscsid: sandbox:"), "{}", d.log());

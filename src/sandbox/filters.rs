@@ -671,3 +671,23 @@ mod tests {
         assert_eq!(call_name(100_000), None);
     }
 }
+
+#[cfg(test)]
+mod sizes {
+    use super::*;
+
+    /// The kernel refuses a filter once the filters on a thread add up to 32768
+    /// instructions (4 more counted per filter). The deepest chain is a worker's after an
+    /// upgrade in place: the old signal thread's filter, the main thread's, its own (the
+    /// new signal thread adds none, so upgrades do not deepen it).
+    #[test]
+    fn the_deepest_chain_of_filters_is_far_below_the_kernels_limit() {
+        let needs = Needs {
+            iscsi: true,
+            drop_to: Some((1, 1)),
+        };
+        let len = |k| compile(k, &needs, SandboxMode::On).expect("compiles").len() + 4;
+        let chain = len(ThreadKind::Signals) + len(ThreadKind::Main) + len(ThreadKind::Worker);
+        assert!(chain < 32768 / 4, "{chain} instructions");
+    }
+}

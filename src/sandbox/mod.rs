@@ -126,14 +126,23 @@ pub struct Needs {
 }
 
 struct Prepared {
+    /// The program was executed by an upgrade in place from a confined one: the signal
+    /// thread keeps that program's signal filter and adds none (see [`INHERITED_ENV`]).
+    inherited: bool,
     programs: Vec<(ThreadKind, seccompiler::BpfProgram)>,
 }
 
 static PREPARED: OnceLock<Prepared> = OnceLock::new();
 
+/// Set by an upgrade in place that executes the new program from a confined one: every
+/// thread of the new program starts under the old signal thread's filter (the kernel keeps
+/// it across execve and never removes it), so the new signal thread adds no second one, and
+/// successive upgrades keep the same depth of filters instead of adding one each.
+pub const INHERITED_ENV: &str = "VSCSID_SANDBOX_INHERITED";
+
 /// Compiles every kind's filter and installs the SIGSYS handler. Called once, before any
 /// thread starts; with [`SandboxMode::Off`] it does nothing.
-pub fn prepare(mode: SandboxMode, needs: Needs) -> Result<(), String> {
+pub fn prepare(mode: SandboxMode, needs: Needs, inherited: bool) -> Result<(), String> {
     if mode == SandboxMode::Off {
         return Ok(());
     }
@@ -145,7 +154,10 @@ pub fn prepare(mode: SandboxMode, needs: Needs) -> Result<(), String> {
     }
     trap::install().map_err(|e| format!("sandbox: cannot install the SIGSYS handler: {e}"))?;
     PREPARED
-        .set(Prepared { programs })
+        .set(Prepared {
+            inherited,
+            programs,
+        })
         .map_err(|_| "sandbox: prepared twice".to_string())
 }
 
@@ -158,6 +170,12 @@ pub fn active() -> bool {
 /// that cannot be confined ends the daemon: running unconfined is not what was asked.
 pub fn enter(kind: ThreadKind) {
     if let Some(prepared) = PREPARED.get() {
+        if kind == ThreadKind::Signals && prepared.inherited {
+            // Already under the previous program's signal filter, which allows what
+            // this one would (and upgrades must not pile up filters: the kernel limits
+            // the instructions of all filters on a thread).
+            return;
+        }
         if let Some((_, program)) = prepared.programs.iter().find(|(k, _)| *k == kind) {
             if let Err(e) = apply(program) {
                 trap::fatal(&format!(
