@@ -339,6 +339,49 @@ fn the_filters_install_where_seccomp_2_is_refused() {
     }
 }
 
+/// Root only: after `--user`, an upgrade in place executes the new program as that user,
+/// which opens the images again: it serves when they are accessible to the user.
+#[test]
+fn an_upgrade_after_user_reopens_the_images_as_that_user() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid only reads the process's ID.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: --user needs root");
+        return;
+    }
+    let d = Daemon::start_logged(&disk(), &["--user", "nobody:nogroup", "--reconnect"], &[]);
+    let pid = d.child.id();
+    let mut fe = d.connect(1);
+    assert_eq!(ids(pid).0, "65534 65534 65534 65534");
+    // The new program opens the image as nobody.
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).expect("dir");
+    std::fs::set_permissions(d.path("a.img"), std::fs::Permissions::from_mode(0o666))
+        .expect("image");
+    let worker_tid = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.ok())
+            .find(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.trim() == "vscsid-q0")
+            })
+            .map(|t| t.file_name())
+    };
+    let first = worker_tid().expect("worker");
+    // SAFETY: kill(2) sends SIGUSR2 to the daemon this test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGUSR2) }, 0);
+    drop(fe);
+    wait_until("the new program's workers", Duration::from_secs(20), || {
+        worker_tid().is_some_and(|t| t != first)
+    });
+    fe = d.connect(1);
+    let data = vec![0x42; 4096];
+    write_read_back_flushed(&mut fe, 0, 40, &data, &d.path("a.img"));
+    assert_eq!(ids(pid).0, "65534 65534 65534 65534");
+    assert!(!d.log().contains("vscsid: sandbox:"), "{}", d.log());
+}
+
 /// The daemon's exit status and stderr for a command line that must be refused.
 fn refused(args: &[&str]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().expect("tempdir");
