@@ -19,8 +19,10 @@
 //! kept), hence the trap. The kernel logs the trap as an audit record too (type=1326),
 //! where `actions_logged` holds `trap` (the default). `--sandbox log` installs the same
 //! filters with SECCOMP_RET_LOG instead: every call is allowed and those outside a filter
-//! are only recorded in the kernel log, which is how the lists were collected and how a
-//! new environment (another libc, another kernel) is checked.
+//! are only recorded in the kernel log (rate-limited there), for checking a new
+//! environment (another libc, another kernel). The lists were collected with `strace -f`
+//! over the test suites under `--sandbox log`, each thread's calls after its filter went
+//! on counted for its kind.
 //!
 //! A new thread must call [`enter`] with a kind whose list covers what it does (and its
 //! creator's list must cover it too). Opening files for writing, binding sockets and
