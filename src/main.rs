@@ -271,7 +271,20 @@ fn main() -> ExitCode {
         },
         None => None,
     };
-    // The filters are compiled before the first thread starts (iSCSI logins start some).
+    // Signals are caught from here on (and handled once the LUNs are open): the socket
+    // appears before the LUNs are ready, and a SIGUSR1 or SIGTERM sent as soon as it
+    // exists must not find the default action.
+    // The program file as started: an upgrade executes whatever is at this path then.
+    let exe = std::env::current_exe().ok();
+    let signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1, SIGUSR2]) {
+        Ok(s) => s,
+        Err(e) => {
+            fail(&format!("cannot install signal handlers: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    // The filters are compiled before the first thread starts (iSCSI logins start some),
+    // after the signals are caught (compiling them takes a moment).
     sandbox::set_journal(logs == LogDestination::Journal);
     let needs = sandbox::Needs {
         iscsi: cfg
@@ -288,18 +301,6 @@ fn main() -> ExitCode {
         fail(&e);
         return ExitCode::FAILURE;
     }
-    // Signals are caught from here on (and handled once the LUNs are open): the socket
-    // appears before the LUNs are ready, and a SIGUSR1 or SIGTERM sent as soon as it
-    // exists must not find the default action.
-    // The program file as started: an upgrade executes whatever is at this path then.
-    let exe = std::env::current_exe().ok();
-    let signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1, SIGUSR2]) {
-        Ok(s) => s,
-        Err(e) => {
-            fail(&format!("cannot install signal handlers: {e}"));
-            return ExitCode::FAILURE;
-        }
-    };
     // The socket first: a path that cannot be ours fails before any LUN is opened. A
     // previous vscsid (upgrade in place) or systemd may have passed it already bound.
     let open_socket = |p: &std::path::Path| {

@@ -24,6 +24,25 @@ fn disk() -> [Disk<'static>; 1] {
     }]
 }
 
+/// Prints the log of a daemon started with `start_logged` when the test fails (declared
+/// after the daemon, it runs before the daemon's directory goes).
+struct LogOnPanic(std::path::PathBuf);
+
+impl LogOnPanic {
+    fn of(d: &Daemon) -> LogOnPanic {
+        LogOnPanic(d.path("vscsid.log"))
+    }
+}
+
+impl Drop for LogOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.0).unwrap_or_default();
+            eprintln!("--- the daemon's log ---\n{log}");
+        }
+    }
+}
+
 /// Every thread of `pid`: (name, `Seccomp:` mode, `Seccomp_filters:` count). io_uring's
 /// kernel workers (`iou-wrk-*`, `iou-sqp-*`) are left out: they are threads of the
 /// process but make no system calls.
@@ -65,6 +84,7 @@ fn ids(pid: u32) -> (String, String) {
 #[test]
 fn io_works_under_the_filters_and_every_thread_has_one() {
     let d = Daemon::start_logged(&disk(), &["--num-queues", "2", "--threads", "2"], &[]);
+    let _log = LogOnPanic::of(&d);
     let mut fe = d.connect(2);
     let data: Vec<u8> = (0..64 * 1024).map(|i| (i * 7 % 251) as u8).collect();
     write_read_back_flushed(&mut fe, 0, 100, &data, &d.path("a.img"));
@@ -95,6 +115,7 @@ fn io_works_under_the_filters_and_every_thread_has_one() {
 #[test]
 fn a_forbidden_call_ends_the_daemon_with_a_line_naming_it() {
     let mut d = Daemon::start_logged(&disk(), &[], &[("VSCSID_TEST_FORBIDDEN_SYSCALL", "1")]);
+    let _log = LogOnPanic::of(&d);
     let status = d.wait_exit(Duration::from_secs(20));
     let log = d.log();
     assert_eq!(status, Some(SANDBOX_EXIT), "{log}");
@@ -118,6 +139,7 @@ fn with_the_sandbox_off_the_same_call_passes() {
         &["--sandbox", "off"],
         &[("VSCSID_TEST_FORBIDDEN_SYSCALL", "1")],
     );
+    let _log = LogOnPanic::of(&d);
     let mut fe = d.connect(1);
     let data = vec![0x5a; 4096];
     write_read_back_flushed(&mut fe, 0, 8, &data, &d.path("a.img"));
@@ -141,6 +163,7 @@ fn user_continues_as_nobody_after_opening_everything() {
         return;
     }
     let d = Daemon::start_logged(&disk(), &["--user", "nobody:nogroup"], &[]);
+    let _log = LogOnPanic::of(&d);
     let mut fe = d.connect(1);
     let pid = d.child.id();
     let (uid, gid) = ids(pid);
@@ -178,6 +201,7 @@ fn user_with_an_iscsi_lun_changes_the_ids_of_the_running_session_threads() {
         ],
         &[],
     );
+    let _log = LogOnPanic::of(&d);
     let mut fe = d.connect(1);
     good(
         &fe.command(&cmd(0, &inquiry(96), &[], 96))
@@ -208,6 +232,7 @@ fn user_with_an_iscsi_lun_changes_the_ids_of_the_running_session_threads() {
 #[test]
 fn upgrades_in_place_run_the_new_program_confined() {
     let mut d = Daemon::start_logged(&disk(), &["--reconnect"], &[]);
+    let _log = LogOnPanic::of(&d);
     let pid = d.child.id();
     let mut fe = d.connect(1);
     let data = vec![0x3c; 4096];
@@ -250,17 +275,32 @@ fn upgrades_in_place_run_the_new_program_confined() {
             })
             .map(|t| t.file_name())
     };
+    wait_until("the worker names itself", Duration::from_secs(10), || {
+        worker_tid().is_some()
+    });
     let first = worker_tid().expect("worker");
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGUSR2) }, 0);
+    // The frontend stays until the new program runs, as QEMU's connection does (it ends
+    // with the old program): one that left during the upgrade would have the old
+    // program's main thread start a new session while the process is being replaced.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    // The same process with a new worker; the main thread's filters come back to 2 once
+    // the new program has confined it.
+    while !(worker_tid().is_some_and(|t| t != first)
+        && main_filters() == 2
+        && depth("vscsid-q0") == Some(3))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second upgrade: {:?} {:?}\n{}",
+            d.child.try_wait(),
+            thread_filters(pid),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     drop(fe);
-    wait_until("the second upgrade", Duration::from_secs(20), || {
-        // The same process with a new worker; the main thread's filters come back to 2
-        // once the new program has confined it.
-        worker_tid().is_some_and(|t| t != first)
-            && main_filters() == 2
-            && depth("vscsid-q0") == Some(3)
-    });
     let mut fe = d.connect(1);
     write_read_back_flushed(&mut fe, 0, 32, &data, &d.path("a.img"));
     for (name, mode, filters) in thread_filters(pid) {
@@ -349,7 +389,8 @@ fn an_upgrade_after_user_reopens_the_images_as_that_user() {
         eprintln!("skipped: --user needs root");
         return;
     }
-    let d = Daemon::start_logged(&disk(), &["--user", "nobody:nogroup", "--reconnect"], &[]);
+    let mut d = Daemon::start_logged(&disk(), &["--user", "nobody:nogroup", "--reconnect"], &[]);
+    let _log = LogOnPanic::of(&d);
     let pid = d.child.id();
     let mut fe = d.connect(1);
     assert_eq!(ids(pid).0, "65534 65534 65534 65534");
@@ -368,13 +409,20 @@ fn an_upgrade_after_user_reopens_the_images_as_that_user() {
             })
             .map(|t| t.file_name())
     };
-    let first = worker_tid().expect("worker");
+    // A thread names itself once it runs: wait for that.
+    wait_until("the worker names itself", Duration::from_secs(10), || {
+        worker_tid().is_some()
+    });
+    let Some(first) = worker_tid() else {
+        panic!("no worker: {:?}", d.child.try_wait());
+    };
     // SAFETY: kill(2) sends SIGUSR2 to the daemon this test started.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGUSR2) }, 0);
-    drop(fe);
+    // The frontend stays until the new program runs (see the test above).
     wait_until("the new program's workers", Duration::from_secs(20), || {
         worker_tid().is_some_and(|t| t != first)
     });
+    drop(fe);
     fe = d.connect(1);
     let data = vec![0x42; 4096];
     write_read_back_flushed(&mut fe, 0, 40, &data, &d.path("a.img"));
