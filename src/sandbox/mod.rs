@@ -16,8 +16,8 @@
 //! the system call, and ends the process with exit status 159 (128 + SIGSYS, what a shell
 //! shows for a process killed by SIGSYS). SECCOMP_RET_KILL_PROCESS would end it without a
 //! word in the daemon's own log (only an audit record in the kernel log, where one is
-//! kept), hence the trap. The kernel logs the trap as an audit record too (type=1326),
-//! where `actions_logged` holds `trap` (the default). `--sandbox log` installs the same
+//! kept), hence the trap. With audit on, the kernel records the trap too (type=1326; the
+//! default `actions_logged` holds `trap`). `--sandbox log` installs the same
 //! filters with SECCOMP_RET_LOG instead: every call is allowed and those outside a filter
 //! are only recorded in the kernel log (rate-limited there), for checking a new
 //! environment (another libc, another kernel). The lists were collected with `strace -f`
