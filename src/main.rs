@@ -9,6 +9,7 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 
 use vscsid::config::{parse_config_file, parse_disk_spec, Config, SocketAccess};
+use vscsid::control::ControlServer;
 use vscsid::lun::{build_lun_table, iscsi_options, status_lines, LiveLuns};
 use vscsid::service::{init_logging, status_text, LogDestination, Service};
 use vscsid::vhost::{serve, CurrentDevice, SocketHandover, SocketRemover, VhostSocket};
@@ -85,6 +86,10 @@ struct Cli {
     /// at most 60000]. QEMU waits as long; see README "Lifecycle".
     #[arg(long, value_name = "MS")]
     stop_timeout_ms: Option<i64>,
+    /// Control socket for `vscsid ctl` (add, remove, resize LUNs, list them) [default:
+    /// none]. Created 0600; only the daemon's user and root may use it.
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
 }
 
 /// Positions of the --disk and --iscsi values on the command line.
@@ -181,11 +186,19 @@ fn build_config(cli: Cli, order: LunOrder) -> Result<Config, String> {
     if cli.initiator_name.is_some() {
         cfg.initiator_name = cli.initiator_name;
     }
+    if cli.control.is_some() {
+        cfg.control = cli.control;
+    }
     cfg.validate().map_err(|e| e.0)?;
     Ok(cfg)
 }
 
 fn main() -> ExitCode {
+    // `vscsid ctl ...`: the control socket's client.
+    let mut args = std::env::args_os();
+    if args.nth(1).is_some_and(|a| a == "ctl") {
+        return vscsid::control::client::run(std::env::args_os().skip(1));
+    }
     let parsed = Cli::command()
         .try_get_matches()
         .and_then(|m| Cli::from_arg_matches(&m).map(|c| (c, m)));
@@ -295,9 +308,22 @@ fn main() -> ExitCode {
         exe,
         socket: socket.handover(),
     });
+    let control = match cfg
+        .control
+        .as_deref()
+        .map(|p| ControlServer::start(p, luns.clone()))
+    {
+        None => None,
+        Some(Ok(c)) => Some(c.remover().clone()),
+        Some(Err(e)) => {
+            fail(&e);
+            return ExitCode::from(2);
+        }
+    };
     let shutdown = Shutdown {
         luns: luns.clone(),
         service: service.clone(),
+        control,
     };
     if let Err(e) = handle_signals(signals, current.clone(), shutdown.clone(), remover, upgrade) {
         fail(&format!("cannot start the signal thread: {e}"));
@@ -350,6 +376,8 @@ const LOGOUT_WAIT: Duration = Duration::from_secs(3);
 struct Shutdown {
     luns: Arc<LiveLuns>,
     service: Arc<Service>,
+    /// The control socket, removed at the end.
+    control: Option<SocketRemover>,
 }
 
 impl Shutdown {
@@ -481,6 +509,9 @@ fn handle_signals(
                 // Nothing is in flight any more: the iSCSI sessions log out.
                 shutdown.end_sessions(deadline.min(Instant::now() + LOGOUT_WAIT));
                 socket.remove();
+                if let Some(c) = &shutdown.control {
+                    c.remove();
+                }
                 std::process::exit(if clean { 0 } else { 1 });
             }
         })?;

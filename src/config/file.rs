@@ -31,6 +31,7 @@ struct RawDaemon {
     submit_batch: Option<i64>,
     stop_timeout_ms: Option<i64>,
     initiator_name: Option<String>,
+    control: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,6 +96,7 @@ pub fn parse_config_text(text: &str) -> Result<Config, ConfigError> {
     let mut cfg = Config::default();
     let d = raw.daemon;
     cfg.socket = d.socket;
+    cfg.control = d.control;
     if let Some(owner) = &d.socket_owner {
         cfg.socket_access.owner = Some(super::check_account_name(owner, "daemon.socket_owner")?);
     }

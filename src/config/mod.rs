@@ -278,6 +278,8 @@ pub struct Config {
     pub incoming: bool,
     /// iSCSI initiator name; derived from the host name when absent.
     pub initiator_name: Option<String>,
+    /// The control socket (`vscsid ctl`); none unless configured.
+    pub control: Option<PathBuf>,
     pub luns: Vec<LunConfig>,
 }
 
@@ -296,6 +298,7 @@ impl Default for Config {
             stop_timeout_ms: DEFAULT_STOP_TIMEOUT_MS,
             incoming: false,
             initiator_name: None,
+            control: None,
             luns: Vec::new(),
         }
     }
@@ -403,6 +406,41 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A LUN added while the daemon runs, from the same spec as the command line's `--disk`,
+/// `--iscsi` or `--null` (`kind`), at `target`/`lun`. Errors are one line naming the spec.
+pub fn lun_from_spec(
+    kind: &str,
+    spec: &str,
+    target: u8,
+    lun: u16,
+) -> Result<LunConfig, ConfigError> {
+    let mut scratch = Config::default();
+    match kind {
+        "disk" => scratch.luns.push(parse_disk_spec(spec, lun)?),
+        "iscsi" => scratch.add_iscsi(spec)?,
+        "null" => scratch.add_null(spec)?,
+        other => {
+            return Err(ConfigError(format!(
+                "kind: '{other}' is not one of disk, iscsi, null"
+            )))
+        }
+    }
+    let mut l = scratch
+        .luns
+        .pop()
+        .ok_or_else(|| ConfigError(format!("'{spec}': no LUN")))?;
+    if lun > crate::scsi::lun_id::MAX_LUN {
+        return Err(ConfigError(format!(
+            "lun: {lun} is beyond {}",
+            crate::scsi::lun_id::MAX_LUN
+        )));
+    }
+    l.target = target;
+    l.lun = lun;
+    check_chap_secret(&l)?;
+    Ok(l)
 }
 
 /// An iSCSI URL naming a CHAP user needs a secret from somewhere: logging in with an empty
