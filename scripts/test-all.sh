@@ -35,6 +35,9 @@ tests/qemu/run-e2e.sh
 stage "QEMU guest end-to-end (iSCSI passthrough LUN on tgtd)"
 tests/qemu/run-iscsi-e2e.sh
 
+stage "QEMU guest end-to-end (LUNs hot-added, grown and removed through vscsid ctl under fio)"
+tests/qemu/run-hotplug-e2e.sh
+
 stage "QEMU guest end-to-end (iSCSI multipath: paths cut in network namespaces under fio)"
 tests/qemu/run-multipath-e2e.sh
 

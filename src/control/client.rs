@@ -164,7 +164,7 @@ fn print_luns(v: &Value) {
             l.description
         );
         for p in l.paths {
-            println!("{:<8} {:>10} {:>6} {:>9}    path {p}", "", "", "", "");
+            println!("{:<8} {:>10} {:>6} {:>9}    {p}", "", "", "", "");
         }
     }
 }
