@@ -81,7 +81,7 @@ mmdebstrap --variant=minbase --include="$(IFS=,; echo "${PACKAGES[*]}")" \
   --customize-hook='echo sysguest > "$1/etc/hostname"' \
   --customize-hook=': > "$1/etc/fstab"' \
   --customize-hook='chroot "$1" passwd -d root' \
-  --customize-hook='for u in getty@tty1.service serial-getty@ttyS0.service systemd-timesyncd.service apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer e2scrub_all.timer fstrim.timer; do ln -sf /dev/null "$1/etc/systemd/system/$u"; done' \
+  --customize-hook='for u in getty@tty1.service serial-getty@ttyS0.service systemd-timesyncd.service proc-sys-fs-binfmt_misc.automount apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer e2scrub_all.timer fstrim.timer; do ln -sf /dev/null "$1/etc/systemd/system/$u"; done' \
   --customize-hook='mkdir -p "$1/etc/systemd/system/multi-user.target.wants"' \
   --customize-hook='cat > "$1/etc/systemd/system/vscsid-guest-test.service" <<EOF
 [Unit]

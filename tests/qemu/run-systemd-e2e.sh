@@ -85,7 +85,7 @@ fi
 
 out=$(tr -d '\r' < "$serial")
 # The guest's own lines: its checks and their details, the journal after a failure.
-sed -n '/^systemd-guest: /,$p' <<< "$out" | grep -av "$done_re" || true
+sed -n '/^systemd-guest: /,$p' <<< "$out" | grep -avE "$done_re" || true
 if ((guest_done == 0)); then
   echo "--- the guest's console (last 60 lines) ---"
   tail -n 60 <<< "$out"
