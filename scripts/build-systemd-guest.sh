@@ -8,7 +8,7 @@
 # Usage: build-systemd-guest.sh <outdir>  ->  <outdir>/{vmlinuz,initrd.gz,rootfs.img}
 # The result is reused while its inputs (this script, so the package list, the kernel,
 # busybox, the mirror) are unchanged: the first build downloads about 60 MB of packages and
-# takes a few minutes, later runs none.
+# takes one to three minutes, later runs none.
 set -euo pipefail
 out=${1:?usage: build-systemd-guest.sh <outdir>}
 mkdir -p "$out"
@@ -103,7 +103,7 @@ EOF' \
 
 size_mb=$(( $(du -sm "$root" | cut -f1) + 512 ))
 rm -f "$out/rootfs.img.tmp"
-mkfs.ext4 -q -L sysguest -d "$root" "$out/rootfs.img.tmp" "${size_mb}M"
+mkfs.ext4 -q -L sysguest -d "$root" "$out/rootfs.img.tmp" "${size_mb}M" > /dev/null
 mv "$out/rootfs.img.tmp" "$out/rootfs.img"
 mv "$out/initrd.gz.tmp" "$out/initrd.gz"
 cp "$kernel" "$out/vmlinuz"

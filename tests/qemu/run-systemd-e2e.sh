@@ -20,12 +20,12 @@
 # The guest is fresh each run (a copy-on-write overlay on the cached image); the binary,
 # the units and the guest script come on a second disk. Prints one line per check and
 # "N passed, M failed"; exits non-zero on any failure, or when the guest does not finish
-# within VSCSID_E2E_TIMEOUT seconds (default 900; its QEMU is then killed).
+# within VSCSID_E2E_TIMEOUT seconds (default 600; its QEMU is then killed).
 # VSCSID_E2E_KEEP=1 keeps the scratch directory (serial console log) and prints its path.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$here"
-TIMEOUT=${VSCSID_E2E_TIMEOUT:-900}
+TIMEOUT=${VSCSID_E2E_TIMEOUT:-600}
 sysguest=$here/target/sysguest
 source tests/qemu/lib.sh
 
@@ -85,7 +85,8 @@ fi
 
 out=$(tr -d '\r' < "$serial")
 # The guest's own lines: its checks and their details, the journal after a failure.
-sed -n '/^systemd-guest: /,$p' <<< "$out" | grep -avE "$done_re" || true
+# (its first line may share the console's line with what systemd printed before it).
+sed -n '/systemd-guest: /,$p' <<< "$out" | sed -E '1s/.*(systemd-guest: )/\1/' | grep -avE "$done_re" || true
 if ((guest_done == 0)); then
   echo "--- the guest's console (last 60 lines) ---"
   tail -n 60 <<< "$out"

@@ -177,10 +177,11 @@ refused_as_outsider() {
 }
 
 reload_applies_config() {
-  local pid0 pid1 st=0 t0
+  local pid0 pid1 st=0 t0 out
   pid0=$(main_pid $U) || return 1
   t0=$(date +%s)
-  if loadgen 1 randread 1 > /dev/null 2>&1; then note "LUN 1 served before it was configured"; st=1; fi
+  if out=$(loadgen 1 randread 1 2>&1); then note "LUN 1 served before it was configured"; st=1; fi
+  note "LUN 1 before the reload: $out"
   cat >> /etc/vscsid/vm1.toml <<'EOF'
 
 [[lun]]
@@ -235,7 +236,7 @@ watchdog_restarts_stuck_worker() {
   n0=$(prop $U NRestarts)
   pid0=$(main_pid $U) || return 1
   t0=$(date +%s)
-  sleep 3 # fed for a while first: not restarted while every worker runs
+  sleep 6 # longer than WatchdogSec: not restarted while every worker runs
   if [[ $(prop $U MainPID) != "$pid0" ]]; then note "restarted while nothing was stuck"; st=1; fi
   tid=$(grep -lx 'vscsid-q[0-9]*' /proc/"$pid0"/task/*/comm | head -n 1 | cut -d/ -f5)
   [[ -n $tid ]] || { note "no worker thread vscsid-q* in $pid0"; return 1; }
