@@ -74,7 +74,6 @@ install_vscsid() {
     install -m 644 "$P/units/vscsid@.service" "$P/units/vscsid@.socket" /etc/systemd/system/ &&
     install -m 644 "$P/units/vscsid.tmpfiles.conf" /etc/tmpfiles.d/vscsid.conf &&
     systemd-tmpfiles --create /etc/tmpfiles.d/vscsid.conf &&
-    install -d -m 755 /etc/vscsid &&
     install -d -m 750 -o vscsid -g vscsid /var/lib/vscsid &&
     truncate -s 64M /var/lib/vscsid/vm1-root.img /var/lib/vscsid/vm1-data.img &&
     chown vscsid: /var/lib/vscsid/vm1-root.img /var/lib/vscsid/vm1-data.img || return 1
@@ -96,7 +95,7 @@ path = "/var/lib/vscsid/vm1-root.img"
 cache = "none"
 serial = "VM1-ROOT"
 EOF
-  install -m 640 -g vscsid /tmp/vm1.toml /etc/vscsid/vm1.toml || return 1
+  install -D -m 640 -g vscsid /tmp/vm1.toml /etc/vscsid/vm1.toml || return 1
   mkdir -p /etc/systemd/system/vscsid@vm1.service.d /etc/systemd/system/vscsid@vm1.socket.d
   printf '[Service]\nSupplementaryGroups=vscsid-clients\nSystemCallFilter=@chown\n' \
     > /etc/systemd/system/vscsid@vm1.service.d/socket-group.conf
