@@ -214,3 +214,68 @@ fn bad_control_requests_get_one_line_errors_and_change_nothing() {
     let (ok, out, _) = ctl(&control, &["luns"]);
     assert!(ok && out.lines().count() == 2, "{out}");
 }
+
+#[test]
+fn sighup_applies_the_configuration_file_and_leaves_what_cannot_change() {
+    let files = tempfile::tempdir().expect("tmp");
+    let dir = files.path();
+    for (n, size) in [("a.img", 16 * MIB), ("b.img", 8 * MIB)] {
+        std::fs::File::create(dir.join(n))
+            .and_then(|f| f.set_len(size))
+            .unwrap();
+    }
+    let config = dir.join("vscsid.toml");
+    let lun = |n: u16, file: &str, extra: &str| {
+        format!(
+            "[[lun]]\nlun = {n}\npath = \"{}\"\ncache = \"none\"\n{extra}",
+            dir.join(file).display()
+        )
+    };
+    let head = "[daemon]\nnum_queues = 1\n";
+    std::fs::write(&config, format!("{head}{}", lun(0, "a.img", ""))).unwrap();
+    let cfg_arg = config.display().to_string();
+    let d = Daemon::start_logged(&[], &["--config", &cfg_arg], &[("VSCSID_LOG", "info")]);
+    let mut fe = d.connect(1);
+    fe.post_event_buffers(4, 16).unwrap();
+    let hup = |d: &Daemon| {
+        // SAFETY: kill(2) with the PID of the daemon this test started.
+        unsafe { libc::kill(d.child.id() as i32, libc::SIGHUP) };
+    };
+
+    // A LUN added to the file: added, and the guest told.
+    let two = format!("{head}{}{}", lun(0, "a.img", ""), lun(1, "b.img", ""));
+    std::fs::write(&config, &two).unwrap();
+    hup(&d);
+    let (_, e) = fe.wait_event(EVENT_WAIT).expect("RESCAN after SIGHUP");
+    assert_eq!(event(&e), (1, 0, 1, 1));
+    assert_eq!(report_luns_of(&mut fe, 1), vec![0, 1]);
+
+    // A file that does not parse changes nothing; a changed LUN and a changed daemon
+    // setting are logged and left; a LUN gone from the file is removed.
+    std::fs::write(&config, "[daemon]\nnum_queues = \"many\"\n").unwrap();
+    hup(&d);
+    wait_until(
+        "the refused reload in the log",
+        Duration::from_secs(10),
+        || d.log().contains("reload: the configuration is not valid"),
+    );
+    let changed = format!(
+        "[daemon]\nnum_queues = 2\n{}",
+        lun(0, "a.img", "readonly = true\n")
+    );
+    std::fs::write(&config, changed).unwrap();
+    hup(&d);
+    let (_, e) = fe.wait_event(EVENT_WAIT).expect("REMOVED after SIGHUP");
+    assert_eq!(event(&e), (1, 0, 1, 2));
+    wait_until("the reload summary", Duration::from_secs(10), || {
+        d.log().contains("1 change(s) applied, 2 left as they were")
+    });
+    let log = d.log();
+    assert!(log.contains("daemon.num_queues changed"), "{log}");
+    assert!(log.contains("target 0 LUN 0 changed"), "{log}");
+    // LUN 0 owes one REPORTED LUNS DATA HAS CHANGED (for both changes), and is still
+    // writable, as it ran.
+    let r = fe.command(&cmd(0, &test_unit_ready(), &[], 0)).unwrap();
+    assert_eq!(sense(&r), (6, 0x3f, 0x0e));
+    write_read_back_flushed(&mut fe, 0, 0, &[7; 4096], &dir.join("a.img"));
+}
