@@ -154,6 +154,17 @@ fn send(states: &[NotifyState<'_>]) {
     }
 }
 
+/// CLOCK_MONOTONIC in microseconds, as systemd's reload protocol wants it.
+fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec to the pointer, which points at `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1000
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,15 +182,4 @@ mod tests {
             "0 LUNs, waiting for QEMU, 3 iSCSI paths down"
         );
     }
-}
-
-/// CLOCK_MONOTONIC in microseconds, as systemd's reload protocol wants it.
-fn monotonic_usec() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec to the pointer, which points at `ts`.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1000
 }
