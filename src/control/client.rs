@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 
-use super::protocol::{Envelope, LunEntry, Request, VERSION};
+use super::protocol::{Envelope, LunEntry, PathAction, Request, VERSION};
 use crate::config::parse_size;
 
 /// How long the client waits for the daemon's reply (a removal waits up to 30 s for the
@@ -56,6 +56,15 @@ enum CtlCommand {
         /// Allow a smaller size (the guest's data past it is gone).
         #[arg(long)]
         force: bool,
+    },
+    /// The paths of an iSCSI LUN (<target>:<lun>): state and counters.
+    Paths { address: String },
+    /// Fail or restore one path (<target>:<lun> <portal host:port> fail|restore), for
+    /// maintenance: a failed path takes no new commands until restored.
+    Path {
+        address: String,
+        portal: String,
+        action: String,
     },
 }
 
@@ -102,6 +111,28 @@ fn request(cmd: CtlCommand) -> Result<Request, String> {
                 lun,
                 size,
                 force,
+            }
+        }
+        CtlCommand::Paths { address: a } => {
+            let (target, lun) = address(&a)?;
+            Request::Paths { target, lun }
+        }
+        CtlCommand::Path {
+            address: a,
+            portal,
+            action,
+        } => {
+            let (target, lun) = address(&a)?;
+            let action = match action.as_str() {
+                "fail" => PathAction::Fail,
+                "restore" => PathAction::Restore,
+                other => return Err(format!("'{other}' is not fail or restore")),
+            };
+            Request::Path {
+                target,
+                lun,
+                portal,
+                action,
             }
         }
     })
@@ -183,6 +214,7 @@ pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
         }
     };
     let is_luns = matches!(cli.command, CtlCommand::Luns);
+    let is_paths = matches!(cli.command, CtlCommand::Paths { .. });
     let reply = request(cli.command).and_then(|r| call(&cli.control, r));
     let v = match reply {
         Ok(v) => v,
@@ -199,6 +231,15 @@ pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
         eprintln!("vscsid ctl: {why}");
     } else if is_luns {
         print_luns(&v);
+    } else if is_paths {
+        for p in v
+            .get("paths")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            println!("{}", p.as_str().unwrap_or_default());
+        }
     } else {
         let mut fields: Vec<String> = v
             .as_object()

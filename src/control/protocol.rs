@@ -8,6 +8,8 @@
 //! - `remove`: `target`, `lun`.
 //! - `resize`: `target`, `lun`, optional `size` (bytes: grow the file to it first),
 //!   optional `force` (allow a smaller size).
+//! - `paths`: `target`, `lun`: the paths of an iSCSI LUN.
+//! - `path`: `target`, `lun`, `portal`, `action` (`fail` or `restore`): maintenance.
 //!
 //! Replies: `{"ok": true, ...}` with the command's result, or `{"ok": false, "error":
 //! "<one line>"}`. A request without `version`, or with another version, is refused.
@@ -51,6 +53,24 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    Paths {
+        target: u8,
+        lun: u16,
+    },
+    Path {
+        target: u8,
+        lun: u16,
+        portal: String,
+        action: PathAction,
+    },
+}
+
+/// What `path` does to a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PathAction {
+    Fail,
+    Restore,
 }
 
 /// One LUN in the reply to `luns`.

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::protocol::{error_reply, parse_request, LunEntry, Request, MAX_REQUEST};
+use super::protocol::{error_reply, parse_request, LunEntry, PathAction, Request, MAX_REQUEST};
 use crate::config::{lun_from_spec, SocketAccess};
 use crate::lun::live::REMOVE_DRAIN;
 use crate::lun::LiveLuns;
@@ -185,6 +185,17 @@ pub fn execute(luns: &LiveLuns, req: Request) -> Value {
         } => luns.resize(target, lun, size, force).map(|(old, new)| {
             json!({ "ok": true, "target": target, "lun": lun, "old_blocks": old, "new_blocks": new })
         }),
+        Request::Paths { target, lun } => luns
+            .paths(target, lun)
+            .map(|p| json!({ "ok": true, "target": target, "lun": lun, "paths": p })),
+        Request::Path {
+            target,
+            lun,
+            portal,
+            action,
+        } => luns
+            .set_path_failed(target, lun, &portal, action == PathAction::Fail)
+            .map(|()| json!({ "ok": true, "target": target, "lun": lun, "portal": portal })),
     };
     done.unwrap_or_else(|e| error_reply(&e))
 }

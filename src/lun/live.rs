@@ -299,6 +299,30 @@ impl LiveLuns {
         Ok(left)
     }
 
+    /// The LUN's paths, one line each (none for a LUN without paths).
+    pub fn paths(&self, target: u8, lun: u16) -> Result<Vec<String>, String> {
+        let table = self.load();
+        let l = table
+            .get(target, lun)
+            .ok_or_else(|| format!("no LUN at target {target} LUN {lun}"))?;
+        Ok(l.device().detail_lines())
+    }
+
+    /// Fails or restores one path of a multipath LUN (maintenance).
+    pub fn set_path_failed(
+        &self,
+        target: u8,
+        lun: u16,
+        portal: &str,
+        fail: bool,
+    ) -> Result<(), String> {
+        let table = self.load();
+        let l = table
+            .get(target, lun)
+            .ok_or_else(|| format!("no LUN at target {target} LUN {lun}"))?;
+        l.device().set_path_failed(portal, fail)
+    }
+
     /// Reads the LUN's size again (or sets a file's size) and tells the guest when it
     /// changed. Returns the capacity in blocks before and after.
     pub fn resize(
