@@ -87,9 +87,16 @@ struct Cli {
     #[arg(long, value_name = "MS")]
     stop_timeout_ms: Option<i64>,
     /// Control socket for `vscsid ctl` (add, remove, resize LUNs, list them) [default:
-    /// none]. Created 0600; only the daemon's user and root may use it.
+    /// none]. Created 0600; only the daemon's user and root may use it, and members of
+    /// --control-group when it is given (with --control-mode 0660).
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
+    /// Group of the control socket, whose members may manage the daemon.
+    #[arg(long, value_name = "GROUP")]
+    control_group: Option<String>,
+    /// Permission bits of the control socket, octal [default: 0600].
+    #[arg(long, value_name = "MODE")]
+    control_mode: Option<String>,
 }
 
 /// Positions of the --disk and --iscsi values on the command line.
@@ -188,6 +195,14 @@ fn build_config(cli: Cli, order: LunOrder) -> Result<Config, String> {
     }
     if cli.control.is_some() {
         cfg.control = cli.control;
+    }
+    if let Some(group) = &cli.control_group {
+        cfg.control_access.group =
+            Some(vscsid::config::check_account_name(group, "--control-group").map_err(|e| e.0)?);
+    }
+    if let Some(mode) = &cli.control_mode {
+        cfg.control_access.mode =
+            vscsid::config::parse_socket_mode(mode, "--control-mode").map_err(|e| e.0)?;
     }
     cfg.validate().map_err(|e| e.0)?;
     Ok(cfg)
@@ -341,7 +356,7 @@ fn main() -> ExitCode {
     let control = match cfg
         .control
         .as_deref()
-        .map(|p| ControlServer::start(p, luns.clone()))
+        .map(|p| ControlServer::start(p, &cfg.control_access, luns.clone()))
     {
         None => None,
         Some(Ok(c)) => Some(c.remover().clone()),

@@ -280,6 +280,8 @@ pub struct Config {
     pub initiator_name: Option<String>,
     /// The control socket (`vscsid ctl`); none unless configured.
     pub control: Option<PathBuf>,
+    /// Owner, group and mode of the control socket; members of its group may use it.
+    pub control_access: SocketAccess,
     pub luns: Vec<LunConfig>,
 }
 
@@ -299,6 +301,7 @@ impl Default for Config {
             incoming: false,
             initiator_name: None,
             control: None,
+            control_access: SocketAccess::default(),
             luns: Vec::new(),
         }
     }

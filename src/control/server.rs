@@ -19,7 +19,7 @@ use super::protocol::{error_reply, parse_request, LunEntry, PathAction, Request,
 use crate::config::{lun_from_spec, SocketAccess};
 use crate::lun::live::REMOVE_DRAIN;
 use crate::lun::LiveLuns;
-use crate::vhost::{SocketRemover, VhostSocket};
+use crate::vhost::{group_id, SocketRemover, VhostSocket};
 
 /// Clients served at once; more are told the daemon is busy.
 pub const MAX_CLIENTS: usize = 8;
@@ -32,14 +32,26 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
-    /// Binds `path` (0600, only a stale socket is replaced) and serves it on a thread.
-    pub fn start(path: &Path, luns: Arc<LiveLuns>) -> Result<ControlServer, String> {
-        let socket = VhostSocket::bind(path, &SocketAccess::default())
-            .map_err(|e| e.replacen("socket:", "control:", 1))?;
+    /// Binds `path` with `access` (0600 by default; only a stale socket is replaced) and
+    /// serves it on a thread. Members of `access.group` may use it besides the daemon's
+    /// user and root.
+    pub fn start(
+        path: &Path,
+        access: &SocketAccess,
+        luns: Arc<LiveLuns>,
+    ) -> Result<ControlServer, String> {
+        let control = |e: String| e.replacen("socket:", "control:", 1);
+        let group = access
+            .group
+            .as_deref()
+            .map(group_id)
+            .transpose()
+            .map_err(control)?;
+        let socket = VhostSocket::bind(path, access).map_err(control)?;
         let remover = socket.remover();
         std::thread::Builder::new()
             .name("control".into())
-            .spawn(move || accept_loop(&socket, &luns))
+            .spawn(move || accept_loop(&socket, &luns, group))
             .map_err(|e| format!("control: cannot start its thread: {e}"))?;
         tracing::info!(control = %path.display(), "control socket listening");
         Ok(ControlServer { remover })
@@ -51,13 +63,13 @@ impl ControlServer {
     }
 }
 
-fn accept_loop(socket: &VhostSocket, luns: &Arc<LiveLuns>) {
+fn accept_loop(socket: &VhostSocket, luns: &Arc<LiveLuns>, group: Option<u32>) {
     let clients = Arc::new(AtomicUsize::new(0));
     for conn in socket.listener().incoming() {
         let Ok(mut stream) = conn else {
             continue;
         };
-        if let Err(why) = check_peer(&stream) {
+        if let Err(why) = check_peer(&stream, group) {
             tracing::warn!("control: {why}");
             let _ = reply(&mut stream, &error_reply(&why));
             continue;
@@ -80,8 +92,33 @@ fn accept_loop(socket: &VhostSocket, luns: &Arc<LiveLuns>) {
     }
 }
 
-/// Only the daemon's own user and root may manage it.
-fn check_peer(stream: &UnixStream) -> Result<(), String> {
+/// The supplementary groups of the peer (SO_PEERGROUPS, Linux 4.13+); empty when the
+/// kernel cannot tell.
+fn peer_groups(stream: &UnixStream) -> Vec<u32> {
+    const SO_PEERGROUPS: libc::c_int = 59;
+    let mut groups = vec![0u32; 256];
+    let mut len = (groups.len() * std::mem::size_of::<u32>()) as libc::socklen_t;
+    // SAFETY: SO_PEERGROUPS writes at most `len` bytes of gid_t values into `groups`,
+    // which holds that many bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERGROUPS,
+            groups.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Vec::new();
+    }
+    groups.truncate(len as usize / std::mem::size_of::<u32>());
+    groups
+}
+
+/// The daemon's own user and root may manage it, and members of the control socket's
+/// group when one is configured.
+fn check_peer(stream: &UnixStream, group: Option<u32>) -> Result<(), String> {
     let mut cred = libc::ucred {
         pid: 0,
         uid: u32::MAX,
@@ -106,12 +143,15 @@ fn check_peer(stream: &UnixStream) -> Result<(), String> {
     }
     // SAFETY: getuid has no preconditions.
     let me = unsafe { libc::getuid() };
-    if cred.uid == me || cred.uid == 0 {
+    let in_group = |g: u32| cred.gid == g || peer_groups(stream).contains(&g);
+    if cred.uid == me || cred.uid == 0 || group.is_some_and(in_group) {
         Ok(())
     } else {
         Err(format!(
-            "refused a client of uid {} (pid {}): only uid {me} or root may manage this daemon",
-            cred.uid, cred.pid
+            "refused a client of uid {} (pid {}): only uid {me}, root{} may manage this daemon",
+            cred.uid,
+            cred.pid,
+            group.map_or(String::new(), |g| format!(" and members of group {g}"))
         ))
     }
 }
