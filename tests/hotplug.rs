@@ -195,6 +195,33 @@ fn bad_control_requests_get_one_line_errors_and_change_nothing() {
         assert!(a.contains("\"ok\":false") && a.contains(why), "{}: {a}", String::from_utf8_lossy(line));
         assert_eq!(a.lines().count(), 1);
     }
+    // An add with a configuration file's [[lun]] fields as JSON: a bad field is named.
+    let a = raw(
+        &control,
+        b"{\"version\":1,\"command\":\"add\",\"lun_config\":{\"kind\":\"null\",\"size\":\"1M\",\"block_size\":1000}}\n",
+    );
+    assert!(
+        a.contains("\"ok\":false") && a.contains("lun.block_size"),
+        "{a}"
+    );
+    let a = raw(
+        &control,
+        b"{\"version\":1,\"command\":\"add\",\"lun_config\":{\"kind\":\"null\",\"size\":\"1M\",\"colour\":1}}\n",
+    );
+    assert!(a.contains("\"ok\":false") && a.contains("colour"), "{a}");
+    let a = raw(
+        &control,
+        b"{\"version\":1,\"command\":\"add\",\"lun_config\":{\"kind\":\"null\",\"size\":\"4M\",\"block_size\":4096,\"serial\":\"JSON-1\"}}\n",
+    );
+    assert!(a.contains("\"ok\":true") && a.contains("\"lun\":1"), "{a}");
+    let r = fe.command(&cmd(1, &read_capacity16(32), &[], 32)).unwrap();
+    good(&r);
+    assert_eq!(
+        u32::from_be_bytes(r.data_in[8..12].try_into().unwrap()),
+        4096
+    );
+    let (ok, _, _) = ctl(&control, &["remove", "0:1"]);
+    assert!(ok);
     // The same image opened for writing twice is refused with its reason.
     let spec = format!("{},cache=none", b.display());
     let (ok, _, err) = ctl(&control, &["add", "disk", &spec]);
@@ -208,6 +235,8 @@ fn bad_control_requests_get_one_line_errors_and_change_nothing() {
     let a = raw(&control, &big);
     assert!(a.contains("longer than"), "{a}");
     // A client that sends nothing does not hold the guest up.
+    let r = fe.command(&cmd(0, &test_unit_ready(), &[], 0)).unwrap();
+    assert_eq!(sense(&r), (6, 0x3f, 0x0e), "LUN 1 came and went");
     let idle = UnixStream::connect(&control).expect("idle client");
     assert_serving(&mut fe);
     drop(idle);

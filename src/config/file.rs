@@ -67,6 +67,17 @@ struct RawLun {
     no_path_retry: Option<toml::Value>,
 }
 
+/// A LUN from the fields of a `[[lun]]` table given as JSON (the control socket's `add`),
+/// checked as in a configuration file; errors name the field (`lun.<name>`).
+pub fn lun_from_json(v: serde_json::Value) -> Result<LunConfig, ConfigError> {
+    let table: toml::Value =
+        serde_json::from_value(v).map_err(|e| ConfigError(format!("lun: {e}")))?;
+    let raw: RawLun = table
+        .try_into()
+        .map_err(|e: toml::de::Error| ConfigError(format!("lun: {}", e.message())))?;
+    lun_from_raw(raw, 0).map_err(|e| ConfigError(e.0.replacen("lun[0].", "lun.", 1)))
+}
+
 /// A time in a TOML value: seconds as a number, or a string like "500ms".
 fn time_text(v: &toml::Value) -> String {
     match v {

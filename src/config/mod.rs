@@ -11,7 +11,7 @@ use crate::backend::CacheMode;
 use crate::iscsi::IscsiUrl;
 
 pub use disk_spec::parse_disk_spec;
-pub use file::{parse_config_file, parse_config_text};
+pub use file::{lun_from_json, parse_config_file, parse_config_text};
 pub use multipath::{duration, MultipathSettings};
 
 /// Largest number of request queues a device offers: a virtio device has at most 1024

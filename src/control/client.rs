@@ -90,8 +90,9 @@ fn request(cmd: CtlCommand) -> Result<Request, String> {
             target,
             lun,
         } => Request::Add {
-            kind,
-            spec,
+            kind: Some(kind),
+            spec: Some(spec),
+            lun_config: None,
             target,
             lun,
         },

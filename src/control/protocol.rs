@@ -3,8 +3,9 @@
 //!
 //! Requests: `{"version": 1, "command": "<name>", ...arguments}`:
 //! - `luns`: every LUN.
-//! - `add`: `kind` (`disk`, `iscsi`, `null`), `spec` (as `--disk`, `--iscsi`, `--null`
-//!   take it), optional `target` (default 0) and `lun` (default: the first free one).
+//! - `add`: `kind` (`disk`, `iscsi`, `null`) and `spec` (as `--disk`, `--iscsi`, `--null`
+//!   take it), or `lun_config` (the fields of a configuration file's `[[lun]]` table as a
+//!   JSON object); optional `target` (default 0) and `lun` (default: the first free one).
 //! - `remove`: `target`, `lun`.
 //! - `resize`: `target`, `lun`, optional `size` (bytes: grow the file to it first),
 //!   optional `force` (allow a smaller size).
@@ -34,8 +35,14 @@ pub struct Envelope {
 pub enum Request {
     Luns,
     Add {
-        kind: String,
-        spec: String,
+        /// `disk`, `iscsi` or `null`, with `spec` as the command line takes it ...
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kind: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        spec: Option<String>,
+        /// ... or the fields of a configuration file's `[[lun]]` table.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lun_config: Option<serde_json::Value>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         target: Option<u8>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -134,8 +141,9 @@ mod tests {
         let add = Envelope {
             version: VERSION,
             request: Request::Add {
-                kind: "disk".into(),
-                spec: "/x.img,cache=none".into(),
+                kind: Some("disk".into()),
+                spec: Some("/x.img,cache=none".into()),
+                lun_config: None,
                 target: None,
                 lun: Some(3),
             },

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::protocol::{error_reply, parse_request, LunEntry, PathAction, Request, MAX_REQUEST};
-use crate::config::{lun_from_spec, SocketAccess};
+use crate::config::{lun_from_json, lun_from_spec, SocketAccess};
 use crate::lun::live::REMOVE_DRAIN;
 use crate::lun::LiveLuns;
 use crate::vhost::{group_id, SocketRemover, VhostSocket};
@@ -211,9 +211,10 @@ pub fn execute(luns: &LiveLuns, req: Request) -> Value {
         Request::Add {
             kind,
             spec,
+            lun_config,
             target,
             lun,
-        } => add(luns, &kind, &spec, target.unwrap_or(0), lun),
+        } => add(luns, kind, spec, lun_config, target, lun),
         Request::Remove { target, lun } => luns
             .remove(target, lun, REMOVE_DRAIN)
             .map(|left| json!({ "ok": true, "target": target, "lun": lun, "still_in_flight": left })),
@@ -242,20 +243,50 @@ pub fn execute(luns: &LiveLuns, req: Request) -> Value {
 
 fn add(
     luns: &LiveLuns,
-    kind: &str,
-    spec: &str,
-    target: u8,
+    kind: Option<String>,
+    spec: Option<String>,
+    lun_config: Option<Value>,
+    target: Option<u8>,
     lun: Option<u16>,
 ) -> Result<Value, String> {
-    let lun = match lun {
-        Some(l) => l,
-        None => luns
-            .next_free_lun(target)
-            .ok_or_else(|| format!("target {target} has no free LUN"))?,
+    let free = |t: u8| {
+        luns.next_free_lun(t)
+            .ok_or_else(|| format!("target {t} has no free LUN"))
     };
-    let l = lun_from_spec(kind, spec, target, lun).map_err(|e| e.0)?;
+    let l = match (kind, spec, lun_config) {
+        (Some(kind), Some(spec), None) => {
+            let target = target.unwrap_or(0);
+            let lun = match lun {
+                Some(l) => l,
+                None => free(target)?,
+            };
+            lun_from_spec(&kind, &spec, target, lun).map_err(|e| e.0)?
+        }
+        (None, None, Some(Value::Object(mut fields))) => {
+            // The request's address, else the table's, else target 0 and its first free LUN.
+            let t = match (target, fields.get("target").and_then(Value::as_u64)) {
+                (Some(t), _) => t,
+                (None, Some(t)) => u8::try_from(t)
+                    .map_err(|_| format!("lun.target: {t} is out of range 0..=255"))?,
+                (None, None) => 0,
+            };
+            fields.insert("target".into(), json!(t));
+            if let Some(l) = lun {
+                fields.insert("lun".into(), json!(l));
+            } else if !fields.contains_key("lun") {
+                fields.insert("lun".into(), json!(free(t)?));
+            }
+            lun_from_json(Value::Object(fields)).map_err(|e| e.0)?
+        }
+        _ => {
+            return Err(
+                "add needs either kind and spec, or lun_config (an object of [[lun]] fields)"
+                    .into(),
+            )
+        }
+    };
     luns.add(&l)?;
-    Ok(json!({ "ok": true, "target": target, "lun": lun }))
+    Ok(json!({ "ok": true, "target": l.target, "lun": l.lun }))
 }
 
 fn list(luns: &LiveLuns) -> Vec<LunEntry> {
