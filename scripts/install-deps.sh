@@ -7,7 +7,7 @@ PACKAGES=(
   qemu-system-x86 qemu-system-common qemu-block-extra qemu-utils
   linux-image-amd64 busybox-static fio sg3-utils e2fsprogs util-linux
   cpio gzip kmod tgt libiscsi-bin iproute2 iptables
-  systemd libvirt-clients libxml2-utils
+  systemd libvirt-clients libxml2-utils mmdebstrap
 )
 
 missing=()

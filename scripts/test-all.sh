@@ -2,9 +2,11 @@
 # Runs every test of the project, in order of cost: formatting and lints, unit and
 # integration tests (including the in-process vhost-user frontend tests), a short run of
 # every fuzz target, then the QEMU guest end-to-end tests, the lifecycle ones (QEMU killed,
-# vscsid restarted) last. Installs the Debian packages it needs first, and QEMU 10 into
-# target/qemu10. Fails loudly on the first failing stage; a missing peer (QEMU, kernel,
-# fio, the nightly toolchain for the fuzz targets ...) is a failure, never a skip.
+# vscsid restarted), and last vscsid under a real systemd in a Debian 12 guest (its root
+# filesystem built once from Debian's packages, cached in target/sysguest). Installs the
+# Debian packages it needs first, and QEMU 10 into target/qemu10. Fails loudly on the
+# first failing stage; a missing peer (QEMU, kernel, fio, mmdebstrap, the nightly toolchain
+# for the fuzz targets ...) is a failure, never a skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +37,9 @@ tests/qemu/run-e2e.sh
 stage "QEMU guest end-to-end (iSCSI passthrough LUN on tgtd)"
 tests/qemu/run-iscsi-e2e.sh
 
+stage "QEMU guest end-to-end (LUNs hot-added, grown and removed through vscsid ctl under fio)"
+tests/qemu/run-hotplug-e2e.sh
+
 stage "QEMU guest end-to-end (iSCSI multipath: paths cut in network namespaces under fio)"
 tests/qemu/run-multipath-e2e.sh
 
@@ -52,3 +57,6 @@ tests/qemu/run-qemu-kill-e2e.sh
 
 stage "QEMU 10 guest lifecycle (vscsid SIGKILLed and SIGTERMed under fio, QEMU reconnects)"
 tests/qemu/run-restart-e2e.sh
+
+stage "Debian 12 guest with systemd as init (vscsid through its units: READY, socket, reload, restarts, watchdog, stop)"
+tests/qemu/run-systemd-e2e.sh

@@ -16,6 +16,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod control;
 pub mod frontend;
 pub mod heartbeat;
 pub mod iscsi;

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{CommandFactory, FromArgMatches, Parser};
-use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 
 use vscsid::config::{parse_config_file, parse_disk_spec, Config, SocketAccess};
+use vscsid::control::ControlServer;
 use vscsid::lun::{build_lun_table, iscsi_options, status_lines, LiveLuns};
 use vscsid::sandbox::{self, SandboxMode, ThreadKind};
 use vscsid::service::{init_logging, status_text, LogDestination, Service};
@@ -95,6 +96,17 @@ struct Cli {
     /// the socket listens and the iSCSI logins are done. Needs root.
     #[arg(long, value_name = "USER[:GROUP]")]
     user: Option<String>,
+    /// Control socket for `vscsid ctl` (add, remove, resize LUNs, list them) [default:
+    /// none]. Created 0600; only the daemon's user and root may use it, and members of
+    /// --control-group when it is given (with --control-mode 0660).
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+    /// Group of the control socket, whose members may manage the daemon.
+    #[arg(long, value_name = "GROUP")]
+    control_group: Option<String>,
+    /// Permission bits of the control socket, octal [default: 0600].
+    #[arg(long, value_name = "MODE")]
+    control_mode: Option<String>,
 }
 
 /// Positions of the --disk and --iscsi values on the command line.
@@ -197,24 +209,65 @@ fn build_config(cli: Cli, order: LunOrder) -> Result<Config, String> {
     if let Some(user) = &cli.user {
         cfg.user = Some(vscsid::config::check_user_spec(user, "--user").map_err(|e| e.0)?);
     }
+    if cli.control.is_some() {
+        cfg.control = cli.control;
+    }
+    if let Some(group) = &cli.control_group {
+        cfg.control_access.group =
+            Some(vscsid::config::check_account_name(group, "--control-group").map_err(|e| e.0)?);
+    }
+    if let Some(mode) = &cli.control_mode {
+        cfg.control_access.mode =
+            vscsid::config::parse_socket_mode(mode, "--control-mode").map_err(|e| e.0)?;
+    }
     cfg.validate().map_err(|e| e.0)?;
     Ok(cfg)
 }
 
-fn main() -> ExitCode {
-    let parsed = Cli::command()
-        .try_get_matches()
-        .and_then(|m| Cli::from_arg_matches(&m).map(|c| (c, m)));
-    let (cli, order) = match parsed {
-        Ok((c, m)) => {
-            let idx = |id: &str| m.indices_of(id).map(|i| i.collect()).unwrap_or_default();
-            let order = LunOrder {
-                disk: idx("disk"),
-                iscsi: idx("iscsi"),
-                null: idx("null"),
-            };
-            (c, order)
+/// The command line of this process, parsed (again, at a configuration reload).
+fn parse_args() -> Result<(Cli, LunOrder), clap::Error> {
+    let m = Cli::command().try_get_matches()?;
+    let cli = Cli::from_arg_matches(&m)?;
+    let idx = |id: &str| m.indices_of(id).map(|i| i.collect()).unwrap_or_default();
+    let order = LunOrder {
+        disk: idx("disk"),
+        iscsi: idx("iscsi"),
+        null: idx("null"),
+    };
+    Ok((cli, order))
+}
+
+/// SIGHUP: the command line and the configuration file are read again and the
+/// difference in LUNs applied ([`vscsid::control::reload`]).
+fn reload_config(luns: &LiveLuns, running: &std::sync::Mutex<Config>, service: &Service) {
+    service.reloading();
+    let new = parse_args()
+        .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string())
+        .and_then(|(cli, order)| build_config(cli, order));
+    match new {
+        Ok(new) => {
+            let mut old = running.lock().unwrap_or_else(|p| p.into_inner());
+            let report = vscsid::control::reload::apply(luns, &old, &new);
+            // The LUNs now are the new ones (those that failed are logged); the daemon's
+            // other settings stay as they run.
+            old.luns = new.luns;
+            service.reloaded(&report.summary());
         }
+        Err(e) => {
+            tracing::error!("reload: the configuration is not valid, nothing changed: {e}");
+            service.reloaded("reload failed: nothing changed");
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    // `vscsid ctl ...`: the control socket's client.
+    let mut args = std::env::args_os();
+    if args.nth(1).is_some_and(|a| a == "ctl") {
+        return vscsid::control::client::run(std::env::args_os().skip(1));
+    }
+    let (cli, order) = match parse_args() {
+        Ok(parsed) => parsed,
         Err(e) => {
             use clap::error::ErrorKind;
             if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
@@ -276,21 +329,20 @@ fn main() -> ExitCode {
     // exists must not find the default action.
     // The program file as started: an upgrade executes whatever is at this path then.
     let exe = std::env::current_exe().ok();
-    let signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1, SIGUSR2]) {
-        Ok(s) => s,
-        Err(e) => {
-            fail(&format!("cannot install signal handlers: {e}"));
-            return ExitCode::FAILURE;
-        }
-    };
+    let signals =
+        match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGHUP]) {
+            Ok(s) => s,
+            Err(e) => {
+                fail(&format!("cannot install signal handlers: {e}"));
+                return ExitCode::FAILURE;
+            }
+        };
     // The filters are compiled before the first thread starts (iSCSI logins start some),
     // after the signals are caught (compiling them takes a moment).
     sandbox::set_journal(logs == LogDestination::Journal);
     let needs = sandbox::Needs {
-        iscsi: cfg
-            .luns
-            .iter()
-            .any(|l| matches!(l.kind, vscsid::config::LunKind::Iscsi { .. })),
+        // A reload (SIGHUP) or `vscsid ctl add` may bring an iSCSI LUN in later.
+        iscsi: true,
         drop_to: user.as_ref().map(|u| (u.uid, u.gid)),
     };
     // Executed by an upgrade in place from a confined program: every thread already runs
@@ -321,7 +373,11 @@ fn main() -> ExitCode {
         tracing::info!("socket owner, group and mode come from the .socket unit (SocketUser=, SocketGroup=, SocketMode=), not from the configuration");
     }
     let luns = match build_lun_table(&cfg) {
-        Ok(t) => LiveLuns::new(t, iscsi_options(&cfg), !cfg.incoming),
+        Ok(t) => {
+            let live = LiveLuns::new(t, iscsi_options(&cfg), !cfg.incoming);
+            live.remember(&cfg.luns);
+            live
+        }
         Err(e) => {
             fail(&e);
             return ExitCode::from(2);
@@ -335,7 +391,25 @@ fn main() -> ExitCode {
             lun.device().describe()
         );
     }
-    // Everything that needs privileges is open: the LUNs, the socket, the iSCSI sessions.
+    let current = CurrentDevice::default();
+    let remover = socket.remover();
+    let upgrade = exe.map(|exe| Upgrade {
+        exe,
+        socket: socket.handover(),
+    });
+    let control = match cfg
+        .control
+        .as_deref()
+        .map(|p| ControlServer::start(p, &cfg.control_access, luns.clone()))
+    {
+        None => None,
+        Some(Ok(c)) => Some(c.remover().clone()),
+        Some(Err(e)) => {
+            fail(&e);
+            return ExitCode::from(2);
+        }
+    };
+    // Everything that needs privileges is open: the LUNs, the sockets, the iSCSI sessions.
     if let Some(u) = &user {
         if let Err(e) = sandbox::drop_privileges(u) {
             fail(&e);
@@ -343,15 +417,11 @@ fn main() -> ExitCode {
         }
         tracing::info!(uid = u.uid, gid = u.gid, "continuing as user {}", u.name);
     }
-    let current = CurrentDevice::default();
-    let remover = socket.remover();
-    let upgrade = exe.map(|exe| Upgrade {
-        exe,
-        socket: socket.handover(),
-    });
     let shutdown = Shutdown {
         luns: luns.clone(),
         service: service.clone(),
+        control,
+        running: Arc::new(std::sync::Mutex::new(cfg.clone())),
     };
     if let Err(e) = handle_signals(signals, current.clone(), shutdown.clone(), remover, upgrade) {
         fail(&format!("cannot start the signal thread: {e}"));
@@ -413,6 +483,10 @@ const LOGOUT_WAIT: Duration = Duration::from_secs(3);
 struct Shutdown {
     luns: Arc<LiveLuns>,
     service: Arc<Service>,
+    /// The control socket, removed at the end.
+    control: Option<SocketRemover>,
+    /// The configuration as it runs (a reload compares against it).
+    running: Arc<std::sync::Mutex<Config>>,
 }
 
 impl Shutdown {
@@ -515,6 +589,10 @@ fn handle_signals(
                     }
                     continue;
                 }
+                if sig == SIGHUP {
+                    reload_config(&shutdown.luns, &shutdown.running, &shutdown.service);
+                    continue;
+                }
                 if sig == SIGUSR2 {
                     match &upgrade {
                         Some(u) => u.run(&current),
@@ -552,6 +630,9 @@ fn handle_signals(
                 // Nothing is in flight any more: the iSCSI sessions log out.
                 shutdown.end_sessions(deadline.min(Instant::now() + LOGOUT_WAIT));
                 socket.remove();
+                if let Some(c) = &shutdown.control {
+                    c.remove();
+                }
                 std::process::exit(if clean { 0 } else { 1 });
             }
         })?;

@@ -12,7 +12,7 @@ use crate::iscsi::IscsiUrl;
 use crate::sandbox::SandboxMode;
 
 pub use disk_spec::parse_disk_spec;
-pub use file::{parse_config_file, parse_config_text};
+pub use file::{lun_from_json, parse_config_file, parse_config_text};
 pub use multipath::{duration, MultipathSettings};
 
 /// Largest number of request queues a device offers: a virtio device has at most 1024
@@ -284,6 +284,10 @@ pub struct Config {
     /// The user (and group) to continue as once the LUNs and the socket are open
     /// (`--user`, `daemon.user`), with the option it came from for errors.
     pub user: Option<UserSpec>,
+    /// The control socket (`vscsid ctl`); none unless configured.
+    pub control: Option<PathBuf>,
+    /// Owner, group and mode of the control socket; members of its group may use it.
+    pub control_access: SocketAccess,
     pub luns: Vec<LunConfig>,
 }
 
@@ -333,6 +337,8 @@ impl Default for Config {
             initiator_name: None,
             sandbox: SandboxMode::default(),
             user: None,
+            control: None,
+            control_access: SocketAccess::default(),
             luns: Vec::new(),
         }
     }
@@ -440,6 +446,41 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A LUN added while the daemon runs, from the same spec as the command line's `--disk`,
+/// `--iscsi` or `--null` (`kind`), at `target`/`lun`. Errors are one line naming the spec.
+pub fn lun_from_spec(
+    kind: &str,
+    spec: &str,
+    target: u8,
+    lun: u16,
+) -> Result<LunConfig, ConfigError> {
+    let mut scratch = Config::default();
+    match kind {
+        "disk" => scratch.luns.push(parse_disk_spec(spec, lun)?),
+        "iscsi" => scratch.add_iscsi(spec)?,
+        "null" => scratch.add_null(spec)?,
+        other => {
+            return Err(ConfigError(format!(
+                "kind: '{other}' is not one of disk, iscsi, null"
+            )))
+        }
+    }
+    let mut l = scratch
+        .luns
+        .pop()
+        .ok_or_else(|| ConfigError(format!("'{spec}': no LUN")))?;
+    if lun > crate::scsi::lun_id::MAX_LUN {
+        return Err(ConfigError(format!(
+            "lun: {lun} is beyond {}",
+            crate::scsi::lun_id::MAX_LUN
+        )));
+    }
+    l.target = target;
+    l.lun = lun;
+    check_chap_secret(&l)?;
+    Ok(l)
 }
 
 /// An iSCSI URL naming a CHAP user needs a secret from somewhere: logging in with an empty

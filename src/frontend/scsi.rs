@@ -64,6 +64,8 @@ pub struct ScsiFrontend {
     pub conn: Connection,
     slots: Vec<QueueSlots>,
     ctrl_buf: u64,
+    /// Event buffers posted on queue 1, by descriptor head.
+    event_bufs: HashMap<u16, u64>,
     pub timeout: Duration,
 }
 
@@ -87,6 +89,7 @@ impl ScsiFrontend {
             conn,
             slots,
             ctrl_buf,
+            event_bufs: HashMap::new(),
             timeout: Duration::from_secs(30),
         })
     }
@@ -211,6 +214,31 @@ impl ScsiFrontend {
         mem.read_slice(&mut resp, GuestAddress(at + 2048))
             .map_err(|e| FrontendError::Memory(e.to_string()))?;
         Ok((resp, used))
+    }
+
+    /// Posts `n` empty event buffers of `len` writable bytes on the event queue (1), as a
+    /// driver does for hotplug and parameter change events.
+    pub fn post_event_buffers(&mut self, n: usize, len: u32) -> Result<(), FrontendError> {
+        for _ in 0..n {
+            let at = self.conn.alloc(u64::from(len.max(1)), 64)?;
+            let q = &mut self.conn.queues[1];
+            let head = q
+                .add_chain(&self.conn.mem, &[(at, len, true)], None)
+                .ok_or_else(|| FrontendError::Protocol("event queue full".into()))?;
+            self.event_bufs.insert(head, at);
+        }
+        self.conn.queues[1].kick();
+        Ok(())
+    }
+
+    /// Waits (at most `timeout`) for the device to return an event buffer; returns its
+    /// used length and its first 16 bytes (`struct virtio_scsi_event`).
+    pub fn wait_event(&mut self, timeout: Duration) -> Option<(u32, [u8; 16])> {
+        let (head, used) = self.conn.queues[1].wait_used(&self.conn.mem, timeout)?;
+        let at = self.event_bufs.remove(&head)?;
+        let mut e = [0u8; 16];
+        let _ = self.conn.mem.read_slice(&mut e, GuestAddress(at));
+        Some((used, e))
     }
 
     /// A task management function; returns the virtio response code.

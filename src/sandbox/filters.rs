@@ -384,7 +384,8 @@ pub fn spawns(kind: ThreadKind, needs: &Needs) -> Vec<ThreadKind> {
         }
         ThreadKind::Worker if needs.iscsi => vec![ThreadKind::Ticker, ThreadKind::Iscsi],
         ThreadKind::Worker => vec![ThreadKind::Ticker],
-        ThreadKind::Signals => vec![ThreadKind::Flush],
+        ThreadKind::Signals => vec![ThreadKind::Flush, ThreadKind::Iscsi],
+        ThreadKind::Control => vec![ThreadKind::Control, ThreadKind::Iscsi, ThreadKind::Flush],
         ThreadKind::Iscsi => vec![ThreadKind::Iscsi],
         ThreadKind::Service | ThreadKind::Ticker | ThreadKind::Flush => vec![],
     }
@@ -417,9 +418,38 @@ fn calls(kind: ThreadKind, needs: &Needs) -> Vec<Call> {
                 v.extend(network());
             }
         }
+        ThreadKind::Control => {
+            // Adding a LUN does what start-up does for it: open the image (or log in,
+            // starting the session's threads), set up its I/O; removing one makes it
+            // durable and closes it.
+            for other in ThreadKind::ALL
+                .into_iter()
+                .filter(|&k| k != kind && k != ThreadKind::Signals)
+            {
+                v.extend(
+                    calls(other, needs)
+                        .into_iter()
+                        .filter(|c| !SET_IDS.contains(&c.name)),
+                );
+            }
+            // Not the loader's executable mappings nor signal handlers: those are the
+            // upgraded program's.
+            v.extend(
+                start_up()
+                    .into_iter()
+                    .filter(|c| !matches!(c.name, "mmap" | "mprotect" | "rt_sigaction")),
+            );
+            v.extend(network());
+            v.extend(remove_socket());
+            if let Some((uid, gid)) = needs.drop_to {
+                // The control thread runs when privileges are dropped.
+                v.extend(set_ids(uid, gid));
+            }
+        }
         ThreadKind::Signals => {
             // The new program of an upgrade runs under this filter (as well as its own):
-            // everything any thread of the daemon does, and its start-up.
+            // everything any thread of the daemon does, and its start-up; a SIGHUP reload
+            // adds and removes LUNs as the control threads do.
             for other in ThreadKind::ALL.into_iter().filter(|&k| k != kind) {
                 v.extend(
                     calls(other, needs)
@@ -642,7 +672,8 @@ mod tests {
         };
         for needs in [plain, iscsi, dropping] {
             for kind in ThreadKind::ALL {
-                let ids = kind == ThreadKind::Iscsi && needs.drop_to.is_some();
+                let ids = matches!(kind, ThreadKind::Iscsi | ThreadKind::Control)
+                    && needs.drop_to.is_some();
                 assert_eq!(allows(kind, &needs, libc::SYS_setuid), ids, "{kind:?}");
                 assert_eq!(allows(kind, &needs, libc::SYS_setgroups), ids, "{kind:?}");
             }

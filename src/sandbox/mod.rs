@@ -25,10 +25,10 @@
 //! on counted for its kind.
 //!
 //! A new thread must call [`enter`] with a kind whose list covers what it does (and its
-//! creator's list must cover it too). Opening files for writing, binding sockets and
-//! logging in to targets happen at start-up only: a thread added to do them while the
-//! daemon runs (adding LUNs at run time) needs a kind of its own here, and with `--user`
-//! the files it opens must be accessible to that user.
+//! creator's list must cover it too). Opening images and logging in to targets while the
+//! daemon runs happens on the control threads (`vscsid ctl add`) and the signal thread
+//! (SIGHUP reload) only, whose lists cover start-up; with `--user` the files they open
+//! must be accessible to that user.
 
 mod filters;
 mod trap;
@@ -88,11 +88,15 @@ pub enum ThreadKind {
     Iscsi,
     /// The shutdown flush: makes completed writes durable.
     Flush,
+    /// The control socket (`vscsid ctl`) and its clients: LUNs added, removed and resized
+    /// while the daemon runs, so opening images and logging in to iSCSI targets as at
+    /// start-up; everything but executing a program.
+    Control,
 }
 
 impl ThreadKind {
     /// Every kind.
-    pub const ALL: [ThreadKind; 7] = [
+    pub const ALL: [ThreadKind; 8] = [
         ThreadKind::Main,
         ThreadKind::Signals,
         ThreadKind::Service,
@@ -100,6 +104,7 @@ impl ThreadKind {
         ThreadKind::Ticker,
         ThreadKind::Iscsi,
         ThreadKind::Flush,
+        ThreadKind::Control,
     ];
 
     pub fn name(self) -> &'static str {
@@ -111,6 +116,7 @@ impl ThreadKind {
             ThreadKind::Ticker => "ticker",
             ThreadKind::Iscsi => "iscsi",
             ThreadKind::Flush => "flush",
+            ThreadKind::Control => "control",
         }
     }
 }

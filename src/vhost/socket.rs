@@ -184,6 +184,12 @@ impl VhostSocket {
     /// A handle that removes the socket file at exit (from a signal handler's thread),
     /// if it is still the one this daemon created. A socket systemd passed is its
     /// `.socket` unit's and stays.
+    /// The listening socket itself (for a socket that is not the vhost-user one: the
+    /// control socket is bound with the same rules).
+    pub fn listener(&self) -> &UnixListener {
+        &self.listener
+    }
+
     pub fn remover(&self) -> SocketRemover {
         SocketRemover {
             path: self.path.clone(),
@@ -311,7 +317,7 @@ fn user_id(name: &str) -> Result<u32, String> {
 }
 
 /// A group name's ID (a number is taken as the ID itself).
-fn group_id(name: &str) -> Result<u32, String> {
+pub fn group_id(name: &str) -> Result<u32, String> {
     if let Ok(id) = name.parse::<u32>() {
         return Ok(id);
     }

@@ -70,7 +70,9 @@ impl Daemon {
             args.push("--disk".into());
             args.push(spec.into());
         }
-        args.extend(extra.iter().map(|a| a.into()));
+        // "{dir}" in an argument: the daemon's directory (for paths of its own).
+        let here = dir.path().display().to_string();
+        args.extend(extra.iter().map(|a| a.replace("{dir}", &here).into()));
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -95,6 +95,84 @@ if [ "$MODE" = multipath ]; then
   finish
 fi
 
+if [ "$MODE" = hotplug ]; then
+  # tests/qemu/run-hotplug-e2e.sh adds, grows and removes LUNs through vscsid's control
+  # socket while fio with crc32c verification runs on LUN 0. Each "VSCSID-HP-STEP <s>"
+  # asks the host for step <s>; the guest then waits (bounded) for what its kernel shows.
+  D0=$(lun_dev 0)
+  if [ -z "$D0" ]; then check hp-disk-found FAIL "no disk at LUN 0"; finish; fi
+  RUNTIME=$(arg runtime); RUNTIME=${RUNTIME:-60}
+  fio --name=hp --filename=/dev/$D0 --direct=1 --ioengine=libaio --rw=randrw --bs=4k \
+    --size=64M --iodepth=4 --verify=crc32c --verify_backlog=16 --verify_fatal=1 \
+    --time_based --runtime="$RUNTIME" > /tmp/fio.out 2>&1 &
+  fio_pid=$!
+  up_ds() { read -r up _ < /proc/uptime; echo $(( ${up%.*} * 10 + ${up#*.} / 10 )); }
+  # wait_for <seconds> <shell test>: polls every 0.1 s; 0 once the test holds.
+  wait_for() {
+    n=0
+    while [ $n -lt $(($1 * 10)) ]; do eval "$2" && return 0; sleep 0.1; n=$((n + 1)); done
+    return 1
+  }
+  echo "VSCSID-HP-STEP add"
+  t0=$(up_ds)
+  if wait_for 30 '[ -n "$(lun_dev 1)" ]'; then
+    D1=$(lun_dev 1)
+    check hp-added-disk-appears PASS "/dev/$D1 after $(( $(up_ds) - t0 )) ds, no manual rescan"
+  else
+    check hp-added-disk-appears FAIL "no disk at LUN 1 within 30 s"; finish
+  fi
+  r=FAIL
+  if mkfs.ext4 -q -F /dev/$D1 && mount /dev/$D1 /mnt/d && \
+     dd if=/dev/urandom of=/mnt/d/data bs=1M count=8 2>/dev/null && sync; then r=PASS; fi
+  sum=$(md5sum < /mnt/d/data | cut -d' ' -f1)
+  check hp-added-disk-ext4 $r "mkfs, mount, 8 MiB written on /dev/$D1"
+  before=$(cat /sys/block/$D1/size)
+  kb_before=$(df -k /mnt/d | awk 'NR == 2 { print $2 }')
+  echo "VSCSID-HP-STEP resize"
+  t0=$(up_ds)
+  if wait_for 30 '[ "$(cat /sys/block/$D1/size)" != "$before" ]'; then
+    check hp-resize-seen PASS "/sys/block/$D1/size $before -> $(cat /sys/block/$D1/size) after $(( $(up_ds) - t0 )) ds"
+  else
+    check hp-resize-seen FAIL "size still $before after 30 s"
+  fi
+  resize2fs /dev/$D1 > /tmp/out 2>&1
+  kb_after=$(df -k /mnt/d | awk 'NR == 2 { print $2 }')
+  check hp-resize2fs-online "$( [ "$kb_after" -gt "$kb_before" ] && echo PASS || echo FAIL )" \
+    "mounted ext4 grown online: $kb_before -> $kb_after KiB"
+  got=$(md5sum < /mnt/d/data | cut -d' ' -f1)
+  umount /mnt/d
+  e2fsck -fn /dev/$D1 > /tmp/out 2>&1; rc=$?
+  check hp-ext4-intact "$( [ $rc = 0 ] && [ "$got" = "$sum" ] && echo PASS || echo FAIL )" \
+    "e2fsck exit $rc, data md5 $got (written $sum)"
+  echo "VSCSID-HP-STEP remove"
+  t0=$(up_ds)
+  if wait_for 30 '[ ! -e /sys/block/$D1 ]'; then
+    check hp-removed-disk-gone PASS "/dev/$D1 gone after $(( $(up_ds) - t0 )) ds"
+  else
+    check hp-removed-disk-gone FAIL "/dev/$D1 still there after 30 s"
+  fi
+  echo "VSCSID-HP-STEP add-iscsi"
+  if wait_for 30 '[ -n "$(lun_dev 2)" ]'; then
+    D2=$(lun_dev 2)
+    vendor=$(cat /sys/block/$D2/device/vendor)
+    fio --name=hpi --filename=/dev/$D2 --direct=1 --ioengine=libaio --rw=randwrite --bs=16k \
+      --size=16M --iodepth=4 --verify=crc32c --verify_fatal=1 > /tmp/out 2>&1; rc=$?
+    check hp-iscsi-added "$( [ $rc = 0 ] && echo PASS || echo FAIL )" \
+      "/dev/$D2 vendor '$vendor', fio write+verify exit $rc"
+  else
+    check hp-iscsi-added FAIL "no disk at LUN 2 within 30 s"
+  fi
+  wait $fio_pid; rc=$?
+  io=$(grep -o 'write: IOPS=[^,]*' /tmp/fio.out | head -n 1)
+  check hp-fio-lun0-verify "$( [ $rc = 0 ] && echo PASS || echo FAIL )" "fio on LUN 0 exit $rc, $io"
+  [ $rc = 0 ] || tail -n 15 /tmp/fio.out
+  pat='I/O error|critical|FAILED Result|timing out command|reset'
+  n=$(dmesg | grep -ciE "$pat")
+  check hp-no-guest-errors "$( [ "$n" = 0 ] && echo PASS || echo FAIL )" "$n kernel error/reset lines"
+  [ "$n" = 0 ] || dmesg | grep -iE "$pat" | tail -n 5
+  finish
+fi
+
 if [ "$MODE" = migrate ]; then
   # tests/qemu/run-migration-e2e.sh migrates this guest to another QEMU (with its own
   # vscsid on the same image) while fio writes and reads back every block with crc32c.

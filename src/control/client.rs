@@ -1,0 +1,288 @@
+//! `vscsid ctl`: the control socket's client. Sends one request, prints the reply as a
+//! table (or as JSON with `--json`), exits 0 when the daemon did it and 1 when it refused
+//! (its one-line reason on stderr), 2 on a usage or connection error.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+use super::protocol::{Envelope, LunEntry, PathAction, Request, VERSION};
+use crate::config::parse_size;
+
+/// How long the client waits for the daemon's reply (a removal waits up to 30 s for the
+/// LUN's commands in flight, an iSCSI login up to its timeout per portal).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Manage a running vscsid through its control socket.
+#[derive(Parser, Debug)]
+#[command(name = "vscsid ctl")]
+pub struct CtlCli {
+    /// The daemon's control socket (its --control).
+    #[arg(long, value_name = "PATH")]
+    control: PathBuf,
+    /// Print the daemon's reply as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum CtlCommand {
+    /// Every LUN: address, size, block size, commands in flight, what it is.
+    Luns,
+    /// Add a LUN: <disk|iscsi|null> <spec as --disk, --iscsi or --null take it>.
+    Add {
+        kind: String,
+        spec: String,
+        /// Target [default: 0].
+        #[arg(long)]
+        target: Option<u8>,
+        /// LUN [default: the target's first free LUN].
+        #[arg(long)]
+        lun: Option<u16>,
+    },
+    /// Remove a LUN (<target>:<lun>): the guest is told, its commands in flight finish.
+    Remove { address: String },
+    /// Read a LUN's size again, or grow its file to <size> (K/M/G/T suffixes).
+    Resize {
+        address: String,
+        size: Option<String>,
+        /// Allow a smaller size (the guest's data past it is gone).
+        #[arg(long)]
+        force: bool,
+    },
+    /// The paths of an iSCSI LUN (<target>:<lun>): state and counters.
+    Paths { address: String },
+    /// Fail or restore one path (<target>:<lun> <portal host:port> fail|restore), for
+    /// maintenance: a failed path takes no new commands until restored.
+    Path {
+        address: String,
+        portal: String,
+        action: String,
+    },
+}
+
+fn address(text: &str) -> Result<(u8, u16), String> {
+    let (t, l) = text
+        .split_once(':')
+        .ok_or_else(|| format!("'{text}' is not <target>:<lun>"))?;
+    let t = t
+        .parse()
+        .map_err(|_| format!("'{t}' is not a target (0-255)"))?;
+    let l = l
+        .parse()
+        .map_err(|_| format!("'{l}' is not a LUN (0-16383)"))?;
+    Ok((t, l))
+}
+
+fn request(cmd: CtlCommand) -> Result<Request, String> {
+    Ok(match cmd {
+        CtlCommand::Luns => Request::Luns,
+        CtlCommand::Add {
+            kind,
+            spec,
+            target,
+            lun,
+        } => Request::Add {
+            kind: Some(kind),
+            spec: Some(spec),
+            lun_config: None,
+            target,
+            lun,
+        },
+        CtlCommand::Remove { address: a } => {
+            let (target, lun) = address(&a)?;
+            Request::Remove { target, lun }
+        }
+        CtlCommand::Resize {
+            address: a,
+            size,
+            force,
+        } => {
+            let (target, lun) = address(&a)?;
+            let size = size.as_deref().map(parse_size).transpose()?;
+            Request::Resize {
+                target,
+                lun,
+                size,
+                force,
+            }
+        }
+        CtlCommand::Paths { address: a } => {
+            let (target, lun) = address(&a)?;
+            Request::Paths { target, lun }
+        }
+        CtlCommand::Path {
+            address: a,
+            portal,
+            action,
+        } => {
+            let (target, lun) = address(&a)?;
+            let action = match action.as_str() {
+                "fail" => PathAction::Fail,
+                "restore" => PathAction::Restore,
+                other => return Err(format!("'{other}' is not fail or restore")),
+            };
+            Request::Path {
+                target,
+                lun,
+                portal,
+                action,
+            }
+        }
+    })
+}
+
+/// Sends one request and returns the reply.
+pub fn call(control: &std::path::Path, req: Request) -> Result<Value, String> {
+    let shown = control.display();
+    let mut stream =
+        UnixStream::connect(control).map_err(|e| format!("cannot connect to {shown}: {e}"))?;
+    let _ = stream.set_read_timeout(Some(REPLY_TIMEOUT));
+    let mut line = serde_json::to_string(&Envelope {
+        version: VERSION,
+        request: req,
+    })
+    .map_err(|e| e.to_string())?;
+    line.push('\n');
+    stream
+        .write_all(line.as_bytes())
+        .map_err(|e| format!("cannot send to {shown}: {e}"))?;
+    let mut answer = String::new();
+    BufReader::new(stream)
+        .read_line(&mut answer)
+        .map_err(|e| format!("no reply from {shown}: {e}"))?;
+    serde_json::from_str(&answer).map_err(|e| format!("bad reply from {shown}: {e}"))
+}
+
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn print_luns(v: &Value) {
+    let luns: Vec<LunEntry> = v
+        .get("luns")
+        .cloned()
+        .and_then(|l| serde_json::from_value(l).ok())
+        .unwrap_or_default();
+    println!(
+        "{:<8} {:>10} {:>6} {:>9}  DESCRIPTION",
+        "ADDRESS", "SIZE", "BLOCK", "IN-FLIGHT"
+    );
+    for l in luns {
+        println!(
+            "{:<8} {:>10} {:>6} {:>9}  {}",
+            format!("{}:{}", l.target, l.lun),
+            l.size_bytes.map_or("-".into(), human_size),
+            l.block_size.map_or("-".into(), |b| b.to_string()),
+            l.in_flight,
+            l.description
+        );
+        for p in l.paths {
+            println!("{:<8} {:>10} {:>6} {:>9}    {p}", "", "", "", "");
+        }
+    }
+}
+
+/// Runs `vscsid ctl` with `args` (after `ctl`).
+pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
+    let cli = match CtlCli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let is_luns = matches!(cli.command, CtlCommand::Luns);
+    let is_paths = matches!(cli.command, CtlCommand::Paths { .. });
+    let reply = request(cli.command).and_then(|r| call(&cli.control, r));
+    let v = match reply {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("vscsid ctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let ok = v.get("ok").and_then(Value::as_bool) == Some(true);
+    if cli.json {
+        println!("{v}");
+    } else if !ok {
+        let why = v.get("error").and_then(Value::as_str).unwrap_or("refused");
+        eprintln!("vscsid ctl: {why}");
+    } else if is_luns {
+        print_luns(&v);
+    } else if is_paths {
+        for p in v
+            .get("paths")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            println!("{}", p.as_str().unwrap_or_default());
+        }
+    } else {
+        let mut fields: Vec<String> = v
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| k.as_str() != "ok")
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        fields.sort();
+        println!("ok {}", fields.join(" "));
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_and_sizes() {
+        assert_eq!(address("0:3"), Ok((0, 3)));
+        assert!(address("3").is_err());
+        assert!(address("256:0").is_err());
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(64 << 20), "64.0 MiB");
+        let r = request(CtlCommand::Resize {
+            address: "1:2".into(),
+            size: Some("2G".into()),
+            force: false,
+        });
+        assert_eq!(
+            r,
+            Ok(Request::Resize {
+                target: 1,
+                lun: 2,
+                size: Some(2 << 30),
+                force: false
+            })
+        );
+    }
+}

@@ -1,0 +1,11 @@
+//! Run-time management: the control socket (`--control`, `daemon.control`) and the
+//! `vscsid ctl` client. One JSON object per line each way ([`protocol`]); the server
+//! carries requests out on the daemon's live LUN table ([`crate::lun::LiveLuns`]), the
+//! client prints the answers as tables or, with `--json`, as they came.
+
+pub mod client;
+pub mod protocol;
+pub mod reload;
+pub mod server;
+
+pub use server::ControlServer;

@@ -1,0 +1,174 @@
+//! The control protocol, version 1: a client writes one JSON object on one line and reads
+//! one JSON object on one line back; a connection may carry several requests.
+//!
+//! Requests: `{"version": 1, "command": "<name>", ...arguments}`:
+//! - `luns`: every LUN.
+//! - `add`: `kind` (`disk`, `iscsi`, `null`) and `spec` (as `--disk`, `--iscsi`, `--null`
+//!   take it), or `lun_config` (the fields of a configuration file's `[[lun]]` table as a
+//!   JSON object); optional `target` (default 0) and `lun` (default: the first free one).
+//! - `remove`: `target`, `lun`.
+//! - `resize`: `target`, `lun`, optional `size` (bytes: grow the file to it first),
+//!   optional `force` (allow a smaller size).
+//! - `paths`: `target`, `lun`: the paths of an iSCSI LUN.
+//! - `path`: `target`, `lun`, `portal`, `action` (`fail` or `restore`): maintenance.
+//!
+//! Replies: `{"ok": true, ...}` with the command's result, or `{"ok": false, "error":
+//! "<one line>"}`. A request without `version`, or with another version, is refused.
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this daemon speaks.
+pub const VERSION: u32 = 1;
+
+/// Longest request line accepted, in bytes.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub version: u32,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case")]
+pub enum Request {
+    Luns,
+    Add {
+        /// `disk`, `iscsi` or `null`, with `spec` as the command line takes it ...
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kind: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        spec: Option<String>,
+        /// ... or the fields of a configuration file's `[[lun]]` table.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lun_config: Option<serde_json::Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<u8>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lun: Option<u16>,
+    },
+    Remove {
+        target: u8,
+        lun: u16,
+    },
+    Resize {
+        target: u8,
+        lun: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<u64>,
+        #[serde(default)]
+        force: bool,
+    },
+    Paths {
+        target: u8,
+        lun: u16,
+    },
+    Path {
+        target: u8,
+        lun: u16,
+        portal: String,
+        action: PathAction,
+    },
+}
+
+/// What `path` does to a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PathAction {
+    Fail,
+    Restore,
+}
+
+/// One LUN in the reply to `luns`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LunEntry {
+    pub target: u8,
+    pub lun: u16,
+    pub description: String,
+    pub size_bytes: Option<u64>,
+    pub block_size: Option<u32>,
+    pub in_flight: u32,
+    pub paths_down: usize,
+    pub paths: Vec<String>,
+}
+
+/// Parses one request line; the error is the one-line reply.
+pub fn parse_request(line: &str) -> Result<Request, String> {
+    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    match v.get("version").and_then(serde_json::Value::as_u64) {
+        Some(n) if n == u64::from(VERSION) => {}
+        Some(n) => {
+            return Err(format!(
+                "version {n} is not spoken here (version {VERSION} is)"
+            ))
+        }
+        None => {
+            return Err(format!(
+                "no \"version\" (this daemon speaks version {VERSION})"
+            ))
+        }
+    }
+    serde_json::from_value::<Envelope>(v)
+        .map(|e| e.request)
+        .map_err(|e| format!("bad request: {e}"))
+}
+
+/// The reply for an error.
+pub fn error_reply(msg: &str) -> serde_json::Value {
+    serde_json::json!({ "ok": false, "error": msg })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_and_bad_ones_say_why() {
+        assert_eq!(
+            parse_request(r#"{"version":1,"command":"luns"}"#),
+            Ok(Request::Luns)
+        );
+        assert_eq!(
+            parse_request(r#"{"version":1,"command":"resize","target":0,"lun":2}"#),
+            Ok(Request::Resize {
+                target: 0,
+                lun: 2,
+                size: None,
+                force: false
+            })
+        );
+        let add = Envelope {
+            version: VERSION,
+            request: Request::Add {
+                kind: Some("disk".into()),
+                spec: Some("/x.img,cache=none".into()),
+                lun_config: None,
+                target: None,
+                lun: Some(3),
+            },
+        };
+        let line = serde_json::to_string(&add).expect("json");
+        assert_eq!(parse_request(&line), Ok(add.request));
+        for (bad, why) in [
+            ("{", "not JSON"),
+            (r#"{"command":"luns"}"#, "no \"version\""),
+            (r#"{"version":2,"command":"luns"}"#, "version 2"),
+            (
+                r#"{"version":1,"command":"format-everything"}"#,
+                "bad request",
+            ),
+            (
+                r#"{"version":1,"command":"remove","target":0}"#,
+                "bad request",
+            ),
+            (
+                r#"{"version":1,"command":"remove","target":300,"lun":0}"#,
+                "bad request",
+            ),
+        ] {
+            let e = parse_request(bad).expect_err(bad);
+            assert!(e.starts_with(why), "{bad}: {e}");
+        }
+    }
+}
