@@ -124,8 +124,9 @@ impl ThreadKind {
 /// What the filters must allow beyond the fixed lists, known from the configuration.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Needs {
-    /// iSCSI LUNs are configured: workers and the main thread may reach the network (a
+    /// iSCSI LUNs may be served: workers and the main thread may reach the network (a
     /// worker that loses a path starts the recovery thread, which inherits its filter).
+    /// The daemon sets it always, since a reload or `vscsid ctl add` may bring one in.
     pub iscsi: bool,
     /// `--user`: the iSCSI threads already run when privileges are dropped, and glibc
     /// has every thread change its IDs, so they may call setuid/setgid/setgroups to
