@@ -430,6 +430,77 @@ fn an_upgrade_after_user_reopens_the_images_as_that_user() {
     assert!(!d.log().contains("vscsid: sandbox:"), "{}", d.log());
 }
 
+/// `vscsid ctl add` on the control thread opens an image and logs in to an iSCSI target
+/// (starting the session's threads) under the control filter, as nobody after `--user`.
+#[test]
+fn luns_added_through_the_control_socket_are_served_under_the_filters() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid only reads the process's ID.
+    let root = unsafe { libc::geteuid() } == 0;
+    let target = HostileTarget::start(Misbehaviour::WellBehaved);
+    let mut args = vec!["--num-queues", "1", "--control", "{dir}/control.sock"];
+    if root {
+        args.extend(["--user", "nobody:nogroup"]);
+    }
+    let d = Daemon::start_logged(&disk(), &args, &[]);
+    let _log = LogOnPanic::of(&d);
+    let control = d.path("control.sock");
+    wait_until("the control socket", Duration::from_secs(10), || {
+        control.exists()
+    });
+    // An image the daemon's user may open.
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).expect("dir");
+    let b = d.path("b.img");
+    std::fs::File::create(&b)
+        .and_then(|f| f.set_len(8 * MIB))
+        .expect("image");
+    std::fs::set_permissions(&b, std::fs::Permissions::from_mode(0o666)).expect("image mode");
+    let ctl = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_vscsid"))
+            .arg("ctl")
+            .arg("--control")
+            .arg(&control)
+            .args(args)
+            .output()
+            .expect("run vscsid ctl");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, out) = ctl(&["add", "disk", &b.display().to_string()]);
+    assert!(ok, "add disk: {out}");
+    let (ok, out) = ctl(&["add", "iscsi", &target.url()]);
+    assert!(ok, "add iscsi: {out}");
+    let mut fe = d.connect(1);
+    for l in [0, 1, 2] {
+        // The adds leave unit attentions (REPORTED LUNS DATA HAS CHANGED, a new nexus):
+        // TEST UNIT READY takes them first.
+        let ready = (0..4).any(|_| {
+            fe.command(&cmd(l, &test_unit_ready(), &[], 0))
+                .is_ok_and(|r| (r.response, r.status) == (0, 0))
+        });
+        assert!(ready, "LUN {l} is not ready");
+        good(
+            &fe.command(&cmd(l, &inquiry(96), &[], 96))
+                .unwrap_or_else(|e| panic!("INQUIRY on LUN {l}: {e}")),
+        );
+    }
+    let data = vec![0x99; 4096];
+    write_read_back_flushed(&mut fe, 1, 8, &data, &b);
+    let threads = thread_filters(d.child.id());
+    assert!(
+        threads.iter().any(|(n, _, _)| n.starts_with("iscsi-")),
+        "{threads:?}"
+    );
+    for (name, mode, _) in threads {
+        assert_eq!(mode, "2", "thread {name}");
+    }
+    assert!(!d.log().contains("vscsid: sandbox:"), "{}", d.log());
+}
+
 /// The daemon's exit status and stderr for a command line that must be refused.
 fn refused(args: &[&str]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().expect("tempdir");
