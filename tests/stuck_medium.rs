@@ -155,3 +155,51 @@ fn sigterm_on_a_stuck_medium_ends_within_the_unit_stop_timeout() {
     );
     drop(fe);
 }
+
+#[test]
+fn a_lun_removed_with_a_write_stuck_closes_after_the_write_is_acknowledged() {
+    let fs = Ext4::new();
+    let image = fs.file("lun.img");
+    write_durably(&image, &vec![0u8; 4 << 20]);
+    let name = image.to_str().unwrap().to_string();
+    let mut d = Daemon::start_logged(
+        &[Disk {
+            name: &name,
+            size: 4 << 20,
+            opts: "cache=none",
+        }],
+        &["--control", "{dir}/control.sock"],
+        &[("VSCSID_LOG", "info")],
+    );
+    let _thaw = fs.thaw_on_drop();
+    let control = d.path("control.sock");
+    wait_until("the control socket", Duration::from_secs(10), || {
+        control.exists()
+    });
+    let mut fe = d.connect(1);
+    stick_a_write(&fs, &mut d, &mut fe);
+    // Removed while its write waits in the kernel: the reply says one is still in flight.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vscsid"))
+        .args(["ctl", "--control"])
+        .arg(&control)
+        .args(["remove", "0:0", "--wait-ms", "300"])
+        .output()
+        .expect("vscsid ctl");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("still_in_flight=1"),
+        "{said}"
+    );
+    assert!(!d.log().contains("removed LUN closed"));
+    fs.thaw();
+    // The write completes and is acknowledged; then the LUN closes (flushed), and the
+    // data is in the image.
+    let (_, r) = fe.complete(2).expect("the stuck write's answer");
+    good(&r);
+    wait_until("the removed LUN closed", Duration::from_secs(10), || {
+        d.log().contains("removed LUN closed")
+    });
+    let on_disk = std::fs::read(&image).expect("image");
+    assert_eq!(&on_disk[..4096], &pattern(9, 4096)[..]);
+    assert!(d.is_running());
+}

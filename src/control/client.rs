@@ -48,7 +48,13 @@ enum CtlCommand {
         lun: Option<u16>,
     },
     /// Remove a LUN (<target>:<lun>): the guest is told, its commands in flight finish.
-    Remove { address: String },
+    Remove {
+        address: String,
+        /// How long to wait for the LUN's commands in flight before replying [default:
+        /// 30000]; the LUN closes when they end either way.
+        #[arg(long, value_name = "MS")]
+        wait_ms: Option<u32>,
+    },
     /// Read a LUN's size again, or grow its file to <size> (K/M/G/T suffixes).
     Resize {
         address: String,
@@ -96,9 +102,16 @@ fn request(cmd: CtlCommand) -> Result<Request, String> {
             target,
             lun,
         },
-        CtlCommand::Remove { address: a } => {
+        CtlCommand::Remove {
+            address: a,
+            wait_ms,
+        } => {
             let (target, lun) = address(&a)?;
-            Request::Remove { target, lun }
+            Request::Remove {
+                target,
+                lun,
+                wait_ms,
+            }
         }
         CtlCommand::Resize {
             address: a,

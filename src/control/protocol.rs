@@ -6,7 +6,7 @@
 //! - `add`: `kind` (`disk`, `iscsi`, `null`) and `spec` (as `--disk`, `--iscsi`, `--null`
 //!   take it), or `lun_config` (the fields of a configuration file's `[[lun]]` table as a
 //!   JSON object); optional `target` (default 0) and `lun` (default: the first free one).
-//! - `remove`: `target`, `lun`.
+//! - `remove`: `target`, `lun`, optional `wait_ms` (for the commands in flight).
 //! - `resize`: `target`, `lun`, optional `size` (bytes: grow the file to it first),
 //!   optional `force` (allow a smaller size).
 //! - `paths`: `target`, `lun`: the paths of an iSCSI LUN.
@@ -51,6 +51,10 @@ pub enum Request {
     Remove {
         target: u8,
         lun: u16,
+        /// How long to wait for the LUN's commands in flight before replying (default
+        /// 30000, at most 60000); the LUN is closed when they end either way.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wait_ms: Option<u32>,
     },
     Resize {
         target: u8,

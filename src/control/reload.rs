@@ -6,6 +6,7 @@
 
 use crate::config::{Config, LunConfig, LunKind};
 use crate::lun::live::REMOVE_DRAIN;
+
 use crate::lun::LiveLuns;
 
 /// What a reload did, one line per item.

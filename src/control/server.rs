@@ -219,8 +219,18 @@ pub fn execute(luns: &LiveLuns, req: Request) -> Value {
             target,
             lun,
         } => add(luns, kind, spec, lun_config, target, lun),
-        Request::Remove { target, lun } => luns
-            .remove(target, lun, REMOVE_DRAIN)
+        Request::Remove {
+            target,
+            lun,
+            wait_ms,
+        } => luns
+            .remove(
+                target,
+                lun,
+                wait_ms.map_or(REMOVE_DRAIN, |ms| {
+                    Duration::from_millis(u64::from(ms.min(60_000)))
+                }),
+            )
             .map(|left| json!({ "ok": true, "target": target, "lun": lun, "still_in_flight": left })),
         Request::Resize {
             target,

@@ -289,13 +289,18 @@ impl LiveLuns {
             std::thread::sleep(Duration::from_millis(10));
         }
         let left = removed.inflight();
-        let d = removed.device();
-        d.make_durable();
-        if left == 0 {
-            d.shut_down(Duration::from_secs(5));
-            d.deactivate();
-        }
-        tracing::info!(target_id = target, lun, in_flight = left, "LUN removed");
+        let closed = removed.retire();
+        tracing::info!(
+            target_id = target,
+            lun,
+            in_flight = left,
+            "LUN removed{}",
+            if closed {
+                " and closed"
+            } else {
+                "; it closes when its commands in flight end"
+            }
+        );
         Ok(left)
     }
 

@@ -31,7 +31,7 @@ mod task;
 mod tests;
 pub mod tmf;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::backend::guest::{DataBuffers, GuestData};
@@ -304,6 +304,26 @@ pub struct Lun {
     device: Box<dyn LunDevice>,
     inflight: AtomicU32,
     attentions: AtomicU32,
+    /// Taken out of the table and not closed yet: the last command to end closes it.
+    retired: AtomicBool,
+}
+
+/// A LUN taken out of the table with commands still in flight is closed when the last of
+/// them lets go of it (on whatever thread that is): its writes made durable, its
+/// sessions ended, its image lock released.
+impl Drop for Lun {
+    fn drop(&mut self) {
+        if *self.retired.get_mut() {
+            self.device.make_durable();
+            self.device.shut_down(Duration::from_secs(5));
+            self.device.deactivate();
+            tracing::info!(
+                target_id = self.target,
+                lun = self.lun,
+                "removed LUN closed"
+            );
+        }
+    }
 }
 
 impl Lun {
@@ -314,7 +334,23 @@ impl Lun {
             device,
             inflight: AtomicU32::new(0),
             attentions: AtomicU32::new(0),
+            retired: AtomicBool::new(false),
         }
+    }
+
+    /// The LUN left the table: closes it now when nothing is in flight (true), or when
+    /// the last command in flight ends (false).
+    pub fn retire(&self) -> bool {
+        if self.inflight() > 0 {
+            self.retired.store(true, Ordering::Release);
+            // A command may have ended between the check and the store; then the last
+            // reference (the caller's) closes it.
+            return false;
+        }
+        self.device.make_durable();
+        self.device.shut_down(Duration::from_secs(5));
+        self.device.deactivate();
+        true
     }
 
     /// Owes the guest the unit attentions `bits` (of [`attention`]).
