@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use serde_json::Value;
 
 use super::protocol::{Envelope, LunEntry, Request, VERSION};
+use crate::config::limits::{parse_value, IoLimits};
 use crate::config::parse_size;
 
 /// How long the client waits for the daemon's reply (a removal waits up to 30 s for the
@@ -56,6 +57,14 @@ enum CtlCommand {
         /// Allow a smaller size (the guest's data past it is gone).
         #[arg(long)]
         force: bool,
+    },
+    /// Set a LUN's I/O limits: <target>:<lun> key=value... (iops, iops_read, iops_write,
+    /// bw, bw_read, bw_write with K/M/G suffixes, their _max burst rates, burst_length);
+    /// 0 removes a limit, the others stay.
+    Set {
+        address: String,
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        limits: Vec<String>,
     },
 }
 
@@ -104,7 +113,37 @@ fn request(cmd: CtlCommand) -> Result<Request, String> {
                 force,
             }
         }
+        CtlCommand::Set { address: a, limits } => {
+            let (target, lun) = address(&a)?;
+            let mut map = std::collections::BTreeMap::new();
+            for kv in &limits {
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| format!("'{kv}' is not key=value"))?;
+                map.insert(k.to_string(), parse_value(k, v)?);
+            }
+            Request::Set {
+                target,
+                lun,
+                limits: map,
+            }
+        }
     })
+}
+
+/// `key=value ...` of a reply's `limits` object, or "unlimited".
+fn limits_text(v: Option<&Value>) -> String {
+    let mut l = IoLimits::default();
+    for (k, n) in v.and_then(Value::as_object).into_iter().flatten() {
+        if let Some(n) = n.as_u64() {
+            let _ = l.set(k, n);
+        }
+    }
+    if l.is_empty() {
+        "unlimited".into()
+    } else {
+        l.describe()
+    }
 }
 
 /// Sends one request and returns the reply.
@@ -166,6 +205,11 @@ fn print_luns(v: &Value) {
         for p in l.paths {
             println!("{:<8} {:>10} {:>6} {:>9}    {p}", "", "", "", "");
         }
+        if !l.limits.is_empty() {
+            let v = serde_json::to_value(&l.limits).ok();
+            let text = limits_text(v.as_ref());
+            println!("{:<8} {:>10} {:>6} {:>9}    limits {text}", "", "", "", "");
+        }
     }
 }
 
@@ -183,6 +227,7 @@ pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
         }
     };
     let is_luns = matches!(cli.command, CtlCommand::Luns);
+    let is_set = matches!(cli.command, CtlCommand::Set { .. });
     let reply = request(cli.command).and_then(|r| call(&cli.control, r));
     let v = match reply {
         Ok(v) => v,
@@ -199,6 +244,14 @@ pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
         eprintln!("vscsid ctl: {why}");
     } else if is_luns {
         print_luns(&v);
+    } else if is_set {
+        let field = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or_default();
+        println!(
+            "ok {}:{} {}",
+            field("target"),
+            field("lun"),
+            limits_text(v.get("limits"))
+        );
     } else {
         let mut fields: Vec<String> = v
             .as_object()
@@ -242,5 +295,34 @@ mod tests {
                 force: false
             })
         );
+    }
+
+    #[test]
+    fn set_takes_limits_with_units() {
+        let set = |args: &[&str]| {
+            request(CtlCommand::Set {
+                address: "0:1".into(),
+                limits: args.iter().map(|s| s.to_string()).collect(),
+            })
+        };
+        assert_eq!(
+            set(&["iops=200", "bw=10M", "iops_write=0"]),
+            Ok(Request::Set {
+                target: 0,
+                lun: 1,
+                limits: [
+                    ("bw".to_string(), 10 << 20),
+                    ("iops".to_string(), 200),
+                    ("iops_write".to_string(), 0)
+                ]
+                .into()
+            })
+        );
+        assert!(set(&["iops"]).unwrap_err().contains("key=value"));
+        assert!(set(&["speed=3"]).unwrap_err().starts_with("speed:"));
+        assert!(set(&["bw=fast"]).unwrap_err().starts_with("bw:"));
+        let v = serde_json::json!({"iops": 200, "bw_read": 1048576});
+        assert_eq!(limits_text(Some(&v)), "iops=200 bw_read=1M");
+        assert_eq!(limits_text(None), "unlimited");
     }
 }
