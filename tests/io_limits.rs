@@ -1,0 +1,262 @@
+//! Per-LUN I/O limits through the in-process frontend: a limited LUN completes what its
+//! limit allows over 2 s (within 10 %), while an unlimited LUN on the same queue and
+//! worker completes many more in the same time; `vscsid ctl set` changes the rate at run
+//! time and `luns` shows it; a bandwidth limit holds; task management ends commands held
+//! back by a limit at once; a connection that drops with held-back commands leaves the
+//! LUN with nothing in flight.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use vscsid::frontend::{ScsiFrontend, VirtioScsiRequest};
+
+const Q: usize = 2;
+/// Commands each LUN keeps outstanding during a measurement.
+const DEPTH: usize = 8;
+/// virtio-scsi response ABORTED.
+const ABORTED: u8 = 2;
+
+fn ctl(control: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vscsid"))
+        .arg("ctl")
+        .arg("--control")
+        .arg(control)
+        .args(args)
+        .output()
+        .expect("run vscsid ctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A daemon with two null LUNs (LUN 0 with `limits`, LUN 1 without) on one request queue
+/// (one worker), and its control socket.
+fn start(limits: &str, extra: &[&str]) -> (Daemon, PathBuf, ScsiFrontend) {
+    let limited = format!("64M,{limits}");
+    let mut args = vec![
+        "--num-queues",
+        "1",
+        "--null",
+        &limited,
+        "--null",
+        "64M",
+        "--control",
+        "{dir}/control.sock",
+    ];
+    args.extend_from_slice(extra);
+    let d = Daemon::start(&[], &args);
+    let control = d.path("control.sock");
+    wait_until("the control socket", Duration::from_secs(10), || {
+        control.exists()
+    });
+    let fe = d.connect(1);
+    (d, control, fe)
+}
+
+/// Keeps `DEPTH` READs of `blocks` blocks outstanding on each LUN of `luns` for `span`;
+/// returns how many completed GOOD per LUN within it (bounded in time and count; the
+/// commands still out at the end are waited for, not counted).
+fn measure(fe: &mut ScsiFrontend, luns: &[u16], blocks: u32, span: Duration) -> Vec<u64> {
+    let len = blocks * 512;
+    let cdb = read16(0, blocks);
+    let mut out: HashMap<u16, u16> = HashMap::new(); // head -> LUN
+    let mut outstanding = vec![0usize; luns.len()];
+    let mut done = vec![0u64; luns.len()];
+    let start = Instant::now();
+    let end = start + span;
+    for _ in 0..10_000_000 {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        for (i, &l) in luns.iter().enumerate() {
+            while outstanding[i] < DEPTH {
+                let head = fe.submit(Q, &cmd(l, &cdb, &[], len)).expect("submit");
+                out.insert(head, l);
+                outstanding[i] += 1;
+            }
+        }
+        let (head, r) = fe.complete(Q).expect("a completion within the timeout");
+        let l = out.remove(&head).expect("known head");
+        let i = luns.iter().position(|&x| x == l).expect("lun");
+        outstanding[i] -= 1;
+        good(&r);
+        if Instant::now() <= end {
+            done[i] += 1;
+        }
+    }
+    // Let what is still out finish (bounded by the frontend's timeout each).
+    for _ in 0..out.len() {
+        let (head, _) = fe.complete(Q).expect("the rest completes");
+        out.remove(&head);
+    }
+    eprintln!("completed per LUN {luns:?} in {span:?}: {done:?}");
+    done
+}
+
+fn within_10_percent(got: u64, want: f64) -> bool {
+    let g = got as f64;
+    g >= want * 0.9 && g <= want * 1.1
+}
+
+#[test]
+fn iops_hold_on_one_lun_while_another_on_the_same_worker_goes() {
+    let (_d, control, mut fe) = start("iops=200", &[]);
+    let got = measure(&mut fe, &[0, 1], 8, Duration::from_secs(2));
+    // 200 a second, plus what the bucket holds at the start (a tenth of a second's worth,
+    // and the command that finds it exactly full).
+    let want = 2.0 * 200.0 + 21.0;
+    assert!(
+        within_10_percent(got[0], want),
+        "LUN 0: {got:?}, want {want}"
+    );
+    assert!(
+        got[1] > 4 * got[0],
+        "the unlimited LUN on the same worker must not wait: {got:?}"
+    );
+
+    // `luns` shows the limit; `set` changes it at run time.
+    let (ok, table, err) = ctl(&control, &["luns"]);
+    assert!(ok, "{err}");
+    assert!(table.contains("limits iops=200"), "{table}");
+    let (ok, said, err) = ctl(&control, &["set", "0:0", "iops=500"]);
+    assert!(ok, "{err}");
+    assert_eq!(said.trim(), "ok 0:0 iops=500");
+    let got = measure(&mut fe, &[0], 8, Duration::from_secs(2));
+    let want = 2.0 * 500.0 + 51.0;
+    assert!(
+        within_10_percent(got[0], want),
+        "after set: {got:?}, want {want}"
+    );
+
+    // iops=0 removes the limit.
+    let (ok, said, err) = ctl(&control, &["set", "0:0", "iops=0"]);
+    assert!(ok, "{err}");
+    assert_eq!(said.trim(), "ok 0:0 unlimited");
+    let got = measure(&mut fe, &[0], 8, Duration::from_secs(1));
+    assert!(got[0] > 2 * 500, "unlimited again: {got:?}");
+
+    // Refusals name the key; nothing changes.
+    let (ok, _, err) = ctl(&control, &["set", "0:0", "iops_read=10", "iops=5"]);
+    assert!(!ok && err.contains("iops_read:"), "{err}");
+    let (ok, _, err) = ctl(&control, &["set", "0:0", "speed=1"]);
+    assert!(!ok && err.contains("speed:"), "{err}");
+    let (ok, _, err) = ctl(&control, &["set", "0:7", "iops=5"]);
+    assert!(!ok && err.contains("no LUN"), "{err}");
+    let (ok, json, err) = ctl(&control, &["--json", "luns"]);
+    assert!(ok, "{err}");
+    assert!(json.contains(r#""limits":{}"#), "{json}");
+}
+
+#[test]
+fn bandwidth_holds() {
+    let (_d, control, mut fe) = start("bw=4M", &[]);
+    // 64 KiB reads: 4 MiB a second is 64 of them.
+    let got = measure(&mut fe, &[0, 1], 128, Duration::from_secs(2));
+    let bytes = got[0] * 64 * 1024;
+    let want = (2.0 * 4.0 + 0.4) * (1 << 20) as f64;
+    assert!(
+        within_10_percent(bytes, want),
+        "LUN 0 moved {bytes} bytes ({got:?}), want {want}"
+    );
+    assert!(got[1] > 4 * got[0], "{got:?}");
+    let (ok, table, err) = ctl(&control, &["luns"]);
+    assert!(ok, "{err}");
+    assert!(table.contains("limits bw=4M"), "{table}");
+    // A read limit leaves writes alone.
+    let (ok, said, err) = ctl(&control, &["set", "0:0", "bw=0", "bw_read=1M"]);
+    assert!(ok, "{err}");
+    assert_eq!(said.trim(), "ok 0:0 bw_read=1M");
+}
+
+/// Submits `n` READs to LUN 0 tagged `first..`; returns their heads.
+fn submit_tagged(fe: &mut ScsiFrontend, n: u64, first: u64) -> Vec<u16> {
+    let cdb = read16(0, 8);
+    (first..first + n)
+        .map(|tag| {
+            let req = VirtioScsiRequest {
+                lun: lun(0),
+                tag,
+                cdb: &cdb,
+                data_out: &[],
+                data_in_len: 4096,
+            };
+            fe.submit(Q, &req).expect("submit")
+        })
+        .collect()
+}
+
+/// Collects `n` completions (bounded by the frontend's timeout); returns their responses
+/// by head.
+fn collect(fe: &mut ScsiFrontend, n: usize) -> HashMap<u16, u8> {
+    (0..n)
+        .map(|_| {
+            let (h, r) = fe.complete(Q).expect("completion");
+            (h, r.response)
+        })
+        .collect()
+}
+
+#[test]
+fn task_management_ends_held_back_commands_at_once() {
+    // Two a second: after the first, each waits half a second.
+    let (d, control, mut fe) = start("iops=2", &["--reconnect"]);
+    fe.timeout = Duration::from_secs(10);
+    let first = submit_tagged(&mut fe, 1, 100);
+    let r = collect(&mut fe, 1);
+    assert_eq!(r.get(&first[0]), Some(&0));
+
+    // ABORT TASK of one held-back command: only that one ends, ABORTED, at once.
+    let heads = submit_tagged(&mut fe, 6, 200);
+    std::thread::sleep(Duration::from_millis(50));
+    let t = Instant::now();
+    assert_eq!(fe.tmf(0, lun(0), 203).unwrap(), 0);
+    let (h, r) = fe.complete(Q).expect("the aborted one");
+    assert_eq!((h, r.response), (heads[3], ABORTED));
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+
+    // ABORT TASK SET: the rest end at once (some may have gone in the meantime).
+    let t = Instant::now();
+    assert_eq!(fe.tmf(1, lun(0), 0).unwrap(), 0);
+    let got = collect(&mut fe, 5);
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    let aborted = got.values().filter(|&&c| c == ABORTED).count();
+    assert!(aborted >= 3, "{got:?}");
+    assert!(got.values().all(|&c| c == 0 || c == ABORTED), "{got:?}");
+
+    // LOGICAL UNIT RESET likewise.
+    submit_tagged(&mut fe, 6, 300);
+    std::thread::sleep(Duration::from_millis(50));
+    let t = Instant::now();
+    assert_eq!(fe.tmf(5, lun(0), 0).unwrap(), 0);
+    let got = collect(&mut fe, 6);
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert!(
+        got.values().filter(|&&c| c == ABORTED).count() >= 4,
+        "{got:?}"
+    );
+
+    // Commands held back when the connection drops end with it: nothing stays in flight.
+    submit_tagged(&mut fe, 8, 400);
+    std::thread::sleep(Duration::from_millis(50));
+    drop(fe);
+    wait_until(
+        "no command in flight after the disconnect",
+        Duration::from_secs(10),
+        || {
+            let (ok, json, _) = ctl(&control, &["--json", "luns"]);
+            ok && json.matches(r#""in_flight":0"#).count() == 2
+        },
+    );
+    // The daemon serves the next connection.
+    let mut fe = d.connect(1);
+    fe.timeout = Duration::from_secs(10);
+    good(&fe.command(&cmd(1, &read16(0, 1), &[], 512)).unwrap());
+}
