@@ -374,6 +374,11 @@ fn busy_poll(
                 w.complete(sh, vrings);
                 busy = true;
             }
+            if w.deferred_due() {
+                // The timer's wake-up waits in epoll while this thread polls.
+                w.on_timer(sh, vrings);
+                busy = true;
+            }
             let mem = sh.mem.memory();
             for (vpos, queue) in sh.request_queues_of(thread_id) {
                 let Some(vring) = vrings.get(vpos) else {

@@ -481,6 +481,11 @@ impl Worker {
         }
     }
 
+    /// Whether commands held back by I/O limits may go now (the timer is due).
+    pub fn deferred_due(&self) -> bool {
+        !self.deferred.is_empty() && self.timer_due.is_some_and(|at| Instant::now() >= at)
+    }
+
     /// The timer fired: start the held-back commands that may go now.
     pub fn on_timer(&mut self, sh: &Shared, vrings: &[Vring]) {
         let _ = self.timer.wait(); // non-blocking: EAGAIN when already consumed
