@@ -39,10 +39,18 @@ fn ctl(control: &Path, args: &[&str]) -> (bool, String, String) {
 /// A daemon with two null LUNs (LUN 0 with `limits`, LUN 1 without) on one request queue
 /// (one worker), and its control socket.
 fn start(limits: &str, extra: &[&str]) -> (Daemon, PathBuf, ScsiFrontend) {
+    start_queues(1, limits, extra)
+}
+
+/// [`start`] with `queues` request queues, each on its own worker thread.
+fn start_queues(queues: u16, limits: &str, extra: &[&str]) -> (Daemon, PathBuf, ScsiFrontend) {
     let limited = format!("64M,{limits}");
+    let n = queues.to_string();
     let mut args = vec![
         "--num-queues",
-        "1",
+        &n,
+        "--threads",
+        &n,
         "--null",
         &limited,
         "--null",
@@ -56,7 +64,7 @@ fn start(limits: &str, extra: &[&str]) -> (Daemon, PathBuf, ScsiFrontend) {
     wait_until("the control socket", Duration::from_secs(10), || {
         control.exists()
     });
-    let fe = d.connect(1);
+    let fe = d.connect(queues);
     (d, control, fe)
 }
 
@@ -64,38 +72,53 @@ fn start(limits: &str, extra: &[&str]) -> (Daemon, PathBuf, ScsiFrontend) {
 /// returns how many completed GOOD per LUN within it (bounded in time and count; the
 /// commands still out at the end are waited for, not counted).
 fn measure(fe: &mut ScsiFrontend, luns: &[u16], blocks: u32, span: Duration) -> Vec<u64> {
+    measure_on(fe, &[Q], luns, blocks, span)
+}
+
+/// [`measure`] with `DEPTH` commands per LUN on each of `queues`, served in turn.
+fn measure_on(
+    fe: &mut ScsiFrontend,
+    queues: &[usize],
+    luns: &[u16],
+    blocks: u32,
+    span: Duration,
+) -> Vec<u64> {
     let len = blocks * 512;
     let cdb = read16(0, blocks);
-    let mut out: HashMap<u16, u16> = HashMap::new(); // head -> LUN
-    let mut outstanding = vec![0usize; luns.len()];
+    let mut out: HashMap<(usize, u16), u16> = HashMap::new(); // (queue, head) -> LUN
+    let mut outstanding = vec![vec![0usize; luns.len()]; queues.len()];
     let mut done = vec![0u64; luns.len()];
     let start = Instant::now();
     let end = start + span;
-    for _ in 0..10_000_000 {
+    for turn in 0..10_000_000usize {
         let now = Instant::now();
         if now >= end {
             break;
         }
+        let qi = turn % queues.len();
+        let q = queues[qi];
         for (i, &l) in luns.iter().enumerate() {
-            while outstanding[i] < DEPTH {
-                let head = fe.submit(Q, &cmd(l, &cdb, &[], len)).expect("submit");
-                out.insert(head, l);
-                outstanding[i] += 1;
+            while outstanding[qi][i] < DEPTH {
+                let head = fe.submit(q, &cmd(l, &cdb, &[], len)).expect("submit");
+                out.insert((q, head), l);
+                outstanding[qi][i] += 1;
             }
         }
-        let (head, r) = fe.complete(Q).expect("a completion within the timeout");
-        let l = out.remove(&head).expect("known head");
+        let (head, r) = fe.complete(q).expect("a completion within the timeout");
+        let l = out.remove(&(q, head)).expect("known head");
         let i = luns.iter().position(|&x| x == l).expect("lun");
-        outstanding[i] -= 1;
+        outstanding[qi][i] -= 1;
         good(&r);
         if Instant::now() <= end {
             done[i] += 1;
         }
     }
     // Let what is still out finish (bounded by the frontend's timeout each).
-    for _ in 0..out.len() {
-        let (head, _) = fe.complete(Q).expect("the rest completes");
-        out.remove(&head);
+    for (qi, &q) in queues.iter().enumerate() {
+        for _ in 0..outstanding[qi].iter().sum::<usize>() {
+            let (head, _) = fe.complete(q).expect("the rest completes");
+            out.remove(&(q, head));
+        }
     }
     eprintln!("completed per LUN {luns:?} in {span:?}: {done:?}");
     done
@@ -153,6 +176,51 @@ fn iops_hold_on_one_lun_while_another_on_the_same_worker_goes() {
     let (ok, json, err) = ctl(&control, &["--json", "luns"]);
     assert!(ok, "{err}");
     assert!(json.contains(r#""limits":{}"#), "{json}");
+
+    // A LUN added at run time takes limits in its spec.
+    let (ok, _, err) = ctl(
+        &control,
+        &["add", "null", "16M,iops=50,bw_write=2M", "--lun", "5"],
+    );
+    assert!(ok, "{err}");
+    let (ok, table, err) = ctl(&control, &["luns"]);
+    assert!(ok, "{err}");
+    assert!(table.contains("limits iops=50 bw_write=2M"), "{table}");
+    let (ok, _, err) = ctl(&control, &["add", "null", "16M,iops=fast", "--lun", "6"]);
+    assert!(!ok && err.contains("iops:"), "{err}");
+}
+
+#[test]
+fn one_limit_holds_across_queues_on_different_workers() {
+    let (_d, _control, mut fe) = start_queues(2, "iops=200", &[]);
+    let got = measure_on(&mut fe, &[Q, Q + 1], &[0, 1], 8, Duration::from_secs(2));
+    let want = 2.0 * 200.0 + 21.0;
+    assert!(
+        within_10_percent(got[0], want),
+        "LUN 0: {got:?}, want {want}"
+    );
+    assert!(got[1] > 4 * got[0], "{got:?}");
+}
+
+#[test]
+fn sigterm_lets_held_back_commands_go() {
+    let (mut d, _control, mut fe) = start("iops=1", &[]);
+    fe.timeout = Duration::from_secs(10);
+    let heads = submit_tagged(&mut fe, 6, 600);
+    std::thread::sleep(Duration::from_millis(50));
+    let t = Instant::now();
+    let pid = i32::try_from(d.child.id()).expect("pid");
+    // SAFETY: kill(2) sends SIGTERM to the daemon this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let got = collect(&mut fe, heads.len());
+    assert!(heads.iter().all(|h| got.get(h) == Some(&0)), "{got:?}");
+    // The limit would let the next one go about 1 s after the first.
+    assert!(
+        t.elapsed() < Duration::from_millis(600),
+        "the drain waited for the limit: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0));
 }
 
 #[test]
@@ -271,8 +339,9 @@ fn stopping_a_queue_lets_held_back_commands_go() {
     std::thread::sleep(Duration::from_millis(50));
     let t = Instant::now();
     fe.conn.stop_queue(Q).expect("GET_VRING_BASE");
+    // The limit would let the next one go about 1 s after the first.
     assert!(
-        t.elapsed() < Duration::from_secs(2),
+        t.elapsed() < Duration::from_millis(600),
         "the stop waited for the limit: {:?}",
         t.elapsed()
     );
