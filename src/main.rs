@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{CommandFactory, FromArgMatches, Parser};
-use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 
 use vscsid::config::{parse_config_file, parse_disk_spec, Config, SocketAccess};
 use vscsid::control::ControlServer;
@@ -87,9 +87,16 @@ struct Cli {
     #[arg(long, value_name = "MS")]
     stop_timeout_ms: Option<i64>,
     /// Control socket for `vscsid ctl` (add, remove, resize LUNs, list them) [default:
-    /// none]. Created 0600; only the daemon's user and root may use it.
+    /// none]. Created 0600; only the daemon's user and root may use it, and members of
+    /// --control-group when it is given (with --control-mode 0660).
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
+    /// Group of the control socket, whose members may manage the daemon.
+    #[arg(long, value_name = "GROUP")]
+    control_group: Option<String>,
+    /// Permission bits of the control socket, octal [default: 0600].
+    #[arg(long, value_name = "MODE")]
+    control_mode: Option<String>,
 }
 
 /// Positions of the --disk and --iscsi values on the command line.
@@ -189,8 +196,52 @@ fn build_config(cli: Cli, order: LunOrder) -> Result<Config, String> {
     if cli.control.is_some() {
         cfg.control = cli.control;
     }
+    if let Some(group) = &cli.control_group {
+        cfg.control_access.group =
+            Some(vscsid::config::check_account_name(group, "--control-group").map_err(|e| e.0)?);
+    }
+    if let Some(mode) = &cli.control_mode {
+        cfg.control_access.mode =
+            vscsid::config::parse_socket_mode(mode, "--control-mode").map_err(|e| e.0)?;
+    }
     cfg.validate().map_err(|e| e.0)?;
     Ok(cfg)
+}
+
+/// The command line of this process, parsed (again, at a configuration reload).
+fn parse_args() -> Result<(Cli, LunOrder), clap::Error> {
+    let m = Cli::command().try_get_matches()?;
+    let cli = Cli::from_arg_matches(&m)?;
+    let idx = |id: &str| m.indices_of(id).map(|i| i.collect()).unwrap_or_default();
+    let order = LunOrder {
+        disk: idx("disk"),
+        iscsi: idx("iscsi"),
+        null: idx("null"),
+    };
+    Ok((cli, order))
+}
+
+/// SIGHUP: the command line and the configuration file are read again and the
+/// difference in LUNs applied ([`vscsid::control::reload`]).
+fn reload_config(luns: &LiveLuns, running: &std::sync::Mutex<Config>, service: &Service) {
+    service.reloading();
+    let new = parse_args()
+        .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string())
+        .and_then(|(cli, order)| build_config(cli, order));
+    match new {
+        Ok(new) => {
+            let mut old = running.lock().unwrap_or_else(|p| p.into_inner());
+            let report = vscsid::control::reload::apply(luns, &old, &new);
+            // The LUNs now are the new ones (those that failed are logged); the daemon's
+            // other settings stay as they run.
+            old.luns = new.luns;
+            service.reloaded(&report.summary());
+        }
+        Err(e) => {
+            tracing::error!("reload: the configuration is not valid, nothing changed: {e}");
+            service.reloaded("reload failed: nothing changed");
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -199,19 +250,8 @@ fn main() -> ExitCode {
     if args.nth(1).is_some_and(|a| a == "ctl") {
         return vscsid::control::client::run(std::env::args_os().skip(1));
     }
-    let parsed = Cli::command()
-        .try_get_matches()
-        .and_then(|m| Cli::from_arg_matches(&m).map(|c| (c, m)));
-    let (cli, order) = match parsed {
-        Ok((c, m)) => {
-            let idx = |id: &str| m.indices_of(id).map(|i| i.collect()).unwrap_or_default();
-            let order = LunOrder {
-                disk: idx("disk"),
-                iscsi: idx("iscsi"),
-                null: idx("null"),
-            };
-            (c, order)
-        }
+    let (cli, order) = match parse_args() {
+        Ok(parsed) => parsed,
         Err(e) => {
             use clap::error::ErrorKind;
             if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
@@ -261,13 +301,14 @@ fn main() -> ExitCode {
     // exists must not find the default action.
     // The program file as started: an upgrade executes whatever is at this path then.
     let exe = std::env::current_exe().ok();
-    let signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1, SIGUSR2]) {
-        Ok(s) => s,
-        Err(e) => {
-            fail(&format!("cannot install signal handlers: {e}"));
-            return ExitCode::FAILURE;
-        }
-    };
+    let signals =
+        match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGHUP]) {
+            Ok(s) => s,
+            Err(e) => {
+                fail(&format!("cannot install signal handlers: {e}"));
+                return ExitCode::FAILURE;
+            }
+        };
     // The socket first: a path that cannot be ours fails before any LUN is opened. A
     // previous vscsid (upgrade in place) or systemd may have passed it already bound.
     let open_socket = |p: &std::path::Path| {
@@ -288,7 +329,11 @@ fn main() -> ExitCode {
         tracing::info!("socket owner, group and mode come from the .socket unit (SocketUser=, SocketGroup=, SocketMode=), not from the configuration");
     }
     let luns = match build_lun_table(&cfg) {
-        Ok(t) => LiveLuns::new(t, iscsi_options(&cfg), !cfg.incoming),
+        Ok(t) => {
+            let live = LiveLuns::new(t, iscsi_options(&cfg), !cfg.incoming);
+            live.remember(&cfg.luns);
+            live
+        }
         Err(e) => {
             fail(&e);
             return ExitCode::from(2);
@@ -311,7 +356,7 @@ fn main() -> ExitCode {
     let control = match cfg
         .control
         .as_deref()
-        .map(|p| ControlServer::start(p, luns.clone()))
+        .map(|p| ControlServer::start(p, &cfg.control_access, luns.clone()))
     {
         None => None,
         Some(Ok(c)) => Some(c.remover().clone()),
@@ -324,6 +369,7 @@ fn main() -> ExitCode {
         luns: luns.clone(),
         service: service.clone(),
         control,
+        running: Arc::new(std::sync::Mutex::new(cfg.clone())),
     };
     if let Err(e) = handle_signals(signals, current.clone(), shutdown.clone(), remover, upgrade) {
         fail(&format!("cannot start the signal thread: {e}"));
@@ -378,6 +424,8 @@ struct Shutdown {
     service: Arc<Service>,
     /// The control socket, removed at the end.
     control: Option<SocketRemover>,
+    /// The configuration as it runs (a reload compares against it).
+    running: Arc<std::sync::Mutex<Config>>,
 }
 
 impl Shutdown {
@@ -471,6 +519,10 @@ fn handle_signals(
                     for line in status_lines(&luns.snapshot()) {
                         tracing::info!("status: {line}");
                     }
+                    continue;
+                }
+                if sig == SIGHUP {
+                    reload_config(&shutdown.luns, &shutdown.running, &shutdown.service);
                     continue;
                 }
                 if sig == SIGUSR2 {

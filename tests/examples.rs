@@ -45,7 +45,7 @@ fn the_service_unit_is_hardened_and_keeps_upgrades_and_restarts() {
     let unit = read("vscsid@.service");
     let s = settings(&unit);
     assert_eq!(values(&s, "Type"), ["notify"]);
-    assert_eq!(values(&s, "ExecReload"), ["/bin/kill -USR2 $MAINPID"]);
+    assert_eq!(values(&s, "ExecReload"), ["/bin/kill -HUP $MAINPID"]);
     assert_eq!(values(&s, "Restart"), ["on-failure"]);
     assert_eq!(values(&s, "WatchdogSec").len(), 1);
     assert_eq!(values(&s, "User"), ["vscsid"]);

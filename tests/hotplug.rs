@@ -195,6 +195,33 @@ fn bad_control_requests_get_one_line_errors_and_change_nothing() {
         assert!(a.contains("\"ok\":false") && a.contains(why), "{}: {a}", String::from_utf8_lossy(line));
         assert_eq!(a.lines().count(), 1);
     }
+    // An add with a configuration file's [[lun]] fields as JSON: a bad field is named.
+    let a = raw(
+        &control,
+        b"{\"version\":1,\"command\":\"add\",\"lun_config\":{\"kind\":\"null\",\"size\":\"1M\",\"block_size\":1000}}\n",
+    );
+    assert!(
+        a.contains("\"ok\":false") && a.contains("lun.block_size"),
+        "{a}"
+    );
+    let a = raw(
+        &control,
+        b"{\"version\":1,\"command\":\"add\",\"lun_config\":{\"kind\":\"null\",\"size\":\"1M\",\"colour\":1}}\n",
+    );
+    assert!(a.contains("\"ok\":false") && a.contains("colour"), "{a}");
+    let a = raw(
+        &control,
+        b"{\"version\":1,\"command\":\"add\",\"lun_config\":{\"kind\":\"null\",\"size\":\"4M\",\"block_size\":4096,\"serial\":\"JSON-1\"}}\n",
+    );
+    assert!(a.contains("\"ok\":true") && a.contains("\"lun\":1"), "{a}");
+    let r = fe.command(&cmd(1, &read_capacity16(32), &[], 32)).unwrap();
+    good(&r);
+    assert_eq!(
+        u32::from_be_bytes(r.data_in[8..12].try_into().unwrap()),
+        4096
+    );
+    let (ok, _, _) = ctl(&control, &["remove", "0:1"]);
+    assert!(ok);
     // The same image opened for writing twice is refused with its reason.
     let spec = format!("{},cache=none", b.display());
     let (ok, _, err) = ctl(&control, &["add", "disk", &spec]);
@@ -208,9 +235,76 @@ fn bad_control_requests_get_one_line_errors_and_change_nothing() {
     let a = raw(&control, &big);
     assert!(a.contains("longer than"), "{a}");
     // A client that sends nothing does not hold the guest up.
+    let r = fe.command(&cmd(0, &test_unit_ready(), &[], 0)).unwrap();
+    assert_eq!(sense(&r), (6, 0x3f, 0x0e), "LUN 1 came and went");
     let idle = UnixStream::connect(&control).expect("idle client");
     assert_serving(&mut fe);
     drop(idle);
     let (ok, out, _) = ctl(&control, &["luns"]);
     assert!(ok && out.lines().count() == 2, "{out}");
+}
+
+#[test]
+fn sighup_applies_the_configuration_file_and_leaves_what_cannot_change() {
+    let files = tempfile::tempdir().expect("tmp");
+    let dir = files.path();
+    for (n, size) in [("a.img", 16 * MIB), ("b.img", 8 * MIB)] {
+        std::fs::File::create(dir.join(n))
+            .and_then(|f| f.set_len(size))
+            .unwrap();
+    }
+    let config = dir.join("vscsid.toml");
+    let lun = |n: u16, file: &str, extra: &str| {
+        format!(
+            "[[lun]]\nlun = {n}\npath = \"{}\"\ncache = \"none\"\n{extra}",
+            dir.join(file).display()
+        )
+    };
+    let head = "[daemon]\nnum_queues = 1\n";
+    std::fs::write(&config, format!("{head}{}", lun(0, "a.img", ""))).unwrap();
+    let cfg_arg = config.display().to_string();
+    let d = Daemon::start_logged(&[], &["--config", &cfg_arg], &[("VSCSID_LOG", "info")]);
+    let mut fe = d.connect(1);
+    fe.post_event_buffers(4, 16).unwrap();
+    let hup = |d: &Daemon| {
+        // SAFETY: kill(2) with the PID of the daemon this test started.
+        unsafe { libc::kill(d.child.id() as i32, libc::SIGHUP) };
+    };
+
+    // A LUN added to the file: added, and the guest told.
+    let two = format!("{head}{}{}", lun(0, "a.img", ""), lun(1, "b.img", ""));
+    std::fs::write(&config, &two).unwrap();
+    hup(&d);
+    let (_, e) = fe.wait_event(EVENT_WAIT).expect("RESCAN after SIGHUP");
+    assert_eq!(event(&e), (1, 0, 1, 1));
+    assert_eq!(report_luns_of(&mut fe, 1), vec![0, 1]);
+
+    // A file that does not parse changes nothing; a changed LUN and a changed daemon
+    // setting are logged and left; a LUN gone from the file is removed.
+    std::fs::write(&config, "[daemon]\nnum_queues = \"many\"\n").unwrap();
+    hup(&d);
+    wait_until(
+        "the refused reload in the log",
+        Duration::from_secs(10),
+        || d.log().contains("reload: the configuration is not valid"),
+    );
+    let changed = format!(
+        "[daemon]\nnum_queues = 2\n{}",
+        lun(0, "a.img", "readonly = true\n")
+    );
+    std::fs::write(&config, changed).unwrap();
+    hup(&d);
+    let (_, e) = fe.wait_event(EVENT_WAIT).expect("REMOVED after SIGHUP");
+    assert_eq!(event(&e), (1, 0, 1, 2));
+    wait_until("the reload summary", Duration::from_secs(10), || {
+        d.log().contains("1 change(s) applied, 2 left as they were")
+    });
+    let log = d.log();
+    assert!(log.contains("daemon.num_queues changed"), "{log}");
+    assert!(log.contains("target 0 LUN 0 changed"), "{log}");
+    // LUN 0 owes one REPORTED LUNS DATA HAS CHANGED (for both changes), and is still
+    // writable, as it ran.
+    let r = fe.command(&cmd(0, &test_unit_ready(), &[], 0)).unwrap();
+    assert_eq!(sense(&r), (6, 0x3f, 0x0e));
+    write_read_back_flushed(&mut fe, 0, 0, &[7; 4096], &dir.join("a.img"));
 }

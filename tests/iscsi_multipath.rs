@@ -221,6 +221,40 @@ fn failover_policy_uses_the_preferred_path_and_fails_back() {
 }
 
 #[test]
+fn a_path_failed_by_the_operator_takes_nothing_until_restored() {
+    let r = rig(Policy::RoundRobin, IscsiOptions::default());
+    let w = Workload::start(&r.lun, 2);
+    std::thread::sleep(Duration::from_millis(200));
+    let portal0 = r.lun.paths()[0].portal.clone();
+    assert!(r.lun.set_path_failed("192.0.2.1:3260", true).is_err());
+    r.lun.set_path_failed(&portal0, true).expect("fail path 0");
+    assert!(r.lun.paths()[0].admin_failed);
+    assert!(r.lun.paths()[0].to_string().contains("failed-by-operator"));
+    // What path 0 had in flight ends there; nothing new goes to it.
+    std::thread::sleep(Duration::from_millis(200));
+    let (a, b) = (ios_on(&r.lun, 0), ios_on(&r.lun, 1));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(ios_on(&r.lun, 0), a, "a failed path takes no commands");
+    assert!(ios_on(&r.lun, 1) > b, "the other path carries the I/O");
+    // With both failed, commands wait (an outage), and go on once one is restored.
+    let portal1 = r.lun.paths()[1].portal.clone();
+    r.lun.set_path_failed(&portal1, true).expect("fail path 1");
+    std::thread::sleep(Duration::from_millis(300));
+    r.lun
+        .set_path_failed(&portal0, false)
+        .expect("restore path 0");
+    r.lun
+        .set_path_failed(&portal1, false)
+        .expect("restore path 1");
+    let c = ios_on(&r.lun, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(ios_on(&r.lun, 0) > c, "a restored path carries I/O again");
+    let t = w.finish();
+    assert_eq!(t.errors.load(Ordering::Relaxed), 0);
+    assert_eq!(t.corrupted.load(Ordering::Relaxed), 0);
+}
+
+#[test]
 fn all_paths_down_shorter_than_no_path_retry_is_only_a_delay() {
     let opts = IscsiOptions {
         recovery_timeout: Duration::from_secs(4),

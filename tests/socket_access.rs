@@ -184,3 +184,65 @@ fn an_unknown_group_or_a_bad_mode_stops_the_daemon() {
         assert!(!socket.exists(), "{args:?} left a socket behind");
     }
 }
+
+/// Runs `vscsid ctl luns` as `uid`:`gid` against `control`: its exit code and stderr.
+fn ctl_as(helper: &Helper, uid: u32, gid: u32, control: &Path) -> (Option<i32>, String) {
+    let program = helper.dir.path().join("vscsid");
+    if !program.exists() {
+        std::fs::copy(env!("CARGO_BIN_EXE_vscsid"), &program).expect("copy vscsid");
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let out = Command::new(&program)
+        .args(["ctl", "--control"])
+        .arg(control)
+        .arg("luns")
+        .current_dir(helper.dir.path())
+        .uid(uid)
+        .gid(gid)
+        .output()
+        .expect("run vscsid ctl");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_control_socket_serves_its_group_and_refuses_other_users() {
+    let helper = Helper::install();
+    let d = start(&[
+        "--control",
+        "{dir}/control.sock",
+        "--control-group",
+        "nogroup",
+        "--control-mode",
+        "0660",
+    ]);
+    let control = d.path("control.sock");
+    wait_until("the control socket", Duration::from_secs(10), || {
+        control.exists()
+    });
+    let meta = std::fs::symlink_metadata(&control).expect("control socket");
+    assert_eq!((meta.mode() & 0o777, meta.gid()), (0o660, NOGROUP));
+    let (code, err) = ctl_as(&helper, NOBODY, NOGROUP, &control);
+    assert_eq!(code, Some(0), "a member of the control group: {err}");
+    let (code, err) = ctl_as(&helper, NOBODY, OTHER_GROUP, &control);
+    assert_eq!(
+        code,
+        Some(2),
+        "outside the group, the socket's mode refuses: {err}"
+    );
+    assert!(err.contains("os error 13"), "{err}");
+
+    // A socket anyone may open: the daemon itself refuses another user.
+    let d = start(&["--control", "{dir}/control.sock", "--control-mode", "0666"]);
+    let control = d.path("control.sock");
+    wait_until("the control socket", Duration::from_secs(10), || {
+        control.exists()
+    });
+    let (code, err) = ctl_as(&helper, NOBODY, OTHER_GROUP, &control);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("refused a client of uid 65534"), "{err}");
+    let (code, _) = ctl_as(&helper, 0, 0, &control);
+    assert_eq!(code, Some(0), "root may");
+}

@@ -32,6 +32,9 @@ struct RawDaemon {
     stop_timeout_ms: Option<i64>,
     initiator_name: Option<String>,
     control: Option<PathBuf>,
+    control_owner: Option<String>,
+    control_group: Option<String>,
+    control_mode: Option<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,6 +80,17 @@ struct RawLun {
     burst_length: Option<toml::Value>,
 }
 
+/// A LUN from the fields of a `[[lun]]` table given as JSON (the control socket's `add`),
+/// checked as in a configuration file; errors name the field (`lun.<name>`).
+pub fn lun_from_json(v: serde_json::Value) -> Result<LunConfig, ConfigError> {
+    let table: toml::Value =
+        serde_json::from_value(v).map_err(|e| ConfigError(format!("lun: {e}")))?;
+    let raw: RawLun = table
+        .try_into()
+        .map_err(|e: toml::de::Error| ConfigError(format!("lun: {}", e.message())))?;
+    lun_from_raw(raw, 0).map_err(|e| ConfigError(e.0.replacen("lun[0].", "lun.", 1)))
+}
+
 /// A time in a TOML value: seconds as a number, or a string like "500ms".
 fn time_text(v: &toml::Value) -> String {
     match v {
@@ -116,27 +130,21 @@ pub fn parse_config_text(text: &str) -> Result<Config, ConfigError> {
     if let Some(group) = &d.socket_group {
         cfg.socket_access.group = Some(super::check_account_name(group, "daemon.socket_group")?);
     }
-    match &d.socket_mode {
-        None => {}
-        Some(toml::Value::String(text)) => {
-            cfg.socket_access.mode = super::parse_socket_mode(text, "daemon.socket_mode")?;
-        }
-        // A TOML octal literal (0o660) arrives as its value.
-        Some(toml::Value::Integer(n)) => {
-            cfg.socket_access.mode = u32::try_from(*n)
-                .ok()
-                .filter(|m| *m <= 0o777)
-                .ok_or_else(|| {
-                    ConfigError(format!(
-                        "daemon.socket_mode: {n} is out of range (write it as a string, \"0660\", or as 0o660)"
-                    ))
-                })?;
-        }
-        Some(other) => {
-            return Err(ConfigError(format!(
-                "daemon.socket_mode: {other} is not an octal permission mode (\"0660\")"
-            )))
-        }
+    if let Some(mode) = &d.socket_mode {
+        cfg.socket_access.mode = toml_mode(mode, "daemon.socket_mode")?;
+    }
+    cfg.control_access.owner = d
+        .control_owner
+        .as_deref()
+        .map(|o| super::check_account_name(o, "daemon.control_owner"))
+        .transpose()?;
+    cfg.control_access.group = d
+        .control_group
+        .as_deref()
+        .map(|g| super::check_account_name(g, "daemon.control_group"))
+        .transpose()?;
+    if let Some(mode) = &d.control_mode {
+        cfg.control_access.mode = toml_mode(mode, "daemon.control_mode")?;
     }
     if let Some(name) = d.vm_name {
         if name.is_empty() || name.chars().any(char::is_control) {
@@ -380,6 +388,27 @@ pub(crate) fn parse_wwn(s: &str, field: &str) -> Result<u64, ConfigError> {
         Some(v) if matches!(v >> 60, 2 | 3 | 5 | 6) => Ok(v),
         _ => Err(ConfigError(format!(
             "{field}: '{s}' is not a 16-hex-digit NAA identifier of type 2, 3, 5 or 6"
+        ))),
+    }
+}
+
+/// A socket's permission bits from TOML: octal text ("0660") or an octal literal (0o660).
+fn toml_mode(v: &toml::Value, field: &str) -> Result<u32, ConfigError> {
+    match v {
+        toml::Value::String(text) => super::parse_socket_mode(text, field),
+        // A TOML octal literal (0o660) arrives as its value.
+        toml::Value::Integer(n) => {
+            u32::try_from(*n)
+                .ok()
+                .filter(|m| *m <= 0o777)
+                .ok_or_else(|| {
+                    ConfigError(format!(
+                    "{field}: {n} is out of range (write it as a string, \"0660\", or as 0o660)"
+                ))
+                })
+        }
+        other => Err(ConfigError(format!(
+            "{field}: {other} is not an octal permission mode (\"0660\")"
         ))),
     }
 }

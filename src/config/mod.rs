@@ -12,7 +12,7 @@ use crate::backend::CacheMode;
 use crate::iscsi::IscsiUrl;
 
 pub use disk_spec::parse_disk_spec;
-pub use file::{parse_config_file, parse_config_text};
+pub use file::{lun_from_json, parse_config_file, parse_config_text};
 pub use limits::IoLimits;
 pub use multipath::{duration, MultipathSettings};
 
@@ -285,6 +285,8 @@ pub struct Config {
     pub initiator_name: Option<String>,
     /// The control socket (`vscsid ctl`); none unless configured.
     pub control: Option<PathBuf>,
+    /// Owner, group and mode of the control socket; members of its group may use it.
+    pub control_access: SocketAccess,
     pub luns: Vec<LunConfig>,
 }
 
@@ -304,6 +306,7 @@ impl Default for Config {
             incoming: false,
             initiator_name: None,
             control: None,
+            control_access: SocketAccess::default(),
             luns: Vec::new(),
         }
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 
-use super::protocol::{Envelope, LunEntry, Request, VERSION};
+use super::protocol::{Envelope, LunEntry, PathAction, Request, VERSION};
 use crate::config::limits::{parse_value, IoLimits};
 use crate::config::parse_size;
 
@@ -66,6 +66,15 @@ enum CtlCommand {
         #[arg(required = true, value_name = "KEY=VALUE")]
         limits: Vec<String>,
     },
+    /// The paths of an iSCSI LUN (<target>:<lun>): state and counters.
+    Paths { address: String },
+    /// Fail or restore one path (<target>:<lun> <portal host:port> fail|restore), for
+    /// maintenance: a failed path takes no new commands until restored.
+    Path {
+        address: String,
+        portal: String,
+        action: String,
+    },
 }
 
 fn address(text: &str) -> Result<(u8, u16), String> {
@@ -90,8 +99,9 @@ fn request(cmd: CtlCommand) -> Result<Request, String> {
             target,
             lun,
         } => Request::Add {
-            kind,
-            spec,
+            kind: Some(kind),
+            spec: Some(spec),
+            lun_config: None,
             target,
             lun,
         },
@@ -126,6 +136,28 @@ fn request(cmd: CtlCommand) -> Result<Request, String> {
                 target,
                 lun,
                 limits: map,
+            }
+        }
+        CtlCommand::Paths { address: a } => {
+            let (target, lun) = address(&a)?;
+            Request::Paths { target, lun }
+        }
+        CtlCommand::Path {
+            address: a,
+            portal,
+            action,
+        } => {
+            let (target, lun) = address(&a)?;
+            let action = match action.as_str() {
+                "fail" => PathAction::Fail,
+                "restore" => PathAction::Restore,
+                other => return Err(format!("'{other}' is not fail or restore")),
+            };
+            Request::Path {
+                target,
+                lun,
+                portal,
+                action,
             }
         }
     })
@@ -228,6 +260,7 @@ pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
     };
     let is_luns = matches!(cli.command, CtlCommand::Luns);
     let is_set = matches!(cli.command, CtlCommand::Set { .. });
+    let is_paths = matches!(cli.command, CtlCommand::Paths { .. });
     let reply = request(cli.command).and_then(|r| call(&cli.control, r));
     let v = match reply {
         Ok(v) => v,
@@ -252,6 +285,15 @@ pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
             field("lun"),
             limits_text(v.get("limits"))
         );
+    } else if is_paths {
+        for p in v
+            .get("paths")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            println!("{}", p.as_str().unwrap_or_default());
+        }
     } else {
         let mut fields: Vec<String> = v
             .as_object()

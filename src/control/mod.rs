@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod protocol;
+pub mod reload;
 pub mod server;
 
 pub use server::ControlServer;

@@ -3,14 +3,17 @@
 //!
 //! Requests: `{"version": 1, "command": "<name>", ...arguments}`:
 //! - `luns`: every LUN.
-//! - `add`: `kind` (`disk`, `iscsi`, `null`), `spec` (as `--disk`, `--iscsi`, `--null`
-//!   take it), optional `target` (default 0) and `lun` (default: the first free one).
+//! - `add`: `kind` (`disk`, `iscsi`, `null`) and `spec` (as `--disk`, `--iscsi`, `--null`
+//!   take it), or `lun_config` (the fields of a configuration file's `[[lun]]` table as a
+//!   JSON object); optional `target` (default 0) and `lun` (default: the first free one).
 //! - `remove`: `target`, `lun`.
 //! - `resize`: `target`, `lun`, optional `size` (bytes: grow the file to it first),
 //!   optional `force` (allow a smaller size).
 //! - `set`: `target`, `lun`, `limits`: an object of I/O limits (`iops`, `bw`, ... as the
 //!   `[[lun]]` keys; numbers, bytes for `bw*`) that replace those limits (0 removes one;
 //!   the others stay).
+//! - `paths`: `target`, `lun`: the paths of an iSCSI LUN.
+//! - `path`: `target`, `lun`, `portal`, `action` (`fail` or `restore`): maintenance.
 //!
 //! Replies: `{"ok": true, ...}` with the command's result, or `{"ok": false, "error":
 //! "<one line>"}`. A request without `version`, or with another version, is refused.
@@ -37,8 +40,14 @@ pub struct Envelope {
 pub enum Request {
     Luns,
     Add {
-        kind: String,
-        spec: String,
+        /// `disk`, `iscsi` or `null`, with `spec` as the command line takes it ...
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kind: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        spec: Option<String>,
+        /// ... or the fields of a configuration file's `[[lun]]` table.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lun_config: Option<serde_json::Value>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         target: Option<u8>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -61,6 +70,24 @@ pub enum Request {
         lun: u16,
         limits: BTreeMap<String, u64>,
     },
+    Paths {
+        target: u8,
+        lun: u16,
+    },
+    Path {
+        target: u8,
+        lun: u16,
+        portal: String,
+        action: PathAction,
+    },
+}
+
+/// What `path` does to a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PathAction {
+    Fail,
+    Restore,
 }
 
 /// One LUN in the reply to `luns`.
@@ -127,8 +154,9 @@ mod tests {
         let add = Envelope {
             version: VERSION,
             request: Request::Add {
-                kind: "disk".into(),
-                spec: "/x.img,cache=none".into(),
+                kind: Some("disk".into()),
+                spec: Some("/x.img,cache=none".into()),
+                lun_config: None,
                 target: None,
                 lun: Some(3),
             },

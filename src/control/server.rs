@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::protocol::{error_reply, parse_request, LunEntry, Request, MAX_REQUEST};
-use crate::config::{lun_from_spec, IoLimits, SocketAccess};
+use super::protocol::{error_reply, parse_request, LunEntry, PathAction, Request, MAX_REQUEST};
+use crate::config::{lun_from_json, lun_from_spec, IoLimits, SocketAccess};
 use crate::lun::live::REMOVE_DRAIN;
 use crate::lun::LiveLuns;
-use crate::vhost::{SocketRemover, VhostSocket};
+use crate::vhost::{group_id, SocketRemover, VhostSocket};
 
 /// Clients served at once; more are told the daemon is busy.
 pub const MAX_CLIENTS: usize = 8;
@@ -33,14 +33,26 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
-    /// Binds `path` (0600, only a stale socket is replaced) and serves it on a thread.
-    pub fn start(path: &Path, luns: Arc<LiveLuns>) -> Result<ControlServer, String> {
-        let socket = VhostSocket::bind(path, &SocketAccess::default())
-            .map_err(|e| e.replacen("socket:", "control:", 1))?;
+    /// Binds `path` with `access` (0600 by default; only a stale socket is replaced) and
+    /// serves it on a thread. Members of `access.group` may use it besides the daemon's
+    /// user and root.
+    pub fn start(
+        path: &Path,
+        access: &SocketAccess,
+        luns: Arc<LiveLuns>,
+    ) -> Result<ControlServer, String> {
+        let control = |e: String| e.replacen("socket:", "control:", 1);
+        let group = access
+            .group
+            .as_deref()
+            .map(group_id)
+            .transpose()
+            .map_err(control)?;
+        let socket = VhostSocket::bind(path, access).map_err(control)?;
         let remover = socket.remover();
         std::thread::Builder::new()
             .name("control".into())
-            .spawn(move || accept_loop(&socket, &luns))
+            .spawn(move || accept_loop(&socket, &luns, group))
             .map_err(|e| format!("control: cannot start its thread: {e}"))?;
         tracing::info!(control = %path.display(), "control socket listening");
         Ok(ControlServer { remover })
@@ -52,13 +64,13 @@ impl ControlServer {
     }
 }
 
-fn accept_loop(socket: &VhostSocket, luns: &Arc<LiveLuns>) {
+fn accept_loop(socket: &VhostSocket, luns: &Arc<LiveLuns>, group: Option<u32>) {
     let clients = Arc::new(AtomicUsize::new(0));
     for conn in socket.listener().incoming() {
         let Ok(mut stream) = conn else {
             continue;
         };
-        if let Err(why) = check_peer(&stream) {
+        if let Err(why) = check_peer(&stream, group) {
             tracing::warn!("control: {why}");
             let _ = reply(&mut stream, &error_reply(&why));
             continue;
@@ -81,8 +93,33 @@ fn accept_loop(socket: &VhostSocket, luns: &Arc<LiveLuns>) {
     }
 }
 
-/// Only the daemon's own user and root may manage it.
-fn check_peer(stream: &UnixStream) -> Result<(), String> {
+/// The supplementary groups of the peer (SO_PEERGROUPS, Linux 4.13+); empty when the
+/// kernel cannot tell.
+fn peer_groups(stream: &UnixStream) -> Vec<u32> {
+    const SO_PEERGROUPS: libc::c_int = 59;
+    let mut groups = vec![0u32; 256];
+    let mut len = (groups.len() * std::mem::size_of::<u32>()) as libc::socklen_t;
+    // SAFETY: SO_PEERGROUPS writes at most `len` bytes of gid_t values into `groups`,
+    // which holds that many bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERGROUPS,
+            groups.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Vec::new();
+    }
+    groups.truncate(len as usize / std::mem::size_of::<u32>());
+    groups
+}
+
+/// The daemon's own user and root may manage it, and members of the control socket's
+/// group when one is configured.
+fn check_peer(stream: &UnixStream, group: Option<u32>) -> Result<(), String> {
     let mut cred = libc::ucred {
         pid: 0,
         uid: u32::MAX,
@@ -107,12 +144,15 @@ fn check_peer(stream: &UnixStream) -> Result<(), String> {
     }
     // SAFETY: getuid has no preconditions.
     let me = unsafe { libc::getuid() };
-    if cred.uid == me || cred.uid == 0 {
+    let in_group = |g: u32| cred.gid == g || peer_groups(stream).contains(&g);
+    if cred.uid == me || cred.uid == 0 || group.is_some_and(in_group) {
         Ok(())
     } else {
         Err(format!(
-            "refused a client of uid {} (pid {}): only uid {me} or root may manage this daemon",
-            cred.uid, cred.pid
+            "refused a client of uid {} (pid {}): only uid {me}, root{} may manage this daemon",
+            cred.uid,
+            cred.pid,
+            group.map_or(String::new(), |g| format!(" and members of group {g}"))
         ))
     }
 }
@@ -172,9 +212,10 @@ pub fn execute(luns: &LiveLuns, req: Request) -> Value {
         Request::Add {
             kind,
             spec,
+            lun_config,
             target,
             lun,
-        } => add(luns, &kind, &spec, target.unwrap_or(0), lun),
+        } => add(luns, kind, spec, lun_config, target, lun),
         Request::Remove { target, lun } => luns
             .remove(target, lun, REMOVE_DRAIN)
             .map(|left| json!({ "ok": true, "target": target, "lun": lun, "still_in_flight": left })),
@@ -196,26 +237,67 @@ pub fn execute(luns: &LiveLuns, req: Request) -> Value {
                 json!({ "ok": true, "target": target, "lun": lun, "limits": limits_map(&now) })
             })
         }
+        Request::Paths { target, lun } => luns
+            .paths(target, lun)
+            .map(|p| json!({ "ok": true, "target": target, "lun": lun, "paths": p })),
+        Request::Path {
+            target,
+            lun,
+            portal,
+            action,
+        } => luns
+            .set_path_failed(target, lun, &portal, action == PathAction::Fail)
+            .map(|()| json!({ "ok": true, "target": target, "lun": lun, "portal": portal })),
     };
     done.unwrap_or_else(|e| error_reply(&e))
 }
 
 fn add(
     luns: &LiveLuns,
-    kind: &str,
-    spec: &str,
-    target: u8,
+    kind: Option<String>,
+    spec: Option<String>,
+    lun_config: Option<Value>,
+    target: Option<u8>,
     lun: Option<u16>,
 ) -> Result<Value, String> {
-    let lun = match lun {
-        Some(l) => l,
-        None => luns
-            .next_free_lun(target)
-            .ok_or_else(|| format!("target {target} has no free LUN"))?,
+    let free = |t: u8| {
+        luns.next_free_lun(t)
+            .ok_or_else(|| format!("target {t} has no free LUN"))
     };
-    let l = lun_from_spec(kind, spec, target, lun).map_err(|e| e.0)?;
+    let l = match (kind, spec, lun_config) {
+        (Some(kind), Some(spec), None) => {
+            let target = target.unwrap_or(0);
+            let lun = match lun {
+                Some(l) => l,
+                None => free(target)?,
+            };
+            lun_from_spec(&kind, &spec, target, lun).map_err(|e| e.0)?
+        }
+        (None, None, Some(Value::Object(mut fields))) => {
+            // The request's address, else the table's, else target 0 and its first free LUN.
+            let t = match (target, fields.get("target").and_then(Value::as_u64)) {
+                (Some(t), _) => t,
+                (None, Some(t)) => u8::try_from(t)
+                    .map_err(|_| format!("lun.target: {t} is out of range 0..=255"))?,
+                (None, None) => 0,
+            };
+            fields.insert("target".into(), json!(t));
+            if let Some(l) = lun {
+                fields.insert("lun".into(), json!(l));
+            } else if !fields.contains_key("lun") {
+                fields.insert("lun".into(), json!(free(t)?));
+            }
+            lun_from_json(Value::Object(fields)).map_err(|e| e.0)?
+        }
+        _ => {
+            return Err(
+                "add needs either kind and spec, or lun_config (an object of [[lun]] fields)"
+                    .into(),
+            )
+        }
+    };
     luns.add(&l)?;
-    Ok(json!({ "ok": true, "target": target, "lun": lun }))
+    Ok(json!({ "ok": true, "target": l.target, "lun": l.lun }))
 }
 
 fn list(luns: &LiveLuns) -> Vec<LunEntry> {

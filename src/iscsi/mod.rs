@@ -118,6 +118,11 @@ impl IscsiLun {
         self.core.outstanding()
     }
 
+    /// Fails or restores a path by its portal (maintenance); see the multipath LUN.
+    pub fn set_path_failed(&self, portal: &str, fail: bool) -> Result<(), String> {
+        self.core.set_path_failed(portal, fail)
+    }
+
     /// Path states and counters.
     pub fn paths(&self) -> Vec<PathStatus> {
         self.core.status()

@@ -119,6 +119,10 @@ impl LunDevice for IscsiPassthrough {
         self.lun.flush();
     }
 
+    fn set_path_failed(&self, portal: &str, fail: bool) -> Result<(), String> {
+        self.lun.set_path_failed(portal, fail)
+    }
+
     fn forwards_task_management(&self) -> bool {
         true
     }

@@ -12,7 +12,7 @@
 //! buffer to put them in (virtio-scsi's event queue), and as unit attentions on the LUNs
 //! (see [`Lun::raise_attention`]) for a guest that missed the event.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -116,6 +116,8 @@ pub struct LiveLuns {
     iscsi: IscsiOptions,
     /// The destination of a migration: images are locked when the device starts.
     lock_at_open: bool,
+    /// What each LUN was opened from (a configuration reload compares against it).
+    configs: Mutex<BTreeMap<(u8, u16), LunConfig>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -132,7 +134,21 @@ impl LiveLuns {
             waker: Mutex::new(None),
             iscsi,
             lock_at_open,
+            configs: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Records what the LUNs of the first table were opened from.
+    pub fn remember(&self, luns: &[LunConfig]) {
+        let mut c = lock(&self.configs);
+        for l in luns {
+            c.insert((l.target, l.lun), l.clone());
+        }
+    }
+
+    /// What each LUN was opened from.
+    pub fn configs(&self) -> BTreeMap<(u8, u16), LunConfig> {
+        lock(&self.configs).clone()
     }
 
     /// The table now, for one command (no lock, no allocation).
@@ -240,6 +256,7 @@ impl LiveLuns {
             other.raise_attention(attention::REPORTED_LUNS_CHANGED);
         }
         self.table.store(Arc::new(next));
+        lock(&self.configs).insert((l.target, l.lun), l.clone());
         tracing::info!(target_id = l.target, lun = l.lun, "LUN added");
         self.announce(LunChange::Added {
             target: l.target,
@@ -265,6 +282,7 @@ impl LiveLuns {
                 other.raise_attention(attention::REPORTED_LUNS_CHANGED);
             }
             self.table.store(Arc::new(next));
+            lock(&self.configs).remove(&(target, lun));
             removed
         };
         self.announce(LunChange::Removed { target, lun });
@@ -294,19 +312,74 @@ impl LiveLuns {
         lun: u16,
         changes: &[(String, u64)],
     ) -> Result<IoLimits, String> {
+        self.change_limits(target, lun, |limits| {
+            for (key, value) in changes {
+                limits.set(key, *value)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Puts `limits` in force on a LUN in place of all its limits (a reload).
+    pub fn replace_limits(&self, target: u8, lun: u16, limits: IoLimits) -> Result<(), String> {
+        self.change_limits(target, lun, |l| {
+            *l = limits;
+            Ok(())
+        })
+        .map(|_| ())
+    }
+
+    /// Changes a LUN's limits with `change`, checks them, puts them in force and records
+    /// them in the LUN's configuration (what a reload compares the file with).
+    fn change_limits(
+        &self,
+        target: u8,
+        lun: u16,
+        change: impl FnOnce(&mut IoLimits) -> Result<(), String>,
+    ) -> Result<IoLimits, String> {
         let _edit = lock(&self.edit);
         let table = self.snapshot();
         let Some(l) = table.get(target, lun) else {
             return Err(format!("no LUN at target {target} LUN {lun}"));
         };
         let mut limits = l.limits();
-        for (key, value) in changes {
-            limits.set(key, *value)?;
-        }
+        change(&mut limits)?;
         limits.check()?;
         l.set_limits(limits);
-        tracing::info!(target_id = target, lun, limits = %limits.describe(), "I/O limits set");
+        if let Some(c) = lock(&self.configs).get_mut(&(target, lun)) {
+            c.limits = limits;
+        }
+        let shown = if limits.is_empty() {
+            "none".to_string()
+        } else {
+            limits.describe()
+        };
+        tracing::info!(target_id = target, lun, limits = %shown, "I/O limits set");
         Ok(limits)
+    }
+
+    /// The LUN's paths, one line each (none for a LUN without paths).
+    pub fn paths(&self, target: u8, lun: u16) -> Result<Vec<String>, String> {
+        let table = self.load();
+        let l = table
+            .get(target, lun)
+            .ok_or_else(|| format!("no LUN at target {target} LUN {lun}"))?;
+        Ok(l.device().detail_lines())
+    }
+
+    /// Fails or restores one path of a multipath LUN (maintenance).
+    pub fn set_path_failed(
+        &self,
+        target: u8,
+        lun: u16,
+        portal: &str,
+        fail: bool,
+    ) -> Result<(), String> {
+        let table = self.load();
+        let l = table
+            .get(target, lun)
+            .ok_or_else(|| format!("no LUN at target {target} LUN {lun}"))?;
+        l.device().set_path_failed(portal, fail)
     }
 
     /// Reads the LUN's size again (or sets a file's size) and tells the guest when it

@@ -272,6 +272,11 @@ pub trait LunDevice: Send + Sync {
         Err("this kind of LUN cannot be resized".into())
     }
 
+    /// Fails or restores one path of a multipath LUN, by portal (maintenance).
+    fn set_path_failed(&self, _portal: &str, _fail: bool) -> Result<(), String> {
+        Err("this LUN has no paths".into())
+    }
+
     /// The file or block device behind the LUN, if it has one.
     fn backing_path(&self) -> Option<std::path::PathBuf> {
         None

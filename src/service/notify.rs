@@ -71,6 +71,17 @@ impl Service {
         send(&[NotifyState::Ready, NotifyState::Status(status)]);
     }
 
+    /// A configuration reload begins (RELOADING=1, with the time systemd wants).
+    pub fn reloading(&self) {
+        let monotonic = format!("MONOTONIC_USEC={}", monotonic_usec());
+        send(&[NotifyState::Reloading, NotifyState::Custom(&monotonic)]);
+    }
+
+    /// The reload ended (READY=1 again, with its outcome as the status).
+    pub fn reloaded(&self, status: &str) {
+        send(&[NotifyState::Ready, NotifyState::Status(status)]);
+    }
+
     /// Shutdown began: no status line replaces `status` from here on.
     pub fn stopping(&self, status: &str) {
         self.stopping.store(true, Ordering::Release);
@@ -141,6 +152,17 @@ fn send(states: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
         tracing::debug!("cannot notify the service manager: {e}");
     }
+}
+
+/// CLOCK_MONOTONIC in microseconds, as systemd's reload protocol wants it.
+fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec to the pointer, which points at `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1000
 }
 
 #[cfg(test)]

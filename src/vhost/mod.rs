@@ -34,7 +34,7 @@ pub use device::ScsiDevice;
 // For harnesses that drive the device without a socket (the fuzz targets).
 pub use dirty_log::DirtyLog;
 use session::FrontendSession;
-pub use socket::{SocketHandover, SocketRemover, VhostSocket};
+pub use socket::{group_id, SocketHandover, SocketRemover, VhostSocket};
 pub use vring::Vring;
 
 use crate::backend::guest::GuestMem;

@@ -317,7 +317,7 @@ fn user_id(name: &str) -> Result<u32, String> {
 }
 
 /// A group name's ID (a number is taken as the ID itself).
-fn group_id(name: &str) -> Result<u32, String> {
+pub fn group_id(name: &str) -> Result<u32, String> {
     if let Ok(id) = name.parse::<u32>() {
         return Ok(id);
     }

@@ -9,7 +9,7 @@
 #   - the socket vscsid creates has the configured group and mode (socket_group,
 #     socket_mode), the project's vhost-user frontend (loadgen) runs I/O through it as a
 #     member of that group, and is refused as another user;
-#   - `systemctl reload` (upgrade in place) applies a configuration change: a LUN added;
+#   - `systemctl reload` (SIGHUP) applies a configuration change: a LUN added;
 #   - `journalctl -o json` carries VM=, LUN=, PRIORITY=;
 #   - kill -9 of the daemon: systemd restarts it; a worker thread stopped (ptrace) stops
 #     the watchdog pings and systemd restarts the daemon (WatchdogSec=4 in a drop-in);

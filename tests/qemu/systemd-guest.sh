@@ -194,7 +194,7 @@ EOF
   pid1=$(prop $U MainPID)
   note "MainPID $pid0 -> $pid1, StatusText '$(prop $U StatusText)', state $(prop $U ActiveState)"
   [[ $pid0 == "$pid1" ]] && is_active $U || st=1
-  journal_since "$t0" | grep -E 'upgrade|upgraded' | sed 's/^/journal: /'
+  journal_since "$t0" | grep -E 'reload' | sed 's/^/journal: /'
   client_io 1 || st=1
   return $st
 }

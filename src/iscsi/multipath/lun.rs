@@ -88,11 +88,16 @@ struct Path {
     /// Logged in, with the new nexus's unit attentions taken and ALUA read: guest
     /// commands go down it only then (the session is up a little earlier, for those).
     serving: AtomicBool,
+    /// Failed by the operator (`vscsid ctl path ... fail`, for maintenance): no new
+    /// command goes down it until it is restored; the session stays logged in.
+    admin_failed: AtomicBool,
 }
 
 impl Path {
     fn is_serving(&self) -> bool {
-        self.serving.load(Ordering::Acquire) && self.session.is_up()
+        self.serving.load(Ordering::Acquire)
+            && !self.admin_failed.load(Ordering::Acquire)
+            && self.session.is_up()
     }
 }
 
@@ -156,6 +161,7 @@ impl Core {
                     ),
                     alua: AtomicU8::new(alua::UNKNOWN),
                     serving: AtomicBool::new(false),
+                    admin_failed: AtomicBool::new(false),
                 })
                 .collect();
             Core {
@@ -325,7 +331,12 @@ impl Core {
     fn expire(&self) {
         let in_outage = self.lock().outage_since.is_some();
         // Checked without the LUN's lock (each check takes its session's).
-        if in_outage && self.paths.iter().any(|p| p.session.is_healthy()) {
+        if in_outage
+            && self
+                .paths
+                .iter()
+                .any(|p| p.is_serving() && p.session.is_healthy())
+        {
             self.lock().outage_since = None;
             return;
         }
@@ -400,6 +411,29 @@ impl Core {
                 .sum::<usize>()
     }
 
+    /// Fails (`fail`) or restores a path by its portal, for maintenance: a failed path
+    /// takes no new command (those it has finish there); with no other path, commands
+    /// queue as in an outage (`no_path_retry`). Restoring sends what queued meanwhile.
+    pub(crate) fn set_path_failed(&self, portal: &str, fail: bool) -> Result<(), String> {
+        let Some(p) = self.paths.iter().find(|p| p.session.portal() == portal) else {
+            let known: Vec<String> = self.paths.iter().map(|p| p.session.portal()).collect();
+            return Err(format!(
+                "no path to {portal} (the paths are {})",
+                known.join(", ")
+            ));
+        };
+        p.admin_failed.store(fail, Ordering::Release);
+        tracing::warn!(
+            portal,
+            "iSCSI path {} by the operator",
+            if fail { "failed" } else { "restored" }
+        );
+        if !fail {
+            self.flush();
+        }
+        Ok(())
+    }
+
     /// One line per path: portal, state, counters.
     pub(crate) fn status(&self) -> Vec<PathStatus> {
         self.paths
@@ -407,6 +441,7 @@ impl Core {
             .map(|p| PathStatus {
                 portal: p.session.portal(),
                 up: p.session.is_up(),
+                admin_failed: p.admin_failed.load(Ordering::Relaxed),
                 priority: p.priority,
                 alua: alua::name(p.alua.load(Ordering::Relaxed)),
                 outstanding: p.session.outstanding(),
@@ -488,6 +523,8 @@ impl Core {
 pub struct PathStatus {
     pub portal: String,
     pub up: bool,
+    /// Failed by the operator.
+    pub admin_failed: bool,
     pub priority: u32,
     pub alua: &'static str,
     pub outstanding: usize,
@@ -504,7 +541,11 @@ impl std::fmt::Display for PathStatus {
             "{}: {} priority {} alua {} outstanding {} ios {} errors {} failovers {} \
              last-failover-ms {}",
             self.portal,
-            if self.up { "up" } else { "down" },
+            match (self.up, self.admin_failed) {
+                (_, true) => "failed-by-operator",
+                (true, false) => "up",
+                (false, false) => "down",
+            },
             self.priority,
             self.alua,
             self.outstanding,
@@ -642,6 +683,7 @@ mod tests {
         let p = PathStatus {
             portal: "10.0.2.10:3260".into(),
             up: false,
+            admin_failed: false,
             priority: 1,
             alua: alua::name(alua::STANDBY),
             outstanding: 3,
@@ -655,5 +697,13 @@ mod tests {
             "10.0.2.10:3260: down priority 1 alua standby outstanding 3 ios 42 errors 1 \
              failovers 2 last-failover-ms 610"
         );
+        let failed = PathStatus {
+            up: true,
+            admin_failed: true,
+            ..p
+        };
+        assert!(failed
+            .to_string()
+            .starts_with("10.0.2.10:3260: failed-by-operator "));
     }
 }
