@@ -190,13 +190,15 @@ pub fn call(control: &std::path::Path, req: Request) -> Result<Value, String> {
     })
     .map_err(|e| e.to_string())?;
     line.push('\n');
-    stream
-        .write_all(line.as_bytes())
-        .map_err(|e| format!("cannot send to {shown}: {e}"))?;
+    // A daemon that refuses the client answers and closes without reading: the send may
+    // fail while the refusal waits to be read.
+    let sent = stream.write_all(line.as_bytes());
     let mut answer = String::new();
-    BufReader::new(stream)
-        .read_line(&mut answer)
-        .map_err(|e| format!("no reply from {shown}: {e}"))?;
+    let read = BufReader::new(stream).read_line(&mut answer);
+    if let (Err(e), true) = (sent, answer.is_empty()) {
+        return Err(format!("cannot send to {shown}: {e}"));
+    }
+    read.map_err(|e| format!("no reply from {shown}: {e}"))?;
     serde_json::from_str(&answer).map_err(|e| format!("bad reply from {shown}: {e}"))
 }
 
