@@ -52,11 +52,13 @@ pub fn parse_disk_spec(spec: &str, lun: u16) -> Result<LunConfig, ConfigError> {
             ("wwn", Some(v)) => {
                 cfg.wwn = Some(super::file::parse_wwn(v, "wwn").map_err(|e| err(e.0))?)
             }
+            (k, Some(v)) if super::IoLimits::is_key(k) => cfg.limits.set_text(k, v).map_err(err)?,
             ("", _) => return Err(err("empty option".into())),
             (k, None) => return Err(err(format!("{k}: unknown option or missing '=value'"))),
             (k, Some(_)) => return Err(err(format!("{k}: unknown option"))),
         }
     }
+    cfg.limits.check().map_err(err)?;
     Ok(cfg)
 }
 
@@ -101,6 +103,18 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn limits_parse_and_errors_name_the_key() {
+        let c = parse_disk_spec("/d.img,iops=200,bw_write=10M,iops_max=400", 0).expect("ok");
+        assert_eq!(c.limits.iops[0], 200);
+        assert_eq!(c.limits.iops_max[0], 400);
+        assert_eq!(c.limits.bw[2], 10 << 20);
+        let e = parse_disk_spec("/d.img,iops=lots", 0).unwrap_err().0;
+        assert!(e.contains("iops:") && e.contains("lots"), "{e}");
+        let e = parse_disk_spec("/d.img,bw=1M,bw_read=1M", 0).unwrap_err().0;
+        assert!(e.contains("bw_read:"), "{e}");
     }
 
     #[test]

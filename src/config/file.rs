@@ -67,6 +67,19 @@ struct RawLun {
     nop_interval: Option<toml::Value>,
     nop_timeout: Option<toml::Value>,
     no_path_retry: Option<toml::Value>,
+    iops: Option<toml::Value>,
+    iops_read: Option<toml::Value>,
+    iops_write: Option<toml::Value>,
+    iops_max: Option<toml::Value>,
+    iops_read_max: Option<toml::Value>,
+    iops_write_max: Option<toml::Value>,
+    bw: Option<toml::Value>,
+    bw_read: Option<toml::Value>,
+    bw_write: Option<toml::Value>,
+    bw_max: Option<toml::Value>,
+    bw_read_max: Option<toml::Value>,
+    bw_write_max: Option<toml::Value>,
+    burst_length: Option<toml::Value>,
 }
 
 /// A LUN from the fields of a `[[lun]]` table given as JSON (the control socket's `add`),
@@ -326,6 +339,39 @@ fn lun_from_raw(l: RawLun, i: usize) -> Result<LunConfig, ConfigError> {
             )))
         }
     }
+    for (key, v) in [
+        ("iops", &l.iops),
+        ("iops_read", &l.iops_read),
+        ("iops_write", &l.iops_write),
+        ("iops_max", &l.iops_max),
+        ("iops_read_max", &l.iops_read_max),
+        ("iops_write_max", &l.iops_write_max),
+        ("bw", &l.bw),
+        ("bw_read", &l.bw_read),
+        ("bw_write", &l.bw_write),
+        ("bw_max", &l.bw_max),
+        ("bw_read_max", &l.bw_read_max),
+        ("bw_write_max", &l.bw_write_max),
+        ("burst_length", &l.burst_length),
+    ] {
+        let text = match v {
+            None => continue,
+            Some(toml::Value::Integer(n)) if *n >= 0 => n.to_string(),
+            Some(toml::Value::String(s)) => s.clone(),
+            Some(_) => {
+                return Err(ConfigError(format!(
+                    "{}: must be a number (or, for bw*, a size such as \"10M\")",
+                    field(key)
+                )))
+            }
+        };
+        cfg.limits
+            .set_text(key, &text)
+            .map_err(|e| ConfigError(format!("lun[{i}].{e}")))?;
+    }
+    cfg.limits
+        .check()
+        .map_err(|e| ConfigError(format!("lun[{i}].{e}")))?;
     if let Some(bs) = l.block_size {
         cfg.block_size = check_block_size(bs, &field("block_size"))?;
     }
@@ -475,6 +521,9 @@ mod tests {
             path = "/var/lib/a.img"
             cache = "writeback"
             block_size = 4096
+            iops = 500
+            bw_read = "20M"
+            bw_write = 10485760
             [[lun]]
             target = 1
             lun = 2
@@ -505,6 +554,11 @@ mod tests {
         assert!(cfg.luns[1].readonly);
         assert_eq!(cfg.luns[1].wwn, Some(0x6001_405a_abbc_cdd0));
         assert_eq!(cfg.luns[1].serial.as_deref(), Some("B-2"));
+        assert_eq!(
+            cfg.luns[0].limits.describe(),
+            "iops=500 bw_read=20M bw_write=10M"
+        );
+        assert!(cfg.luns[1].limits.is_empty());
     }
 
     #[test]
@@ -532,6 +586,15 @@ mod tests {
             (
                 "[[lun]]\nlun = 0\npath = \"/a\"\nkind = \"tape\"\n",
                 "lun[0].kind",
+            ),
+            (
+                "[[lun]]\nlun = 0\npath = \"/a\"\niops = \"many\"\n",
+                "lun[0].iops:",
+            ),
+            ("[[lun]]\nlun = 0\npath = \"/a\"\nbw = -5\n", "lun[0].bw:"),
+            (
+                "[[lun]]\nlun = 0\npath = \"/a\"\nbw = \"1M\"\nbw_write = \"1M\"\n",
+                "lun[0].bw_write:",
             ),
             ("[daemon]\nnum_queues = -1\n", "daemon.num_queues"),
             ("[daemon]\nsubmit_batch = 0\n", "daemon.submit_batch"),

@@ -3,6 +3,7 @@
 
 mod disk_spec;
 mod file;
+pub mod limits;
 mod multipath;
 
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use crate::sandbox::SandboxMode;
 
 pub use disk_spec::parse_disk_spec;
 pub use file::{lun_from_json, parse_config_file, parse_config_text};
+pub use limits::IoLimits;
 pub use multipath::{duration, MultipathSettings};
 
 /// Largest number of request queues a device offers: a virtio device has at most 1024
@@ -221,6 +223,8 @@ pub struct LunConfig {
     /// Other VMs may write the image at the same time (a cluster disk): its image lock
     /// lets them.
     pub shared: bool,
+    /// I/O limits (none by default).
+    pub limits: IoLimits,
 }
 
 impl LunConfig {
@@ -239,6 +243,7 @@ impl LunConfig {
             serial: None,
             wwn: None,
             shared: false,
+            limits: IoLimits::default(),
         }
     }
 }
@@ -393,9 +398,16 @@ impl Config {
                     lun.block_size = check_block_size(n, "block-size")
                         .map_err(|e| ConfigError(format!("{field}: {}", e.0)))?;
                 }
+                Some((k, v)) if IoLimits::is_key(k) => lun
+                    .limits
+                    .set_text(k, v)
+                    .map_err(|e| ConfigError(format!("{field}: {e}")))?,
                 _ => return Err(ConfigError(format!("{field}: {opt}: unknown option"))),
             }
         }
+        lun.limits
+            .check()
+            .map_err(|e| ConfigError(format!("{field}: {e}")))?;
         self.add_lun(lun, &field)
     }
 

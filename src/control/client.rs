@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use serde_json::Value;
 
 use super::protocol::{Envelope, LunEntry, PathAction, Request, VERSION};
+use crate::config::limits::{parse_value, IoLimits};
 use crate::config::parse_size;
 
 /// How long the client waits for the daemon's reply (a removal waits up to 30 s for the
@@ -62,6 +63,14 @@ enum CtlCommand {
         /// Allow a smaller size (the guest's data past it is gone).
         #[arg(long)]
         force: bool,
+    },
+    /// Set a LUN's I/O limits: <target>:<lun> key=value... (iops, iops_read, iops_write,
+    /// bw, bw_read, bw_write with K/M/G suffixes, their _max burst rates, burst_length);
+    /// 0 removes a limit, the others stay.
+    Set {
+        address: String,
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        limits: Vec<String>,
     },
     /// The paths of an iSCSI LUN (<target>:<lun>): state and counters.
     Paths { address: String },
@@ -127,6 +136,21 @@ fn request(cmd: CtlCommand) -> Result<Request, String> {
                 force,
             }
         }
+        CtlCommand::Set { address: a, limits } => {
+            let (target, lun) = address(&a)?;
+            let mut map = std::collections::BTreeMap::new();
+            for kv in &limits {
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| format!("'{kv}' is not key=value"))?;
+                map.insert(k.to_string(), parse_value(k, v)?);
+            }
+            Request::Set {
+                target,
+                lun,
+                limits: map,
+            }
+        }
         CtlCommand::Paths { address: a } => {
             let (target, lun) = address(&a)?;
             Request::Paths { target, lun }
@@ -152,6 +176,21 @@ fn request(cmd: CtlCommand) -> Result<Request, String> {
     })
 }
 
+/// `key=value ...` of a reply's `limits` object, or "unlimited".
+fn limits_text(v: Option<&Value>) -> String {
+    let mut l = IoLimits::default();
+    for (k, n) in v.and_then(Value::as_object).into_iter().flatten() {
+        if let Some(n) = n.as_u64() {
+            let _ = l.set(k, n);
+        }
+    }
+    if l.is_empty() {
+        "unlimited".into()
+    } else {
+        l.describe()
+    }
+}
+
 /// Sends one request and returns the reply.
 pub fn call(control: &std::path::Path, req: Request) -> Result<Value, String> {
     let shown = control.display();
@@ -164,13 +203,15 @@ pub fn call(control: &std::path::Path, req: Request) -> Result<Value, String> {
     })
     .map_err(|e| e.to_string())?;
     line.push('\n');
-    stream
-        .write_all(line.as_bytes())
-        .map_err(|e| format!("cannot send to {shown}: {e}"))?;
+    // A daemon that refuses the client answers and closes without reading: the send may
+    // fail while the refusal waits to be read.
+    let sent = stream.write_all(line.as_bytes());
     let mut answer = String::new();
-    BufReader::new(stream)
-        .read_line(&mut answer)
-        .map_err(|e| format!("no reply from {shown}: {e}"))?;
+    let read = BufReader::new(stream).read_line(&mut answer);
+    if let (Err(e), true) = (sent, answer.is_empty()) {
+        return Err(format!("cannot send to {shown}: {e}"));
+    }
+    read.map_err(|e| format!("no reply from {shown}: {e}"))?;
     serde_json::from_str(&answer).map_err(|e| format!("bad reply from {shown}: {e}"))
 }
 
@@ -211,6 +252,11 @@ fn print_luns(v: &Value) {
         for p in l.paths {
             println!("{:<8} {:>10} {:>6} {:>9}    {p}", "", "", "", "");
         }
+        if !l.limits.is_empty() {
+            let v = serde_json::to_value(&l.limits).ok();
+            let text = limits_text(v.as_ref());
+            println!("{:<8} {:>10} {:>6} {:>9}    limits {text}", "", "", "", "");
+        }
     }
 }
 
@@ -228,6 +274,7 @@ pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
         }
     };
     let is_luns = matches!(cli.command, CtlCommand::Luns);
+    let is_set = matches!(cli.command, CtlCommand::Set { .. });
     let is_paths = matches!(cli.command, CtlCommand::Paths { .. });
     let reply = request(cli.command).and_then(|r| call(&cli.control, r));
     let v = match reply {
@@ -245,6 +292,14 @@ pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
         eprintln!("vscsid ctl: {why}");
     } else if is_luns {
         print_luns(&v);
+    } else if is_set {
+        let field = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or_default();
+        println!(
+            "ok {}:{} {}",
+            field("target"),
+            field("lun"),
+            limits_text(v.get("limits"))
+        );
     } else if is_paths {
         for p in v
             .get("paths")
@@ -297,5 +352,34 @@ mod tests {
                 force: false
             })
         );
+    }
+
+    #[test]
+    fn set_takes_limits_with_units() {
+        let set = |args: &[&str]| {
+            request(CtlCommand::Set {
+                address: "0:1".into(),
+                limits: args.iter().map(|s| s.to_string()).collect(),
+            })
+        };
+        assert_eq!(
+            set(&["iops=200", "bw=10M", "iops_write=0"]),
+            Ok(Request::Set {
+                target: 0,
+                lun: 1,
+                limits: [
+                    ("bw".to_string(), 10 << 20),
+                    ("iops".to_string(), 200),
+                    ("iops_write".to_string(), 0)
+                ]
+                .into()
+            })
+        );
+        assert!(set(&["iops"]).unwrap_err().contains("key=value"));
+        assert!(set(&["speed=3"]).unwrap_err().starts_with("speed:"));
+        assert!(set(&["bw=fast"]).unwrap_err().starts_with("bw:"));
+        let v = serde_json::json!({"iops": 200, "bw_read": 1048576});
+        assert_eq!(limits_text(Some(&v)), "iops=200 bw_read=1M");
+        assert_eq!(limits_text(None), "unlimited");
     }
 }

@@ -9,11 +9,16 @@
 //! - `remove`: `target`, `lun`, optional `wait_ms` (for the commands in flight).
 //! - `resize`: `target`, `lun`, optional `size` (bytes: grow the file to it first),
 //!   optional `force` (allow a smaller size).
+//! - `set`: `target`, `lun`, `limits`: an object of I/O limits (`iops`, `bw`, ... as the
+//!   `[[lun]]` keys; numbers, bytes for `bw*`) that replace those limits (0 removes one;
+//!   the others stay).
 //! - `paths`: `target`, `lun`: the paths of an iSCSI LUN.
 //! - `path`: `target`, `lun`, `portal`, `action` (`fail` or `restore`): maintenance.
 //!
 //! Replies: `{"ok": true, ...}` with the command's result, or `{"ok": false, "error":
 //! "<one line>"}`. A request without `version`, or with another version, is refused.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +69,11 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    Set {
+        target: u8,
+        lun: u16,
+        limits: BTreeMap<String, u64>,
+    },
     Paths {
         target: u8,
         lun: u16,
@@ -95,6 +105,9 @@ pub struct LunEntry {
     pub in_flight: u32,
     pub paths_down: usize,
     pub paths: Vec<String>,
+    /// The I/O limits set (keys as in `set`); empty when unlimited.
+    #[serde(default)]
+    pub limits: BTreeMap<String, u64>,
 }
 
 /// Parses one request line; the error is the one-line reply.
@@ -154,6 +167,16 @@ mod tests {
         };
         let line = serde_json::to_string(&add).expect("json");
         assert_eq!(parse_request(&line), Ok(add.request));
+        assert_eq!(
+            parse_request(
+                r#"{"version":1,"command":"set","target":0,"lun":1,"limits":{"iops":200,"bw":0}}"#
+            ),
+            Ok(Request::Set {
+                target: 0,
+                lun: 1,
+                limits: [("bw".to_string(), 0), ("iops".to_string(), 200)].into()
+            })
+        );
         for (bad, why) in [
             ("{", "not JSON"),
             (r#"{"command":"luns"}"#, "no \"version\""),
@@ -168,6 +191,10 @@ mod tests {
             ),
             (
                 r#"{"version":1,"command":"remove","target":300,"lun":0}"#,
+                "bad request",
+            ),
+            (
+                r#"{"version":1,"command":"set","target":0,"lun":0,"limits":{"iops":-1}}"#,
                 "bad request",
             ),
         ] {

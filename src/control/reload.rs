@@ -90,6 +90,21 @@ pub fn apply(luns: &LiveLuns, old: &Config, new: &Config) -> ReloadReport {
                 Ok(()) => report.applied.push(format!("{} added", address(l))),
                 Err(e) => report.refused.push(format!("{}: {e}", address(l))),
             },
+            Some(was) if was != l && LunConfig { limits: l.limits, ..was.clone() } == *l => {
+                // Only the I/O limits changed: they change in place.
+                match luns.replace_limits(l.target, l.lun, l.limits) {
+                    Ok(()) => report.applied.push(format!(
+                        "{} I/O limits set: {}",
+                        address(l),
+                        if l.limits.is_empty() {
+                            "none".to_string()
+                        } else {
+                            l.limits.describe()
+                        }
+                    )),
+                    Err(e) => report.refused.push(format!("{}: {e}", address(l))),
+                }
+            }
             Some(was) if was != l => report.refused.push(format!(
                 "{} changed: a LUN's settings apply when it is added again (remove it, reload, add it back) or at the next start",
                 address(l)
@@ -181,5 +196,46 @@ mod tests {
         assert_eq!(r.refused.len(), 1);
         assert!(r.refused[0].starts_with("target 0 LUN 2 changed"));
         assert_eq!(apply(&luns, &new, &new), ReloadReport::default());
+    }
+
+    #[test]
+    fn changed_io_limits_apply_in_place() {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::File::create(dir.path().join("a.img"))
+            .and_then(|f| f.set_len(1 << 20))
+            .expect("img");
+        let old = config(dir.path(), &[("a.img", 0)]);
+        let luns = LiveLuns::new(
+            build_lun_table(&old).expect("table"),
+            iscsi_options(&old),
+            true,
+        );
+        luns.remember(&old.luns);
+        let mut new = old.clone();
+        new.luns[0].limits.set("iops", 300).expect("key");
+        let r = apply(&luns, &old, &new);
+        assert_eq!(
+            r.applied,
+            vec!["target 0 LUN 0 I/O limits set: iops=300".to_string()]
+        );
+        assert!(r.refused.is_empty(), "{:?}", r.refused);
+        let lun = luns.snapshot().get(0, 0).cloned().expect("lun");
+        assert_eq!(lun.limits().iops[0], 300);
+        // A run-time `set` is recorded; the next reload brings the file's value back.
+        luns.set_limits(0, 0, &[("iops".into(), 50)]).expect("set");
+        assert_eq!(luns.configs()[&(0, 0)].limits.iops[0], 50);
+        let r = apply(&luns, &new, &new);
+        assert_eq!(
+            r.applied,
+            vec!["target 0 LUN 0 I/O limits set: iops=300".to_string()]
+        );
+        assert_eq!(lun.limits().iops[0], 300);
+        // Limits with another change: the LUN is left as it was.
+        let mut both = new.clone();
+        both.luns[0].limits = Default::default();
+        both.luns[0].readonly = true;
+        let r = apply(&luns, &new, &both);
+        assert!(r.applied.is_empty(), "{:?}", r.applied);
+        assert_eq!(lun.limits().iops[0], 300);
     }
 }

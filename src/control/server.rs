@@ -5,6 +5,7 @@
 //! own client. Nothing a client sends can stall the guest's I/O: the workers never wait
 //! for this code (a change is published with one atomic store).
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -16,7 +17,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::protocol::{error_reply, parse_request, LunEntry, PathAction, Request, MAX_REQUEST};
-use crate::config::{lun_from_json, lun_from_spec, SocketAccess};
+use crate::config::{lun_from_json, lun_from_spec, IoLimits, SocketAccess};
 use crate::lun::live::REMOVE_DRAIN;
 use crate::lun::LiveLuns;
 use crate::vhost::{group_id, SocketRemover, VhostSocket};
@@ -240,6 +241,16 @@ pub fn execute(luns: &LiveLuns, req: Request) -> Value {
         } => luns.resize(target, lun, size, force).map(|(old, new)| {
             json!({ "ok": true, "target": target, "lun": lun, "old_blocks": old, "new_blocks": new })
         }),
+        Request::Set {
+            target,
+            lun,
+            limits,
+        } => {
+            let changes: Vec<(String, u64)> = limits.into_iter().collect();
+            luns.set_limits(target, lun, &changes).map(|now| {
+                json!({ "ok": true, "target": target, "lun": lun, "limits": limits_map(&now) })
+            })
+        }
         Request::Paths { target, lun } => luns
             .paths(target, lun)
             .map(|p| json!({ "ok": true, "target": target, "lun": lun, "paths": p })),
@@ -315,6 +326,15 @@ fn list(luns: &LiveLuns) -> Vec<LunEntry> {
             in_flight: i.in_flight,
             paths_down: i.paths_down,
             paths: i.paths,
+            limits: limits_map(&i.limits),
         })
+        .collect()
+}
+
+/// The limits that are set, by key.
+fn limits_map(l: &IoLimits) -> BTreeMap<String, u64> {
+    l.pairs()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
         .collect()
 }

@@ -22,7 +22,7 @@ use arc_swap::{ArcSwap, Guard};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{attention, Lun, LunTable};
-use crate::config::{LunConfig, LunKind};
+use crate::config::{IoLimits, LunConfig, LunKind};
 use crate::iscsi::IscsiOptions;
 
 /// Changes kept for the guest at most; past that the oldest is dropped and the next event
@@ -99,6 +99,7 @@ pub struct LunInfo {
     pub in_flight: u32,
     pub paths: Vec<String>,
     pub paths_down: usize,
+    pub limits: IoLimits,
 }
 
 /// The daemon's LUN table, shared by every connection and the control socket.
@@ -209,6 +210,7 @@ impl LiveLuns {
                     in_flight: l.inflight(),
                     paths: d.detail_lines(),
                     paths_down: d.paths_down(),
+                    limits: l.limits(),
                 }
             })
             .collect()
@@ -284,6 +286,8 @@ impl LiveLuns {
             removed
         };
         self.announce(LunChange::Removed { target, lun });
+        // Commands its limits hold back go at once: nothing is left to protect.
+        removed.set_limits(IoLimits::default());
         let until = Instant::now() + drain;
         while removed.inflight() > 0 && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(10));
@@ -302,6 +306,61 @@ impl LiveLuns {
             }
         );
         Ok(left)
+    }
+
+    /// Changes the I/O limits of a LUN: each `(key, value)` of `changes` replaces that
+    /// limit (0 removes it), the others stay. The new limits start with empty buckets.
+    /// Returns the limits now in force; the error names the key.
+    pub fn set_limits(
+        &self,
+        target: u8,
+        lun: u16,
+        changes: &[(String, u64)],
+    ) -> Result<IoLimits, String> {
+        self.change_limits(target, lun, |limits| {
+            for (key, value) in changes {
+                limits.set(key, *value)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Puts `limits` in force on a LUN in place of all its limits (a reload).
+    pub fn replace_limits(&self, target: u8, lun: u16, limits: IoLimits) -> Result<(), String> {
+        self.change_limits(target, lun, |l| {
+            *l = limits;
+            Ok(())
+        })
+        .map(|_| ())
+    }
+
+    /// Changes a LUN's limits with `change`, checks them, puts them in force and records
+    /// them in the LUN's configuration (what a reload compares the file with).
+    fn change_limits(
+        &self,
+        target: u8,
+        lun: u16,
+        change: impl FnOnce(&mut IoLimits) -> Result<(), String>,
+    ) -> Result<IoLimits, String> {
+        let _edit = lock(&self.edit);
+        let table = self.snapshot();
+        let Some(l) = table.get(target, lun) else {
+            return Err(format!("no LUN at target {target} LUN {lun}"));
+        };
+        let mut limits = l.limits();
+        change(&mut limits)?;
+        limits.check()?;
+        l.set_limits(limits);
+        if let Some(c) = lock(&self.configs).get_mut(&(target, lun)) {
+            c.limits = limits;
+        }
+        let shown = if limits.is_empty() {
+            "none".to_string()
+        } else {
+            limits.describe()
+        };
+        tracing::info!(target_id = target, lun, limits = %shown, "I/O limits set");
+        Ok(limits)
     }
 
     /// The LUN's paths, one line each (none for a LUN without paths).

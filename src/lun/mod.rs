@@ -29,13 +29,18 @@ pub mod table;
 mod task;
 #[cfg(test)]
 mod tests;
+pub mod throttle;
 pub mod tmf;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
 
 use crate::backend::guest::{DataBuffers, GuestData};
 use crate::backend::BlockIo;
+use crate::config::IoLimits;
 use crate::scsi::disk::DiskProperties;
 use crate::scsi::task::{ScsiCompletion, TaskAttr, TmfFunction, TransportError};
 use crate::scsi::{DataOut, Outcome, Sense};
@@ -44,6 +49,7 @@ pub use live::{LiveLuns, LunChange};
 pub use registry::{build_lun_table, iscsi_options, status_lines};
 pub use table::{LunTable, Route};
 pub use task::Task;
+pub use throttle::{Cost, Throttle};
 
 /// Largest transfer one READ/WRITE may ask for (VPD 0xB0), in bytes.
 pub const MAX_TRANSFER_BYTES: u64 = 8 << 20;
@@ -296,14 +302,18 @@ pub mod attention {
     pub const CAPACITY_CHANGED: u32 = 1 << 1;
 }
 
-/// One configured LUN: its address, its kind, how many of its commands are in flight, and
-/// the unit attentions it owes the guest.
+/// One configured LUN: its address, its kind, how many of its commands are in flight, the
+/// unit attentions it owes the guest, and its I/O limits.
 pub struct Lun {
     pub target: u8,
     pub lun: u16,
     device: Box<dyn LunDevice>,
     inflight: AtomicU32,
     attentions: AtomicU32,
+    /// The I/O limits in force (None: unlimited); replaced as a whole at run time.
+    throttle: ArcSwapOption<Throttle>,
+    /// Commands held back by the limits on any worker: a new command waits behind them.
+    deferred: AtomicU32,
     /// Taken out of the table and not closed yet: the last command to end closes it.
     retired: AtomicBool,
 }
@@ -334,8 +344,52 @@ impl Lun {
             device,
             inflight: AtomicU32::new(0),
             attentions: AtomicU32::new(0),
+            throttle: ArcSwapOption::empty(),
+            deferred: AtomicU32::new(0),
             retired: AtomicBool::new(false),
         }
+    }
+
+    /// The I/O limits in force, if any (one atomic load).
+    pub fn throttle(&self) -> arc_swap::Guard<Option<Arc<Throttle>>> {
+        self.throttle.load()
+    }
+
+    /// The configured I/O limits (empty when unlimited).
+    pub fn limits(&self) -> IoLimits {
+        self.throttle
+            .load()
+            .as_ref()
+            .map_or_else(IoLimits::default, |t| *t.limits())
+    }
+
+    /// Puts `limits` in force with empty buckets (none at all when empty). Commands held
+    /// back go when their worker next asks.
+    pub fn set_limits(&self, limits: IoLimits) {
+        let t = (!limits.is_empty()).then(|| Arc::new(Throttle::new(limits)));
+        self.throttle.store(t);
+    }
+
+    /// A command is held back by the limits before it starts: it counts among the LUN's
+    /// commands in flight (task management and removal see it) until [`Lun::end`].
+    pub fn defer(&self, task: &mut Task) {
+        if !task.held {
+            task.held = true;
+            self.inflight.fetch_add(1, Ordering::AcqRel);
+        }
+        self.deferred.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A held-back command left the wait (it starts, or ends without starting).
+    pub fn undefer(&self) {
+        let _ = self
+            .deferred
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    /// Whether commands of this LUN are held back by its limits on some worker.
+    pub fn has_deferred(&self) -> bool {
+        self.deferred.load(Ordering::Acquire) > 0
     }
 
     /// The LUN left the table: closes it now when nothing is in flight (true), or when

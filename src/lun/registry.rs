@@ -38,7 +38,9 @@ pub(crate) fn open_lun(
     // lines carry the LUN's address.
     let span = tracing::info_span!("lun", target_id = l.target, lun = l.lun);
     let device = span.in_scope(|| open_device(l, opts, lock_now))?;
-    Ok(Arc::new(Lun::new(l.target, l.lun, device)))
+    let lun = Lun::new(l.target, l.lun, device);
+    lun.set_limits(l.limits);
+    Ok(Arc::new(lun))
 }
 
 /// The one place that knows every kind of LUN.

@@ -184,6 +184,16 @@ impl PendingTmfs {
                 .collect(),
             _ => found.into_iter().collect(),
         };
+        // Commands held back by I/O limits never started: they end ABORTED at once.
+        let abort_tag = match request {
+            TmfRequest::AbortTask { tag } => Some(tag),
+            _ => None,
+        };
+        for l in &luns {
+            for w in workers {
+                lock(w).abort_deferred(l, abort_tag, sh);
+            }
+        }
         let remote_id = |l: &Arc<Lun>, tag| workers.iter().find_map(|w| lock(w).remote_id(l, tag));
         let function = TaskManagement::start(request, luns, remote_id, &sh.tmf_event);
         let has_task = |l: &Arc<Lun>, tag| in_flight(workers, l, Some(tag));

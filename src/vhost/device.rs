@@ -165,15 +165,28 @@ impl ScsiDevice {
         self.num_queues() as u64 + 2
     }
 
+    /// Epoll token of each worker thread's I/O limit timer.
+    pub fn timer_token(&self) -> u64 {
+        self.num_queues() as u64 + 3
+    }
+
     /// The descriptors worker thread `t`'s loop watches besides its queues' kicks, with
-    /// their tokens: its io_uring eventfd, and on thread 0 the task-management wake-up.
+    /// their tokens: its io_uring eventfd, its I/O limit timer, and on thread 0 the
+    /// task-management wake-up.
     pub fn thread_descriptors(&self, t: usize) -> Vec<(std::os::unix::io::RawFd, u64)> {
         use std::os::unix::io::AsRawFd;
         let mut fds: Vec<_> = self
             .workers
             .get(t)
-            .map(|w| (lock(w).ring_fd(), self.ring_token()))
+            .map(|w| {
+                let w = lock(w);
+                [
+                    (w.ring_fd(), self.ring_token()),
+                    (w.timer_fd(), self.timer_token()),
+                ]
+            })
             .into_iter()
+            .flatten()
             .collect();
         if t == 0 {
             fds.push((self.shared.tmf_event.as_raw_fd(), self.tmf_token()));
@@ -253,11 +266,14 @@ impl ScsiDevice {
     /// in-flight region, so what is still running is served again when it restarts.
     pub fn stop_vring(&self, queue_index: u32, tracked: bool) -> io::Result<()> {
         self.shared.clear_broken(Some(queue_index));
-        if !self
+        // Commands held back by I/O limits go now, so the queue can drain.
+        self.shared.suspend_limits(true);
+        let idle = self
             .shared
             .inflight
-            .wait_queue_idle(queue_index as usize, self.stop_timeout)
-        {
+            .wait_queue_idle(queue_index as usize, self.stop_timeout);
+        self.shared.suspend_limits(false);
+        if !idle {
             if tracked {
                 tracing::warn!(
                     queue = queue_index,
@@ -298,6 +314,8 @@ impl ScsiDevice {
         let ev = u64::from(device_event);
         if ev == self.ring_token() {
             lock(worker).complete(sh, vrings);
+        } else if ev == self.timer_token() {
+            lock(worker).on_timer(sh, vrings);
         } else if ev == self.tmf_token() {
             let _ = sh.tmf_event.read();
         } else if let Some(&queue) = sh
@@ -355,6 +373,11 @@ fn busy_poll(
             let mut w = lock(worker);
             if w.has_completions() {
                 w.complete(sh, vrings);
+                busy = true;
+            }
+            if w.deferred_due() {
+                // The timer's wake-up waits in epoll while this thread polls.
+                w.on_timer(sh, vrings);
                 busy = true;
             }
             let mem = sh.mem.memory();

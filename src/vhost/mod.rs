@@ -60,6 +60,8 @@ impl CurrentDevice {
                 d.shared
                     .stopping
                     .store(true, std::sync::atomic::Ordering::Release);
+                // Commands held back by I/O limits go now (limits are off while stopping).
+                d.shared.wake_workers();
                 d.shared.inflight.wait_all_idle(within)
             }
             None => true,

@@ -41,6 +41,8 @@ pub struct Shared {
     epochs: Vec<AtomicU32>,
     /// Ends this connection when the frontend breaks the protocol.
     pub connection: ConnectionGuard,
+    /// Queues being stopped: while any is, I/O limits hold no command back.
+    limits_off: AtomicU32,
 }
 
 impl Shared {
@@ -65,6 +67,7 @@ impl Shared {
             wakers,
             epochs: (0..queues).map(|_| AtomicU32::new(0)).collect(),
             connection: ConnectionGuard::default(),
+            limits_off: AtomicU32::new(0),
         })
     }
 
@@ -127,6 +130,24 @@ impl Shared {
                 e.fetch_add(1, Ordering::AcqRel);
             }
         }
+    }
+
+    /// Lifts (`true`) or restores I/O limits while a queue is stopped, so the commands
+    /// they hold back end within the stop; lifting wakes the workers to start them.
+    pub fn suspend_limits(&self, suspend: bool) {
+        if suspend {
+            self.limits_off.fetch_add(1, Ordering::AcqRel);
+            self.wake_workers();
+        } else {
+            let _ = self
+                .limits_off
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        }
+    }
+
+    /// Whether I/O limits are lifted (see [`Shared::suspend_limits`]).
+    pub fn limits_suspended(&self) -> bool {
+        self.limits_off.load(Ordering::Acquire) > 0
     }
 
     /// Wakes every worker: a LUN's write gate opened, commands parked at it may go.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::backend::guest::MemGuard;
 use crate::lun::{Lun, Task};
+use crate::scsi::task::TaskAttr;
 use crate::virtio::ParsedChain;
 
 /// One request's resources; slots are reused so the hot path does not allocate.
@@ -23,6 +24,10 @@ pub struct Slot {
     /// Keeps guest memory mapped until the response is written.
     pub mem: Option<MemGuard>,
     pub task: Task,
+    /// The CDB and task attribute of a command held back by its LUN's I/O limits, to
+    /// start it with later (the guest's copy may have changed by then).
+    pub cdb: [u8; 32],
+    pub attr: TaskAttr,
 }
 
 impl Slot {

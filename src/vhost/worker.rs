@@ -6,10 +6,13 @@
 //! command, and briefly by task management queries).
 
 use std::collections::VecDeque;
+use std::os::unix::io::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use vm_memory::GuestAddressSpace;
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::queue::{avail_ring_is_corrupt, signal, signal_marked, Vring};
 use super::remote::RemoteAnswers;
@@ -17,7 +20,7 @@ use super::shared::Shared;
 use super::slot::Slot;
 use crate::backend::guest::{Mem, MemGuard};
 use crate::backend::BlockIo;
-use crate::lun::{answer_emulated, Answer, Command, Lun, ReplyLater, Route, Step};
+use crate::lun::{answer_emulated, Answer, Command, Cost, HostError, Lun, ReplyLater, Route, Step};
 use crate::scsi::task::ScsiCompletion;
 use crate::scsi::DATA_IN_SCRATCH;
 use crate::virtio::request::{self, CmdRequest};
@@ -42,6 +45,60 @@ pub struct Worker {
     corked: Vec<Arc<Lun>>,
     /// Commands waiting at a closed write gate, oldest first.
     parked: VecDeque<usize>,
+    /// Commands held back by their LUN's I/O limits, oldest first.
+    deferred: VecDeque<Deferred>,
+    /// LUNs (addresses) whose oldest held-back command may not go yet, in one pass over
+    /// `deferred` (kept to avoid allocating per pass).
+    blocked: Vec<usize>,
+    /// Wakes the worker when the earliest held-back command may go.
+    timer: TimerFd,
+    /// When `timer` is armed for.
+    timer_due: Option<Instant>,
+}
+
+/// A command held back by its LUN's I/O limits.
+#[derive(Debug, Clone, Copy)]
+struct Deferred {
+    id: usize,
+    cost: Cost,
+}
+
+/// Whether I/O limits are suspended: the daemon stops or a queue is being stopped, and
+/// every accepted command must be able to end (QEMU's drain lifts its limits the same way).
+fn limits_suspended(sh: &Shared) -> bool {
+    sh.stopping.load(Ordering::Acquire) || sh.limits_suspended()
+}
+
+/// Whether a command of `lun` must wait for its I/O limits; its cost when it must. One
+/// atomic load for a LUN without limits.
+fn must_wait(lun: &Lun, cdb: &[u8], data_in: u64, data_out: u64, sh: &Shared) -> Option<Cost> {
+    let throttle = lun.throttle();
+    let throttle = throttle.as_ref()?;
+    let cost = Cost::of(cdb, data_in, data_out)?;
+    if limits_suspended(sh) {
+        return None;
+    }
+    // Behind the commands already waiting, so they keep their order and are not starved.
+    if lun.has_deferred() || throttle.admit(cost, Instant::now()).is_err() {
+        return Some(cost);
+    }
+    None
+}
+
+/// A timerfd that never blocks its reader (epoll may report an expiry the timer's re-arming
+/// has since cancelled).
+fn nonblocking_timer() -> std::io::Result<TimerFd> {
+    let timer = TimerFd::new()?;
+    let fd = timer.as_raw_fd();
+    // SAFETY: fcntl on a descriptor this function owns; F_GETFL/F_SETFL touch no memory.
+    let ok = unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) >= 0
+    };
+    if !ok {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(timer)
 }
 
 /// How a forwarded command's answer reaches its worker: on the initiator thread when the
@@ -93,6 +150,10 @@ impl Worker {
             vrings: Vec::new(),
             corked: Vec::new(),
             parked: VecDeque::with_capacity(max_inflight),
+            deferred: VecDeque::with_capacity(max_inflight),
+            blocked: Vec::new(),
+            timer: nonblocking_timer()?,
+            timer_due: None,
         })
     }
 
@@ -109,6 +170,11 @@ impl Worker {
 
     pub fn ring_fd(&self) -> std::os::unix::io::RawFd {
         self.block.eventfd()
+    }
+
+    /// The descriptor that becomes readable when a command held back by I/O limits may go.
+    pub fn timer_fd(&self) -> std::os::unix::io::RawFd {
+        self.timer.as_raw_fd()
     }
 
     /// Whether a command of `lun` (with `tag`, if given) is in flight on this worker.
@@ -200,6 +266,10 @@ impl Worker {
             let mask = self.resume_parked(sh, vrings);
             signal_marked(vrings, mask);
         }
+        if !self.deferred.is_empty() {
+            let mask = self.run_deferred(sh, vrings);
+            signal_marked(vrings, mask);
+        }
     }
 
     /// Hands the batch's block I/O to the kernel and sends its forwarded commands (one
@@ -244,6 +314,16 @@ impl Worker {
         if let Some(sense) = lun.take_attention(&req.cdb) {
             return Some(request::respond(m, &slot.chain, &Answer::Check(sense)));
         }
+        if let Some(cost) = must_wait(lun, &req.cdb, data.inn.len(), data.out.len(), sh) {
+            slot.cdb = req.cdb;
+            slot.attr = req.task_attr();
+            lun.defer(&mut slot.task);
+            slot.lun = Some(lun.clone());
+            slot.mem = Some(mem.clone());
+            sh.inflight.begin(slot.queue);
+            self.deferred.push_back(Deferred { id, cost });
+            return None;
+        }
         let cmd = Command {
             cdb: &req.cdb,
             task_attr: req.task_attr(),
@@ -283,6 +363,172 @@ impl Worker {
         slot.mem = Some(mem.clone());
         sh.inflight.begin(slot.queue);
         None
+    }
+
+    /// Starts command `id`, held back by its LUN's limits until now. Returns its vring's bit
+    /// when it finished at once.
+    fn launch_deferred(&mut self, id: usize, sh: &Shared, vrings: &[Vring]) -> u64 {
+        let Some(slot) = self.slots.get_mut(id) else {
+            return 0;
+        };
+        let (Some(lun), Some(mem)) = (slot.lun.clone(), slot.mem.clone()) else {
+            return 0;
+        };
+        if slot.epoch != sh.epoch(slot.queue) {
+            // The ring went back to the frontend: it never started, it never will here.
+            self.end_and_free(id, sh);
+            return 0;
+        }
+        let m: &Mem = &mem;
+        let data = request::data_buffers(&slot.chain, &mem);
+        let room = usize::try_from(data.inn.len()).unwrap_or(usize::MAX);
+        let scratch = &mut self.scratch[..room.min(DATA_IN_SCRATCH)];
+        let cmd = Command {
+            cdb: &slot.cdb,
+            task_attr: slot.attr,
+        };
+        let waiting_ahead = !self.parked.is_empty();
+        let (step, wake) = lun.start(
+            &cmd,
+            &mut slot.task,
+            id,
+            &mut self.block,
+            data,
+            scratch,
+            &self.replier,
+            waiting_ahead,
+        );
+        if wake {
+            sh.wake_workers();
+        }
+        match step {
+            Step::Done(answer) => {
+                let used = request::respond(m, &slot.chain, &answer);
+                return self.retire(id, used, sh, vrings);
+            }
+            Step::Parked => self.parked.push_back(id),
+            Step::Forwarded => {
+                if !self.corked.iter().any(|l| Arc::ptr_eq(l, &lun)) {
+                    self.corked.push(lun);
+                }
+            }
+            Step::Pending => {}
+        }
+        0
+    }
+
+    /// Starts the commands held back by I/O limits that may go now, oldest first per LUN
+    /// (a LUN whose oldest may not go keeps the rest waiting; other LUNs' go), and arms
+    /// the timer for the earliest of those left. Returns the vrings to notify.
+    fn run_deferred(&mut self, sh: &Shared, vrings: &[Vring]) -> u64 {
+        let suspended = limits_suspended(sh);
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        let mut to_signal = 0;
+        self.blocked.clear();
+        let mut i = 0;
+        // Each turn removes an entry or moves past it.
+        while let Some(&d) = self.deferred.get(i) {
+            let Some(lun) = self.slots.get(d.id).and_then(|s| s.lun.clone()) else {
+                self.deferred.remove(i);
+                continue;
+            };
+            let key = Arc::as_ptr(&lun) as usize;
+            if self.blocked.contains(&key) {
+                i += 1;
+                continue;
+            }
+            if !suspended {
+                let throttle = lun.throttle();
+                if let Some(Err(at)) = throttle.as_ref().map(|t| t.admit(d.cost, now)) {
+                    self.blocked.push(key);
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                    i += 1;
+                    continue;
+                }
+            }
+            self.deferred.remove(i);
+            lun.undefer();
+            to_signal |= self.launch_deferred(d.id, sh, vrings);
+        }
+        self.end_batch();
+        self.arm_timer(next, now);
+        to_signal
+    }
+
+    /// Arms the timer for `at` (disarms it with None).
+    fn arm_timer(&mut self, at: Option<Instant>, now: Instant) {
+        if at == self.timer_due {
+            return;
+        }
+        let armed = match at {
+            Some(at) => {
+                // A zero duration would disarm it.
+                let d = at
+                    .saturating_duration_since(now)
+                    .max(Duration::from_micros(1));
+                self.timer.reset(d, None)
+            }
+            None => self.timer.clear(),
+        };
+        match armed {
+            Ok(()) => self.timer_due = at,
+            Err(e) => {
+                // Rare; the next event of the worker tries again.
+                tracing::warn!("cannot arm the I/O limit timer: {e}");
+                self.timer_due = None;
+            }
+        }
+    }
+
+    /// Whether commands held back by I/O limits may go now (the timer is due).
+    pub fn deferred_due(&self) -> bool {
+        !self.deferred.is_empty() && self.timer_due.is_some_and(|at| Instant::now() >= at)
+    }
+
+    /// The timer fired: start the held-back commands that may go now.
+    pub fn on_timer(&mut self, sh: &Shared, vrings: &[Vring]) {
+        let _ = self.timer.wait(); // non-blocking: EAGAIN when already consumed
+        self.timer_due = None;
+        if !self.deferred.is_empty() {
+            let mask = self.run_deferred(sh, vrings);
+            signal_marked(vrings, mask);
+        }
+    }
+
+    /// Task management: answers `lun`'s commands held back by its I/O limits (with
+    /// `tag`, if given) ABORTED at once; they never started. Notifies the guest.
+    pub fn abort_deferred(&mut self, lun: &Arc<Lun>, tag: Option<u64>, sh: &Shared) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        let vrings = std::mem::take(&mut self.vrings);
+        let mut to_signal = 0;
+        let mut i = 0;
+        while let Some(&d) = self.deferred.get(i) {
+            let hit = self.slots.get(d.id).is_some_and(|s| {
+                s.lun.as_ref().is_some_and(|l| Arc::ptr_eq(l, lun))
+                    && tag.is_none_or(|t| t == s.tag)
+            });
+            if !hit {
+                i += 1;
+                continue;
+            }
+            self.deferred.remove(i);
+            lun.undefer();
+            let slot = &mut self.slots[d.id];
+            let aborted = Answer::Host {
+                error: HostError::Aborted,
+                resid: 0,
+            };
+            let used = match &slot.mem {
+                Some(mem) => request::respond(mem, &slot.chain, &aborted),
+                None => 0,
+            };
+            to_signal |= self.retire(d.id, used, sh, &vrings);
+        }
+        signal_marked(&vrings, to_signal);
+        self.vrings = vrings;
     }
 
     /// Continues command `id` with a block I/O result, or (`res` None) retries it at its
@@ -356,6 +602,11 @@ impl Worker {
         if !self.parked.is_empty() {
             to_signal |= self.resume_parked(sh, vrings);
         }
+        if !self.deferred.is_empty()
+            && (limits_suspended(sh) || self.timer_due.is_none_or(|at| Instant::now() >= at))
+        {
+            to_signal |= self.run_deferred(sh, vrings);
+        }
         self.block.submit();
         signal_marked(vrings, to_signal);
         if self.throttled && !self.free.is_empty() {
@@ -405,6 +656,12 @@ impl Worker {
     /// commands whose block I/O is in the kernel end when [`Worker::reap_abandoned`] sees
     /// it complete. Nothing is written to the rings. Returns whether some remain.
     pub fn abandon(&mut self, sh: &Shared) -> bool {
+        for d in self.deferred.drain(..) {
+            if let Some(lun) = self.slots.get(d.id).and_then(|s| s.lun.as_ref()) {
+                lun.undefer();
+            }
+        }
+        self.arm_timer(None, Instant::now());
         for id in 0..self.slots.len() {
             if self.block.pending(id) == 0 {
                 self.end_abandoned(id, sh);
