@@ -96,7 +96,8 @@ mod sys_nr {
         setgroups => SYS_setgroups, setresuid => SYS_setresuid, setresgid => SYS_setresgid,
         pipe2 => SYS_pipe2, fstatfs => SYS_fstatfs, sysinfo => SYS_sysinfo,
         sched_setaffinity => SYS_sched_setaffinity, ptrace => SYS_ptrace, mount => SYS_mount,
-        kill => SYS_kill, getcwd => SYS_getcwd,
+        kill => SYS_kill, getcwd => SYS_getcwd, timerfd_create => SYS_timerfd_create,
+        timerfd_settime => SYS_timerfd_settime, timerfd_gettime => SYS_timerfd_gettime,
     }
     #[cfg(target_arch = "x86_64")]
     nrs! {
@@ -219,6 +220,10 @@ fn block_io() -> Vec<Call> {
         call!(io_uring_enter),
         call!(io_uring_register),
         call!(eventfd2),
+        // A worker's timer for commands held back by I/O limits.
+        call!(timerfd_create),
+        call!(timerfd_settime),
+        call!(timerfd_gettime),
         call!(epoll_create1),
         call!(epoll_ctl),
         call!(epoll_pwait),
