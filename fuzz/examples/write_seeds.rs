@@ -614,13 +614,16 @@ fn alua_data() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
 /// Target PDUs of the session tests: Data-In, SCSI Response with and without sense and
 /// residuals, R2T, NOP-In both ways, async messages, reject, TMF and logout responses.
 fn session_pdus() -> Vec<(&'static str, Vec<Pdu>)> {
-    let (sn, cmd) = (0x103u32, 5u32);
-    let mut split_first = data_in_with_status(2, sn, cmd, 0, &pattern(1, 2048));
+    // After login the initiator sends TEST UNIT READY (ITT 1) and INQUIRY (ITT 2), which the
+    // scripted target answers (StatSN 0x101, 0x102... 0x103); the harness's READ, WRITE
+    // and TEST UNIT READY are ITT 3, 4 and 5 with CmdSN 3 to 5.
+    let (sn, cmd) = (0x104u32, 6u32);
+    let mut split_first = data_in_with_status(3, sn, cmd, 0, &pattern(1, 2048));
     split_first.set_flags(0x00);
-    let mut split_second = data_in_with_status(2, sn, cmd, 0, &pattern(2, 2048));
+    let mut split_second = data_in_with_status(3, sn, cmd, 0, &pattern(2, 2048));
     split_second.set_u32(36, 1);
     split_second.set_u32(40, 2048);
-    let mut underflow = scsi_response(2, sn, cmd, 0, &[]);
+    let mut underflow = scsi_response(3, sn, cmd, 0, &[]);
     underflow.set_flags(0x82);
     underflow.set_u32(44, 4096);
     let mut async_logout = simple(op::ASYNC_MSG, 0xffff_ffff, sn, cmd);
@@ -631,7 +634,7 @@ fn session_pdus() -> Vec<(&'static str, Vec<Pdu>)> {
     reject.bhs[2] = 0x09;
     let mut rejected = vec![0u8; 48];
     rejected[0] = op::SCSI_CMD;
-    rejected[16..20].copy_from_slice(&2u32.to_be_bytes());
+    rejected[16..20].copy_from_slice(&3u32.to_be_bytes());
     reject.data = rejected;
     let sense = [
         0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0, 0, 0, 0, 0,
@@ -640,10 +643,10 @@ fn session_pdus() -> Vec<(&'static str, Vec<Pdu>)> {
         (
             "all-answered",
             vec![
-                data_in_with_status(2, sn, cmd, 0, &pattern(3, 4096)),
-                r2t(3, 0x10, sn + 1, cmd, 512, 3584),
-                scsi_response(3, sn + 1, cmd, 0, &[]),
-                scsi_response(4, sn + 2, cmd, 0, &[]),
+                data_in_with_status(3, sn, cmd, 0, &pattern(3, 4096)),
+                r2t(4, 0x10, sn + 1, cmd, 512, 3584),
+                scsi_response(4, sn + 1, cmd, 0, &[]),
+                scsi_response(5, sn + 2, cmd, 0, &[]),
             ],
         ),
         (
@@ -651,16 +654,16 @@ fn session_pdus() -> Vec<(&'static str, Vec<Pdu>)> {
             vec![
                 split_first,
                 split_second,
-                scsi_response(4, sn + 1, cmd, 0, &[]),
+                scsi_response(5, sn + 1, cmd, 0, &[]),
             ],
         ),
         (
             "check-condition",
-            vec![scsi_response(4, sn, cmd, 2, &sense)],
+            vec![scsi_response(5, sn, cmd, 2, &sense)],
         ),
         ("underflow", vec![underflow]),
         ("target-failure", {
-            let mut p = scsi_response(2, sn, cmd, 0, &[]);
+            let mut p = scsi_response(3, sn, cmd, 0, &[]);
             p.bhs[2] = 1;
             vec![p]
         }),
@@ -674,11 +677,11 @@ fn session_pdus() -> Vec<(&'static str, Vec<Pdu>)> {
         (
             "r2t-twice",
             vec![
-                r2t(3, 1, sn, cmd, 512, 2048),
-                r2t(3, 2, sn, cmd, 2560, 1536),
+                r2t(4, 1, sn, cmd, 512, 2048),
+                r2t(4, 2, sn, cmd, 2560, 1536),
             ],
         ),
-        ("r2t-outside", vec![r2t(3, 1, sn, cmd, 8192, 512)]),
+        ("r2t-outside", vec![r2t(4, 1, sn, cmd, 8192, 512)]),
         ("async-logout", vec![async_logout]),
         ("async-info", vec![async_info]),
         ("reject", vec![reject]),

@@ -1,9 +1,10 @@
 //! Fuzz target: a logged-in iSCSI session reading what a target sends. A scripted target on
 //! 127.0.0.1 logs the session in through the real initiator (`IscsiLun::connect`) and
-//! answers its ALUA probe; the session then sends READ(10) (ITT 2), WRITE(10) with 512
-//! bytes of immediate data and 3584 to be asked for by R2T (ITT 3) and TEST UNIT READY
-//! (ITT 4); the input is everything the target sends after that (its StatSN continues
-//! from 0x103, the commands' CmdSN are 2 to 4), then the target closes. Every command must complete, whatever the input.
+//! answers its own commands after login (TEST UNIT READY, which takes a new nexus's unit
+//! attention, ITT 1; the ALUA probe, ITT 2); the session then sends READ(10) (ITT 3),
+//! WRITE(10) with 512 bytes of immediate data and 3584 to be asked for by R2T (ITT 4) and
+//! TEST UNIT READY (ITT 5); the input is everything the target sends after that (its
+//! StatSN continues from 0x104, the commands' CmdSN are 3 to 5), then the target closes. Every command must complete, whatever the input.
 #![no_main]
 
 use std::net::TcpListener;

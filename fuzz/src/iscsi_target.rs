@@ -142,7 +142,7 @@ pub fn standard_inquiry(tpgs: u8) -> Vec<u8> {
 }
 
 /// The scripted side of one session: accepts the initiator's connection, logs it in,
-/// answers the ALUA probe, waits for `commands` SCSI commands, then sends `stream` and
+/// answers the initiator's TEST UNIT READY and ALUA probe, waits for `commands` SCSI commands, then sends `stream` and
 /// closes its sending side. Runs on its own thread; every step is bounded.
 pub struct ScriptedTarget {
     pub listener: TcpListener,
@@ -201,8 +201,10 @@ impl ScriptedTarget {
         };
         // Later connections find nobody listening.
         drop(listener);
-        // The ALUA probe (INQUIRY), then the harness's commands; Data-Out is skipped.
-        let mut probe_answered = false;
+        // The initiator's own commands after login, which come before any of the
+        // harness's: TEST UNIT READY (taking the new nexus's unit attention; GOOD here),
+        // then the ALUA probe (INQUIRY); then the harness's commands. Data-Out is skipped.
+        let mut probes_answered = 0;
         let mut seen = 0;
         while seen < commands && Instant::now() < deadline {
             let Ok(p) = read_one(&mut s) else {
@@ -211,16 +213,20 @@ impl ScriptedTarget {
             if p.opcode() != op::SCSI_CMD {
                 continue;
             }
-            if !probe_answered {
-                probe_answered = true;
+            if probes_answered < 2 {
+                probes_answered += 1;
                 let cmd_sn = p.u32_at(24);
-                let answer = data_in_with_status(
-                    p.itt(),
-                    stat_sn,
-                    cmd_sn.wrapping_add(1),
-                    0,
-                    &standard_inquiry(0),
-                );
+                let answer = if p.bhs[32] == 0x00 {
+                    scsi_response(p.itt(), stat_sn, cmd_sn.wrapping_add(1), 0, &[])
+                } else {
+                    data_in_with_status(
+                        p.itt(),
+                        stat_sn,
+                        cmd_sn.wrapping_add(1),
+                        0,
+                        &standard_inquiry(0),
+                    )
+                };
                 stat_sn = stat_sn.wrapping_add(1);
                 if pdu::write_pdu(&mut s, &answer, &Framing::default()).is_err() {
                     return;
