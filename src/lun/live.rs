@@ -105,7 +105,7 @@ pub struct LunInfo {
 
 /// A LUN's statistics as `stats` reads them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LunStatsEntry {
+pub struct LunCounters {
     pub target: u8,
     pub lun: u16,
     pub in_flight: u32,
@@ -234,14 +234,14 @@ impl LiveLuns {
         &self.queues
     }
 
-    /// The statistics of every LUN (or of the one at `only`), with its commands in
-    /// flight, in address order.
-    pub fn stats(&self, only: Option<(u8, u16)>) -> Vec<LunStatsEntry> {
+    /// The statistics of every LUN (of `target`, of LUN `lun`, when given), with its
+    /// commands in flight, in address order.
+    pub fn stats(&self, target: Option<u8>, lun: Option<u16>) -> Vec<LunCounters> {
         let table = self.snapshot();
         table
             .luns()
-            .filter(|&(t, l, _)| only.is_none_or(|a| a == (t, l)))
-            .map(|(target, lun, l)| LunStatsEntry {
+            .filter(|&(t, l, _)| target.is_none_or(|x| x == t) && lun.is_none_or(|x| x == l))
+            .map(|(target, lun, l)| LunCounters {
                 target,
                 lun,
                 in_flight: l.inflight(),
