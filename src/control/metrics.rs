@@ -224,12 +224,14 @@ mod tests {
         let (_, _, lun) = snap.luns().next().expect("a LUN");
         let st = lun.stats();
         st.record(
+            0,
             IoKind::Read,
             &Answer::Good { data_in: 4096 },
             0,
             Duration::from_micros(30),
         );
         st.record(
+            5,
             IoKind::Write,
             &Answer::Check(Sense::new(3, 0x0c, 0)),
             512,

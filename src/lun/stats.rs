@@ -3,7 +3,9 @@
 //! and by host failure, and a latency histogram.
 //!
 //! The request path updates them once per command, when it ends: a handful of relaxed
-//! atomic additions, no lock, no allocation. The histogram has fixed log-scale buckets
+//! atomic additions, no lock, no allocation, each worker in its own copy of the LUN's
+//! counters (a shard; they are added up when read), so workers serving one LUN do not
+//! fight over its cache lines. The histogram has fixed log-scale buckets
 //! (powers of two of microseconds, 1 µs to 2^26 µs ≈ 67 s, then everything longer), so a
 //! quantile is computed when the statistics are read and is the upper bound of the bucket
 //! it falls in. A LUN's statistics live in its [`super::Lun`] and go with it when it is
@@ -120,10 +122,22 @@ fn raw_sense_key(sense: &[u8]) -> Option<u8> {
     }
 }
 
-/// One LUN's counters. Every update is a relaxed atomic addition: readers get each counter
-/// exact, not all of them at one instant.
+/// Copies of a LUN's counters, so that worker threads serving the same LUN do not update
+/// the same cache lines: each worker counts in the shard of its number (modulo this).
+pub const SHARDS: usize = 8;
+
+/// One LUN's counters: [`SHARDS`] copies, added up when read. Every update is a relaxed
+/// atomic addition to the caller's shard: readers get each counter exact, not all of them
+/// at one instant.
 #[derive(Debug, Default)]
 pub struct LunStats {
+    shards: [Shard; SHARDS],
+}
+
+/// One copy of the counters, on cache lines of its own.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Shard {
     commands: [AtomicU64; 3],
     bytes: [AtomicU64; 3],
     sense_keys: [AtomicU64; 16],
@@ -138,14 +152,22 @@ pub struct LunStats {
 impl LunStats {
     /// Counts a command that ended with `answer` after `elapsed`. `data_out` is the length
     /// of the guest's data-out buffer, counted as moved when the command succeeded; data-in
-    /// is counted as the answer placed it.
-    pub fn record(&self, kind: IoKind, answer: &Answer, data_out: u64, elapsed: Duration) {
+    /// is counted as the answer placed it. `shard`: the caller's worker number.
+    pub fn record(
+        &self,
+        shard: usize,
+        kind: IoKind,
+        answer: &Answer,
+        data_out: u64,
+        elapsed: Duration,
+    ) {
+        let s = &self.shards[shard % SHARDS];
         let k = kind.index();
-        self.commands[k].fetch_add(1, Relaxed);
+        s.commands[k].fetch_add(1, Relaxed);
         let moved = match *answer {
             Answer::Good { data_in } => data_in.saturating_add(data_out),
             Answer::Check(sense) => {
-                self.sense_keys[usize::from(sense.key & 0x0f)].fetch_add(1, Relaxed);
+                s.sense_keys[usize::from(sense.key & 0x0f)].fetch_add(1, Relaxed);
                 0
             }
             Answer::Status {
@@ -158,39 +180,45 @@ impl LunStats {
                     match raw_sense_key(sense.as_slice())
                         .filter(|_| status == status::CHECK_CONDITION)
                     {
-                        Some(key) => self.sense_keys[usize::from(key)].fetch_add(1, Relaxed),
-                        None => self.other_status.fetch_add(1, Relaxed),
+                        Some(key) => s.sense_keys[usize::from(key)].fetch_add(1, Relaxed),
+                        None => s.other_status.fetch_add(1, Relaxed),
                     };
                     data_in
                 }
             },
             Answer::Host { error, .. } => {
-                self.host_errors[host_index(error)].fetch_add(1, Relaxed);
+                s.host_errors[host_index(error)].fetch_add(1, Relaxed);
                 0
             }
         };
         if moved > 0 {
-            self.bytes[k].fetch_add(moved, Relaxed);
+            s.bytes[k].fetch_add(moved, Relaxed);
         }
-        self.latency[bucket_of(elapsed)].fetch_add(1, Relaxed);
+        s.latency[bucket_of(elapsed)].fetch_add(1, Relaxed);
         let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        self.latency_sum_ns.fetch_add(ns, Relaxed);
+        s.latency_sum_ns.fetch_add(ns, Relaxed);
     }
 
-    /// The counters now.
+    /// The counters now (the shards added up).
     pub fn snapshot(&self) -> LunStatsSnapshot {
-        fn load<const N: usize>(a: &[AtomicU64; N]) -> [u64; N] {
-            std::array::from_fn(|i| a[i].load(Relaxed))
+        fn add<const N: usize>(to: &mut [u64; N], from: &[AtomicU64; N]) {
+            for (t, f) in to.iter_mut().zip(from) {
+                *t = t.wrapping_add(f.load(Relaxed));
+            }
         }
-        LunStatsSnapshot {
-            commands: load(&self.commands),
-            bytes: load(&self.bytes),
-            sense_keys: load(&self.sense_keys),
-            host_errors: load(&self.host_errors),
-            other_status: self.other_status.load(Relaxed),
-            latency: load(&self.latency),
-            latency_sum_ns: self.latency_sum_ns.load(Relaxed),
+        let mut snap = LunStatsSnapshot::default();
+        for s in &self.shards {
+            add(&mut snap.commands, &s.commands);
+            add(&mut snap.bytes, &s.bytes);
+            add(&mut snap.sense_keys, &s.sense_keys);
+            add(&mut snap.host_errors, &s.host_errors);
+            snap.other_status = snap.other_status.wrapping_add(s.other_status.load(Relaxed));
+            add(&mut snap.latency, &s.latency);
+            snap.latency_sum_ns = snap
+                .latency_sum_ns
+                .wrapping_add(s.latency_sum_ns.load(Relaxed));
         }
+        snap
     }
 }
 
@@ -323,15 +351,22 @@ mod tests {
     fn answers_are_counted_by_kind_bytes_and_error() {
         let s = LunStats::default();
         let us = Duration::from_micros;
-        s.record(IoKind::Read, &Answer::Good { data_in: 4096 }, 0, us(100));
-        s.record(IoKind::Write, &Answer::Good { data_in: 0 }, 8192, us(100));
+        s.record(0, IoKind::Read, &Answer::Good { data_in: 4096 }, 0, us(100));
         s.record(
+            0,
+            IoKind::Write,
+            &Answer::Good { data_in: 0 },
+            8192,
+            us(100),
+        );
+        s.record(
+            3,
             IoKind::Write,
             &Answer::Check(Sense::new(3, 0x11, 0)),
             512,
             us(100),
         );
-        s.record(IoKind::Other, &Answer::overrun(), 0, us(3));
+        s.record(0, IoKind::Other, &Answer::overrun(), 0, us(3));
         let mut fixed = [0u8; 18];
         fixed[0] = 0x70;
         fixed[2] = 0x02;
@@ -341,19 +376,27 @@ mod tests {
             data_in: 0,
         };
         s.record(
+            9,
             IoKind::Read,
             &status(status::CHECK_CONDITION, &fixed),
             0,
             us(1),
         );
         s.record(
+            13,
             IoKind::Read,
             &status(status::CHECK_CONDITION, &[0x72, 0x0b]),
             0,
             us(1),
         );
-        s.record(IoKind::Read, &status(status::BUSY, &[]), 0, us(1));
-        s.record(IoKind::Read, &status(status::GOOD, &[]), 0, us(70_000_000));
+        s.record(0, IoKind::Read, &status(status::BUSY, &[]), 0, us(1));
+        s.record(
+            0,
+            IoKind::Read,
+            &status(status::GOOD, &[]),
+            0,
+            us(70_000_000),
+        );
         let snap = s.snapshot();
         assert_eq!(snap.commands, [5, 2, 1]);
         assert_eq!(snap.bytes, [4096, 8192, 0]);

@@ -41,15 +41,18 @@ pub struct Tally {
     started: Option<Instant>,
     kind: IoKind,
     data_out: u64,
+    /// The worker's number: which copy of the LUN's counters it updates.
+    shard: usize,
 }
 
 impl Tally {
-    /// A command reaches its LUN now.
-    pub fn start(cdb: &[u8], data_out: u64) -> Tally {
+    /// A command of worker `shard` reaches its LUN now.
+    pub fn start(cdb: &[u8], data_out: u64, shard: usize) -> Tally {
         Tally {
             started: Some(Instant::now()),
             kind: IoKind::of(cdb),
             data_out,
+            shard,
         }
     }
 
@@ -57,7 +60,7 @@ impl Tally {
     pub fn count(&self, lun: &Lun, answer: &Answer) {
         let elapsed = self.started.map(|t| t.elapsed()).unwrap_or_default();
         lun.stats()
-            .record(self.kind, answer, self.data_out, elapsed);
+            .record(self.shard, self.kind, answer, self.data_out, elapsed);
     }
 }
 

@@ -312,7 +312,7 @@ impl Worker {
         let Route::Lun { lun, .. } = route else {
             return Some(request::respond_bad_target(m, &slot.chain));
         };
-        slot.tally = Tally::start(&req.cdb, data.out.len());
+        slot.tally = Tally::start(&req.cdb, data.out.len(), self.thread);
         if let Some(sense) = lun.take_attention(&req.cdb) {
             let answer = Answer::Check(sense);
             slot.tally.count(lun, &answer);
