@@ -37,7 +37,10 @@ pub fn start(addr: SocketAddr, luns: Arc<LiveLuns>, vm: String) -> Result<Socket
     }
     std::thread::Builder::new()
         .name("metrics".into())
-        .spawn(move || accept_loop(&listener, &luns, &vm))
+        .spawn(move || {
+            crate::sandbox::enter(crate::sandbox::ThreadKind::Metrics);
+            accept_loop(&listener, &luns, &vm)
+        })
         .map_err(|e| format!("metrics: cannot start its thread: {e}"))?;
     tracing::info!(metrics = %bound, "metrics listening (GET /metrics)");
     Ok(bound)
@@ -60,6 +63,7 @@ fn accept_loop(listener: &TcpListener, luns: &Arc<LiveLuns>, vm: &str) {
         let spawned = std::thread::Builder::new()
             .name("metrics-client".into())
             .spawn(move || {
+                crate::sandbox::enter(crate::sandbox::ThreadKind::Metrics);
                 serve(stream, &luns, &vm);
                 count.fetch_sub(1, Ordering::AcqRel);
             });
