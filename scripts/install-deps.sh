@@ -8,6 +8,7 @@ PACKAGES=(
   linux-image-amd64 busybox-static fio sg3-utils e2fsprogs util-linux
   cpio gzip kmod tgt libiscsi-bin iproute2 iptables
   systemd libvirt-clients libxml2-utils mmdebstrap
+  curl python3-prometheus-client
 )
 
 missing=()

@@ -107,6 +107,11 @@ struct Cli {
     /// Permission bits of the control socket, octal [default: 0600].
     #[arg(long, value_name = "MODE")]
     control_mode: Option<String>,
+    /// Serve the LUN statistics in the Prometheus text format over HTTP (GET /metrics) at
+    /// <port> (on 127.0.0.1) or <address>:<port> [default: none]. Only an address given
+    /// explicitly leaves the loopback interface.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<String>,
 }
 
 /// Positions of the --disk and --iscsi values on the command line.
@@ -219,6 +224,9 @@ fn build_config(cli: Cli, order: LunOrder) -> Result<Config, String> {
     if let Some(mode) = &cli.control_mode {
         cfg.control_access.mode =
             vscsid::config::parse_socket_mode(mode, "--control-mode").map_err(|e| e.0)?;
+    }
+    if let Some(m) = &cli.metrics {
+        cfg.metrics = Some(vscsid::config::parse_metrics_addr(m, "--metrics").map_err(|e| e.0)?);
     }
     cfg.validate().map_err(|e| e.0)?;
     Ok(cfg)
@@ -400,7 +408,7 @@ fn main() -> ExitCode {
     let control = match cfg
         .control
         .as_deref()
-        .map(|p| ControlServer::start(p, &cfg.control_access, luns.clone()))
+        .map(|p| ControlServer::start(p, &cfg.control_access, luns.clone(), vm_name.clone()))
     {
         None => None,
         Some(Ok(c)) => Some(c.remover().clone()),
@@ -409,6 +417,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(addr) = cfg.metrics {
+        if let Err(e) = vscsid::control::http::start(addr, luns.clone(), vm_name.clone()) {
+            fail(&e);
+            return ExitCode::from(2);
+        }
+    }
     // Everything that needs privileges is open: the LUNs, the sockets, the iSCSI sessions.
     if let Some(u) = &user {
         if let Err(e) = sandbox::drop_privileges(u) {

@@ -37,6 +37,7 @@ struct RawDaemon {
     control_owner: Option<String>,
     control_group: Option<String>,
     control_mode: Option<toml::Value>,
+    metrics: Option<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,6 +127,23 @@ pub fn parse_config_text(text: &str) -> Result<Config, ConfigError> {
     let d = raw.daemon;
     cfg.socket = d.socket;
     cfg.control = d.control;
+    match &d.metrics {
+        None => {}
+        Some(toml::Value::String(text)) => {
+            cfg.metrics = Some(super::parse_metrics_addr(text, "daemon.metrics")?);
+        }
+        Some(toml::Value::Integer(port)) => {
+            cfg.metrics = Some(super::parse_metrics_addr(
+                &port.to_string(),
+                "daemon.metrics",
+            )?);
+        }
+        Some(other) => {
+            return Err(ConfigError(format!(
+                "daemon.metrics: {other} is not <port> or \"<address>:<port>\""
+            )))
+        }
+    }
     if let Some(owner) = &d.socket_owner {
         cfg.socket_access.owner = Some(super::check_account_name(owner, "daemon.socket_owner")?);
     }
@@ -440,6 +458,42 @@ fn toml_mode(v: &toml::Value, field: &str) -> Result<u32, ConfigError> {
 mod tests {
     use super::*;
     use crate::backend::CacheMode;
+
+    #[test]
+    fn metrics_address_defaults_to_loopback() {
+        let addr = |t: &str| parse_config_text(t).map(|c| c.metrics.map(|a| a.to_string()));
+        assert_eq!(
+            addr("[daemon]\nmetrics = 9100\n"),
+            Ok(Some("127.0.0.1:9100".into()))
+        );
+        assert_eq!(
+            addr("[daemon]\nmetrics = \"9100\"\n"),
+            Ok(Some("127.0.0.1:9100".into()))
+        );
+        assert_eq!(
+            addr("[daemon]\nmetrics = \"localhost:9100\"\n"),
+            Ok(Some("127.0.0.1:9100".into()))
+        );
+        assert_eq!(
+            addr("[daemon]\nmetrics = \"0.0.0.0:9100\"\n"),
+            Ok(Some("0.0.0.0:9100".into()))
+        );
+        assert_eq!(
+            addr("[daemon]\nmetrics = \"[::1]:9100\"\n"),
+            Ok(Some("[::1]:9100".into()))
+        );
+        assert_eq!(addr("[daemon]\n"), Ok(None));
+        for bad in [
+            "metrics = 70000",
+            "metrics = -1",
+            "metrics = \"example.com:9100\"",
+            "metrics = \"127.0.0.1\"",
+            "metrics = true",
+        ] {
+            let e = addr(&format!("[daemon]\n{bad}\n")).expect_err(bad);
+            assert!(e.0.contains("daemon.metrics"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn socket_access_and_vm_name() {

@@ -293,6 +293,8 @@ pub struct Config {
     pub control: Option<PathBuf>,
     /// Owner, group and mode of the control socket; members of its group may use it.
     pub control_access: SocketAccess,
+    /// Where the Prometheus metrics are served over HTTP; none unless configured.
+    pub metrics: Option<std::net::SocketAddr>,
     pub luns: Vec<LunConfig>,
 }
 
@@ -344,9 +346,34 @@ impl Default for Config {
             user: None,
             control: None,
             control_access: SocketAccess::default(),
+            metrics: None,
             luns: Vec::new(),
         }
     }
+}
+
+/// Where to serve the metrics: `<port>` (on 127.0.0.1), `localhost:<port>`, or
+/// `<IP address>:<port>` (`[<IPv6>]:<port>`). Only an address given explicitly leaves the
+/// loopback interface.
+pub fn parse_metrics_addr(text: &str, what: &str) -> Result<std::net::SocketAddr, ConfigError> {
+    use std::net::{Ipv4Addr, SocketAddr};
+    let loopback = |port: &str| {
+        port.parse::<u16>()
+            .ok()
+            .map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, p)))
+    };
+    let found = if text.bytes().all(|b| b.is_ascii_digit()) {
+        loopback(text)
+    } else if let Some(port) = text.strip_prefix("localhost:") {
+        loopback(port)
+    } else {
+        text.parse().ok()
+    };
+    found.ok_or_else(|| {
+        ConfigError(format!(
+            "{what}: '{text}' is not <port>, localhost:<port> or <IP address>:<port>"
+        ))
+    })
 }
 
 /// A configuration error, already phrased for the user.

@@ -11,7 +11,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 
-use super::protocol::{Envelope, LunEntry, PathAction, Request, VERSION};
+use super::protocol::{
+    Envelope, LunEntry, LunStatsEntry, PathAction, QueueEntry, Request, VERSION,
+};
 use crate::config::limits::{parse_value, IoLimits};
 use crate::config::parse_size;
 
@@ -81,6 +83,11 @@ enum CtlCommand {
         portal: String,
         action: String,
     },
+    /// I/O statistics of every LUN (or of <target>:<lun>): commands, bytes, errors,
+    /// latency, in flight; and the commands answered per request queue.
+    Stats { address: Option<String> },
+    /// The statistics in the Prometheus text format (what --metrics serves).
+    Metrics,
 }
 
 fn address(text: &str) -> Result<(u8, u16), String> {
@@ -122,6 +129,18 @@ fn request(cmd: CtlCommand) -> Result<Request, String> {
                 wait_ms,
             }
         }
+        CtlCommand::Stats { address: None } => Request::Stats {
+            target: None,
+            lun: None,
+        },
+        CtlCommand::Stats { address: Some(a) } => {
+            let (target, lun) = address(&a)?;
+            Request::Stats {
+                target: Some(target),
+                lun: Some(lun),
+            }
+        }
+        CtlCommand::Metrics => Request::Metrics,
         CtlCommand::Resize {
             address: a,
             size,
@@ -260,6 +279,86 @@ fn print_luns(v: &Value) {
     }
 }
 
+/// A latency in microseconds, shortened.
+fn human_us(us: f64) -> String {
+    if us < 1000.0 {
+        format!("{us:.0}us")
+    } else if us < 1_000_000.0 {
+        format!("{:.1}ms", us / 1000.0)
+    } else {
+        format!("{:.1}s", us / 1_000_000.0)
+    }
+}
+
+/// A quantile: the upper bound of its bucket.
+fn bound(q: Option<u64>, count: u64) -> String {
+    match q {
+        Some(us) => format!("<={}", human_us(us as f64)),
+        None if count > 0 => ">67.1s".into(),
+        None => "-".into(),
+    }
+}
+
+fn print_stats(v: &Value) {
+    let luns: Vec<LunStatsEntry> = v
+        .get("luns")
+        .cloned()
+        .and_then(|l| serde_json::from_value(l).ok())
+        .unwrap_or_default();
+    let queues: Vec<QueueEntry> = v
+        .get("queues")
+        .cloned()
+        .and_then(|l| serde_json::from_value(l).ok())
+        .unwrap_or_default();
+    println!(
+        "{:<8} {:>10} {:>10} {:>10} {:>8} {:>10} {:>10} {:>7} {:>9}",
+        "ADDRESS", "COMMANDS", "READS", "WRITES", "OTHER", "READ", "WRITTEN", "ERRORS", "IN-FLIGHT"
+    );
+    for l in &luns {
+        let (c, b) = (&l.commands, &l.bytes);
+        println!(
+            "{:<8} {:>10} {:>10} {:>10} {:>8} {:>10} {:>10} {:>7} {:>9}",
+            format!("{}:{}", l.target, l.lun),
+            c.read + c.write + c.other,
+            c.read,
+            c.write,
+            c.other,
+            human_size(b.read),
+            human_size(b.write),
+            l.errors.total,
+            l.in_flight
+        );
+        let lat = &l.latency_us;
+        println!(
+            "{:<8} latency: mean {} p50 {} p99 {} p99.9 {} (quantiles: bucket upper bounds)",
+            "",
+            lat.mean.map_or("-".into(), human_us),
+            bound(lat.p50, lat.count),
+            bound(lat.p99, lat.count),
+            bound(lat.p999, lat.count),
+        );
+        if l.errors.total > 0 {
+            let mut parts: Vec<String> = l
+                .errors
+                .sense_keys
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            parts.extend(l.errors.host.iter().map(|(k, n)| format!("host {k} {n}")));
+            if l.errors.other_status > 0 {
+                parts.push(format!("other status {}", l.errors.other_status));
+            }
+            println!("{:<8} errors: {}", "", parts.join(", "));
+        }
+    }
+    if !queues.is_empty() {
+        println!("{:<8} {:>10}", "QUEUE", "COMMANDS");
+        for q in &queues {
+            println!("{:<8} {:>10}", q.queue, q.commands);
+        }
+    }
+}
+
 /// Runs `vscsid ctl` with `args` (after `ctl`).
 pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
     let cli = match CtlCli::try_parse_from(args) {
@@ -276,6 +375,8 @@ pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
     let is_luns = matches!(cli.command, CtlCommand::Luns);
     let is_set = matches!(cli.command, CtlCommand::Set { .. });
     let is_paths = matches!(cli.command, CtlCommand::Paths { .. });
+    let is_stats = matches!(cli.command, CtlCommand::Stats { .. });
+    let is_metrics = matches!(cli.command, CtlCommand::Metrics);
     let reply = request(cli.command).and_then(|r| call(&cli.control, r));
     let v = match reply {
         Ok(v) => v,
@@ -309,6 +410,13 @@ pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
         {
             println!("{}", p.as_str().unwrap_or_default());
         }
+    } else if is_stats {
+        print_stats(&v);
+    } else if is_metrics {
+        print!(
+            "{}",
+            v.get("text").and_then(Value::as_str).unwrap_or_default()
+        );
     } else {
         let mut fields: Vec<String> = v
             .as_object()

@@ -14,6 +14,9 @@
 //!   the others stay).
 //! - `paths`: `target`, `lun`: the paths of an iSCSI LUN.
 //! - `path`: `target`, `lun`, `portal`, `action` (`fail` or `restore`): maintenance.
+//! - `stats`: optional `target` and `lun` (both, for one LUN): each LUN's I/O statistics
+//!   ([`LunStatsEntry`]) and the commands answered per request queue ([`QueueEntry`]).
+//! - `metrics`: the statistics in the Prometheus text format, as `text`.
 //!
 //! Replies: `{"ok": true, ...}` with the command's result, or `{"ok": false, "error":
 //! "<one line>"}`. A request without `version`, or with another version, is refused.
@@ -84,6 +87,13 @@ pub enum Request {
         portal: String,
         action: PathAction,
     },
+    Stats {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<u8>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lun: Option<u16>,
+    },
+    Metrics,
 }
 
 /// What `path` does to a path.
@@ -108,6 +118,58 @@ pub struct LunEntry {
     /// The I/O limits set (keys as in `set`); empty when unlimited.
     #[serde(default)]
     pub limits: BTreeMap<String, u64>,
+}
+
+/// Counts by kind of command.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ByKind {
+    pub read: u64,
+    pub write: u64,
+    pub other: u64,
+}
+
+/// Commands that did not end GOOD: CHECK CONDITION by sense key, host (transport)
+/// failures by kind (only those seen), other statuses of a remote device.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorCounts {
+    pub total: u64,
+    pub sense_keys: BTreeMap<String, u64>,
+    pub host: BTreeMap<String, u64>,
+    pub other_status: u64,
+}
+
+/// Latency in microseconds. The quantiles are upper bounds of the histogram's buckets
+/// (powers of two of microseconds); null before the first command or past the last
+/// bucket (2^26 µs).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    pub count: u64,
+    pub mean: Option<f64>,
+    pub p50: Option<u64>,
+    pub p99: Option<u64>,
+    pub p999: Option<u64>,
+    /// `[upper bound in µs (null: unbounded), commands]` of each bucket that counted one.
+    pub buckets: Vec<(Option<u64>, u64)>,
+}
+
+/// One LUN in the reply to `stats`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LunStatsEntry {
+    pub target: u8,
+    pub lun: u16,
+    pub commands: ByKind,
+    pub bytes: ByKind,
+    pub errors: ErrorCounts,
+    pub latency_us: Latency,
+    pub in_flight: u32,
+}
+
+/// One request queue in the reply to `stats` (only queues that answered a command).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueEntry {
+    /// The request queue's number (0 is virtio-scsi's first request queue).
+    pub queue: u16,
+    pub commands: u64,
 }
 
 /// Parses one request line; the error is the one-line reply.
@@ -176,6 +238,17 @@ mod tests {
                 lun: 1,
                 limits: [("bw".to_string(), 0), ("iops".to_string(), 200)].into()
             })
+        );
+        assert_eq!(
+            parse_request(r#"{"version":1,"command":"stats","target":0,"lun":1}"#),
+            Ok(Request::Stats {
+                target: Some(0),
+                lun: Some(1)
+            })
+        );
+        assert_eq!(
+            parse_request(r#"{"version":1,"command":"metrics"}"#),
+            Ok(Request::Metrics)
         );
         for (bad, why) in [
             ("{", "not JSON"),

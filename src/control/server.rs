@@ -16,9 +16,14 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::protocol::{error_reply, parse_request, LunEntry, PathAction, Request, MAX_REQUEST};
+use super::metrics::{render, request_queues};
+use super::protocol::{
+    error_reply, parse_request, ByKind, ErrorCounts, Latency, LunEntry, LunStatsEntry, PathAction,
+    QueueEntry, Request, MAX_REQUEST,
+};
 use crate::config::{lun_from_json, lun_from_spec, IoLimits, SocketAccess};
-use crate::lun::live::REMOVE_DRAIN;
+use crate::lun::live::{LunCounters, REMOVE_DRAIN};
+use crate::lun::stats::{bucket_bound_us, HOST_ERROR_NAMES, SENSE_KEY_NAMES};
 use crate::lun::LiveLuns;
 use crate::vhost::{group_id, SocketRemover, VhostSocket};
 
@@ -35,11 +40,12 @@ pub struct ControlServer {
 impl ControlServer {
     /// Binds `path` with `access` (0600 by default; only a stale socket is replaced) and
     /// serves it on a thread. Members of `access.group` may use it besides the daemon's
-    /// user and root.
+    /// user and root. `vm` names the VM in the metrics.
     pub fn start(
         path: &Path,
         access: &SocketAccess,
         luns: Arc<LiveLuns>,
+        vm: String,
     ) -> Result<ControlServer, String> {
         let control = |e: String| e.replacen("socket:", "control:", 1);
         let group = access
@@ -54,7 +60,7 @@ impl ControlServer {
             .name("control".into())
             .spawn(move || {
                 crate::sandbox::enter(crate::sandbox::ThreadKind::Control);
-                accept_loop(&socket, &luns, group)
+                accept_loop(&socket, &luns, group, &vm)
             })
             .map_err(|e| format!("control: cannot start its thread: {e}"))?;
         tracing::info!(control = %path.display(), "control socket listening");
@@ -67,7 +73,7 @@ impl ControlServer {
     }
 }
 
-fn accept_loop(socket: &VhostSocket, luns: &Arc<LiveLuns>, group: Option<u32>) {
+fn accept_loop(socket: &VhostSocket, luns: &Arc<LiveLuns>, group: Option<u32>, vm: &str) {
     let clients = Arc::new(AtomicUsize::new(0));
     for conn in socket.listener().incoming() {
         let Ok(mut stream) = conn else {
@@ -83,12 +89,12 @@ fn accept_loop(socket: &VhostSocket, luns: &Arc<LiveLuns>, group: Option<u32>) {
             let _ = reply(&mut stream, &error_reply("busy: too many control clients"));
             continue;
         }
-        let (luns, count) = (luns.clone(), clients.clone());
+        let (luns, count, vm) = (luns.clone(), clients.clone(), vm.to_string());
         let spawned = std::thread::Builder::new()
             .name("control-client".into())
             .spawn(move || {
                 crate::sandbox::enter(crate::sandbox::ThreadKind::Control);
-                serve_client(stream, &luns);
+                serve_client(stream, &luns, &vm);
                 count.fetch_sub(1, Ordering::AcqRel);
             });
         if spawned.is_err() {
@@ -167,7 +173,7 @@ fn reply(stream: &mut UnixStream, v: &Value) -> std::io::Result<()> {
     stream.write_all(line.as_bytes())
 }
 
-fn serve_client(stream: UnixStream, luns: &LiveLuns) {
+fn serve_client(stream: UnixStream, luns: &LiveLuns, vm: &str) {
     let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
     let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
     let Ok(mut out) = stream.try_clone() else {
@@ -200,7 +206,7 @@ fn serve_client(stream: UnixStream, luns: &LiveLuns) {
             }
         }
         let answer = match parse_request(line.trim_end()) {
-            Ok(req) => execute(luns, req),
+            Ok(req) => execute(luns, vm, req),
             Err(e) => error_reply(&e),
         };
         if reply(&mut out, &answer).is_err() {
@@ -209,8 +215,8 @@ fn serve_client(stream: UnixStream, luns: &LiveLuns) {
     }
 }
 
-/// Carries out one request.
-pub fn execute(luns: &LiveLuns, req: Request) -> Value {
+/// Carries out one request; `vm` names the VM in the metrics.
+pub fn execute(luns: &LiveLuns, vm: &str, req: Request) -> Value {
     let done = match req {
         Request::Luns => Ok(json!({ "ok": true, "luns": list(luns) })),
         Request::Add {
@@ -262,6 +268,8 @@ pub fn execute(luns: &LiveLuns, req: Request) -> Value {
         } => luns
             .set_path_failed(target, lun, &portal, action == PathAction::Fail)
             .map(|()| json!({ "ok": true, "target": target, "lun": lun, "portal": portal })),
+        Request::Stats { target, lun } => stats(luns, target, lun),
+        Request::Metrics => Ok(json!({ "ok": true, "text": render(luns, vm) })),
     };
     done.unwrap_or_else(|e| error_reply(&e))
 }
@@ -337,4 +345,67 @@ fn limits_map(l: &IoLimits) -> BTreeMap<String, u64> {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect()
+}
+
+fn stats(luns: &LiveLuns, target: Option<u8>, lun: Option<u16>) -> Result<Value, String> {
+    let found = luns.stats(target, lun);
+    if found.is_empty() {
+        if let (Some(t), Some(l)) = (target, lun) {
+            return Err(format!("no LUN at target {t} LUN {l}"));
+        }
+    }
+    let entries: Vec<LunStatsEntry> = found.iter().map(stats_entry).collect();
+    let queues: Vec<QueueEntry> = request_queues(luns)
+        .into_iter()
+        .map(|(queue, commands)| QueueEntry { queue, commands })
+        .collect();
+    Ok(json!({ "ok": true, "luns": entries, "queues": queues }))
+}
+
+fn by_kind(v: [u64; 3]) -> ByKind {
+    ByKind {
+        read: v[0],
+        write: v[1],
+        other: v[2],
+    }
+}
+
+fn stats_entry(c: &LunCounters) -> LunStatsEntry {
+    let s = &c.stats;
+    let seen = |names: &[&str], counts: &[u64]| {
+        names
+            .iter()
+            .zip(counts)
+            .filter(|&(_, &n)| n > 0)
+            .map(|(k, &n)| (k.to_string(), n))
+            .collect()
+    };
+    let quantile = |q| s.quantile_us(q).flatten();
+    LunStatsEntry {
+        target: c.target,
+        lun: c.lun,
+        commands: by_kind(s.commands),
+        bytes: by_kind(s.bytes),
+        errors: ErrorCounts {
+            total: s.errors(),
+            sense_keys: seen(&SENSE_KEY_NAMES, &s.sense_keys),
+            host: seen(&HOST_ERROR_NAMES, &s.host_errors),
+            other_status: s.other_status,
+        },
+        latency_us: Latency {
+            count: s.latency_count(),
+            mean: s.mean_us().map(|m| (m * 10.0).round() / 10.0),
+            p50: quantile(0.5),
+            p99: quantile(0.99),
+            p999: quantile(0.999),
+            buckets: s
+                .latency
+                .iter()
+                .enumerate()
+                .filter(|&(_, &n)| n > 0)
+                .map(|(i, &n)| (bucket_bound_us(i), n))
+                .collect(),
+        },
+        in_flight: c.in_flight,
+    }
 }

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use arc_swap::{ArcSwap, Guard};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::stats::{LunStatsSnapshot, QueueStats};
 use super::{attention, Lun, LunTable};
 use crate::config::{IoLimits, LunConfig, LunKind};
 use crate::iscsi::IscsiOptions;
@@ -102,6 +103,15 @@ pub struct LunInfo {
     pub limits: IoLimits,
 }
 
+/// A LUN's statistics as `stats` reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LunCounters {
+    pub target: u8,
+    pub lun: u16,
+    pub in_flight: u32,
+    pub stats: LunStatsSnapshot,
+}
+
 /// The daemon's LUN table, shared by every connection and the control socket.
 pub struct LiveLuns {
     table: ArcSwap<LunTable<Lun>>,
@@ -118,6 +128,8 @@ pub struct LiveLuns {
     lock_at_open: bool,
     /// What each LUN was opened from (a configuration reload compares against it).
     configs: Mutex<BTreeMap<(u8, u16), LunConfig>>,
+    /// Commands answered per queue, across connections.
+    queues: QueueStats,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -135,6 +147,7 @@ impl LiveLuns {
             iscsi,
             lock_at_open,
             configs: Mutex::new(BTreeMap::new()),
+            queues: QueueStats::new(usize::from(crate::config::MAX_REQUEST_QUEUES) + 2),
         })
     }
 
@@ -212,6 +225,27 @@ impl LiveLuns {
                     paths_down: d.paths_down(),
                     limits: l.limits(),
                 }
+            })
+            .collect()
+    }
+
+    /// Commands answered per queue (the request path counts them).
+    pub fn queue_stats(&self) -> &QueueStats {
+        &self.queues
+    }
+
+    /// The statistics of every LUN (of `target`, of LUN `lun`, when given), with its
+    /// commands in flight, in address order.
+    pub fn stats(&self, target: Option<u8>, lun: Option<u16>) -> Vec<LunCounters> {
+        let table = self.snapshot();
+        table
+            .luns()
+            .filter(|&(t, l, _)| target.is_none_or(|x| x == t) && lun.is_none_or(|x| x == l))
+            .map(|(target, lun, l)| LunCounters {
+                target,
+                lun,
+                in_flight: l.inflight(),
+                stats: l.stats().snapshot(),
             })
             .collect()
     }

@@ -25,6 +25,7 @@ mod medium;
 mod medium_data;
 mod null;
 mod registry;
+pub mod stats;
 pub mod table;
 mod task;
 #[cfg(test)]
@@ -47,6 +48,7 @@ use crate::scsi::{DataOut, Outcome, Sense};
 
 pub use live::{LiveLuns, LunChange};
 pub use registry::{build_lun_table, iscsi_options, status_lines};
+pub use stats::{IoKind, LunStats, QueueStats};
 pub use table::{LunTable, Route};
 pub use task::Task;
 pub use throttle::{Cost, Throttle};
@@ -303,7 +305,7 @@ pub mod attention {
 }
 
 /// One configured LUN: its address, its kind, how many of its commands are in flight, the
-/// unit attentions it owes the guest, and its I/O limits.
+/// unit attentions it owes the guest, its I/O limits and its I/O statistics.
 pub struct Lun {
     pub target: u8,
     pub lun: u16,
@@ -316,6 +318,7 @@ pub struct Lun {
     deferred: AtomicU32,
     /// Taken out of the table and not closed yet: the last command to end closes it.
     retired: AtomicBool,
+    stats: LunStats,
 }
 
 /// A LUN taken out of the table with commands still in flight is closed when the last of
@@ -347,6 +350,7 @@ impl Lun {
             throttle: ArcSwapOption::empty(),
             deferred: AtomicU32::new(0),
             retired: AtomicBool::new(false),
+            stats: LunStats::default(),
         }
     }
 
@@ -437,6 +441,11 @@ impl Lun {
 
     pub fn device(&self) -> &dyn LunDevice {
         &*self.device
+    }
+
+    /// The LUN's I/O statistics (updated by the request path when a command ends).
+    pub fn stats(&self) -> &LunStats {
+        &self.stats
     }
 
     /// Commands of this LUN in flight on any queue.

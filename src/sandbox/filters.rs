@@ -392,6 +392,7 @@ pub fn spawns(kind: ThreadKind, needs: &Needs) -> Vec<ThreadKind> {
         ThreadKind::Signals => vec![ThreadKind::Flush, ThreadKind::Iscsi],
         ThreadKind::Control => vec![ThreadKind::Control, ThreadKind::Iscsi, ThreadKind::Flush],
         ThreadKind::Iscsi => vec![ThreadKind::Iscsi],
+        ThreadKind::Metrics => vec![ThreadKind::Metrics],
         ThreadKind::Service | ThreadKind::Ticker | ThreadKind::Flush => vec![],
     }
 }
@@ -480,6 +481,16 @@ fn calls(kind: ThreadKind, needs: &Needs) -> Vec<Call> {
             }
         }
         ThreadKind::Flush => v.extend(block_io()),
+        ThreadKind::Metrics => {
+            // Accepting scrapers on the listening socket bound at start-up, a thread per
+            // client; reading (recv) and writing (send, in the base list) with timeouts.
+            v.extend(spawn());
+            v.extend([call!(accept4), call!(recvfrom), call!(setsockopt)]);
+            if let Some((uid, gid)) = needs.drop_to {
+                // The accepting thread runs when privileges are dropped.
+                v.extend(set_ids(uid, gid));
+            }
+        }
     }
     v
 }
@@ -677,8 +688,10 @@ mod tests {
         };
         for needs in [plain, iscsi, dropping] {
             for kind in ThreadKind::ALL {
-                let ids = matches!(kind, ThreadKind::Iscsi | ThreadKind::Control)
-                    && needs.drop_to.is_some();
+                let ids = matches!(
+                    kind,
+                    ThreadKind::Iscsi | ThreadKind::Control | ThreadKind::Metrics
+                ) && needs.drop_to.is_some();
                 assert_eq!(allows(kind, &needs, libc::SYS_setuid), ids, "{kind:?}");
                 assert_eq!(allows(kind, &needs, libc::SYS_setgroups), ids, "{kind:?}");
             }

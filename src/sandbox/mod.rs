@@ -92,11 +92,14 @@ pub enum ThreadKind {
     /// while the daemon runs, so opening images and logging in to iSCSI targets as at
     /// start-up; everything but executing a program.
     Control,
+    /// The metrics endpoint (`--metrics`) and its clients: accepting TCP connections on
+    /// the socket bound at start-up, reading requests and writing answers.
+    Metrics,
 }
 
 impl ThreadKind {
     /// Every kind.
-    pub const ALL: [ThreadKind; 8] = [
+    pub const ALL: [ThreadKind; 9] = [
         ThreadKind::Main,
         ThreadKind::Signals,
         ThreadKind::Service,
@@ -105,6 +108,7 @@ impl ThreadKind {
         ThreadKind::Iscsi,
         ThreadKind::Flush,
         ThreadKind::Control,
+        ThreadKind::Metrics,
     ];
 
     pub fn name(self) -> &'static str {
@@ -117,6 +121,7 @@ impl ThreadKind {
             ThreadKind::Iscsi => "iscsi",
             ThreadKind::Flush => "flush",
             ThreadKind::Control => "control",
+            ThreadKind::Metrics => "metrics",
         }
     }
 }

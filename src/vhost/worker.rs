@@ -17,7 +17,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use super::queue::{avail_ring_is_corrupt, signal, signal_marked, Vring};
 use super::remote::RemoteAnswers;
 use super::shared::Shared;
-use super::slot::Slot;
+use super::slot::{Slot, Tally};
 use crate::backend::guest::{Mem, MemGuard};
 use crate::backend::BlockIo;
 use crate::lun::{answer_emulated, Answer, Command, Cost, HostError, Lun, ReplyLater, Route, Step};
@@ -247,6 +247,7 @@ impl Worker {
                 slot.queue = queue;
                 slot.epoch = sh.epoch(queue);
                 if let Some(used) = self.start(id, sh, &mem) {
+                    sh.luns.queue_stats().completed(queue);
                     self.finish_inline(id, vring, used);
                     completed = true;
                 }
@@ -311,8 +312,11 @@ impl Worker {
         let Route::Lun { lun, .. } = route else {
             return Some(request::respond_bad_target(m, &slot.chain));
         };
+        slot.tally = Tally::start(&req.cdb, data.out.len(), self.thread);
         if let Some(sense) = lun.take_attention(&req.cdb) {
-            return Some(request::respond(m, &slot.chain, &Answer::Check(sense)));
+            let answer = Answer::Check(sense);
+            slot.tally.count(lun, &answer);
+            return Some(request::respond(m, &slot.chain, &answer));
         }
         if let Some(cost) = must_wait(lun, &req.cdb, data.inn.len(), data.out.len(), sh) {
             slot.cdb = req.cdb;
@@ -344,6 +348,7 @@ impl Worker {
         }
         match step {
             Step::Done(answer) => {
+                slot.tally.count(lun, &answer);
                 let used = request::respond(m, &slot.chain, &answer);
                 if lun.end(&mut slot.task) {
                     sh.wake_workers();
@@ -403,6 +408,7 @@ impl Worker {
         }
         match step {
             Step::Done(answer) => {
+                slot.tally.count(&lun, &answer);
                 let used = request::respond(m, &slot.chain, &answer);
                 return self.retire(id, used, sh, vrings);
             }
@@ -521,6 +527,7 @@ impl Worker {
                 error: HostError::Aborted,
                 resid: 0,
             };
+            slot.tally.count(lun, &aborted);
             let used = match &slot.mem {
                 Some(mem) => request::respond(mem, &slot.chain, &aborted),
                 None => 0,
@@ -561,6 +568,7 @@ impl Worker {
         }
         match step {
             Step::Done(answer) => {
+                slot.tally.count(&lun, &answer);
                 let used = request::respond(&mem, &slot.chain, &answer);
                 (self.retire(id, used, sh, vrings), false)
             }
@@ -647,6 +655,7 @@ impl Worker {
         };
         let data = request::data_buffers(&slot.chain, &mem);
         let answer = lun.device().remote_done(&mut slot.task, c, data);
+        slot.tally.count(&lun, &answer);
         let used = request::respond(&mem, &slot.chain, &answer);
         self.retire(id, used, sh, vrings)
     }
@@ -706,6 +715,7 @@ impl Worker {
             );
         } else if let Some(vring) = vrings.get(slot.vring) {
             let _ = vring.add_used(slot.chain.head, used);
+            sh.luns.queue_stats().completed(slot.queue);
             bit = 1u64 << (slot.vring % 64);
         }
         self.end_and_free(id, sh);

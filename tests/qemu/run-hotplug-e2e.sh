@@ -5,14 +5,17 @@
 # ext4 file system, is grown on the host (`ctl resize`) and the guest's size follows (a
 # PARAM_CHANGE event) so resize2fs grows the mounted file system; it is removed and
 # disappears (REMOVED event); an iSCSI LUN on tgtd is added as LUN 2 and written with
-# verification. Prints one line per check and "N passed, M failed".
+# verification. vscsid serves its metrics (--metrics): a scrape with curl while the guest
+# runs must parse as Prometheus text and show LUN 0's reads and writes. Prints one line per
+# check and "N passed, M failed".
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$here"
 TIMEOUT=${VSCSID_E2E_TIMEOUT:-600}
 source tests/qemu/lib.sh
 
-need_tools run-hotplug-e2e qemu-system-x86_64 cargo /usr/sbin/tgtd /usr/sbin/tgtadm
+need_tools run-hotplug-e2e qemu-system-x86_64 cargo /usr/sbin/tgtd /usr/sbin/tgtadm curl \
+  /usr/bin/python3
 cargo build --release --quiet
 build_guest
 work_dir
@@ -25,7 +28,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+port=$(free_port)
+metrics_port=$(free_port)
 ctl_nr=$((port % 32768 + 1))
 iqn=iqn.2024-01.io.vscsid.test:hotplug
 truncate -s 64M "$work/target.img"
@@ -38,6 +45,7 @@ truncate -s 256M "$work/a.img"
 truncate -s 64M "$work/b.img"
 control=$work/control.sock
 target/release/vscsid --socket "$work/vscsid.sock" --control "$control" \
+  --metrics "127.0.0.1:$metrics_port" --vm-name hotplug-vm \
   --disk "$work/a.img,cache=none" --num-queues 2 > "$work/vscsid.log" 2>&1 &
 daemon_pid=$!
 wait_vscsid "$work/vscsid.sock" run-hotplug-e2e "$work/vscsid.log"
@@ -71,6 +79,20 @@ step add ctl add disk "$work/b.img,cache=none" &&
   step add-iscsi ctl add iscsi "iscsi://127.0.0.1:$port/$iqn/1" --lun 2 || true
 echo "--- vscsid ctl luns at the end ---"
 ctl luns || true
+echo "--- vscsid ctl stats ---"
+ctl stats || true
+
+# The guest has run fio on LUN 0 through the steps: the metrics show it.
+if curl -sSf --max-time 10 "http://127.0.0.1:$metrics_port/metrics" -o "$work/metrics.txt" \
+  2> "$work/curl.err"; then
+  if out=$(/usr/bin/python3 tests/qemu/check-metrics.py "$work/metrics.txt" hotplug-vm 0 0 2>&1); then
+    report host-metrics-scrape PASS "$out"
+  else
+    report host-metrics-scrape FAIL "$out"
+  fi
+else
+  report host-metrics-scrape FAIL "curl: $(head -c 300 "$work/curl.err")"
+fi
 
 set +e
 wait_exit "$qemu_pid" "$TIMEOUT" || kill "$qemu_pid"
