@@ -308,3 +308,25 @@ fn sighup_applies_the_configuration_file_and_leaves_what_cannot_change() {
     assert_eq!(sense(&r), (6, 0x3f, 0x0e));
     write_read_back_flushed(&mut fe, 0, 0, &[7; 4096], &dir.join("a.img"));
 }
+
+#[test]
+fn two_clients_adding_one_address_at_once_one_wins() {
+    let (d, control) = start();
+    let line =
+        b"{\"version\":1,\"command\":\"add\",\"kind\":\"null\",\"spec\":\"16M\",\"lun\":4}\n";
+    let answers: Vec<String> = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..4).map(|_| s.spawn(|| raw(&control, line))).collect();
+        runs.into_iter()
+            .map(|r| r.join().expect("client"))
+            .collect()
+    });
+    let won = answers.iter().filter(|a| a.contains("\"ok\":true")).count();
+    let lost = answers
+        .iter()
+        .filter(|a| a.contains("target 0 LUN 4 is in use"))
+        .count();
+    assert_eq!((won, lost), (1, 3), "{answers:?}");
+    let (ok, out, _) = ctl(&control, &["luns"]);
+    assert!(ok && out.matches("0:4 ").count() == 1, "{out}");
+    drop(d);
+}
