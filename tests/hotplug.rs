@@ -9,7 +9,6 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -17,21 +16,6 @@ use vscsid::frontend::ScsiFrontend;
 
 const MIB: u64 = 1 << 20;
 const EVENT_WAIT: Duration = Duration::from_secs(10);
-
-fn ctl(control: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vscsid"))
-        .arg("ctl")
-        .arg("--control")
-        .arg(control)
-        .args(args)
-        .output()
-        .expect("run vscsid ctl");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn raw(control: &Path, line: &[u8]) -> String {
     let mut s = UnixStream::connect(control).expect("connect control");

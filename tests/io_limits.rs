@@ -8,8 +8,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -20,21 +19,6 @@ const Q: usize = 2;
 const DEPTH: usize = 8;
 /// virtio-scsi response ABORTED.
 const ABORTED: u8 = 2;
-
-fn ctl(control: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vscsid"))
-        .arg("ctl")
-        .arg("--control")
-        .arg(control)
-        .args(args)
-        .output()
-        .expect("run vscsid ctl");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// A daemon with two null LUNs (LUN 0 with `limits`, LUN 1 without) on one request queue
 /// (one worker), and its control socket.
