@@ -32,7 +32,7 @@
 
 mod filters;
 mod trap;
-mod user;
+pub(crate) mod user;
 
 use std::sync::OnceLock;
 

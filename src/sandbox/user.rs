@@ -50,8 +50,8 @@ pub fn resolve_user(spec: &str, field: &str) -> Result<TargetUser, String> {
     Ok(TargetUser { name, uid, gid })
 }
 
-/// The account's name, ID and primary group.
-fn passwd(name: &str) -> Option<(String, u32, Option<u32>)> {
+/// The account's name, ID and primary group (the socket options resolve names here too).
+pub(crate) fn passwd(name: &str) -> Option<(String, u32, Option<u32>)> {
     let c = CString::new(name).ok()?;
     let mut buf = vec![0u8; 16 * 1024];
     // SAFETY: an all-zero passwd is a valid value for getpwnam_r to overwrite.
@@ -71,7 +71,8 @@ fn passwd(name: &str) -> Option<(String, u32, Option<u32>)> {
     (rc == 0 && !found.is_null()).then(|| (name.to_string(), pwd.pw_uid, Some(pwd.pw_gid)))
 }
 
-fn group_id(name: &str) -> Option<u32> {
+/// A group's ID by name.
+pub(crate) fn group_id(name: &str) -> Option<u32> {
     let c = CString::new(name).ok()?;
     let mut buf = vec![0u8; 64 * 1024];
     // SAFETY: an all-zero group is a valid value for getgrnam_r to overwrite.

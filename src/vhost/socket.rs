@@ -294,26 +294,9 @@ fn user_id(name: &str) -> Result<u32, String> {
     if let Ok(id) = name.parse::<u32>() {
         return Ok(id);
     }
-    let c = std::ffi::CString::new(name).map_err(|_| format!("socket: no user '{name}'"))?;
-    let mut buf = vec![0u8; 16 * 1024];
-    // SAFETY: an all-zero passwd is a valid value for getpwnam_r to overwrite.
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: getpwnam_r reads the NUL-terminated name and writes only into `pwd`, `buf`
-    // (at most `buf.len()` bytes) and `found`, all of which outlive the call.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            c.as_ptr(),
-            &mut pwd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut found,
-        )
-    };
-    if rc != 0 || found.is_null() {
-        return Err(format!("socket: no user '{name}'"));
-    }
-    Ok(pwd.pw_uid)
+    crate::sandbox::user::passwd(name)
+        .map(|(_, uid, _)| uid)
+        .ok_or_else(|| format!("socket: no user '{name}'"))
 }
 
 /// A group name's ID (a number is taken as the ID itself).
@@ -321,26 +304,7 @@ pub fn group_id(name: &str) -> Result<u32, String> {
     if let Ok(id) = name.parse::<u32>() {
         return Ok(id);
     }
-    let c = std::ffi::CString::new(name).map_err(|_| format!("socket: no group '{name}'"))?;
-    let mut buf = vec![0u8; 64 * 1024];
-    // SAFETY: an all-zero group is a valid value for getgrnam_r to overwrite.
-    let mut grp: libc::group = unsafe { std::mem::zeroed() };
-    let mut found: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: getgrnam_r reads the NUL-terminated name and writes only into `grp`, `buf`
-    // (at most `buf.len()` bytes) and `found`, all of which outlive the call.
-    let rc = unsafe {
-        libc::getgrnam_r(
-            c.as_ptr(),
-            &mut grp,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut found,
-        )
-    };
-    if rc != 0 || found.is_null() {
-        return Err(format!("socket: no group '{name}'"));
-    }
-    Ok(grp.gr_gid)
+    crate::sandbox::user::group_id(name).ok_or_else(|| format!("socket: no group '{name}'"))
 }
 
 /// The path a UNIX socket descriptor is bound to.
