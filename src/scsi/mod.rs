@@ -9,6 +9,7 @@
 pub mod cdb;
 pub mod disk;
 pub mod lun_id;
+pub mod reservation;
 pub mod sense;
 pub mod task;
 
