@@ -10,7 +10,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 
 use vscsid::config::{parse_config_file, parse_disk_spec, Config, SocketAccess};
 use vscsid::control::ControlServer;
-use vscsid::lun::{build_lun_table, iscsi_options, status_lines, LiveLuns};
+use vscsid::lun::{build_lun_table, open_options, status_lines, LiveLuns};
 use vscsid::sandbox::{self, SandboxMode, ThreadKind};
 use vscsid::service::{init_logging, status_text, LogDestination, Service};
 use vscsid::vhost::{serve, CurrentDevice, SocketHandover, SocketRemover, VhostSocket};
@@ -54,6 +54,14 @@ struct Cli {
     /// iSCSI initiator name [default: iqn.2024-01.io.vscsid:<hostname>].
     #[arg(long, value_name = "IQN")]
     initiator_name: Option<String>,
+    /// This daemon's name as the initiator of its LUNs: the I_T nexus persistent
+    /// reservations belong to [default: iqn.2026-12.io.vscsid:<VM name or socket path>].
+    #[arg(long, value_name = "NAME")]
+    initiator_id: Option<String>,
+    /// Directory for reservation state: shared disks need it, and a disk's APTPL
+    /// reservations survive restarts in it [default: $STATE_DIRECTORY under systemd].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// Request queues offered (QEMU's num_queues must not exceed it) [default: 1022, every
     /// queue a guest can have].
     #[arg(long, value_name = "N")]
@@ -207,6 +215,27 @@ fn build_config(cli: Cli, order: LunOrder) -> Result<Config, String> {
     }
     if cli.initiator_name.is_some() {
         cfg.initiator_name = cli.initiator_name;
+    }
+    if let Some(id) = &cli.initiator_id {
+        cfg.initiator_id =
+            Some(vscsid::config::check_initiator_id(id, "--initiator-id").map_err(|e| e.0)?);
+    }
+    if let Some(dir) = cli.state_dir {
+        cfg.state_dir = Some(dir);
+    }
+    if cfg.state_dir.is_none() {
+        // systemd's StateDirectory= (the unit sets it): the first of its directories.
+        if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
+            let first = dir
+                .to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            if !first.is_empty() {
+                cfg.state_dir = Some(PathBuf::from(first));
+            }
+        }
     }
     if let Some(mode) = &cli.sandbox {
         cfg.sandbox = vscsid::config::parse_sandbox(mode, "--sandbox").map_err(|e| e.0)?;
@@ -382,7 +411,7 @@ fn main() -> ExitCode {
     }
     let luns = match build_lun_table(&cfg) {
         Ok(t) => {
-            let live = LiveLuns::new(t, iscsi_options(&cfg), !cfg.incoming);
+            let live = LiveLuns::new(t, open_options(&cfg), !cfg.incoming);
             live.remember(&cfg.luns);
             live
         }

@@ -74,8 +74,11 @@ fn readers_share_an_image_and_shared_disks_are_shared() {
     let d = first("readonly", &[]);
     let (code, err) = start_expecting_exit(&d.path("shared.img"), ",readonly", &[]);
     assert_eq!(code, None, "a second reader runs: {err}");
-    let d = first("shared", &[]);
-    let (code, err) = start_expecting_exit(&d.path("shared.img"), ",shared", &[]);
+    // Shared disks keep their reservations in a state directory both daemons use.
+    let d = first("shared", &["--state-dir", "{dir}/state"]);
+    let state = d.path("state").display().to_string();
+    let (code, err) =
+        start_expecting_exit(&d.path("shared.img"), ",shared", &["--state-dir", &state]);
     assert_eq!(code, None, "a second shared writer runs: {err}");
 }
 

@@ -14,8 +14,9 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
+
+use super::ofd_lock::{set, taken_by_other, LockKind};
 
 const PERM_BASE: i64 = 100;
 const SHARED_BASE: i64 = 200;
@@ -77,36 +78,6 @@ pub enum LockError {
     Io { path: String, source: io::Error },
 }
 
-fn flock(kind: i32, start: i64) -> libc::flock {
-    // SAFETY: an all-zero flock is a valid value; the fields that matter are set below.
-    let mut l: libc::flock = unsafe { std::mem::zeroed() };
-    l.l_type = kind as libc::c_short;
-    l.l_whence = libc::SEEK_SET as libc::c_short;
-    l.l_start = start;
-    l.l_len = 1;
-    l
-}
-
-fn set(file: &File, kind: i32, start: i64) -> io::Result<()> {
-    let mut l = flock(kind, start);
-    // SAFETY: F_OFD_SETLK reads the flock it is given; the descriptor is the open file's.
-    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &mut l) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Whether another open file description holds a lock on byte `start` (one a write lock
-/// would conflict with).
-fn taken_by_other(file: &File, start: i64) -> io::Result<bool> {
-    let mut l = flock(libc::F_WRLCK, start);
-    // SAFETY: F_OFD_GETLK reads and writes the flock it is given.
-    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut l) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(l.l_type != libc::F_UNLCK as libc::c_short)
-}
-
 /// Takes the locks of `mode` on `file` (the image at `path`), or explains who is in the way.
 /// Idempotent; the locks go with the file's last descriptor, or with [`unlock`].
 pub fn lock(file: &File, path: &Path, mode: LockMode) -> Result<(), LockError> {
@@ -137,15 +108,15 @@ pub fn lock(file: &File, path: &Path, mode: LockMode) -> Result<(), LockError> {
     for i in 0..5u8 {
         let bit = 1 << i;
         let perm = if held & bit != 0 {
-            libc::F_RDLCK
+            LockKind::Read
         } else {
-            libc::F_UNLCK
+            LockKind::Unlock
         };
         set(file, perm, PERM_BASE + i64::from(i)).map_err(io_err)?;
         let share = if unshared & bit != 0 {
-            libc::F_RDLCK
+            LockKind::Read
         } else {
-            libc::F_UNLCK
+            LockKind::Unlock
         };
         set(file, share, SHARED_BASE + i64::from(i)).map_err(io_err)?;
     }
@@ -155,8 +126,8 @@ pub fn lock(file: &File, path: &Path, mode: LockMode) -> Result<(), LockError> {
 /// Drops every lock this file description holds on the image.
 pub fn unlock(file: &File) {
     for i in 0..5 {
-        let _ = set(file, libc::F_UNLCK, PERM_BASE + i);
-        let _ = set(file, libc::F_UNLCK, SHARED_BASE + i);
+        let _ = set(file, LockKind::Unlock, PERM_BASE + i);
+        let _ = set(file, LockKind::Unlock, SHARED_BASE + i);
     }
 }
 

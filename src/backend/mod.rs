@@ -9,6 +9,8 @@ mod file;
 pub mod guest;
 pub mod guest_fault;
 pub mod image_lock;
+mod ofd_lock;
+pub mod shared_state;
 pub mod uring;
 
 pub use aligned::AlignedBuf;

@@ -31,6 +31,8 @@ struct RawDaemon {
     submit_batch: Option<i64>,
     stop_timeout_ms: Option<i64>,
     initiator_name: Option<String>,
+    initiator_id: Option<String>,
+    state_dir: Option<PathBuf>,
     sandbox: Option<toml::Value>,
     user: Option<String>,
     control: Option<PathBuf>,
@@ -199,6 +201,17 @@ pub fn parse_config_text(text: &str) -> Result<Config, ConfigError> {
         cfg.stop_timeout_ms = super::check_stop_timeout_ms(n, "daemon.stop_timeout_ms")?;
     }
     cfg.initiator_name = d.initiator_name;
+    cfg.initiator_id = d
+        .initiator_id
+        .as_deref()
+        .map(|id| super::check_initiator_id(id, "daemon.initiator_id"))
+        .transpose()?;
+    if let Some(dir) = d.state_dir {
+        if dir.as_os_str().is_empty() {
+            return Err(ConfigError("daemon.state_dir: empty".into()));
+        }
+        cfg.state_dir = Some(dir);
+    }
     match &d.sandbox {
         None => {}
         Some(toml::Value::String(text)) => {

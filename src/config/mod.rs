@@ -284,6 +284,12 @@ pub struct Config {
     pub incoming: bool,
     /// iSCSI initiator name; derived from the host name when absent.
     pub initiator_name: Option<String>,
+    /// This daemon's name as an initiator of its LUNs (the I_T nexus reservations are held
+    /// by); see [`Config::initiator_id`] for the default.
+    pub initiator_id: Option<String>,
+    /// Where reservation state is kept (`--state-dir`, `daemon.state_dir`, or systemd's
+    /// `$STATE_DIRECTORY`); required for shared disks.
+    pub state_dir: Option<PathBuf>,
     /// The system call filters (`--sandbox`, `daemon.sandbox`).
     pub sandbox: SandboxMode,
     /// The user (and group) to continue as once the LUNs and the socket are open
@@ -296,6 +302,48 @@ pub struct Config {
     /// Where the Prometheus metrics are served over HTTP; none unless configured.
     pub metrics: Option<std::net::SocketAddr>,
     pub luns: Vec<LunConfig>,
+}
+
+/// Prefix of the default initiator identity (an iSCSI qualified name).
+pub const INITIATOR_ID_PREFIX: &str = "iqn.2026-12.io.vscsid:";
+
+impl Config {
+    /// This daemon's nexus name: `initiator_id` as configured, else one derived from what
+    /// names the VM and stays across restarts: the VM name, else the socket path as
+    /// written. Never random: a restarted daemon must be the same nexus, or the guest
+    /// loses its reservations.
+    pub fn initiator_id(&self) -> String {
+        if let Some(id) = &self.initiator_id {
+            return id.clone();
+        }
+        let source = match (&self.vm_name, &self.socket) {
+            (Some(name), _) => name.clone(),
+            (None, Some(path)) => path.to_string_lossy().into_owned(),
+            (None, None) => "vscsid".to_string(),
+        };
+        // iSCSI names take lower-case letters, digits, '.', '-' and ':'.
+        let tail: String = source
+            .trim_start_matches('/')
+            .chars()
+            .map(|c| match c.to_ascii_lowercase() {
+                c @ ('a'..='z' | '0'..='9' | '.' | '-' | ':') => c,
+                _ => '.',
+            })
+            .take(200)
+            .collect();
+        format!("{INITIATOR_ID_PREFIX}{tail}")
+    }
+}
+
+/// Checks an `initiator_id`: 1 to 223 bytes of printable ASCII without spaces or commas
+/// (a TransportID carries it, and a comma would read as an ISID separator).
+pub fn check_initiator_id(id: &str, field: &str) -> Result<String, ConfigError> {
+    if id.is_empty() || id.len() > 223 || !id.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+        return Err(ConfigError(format!(
+            "{field}: '{id}' must be 1 to 223 printable characters without spaces or commas"
+        )));
+    }
+    Ok(id.to_string())
 }
 
 /// `USER[:GROUP]` as written, and where (`--user` or `daemon.user`).
@@ -342,6 +390,8 @@ impl Default for Config {
             stop_timeout_ms: DEFAULT_STOP_TIMEOUT_MS,
             incoming: false,
             initiator_name: None,
+            initiator_id: None,
+            state_dir: None,
             sandbox: SandboxMode::default(),
             user: None,
             control: None,

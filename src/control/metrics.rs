@@ -210,7 +210,7 @@ pub fn render(luns: &LiveLuns, vm: &str) -> String {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::lun::{build_lun_table, iscsi_options, Answer};
+    use crate::lun::{build_lun_table, open_options, Answer};
     use crate::scsi::Sense;
     use std::time::Duration;
 
@@ -219,7 +219,7 @@ mod tests {
         let mut cfg = Config::default();
         cfg.add_null("64M").expect("null LUN");
         let table = build_lun_table(&cfg).expect("table");
-        let luns = LiveLuns::new(table, iscsi_options(&cfg), false);
+        let luns = LiveLuns::new(table, open_options(&cfg), false);
         let snap = luns.snapshot();
         let (_, _, lun) = snap.luns().next().expect("a LUN");
         let st = lun.stats();

@@ -136,12 +136,13 @@ pub fn apply(luns: &LiveLuns, old: &Config, new: &Config) -> ReloadReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lun::{build_lun_table, iscsi_options};
+    use crate::lun::{build_lun_table, open_options};
     use std::path::PathBuf;
 
     fn config(dir: &std::path::Path, files: &[(&str, u16)]) -> Config {
         let mut cfg = Config {
             socket: Some(PathBuf::from("/x.sock")),
+            state_dir: Some(dir.join("state")),
             ..Config::default()
         };
         for (name, lun) in files {
@@ -163,7 +164,7 @@ mod tests {
         let old = config(dir.path(), &[("a.img", 0), ("b.img", 1)]);
         let luns = LiveLuns::new(
             build_lun_table(&old).expect("table"),
-            iscsi_options(&old),
+            open_options(&old),
             true,
         );
         luns.remember(&old.luns);
@@ -207,7 +208,7 @@ mod tests {
         let old = config(dir.path(), &[("a.img", 0)]);
         let luns = LiveLuns::new(
             build_lun_table(&old).expect("table"),
-            iscsi_options(&old),
+            open_options(&old),
             true,
         );
         luns.remember(&old.luns);

@@ -3,21 +3,27 @@
 //! COMPARE AND WRITE kept atomic by the LUN's [`WriteGate`].
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use super::gate::WriteGate;
 use super::identity::disk_properties;
 use super::medium::{self, DiskMedium};
-use super::{answer_emulated, Command, IoContext, LunDevice, Step, Task};
+use super::reservations::{LunReservations, PrStep, ReservationSetup};
+use super::{answer_emulated, Answer, Command, IoContext, LunDevice, Step, Task};
+use crate::backend::guest::DataBuffers;
 use crate::backend::image_lock::{self, LockMode};
 use crate::backend::{Backing, CacheMode};
 use crate::config::LunConfig;
 use crate::scsi::disk::{DiskProperties, EmulatedDisk};
-use crate::scsi::Outcome;
+use crate::scsi::task::ScsiCompletion;
+use crate::scsi::{reservation, status, Outcome, Sense};
 
 pub struct DiskLun {
     disk: EmulatedDisk,
     medium: DiskMedium,
     lock: LockMode,
+    reservations: Arc<LunReservations>,
 }
 
 /// Opens the backing store of a disk LUN and checks it fits the configured block size.
@@ -28,6 +34,7 @@ pub fn open(
     path: &Path,
     cache: CacheMode,
     lock_now: bool,
+    setup: &ReservationSetup,
 ) -> Result<Box<dyn LunDevice>, String> {
     let where_ = format!("target {} LUN {}", l.target, l.lun);
     let backing = Backing::open(path, cache, l.readonly).map_err(|e| format!("{where_}: {e}"))?;
@@ -62,15 +69,71 @@ pub fn open(
         backing.unmapped_blocks_read_zeroes(),
     );
     let unmap_zeroes = props.unmap_zeroes;
+    let reservations =
+        LunReservations::open(setup, props.naa, l.shared).map_err(|e| format!("{where_}: {e}"))?;
     Ok(Box::new(DiskLun {
+        reservations,
         disk: EmulatedDisk::new(props),
         medium: DiskMedium::new(backing, WriteGate::default(), unmap_zeroes),
         lock,
     }))
 }
 
+impl DiskLun {
+    /// PERSISTENT RESERVE IN/OUT, RESERVE and RELEASE.
+    fn reservation_command(
+        &self,
+        cmd: &Command<'_>,
+        task: &mut Task,
+        io: &mut IoContext<'_>,
+    ) -> Step {
+        let pr = &self.reservations;
+        if self.disk.properties().readonly && cmd.cdb[0] != reservation::PERSISTENT_RESERVE_IN {
+            // A read-only LUN's guest may read the reservations, not take part in them.
+            return Step::Done(Answer::Check(Sense::write_protected()));
+        }
+        match pr.execute(cmd.cdb, &io.data.out, io.scratch) {
+            Some(PrStep::Done(Answer::Good { data_in })) => Step::Done(answer_emulated(
+                Outcome::Good {
+                    data_in_len: usize::try_from(data_in).unwrap_or(0),
+                },
+                io.scratch,
+                io.data.inn,
+            )),
+            Some(PrStep::Done(answer)) => Step::Done(answer),
+            Some(PrStep::WaitForAborts { id, victims }) => {
+                io.hold(task);
+                // Answered like a forwarded command, through the worker's callback.
+                task.remote_id = Some(id);
+                pr.wait_for(id, victims, io.reply.callback(io.id));
+                Step::Forwarded
+            }
+            None => Step::Done(Answer::Check(Sense::invalid_opcode())),
+        }
+    }
+}
+
 impl LunDevice for DiskLun {
     fn start(&self, cmd: &Command<'_>, task: &mut Task, io: &mut IoContext<'_>) -> Step {
+        let pr = &self.reservations;
+        if !task.reservation_counted {
+            task.reservation_counted = true;
+            pr.active.fetch_add(1, Ordering::AcqRel);
+        }
+        if let Some(answer) = pr.check(cmd.cdb) {
+            return Step::Done(answer);
+        }
+        if matches!(
+            cmd.cdb[0],
+            reservation::PERSISTENT_RESERVE_IN
+                | reservation::PERSISTENT_RESERVE_OUT
+                | reservation::RESERVE_6
+                | reservation::RELEASE_6
+                | reservation::RESERVE_10
+                | reservation::RELEASE_10
+        ) {
+            return self.reservation_command(cmd, task, io);
+        }
         match self.disk.execute(cmd.cdb, &io.data.out, io.scratch) {
             Outcome::Io(req) => {
                 let write_cache_off = !self.disk.write_cache_enabled();
@@ -89,12 +152,28 @@ impl LunDevice for DiskLun {
     }
 
     fn end(&self, task: &mut Task) -> bool {
+        if std::mem::take(&mut task.reservation_counted) {
+            self.reservations.active.fetch_sub(1, Ordering::AcqRel);
+        }
         medium::leave_gate(&self.medium, task)
+    }
+
+    /// A PREEMPT AND ABORT that waited for other daemons' drains is answered.
+    fn remote_done(&self, _task: &mut Task, c: ScsiCompletion, _data: DataBuffers<'_>) -> Answer {
+        match c.result {
+            Ok(st) if st.status == status::GOOD => Answer::Good { data_in: 0 },
+            _ => Answer::Check(Sense::internal_target_failure()),
+        }
     }
 
     fn reset(&self) {
         self.disk.reset();
         self.medium.reset();
+        self.reservations.reset();
+    }
+
+    fn shut_down(&self, _within: std::time::Duration) {
+        self.reservations.close();
     }
 
     fn make_durable(&self) {
@@ -114,8 +193,12 @@ impl LunDevice for DiskLun {
 
     fn describe(&self) -> String {
         let p = self.disk.properties();
+        let state = match self.reservations.state_file() {
+            Some(f) => format!(", reservations in {}", f.display()),
+            None => String::new(),
+        };
         format!(
-            "disk {} cache={} {} blocks of {} bytes{}",
+            "disk {} cache={} {} blocks of {} bytes{}{state}",
             self.medium.backing.path.display(),
             self.medium.backing.cache,
             self.disk.capacity_blocks(),

@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 use arc_swap::{ArcSwap, Guard};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::registry::LunOpenOptions;
 use super::stats::{LunStatsSnapshot, QueueStats};
 use super::{attention, Lun, LunTable};
 use crate::config::{IoLimits, LunConfig, LunKind};
-use crate::iscsi::IscsiOptions;
 
 /// Changes kept for the guest at most; past that the oldest is dropped and the next event
 /// the guest gets says events were missed (it then rescans).
@@ -123,7 +123,7 @@ pub struct LiveLuns {
     /// Wakes the serving connection's thread that owns the event queue.
     waker: Mutex<Option<EventFd>>,
     /// Options for iSCSI LUNs added later (initiator name ...).
-    iscsi: IscsiOptions,
+    open: LunOpenOptions,
     /// The destination of a migration: images are locked when the device starts.
     lock_at_open: bool,
     /// What each LUN was opened from (a configuration reload compares against it).
@@ -137,14 +137,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl LiveLuns {
-    pub fn new(table: LunTable<Lun>, iscsi: IscsiOptions, lock_at_open: bool) -> Arc<LiveLuns> {
+    pub fn new(table: LunTable<Lun>, open: LunOpenOptions, lock_at_open: bool) -> Arc<LiveLuns> {
         Arc::new(LiveLuns {
             table: ArcSwap::from_pointee(table),
             edit: Mutex::new(()),
             changes: Mutex::new(PendingChanges::default()),
             has_changes: AtomicBool::new(false),
             waker: Mutex::new(None),
-            iscsi,
+            open,
             lock_at_open,
             configs: Mutex::new(BTreeMap::new()),
             queues: QueueStats::new(usize::from(crate::config::MAX_REQUEST_QUEUES) + 2),
@@ -282,7 +282,7 @@ impl LiveLuns {
         }
         // The image lock is taken at open (after a migration's switchover; before it, the
         // device's start takes every LUN's).
-        let lun = super::registry::open_lun(l, &self.iscsi, self.lock_at_open)?;
+        let lun = super::registry::open_lun(l, &self.open, self.lock_at_open)?;
         let mut next = (*current).clone();
         next.insert(l.target, l.lun, lun)
             .map_err(|e| format!("target {} LUN {}: {e}", l.target, l.lun))?;

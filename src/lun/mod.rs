@@ -25,6 +25,7 @@ mod medium;
 mod medium_data;
 mod null;
 mod registry;
+mod reservations;
 pub mod stats;
 pub mod table;
 mod task;
@@ -47,7 +48,8 @@ use crate::scsi::task::{ScsiCompletion, TaskAttr, TmfFunction, TransportError};
 use crate::scsi::{DataOut, Outcome, Sense};
 
 pub use live::{LiveLuns, LunChange};
-pub use registry::{build_lun_table, iscsi_options, status_lines};
+pub use registry::{build_lun_table, iscsi_options, open_options, status_lines, LunOpenOptions};
+pub use reservations::ReservationSetup;
 pub use stats::{IoKind, LunStats, QueueStats};
 pub use table::{LunTable, Route};
 pub use task::Task;

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::reservations::ReservationSetup;
 use super::{disk, iscsi, null, Lun, LunDevice, LunTable};
 use crate::config::{Config, LunConfig, LunKind};
 use crate::iscsi::IscsiOptions;
@@ -10,7 +11,7 @@ use crate::iscsi::IscsiOptions;
 /// Opens every configured LUN and builds the table; errors name the LUN.
 pub fn build_lun_table(cfg: &Config) -> Result<LunTable<Lun>, String> {
     let mut table = LunTable::new();
-    let opts = iscsi_options(cfg);
+    let opts = open_options(cfg);
     for l in &cfg.luns {
         table
             .insert(l.target, l.lun, open_lun(l, &opts, !cfg.incoming)?)
@@ -28,10 +29,28 @@ pub fn iscsi_options(cfg: &Config) -> IscsiOptions {
     opts
 }
 
+/// What opening a LUN needs besides its own configuration.
+#[derive(Debug, Clone, Default)]
+pub struct LunOpenOptions {
+    pub iscsi: IscsiOptions,
+    pub reservations: ReservationSetup,
+}
+
+/// The options every LUN of the daemon is opened with.
+pub fn open_options(cfg: &Config) -> LunOpenOptions {
+    LunOpenOptions {
+        iscsi: iscsi_options(cfg),
+        reservations: ReservationSetup {
+            nexus: cfg.initiator_id(),
+            state_dir: cfg.state_dir.clone(),
+        },
+    }
+}
+
 /// Opens one LUN (at start-up, or added while the daemon runs).
 pub(crate) fn open_lun(
     l: &LunConfig,
-    opts: &IscsiOptions,
+    opts: &LunOpenOptions,
     lock_now: bool,
 ) -> Result<Arc<Lun>, String> {
     // Threads a LUN starts (an iSCSI LUN's sessions) log within this span, so their
@@ -47,11 +66,12 @@ pub(crate) fn open_lun(
 /// `lock_now`: take image locks at once (not for the destination of a migration).
 fn open_device(
     l: &LunConfig,
-    iscsi: &IscsiOptions,
+    opts: &LunOpenOptions,
     lock_now: bool,
 ) -> Result<Box<dyn LunDevice>, String> {
+    let iscsi = &opts.iscsi;
     match &l.kind {
-        LunKind::Disk { path, cache } => disk::open(l, path, *cache, lock_now),
+        LunKind::Disk { path, cache } => disk::open(l, path, *cache, lock_now, &opts.reservations),
         LunKind::Null { size } => null::open(l, *size),
         LunKind::Iscsi {
             url,
@@ -95,7 +115,10 @@ mod tests {
         std::fs::File::create(&p)
             .and_then(|f| f.set_len(1 << 20))
             .expect("create");
-        let mut cfg = Config::default();
+        let mut cfg = Config {
+            state_dir: Some(dir.path().join("state")),
+            ..Config::default()
+        };
         cfg.luns.push(LunConfig::disk(0, 0, p.clone()));
         let mut ro = LunConfig::disk(0, 1, p);
         ro.readonly = true;

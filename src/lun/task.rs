@@ -24,6 +24,8 @@ pub struct Task {
     pub(super) remote_id: Option<u64>,
     /// Counted among the LUN's commands in flight.
     pub(super) held: bool,
+    /// Counted among the commands a PREEMPT AND ABORT of the LUN drains.
+    pub(super) reservation_counted: bool,
 }
 
 impl Task {
@@ -47,5 +49,6 @@ impl Task {
         self.parked = None;
         self.remote_id = None;
         self.held = false;
+        self.reservation_counted = false;
     }
 }

@@ -389,11 +389,23 @@ pub fn spawns(kind: ThreadKind, needs: &Needs) -> Vec<ThreadKind> {
         }
         ThreadKind::Worker if needs.iscsi => vec![ThreadKind::Ticker, ThreadKind::Iscsi],
         ThreadKind::Worker => vec![ThreadKind::Ticker],
-        ThreadKind::Signals => vec![ThreadKind::Flush, ThreadKind::Iscsi],
-        ThreadKind::Control => vec![ThreadKind::Control, ThreadKind::Iscsi, ThreadKind::Flush],
+        // Both open LUNs while the daemon runs (a reload, `vscsid ctl add`).
+        ThreadKind::Signals => vec![
+            ThreadKind::Flush,
+            ThreadKind::Iscsi,
+            ThreadKind::Reservations,
+        ],
+        ThreadKind::Control => vec![
+            ThreadKind::Control,
+            ThreadKind::Iscsi,
+            ThreadKind::Flush,
+            ThreadKind::Reservations,
+        ],
         ThreadKind::Iscsi => vec![ThreadKind::Iscsi],
         ThreadKind::Metrics => vec![ThreadKind::Metrics],
-        ThreadKind::Service | ThreadKind::Ticker | ThreadKind::Flush => vec![],
+        ThreadKind::Service | ThreadKind::Ticker | ThreadKind::Flush | ThreadKind::Reservations => {
+            vec![]
+        }
     }
 }
 
@@ -481,6 +493,13 @@ fn calls(kind: ThreadKind, needs: &Needs) -> Vec<Call> {
             }
         }
         ThreadKind::Flush => v.extend(block_io()),
+        ThreadKind::Reservations => {
+            v.extend(block_io());
+            if let Some((uid, gid)) = needs.drop_to {
+                // It runs when privileges are dropped.
+                v.extend(set_ids(uid, gid));
+            }
+        }
         ThreadKind::Metrics => {
             // Accepting scrapers on the listening socket bound at start-up, a thread per
             // client; reading (recv) and writing (send, in the base list) with timeouts.
@@ -690,7 +709,10 @@ mod tests {
             for kind in ThreadKind::ALL {
                 let ids = matches!(
                     kind,
-                    ThreadKind::Iscsi | ThreadKind::Control | ThreadKind::Metrics
+                    ThreadKind::Iscsi
+                        | ThreadKind::Control
+                        | ThreadKind::Metrics
+                        | ThreadKind::Reservations
                 ) && needs.drop_to.is_some();
                 assert_eq!(allows(kind, &needs, libc::SYS_setuid), ids, "{kind:?}");
                 assert_eq!(allows(kind, &needs, libc::SYS_setgroups), ids, "{kind:?}");

@@ -88,6 +88,9 @@ pub enum ThreadKind {
     Iscsi,
     /// The shutdown flush: makes completed writes durable.
     Flush,
+    /// A shared disk's reservation thread: reads and writes the reservation state file
+    /// (PREEMPT AND ABORT between daemons) and sleeps.
+    Reservations,
     /// The control socket (`vscsid ctl`) and its clients: LUNs added, removed and resized
     /// while the daemon runs, so opening images and logging in to iSCSI targets as at
     /// start-up; everything but executing a program.
@@ -99,7 +102,7 @@ pub enum ThreadKind {
 
 impl ThreadKind {
     /// Every kind.
-    pub const ALL: [ThreadKind; 9] = [
+    pub const ALL: [ThreadKind; 10] = [
         ThreadKind::Main,
         ThreadKind::Signals,
         ThreadKind::Service,
@@ -107,6 +110,7 @@ impl ThreadKind {
         ThreadKind::Ticker,
         ThreadKind::Iscsi,
         ThreadKind::Flush,
+        ThreadKind::Reservations,
         ThreadKind::Control,
         ThreadKind::Metrics,
     ];
@@ -120,6 +124,7 @@ impl ThreadKind {
             ThreadKind::Ticker => "ticker",
             ThreadKind::Iscsi => "iscsi",
             ThreadKind::Flush => "flush",
+            ThreadKind::Reservations => "reservations",
             ThreadKind::Control => "control",
             ThreadKind::Metrics => "metrics",
         }

@@ -428,9 +428,10 @@ mod tests {
         let mut b = LunConfig::disk(2, 7, p);
         a.shared = true;
         b.shared = true;
+        cfg.state_dir = Some(dir.path().join("state"));
         cfg.luns.extend([a, b]);
         let table = crate::lun::build_lun_table(&cfg).expect("luns");
-        let luns = LiveLuns::new(table, crate::lun::iscsi_options(&cfg), true);
+        let luns = LiveLuns::new(table, crate::lun::open_options(&cfg), true);
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
         let dev = ScsiDevice::new(&cfg, luns, mem).expect("device");
         (dir, dev)

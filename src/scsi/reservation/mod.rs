@@ -209,15 +209,6 @@ impl ReservationState {
         self.spc2_holder = None;
     }
 
-    /// The nexus went away for good (its daemon ends): an SPC-2 reservation it held is
-    /// released, as on I_T nexus loss.
-    pub fn nexus_lost(&mut self, nexus: &str) {
-        if self.spc2_holder.as_deref() == Some(nexus) {
-            self.spc2_holder = None;
-        }
-        self.aborts.retain(|a| a.nexus != nexus);
-    }
-
     fn owe(&mut self, nexus: &str, asc: u8, ascq: u8) {
         // One of each kind is enough: the guest reads the state again when told.
         if !self
