@@ -15,7 +15,7 @@ kernel=/boot/vmlinuz-$kver
 [[ -x /bin/busybox ]] || { echo "build-guest: /bin/busybox missing (install busybox-static)" >&2; exit 1; }
 
 MODULES=(virtio_pci virtio_scsi virtio_blk sd_mod sg ext4 crc32c_generic)
-TOOLS=(fio sg_inq sg_vpd sg_modes sg_readcap sg_opcodes sg_raw mke2fs e2fsck resize2fs blkdiscard)
+TOOLS=(fio sg_inq sg_vpd sg_modes sg_readcap sg_opcodes sg_raw sg_persist mke2fs e2fsck resize2fs blkdiscard)
 
 tool_paths=()
 for t in "${TOOLS[@]}"; do

@@ -57,6 +57,68 @@ if [ "$MODE" = demo ]; then
   finish
 fi
 
+if [ "$MODE" = pr ]; then
+  # tests/qemu/run-reservations-e2e.sh: two guests (vscsid.role=a and b), each with its own
+  # vscsid, share LUN 0 (the cluster disk) and LUN 1 (a mailbox: each guest writes its step
+  # to its own block and waits for the other's, so the two run in turn). Persistent
+  # reservations through sg_persist, writes and reads through dd with O_DIRECT.
+  ROLE=$(arg role)
+  D=$(lun_dev 0); MB=$(lun_dev 1)
+  if [ -z "$D" ] || [ -z "$MB" ]; then check pr-$ROLE-disks FAIL "LUN 0 '$D' LUN 1 '$MB'"; finish; fi
+  if [ "$ROLE" = a ]; then MINE=0; PEER=1; KEY=0xa; OTHER=0xb; else MINE=1; PEER=0; KEY=0xb; OTHER=0xa; fi
+  # Writes are synced (an error comes back from fsync), reads first drop the device's
+  # page cache (blockdev --flushbufs), so both reach the disk.
+  say() { printf '%-511s\n' "$1" | dd of=/dev/$MB bs=512 seek=$MINE count=1 conv=notrunc,fsync 2>/dev/null; }
+  hear() { # hear <step>: waits (bounded, 180 s) for the peer's step
+    i=0
+    while [ $i -lt 900 ]; do
+      blockdev --flushbufs /dev/$MB
+      dd if=/dev/$MB bs=512 skip=$PEER count=1 2>/dev/null | grep -q "^$1 " && return 0
+      sleep 0.2; i=$((i + 1))
+    done
+    check pr-$ROLE-heard-$1 FAIL "the other guest never got there"; finish
+  }
+  wr() { dd if=/dev/urandom of=/dev/$D bs=4096 count=1 seek=$1 conv=notrunc,fsync 2>/dev/null; }
+  rd() { blockdev --flushbufs /dev/$D; dd if=/dev/$D of=/dev/null bs=4096 count=1 skip=$1 2>/dev/null; }
+  pass_if() { if [ "$1" = 0 ]; then echo PASS; else echo FAIL; fi; }
+  fail_if() { if [ "$1" = 0 ]; then echo FAIL; else echo PASS; fi; }
+  if [ "$ROLE" = a ]; then
+    sg_persist --out --register --param-sark=$KEY /dev/$D >/tmp/out 2>&1
+    check pr-a-register "$(pass_if $?)" "$(tail -n 1 /tmp/out)"
+    say A1; hear B1
+    sg_persist --out --reserve --param-rk=$KEY --prout-type=3 /dev/$D >/tmp/out 2>&1
+    check pr-a-reserve-exclusive-access "$(pass_if $?)" "$(tail -n 1 /tmp/out)"
+    wr 0; check pr-a-holder-writes "$(pass_if $?)" "dd to /dev/$D"
+    say A2; hear B2
+    wr 1; check pr-a-preempted-write-fails "$(fail_if $?)" "dd to /dev/$D after B preempted"
+    rd 0; check pr-a-preempted-reads "$(pass_if $?)" "write exclusive lets others read"
+    sg_persist --in -k /dev/$D >/tmp/out 2>&1
+    grep -q "$OTHER" /tmp/out && ! grep -q "$KEY\$" /tmp/out
+    check pr-a-key-removed "$(pass_if $?)" "$(tr '\n' ' ' < /tmp/out)"
+    say A3
+  else
+    hear A1
+    sg_persist --out --register --param-sark=$KEY /dev/$D >/tmp/out 2>&1
+    check pr-b-register "$(pass_if $?)" "$(tail -n 1 /tmp/out)"
+    sg_persist --in -k /dev/$D >/tmp/out 2>&1
+    grep -q 0xa /tmp/out && grep -q 0xb /tmp/out
+    check pr-b-sees-both-keys "$(pass_if $?)" "$(tr '\n' ' ' < /tmp/out)"
+    say B1; hear A2
+    sg_persist --in -r /dev/$D >/tmp/out 2>&1
+    grep -q "Key=0xa" /tmp/out && grep -qi "exclusive access" /tmp/out
+    check pr-b-sees-reservation "$(pass_if $?)" "$(tr '\n' ' ' < /tmp/out)"
+    wr 2; check pr-b-fenced-write-fails "$(fail_if $?)" "dd to /dev/$D under A's reservation"
+    rd 0; check pr-b-fenced-read-fails "$(fail_if $?)" "exclusive access"
+    sg_persist --out --preempt-abort --param-rk=$KEY --param-sark=$OTHER --prout-type=1 /dev/$D >/tmp/out 2>&1
+    check pr-b-preempt-and-abort "$(pass_if $?)" "$(tail -n 1 /tmp/out)"
+    wr 2; check pr-b-writes-after-preempt "$(pass_if $?)" "dd to /dev/$D"
+    say B2; hear A3
+    sg_persist --out --clear --param-rk=$KEY /dev/$D >/tmp/out 2>&1
+    check pr-b-clear "$(pass_if $?)" "$(tail -n 1 /tmp/out)"
+  fi
+  finish
+fi
+
 if [ "$MODE" = multipath ]; then
   # tests/qemu/run-multipath-e2e.sh breaks the LUN's paths while this fio runs: every
   # block written is read back and checked (verify_backlog) during the run.
