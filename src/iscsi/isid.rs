@@ -66,8 +66,11 @@ pub fn derive(path: &PathIdentity<'_>, attempt: u32) -> [u8; 6] {
     [RANDOM_FORMAT, b0, b1, c, d0, d1]
 }
 
-/// ISIDs held by this process's sessions (each with its initiator name and target).
-static HELD: Mutex<Option<HashSet<(String, String, [u8; 6])>>> = Mutex::new(None);
+/// An ISID held by a session of this process: initiator name, target name, ISID.
+type Held = (String, String, [u8; 6]);
+
+/// ISIDs held by this process's sessions.
+static HELD: Mutex<Option<HashSet<Held>>> = Mutex::new(None);
 
 /// Most attempts at an ISID no session of this process holds; past them the last one is
 /// used (16 paths of one LUN, and 40 random bits, make that unreachable in practice).
