@@ -346,24 +346,9 @@ fn unreachable_secondary_path_does_not_stop_the_lun() {
 mod through_the_daemon {
     //! The same through vscsid: the CLI's path options, a guest driver's view of a path
     //! failing, and the guest's aborts of commands that wait for a path.
-    use super::common::{cmd, good, lun, Daemon, Disk};
+    use super::common::{cmd, good, guest_command, lun, Daemon, Disk};
     use super::*;
     use vscsid::frontend::{ScsiFrontend, VirtioScsiRequest};
-
-    /// A command as a guest driver retries it: UNIT ATTENTION again.
-    fn guest_command(
-        fe: &mut ScsiFrontend,
-        req: &VirtioScsiRequest,
-    ) -> vscsid::frontend::CmdResponse {
-        for _ in 0..5 {
-            let r = fe.command(req).expect("answer");
-            let ua = r.status == 2 && r.sense_key().is_some_and(|k| k.0 == 6);
-            if !ua {
-                return r;
-            }
-        }
-        panic!("endless UNIT ATTENTION");
-    }
 
     #[test]
     fn path_cut_and_aborts_through_the_daemon() {

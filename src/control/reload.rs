@@ -55,6 +55,7 @@ fn fixed_daemon_fields(old: &Config, new: &Config) -> Vec<&'static str> {
         old.initiator_name != new.initiator_name,
         "daemon.initiator_name",
     );
+    check(old.initiator_id != new.initiator_id, "daemon.initiator_id");
     check(old.control != new.control, "daemon.control");
     out
 }

@@ -85,8 +85,9 @@ const MAX_STAGE_ROUNDS: usize = 8;
 /// asks us to accept takes 8 PDUs of the 8192 bytes a target may send during login.
 const MAX_TEXT_PDUS: usize = 32;
 
-/// A fresh random-qualifier ISID (RFC 7143 10.12.5, type 10b): the initiator part of
-/// a session's identity, sent in every login request.
+/// A fresh random ISID (RFC 7143 10.12.5, type 10b), for discovery sessions: they are
+/// short and hold no state at the target. Sessions of a LUN's paths use `isid`'s stable
+/// ones instead.
 pub fn new_isid() -> [u8; 6] {
     let r = chap::random_bytes(5);
     [0x80, r[0], r[1], r[2], r[3], r[4]]

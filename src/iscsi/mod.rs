@@ -4,6 +4,7 @@
 
 pub mod alua;
 mod chap;
+pub mod isid;
 pub mod login;
 pub mod multipath;
 mod options;

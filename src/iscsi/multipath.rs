@@ -7,11 +7,13 @@
 //! queues its commands until the session logs in again, within the same bound.
 //!
 //! `options` holds what the configuration chooses, `selector` picks a path per command,
+//! `reservation` keeps the guest's persistent reservation registration on every path,
 //! and `lun` is the LUN itself: its paths, dispatch, queueing and failover.
 
 mod attention;
 mod lun;
 mod options;
+mod reservation;
 mod selector;
 
 pub(crate) use lun::Core;

@@ -27,6 +27,10 @@ impl std::fmt::Debug for Chap {
 #[derive(Debug, Clone)]
 pub struct IscsiOptions {
     pub initiator_name: String,
+    /// Tells apart initiators that share `initiator_name` and run at once (two daemons of a
+    /// live migration): part of every session's ISID (`isid`). The daemon's holds its
+    /// `initiator_id` and its socket path.
+    pub isid_scope: String,
     pub chap: Option<Chap>,
     pub header_digest: bool,
     pub data_digest: bool,
@@ -49,6 +53,7 @@ impl Default for IscsiOptions {
     fn default() -> Self {
         IscsiOptions {
             initiator_name: default_initiator_name(),
+            isid_scope: String::new(),
             chap: None,
             header_digest: false,
             data_digest: false,

@@ -25,7 +25,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use super::login::{self, new_isid, LoginError, Negotiated};
+use super::isid;
+use super::login::{self, LoginError, Negotiated};
 use super::options::IscsiOptions;
 use super::pdu::{op, Pdu, F_FINAL};
 use super::url::IscsiUrl;
@@ -167,7 +168,9 @@ struct State {
 pub(crate) struct Session {
     url: IscsiUrl,
     opts: IscsiOptions,
+    /// Claimed from `isid` for the session's life; given back by [`Session::close`].
     isid: [u8; 6],
+    isid_released: AtomicBool,
     /// This session's index among its LUN's paths.
     path: usize,
     events: Weak<dyn PathEvents>,
@@ -196,10 +199,18 @@ impl Session {
         path: usize,
         events: Weak<dyn PathEvents>,
     ) -> Arc<Session> {
+        let isid = isid::claim(&isid::PathIdentity {
+            initiator_name: &opts.initiator_name,
+            scope: &opts.isid_scope,
+            target: &url.target,
+            portal: &url.portal(),
+            lun: u64::from(url.lun.value()),
+        });
         Arc::new(Session {
             url: url.clone(),
             opts: opts.clone(),
-            isid: new_isid(),
+            isid,
+            isid_released: AtomicBool::new(false),
             path,
             events,
             stats: PathStats::default(),
@@ -272,6 +283,18 @@ impl Session {
 
     pub(crate) fn portal(&self) -> String {
         self.url.portal()
+    }
+
+    /// The ISID this path logs in with, every time.
+    pub(crate) fn isid(&self) -> [u8; 6] {
+        self.isid
+    }
+
+    /// Gives the ISID back to `isid` once: no session of this path logs in again.
+    fn release_isid(&self) {
+        if !self.isid_released.swap(true, Ordering::AcqRel) {
+            isid::release(&self.opts.initiator_name, &self.url.target, self.isid);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -426,6 +449,13 @@ impl Session {
         drop(st);
         self.changed.notify_all();
         self.fail_all(TransportError::Closed);
+        self.release_isid();
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.release_isid();
     }
 }
 

@@ -26,6 +26,14 @@ pub fn iscsi_options(cfg: &Config) -> IscsiOptions {
     if let Some(name) = &cfg.initiator_name {
         opts.initiator_name = name.clone();
     }
+    // Part of every session's ISID (`iscsi::isid`): the daemon's initiator_id, and its
+    // socket path, which two daemons that run at once on one host never share (a
+    // migration's source and destination may share a VM name, and so an initiator_id).
+    // A restart keeps both.
+    opts.isid_scope = match &cfg.socket {
+        Some(socket) => format!("{} {}", cfg.initiator_id(), socket.display()),
+        None => cfg.initiator_id(),
+    };
     opts
 }
 
@@ -107,6 +115,30 @@ pub fn status_lines(table: &LunTable<Lun>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn isid_scope_keeps_apart_daemons_of_one_vm_and_stays_across_restarts() {
+        let daemon = |socket: &str| Config {
+            socket: Some(socket.into()),
+            vm_name: Some("vm1".into()),
+            ..Config::default()
+        };
+        let source = iscsi_options(&daemon("/run/vscsid/src.sock")).isid_scope;
+        let destination = iscsi_options(&daemon("/run/vscsid/dst.sock")).isid_scope;
+        assert_ne!(source, destination, "a migration's two daemons");
+        assert_eq!(
+            source,
+            iscsi_options(&daemon("/run/vscsid/src.sock")).isid_scope,
+            "the same daemon started again"
+        );
+        let explicit = Config {
+            initiator_id: Some("iqn.2024-01.com.example:node-a".into()),
+            ..daemon("/run/vscsid/src.sock")
+        };
+        assert!(iscsi_options(&explicit)
+            .isid_scope
+            .starts_with("iqn.2024-01.com.example:node-a "));
+    }
 
     #[test]
     fn table_is_built_from_config_with_file_capacity() {

@@ -254,6 +254,18 @@ pub fn write_read_back_flushed(fe: &mut ScsiFrontend, l: u16, lba: u64, data: &[
     assert_eq!(&on_file[at..at + data.len()], data);
 }
 
+/// A command as a guest driver sends it: again after a UNIT ATTENTION (bounded).
+pub fn guest_command(fe: &mut ScsiFrontend, req: &VirtioScsiRequest) -> CmdResponse {
+    for _ in 0..5 {
+        let r = fe.command(req).expect("answer");
+        let ua = r.status == 2 && r.sense_key().is_some_and(|k| k.0 == 6);
+        if !ua {
+            return r;
+        }
+    }
+    panic!("endless UNIT ATTENTION");
+}
+
 pub fn good(r: &CmdResponse) {
     assert_eq!((r.response, r.status), (0, 0), "expected GOOD, got {r:?}");
 }

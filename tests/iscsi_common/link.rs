@@ -3,7 +3,8 @@
 //! portals. `cut_reset` breaks the path like a link whose peer resets (every connection
 //! gets a RST, new ones are reset at once); `cut_silent` breaks it like a firewall DROP or
 //! a dead switch (connections stay open but nothing passes any more, and new ones are
-//! never answered); `restore` heals it.
+//! never answered); `restore` heals it. `logins` lists the ISID of every connection's
+//! first Login Request that passed, as the target saw it.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -20,6 +21,7 @@ pub struct Link {
     mode: Arc<AtomicU8>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
     stop: Arc<AtomicBool>,
+    logins: Arc<Mutex<Vec<[u8; 6]>>>,
 }
 
 /// Makes a closed socket send RST instead of FIN.
@@ -50,7 +52,8 @@ impl Link {
         let mode = Arc::new(AtomicU8::new(PASS));
         let conns = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (m, c, s) = (mode.clone(), conns.clone(), stop.clone());
+        let logins = Arc::new(Mutex::new(Vec::new()));
+        let (m, c, s, l) = (mode.clone(), conns.clone(), stop.clone(), logins.clone());
         std::thread::spawn(move || {
             // Connections accepted while silent: held open, never relayed.
             let mut held = Vec::new();
@@ -86,13 +89,13 @@ impl Link {
                 if let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) {
                     c.lock().unwrap().extend([c2, s2]);
                 }
-                for (from, to) in [
-                    (client.try_clone(), server.try_clone()),
-                    (server.try_clone(), client.try_clone()),
+                for (from, to, logins) in [
+                    (client.try_clone(), server.try_clone(), Some(l.clone())),
+                    (server.try_clone(), client.try_clone(), None),
                 ] {
                     if let (Ok(from), Ok(to)) = (from, to) {
                         let m = m.clone();
-                        std::thread::spawn(move || pump(from, to, m));
+                        std::thread::spawn(move || pump(from, to, m, logins));
                     }
                 }
             }
@@ -102,7 +105,13 @@ impl Link {
             mode,
             conns,
             stop,
+            logins,
         }
+    }
+
+    /// The ISIDs of the logins that passed, oldest first.
+    pub fn logins(&self) -> Vec<[u8; 6]> {
+        self.logins.lock().unwrap().clone()
     }
 
     pub fn portal(&self) -> String {
@@ -141,10 +150,19 @@ impl Drop for Link {
     }
 }
 
-/// Copies bytes one way while the link passes; holds them while it is silent.
-fn pump(mut from: TcpStream, mut to: TcpStream, mode: Arc<AtomicU8>) {
+/// Copies bytes one way while the link passes; holds them while it is silent. With
+/// `logins`, the ISID of the connection's first PDU is added to it when that PDU is a
+/// Login Request.
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    mode: Arc<AtomicU8>,
+    mut logins: Option<Arc<Mutex<Vec<[u8; 6]>>>>,
+) {
     let _ = from.set_read_timeout(Some(Duration::from_millis(10)));
     let mut buf = vec![0u8; 256 * 1024];
+    // The first bytes that passed, until the ISID (bytes 8..14 of the header) is in.
+    let mut head = Vec::new();
     loop {
         match mode.load(Ordering::Acquire) {
             SILENT => {
@@ -160,6 +178,16 @@ fn pump(mut from: TcpStream, mut to: TcpStream, mode: Arc<AtomicU8>) {
                 // A cut that happened during the read drops what was read.
                 if mode.load(Ordering::Acquire) != PASS {
                     continue;
+                }
+                if let Some(l) = &logins {
+                    head.extend_from_slice(&buf[..n.min(14)]);
+                    if head.len() >= 14 {
+                        // Opcode 0x03 (Login Request), with or without the immediate bit.
+                        if head[0] & 0x3f == 0x03 {
+                            l.lock().unwrap().push(head[8..14].try_into().unwrap());
+                        }
+                        logins = None;
+                    }
                 }
                 if to.write_all(&buf[..n]).is_err() {
                     break;

@@ -90,6 +90,30 @@ pub fn unmap(lba: u64, blocks: u32) -> ([u8; 10], Vec<u8>) {
     ([0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], list)
 }
 
+/// PERSISTENT RESERVE OUT: service action, reservation type (scope LU), and the 24-byte
+/// basic parameter list with the reservation key and service action reservation key.
+pub fn persistent_reserve_out(action: u8, kind: u8, key: u64, sa_key: u64) -> ([u8; 10], Vec<u8>) {
+    let mut list = vec![0u8; 24];
+    list[0..8].copy_from_slice(&key.to_be_bytes());
+    list[8..16].copy_from_slice(&sa_key.to_be_bytes());
+    ([0x5f, action, kind, 0, 0, 0, 0, 0, 24, 0], list)
+}
+
+/// PERSISTENT RESERVE IN with service action `action` (0: READ KEYS).
+pub fn persistent_reserve_in(action: u8, alloc: u16) -> [u8; 10] {
+    let [hi, lo] = alloc.to_be_bytes();
+    [0x5e, action, 0, 0, 0, 0, 0, hi, lo, 0]
+}
+
+/// The keys of READ KEYS parameter data.
+pub fn registered_keys(data: &[u8]) -> Vec<u64> {
+    let len = u32::from_be_bytes(data[4..8].try_into().unwrap()) as usize;
+    data[8..8 + len.min(data.len() - 8)]
+        .chunks_exact(8)
+        .map(|k| u64::from_be_bytes(k.try_into().unwrap()))
+        .collect()
+}
+
 /// `len` bytes of reproducible data, different for every seed.
 pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut data = vec![0u8; len];

@@ -40,9 +40,9 @@ pub fn key_and_asc(sense: &[u8]) -> Option<(u8, u8)> {
     }
 }
 
-/// What a TEST UNIT READY after a login said.
+/// What a command of vscsid's own (TEST UNIT READY after a login ...) said.
 #[derive(Debug, PartialEq, Eq)]
-enum Outcome {
+pub enum Outcome {
     /// The new nexus's reset attention: consumed, ask again.
     NexusReset,
     /// Another unit attention, for the guest.
@@ -51,7 +51,7 @@ enum Outcome {
     Clear,
 }
 
-fn classify(c: &ScsiCompletion) -> Outcome {
+pub fn classify(c: &ScsiCompletion) -> Outcome {
     let Ok(st) = &c.result else {
         return Outcome::Clear;
     };

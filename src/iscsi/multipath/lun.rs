@@ -4,17 +4,21 @@
 //! twice, at most `MAX_REISSUES` times each), ALUA state per path, and task management
 //! across the paths.
 //!
+//! A guest's persistent reservation registration is applied on every path, and on paths
+//! that log in later (`reservation`).
+//!
 //! An outage (no usable path) ends when a path proves healthy (`Session::is_healthy`), not
 //! when one merely logs in: a path that logs in and fails again at once does not keep
 //! `no_path_retry` from running out.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use super::attention::{self, HeldAttention};
 use super::options::{split_portal, MultipathOptions, Policy, MAX_PATHS};
+use super::reservation::{self, PrOut, Registration, Remembered, Repeat};
 use super::selector::{PathView, Selector};
 use crate::iscsi::alua;
 use crate::iscsi::login::LoginError;
@@ -121,6 +125,10 @@ pub(crate) struct Core {
     closing: AtomicBool,
     /// A unit attention met while clearing a new nexus's, for the guest's next command.
     held_attention: HeldAttention,
+    /// The guest's persistent reservation registration, for paths that log in later.
+    registration: Mutex<Remembered>,
+    /// This LUN, for completions that act on it after the guest's command.
+    me: Weak<Core>,
 }
 
 impl Core {
@@ -178,6 +186,8 @@ impl Core {
                 changed: Condvar::new(),
                 closing: AtomicBool::new(false),
                 held_attention: HeldAttention::default(),
+                registration: Mutex::new(Remembered::Nothing),
+                me: me.clone(),
             }
         });
         let multipath = core.paths.len() > 1;
@@ -266,6 +276,24 @@ impl Core {
             });
             return id;
         }
+        let pr_out = reservation::classify(&cmd.cdb[..cmd.cdb_len.min(32)], &cmd.data_out);
+        let done = match pr_out {
+            Some(PrOut::Register(r)) => {
+                return self.submit_everywhere(id, cmd, done, r.repeat(), Some(r), cork)
+            }
+            Some(PrOut::Release(r)) => return self.submit_everywhere(id, cmd, done, r, None, cork),
+            Some(PrOut::Clear) => {
+                // Every registration is gone, the guest's too: joining paths stay so.
+                let me = self.me.clone();
+                Box::new(move |c: ScsiCompletion| {
+                    if let Some(core) = me.upgrade().filter(|_| is_good(&c)) {
+                        *core.remembered() = Remembered::Nothing;
+                    }
+                    done(c)
+                })
+            }
+            _ => done,
+        };
         let c = PathCommand {
             id,
             cmd,
@@ -275,6 +303,202 @@ impl Core {
         };
         self.dispatch(c, cork);
         id
+    }
+
+    fn remembered(&self) -> MutexGuard<'_, Remembered> {
+        self.registration.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The guest's REGISTER, REGISTER AND IGNORE EXISTING KEY or RELEASE: down one path;
+    /// once it succeeded, `repeat` on every other logged-in path too, and the guest gets
+    /// the first path's answer after those. A `registration` is remembered for paths that
+    /// log in later.
+    fn submit_everywhere(
+        &self,
+        id: u64,
+        cmd: ScsiCommand,
+        done: Done,
+        repeat: Repeat,
+        registration: Option<Registration>,
+        cork: bool,
+    ) -> u64 {
+        // The path that carries it, when known before it is sent (the others get the
+        // repeat); a command that waits for a path may go anywhere: then every path gets
+        // the repeat, which the one that ran it takes as a no-op.
+        let first = Arc::new(AtomicUsize::new(usize::MAX));
+        let me = self.me.clone();
+        let sent_on = first.clone();
+        let done: Done = Box::new(move |c: ScsiCompletion| match me.upgrade() {
+            Some(core) if is_good(&c) => core.succeeded(
+                repeat,
+                registration,
+                sent_on.load(Ordering::Acquire),
+                c,
+                done,
+            ),
+            _ => done(c),
+        });
+        let mut q = PathCommand {
+            id,
+            cmd,
+            done,
+            reissues: 0,
+            probe: false,
+        };
+        if let Some(i) = self.choose() {
+            first.store(i, Ordering::Release);
+            match self.paths[i].session.submit(self.lun, q, cork) {
+                Ok(()) => return id,
+                Err(back) => {
+                    first.store(usize::MAX, Ordering::Release);
+                    q = back;
+                }
+            }
+        }
+        self.dispatch(q, cork);
+        id
+    }
+
+    /// The guest's command succeeded on path `first` (`usize::MAX`: not known): remembers
+    /// a registration and sends `repeat` on every other logged-in path (on a thread of its
+    /// own: this runs on a path's reader, and the repeats wait for other paths' readers),
+    /// then answers the guest with `answer`.
+    fn succeeded(
+        &self,
+        repeat: Repeat,
+        registration: Option<Registration>,
+        first: usize,
+        answer: ScsiCompletion,
+        done: Done,
+    ) {
+        // Remembered before the paths are looked at: a path that logs in meanwhile either
+        // finds it (and registers itself) or is up already (and gets the repeat).
+        if let Some(r) = registration {
+            *self.remembered() = Remembered::after(r);
+        }
+        let others: Vec<usize> = (0..self.paths.len())
+            .filter(|&i| i != first && self.paths[i].session.is_up())
+            .collect();
+        let Some(core) = self.me.upgrade().filter(|_| !others.is_empty()) else {
+            return done(answer);
+        };
+        // The guest's answer, given by whoever takes it: the thread after the repeats, or
+        // this function if the thread cannot start.
+        let reply = Arc::new(Mutex::new(Some((done, answer))));
+        let take = |r: &Mutex<Option<(Done, ScsiCompletion)>>| {
+            r.lock().unwrap_or_else(|p| p.into_inner()).take()
+        };
+        let span = tracing::Span::current();
+        let thread_reply = reply.clone();
+        let repeat = move || {
+            crate::sandbox::enter(crate::sandbox::ThreadKind::Iscsi);
+            let _span = span.entered();
+            for i in others {
+                core.repeat_on(i, &repeat);
+            }
+            if let Some((done, answer)) = take(&thread_reply) {
+                done(answer);
+            }
+        };
+        // Without a thread the repeats are skipped: the guest still gets its answer, and
+        // the paths are registered when they next log in.
+        if let Err(e) = std::thread::Builder::new()
+            .name("iscsi-pr-register".into())
+            .spawn(repeat)
+        {
+            tracing::error!(
+                lun = self.lun.value(),
+                "iSCSI: cannot start the thread that registers the other paths: {e}"
+            );
+            if let Some((done, answer)) = take(&reply) {
+                done(answer);
+            }
+        }
+    }
+
+    /// Sends `repeat` down path `i`; logs a refusal. Blocking.
+    fn repeat_on(&self, i: usize, repeat: &Repeat) -> bool {
+        let Some(p) = self.paths.get(i) else {
+            return false;
+        };
+        let c = self.own_command(p, &repeat.cdb(), repeat.parameters(), 0);
+        let ok = c.as_ref().is_some_and(is_good);
+        if !ok {
+            tracing::warn!(
+                portal = %p.session.portal(),
+                key = format_args!("{:#x}", repeat.key()),
+                "iSCSI: repeating the guest's PERSISTENT RESERVE OUT (service action {:#04x}) \
+                 on this path failed: {}",
+                repeat.cdb()[1],
+                describe(c.as_ref())
+            );
+        }
+        ok
+    }
+
+    /// Before a path that logged in carries guest I/O: registers it with the guest's key
+    /// if the guest is registered (and its key still is at the target), or unregisters it
+    /// if the guest removed its registration.
+    fn restore_registration(&self, path: usize) {
+        let Some(p) = self.paths.get(path) else {
+            return;
+        };
+        let remembered = self.remembered().clone();
+        let registration = match remembered {
+            Remembered::Nothing => return,
+            Remembered::Unregistered(r) => r,
+            Remembered::Registered(r) => {
+                let keys = self
+                    .own_command(
+                        p,
+                        &reservation::read_keys_cdb(reservation::READ_KEYS_LEN),
+                        Vec::new(),
+                        u32::from(reservation::READ_KEYS_LEN),
+                    )
+                    .filter(is_good)
+                    .and_then(|c| reservation::parse_read_keys(&c.data_in));
+                match keys {
+                    Some(keys) if keys.contains(&r.key()) => r,
+                    Some(_) => {
+                        // Preempted by another initiator (or cleared): the path must not
+                        // bring the key back.
+                        let mut m = self.remembered();
+                        if *m == Remembered::Registered(r.clone()) {
+                            *m = Remembered::Nothing;
+                        }
+                        tracing::warn!(portal = %p.session.portal(), key = format_args!("{:#x}", r.key()), "iSCSI: the guest's reservation key is no longer registered at the target (preempted or cleared); the path joins unregistered");
+                        return;
+                    }
+                    None => {
+                        tracing::warn!(portal = %p.session.portal(), "iSCSI: could not read the target's registered keys; the path joins unregistered");
+                        return;
+                    }
+                }
+            }
+        };
+        if self.repeat_on(path, &registration.repeat()) {
+            tracing::info!(portal = %p.session.portal(), key = format_args!("{:#x}", registration.key()), "iSCSI: the guest's reservation registration applied to the path");
+        }
+    }
+
+    /// Runs one of vscsid's own commands down path `p` until no unit attention answers it:
+    /// a new nexus's reset attention is taken, any other held for the guest.
+    fn own_command(
+        &self,
+        p: &Path,
+        cdb: &[u8],
+        data_out: Vec<u8>,
+        len: u32,
+    ) -> Option<ScsiCompletion> {
+        for _ in 0..attention::MAX_TRIES {
+            let c = self.probe(p, cdb, data_out.clone(), len)?;
+            match attention::classify(&c) {
+                attention::Outcome::NexusReset => {}
+                attention::Outcome::Other(sense) => self.held_attention.hold(sense),
+                attention::Outcome::Clear => return Some(c),
+            }
+        }
+        None
     }
 
     /// Sends what corked submissions left behind, on every path.
@@ -441,6 +665,7 @@ impl Core {
             .iter()
             .map(|p| PathStatus {
                 portal: p.session.portal(),
+                isid: p.session.isid(),
                 up: p.session.is_up(),
                 admin_failed: p.admin_failed.load(Ordering::Relaxed),
                 priority: p.priority,
@@ -471,11 +696,11 @@ impl Core {
         }
     }
 
-    /// Runs one of vscsid's own commands (no data out) down `path` and waits for its
+    /// Runs one of vscsid's own commands down `path` and waits for its
     /// answer (blocking, at most 10 s; called from the thread that logged the path in).
-    fn probe(&self, p: &Path, cdb: &[u8], len: u32) -> Option<ScsiCompletion> {
+    fn probe(&self, p: &Path, cdb: &[u8], data_out: Vec<u8>, len: u32) -> Option<ScsiCompletion> {
         let (tx, rx) = std::sync::mpsc::channel();
-        let cmd = crate::scsi::task::command(cdb, Vec::new(), len);
+        let cmd = crate::scsi::task::command(cdb, data_out, len);
         let c = PathCommand {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             cmd,
@@ -495,7 +720,8 @@ impl Core {
         let Some(p) = self.paths.get(path) else {
             return;
         };
-        let (other, consumed) = attention::clear_after_login(|cdb| self.probe(p, cdb, 0));
+        let (other, consumed) =
+            attention::clear_after_login(|cdb| self.probe(p, cdb, Vec::new(), 0));
         if consumed > 0 {
             tracing::debug!(portal = %p.session.portal(), consumed, "iSCSI: new nexus's reset attention taken");
         }
@@ -511,7 +737,7 @@ impl Core {
         let Some(p) = self.paths.get(path) else {
             return;
         };
-        let state = alua::query(|cdb, len| self.probe(p, cdb, len));
+        let state = alua::query(|cdb, len| self.probe(p, cdb, Vec::new(), len));
         let old = p.alua.swap(state, Ordering::Relaxed);
         if old != state {
             tracing::info!(portal = %p.session.portal(), state = alua::name(state), "ALUA state");
@@ -523,6 +749,8 @@ impl Core {
 #[derive(Debug, Clone)]
 pub struct PathStatus {
     pub portal: String,
+    /// The ISID the path logs in with (`isid`).
+    pub isid: [u8; 6],
     pub up: bool,
     /// Failed by the operator.
     pub admin_failed: bool,
@@ -539,7 +767,7 @@ impl std::fmt::Display for PathStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}: {} priority {} alua {} outstanding {} ios {} errors {} failovers {} \
+            "{}: {} isid {} priority {} alua {} outstanding {} ios {} errors {} failovers {} \
              last-failover-ms {}",
             self.portal,
             match (self.up, self.admin_failed) {
@@ -547,6 +775,7 @@ impl std::fmt::Display for PathStatus {
                 (true, false) => "up",
                 (false, false) => "down",
             },
+            crate::iscsi::isid::hex(&self.isid),
             self.priority,
             self.alua,
             self.outstanding,
@@ -634,15 +863,30 @@ impl PathEvents for Core {
     fn path_up(&self, path: usize) {
         if let Some(p) = self.paths.get(path) {
             if let Some(suppressed) = p.session.log.check("path up") {
-                tracing::info!(portal = %p.session.portal(), "iSCSI path up{suppressed}");
+                tracing::info!(portal = %p.session.portal(), isid = %crate::iscsi::isid::hex(&p.session.isid()), "iSCSI path up{suppressed}");
             }
         }
         self.clear_attentions(path);
         self.refresh_alua(path);
+        self.restore_registration(path);
         if let Some(p) = self.paths.get(path) {
             p.serving.store(true, Ordering::Release);
         }
         self.flush();
+    }
+}
+
+/// GOOD status from the target.
+fn is_good(c: &ScsiCompletion) -> bool {
+    matches!(&c.result, Ok(st) if st.status == crate::scsi::status::GOOD)
+}
+
+/// A command's outcome for a log line.
+fn describe(c: Option<&ScsiCompletion>) -> String {
+    match c.map(|c| &c.result) {
+        None => "no answer".into(),
+        Some(Ok(st)) => format!("status {:#04x}, sense {:02x?}", st.status, st.sense),
+        Some(Err(e)) => e.to_string(),
     }
 }
 
@@ -683,6 +927,7 @@ mod tests {
     fn path_status_line_names_state_and_counters() {
         let p = PathStatus {
             portal: "10.0.2.10:3260".into(),
+            isid: [0x80, 0x12, 0x34, 0x56, 0x78, 0x9a],
             up: false,
             admin_failed: false,
             priority: 1,
@@ -695,8 +940,8 @@ mod tests {
         };
         assert_eq!(
             p.to_string(),
-            "10.0.2.10:3260: down priority 1 alua standby outstanding 3 ios 42 errors 1 \
-             failovers 2 last-failover-ms 610"
+            "10.0.2.10:3260: down isid 0x80123456789a priority 1 alua standby outstanding 3 ios \
+             42 errors 1 failovers 2 last-failover-ms 610"
         );
         let failed = PathStatus {
             up: true,
