@@ -9,8 +9,10 @@
 pub mod cdb;
 pub mod disk;
 pub mod lun_id;
+pub mod naa;
 pub mod sense;
 pub mod task;
+pub mod write_class;
 
 pub use lun_id::LunId;
 pub use sense::Sense;
