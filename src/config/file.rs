@@ -464,7 +464,7 @@ fn check_keys_apply(l: &RawLun, kind: &str, i: usize) -> Result<(), ConfigError>
         .find(|(_, given, kinds)| *given && !kinds.contains(&kind))
     {
         Some((key, ..)) => Err(ConfigError(format!(
-            "lun[{i}].{key}: does not apply to a {kind} LUN"
+            "lun[{i}].{key}: does not apply to {kind} LUNs"
         ))),
         None => Ok(()),
     }
@@ -800,7 +800,7 @@ mod tests {
         for (table, key, kind) in cases {
             let text = format!("[[lun]]\nlun = 0\n{table}");
             let e = parse_config_text(&text).expect_err(&text).0;
-            assert_eq!(e, format!("lun[0].{key}: does not apply to a {kind} LUN"));
+            assert_eq!(e, format!("lun[0].{key}: does not apply to {kind} LUNs"));
         }
         // What each kind uses is accepted.
         for table in [
