@@ -482,7 +482,9 @@ check lun2-fstrim "$( [ "${trimmed:-0}" -ge $((24 << 20)) ] && echo PASS || echo
   "fstrim after removing 24 MiB: $(head -1 /tmp/out)"
 r=$(ok e2fsck -fn /dev/$D2)
 check lun2-e2fsck-clean "$r" "$(tail -1 /tmp/out)"
-echo "VSCSID-HOST lun2-trimmed"
+# What the file system still uses (its metadata), for the host's sparseness check.
+USED2=$(sed -n 's|.* \([0-9]*\)/[0-9]* blocks.*|\1|p' /tmp/out | tail -1)
+echo "VSCSID-HOST lun2-trimmed fs-bytes=$(( ${USED2:-0} * 4096 ))"
 
 # Reboot: write the marker, reset the machine; the second boot checks the disks.
 printf '%s' "$MARK" | dd of=/dev/$D0 bs=512 seek=$MARK_OFF count=1 conv=sync oflag=direct 2>/dev/null
