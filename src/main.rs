@@ -37,8 +37,9 @@ struct Cli {
     /// name without extension].
     #[arg(long, value_name = "NAME")]
     vm_name: Option<String>,
-    /// A disk LUN: <path>[,readonly][,cache=<mode>][,block-size=<512|4096>][,discard=unmap|ignore]
-    /// [,serial=<s>][,wwn=<naa>]. Each --disk becomes the next LUN of target 0.
+    /// A disk LUN: <path>[,readonly][,cache=<mode>][,block-size=<512|4096>]
+    /// [,physical-block-size=<n>][,discard=unmap|ignore][,serial=<s>][,wwn=<naa>]. Each
+    /// --disk becomes the next LUN of target 0.
     #[arg(long, value_name = "SPEC")]
     disk: Vec<String>,
     /// An iSCSI LUN passed through to the guest:

@@ -240,7 +240,7 @@ fn short_headers_and_responses() {
         ],
     )
     .expect("returned");
-    assert_eq!(u.1, 108 + 36);
+    assert_eq!(u.1, 108 + 74);
     assert_eq!(response_byte(&fe, &s), 0);
     assert_serving(&mut fe);
 }

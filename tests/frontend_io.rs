@@ -35,9 +35,10 @@ fn inquiry_and_capacity() {
     let mut fe = d.connect(1);
     let r = fe.command(&cmd(0, &inquiry(96), &[], 96)).unwrap();
     good(&r);
-    assert_eq!(r.data_in.len(), 36);
+    // Up to the version descriptors (bytes 58..73).
+    assert_eq!(r.data_in.len(), 74);
     assert_eq!(&r.data_in[8..16], b"VSCSID  ");
-    assert_eq!(r.resid, 60);
+    assert_eq!(r.resid, 22);
     let r = fe.command(&cmd(0, &read_capacity16(32), &[], 32)).unwrap();
     good(&r);
     assert_eq!(
@@ -297,6 +298,58 @@ fn write_same_compare_and_write_and_verify() {
     assert_eq!(sense(&r), (0x0e, 0x1d, 0));
     let r = fe.command(&cmd(0, &read16(1000, 1), &[], 512)).unwrap();
     assert_eq!(r.data_in, new);
+}
+
+#[test]
+fn write_and_verify_log_sense_and_physical_block_size() {
+    let d = Daemon::start(
+        &[Disk {
+            name: "p.img",
+            size: 16 * MIB,
+            opts: "cache=none,physical-block-size=4096",
+        }],
+        &["--num-queues", "1"],
+    );
+    let mut fe = d.connect(1);
+    // WRITE AND VERIFY(10) of two blocks at LBA 8 reads back.
+    let data = pattern(21, 1024);
+    let mut wav = [0u8; 10];
+    wav[0] = 0x2e;
+    wav[2..6].copy_from_slice(&8u32.to_be_bytes());
+    wav[7..9].copy_from_slice(&2u16.to_be_bytes());
+    good(&fe.command(&cmd(0, &wav, &data, 0)).unwrap());
+    let r = fe.command(&cmd(0, &read16(8, 2), &[], 1024)).unwrap();
+    good(&r);
+    assert_eq!(r.data_in, data);
+    // BYTCHK 01b is not supported.
+    wav[1] = 0x02;
+    assert_eq!(
+        sense(&fe.command(&cmd(0, &wav, &data, 0)).unwrap()),
+        (5, 0x24, 0)
+    );
+    // LOG SENSE: the supported pages, then the provisioning page with the file's usage.
+    let log_sense = |page: u8| {
+        let mut c = [0u8; 10];
+        c[0] = 0x4d;
+        c[2] = 0x40 | page;
+        c[7..9].copy_from_slice(&64u16.to_be_bytes());
+        c
+    };
+    let r = fe.command(&cmd(0, &log_sense(0), &[], 64)).unwrap();
+    good(&r);
+    assert_eq!(r.data_in, [0x80, 0, 0, 2, 0x00, 0x0c]);
+    let r = fe.command(&cmd(0, &log_sense(0x0c), &[], 64)).unwrap();
+    good(&r);
+    assert_eq!(&r.data_in[4..6], &[0, 2], "used LBA mapping resource count");
+    let used = u32::from_be_bytes(r.data_in[8..12].try_into().unwrap());
+    assert!(
+        used >= 2 && used < 16 * MIB as u32 / 512,
+        "{used} blocks used"
+    );
+    // READ CAPACITY(16): 8 logical blocks per physical block.
+    let r = fe.command(&cmd(0, &read_capacity16(32), &[], 32)).unwrap();
+    good(&r);
+    assert_eq!(r.data_in[13] & 0x0f, 3);
 }
 
 #[test]

@@ -112,20 +112,34 @@ impl Backing {
     }
 
     pub fn unmapped_blocks_read_zeroes(&self) -> bool {
-        use std::os::unix::fs::MetadataExt;
         if !self.is_block_device {
             return true;
         }
-        let Ok(meta) = self.file.metadata() else {
-            return false;
+        self.sysfs_dir()
+            .is_some_and(|dir| device_writes_zeroes(&dir))
+    }
+
+    /// Whether the medium rotates, as the kernel reports it: for a block device its own
+    /// queue, for a file the device holding it. `None` when the kernel does not say (a
+    /// file on tmpfs, btrfs or overlayfs has no single device behind it).
+    pub fn rotational(&self) -> Option<bool> {
+        self.sysfs_dir().and_then(|dir| device_rotates(&dir))
+    }
+
+    /// `/sys/dev/block/M:m` of the block device, or of the device holding the file.
+    fn sysfs_dir(&self) -> Option<PathBuf> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = self.file.metadata().ok()?;
+        let dev = if self.is_block_device {
+            meta.rdev()
+        } else {
+            meta.dev()
         };
-        let dev = meta.rdev();
-        let dir = PathBuf::from(format!(
+        Some(PathBuf::from(format!(
             "/sys/dev/block/{}:{}",
             libc::major(dev),
             libc::minor(dev)
-        ));
-        device_writes_zeroes(&dir)
+        )))
     }
 
     /// Discards a byte range of a block device with `BLKDISCARD`. Used when the device
@@ -146,11 +160,27 @@ impl Backing {
 /// offloads writing zeroes; a partition's limits are those of its disk (the parent
 /// directory).
 fn device_writes_zeroes(dev_dir: &Path) -> bool {
-    let read = |p: PathBuf| std::fs::read_to_string(p).ok();
-    read(dev_dir.join("queue/write_zeroes_max_bytes"))
-        .or_else(|| read(dev_dir.join("../queue/write_zeroes_max_bytes")))
-        .and_then(|v| v.trim().parse::<u64>().ok())
+    queue_attribute(dev_dir, "write_zeroes_max_bytes")
+        .and_then(|v| v.parse::<u64>().ok())
         .is_some_and(|n| n > 0)
+}
+
+/// The `queue/rotational` flag of the block device whose sysfs directory is `dev_dir`.
+fn device_rotates(dev_dir: &Path) -> Option<bool> {
+    match queue_attribute(dev_dir, "rotational")?.as_str() {
+        "0" => Some(false),
+        "1" => Some(true),
+        _ => None,
+    }
+}
+
+/// One attribute of a block device's request queue, trimmed; a partition has no queue of
+/// its own, so its disk's (the parent directory's) is read.
+fn queue_attribute(dev_dir: &Path, name: &str) -> Option<String> {
+    let read = |p: PathBuf| std::fs::read_to_string(p).ok();
+    read(dev_dir.join("queue").join(name))
+        .or_else(|| read(dev_dir.join("../queue").join(name)))
+        .map(|v| v.trim().to_string())
 }
 
 fn block_device_size(file: &File) -> io::Result<u64> {
@@ -243,6 +273,41 @@ mod tests {
         std::fs::create_dir_all(&part).expect("mkdir");
         assert!(device_writes_zeroes(&part));
         assert!(!device_writes_zeroes(&sys.path().join("missing")));
+    }
+
+    #[test]
+    fn rotation_comes_from_the_disk_or_its_parent() {
+        let sys = tempfile::tempdir().expect("tempdir");
+        let disk = |name: &str, flag: &str| {
+            let q = sys.path().join(name).join("queue");
+            std::fs::create_dir_all(&q).expect("mkdir");
+            std::fs::write(q.join("rotational"), flag).expect("write");
+            sys.path().join(name)
+        };
+        assert_eq!(device_rotates(&disk("sda", "1\n")), Some(true));
+        let nvme = disk("nvme0n1", "0\n");
+        assert_eq!(device_rotates(&nvme), Some(false));
+        let part = nvme.join("nvme0n1p1");
+        std::fs::create_dir_all(&part).expect("mkdir");
+        assert_eq!(device_rotates(&part), Some(false));
+        assert_eq!(device_rotates(&disk("odd", "2\n")), None);
+        assert_eq!(device_rotates(&sys.path().join("missing")), None);
+    }
+
+    #[test]
+    fn a_file_reports_its_device_or_nothing() {
+        let f = tempfile::NamedTempFile::new().expect("tempfile");
+        let b = Backing::open(f.path(), CacheMode::Writeback, true).expect("open");
+        // Whatever the file system, the answer is the kernel's flag or unknown; it must
+        // match what sysfs says for the file's device.
+        use std::os::unix::fs::MetadataExt;
+        let dev = std::fs::metadata(f.path()).expect("stat").dev();
+        let dir = PathBuf::from(format!(
+            "/sys/dev/block/{}:{}",
+            libc::major(dev),
+            libc::minor(dev)
+        ));
+        assert_eq!(b.rotational(), device_rotates(&dir));
     }
 
     #[test]

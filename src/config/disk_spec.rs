@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::{check_block_size, ConfigError, LunConfig, LunKind};
+use super::{check_block_size, check_physical_block_size, ConfigError, LunConfig, LunKind};
 
 /// Parses one `--disk` value into a LUN of target 0 numbered `lun`.
 pub fn parse_disk_spec(spec: &str, lun: u16) -> Result<LunConfig, ConfigError> {
@@ -13,6 +13,8 @@ pub fn parse_disk_spec(spec: &str, lun: u16) -> Result<LunConfig, ConfigError> {
         return Err(err("path: missing backing file path".into()));
     }
     let mut cfg = LunConfig::disk(0, lun, PathBuf::from(path));
+    // Checked against the logical block size once every option is read.
+    let mut physical = None;
     for opt in parts {
         let (key, value) = match opt.split_once('=') {
             Some((k, v)) => (k, Some(v)),
@@ -37,6 +39,12 @@ pub fn parse_disk_spec(spec: &str, lun: u16) -> Result<LunConfig, ConfigError> {
                     .map_err(|_| err(format!("block-size: '{v}' is not a number")))?;
                 cfg.block_size = check_block_size(n, "block-size").map_err(|e| err(e.0))?;
             }
+            ("physical-block-size", Some(v)) => {
+                let n: i64 = v
+                    .parse()
+                    .map_err(|_| err(format!("physical-block-size: '{v}' is not a number")))?;
+                physical = Some(n);
+            }
             ("discard", Some(v)) => {
                 cfg.discard = match v {
                     "unmap" | "on" => true,
@@ -57,6 +65,12 @@ pub fn parse_disk_spec(spec: &str, lun: u16) -> Result<LunConfig, ConfigError> {
             (k, None) => return Err(err(format!("{k}: unknown option or missing '=value'"))),
             (k, Some(_)) => return Err(err(format!("{k}: unknown option"))),
         }
+    }
+    if let Some(n) = physical {
+        cfg.physical_block_size = Some(
+            check_physical_block_size(n, cfg.block_size, "physical-block-size")
+                .map_err(|e| err(e.0))?,
+        );
     }
     cfg.limits.check().map_err(err)?;
     Ok(cfg)
@@ -115,6 +129,37 @@ mod tests {
         assert!(e.contains("iops:") && e.contains("lots"), "{e}");
         let e = parse_disk_spec("/d.img,bw=1M,bw_read=1M", 0).unwrap_err().0;
         assert!(e.contains("bw_read:"), "{e}");
+    }
+
+    #[test]
+    fn physical_block_size_is_checked_against_the_logical_one() {
+        let c = parse_disk_spec("/d.img,physical-block-size=4096", 0).expect("ok");
+        assert_eq!((c.block_size, c.physical_block_size), (512, Some(4096)));
+        // The order of the options does not matter.
+        let c = parse_disk_spec("/d.img,physical-block-size=16384,block-size=4096", 0).expect("ok");
+        assert_eq!((c.block_size, c.physical_block_size), (4096, Some(16384)));
+        for bad in [
+            "physical-block-size=1000",
+            "physical-block-size=x",
+            "block-size=4096,physical-block-size=512",
+        ] {
+            let e = parse_disk_spec(&format!("/d.img,{bad}"), 0).unwrap_err().0;
+            assert!(e.contains("physical-block-size"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_type_6_wwn_needs_16_bytes() {
+        use crate::scsi::naa::Naa;
+        let c = parse_disk_spec("/d.img,wwn=0x6001405aabbccdd00011223344556677", 0).expect("ok");
+        assert_eq!(
+            c.wwn,
+            Some(Naa::Extended(0x6001_405a_abbc_cdd0_0011_2233_4455_6677))
+        );
+        let e = parse_disk_spec("/d.img,wwn=0x6001405aabbccdd0", 0)
+            .unwrap_err()
+            .0;
+        assert!(e.contains("wwn:") && e.contains("32 hex digits"), "{e}");
     }
 
     #[test]

@@ -4,7 +4,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{check_block_size, check_lun_number, Config, ConfigError, LunConfig, LunKind, Secret};
+use super::{
+    check_block_size, check_lun_number, check_physical_block_size, Config, ConfigError, LunConfig,
+    LunKind, Secret,
+};
+use crate::scsi::naa::Naa;
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -51,6 +55,7 @@ struct RawLun {
     path: Option<PathBuf>,
     cache: Option<String>,
     block_size: Option<i64>,
+    physical_block_size: Option<i64>,
     readonly: Option<bool>,
     shared: Option<bool>,
     discard: Option<bool>,
@@ -255,6 +260,7 @@ fn lun_from_raw(l: RawLun, i: usize) -> Result<LunConfig, ConfigError> {
         &field("lun"),
     )?;
     let kind = l.kind.as_deref().unwrap_or("disk");
+    check_keys_apply(&l, kind, i)?;
     let mut cfg = LunConfig::disk(target, lun_no, PathBuf::new());
     match kind {
         "disk" => {
@@ -406,6 +412,13 @@ fn lun_from_raw(l: RawLun, i: usize) -> Result<LunConfig, ConfigError> {
     if let Some(bs) = l.block_size {
         cfg.block_size = check_block_size(bs, &field("block_size"))?;
     }
+    if let Some(p) = l.physical_block_size {
+        cfg.physical_block_size = Some(check_physical_block_size(
+            p,
+            cfg.block_size,
+            &field("physical_block_size"),
+        )?);
+    }
     cfg.readonly = l.readonly.unwrap_or(false);
     cfg.shared = l.shared.unwrap_or(false);
     if let Some(d) = l.discard {
@@ -420,6 +433,56 @@ fn lun_from_raw(l: RawLun, i: usize) -> Result<LunConfig, ConfigError> {
     Ok(cfg)
 }
 
+/// LUN kinds a key applies to.
+const DISK: &[&str] = &["disk"];
+const NULL: &[&str] = &["null"];
+const ISCSI: &[&str] = &["iscsi"];
+/// What vscsid emulates (for an iSCSI LUN the target decides).
+const EMULATED: &[&str] = &["disk", "null"];
+
+/// Refuses a key of a `[[lun]]` table that the LUN's kind does not use: silently ignoring
+/// it would let a setting such as `cache` on an iSCSI LUN look effective when it is not.
+/// The keys not listed (target, lun, kind, readonly, the I/O limits) apply to every kind.
+fn check_keys_apply(l: &RawLun, kind: &str, i: usize) -> Result<(), ConfigError> {
+    let keys: [(&str, bool, &[&str]); 22] = [
+        ("path", l.path.is_some(), DISK),
+        ("cache", l.cache.is_some(), DISK),
+        ("shared", l.shared.is_some(), DISK),
+        ("physical_block_size", l.physical_block_size.is_some(), DISK),
+        ("block_size", l.block_size.is_some(), EMULATED),
+        ("discard", l.discard.is_some(), EMULATED),
+        ("serial", l.serial.is_some(), EMULATED),
+        ("wwn", l.wwn.is_some(), EMULATED),
+        ("size", l.size.is_some(), NULL),
+        ("url", l.url.is_some(), ISCSI),
+        ("chap_secret_file", l.chap_secret_file.is_some(), ISCSI),
+        ("chap_secret_env", l.chap_secret_env.is_some(), ISCSI),
+        ("header_digest", l.header_digest.is_some(), ISCSI),
+        ("data_digest", l.data_digest.is_some(), ISCSI),
+        ("paths", l.paths.is_some(), ISCSI),
+        ("policy", l.policy.is_some(), ISCSI),
+        ("failback", l.failback.is_some(), ISCSI),
+        ("rr_ios", l.rr_ios.is_some(), ISCSI),
+        ("priorities", l.priorities.is_some(), ISCSI),
+        ("nop_interval", l.nop_interval.is_some(), ISCSI),
+        ("nop_timeout", l.nop_timeout.is_some(), ISCSI),
+        ("no_path_retry", l.no_path_retry.is_some(), ISCSI),
+    ];
+    if !matches!(kind, "disk" | "null" | "iscsi") {
+        // An unknown kind is reported as such by the caller.
+        return Ok(());
+    }
+    match keys
+        .iter()
+        .find(|(_, given, kinds)| *given && !kinds.contains(&kind))
+    {
+        Some((key, ..)) => Err(ConfigError(format!(
+            "lun[{i}].{key}: does not apply to {kind} LUNs"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// A unit serial number: printable ASCII, at most 36 characters (what fits VPD 0x80 sanely).
 pub(crate) fn check_serial(s: &str, field: &str) -> Result<String, ConfigError> {
     if s.is_empty() || s.len() > 36 || !s.bytes().all(|b| (0x21..0x7f).contains(&b)) {
@@ -430,20 +493,9 @@ pub(crate) fn check_serial(s: &str, field: &str) -> Result<String, ConfigError> 
     Ok(s.to_string())
 }
 
-/// A 64-bit NAA identifier written as 16 hex digits (optional `0x`), NAA type 2, 3, 5 or 6.
-pub(crate) fn parse_wwn(s: &str, field: &str) -> Result<u64, ConfigError> {
-    let hex = s.strip_prefix("0x").unwrap_or(s);
-    let v = if hex.len() == 16 {
-        u64::from_str_radix(hex, 16).ok()
-    } else {
-        None
-    };
-    match v {
-        Some(v) if matches!(v >> 60, 2 | 3 | 5 | 6) => Ok(v),
-        _ => Err(ConfigError(format!(
-            "{field}: '{s}' is not a 16-hex-digit NAA identifier of type 2, 3, 5 or 6"
-        ))),
-    }
+/// An NAA identifier in hex (optional `0x`): 16 digits of type 2, 3 or 5, or 32 of type 6.
+pub(crate) fn parse_wwn(s: &str, field: &str) -> Result<Naa, ConfigError> {
+    Naa::parse(s).map_err(|e| ConfigError(format!("{field}: {e}")))
 }
 
 /// A socket's permission bits from TOML: octal text ("0660") or an octal literal (0o660).
@@ -597,7 +649,7 @@ mod tests {
             path = "/var/lib/b.img"
             readonly = true
             serial = "B-2"
-            wwn = "0x6001405aabbccdd0"
+            wwn = "0x6001405aabbccdd00011223344556677"
             "#,
         )
         .expect("parse");
@@ -619,7 +671,10 @@ mod tests {
         ));
         assert_eq!((cfg.luns[1].target, cfg.luns[1].lun), (1, 2));
         assert!(cfg.luns[1].readonly);
-        assert_eq!(cfg.luns[1].wwn, Some(0x6001_405a_abbc_cdd0));
+        assert_eq!(
+            cfg.luns[1].wwn,
+            Some(Naa::Extended(0x6001_405a_abbc_cdd0_0011_2233_4455_6677))
+        );
         assert_eq!(cfg.luns[1].serial.as_deref(), Some("B-2"));
         assert_eq!(
             cfg.luns[0].limits.describe(),
@@ -712,6 +767,77 @@ mod tests {
         assert!(e.0.contains("lun[0].url"), "{e:?}");
         let e = parse_config_text("[[lun]]\nlun = 0\nkind = \"iscsi\"\n").unwrap_err();
         assert!(e.0.contains("lun[0].url"), "{e:?}");
+    }
+
+    #[test]
+    fn keys_that_do_not_apply_to_the_kind_are_refused() {
+        let iscsi = "kind = \"iscsi\"\nurl = \"iscsi://127.0.0.1/iqn.x:y/1\"\n";
+        let null = "kind = \"null\"\nsize = \"1M\"\n";
+        let disk = "path = \"/a\"\n";
+        // (the LUN's table, the key that does not apply)
+        let cases = [
+            (format!("{iscsi}cache = \"none\"\n"), "cache", "iscsi"),
+            (format!("{iscsi}block_size = 4096\n"), "block_size", "iscsi"),
+            (format!("{iscsi}path = \"/a\"\n"), "path", "iscsi"),
+            (format!("{iscsi}discard = true\n"), "discard", "iscsi"),
+            (
+                format!("{iscsi}wwn = \"0x5000c500a1b2c3d4\"\n"),
+                "wwn",
+                "iscsi",
+            ),
+            (format!("{iscsi}serial = \"S\"\n"), "serial", "iscsi"),
+            (format!("{iscsi}shared = true\n"), "shared", "iscsi"),
+            (format!("{iscsi}size = 5\n"), "size", "iscsi"),
+            (format!("{null}cache = \"none\"\n"), "cache", "null"),
+            (format!("{null}path = \"/a\"\n"), "path", "null"),
+            (
+                format!("{null}physical_block_size = 4096\n"),
+                "physical_block_size",
+                "null",
+            ),
+            (format!("{null}paths = [\"h:3260\"]\n"), "paths", "null"),
+            (format!("{disk}paths = [\"h:3260\"]\n"), "paths", "disk"),
+            (format!("{disk}url = \"iscsi://h/t/0\"\n"), "url", "disk"),
+            (format!("{disk}size = 5\n"), "size", "disk"),
+            (
+                format!("{disk}header_digest = true\n"),
+                "header_digest",
+                "disk",
+            ),
+            (
+                format!("{disk}no_path_retry = 5\n"),
+                "no_path_retry",
+                "disk",
+            ),
+        ];
+        for (table, key, kind) in cases {
+            let text = format!("[[lun]]\nlun = 0\n{table}");
+            let e = parse_config_text(&text).expect_err(&text).0;
+            assert_eq!(e, format!("lun[0].{key}: does not apply to {kind} LUNs"));
+        }
+        // What each kind uses is accepted.
+        for table in [
+            format!("{iscsi}readonly = true\niops = 100\npaths = [\"127.0.0.2:3260\"]\n"),
+            format!("{null}block_size = 4096\nserial = \"N\"\nreadonly = true\n"),
+            format!("{disk}cache = \"none\"\nshared = true\nphysical_block_size = 4096\n"),
+        ] {
+            let text = format!("[[lun]]\nlun = 0\n{table}");
+            parse_config_text(&text).expect(&text);
+        }
+    }
+
+    #[test]
+    fn physical_block_size_follows_the_logical_one() {
+        let cfg =
+            parse_config_text("[[lun]]\nlun = 0\npath = \"/a\"\nphysical_block_size = 4096\n")
+                .expect("parse");
+        assert_eq!(cfg.luns[0].physical_block_size, Some(4096));
+        let e = parse_config_text(
+            "[[lun]]\nlun = 0\npath = \"/a\"\nblock_size = 4096\nphysical_block_size = 512\n",
+        )
+        .expect_err("smaller than logical")
+        .0;
+        assert!(e.starts_with("lun[0].physical_block_size:"), "{e}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use crate::backend::CacheMode;
 use crate::iscsi::IscsiUrl;
 use crate::sandbox::SandboxMode;
+use crate::scsi::naa::Naa;
 
 pub use disk_spec::parse_disk_spec;
 pub use file::{lun_from_json, parse_config_file, parse_config_text};
@@ -219,7 +220,10 @@ pub struct LunConfig {
     /// Unit serial number (VPD 0x80); derived from the backing path when absent.
     pub serial: Option<String>,
     /// NAA identifier (VPD 0x83); derived from the backing path when absent.
-    pub wwn: Option<u64>,
+    pub wwn: Option<Naa>,
+    /// Physical block size of a disk LUN, a power-of-two multiple of `block_size`
+    /// (READ CAPACITY(16), VPD 0xB0); the logical block size when absent.
+    pub physical_block_size: Option<u32>,
     /// Other VMs may write the image at the same time (a cluster disk): its image lock
     /// lets them.
     pub shared: bool,
@@ -242,6 +246,7 @@ impl LunConfig {
             discard: true,
             serial: None,
             wwn: None,
+            physical_block_size: None,
             shared: false,
             limits: IoLimits::default(),
         }
@@ -631,6 +636,28 @@ pub(crate) fn check_lun_number(lun: i64, field: &str) -> Result<u16, ConfigError
     }
 }
 
+/// Largest LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT (a 4-bit field of READ CAPACITY(16)).
+const MAX_PHYSICAL_BLOCK_EXPONENT: u32 = 15;
+
+/// Checks a physical block size against the logical one: a power-of-two multiple of it.
+pub(crate) fn check_physical_block_size(
+    physical: i64,
+    logical: u32,
+    field: &str,
+) -> Result<u32, ConfigError> {
+    let ratio = u32::try_from(physical)
+        .ok()
+        .filter(|p| *p >= logical && p % logical == 0)
+        .map(|p| p / logical)
+        .filter(|r| r.is_power_of_two() && r.trailing_zeros() <= MAX_PHYSICAL_BLOCK_EXPONENT);
+    match ratio {
+        Some(r) => Ok(r * logical),
+        None => Err(ConfigError(format!(
+            "{field}: {physical} is not a power-of-two multiple of the {logical}-byte logical block size"
+        ))),
+    }
+}
+
 /// Checks a logical block size.
 pub(crate) fn check_block_size(bs: i64, field: &str) -> Result<u32, ConfigError> {
     match bs {
@@ -738,6 +765,23 @@ mod tests {
             .unwrap_err()
             .0
             .contains("colour"));
+    }
+
+    #[test]
+    fn physical_block_size_is_a_power_of_two_multiple() {
+        assert_eq!(check_physical_block_size(4096, 512, "p"), Ok(4096));
+        assert_eq!(check_physical_block_size(512, 512, "p"), Ok(512));
+        assert_eq!(check_physical_block_size(65536, 4096, "p"), Ok(65536));
+        for (p, l) in [
+            (1536, 512),
+            (2048, 4096),
+            (0, 512),
+            (-4096, 512),
+            (512 << 16, 512),
+        ] {
+            let e = check_physical_block_size(p, l, "p").unwrap_err().0;
+            assert!(e.starts_with("p:") && e.contains(&p.to_string()), "{e}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::gate::WriteGate;
-use super::identity::disk_properties;
+use super::identity::{backing_identity, disk_properties};
 use super::medium::{self, DiskMedium};
 use super::reservations::{LunReservations, PrStep, ReservationSetup};
 use super::{answer_emulated, Answer, Command, IoContext, LunDevice, Step, Task};
@@ -15,7 +15,7 @@ use crate::backend::guest::DataBuffers;
 use crate::backend::image_lock::{self, LockMode};
 use crate::backend::{Backing, CacheMode};
 use crate::config::LunConfig;
-use crate::scsi::disk::{DiskProperties, EmulatedDisk};
+use crate::scsi::disk::{DiskProperties, EmulatedDisk, UsedBlocks};
 use crate::scsi::task::ScsiCompletion;
 use crate::scsi::{reservation, status, Outcome, Sense};
 
@@ -59,21 +59,26 @@ pub fn open(
             path.display()
         ));
     }
-    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let identity = backing_identity(path);
     let props = disk_properties(
         l,
         backing.size / bs,
-        canonical.as_os_str().as_encoded_bytes(),
+        identity.as_os_str().as_encoded_bytes(),
         cache.write_cache_enabled(),
         "VIRTUAL-DISK",
         backing.unmapped_blocks_read_zeroes(),
+        backing.rotational(),
     );
     let unmap_zeroes = props.unmap_zeroes;
-    let reservations =
-        LunReservations::open(setup, props.naa, l.shared).map_err(|e| format!("{where_}: {e}"))?;
+    let reservations = LunReservations::open(setup, &props.naa.to_string(), l.shared)
+        .map_err(|e| format!("{where_}: {e}"))?;
+    let mut disk = EmulatedDisk::new(props);
+    if let Some(count) = allocated_blocks(&backing, bs) {
+        disk = disk.with_used_blocks(count);
+    }
     Ok(Box::new(DiskLun {
         reservations,
-        disk: EmulatedDisk::new(props),
+        disk,
         medium: DiskMedium::new(backing, WriteGate::default(), unmap_zeroes),
         lock,
     }))
@@ -111,6 +116,22 @@ impl DiskLun {
             None => Step::Done(Answer::Check(Sense::invalid_opcode())),
         }
     }
+}
+
+/// Counts the `block_size` blocks a file holds on the host (holes excluded), for the
+/// provisioning log page. A block device cannot say which of its blocks are mapped.
+fn allocated_blocks(backing: &Backing, block_size: u64) -> Option<UsedBlocks> {
+    use std::os::unix::fs::MetadataExt;
+    if backing.is_block_device {
+        return None;
+    }
+    let file = backing.file.try_clone().ok()?;
+    // st_blocks counts 512-byte units whatever the file system's block size.
+    Some(Box::new(move || {
+        file.metadata()
+            .ok()
+            .map(|m| m.blocks().saturating_mul(512) / block_size)
+    }))
 }
 
 impl LunDevice for DiskLun {

@@ -10,13 +10,16 @@ use crate::config::{LunConfig, MultipathSettings};
 use crate::iscsi::{Chap, IscsiLun, IscsiOptions, IscsiUrl};
 use crate::scsi::cdb;
 use crate::scsi::task::{command, ScsiCompletion, TmfFunction, TransportError};
-use crate::scsi::{status, Sense};
+use crate::scsi::{status, write_class, Sense};
 
 /// Largest data buffer of one passthrough command (it is copied, unlike local I/O).
 const MAX_PASSTHROUGH_BYTES: u64 = 16 << 20;
 
 pub struct IscsiPassthrough {
     lun: IscsiLun,
+    /// Commands that change data are refused here: the target does not know the LUN is
+    /// configured read-only.
+    readonly: bool,
 }
 
 /// Logs in to the LUN's target through each of its portals.
@@ -51,11 +54,23 @@ pub fn open(
             tracing::info!("{where_}: iSCSI path {p}");
         }
     }
-    Ok(Box::new(IscsiPassthrough { lun }))
+    Ok(Box::new(IscsiPassthrough {
+        lun,
+        readonly: l.readonly,
+    }))
+}
+
+/// A read-only LUN answers a command that would change data itself, before the target
+/// sees it.
+fn refuse_on_readonly(readonly: bool, cdb: &[u8]) -> Option<Answer> {
+    (readonly && write_class::changes_data(cdb)).then(|| Answer::Check(Sense::write_protected()))
 }
 
 impl LunDevice for IscsiPassthrough {
     fn start(&self, cmd: &Command<'_>, task: &mut Task, io: &mut IoContext<'_>) -> Step {
+        if let Some(answer) = refuse_on_readonly(self.readonly, cmd.cdb) {
+            return Step::Done(answer);
+        }
         let (out_len, in_len) = (io.data.out.len(), io.data.inn.len());
         if out_len > MAX_PASSTHROUGH_BYTES || in_len > MAX_PASSTHROUGH_BYTES {
             return Step::Done(Answer::overrun());
@@ -145,7 +160,11 @@ impl LunDevice for IscsiPassthrough {
     }
 
     fn describe(&self) -> String {
-        format!("iSCSI passthrough {}", self.lun.url)
+        format!(
+            "iSCSI passthrough {}{}",
+            self.lun.url,
+            if self.readonly { ", read-only" } else { "" }
+        )
     }
 
     fn shut_down(&self, within: Duration) {
@@ -163,5 +182,28 @@ impl LunDevice for IscsiPassthrough {
             .enumerate()
             .map(|(n, p)| format!("path {n} {p}"))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_readonly_lun_refuses_writes_before_forwarding() {
+        let mut write = [0u8; 16];
+        write[0] = cdb::WRITE_10;
+        let mut read = [0u8; 16];
+        read[0] = cdb::READ_10;
+        let mut unmap = [0u8; 16];
+        unmap[0] = cdb::UNMAP;
+        for c in [&write, &unmap] {
+            match refuse_on_readonly(true, c) {
+                Some(Answer::Check(s)) => assert_eq!(s, Sense::write_protected()),
+                other => panic!("{other:?}"),
+            }
+            assert!(refuse_on_readonly(false, c).is_none());
+        }
+        assert!(refuse_on_readonly(true, &read).is_none());
     }
 }

@@ -21,7 +21,16 @@ pub fn open(l: &LunConfig, size: u64) -> Result<Box<dyn LunDevice>, String> {
         ));
     }
     let id = format!("null:{}:{}", l.target, l.lun);
-    let props = disk_properties(l, size / bs, id.as_bytes(), true, "NULL-DISK", true);
+    // Nothing rotates behind a null disk.
+    let props = disk_properties(
+        l,
+        size / bs,
+        id.as_bytes(),
+        true,
+        "NULL-DISK",
+        true,
+        Some(false),
+    );
     Ok(Box::new(NullLun {
         disk: EmulatedDisk::new(props),
     }))

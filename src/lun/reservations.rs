@@ -120,13 +120,13 @@ pub fn conflict() -> Answer {
 }
 
 impl LunReservations {
-    /// The reservations of a LUN identified by `identity` (its NAA). `shared`: several
+    /// The reservations of a LUN identified by `identity` (its NAA, in hex). `shared`: several
     /// daemons use the disk, so the state lives in `setup.state_dir` (required). A
     /// disk only this daemon uses keeps it there too when a state directory is set (for
     /// APTPL), else in memory.
     pub fn open(
         setup: &ReservationSetup,
-        identity: u64,
+        identity: &str,
         shared: bool,
     ) -> Result<Arc<LunReservations>, String> {
         let me = setup.nexus.clone();
@@ -459,9 +459,14 @@ impl LunReservations {
     }
 }
 
-/// The state file of the LUN whose NAA is `identity`.
-pub fn state_path(dir: &Path, identity: u64) -> PathBuf {
-    dir.join(format!("reservations-{identity:016x}.state"))
+/// The state file of the LUN whose NAA is `identity` (hex digits).
+pub fn state_path(dir: &Path, identity: &str) -> PathBuf {
+    let name: String = identity
+        .trim_start_matches("0x")
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .collect();
+    dir.join(format!("reservations-{name}.state"))
 }
 
 fn watch(weak: Weak<LunReservations>) {

@@ -37,6 +37,7 @@ pub const REPORT_LUNS: u8 = 0xa0;
 pub const MAINTENANCE_IN: u8 = 0xa3;
 pub const READ_12: u8 = 0xa8;
 pub const WRITE_12: u8 = 0xaa;
+pub const WRITE_AND_VERIFY_12: u8 = 0xae;
 pub const VERIFY_12: u8 = 0xaf;
 /// Variable-length CDB (SPC-4 4.2.3): its length is in byte 7.
 pub const VARIABLE_LENGTH: u8 = 0x7f;

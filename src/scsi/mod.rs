@@ -9,9 +9,11 @@
 pub mod cdb;
 pub mod disk;
 pub mod lun_id;
+pub mod naa;
 pub mod reservation;
 pub mod sense;
 pub mod task;
+pub mod write_class;
 
 pub use lun_id::LunId;
 pub use sense::Sense;

@@ -435,23 +435,24 @@ if [ "$MODE" = iscsi ]; then
 fi
 
 # ---- e2e ----
-D0=$(lun_dev 0); D1=$(lun_dev 1)
+D0=$(lun_dev 0); D1=$(lun_dev 1); D2=$(lun_dev 2)
 MARK_OFF=2048   # 512-byte sector where the reboot marker lives (1 MiB into LUN 0)
 MARK="VSCSID-REBOOT-MARK"
 if [ -n "$D0" ] && [ "$(dd if=/dev/$D0 bs=512 skip=$MARK_OFF count=1 2>/dev/null | head -c ${#MARK})" = "$MARK" ]; then
   # Second boot, after "reboot -f": the disks must be back, with the marker.
-  check reboot-disks-found "$( [ -n "$D0" ] && [ -n "$D1" ] && echo PASS || echo FAIL )" "lun0=$D0 lun1=$D1"
+  check reboot-disks-found "$( [ -n "$D0" ] && [ -n "$D1" ] && [ -n "$D2" ] && echo PASS || echo FAIL )" "lun0=$D0 lun1=$D1 lun2=$D2"
   check reboot-marker PASS "marker written before the reboot read back from /dev/$D0"
   dd if=/dev/zero of=/dev/$D0 bs=512 seek=$MARK_OFF count=1 oflag=direct 2>/dev/null
   finish
 fi
 
-check disks-found "$( [ -n "$D0" ] && [ -n "$D1" ] && echo PASS || echo FAIL )" "lun0=$D0 lun1=$D1"
-[ -n "$D0" ] && [ -n "$D1" ] || finish
+check disks-found "$( [ -n "$D0" ] && [ -n "$D1" ] && [ -n "$D2" ] && echo PASS || echo FAIL )" "lun0=$D0 lun1=$D1 lun2=$D2"
+[ -n "$D0" ] && [ -n "$D1" ] && [ -n "$D2" ] || finish
 
 SIZE0=$(blockdev --getsize64 /dev/$D0); SIZE1=$(blockdev --getsize64 /dev/$D1)
-check capacity "$( [ "$SIZE0" = "$(arg size0)" ] && [ "$SIZE1" = "$(arg size1)" ] && echo PASS || echo FAIL )" \
-  "lun0=$SIZE0 lun1=$SIZE1 expected $(arg size0) $(arg size1)"
+SIZE2=$(blockdev --getsize64 /dev/$D2)
+check capacity "$( [ "$SIZE0" = "$(arg size0)" ] && [ "$SIZE1" = "$(arg size1)" ] && [ "$SIZE2" = "$(arg size2)" ] && echo PASS || echo FAIL )" \
+  "lun0=$SIZE0 lun1=$SIZE1 lun2=$SIZE2 expected $(arg size0) $(arg size1) $(arg size2)"
 
 r=$(ok sg_inq /dev/$D0); grep -q "Vendor identification: VSCSID" /tmp/out || r=FAIL
 check sg_inq "$r" "$(grep -E 'Vendor|Product' /tmp/out | tr -s ' ' | tr '\n' ';')"
@@ -514,6 +515,38 @@ Z=$(dd if=/dev/$D0 bs=1M count=8 iflag=direct 2>/dev/null | md5sum | cut -d' ' -
 ZREF=$(dd if=/dev/zero bs=1M count=8 2>/dev/null | md5sum | cut -d' ' -f1)
 check discard-reads-zero "$( [ "$Z" = "$ZREF" ] && echo PASS || echo FAIL )" "first 8 MiB after discard"
 echo "VSCSID-HOST discarded"
+
+# LUN 2: writable with 4096-byte logical blocks. The kernel must see the block size,
+# fio's checksums must hold, ext4 must survive a remount, and fstrim through the mounted
+# file system must deallocate (host check: the backing file is sparse again).
+LBS2=$(cat /sys/block/$D2/queue/logical_block_size); PBS2=$(cat /sys/block/$D2/queue/physical_block_size)
+check lun2-block-size "$( [ "$LBS2" = 4096 ] && [ "$PBS2" = 4096 ] && echo PASS || echo FAIL )" \
+  "/dev/$D2 logical $LBS2, physical $PBS2"
+r=$(ok fio --name=verify4k --filename=/dev/$D2 --direct=1 --ioengine=libaio --rw=randwrite \
+  --bsrange=4k-64k --size=32M --iodepth=8 --verify=crc32c --do_verify=1 --verify_fatal=1 --randrepeat=0)
+check lun2-fio-crc32c "$r" "$(grep -E 'err=|IOPS' /tmp/out | head -2 | tr -s ' ' | tr '\n' ';')"
+fs=FAIL
+if mkfs.ext4 -q -F -b 4096 /dev/$D2 && mount /dev/$D2 /mnt/d; then
+  for n in 1 2 3; do dd if=/dev/urandom of=/mnt/d/f$n bs=1M count=8 2>/dev/null; done
+  (cd /mnt/d && sha256sum f1 f2 f3) > /tmp/sums
+  sync; umount /mnt/d
+  if mount /dev/$D2 /mnt/d && (cd /mnt/d && sha256sum -c /tmp/sums >/dev/null); then fs=PASS; fi
+fi
+check lun2-ext4-remount-checksums "$fs" "3 files of 8 MiB verified after remount on 4096-byte blocks"
+trimmed=0
+if [ $fs = PASS ]; then
+  rm -f /mnt/d/f1 /mnt/d/f2 /mnt/d/f3; sync
+  fstrim -v /mnt/d > /tmp/out 2>&1
+  trimmed=$(grep -oE '[0-9]+ bytes' /tmp/out | head -1 | cut -d' ' -f1)
+  umount /mnt/d
+fi
+check lun2-fstrim "$( [ "${trimmed:-0}" -ge $((24 << 20)) ] && echo PASS || echo FAIL )" \
+  "fstrim after removing 24 MiB: $(head -1 /tmp/out)"
+r=$(ok e2fsck -fn /dev/$D2)
+check lun2-e2fsck-clean "$r" "$(tail -1 /tmp/out)"
+# What the file system still uses (its metadata), for the host's sparseness check.
+USED2=$(sed -n 's|.* \([0-9]*\)/[0-9]* blocks.*|\1|p' /tmp/out | tail -1)
+echo "VSCSID-HOST lun2-trimmed fs-bytes=$(( ${USED2:-0} * 4096 ))"
 
 # Reboot: write the marker, reset the machine; the second boot checks the disks.
 printf '%s' "$MARK" | dd of=/dev/$D0 bs=512 seek=$MARK_OFF count=1 conv=sync oflag=direct 2>/dev/null

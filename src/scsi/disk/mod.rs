@@ -3,6 +3,7 @@
 //! or describes the medium I/O the command needs.
 
 mod inquiry;
+mod log;
 mod mode;
 mod opcodes;
 mod rw;
@@ -10,8 +11,10 @@ mod rw;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::cdb::{self, byte};
+use super::naa::Naa;
 use super::{DataOut, Outcome, Sense};
 
+pub use log::UsedBlocks;
 pub use opcodes::SUPPORTED_COMMANDS;
 
 /// Largest COMPARE AND WRITE, in blocks (VPD 0xB0).
@@ -21,6 +24,13 @@ pub const MAX_WRITE_SAME_BLOCKS: u32 = 0x0040_0000;
 pub const MAX_UNMAP_BLOCKS: u32 = 0x0040_0000;
 /// Most block descriptors in one UNMAP parameter list (VPD 0xB0).
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 255;
+
+/// DPO and FUA in byte 1 of READ, WRITE (FUA) and VERIFY (DPO).
+pub(crate) const DPO: u8 = 0x10;
+pub(crate) const FUA: u8 = 0x08;
+/// MODE SENSE's device-specific parameter bit saying DPO and FUA are honoured; the usage
+/// data of REPORT SUPPORTED OPERATION CODES marks both bits to match.
+pub(crate) const DEVICE_SPECIFIC_DPOFUA: u8 = 0x10;
 
 /// What the disk reports about itself and its medium.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,16 +52,20 @@ pub struct DiskProperties {
     /// Unit serial number (VPD 0x80).
     pub serial: String,
     /// NAA identifier (VPD 0x83).
-    pub naa: u64,
+    pub naa: Naa,
     pub vendor: String,
     pub product: String,
     pub revision: String,
-    pub rotational: bool,
+    /// Whether the medium rotates; `None` when the backing does not say (VPD 0xB1 then
+    /// reports no rotation rate).
+    pub rotational: Option<bool>,
+    /// Physical block size: a power-of-two multiple of `block_size` (READ CAPACITY(16),
+    /// VPD 0xB0).
+    pub physical_block_size: u32,
 }
 
 /// An emulated disk. Shared by every worker thread; its mutable state (WCE, a pending
 /// unit attention) is atomic.
-#[derive(Debug)]
 pub struct EmulatedDisk {
     props: DiskProperties,
     write_cache: AtomicBool,
@@ -61,6 +75,20 @@ pub struct EmulatedDisk {
     /// A reset happened and the initiator has not been told yet (SAM: the next command
     /// other than INQUIRY, REPORT LUNS or REQUEST SENSE gets UNIT ATTENTION 29/00).
     unit_attention: AtomicBool,
+    /// How many blocks the backing holds, for the provisioning log page.
+    used_blocks: Option<UsedBlocks>,
+}
+
+impl std::fmt::Debug for EmulatedDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmulatedDisk")
+            .field("props", &self.props)
+            .field("write_cache", &self.write_cache)
+            .field("capacity", &self.capacity)
+            .field("unit_attention", &self.unit_attention)
+            .field("used_blocks", &self.used_blocks.is_some())
+            .finish()
+    }
 }
 
 impl EmulatedDisk {
@@ -70,8 +98,15 @@ impl EmulatedDisk {
             write_cache: AtomicBool::new(wce),
             capacity: AtomicU64::new(props.capacity_blocks),
             unit_attention: AtomicBool::new(false),
+            used_blocks: None,
             props,
         }
+    }
+
+    /// Lets LOG SENSE report how many blocks the backing holds.
+    pub fn with_used_blocks(mut self, count: UsedBlocks) -> EmulatedDisk {
+        self.used_blocks = Some(count);
+        self
     }
 
     /// The capacity in blocks now.
@@ -148,6 +183,10 @@ impl EmulatedDisk {
             cdb::MODE_SENSE_6 | cdb::MODE_SENSE_10 => self.mode_sense(cdb, data_in),
             cdb::MODE_SELECT_6 | cdb::MODE_SELECT_10 => self.mode_select(cdb, data_out),
             cdb::VERIFY_10 | cdb::VERIFY_12 | cdb::VERIFY_16 => self.verify(cdb),
+            cdb::WRITE_AND_VERIFY_10 | cdb::WRITE_AND_VERIFY_12 | cdb::WRITE_AND_VERIFY_16 => {
+                self.write_and_verify(cdb)
+            }
+            cdb::LOG_SENSE => self.log_sense(cdb, data_in),
             cdb::SYNCHRONIZE_CACHE_10 | cdb::SYNCHRONIZE_CACHE_16 => self.synchronize_cache(cdb),
             cdb::UNMAP => self.unmap(cdb, data_out),
             cdb::WRITE_SAME_10 | cdb::WRITE_SAME_16 => self.write_same(cdb, data_out),

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{reply, EmulatedDisk};
+use super::{reply, EmulatedDisk, DEVICE_SPECIFIC_DPOFUA};
 use crate::scsi::cdb::{self, be16, byte};
 use crate::scsi::{DataOut, Outcome, Sense};
 
@@ -110,7 +110,7 @@ impl EmulatedDisk {
             _ => return Err(Sense::invalid_field_in_cdb()),
         }
         // Device-specific parameter: WP when read-only; DPOFUA: FUA is honoured.
-        let dsp = if self.props.readonly { 0x80 } else { 0x00 } | 0x10;
+        let dsp = if self.props.readonly { 0x80 } else { 0x00 } | DEVICE_SPECIFIC_DPOFUA;
         if ten {
             buf[0..2].copy_from_slice(&((n - 2) as u16).to_be_bytes());
             buf[3] = dsp;

@@ -1,5 +1,5 @@
-//! Commands that reach the medium: READ/WRITE, VERIFY, SYNCHRONIZE CACHE, UNMAP, WRITE SAME
-//! and COMPARE AND WRITE. Each is range-checked here and becomes an [`IoRequest`].
+//! Commands that reach the medium: READ/WRITE, VERIFY, WRITE AND VERIFY, SYNCHRONIZE CACHE,
+//! UNMAP, WRITE SAME and COMPARE AND WRITE. Each is range-checked here and becomes an [`IoRequest`].
 
 use super::{
     EmulatedDisk, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS,
@@ -63,6 +63,29 @@ impl EmulatedDisk {
             len: self.bytes(blocks),
             compare,
         }))
+    }
+
+    /// WRITE AND VERIFY(10/12/16), SBC-3 5.41ff. With BYTCHK 00b the verification asked
+    /// for is of the medium: a write that reached it (FUA) has been verified, so the
+    /// command is a WRITE with FUA. The byte-by-byte comparisons (BYTCHK 01b, 11b) are not
+    /// supported, and 10b is reserved: INVALID FIELD IN CDB.
+    pub(super) fn write_and_verify(&self, c: &[u8]) -> Result<Outcome, Sense> {
+        let flags = byte(c, 1);
+        // WRPROTECT must be 0: no protection information.
+        if flags & 0xe0 != 0 || flags & 0x06 != 0 {
+            return Err(Sense::invalid_field_in_cdb());
+        }
+        let (lba, blocks) = match byte(c, 0) {
+            cdb::WRITE_AND_VERIFY_10 => (u64::from(be32(c, 2)), u32::from(be16(c, 7))),
+            cdb::WRITE_AND_VERIFY_12 => (u64::from(be32(c, 2)), be32(c, 6)),
+            _ => (be64(c, 2), be32(c, 10)),
+        };
+        self.read_write(Rw {
+            lba,
+            blocks,
+            fua: true,
+            write: true,
+        })
     }
 
     pub(super) fn synchronize_cache(&self, c: &[u8]) -> Result<Outcome, Sense> {

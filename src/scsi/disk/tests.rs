@@ -8,6 +8,8 @@ use crate::scsi::cdb::{
     SAI_READ_CAPACITY_16, SERVICE_ACTION_IN_16, SYNCHRONIZE_CACHE_10, TEST_UNIT_READY, UNMAP,
     VERIFY_10, WRITE_10, WRITE_6, WRITE_SAME_16,
 };
+use crate::scsi::naa::Naa;
+use crate::scsi::write_class;
 use crate::scsi::{IoRequest, DATA_IN_SCRATCH};
 
 pub(crate) fn props() -> DiskProperties {
@@ -20,11 +22,12 @@ pub(crate) fn props() -> DiskProperties {
         unmap_zeroes: true,
         max_transfer_blocks: 1024,
         serial: "SER123".into(),
-        naa: 0x3000_0000_dead_beef,
+        naa: Naa::Short(0x3000_0000_dead_beef),
         vendor: "VSCSID".into(),
         product: "VIRTUAL-DISK".into(),
         revision: "0.1".into(),
-        rotational: false,
+        rotational: Some(false),
+        physical_block_size: 512,
     }
 }
 
@@ -55,7 +58,8 @@ fn check(o: Outcome) -> (u8, u8, u8) {
 #[test]
 fn standard_inquiry() {
     let (o, d) = run(&disk(), &[INQUIRY, 0, 0, 0, 96, 0], &[]);
-    assert_eq!(o, Outcome::Good { data_in_len: 36 });
+    assert_eq!(o, Outcome::Good { data_in_len: 74 });
+    assert_eq!(usize::from(d[4]) + 5, d.len());
     assert_eq!(d[0], 0);
     assert_eq!(d[2], 6);
     assert_eq!(d[3] & 0x0f, 2);
@@ -587,5 +591,268 @@ fn random_cdbs_never_panic_and_stay_in_bounds() {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn standard_inquiry_claims_sam5_spc4_sbc3() {
+    let (_, d) = run(&disk(), &[INQUIRY, 0, 0, 0, 96, 0], &[]);
+    let descriptors: Vec<u16> = d[58..74]
+        .chunks_exact(2)
+        .map(|v| u16::from_be_bytes([v[0], v[1]]))
+        .filter(|&v| v != 0)
+        .collect();
+    assert_eq!(descriptors, [0x00a0, 0x0460, 0x04c0]);
+}
+
+#[test]
+fn naa_designator_length_follows_its_type() {
+    for (naa, len) in [
+        (Naa::Short(0x5000_c500_a1b2_c3d4), 8usize),
+        (Naa::Extended(0x6001_405a_abbc_cdd0_0011_2233_4455_6677), 16),
+    ] {
+        let mut p = props();
+        p.naa = naa;
+        let (_, p83) = run(&EmulatedDisk::new(p), &[INQUIRY, 1, 0x83, 0, 255, 0], &[]);
+        assert_eq!(&p83[4..8], &[0x01, 0x03, 0x00, len as u8]);
+        assert_eq!(&p83[8..8 + len], &naa.bytes().0[..len]);
+        // The T10 vendor ID designator follows right after.
+        assert_eq!(p83[8 + len + 1] & 0x0f, 1);
+        assert_eq!(
+            usize::from(u16::from_be_bytes([p83[2], p83[3]])) + 4,
+            p83.len()
+        );
+    }
+}
+
+#[test]
+fn rotation_rate_is_reported_only_when_known() {
+    for (rotational, rate) in [(Some(false), 1u16), (Some(true), 0), (None, 0)] {
+        let mut p = props();
+        p.rotational = rotational;
+        let (_, b1) = run(&EmulatedDisk::new(p), &[INQUIRY, 1, 0xb1, 0, 255, 0], &[]);
+        assert_eq!(&b1[4..6], &rate.to_be_bytes(), "{rotational:?}");
+        assert_eq!(b1.len(), 64);
+    }
+}
+
+#[test]
+fn physical_block_size_shows_in_read_capacity_16_and_block_limits() {
+    let mut c = [0u8; 16];
+    c[0] = SERVICE_ACTION_IN_16;
+    c[1] = SAI_READ_CAPACITY_16;
+    c[13] = 32;
+    // (logical, physical, exponent, optimal transfer length granularity, unmap granularity)
+    for (logical, physical, exp, otlg, unmap_g) in [
+        (512u32, 512u32, 0u8, 1u16, 8u32),
+        (512, 4096, 3, 8, 8),
+        (512, 32768, 6, 64, 64),
+        (4096, 4096, 0, 1, 1),
+        (4096, 16384, 2, 4, 4),
+    ] {
+        let mut p = props();
+        p.block_size = logical;
+        p.physical_block_size = physical;
+        let d = EmulatedDisk::new(p);
+        let (_, rc) = run(&d, &c, &[]);
+        assert_eq!(rc[13] & 0x0f, exp, "{logical}/{physical}");
+        assert_eq!(
+            &rc[14..16],
+            &[0xc0, 0],
+            "LBPME, LBPRZ, lowest aligned LBA 0"
+        );
+        let (_, b0) = run(&d, &[INQUIRY, 1, 0xb0, 0, 255, 0], &[]);
+        assert_eq!(u16::from_be_bytes([b0[6], b0[7]]), otlg);
+        assert_eq!(
+            u32::from_be_bytes([b0[28], b0[29], b0[30], b0[31]]),
+            unmap_g
+        );
+    }
+}
+
+#[test]
+fn block_limits_unmap_fields_match_what_unmap_accepts() {
+    let d = disk();
+    let (_, b0) = run(&d, &[INQUIRY, 1, 0xb0, 0, 255, 0], &[]);
+    let max_lbas = u32::from_be_bytes([b0[20], b0[21], b0[22], b0[23]]);
+    let max_descs = u32::from_be_bytes([b0[24], b0[25], b0[26], b0[27]]);
+    assert_eq!(
+        (max_lbas, max_descs),
+        (MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS)
+    );
+    let mut p = props();
+    p.capacity_blocks = u64::from(MAX_UNMAP_BLOCKS) * 2;
+    let big = EmulatedDisk::new(p);
+    let unmap = |descs: &[(u64, u32)]| {
+        let list = unmap_list(descs);
+        let mut c = [0u8; 10];
+        c[0] = UNMAP;
+        c[7..9].copy_from_slice(&(list.len() as u16).to_be_bytes());
+        run(&big, &c, &list).0
+    };
+    // As many descriptors as reported, adding up to as many blocks as reported.
+    let per = max_lbas / max_descs;
+    let mut descs: Vec<(u64, u32)> = (0..u64::from(max_descs))
+        .map(|i| (i * u64::from(per), per))
+        .collect();
+    descs.last_mut().expect("one").1 += max_lbas - per * max_descs;
+    assert!(matches!(
+        unmap(&descs),
+        Outcome::Io(IoRequest::Discard { .. })
+    ));
+    // One block more, or one descriptor more, is refused.
+    descs.last_mut().expect("one").1 += 1;
+    assert_eq!(check(unmap(&descs)), (5, 0x26, 0));
+    let too_many: Vec<(u64, u32)> = (0..u64::from(max_descs) + 1).map(|i| (i, 1)).collect();
+    assert_eq!(check(unmap(&too_many)), (5, 0x26, 0));
+    // Without discard UNMAP is not supported and the limits are 0.
+    let mut p = props();
+    p.discard = false;
+    let d = EmulatedDisk::new(p);
+    let (_, b0) = run(&d, &[INQUIRY, 1, 0xb0, 0, 255, 0], &[]);
+    assert!(b0[20..32].iter().all(|&b| b == 0));
+    assert_eq!(
+        check(run(&d, &[UNMAP, 0, 0, 0, 0, 0, 0, 0, 24, 0], &[]).0),
+        (5, 0x20, 0)
+    );
+}
+
+#[test]
+fn usage_data_marks_dpo_and_fua_when_dpofua_is_set() {
+    use crate::scsi::cdb::{
+        READ_12, VERIFY_12, VERIFY_16, WRITE_12, WRITE_16, WRITE_AND_VERIFY_10,
+        WRITE_AND_VERIFY_12, WRITE_AND_VERIFY_16,
+    };
+    let d = disk();
+    let (_, ms) = run(&d, &[MODE_SENSE_6, 0x08, 0x08, 0, 255, 0], &[]);
+    assert_eq!(ms[2] & DEVICE_SPECIFIC_DPOFUA, DEVICE_SPECIFIC_DPOFUA);
+    // (opcode, bits of CDB byte 1 the disk honours)
+    let cases = [
+        (READ_10, DPO | FUA),
+        (READ_12, DPO | FUA),
+        (READ_16, DPO | FUA),
+        (WRITE_10, DPO | FUA),
+        (WRITE_12, DPO | FUA),
+        (WRITE_16, DPO | FUA),
+        (VERIFY_10, DPO),
+        (VERIFY_12, DPO),
+        (VERIFY_16, DPO),
+        (WRITE_AND_VERIFY_10, DPO),
+        (WRITE_AND_VERIFY_12, DPO),
+        (WRITE_AND_VERIFY_16, DPO),
+    ];
+    for (op, bits) in cases {
+        let mut c = [0u8; 12];
+        c[0] = MAINTENANCE_IN;
+        c[1] = MI_REPORT_SUPPORTED_OPCODES;
+        c[2] = 0x01;
+        c[3] = op;
+        c[6..10].copy_from_slice(&64u32.to_be_bytes());
+        let (_, one) = run(&d, &c, &[]);
+        assert_eq!(one[1] & 0x07, 0x03, "{op:#x} supported");
+        assert_eq!(one[5] & bits, bits, "{op:#x} usage byte 1 {:#x}", one[5]);
+        // The bits marked are accepted: FUA and DPO set together still run.
+        let mut cmd = [0u8; 16];
+        cmd[0] = op;
+        cmd[1] = bits;
+        let len_at = match op >> 5 {
+            1 => 7,
+            5 => 6,
+            _ => 10,
+        };
+        cmd[len_at + if op >> 5 == 1 { 1 } else { 3 }] = 1;
+        assert!(
+            matches!(run(&d, &cmd, &[]).0, Outcome::Io(_)),
+            "{op:#x} with {bits:#x}"
+        );
+    }
+}
+
+/// A CDB of `op` for one block at LBA 0 (the length field where the opcode has it).
+fn one_block_cdb(op: u8) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = op;
+    match op {
+        COMPARE_AND_WRITE => c[13] = 1,
+        UNMAP => {}
+        _ => match op >> 5 {
+            0 => c[4] = 1,
+            1 | 2 => c[8] = 1,
+            5 => c[9] = 1,
+            _ => c[13] = 1,
+        },
+    }
+    c
+}
+
+#[test]
+fn a_readonly_disk_refuses_every_write_class_command_it_supports() {
+    let mut p = props();
+    p.readonly = true;
+    let d = EmulatedDisk::new(p);
+    let block = [0u8; 1024];
+    let mut write_class_seen = 0;
+    for s in SUPPORTED_COMMANDS
+        .iter()
+        .filter(|s| s.opcode != REPORT_LUNS)
+    {
+        let mut c = one_block_cdb(s.opcode);
+        if let Some(sa) = s.service_action {
+            c[1] = sa as u8;
+        }
+        let o = run(&d, &c, &block).0;
+        if write_class::changes_data(&c) {
+            write_class_seen += 1;
+            assert_eq!(check(o), (7, 0x27, 0), "opcode {:#x}", s.opcode);
+        } else if let Outcome::Check(sense) = o {
+            assert_ne!(sense.key, 7, "opcode {:#x} is not a write", s.opcode);
+        }
+    }
+    // WRITE 6/10/12/16, WRITE AND VERIFY 10/12/16, WRITE SAME 10/16, UNMAP, COMPARE AND WRITE.
+    assert_eq!(write_class_seen, 11);
+}
+
+#[test]
+fn write_and_verify_is_a_write_that_reaches_the_medium() {
+    use crate::scsi::cdb::{WRITE_AND_VERIFY_10, WRITE_AND_VERIFY_12, WRITE_AND_VERIFY_16};
+    let d = disk();
+    assert!(d.write_cache_enabled());
+    for op in [
+        WRITE_AND_VERIFY_10,
+        WRITE_AND_VERIFY_12,
+        WRITE_AND_VERIFY_16,
+    ] {
+        let mut c = one_block_cdb(op);
+        let lba_at = 2;
+        if op == WRITE_AND_VERIFY_16 {
+            c[lba_at + 7] = 5;
+        } else {
+            c[lba_at + 3] = 5;
+        }
+        assert_eq!(
+            run(&d, &c, &[]).0,
+            Outcome::Io(IoRequest::Write {
+                offset: 5 * 512,
+                len: 512,
+                fua: true
+            }),
+            "{op:#x}"
+        );
+        // BYTCHK 01b and 11b (byte-by-byte comparisons) are not supported, 10b is
+        // reserved; WRPROTECT needs protection information.
+        for flags in [0x02u8, 0x04, 0x06, 0x20] {
+            c[1] = flags;
+            assert_eq!(
+                check(run(&d, &c, &[]).0),
+                (5, 0x24, 0),
+                "{op:#x} {flags:#x}"
+            );
+        }
+        c[1] = 0x10; // DPO is accepted
+        assert!(matches!(run(&d, &c, &[]).0, Outcome::Io(_)));
+        // Past the end of the medium.
+        let mut c = one_block_cdb(op);
+        c[2..6].copy_from_slice(&2048u32.to_be_bytes());
+        assert_eq!(check(run(&d, &c, &[]).0), (5, 0x21, 0));
     }
 }
