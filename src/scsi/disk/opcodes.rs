@@ -3,6 +3,9 @@
 
 use super::{reply, DPO, FUA};
 use crate::scsi::cdb::{self, be16, be32, byte};
+use crate::scsi::reservation::{
+    PERSISTENT_RESERVE_IN, PERSISTENT_RESERVE_OUT, RELEASE_10, RELEASE_6, RESERVE_10, RESERVE_6,
+};
 use crate::scsi::{Outcome, Sense};
 
 /// One supported command: opcode, service action (if the opcode has them) and the CDB
@@ -44,7 +47,29 @@ const DPO_FUA: u8 = DPO | FUA;
 /// BYTCHK of VERIFY and WRITE AND VERIFY (two bits).
 const BYTCHK: u8 = 0x06;
 
-/// Every command the emulated disk (with the LUN table's REPORT LUNS) executes.
+/// PERSISTENT RESERVE IN: service action, allocation length.
+const PR_IN_USAGE: &[u8] = &[0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, 0x04];
+/// PERSISTENT RESERVE OUT: service action, scope and type, parameter list length.
+const PR_OUT_USAGE: &[u8] = &[0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x04];
+
+/// Whether a listed command is answered outside the emulated disk: REPORT LUNS by the LUN
+/// table, the reservation commands by the disk LUN (they need its shared state).
+#[cfg(test)]
+pub(super) fn answered_outside_the_disk(opcode: u8) -> bool {
+    matches!(
+        opcode,
+        cdb::REPORT_LUNS
+            | PERSISTENT_RESERVE_IN
+            | PERSISTENT_RESERVE_OUT
+            | RESERVE_6
+            | RELEASE_6
+            | RESERVE_10
+            | RELEASE_10
+    )
+}
+
+/// Every command the emulated disk (with the LUN table's REPORT LUNS and the disk LUN's
+/// reservations) executes.
 pub static SUPPORTED_COMMANDS: &[SupportedCommand] = &[
     cmd(cdb::TEST_UNIT_READY, &[0, 0, 0, 0, 0x04]),
     cmd(cdb::REQUEST_SENSE, &[0x01, 0, 0, 0xff, 0x04]),
@@ -181,6 +206,23 @@ pub static SUPPORTED_COMMANDS: &[SupportedCommand] = &[
         cdb::REPORT_LUNS,
         &[0, 0xff, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x04],
     ),
+    // Reservations, answered by the disk LUN around the emulation (src/lun/reservations.rs).
+    cmd(RESERVE_6, &[0, 0, 0, 0, 0x04]),
+    cmd(RELEASE_6, &[0, 0, 0, 0, 0x04]),
+    cmd(RESERVE_10, &[0, 0, 0, 0, 0, 0, 0, 0, 0x04]),
+    cmd(RELEASE_10, &[0, 0, 0, 0, 0, 0, 0, 0, 0x04]),
+    sa_cmd(PERSISTENT_RESERVE_IN, 0, PR_IN_USAGE),
+    sa_cmd(PERSISTENT_RESERVE_IN, 1, PR_IN_USAGE),
+    sa_cmd(PERSISTENT_RESERVE_IN, 2, PR_IN_USAGE),
+    sa_cmd(PERSISTENT_RESERVE_IN, 3, PR_IN_USAGE),
+    sa_cmd(PERSISTENT_RESERVE_OUT, 0, PR_OUT_USAGE),
+    sa_cmd(PERSISTENT_RESERVE_OUT, 1, PR_OUT_USAGE),
+    sa_cmd(PERSISTENT_RESERVE_OUT, 2, PR_OUT_USAGE),
+    sa_cmd(PERSISTENT_RESERVE_OUT, 3, PR_OUT_USAGE),
+    sa_cmd(PERSISTENT_RESERVE_OUT, 4, PR_OUT_USAGE),
+    sa_cmd(PERSISTENT_RESERVE_OUT, 5, PR_OUT_USAGE),
+    sa_cmd(PERSISTENT_RESERVE_OUT, 6, PR_OUT_USAGE),
+    sa_cmd(PERSISTENT_RESERVE_OUT, 7, PR_OUT_USAGE),
     sa_cmd(
         cdb::MAINTENANCE_IN,
         cdb::MI_REPORT_SUPPORTED_OPCODES as u16,
@@ -234,6 +276,9 @@ pub static SUPPORTED_COMMANDS: &[SupportedCommand] = &[
     ),
 ];
 
+/// Room for this many commands in the report (a unit test keeps the table within it).
+pub(super) const MAX_LISTED: usize = 64;
+
 /// Timeouts descriptor (SPC-4 6.35.4): length 0x0A, no timeouts reported.
 const TIMEOUTS: [u8; 12] = [0x00, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 
@@ -244,7 +289,7 @@ pub fn report_supported(c: &[u8], data_in: &mut [u8]) -> Result<Outcome, Sense> 
     let op = byte(c, 3);
     let sa = be16(c, 4);
     let alloc = be32(c, 6) as usize;
-    let mut buf = [0u8; 4 + 40 * 20];
+    let mut buf = [0u8; 4 + MAX_LISTED * 20];
     let n = match options {
         0 => {
             let mut n = 4;
