@@ -329,3 +329,51 @@ fn reconnect(d: &Daemon) -> ScsiFrontend {
         }
     }
 }
+
+#[test]
+fn the_operator_sees_the_state_both_daemons_share() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let image = dir.path().join("cluster.img");
+    let state = dir.path().join("state");
+    let a = node(&image, &state, "iqn.2026-12.test:node-a");
+    let image_arg = image.to_str().unwrap().to_string();
+    let b = Daemon::start(
+        &[Disk {
+            name: &image_arg,
+            size: 8 << 20,
+            opts: "shared,cache=none",
+        }],
+        &[
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--initiator-id",
+            "iqn.2026-12.test:node-b",
+            "--control",
+            "{dir}/control.sock",
+        ],
+    );
+    let control = b.path("control.sock");
+    let (ok, text, err) = ctl(&control, &["reservations", "0:0"]);
+    assert!(ok, "{err}");
+    assert!(text.contains("this daemon: iqn.2026-12.test:node-b"), "{text}");
+    assert!(text.contains("not reserved"), "{text}");
+    let mut fa = a.connect(1);
+    good(&out(&mut fa, REGISTER, 0, 0, 0x1234, false));
+    good(&out(&mut fa, RESERVE, WRITE_EXCLUSIVE, 0x1234, 0, false));
+    // B's daemon reports what A's guest did.
+    let (ok, text, err) = ctl(&control, &["reservations", "0:0"]);
+    assert!(ok, "{err}");
+    assert!(
+        text.contains("registered iqn.2026-12.test:node-a key 0x1234"),
+        "{text}"
+    );
+    assert!(
+        text.contains("reserved WriteExclusive by iqn.2026-12.test:node-a"),
+        "{text}"
+    );
+    let (ok, json, _) = ctl(&control, &["--json", "reservations", "0:0"]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).expect("json");
+    assert_eq!(v["state"]["registrations"][0]["key"], 0x1234);
+    assert_eq!(v["state"]["generation"], 1);
+}

@@ -76,6 +76,9 @@ enum CtlCommand {
     },
     /// The paths of an iSCSI LUN (<target>:<lun>): state and counters.
     Paths { address: String },
+    /// A disk LUN's persistent reservations (<target>:<lun>): registrations (nexus and
+    /// key) and the reservation, as every daemon sharing the disk sees them.
+    Reservations { address: String },
     /// Fail or restore one path (<target>:<lun> <portal host:port> fail|restore), for
     /// maintenance: a failed path takes no new commands until restored.
     Path {
@@ -173,6 +176,10 @@ fn request(cmd: CtlCommand) -> Result<Request, String> {
         CtlCommand::Paths { address: a } => {
             let (target, lun) = address(&a)?;
             Request::Paths { target, lun }
+        }
+        CtlCommand::Reservations { address: a } => {
+            let (target, lun) = address(&a)?;
+            Request::Reservations { target, lun }
         }
         CtlCommand::Path {
             address: a,
@@ -375,6 +382,7 @@ pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
     let is_luns = matches!(cli.command, CtlCommand::Luns);
     let is_set = matches!(cli.command, CtlCommand::Set { .. });
     let is_paths = matches!(cli.command, CtlCommand::Paths { .. });
+    let is_reservations = matches!(cli.command, CtlCommand::Reservations { .. });
     let is_stats = matches!(cli.command, CtlCommand::Stats { .. });
     let is_metrics = matches!(cli.command, CtlCommand::Metrics);
     let reply = request(cli.command).and_then(|r| call(&cli.control, r));
@@ -410,6 +418,8 @@ pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
         {
             println!("{}", p.as_str().unwrap_or_default());
         }
+    } else if is_reservations {
+        print_reservations(&v);
     } else if is_stats {
         print_stats(&v);
     } else if is_metrics {
@@ -432,6 +442,40 @@ pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+/// `vscsid ctl reservations`: one line per registration, then the reservation.
+fn print_reservations(v: &Value) {
+    let s = |x: Option<&Value>| x.and_then(Value::as_str).unwrap_or("-").to_string();
+    let state = v.get("state").cloned().unwrap_or_default();
+    println!(
+        "this daemon: {}  state: {}  generation {}  aptpl {}",
+        s(v.get("nexus")),
+        s(v.get("state_file")),
+        state.get("generation").and_then(Value::as_u64).unwrap_or(0),
+        state.get("aptpl").and_then(Value::as_bool).unwrap_or(false)
+    );
+    let regs = state.get("registrations").and_then(Value::as_array);
+    for r in regs.into_iter().flatten() {
+        println!(
+            "registered {} key 0x{:x}",
+            s(r.get("nexus")),
+            r.get("key").and_then(Value::as_u64).unwrap_or(0)
+        );
+    }
+    match state.get("reservation").filter(|r| !r.is_null()) {
+        Some(r) => println!(
+            "reserved {} by {}",
+            s(r.get("kind")),
+            r.get("holder")
+                .and_then(Value::as_str)
+                .unwrap_or("every registrant")
+        ),
+        None => println!("not reserved"),
+    }
+    if let Some(h) = state.get("spc2_holder").and_then(Value::as_str) {
+        println!("SPC-2 RESERVE held by {h}");
     }
 }
 

@@ -13,6 +13,9 @@
 //!   `[[lun]]` keys; numbers, bytes for `bw*`) that replace those limits (0 removes one;
 //!   the others stay).
 //! - `paths`: `target`, `lun`: the paths of an iSCSI LUN.
+//! - `reservations`: `target`, `lun`: a disk LUN's persistent reservations: this daemon's
+//!   `nexus`, the `state_file` (if any) and the `state` (PRgeneration, APTPL,
+//!   registrations, the reservation, an SPC-2 holder, owed unit attentions).
 //! - `path`: `target`, `lun`, `portal`, `action` (`fail` or `restore`): maintenance.
 //! - `stats`: optional `target` and `lun` (both, for one LUN): each LUN's I/O statistics
 //!   ([`LunStatsEntry`]) and the commands answered per request queue ([`QueueEntry`]).
@@ -78,6 +81,10 @@ pub enum Request {
         limits: BTreeMap<String, u64>,
     },
     Paths {
+        target: u8,
+        lun: u16,
+    },
+    Reservations {
         target: u8,
         lun: u16,
     },

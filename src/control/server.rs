@@ -257,6 +257,12 @@ pub fn execute(luns: &LiveLuns, vm: &str, req: Request) -> Value {
                 json!({ "ok": true, "target": target, "lun": lun, "limits": limits_map(&now) })
             })
         }
+        Request::Reservations { target, lun } => luns.reservations(target, lun).map(|r| {
+            json!({
+                "ok": true, "target": target, "lun": lun, "nexus": r.nexus,
+                "state_file": r.state_file, "state": r.state,
+            })
+        }),
         Request::Paths { target, lun } => luns
             .paths(target, lun)
             .map(|p| json!({ "ok": true, "target": target, "lun": lun, "paths": p })),

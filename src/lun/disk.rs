@@ -228,6 +228,10 @@ impl LunDevice for DiskLun {
         )
     }
 
+    fn reservations(&self) -> Option<super::ReservationReport> {
+        Some(self.reservations.report())
+    }
+
     fn disk_properties(&self) -> Option<&DiskProperties> {
         Some(self.disk.properties())
     }

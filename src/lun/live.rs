@@ -22,6 +22,7 @@ use arc_swap::{ArcSwap, Guard};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::registry::LunOpenOptions;
+use super::reservations::ReservationReport;
 use super::stats::{LunStatsSnapshot, QueueStats};
 use super::{attention, Lun, LunTable};
 use crate::config::{IoLimits, LunConfig, LunKind};
@@ -404,6 +405,18 @@ impl LiveLuns {
             .get(target, lun)
             .ok_or_else(|| format!("no LUN at target {target} LUN {lun}"))?;
         Ok(l.device().detail_lines())
+    }
+
+    /// A disk LUN's reservations as this daemon sees them.
+    pub fn reservations(&self, target: u8, lun: u16) -> Result<ReservationReport, String> {
+        let table = self.load();
+        let l = table
+            .get(target, lun)
+            .ok_or_else(|| format!("no LUN at target {target} LUN {lun}"))?;
+        l.device().reservations().ok_or_else(|| {
+            "this LUN's reservations are its target's: read them from the guest (sg_persist)"
+                .to_string()
+        })
     }
 
     /// Fails or restores one path of a multipath LUN (maintenance).

@@ -49,7 +49,7 @@ use crate::scsi::{DataOut, Outcome, Sense};
 
 pub use live::{LiveLuns, LunChange};
 pub use registry::{build_lun_table, iscsi_options, open_options, status_lines, LunOpenOptions};
-pub use reservations::ReservationSetup;
+pub use reservations::{ReservationReport, ReservationSetup};
 pub use stats::{IoKind, LunStats, QueueStats};
 pub use table::{LunTable, Route};
 pub use task::Task;
@@ -274,6 +274,11 @@ pub trait LunDevice: Send + Sync {
     /// capacity in blocks before and after.
     fn resize(&self, _new_size: Option<u64>, _force: bool) -> Result<(u64, u64), String> {
         Err("this kind of LUN cannot be resized".into())
+    }
+
+    /// The LUN's persistent reservations, when vscsid keeps them (disk LUNs).
+    fn reservations(&self) -> Option<reservations::ReservationReport> {
+        None
     }
 
     /// Fails or restores one path of a multipath LUN, by portal (maintenance).

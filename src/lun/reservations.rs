@@ -65,6 +65,14 @@ struct Waiting {
     reply: Box<dyn FnOnce(ScsiCompletion) + Send>,
 }
 
+/// A LUN's reservations for the operator (`vscsid ctl reservations`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReservationReport {
+    pub nexus: String,
+    pub state_file: Option<PathBuf>,
+    pub state: ReservationState,
+}
+
 /// What a reservation command came to.
 pub enum PrStep {
     Done(Answer),
@@ -178,6 +186,15 @@ impl LunReservations {
         match &self.store {
             Store::File(f) => Some(f.path()),
             Store::Memory(_) => None,
+        }
+    }
+
+    /// The state now, read again if another daemon changed it.
+    pub fn report(&self) -> ReservationReport {
+        ReservationReport {
+            nexus: self.me.clone(),
+            state_file: self.state_file().map(Path::to_path_buf),
+            state: self.current().state.clone(),
         }
     }
 
