@@ -355,7 +355,10 @@ fn the_operator_sees_the_state_both_daemons_share() {
     let control = b.path("control.sock");
     let (ok, text, err) = ctl(&control, &["reservations", "0:0"]);
     assert!(ok, "{err}");
-    assert!(text.contains("this daemon: iqn.2026-12.test:node-b"), "{text}");
+    assert!(
+        text.contains("this daemon: iqn.2026-12.test:node-b"),
+        "{text}"
+    );
     assert!(text.contains("not reserved"), "{text}");
     let mut fa = a.connect(1);
     good(&out(&mut fa, REGISTER, 0, 0, 0x1234, false));

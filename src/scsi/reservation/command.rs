@@ -13,6 +13,9 @@ use crate::scsi::cdb::{be32, be64, byte};
 use crate::scsi::sense::key;
 use crate::scsi::{DataOut, Sense};
 
+/// Longest REGISTER AND MOVE parameter list read.
+const MAX_MOVE_LIST: usize = 24 + 512;
+
 /// What a PERSISTENT RESERVE OUT did besides answering GOOD.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PrOutEffect {
@@ -335,7 +338,9 @@ fn register_and_move(
     if res.kind.all_registrants() || res.holder.as_deref() != Some(me) {
         return Err(PrAnswer::Conflict);
     }
-    let len = (be32(cdb, 5) as usize).min(data.len());
+    // The list is 24 bytes and a TransportID (an iSCSI one is at most 252): what the guest
+    // claims beyond is not read, let alone allocated.
+    let len = (be32(cdb, 5) as usize).min(data.len()).min(MAX_MOVE_LIST);
     let mut list = vec![0u8; len];
     let got = data.read_at(0, &mut list);
     list.truncate(got);

@@ -512,3 +512,72 @@ fn the_state_round_trips_through_json() {
     let back: ReservationState = serde_json::from_slice(&text).expect("decode");
     assert_eq!(back, s);
 }
+
+#[test]
+fn random_reservation_commands_never_panic_and_keep_the_state_sane() {
+    let mut rng = crate::frontend::rng::Rng::new(0x5eed_0f_9e5e_7e55);
+    let nexuses = [A, B, C];
+    let mut s = ReservationState::default();
+    let mut buf = vec![0u8; 600];
+    for i in 0..20_000 {
+        let me = nexuses[(rng.next_u64() % 3) as usize];
+        let mut cdb = [0u8; 32];
+        rng.fill(&mut cdb);
+        cdb[0] = [
+            PERSISTENT_RESERVE_OUT,
+            PERSISTENT_RESERVE_IN,
+            RESERVE_6,
+            RELEASE_10,
+        ][(rng.next_u64() % 4) as usize];
+        // Mostly sane service actions, types and lengths, so the state gets somewhere.
+        if i % 4 != 0 {
+            cdb[1] &= 0x07;
+            cdb[2] = [1, 3, 5, 6, 7, 8][(rng.next_u64() % 6) as usize];
+            cdb[5..9].copy_from_slice(&24u32.to_be_bytes());
+        }
+        let mut data = vec![0u8; (rng.next_u64() % 80) as usize];
+        rng.fill(&mut data);
+        if i % 3 != 0 && data.len() >= 16 {
+            // Keys from a small set, so they match sometimes.
+            let k = rng.next_u64() % 4;
+            data[0..8].copy_from_slice(&k.to_be_bytes());
+            data[8..16].copy_from_slice(&(rng.next_u64() % 4).to_be_bytes());
+        }
+        let before = s.clone();
+        let len = (rng.next_u64() % 600) as usize;
+        match cdb[0] {
+            PERSISTENT_RESERVE_OUT => {
+                if access(&s, me, &cdb) == Access::Allowed
+                    && persistent_reserve_out(&mut s, me, &cdb, &&data[..], true, 1).is_err()
+                {
+                    assert_eq!(s, before);
+                }
+            }
+            PERSISTENT_RESERVE_IN => {
+                if let PrAnswer::Good(n) = persistent_reserve_in(&s, &cdb, true, &mut buf[..len]) {
+                    assert!(n <= len);
+                }
+            }
+            _ => {
+                let _ = reserve_release(&mut s, me, &cdb);
+            }
+        }
+        assert!(s.registrations.len() <= MAX_REGISTRATIONS);
+        let mut names: Vec<&str> = s.registrations.iter().map(|r| r.nexus.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(
+            names.len(),
+            s.registrations.len(),
+            "one registration per nexus"
+        );
+        if let Some(Reservation {
+            holder: Some(h), ..
+        }) = &s.reservation
+        {
+            assert!(s.key_of(h).is_some(), "the holder is registered");
+        }
+        s.aborts.clear();
+        s.attentions.clear();
+    }
+}
