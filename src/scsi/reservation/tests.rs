@@ -515,7 +515,7 @@ fn the_state_round_trips_through_json() {
 
 #[test]
 fn random_reservation_commands_never_panic_and_keep_the_state_sane() {
-    let mut rng = crate::frontend::rng::Rng::new(0x5eed_0f_9e5e_7e55);
+    let mut rng = crate::frontend::rng::Rng::new(0x5eed_0f9e_5e7e_5501);
     let nexuses = [A, B, C];
     let mut s = ReservationState::default();
     let mut buf = vec![0u8; 600];
