@@ -2,11 +2,15 @@
 # Builds the small test guest: Debian's kernel (linux-image-amd64) and a busybox initramfs
 # holding the modules for virtio-scsi disks and ext4, the storage tools the checks use
 # (fio, sg3-utils, e2fsprogs, blkdiscard) with their libraries, and tests/qemu/guest-init.sh
-# as /init. Usage: build-guest.sh <outdir>  ->  <outdir>/vmlinuz, <outdir>/initrd.gz
-# The result is reused while its inputs (kernel, tools, init script) are unchanged.
+# as /init. Usage: build-guest.sh <outdir> [passthrough]  ->  <outdir>/vmlinuz, <outdir>/initrd.gz
+# The passthrough variant adds vscsid itself, its in-guest probe (examples/passthrough_check.rs)
+# and scsi_debug with its dependencies under /lib/modules/extra (loaded by the test, not at
+# boot), for tests/qemu/run-passthrough-e2e.sh. The result is reused while its inputs
+# (kernel, tools, init script) are unchanged.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-out=${1:?usage: build-guest.sh <outdir>}
+out=${1:?usage: build-guest.sh <outdir> [passthrough]}
+variant=${2:-}
 mkdir -p "$out"
 
 kver=$(ls -1 /lib/modules | sort -V | tail -n 1)
@@ -26,9 +30,15 @@ done
 (cd "$here" && cargo build --release --quiet --example guest_dma_hold)
 dma_hold=$here/target/release/examples/guest_dma_hold
 tool_paths+=("$dma_hold")
+EXTRA_MODULES=()
+if [[ $variant == passthrough ]]; then
+  EXTRA_MODULES=(scsi_debug)
+  (cd "$here" && cargo build --release --quiet --bin vscsid --example passthrough_check)
+  tool_paths+=("$here/target/release/vscsid" "$here/target/release/examples/passthrough_check")
+fi
 
 key=$( {
-  echo "$kver"; sha256sum "$kernel" "$here/tests/qemu/guest-init.sh" "$0" /bin/busybox "${tool_paths[@]}"
+  echo "$kver $variant"; sha256sum "$kernel" "$here/tests/qemu/guest-init.sh" "$0" /bin/busybox "${tool_paths[@]}"
 } | sha256sum | cut -d' ' -f1)
 if [[ -f $out/stamp && $(cat "$out/stamp") == "$key" && -f $out/initrd.gz && -f $out/vmlinuz ]]; then
   echo "build-guest: up to date ($out)"
@@ -54,10 +64,27 @@ done | awk '!seen[$0]++' | while read -r ko; do
   echo "$name" >> "$stage/etc/modules.order"
 done
 
+# Modules the test loads itself, with their dependencies, in load order.
+mkdir -p "$stage/lib/modules/extra"
+: > "$stage/etc/extra-modules.order"
+for m in "${EXTRA_MODULES[@]}"; do
+  modprobe -S "$kver" --show-depends "$m" | awk '$1 == "insmod" { print $2 }'
+done | awk '!seen[$0]++' | while read -r ko; do
+  name=$(basename "$ko")
+  case $ko in
+    *.xz) xz -dc "$ko" > "$stage/lib/modules/extra/${name%.xz}"; name=${name%.xz} ;;
+    *.zst) zstd -qdc "$ko" > "$stage/lib/modules/extra/${name%.zst}"; name=${name%.zst} ;;
+    *) cp "$ko" "$stage/lib/modules/extra/$name" ;;
+  esac
+  echo "$name" >> "$stage/etc/extra-modules.order"
+done
+
 # Tools and every shared library they load, at their host paths (the probe in /usr/bin).
 for p in "${tool_paths[@]}"; do
   dest=$p
   [[ $p == "$dma_hold" ]] && dest=/usr/bin/guest_dma_hold
+  [[ $p == */target/release/vscsid ]] && dest=/usr/bin/vscsid
+  [[ $p == */examples/passthrough_check ]] && dest=/usr/bin/passthrough_check
   mkdir -p "$stage$(dirname "$dest")"
   cp -L "$p" "$stage$dest"
   ldd "$p" 2>/dev/null | grep -oE '/[^ )]+' | while read -r lib; do

@@ -119,6 +119,60 @@ if [ "$MODE" = pr ]; then
   finish
 fi
 
+if [ "$MODE" = passthrough ]; then
+  # tests/qemu/run-passthrough-e2e.sh: vscsid runs here, in the guest, on scsi_debug devices
+  # (this kernel has scsi_debug; the build machines' does not), driven by the project's own
+  # frontend (passthrough_check), which also sends each command straight to the device
+  # with SG_IO and compares the answers.
+  load_scsi_debug() { # load_scsi_debug <scsi_debug parameters...>
+    for m in $(cat /etc/extra-modules.order); do
+      if [ "$m" = scsi_debug.ko ]; then insmod "/lib/modules/extra/$m" "$@"; else insmod "/lib/modules/extra/$m" 2>/dev/null; fi
+    done
+    i=0
+    while [ -z "$(debug_dev scsi_generic)" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+  }
+  debug_dev() { # debug_dev scsi_generic|block -> sgN or sdX of the scsi_debug device
+    for d in /sys/bus/scsi/devices/*:*:*:*; do
+      grep -q scsi_debug "$d/model" 2>/dev/null || continue
+      ls "$d/$1" 2>/dev/null | head -n 1
+    done
+  }
+  run_probe() { # run_probe <prefix> <probe args> -- <vscsid LUN args>
+    prefix=$1; shift
+    probe=""
+    while [ "$1" != -- ]; do probe="$probe $1"; shift; done
+    shift
+    rm -f /tmp/pt.sock
+    vscsid --socket /tmp/pt.sock --num-queues 1 "$@" > /tmp/vscsid-$prefix.log 2>&1 &
+    vpid=$!
+    i=0
+    while [ ! -S /tmp/pt.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    if [ ! -S /tmp/pt.sock ]; then
+      check ${prefix}pt-vscsid-started FAIL "$(tail -n 2 /tmp/vscsid-$prefix.log | tr '\n' ' ')"
+      return
+    fi
+    check ${prefix}pt-vscsid-started PASS "vscsid $*"
+    passthrough_check --socket /tmp/pt.sock --prefix "$prefix" $probe
+    kill $vpid 2>/dev/null; wait $vpid
+    n=$(grep -cE ' (ERROR|WARN) ' /tmp/vscsid-$prefix.log)
+    check ${prefix}pt-vscsid-log "$( [ "$n" = 0 ] && echo PASS || echo FAIL )" "$n warnings or errors"
+    [ "$n" = 0 ] || grep -E ' (ERROR|WARN) ' /tmp/vscsid-$prefix.log | head -n 3
+  }
+  load_scsi_debug dev_size_mb=64
+  SG=$(debug_dev scsi_generic); SD=$(debug_dev block)
+  if [ -z "$SG" ] || [ -z "$SD" ]; then check pt-scsi-debug FAIL "no scsi_debug disk"; finish; fi
+  check pt-scsi-debug PASS "disk /dev/$SD /dev/$SG"
+  run_probe sg- --device /dev/$SG --mode disk -- --sg /dev/$SG
+  run_probe block- --device /dev/$SG --mode disk --delete-after -- --disk /dev/$SD,passthrough,cache=none
+  rmmod scsi_debug
+  load_scsi_debug ptype=1
+  SG=$(debug_dev scsi_generic)
+  if [ -z "$SG" ]; then check pt-scsi-debug-tape FAIL "no scsi_debug tape"; finish; fi
+  check pt-scsi-debug-tape PASS "tape /dev/$SG"
+  run_probe tape- --device /dev/$SG --mode tape -- --sg /dev/$SG
+  finish
+fi
+
 if [ "$MODE" = multipath ]; then
   # tests/qemu/run-multipath-e2e.sh breaks the LUN's paths while this fio runs: every
   # block written is read back and checked (verify_backlog) during the run.
