@@ -622,63 +622,57 @@ fn handle_signals(
     upgrade: Option<Upgrade>,
 ) -> std::io::Result<()> {
     let luns = shutdown.luns.clone();
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            sandbox::enter(ThreadKind::Signals);
-            for sig in signals.forever() {
-                if sig == SIGUSR1 {
-                    for line in status_lines(&luns.snapshot()) {
-                        tracing::info!("status: {line}");
-                    }
-                    continue;
+    sandbox::spawn(ThreadKind::Signals, "signals", move || {
+        for sig in signals.forever() {
+            if sig == SIGUSR1 {
+                for line in status_lines(&luns.snapshot()) {
+                    tracing::info!("status: {line}");
                 }
-                if sig == SIGHUP {
-                    reload_config(&shutdown.luns, &shutdown.running, &shutdown.service);
-                    continue;
-                }
-                if sig == SIGUSR2 {
-                    match &upgrade {
-                        Some(u) => u.run(&current),
-                        None => tracing::error!("upgrade refused: the program's path is unknown"),
-                    }
-                    continue;
-                }
-                tracing::info!(signal = sig, "shutting down: draining in-flight I/O");
-                shutdown
-                    .service
-                    .stopping("stopping: draining in-flight I/O");
-                let deadline = Instant::now() + SHUTDOWN_BUDGET;
-                let mut clean = current.drain();
-                if !clean {
-                    tracing::error!("in-flight I/O did not complete in time");
-                }
-                // Flushing can block on a stuck medium: it runs on its own thread, waited
-                // for only until the deadline.
-                let (done_tx, done_rx) = std::sync::mpsc::channel();
-                let flushing = luns.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("shutdown-flush".into())
-                    .spawn(move || {
-                        sandbox::enter(ThreadKind::Flush);
-                        for (_, _, lun) in flushing.snapshot().luns() {
-                            lun.device().make_durable();
-                        }
-                        let _ = done_tx.send(());
-                    });
-                let left = deadline.saturating_duration_since(Instant::now());
-                if spawned.is_err() || done_rx.recv_timeout(left).is_err() {
-                    tracing::error!("completed writes could not be made durable in time");
-                    clean = false;
-                }
-                // Nothing is in flight any more: the iSCSI sessions log out.
-                shutdown.end_sessions(deadline.min(Instant::now() + LOGOUT_WAIT));
-                socket.remove();
-                if let Some(c) = &shutdown.control {
-                    c.remove();
-                }
-                std::process::exit(if clean { 0 } else { 1 });
+                continue;
             }
-        })?;
+            if sig == SIGHUP {
+                reload_config(&shutdown.luns, &shutdown.running, &shutdown.service);
+                continue;
+            }
+            if sig == SIGUSR2 {
+                match &upgrade {
+                    Some(u) => u.run(&current),
+                    None => tracing::error!("upgrade refused: the program's path is unknown"),
+                }
+                continue;
+            }
+            tracing::info!(signal = sig, "shutting down: draining in-flight I/O");
+            shutdown
+                .service
+                .stopping("stopping: draining in-flight I/O");
+            let deadline = Instant::now() + SHUTDOWN_BUDGET;
+            let mut clean = current.drain();
+            if !clean {
+                tracing::error!("in-flight I/O did not complete in time");
+            }
+            // Flushing can block on a stuck medium: it runs on its own thread, waited
+            // for only until the deadline.
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            let flushing = luns.clone();
+            let spawned = sandbox::spawn(ThreadKind::Flush, "shutdown-flush", move || {
+                for (_, _, lun) in flushing.snapshot().luns() {
+                    lun.device().make_durable();
+                }
+                let _ = done_tx.send(());
+            });
+            let left = deadline.saturating_duration_since(Instant::now());
+            if spawned.is_err() || done_rx.recv_timeout(left).is_err() {
+                tracing::error!("completed writes could not be made durable in time");
+                clean = false;
+            }
+            // Nothing is in flight any more: the iSCSI sessions log out.
+            shutdown.end_sessions(deadline.min(Instant::now() + LOGOUT_WAIT));
+            socket.remove();
+            if let Some(c) = &shutdown.control {
+                c.remove();
+            }
+            std::process::exit(if clean { 0 } else { 1 });
+        }
+    })?;
     Ok(())
 }

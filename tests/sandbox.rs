@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use common::*;
 use iscsi_common::hostile_target::{HostileTarget, Misbehaviour};
+use iscsi_common::link::Link;
+use iscsi_common::{Accounts, Tgtd, IQN};
 
 const MIB: u64 = 1 << 20;
 
@@ -497,6 +499,60 @@ fn luns_added_through_the_control_socket_are_served_under_the_filters() {
     );
     for (name, mode, _) in threads {
         assert_eq!(mode, "2", "thread {name}");
+    }
+    assert!(!d.log().contains("vscsid: sandbox:"), "{}", d.log());
+}
+
+/// The deepest chain of filters a thread may run under: the main thread's, a worker's
+/// and an iSCSI thread's (a recovery a worker started when a path failed under it); the
+/// library's unit tests check the kinds' chains of starts against the same bound.
+const MAX_FILTER_DEPTH: u32 = 3;
+
+/// A path that reconnects again and again: each loss starts the recovery thread from the
+/// reader, and each login starts the next reader from the recovery thread, all iSCSI
+/// threads. No thread may run under more filters than its chain of kinds has: the kernel
+/// limits the instructions of a thread's filters, and a thread that cannot install its
+/// filter ends the daemon.
+#[test]
+fn reconnects_do_not_pile_up_filters() {
+    const RECONNECTS: usize = 20;
+    let tgtd = Tgtd::start(16 * MIB, Accounts::default());
+    let upstream = format!("127.0.0.1:{}", tgtd.port)
+        .parse()
+        .expect("portal address");
+    let link = Link::start("127.0.0.2", upstream);
+    let url = format!("iscsi://{}/{IQN}/1", link.portal());
+    let d = Daemon::start_logged(&[], &["--iscsi", &url, "--num-queues", "1"], &[]);
+    let _log = LogOnPanic::of(&d);
+    let pid = d.child.id();
+    let mut fe = d.connect(1);
+    // A READ through the target, again after a unit attention (a new nexus reports one).
+    let mut read = || {
+        (0..5).any(|_| {
+            fe.command(&cmd(0, &read16(0, 8), &[], 4096))
+                .is_ok_and(|r| (r.response, r.status) == (0, 0))
+        })
+    };
+    assert!(read(), "no READ through the target");
+    for i in 1..=RECONNECTS {
+        let logins = link.logins().len();
+        link.cut_reset();
+        std::thread::sleep(Duration::from_millis(20));
+        link.restore();
+        wait_until(
+            &format!("no login after cut {i}"),
+            Duration::from_secs(20),
+            || link.logins().len() > logins,
+        );
+        // A command completed on the new connection: the path is up again, and its end
+        // at the next cut is not counted as a failure (no growing back-off).
+        assert!(read(), "no READ after reconnect {i}");
+        for (name, _, filters) in thread_filters(pid) {
+            assert!(
+                filters <= MAX_FILTER_DEPTH,
+                "after reconnect {i}, thread {name} runs under {filters} filters"
+            );
+        }
     }
     assert!(!d.log().contains("vscsid: sandbox:"), "{}", d.log());
 }

@@ -35,13 +35,10 @@ pub fn start(addr: SocketAddr, luns: Arc<LiveLuns>, vm: String) -> Result<Socket
             "metrics served on a non-loopback address: whoever reaches it reads the LUN statistics"
         );
     }
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            crate::sandbox::enter(crate::sandbox::ThreadKind::Metrics);
-            accept_loop(&listener, &luns, &vm)
-        })
-        .map_err(|e| format!("metrics: cannot start its thread: {e}"))?;
+    crate::sandbox::spawn(crate::sandbox::ThreadKind::Metrics, "metrics", move || {
+        accept_loop(&listener, &luns, &vm)
+    })
+    .map_err(|e| format!("metrics: cannot start its thread: {e}"))?;
     tracing::info!(metrics = %bound, "metrics listening (GET /metrics)");
     Ok(bound)
 }
@@ -60,13 +57,14 @@ fn accept_loop(listener: &TcpListener, luns: &Arc<LiveLuns>, vm: &str) {
             continue;
         }
         let (luns, count, vm) = (luns.clone(), clients.clone(), vm.to_string());
-        let spawned = std::thread::Builder::new()
-            .name("metrics-client".into())
-            .spawn(move || {
-                crate::sandbox::enter(crate::sandbox::ThreadKind::Metrics);
+        let spawned = crate::sandbox::spawn(
+            crate::sandbox::ThreadKind::Metrics,
+            "metrics-client",
+            move || {
                 serve(stream, &luns, &vm);
                 count.fetch_sub(1, Ordering::AcqRel);
-            });
+            },
+        );
         if spawned.is_err() {
             clients.fetch_sub(1, Ordering::AcqRel);
         }

@@ -56,13 +56,10 @@ impl ControlServer {
             .map_err(control)?;
         let socket = VhostSocket::bind(path, access).map_err(control)?;
         let remover = socket.remover();
-        std::thread::Builder::new()
-            .name("control".into())
-            .spawn(move || {
-                crate::sandbox::enter(crate::sandbox::ThreadKind::Control);
-                accept_loop(&socket, &luns, group, &vm)
-            })
-            .map_err(|e| format!("control: cannot start its thread: {e}"))?;
+        crate::sandbox::spawn(crate::sandbox::ThreadKind::Control, "control", move || {
+            accept_loop(&socket, &luns, group, &vm)
+        })
+        .map_err(|e| format!("control: cannot start its thread: {e}"))?;
         tracing::info!(control = %path.display(), "control socket listening");
         Ok(ControlServer { remover })
     }
@@ -90,13 +87,14 @@ fn accept_loop(socket: &VhostSocket, luns: &Arc<LiveLuns>, group: Option<u32>, v
             continue;
         }
         let (luns, count, vm) = (luns.clone(), clients.clone(), vm.to_string());
-        let spawned = std::thread::Builder::new()
-            .name("control-client".into())
-            .spawn(move || {
-                crate::sandbox::enter(crate::sandbox::ThreadKind::Control);
+        let spawned = crate::sandbox::spawn(
+            crate::sandbox::ThreadKind::Control,
+            "control-client",
+            move || {
                 serve_client(stream, &luns, &vm);
                 count.fetch_sub(1, Ordering::AcqRel);
-            });
+            },
+        );
         if spawned.is_err() {
             clients.fetch_sub(1, Ordering::AcqRel);
         }

@@ -248,14 +248,15 @@ impl Session {
     /// (a secondary path may come up later); otherwise the error is final.
     pub(crate) fn start(self: &Arc<Self>, retry_in_background: bool) -> Result<(), LoginError> {
         let keep = self.clone();
-        std::thread::Builder::new()
-            .name("iscsi-keepalive".into())
-            .spawn(move || {
-                crate::sandbox::enter(crate::sandbox::ThreadKind::Iscsi);
+        crate::sandbox::spawn(
+            crate::sandbox::ThreadKind::Iscsi,
+            "iscsi-keepalive",
+            move || {
                 let _span = keep.span.clone().entered();
                 keep.keepalive_loop()
-            })
-            .map_err(|e| LoginError::Protocol(e.to_string()))?;
+            },
+        )
+        .map_err(|e| LoginError::Protocol(e.to_string()))?;
         match self.establish() {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -266,13 +267,14 @@ impl Session {
                         st.reconnect_failures = 1;
                     }
                     let me = self.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("iscsi-recovery".into())
-                        .spawn(move || {
-                            crate::sandbox::enter(crate::sandbox::ThreadKind::Iscsi);
+                    let _ = crate::sandbox::spawn(
+                        crate::sandbox::ThreadKind::Iscsi,
+                        "iscsi-recovery",
+                        move || {
                             let _span = me.span.clone().entered();
                             me.recover()
-                        });
+                        },
+                    );
                 } else {
                     self.closing.store(true, Ordering::Release);
                 }
@@ -347,13 +349,14 @@ impl Session {
             self.up.store(true, Ordering::Release);
         }
         let me = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("iscsi-reader".into())
-            .spawn(move || {
-                crate::sandbox::enter(crate::sandbox::ThreadKind::Iscsi);
+        let spawned = crate::sandbox::spawn(
+            crate::sandbox::ThreadKind::Iscsi,
+            "iscsi-reader",
+            move || {
                 let _span = me.span.clone().entered();
                 me.reader_loop(reader, framing, generation)
-            });
+            },
+        );
         if let Err(e) = spawned {
             let mut st = self.lock();
             if st.generation != generation {

@@ -170,13 +170,14 @@ impl LunReservations {
         r.refresh();
         if matches!(r.store, Store::File(_)) {
             let weak = Arc::downgrade(&r);
-            std::thread::Builder::new()
-                .name("vscsid-pr".into())
-                .spawn(move || {
-                    crate::sandbox::enter(crate::sandbox::ThreadKind::Reservations);
+            crate::sandbox::spawn(
+                crate::sandbox::ThreadKind::Reservations,
+                "vscsid-pr",
+                move || {
                     watch(weak);
-                })
-                .map_err(|e| format!("cannot start the reservation thread: {e}"))?;
+                },
+            )
+            .map_err(|e| format!("cannot start the reservation thread: {e}"))?;
         }
         Ok(r)
     }

@@ -115,10 +115,8 @@ impl TaskManagement {
             let slot = Arc::new(Forwarded::default());
             let (lun, answer, function) = (l.clone(), slot.clone(), request.forwarded_as());
             let wake = wake.try_clone();
-            let spawned = std::thread::Builder::new()
-                .name("lun-tmf".into())
-                .spawn(move || {
-                    crate::sandbox::enter(crate::sandbox::ThreadKind::Iscsi);
+            let spawned =
+                crate::sandbox::spawn(crate::sandbox::ThreadKind::Iscsi, "lun-tmf", move || {
                     let r = lun
                         .device()
                         .forward_task_management(function, id)

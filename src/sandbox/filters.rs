@@ -377,7 +377,9 @@ fn set_ids(uid: u32, gid: u32) -> Vec<Call> {
     ]
 }
 
-/// The kinds a kind starts threads of: its own filter must allow what they need.
+/// The kinds a kind starts threads of: its own filter must allow what they need. A start
+/// of the kind itself adds no filter (the new thread keeps its creator's), and no chain of
+/// starts comes back to a kind it left, so filters do not pile up on a thread.
 pub fn spawns(kind: ThreadKind, needs: &Needs) -> Vec<ThreadKind> {
     match kind {
         ThreadKind::Main => {
@@ -645,7 +647,8 @@ mod tests {
 
     #[test]
     fn a_kind_allows_what_the_threads_it_starts_need() {
-        // A started thread inherits its creator's filter: its own calls must pass both.
+        // A started thread inherits its creator's filter: its own calls must pass both
+        // (one of its creator's kind adds none: the creator's is its own).
         for needs in needs_all() {
             for kind in ThreadKind::ALL {
                 let parent = filter_rules(kind, &needs).expect("rules");
@@ -669,6 +672,40 @@ mod tests {
                     assert!(allows(kind, &needs, libc::SYS_clone3), "{kind:?}");
                 }
             }
+        }
+    }
+
+    /// The longest chain of filters a thread started by a `kind` thread (or `kind`'s
+    /// thread itself) runs under; `chain` holds the kinds that led here.
+    fn deepest(kind: ThreadKind, needs: &Needs, chain: &mut Vec<ThreadKind>) -> usize {
+        chain.push(kind);
+        let mut below = 0;
+        for child in spawns(kind, needs) {
+            // Started under its own kind's filter: the new thread adds none.
+            if child == kind {
+                continue;
+            }
+            // A return would add that kind's filter again on every round (and end the
+            // recursion, which is bounded by the number of kinds).
+            assert!(!chain.contains(&child), "{chain:?} starts {child:?} again");
+            below = below.max(deepest(child, needs, chain));
+        }
+        chain.pop();
+        below + 1
+    }
+
+    #[test]
+    fn no_thread_runs_under_more_filters_than_main_worker_and_iscsi() {
+        // The depth the daemon's tests allow every thread (tests/sandbox.rs): the main
+        // thread's filter, a worker's, and that of a thread the worker started (an iSCSI
+        // recovery, the task management ticker).
+        for needs in needs_all() {
+            for kind in ThreadKind::ALL {
+                let depth = deepest(kind, &needs, &mut Vec::new());
+                assert!(depth <= 3, "{kind:?} starts chains {depth} filters deep");
+            }
+            // Main, worker, and the ticker or an iSCSI thread: the bound is reached.
+            assert_eq!(deepest(ThreadKind::Main, &needs, &mut Vec::new()), 3);
         }
     }
 

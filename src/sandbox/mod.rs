@@ -3,13 +3,26 @@
 //! unprivileged user (`--user`) once the LUNs and the socket are open.
 //!
 //! How it is laid out: [`prepare`] (in `main`, before any thread starts) compiles one
-//! filter per [`ThreadKind`] and installs the SIGSYS handler; each thread then calls
-//! [`enter`] with its kind as the first thing it does, and the main thread calls it for
-//! [`ThreadKind::Main`] once start-up is over. Filters are per thread and a thread inherits
-//! its creator's filter, so a thread's calls must pass its own filter *and* every filter
-//! of the threads that created it: a kind's allow list therefore includes what the kinds
-//! it starts need (checked by the unit tests). Without [`prepare`] (`--sandbox off`, and
-//! the library's own tests) [`enter`] does nothing.
+//! filter per [`ThreadKind`] and installs the SIGSYS handler; threads are started with
+//! [`spawn`], which has each one call [`enter`] with its kind as the first thing it does,
+//! and the main thread calls [`enter`] for [`ThreadKind::Main`] once start-up is over.
+//! Filters are per thread and a thread inherits its creator's filters, so a thread's calls
+//! must pass its own filter *and* every filter of the threads that created it: a kind's
+//! allow list therefore includes what the kinds it starts need (checked by the unit
+//! tests). Without [`prepare`] (`--sandbox off`, and the library's own tests) [`enter`]
+//! installs nothing.
+//!
+//! A thread started by a thread of its own kind (an iSCSI reader by a recovery thread, a
+//! control client by the control thread) already runs under that kind's filter and adds
+//! no second copy: it would allow nothing less, and the kernel limits the instructions of
+//! all filters on a thread (MAX_INSNS_PER_PATH, 32768, hundreds per filter). With a copy
+//! added on every reconnect of a path (a recovery thread, then a reader), about 25
+//! reconnects left no room for the next one, and the daemon ended. A thread-local records
+//! the kind whose filter the thread runs under last; [`spawn`] hands the creator's to the
+//! new thread, and [`enter`] installs only a different kind's. No chain of starts returns
+//! to a kind it left (checked by the unit tests), so a thread runs under at most as many
+//! filters as the longest chain of kinds: main, worker, and the ticker or an iSCSI thread
+//! (a recovery a worker started); one more after an upgrade in place ([`INHERITED_ENV`]).
 //!
 //! A call outside the filter: the kernel answers SECCOMP_RET_TRAP, a SIGSYS whose handler
 //! ([`trap`]) writes one line to stderr (the journal under systemd), naming the thread and
@@ -24,17 +37,19 @@
 //! over the test suites under `--sandbox log`, each thread's calls after its filter went
 //! on counted for its kind.
 //!
-//! A new thread must call [`enter`] with a kind whose list covers what it does (and its
-//! creator's list must cover it too). Opening images and logging in to targets while the
-//! daemon runs happens on the control threads (`vscsid ctl add`) and the signal thread
-//! (SIGHUP reload) only, whose lists cover start-up; with `--user` the files they open
-//! must be accessible to that user.
+//! A new thread must be started with [`spawn`] and a kind whose list covers what it does
+//! (and its creator's list must cover it too). Opening images and logging in to targets
+//! while the daemon runs happens on the control threads (`vscsid ctl add`) and the signal
+//! thread (SIGHUP reload) only, whose lists cover start-up; with `--user` the files they
+//! open must be accessible to that user.
 
 mod filters;
 mod trap;
 pub(crate) mod user;
 
+use std::cell::Cell;
 use std::sync::OnceLock;
+use std::thread::JoinHandle;
 
 pub use filters::{filter_rules, spawns};
 pub use trap::{set_journal, EXIT_STATUS};
@@ -185,27 +200,68 @@ pub fn active() -> bool {
     PREPARED.get().is_some()
 }
 
-/// Installs `kind`'s filter on the calling thread (nothing without [`prepare`]). A thread
-/// that cannot be confined ends the daemon: running unconfined is not what was asked.
+thread_local! {
+    /// The kind whose filter the calling thread runs under last: set by [`enter`], and by
+    /// [`spawn`] in a new thread to its creator's before that thread's own [`enter`].
+    /// `None` on a thread that entered no kind (the main thread during start-up, threads
+    /// of the tests and libraries).
+    static UNDER: Cell<Option<ThreadKind>> = const { Cell::new(None) };
+}
+
+/// Starts a thread named `name` that runs `f` under `kind`'s filter: it enters `kind`
+/// first, adding no filter when its creator already runs under that kind's (see the
+/// module's comment).
+pub fn spawn<F, T>(
+    kind: ThreadKind,
+    name: impl Into<String>,
+    f: F,
+) -> std::io::Result<JoinHandle<T>>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let creator = UNDER.get();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            // The new thread runs under its creator's filters until it installs its own.
+            UNDER.set(creator);
+            enter(kind);
+            f()
+        })
+}
+
+/// Installs `kind`'s filter on the calling thread (nothing without [`prepare`], nor when
+/// the thread already runs under that kind's filter). A thread that cannot be confined
+/// ends the daemon: running unconfined is not what was asked.
 pub fn enter(kind: ThreadKind) {
-    if let Some(prepared) = PREPARED.get() {
-        if kind == ThreadKind::Signals && prepared.inherited {
-            // Already under the previous program's signal filter, which allows what
-            // this one would (and upgrades must not pile up filters: the kernel limits
-            // the instructions of all filters on a thread).
-            return;
-        }
-        if let Some((_, program)) = prepared.programs.iter().find(|(k, _)| *k == kind) {
-            if let Err(e) = apply(program) {
-                trap::fatal(&format!(
-                    "sandbox: cannot install the {} filter: {e} (--sandbox off runs without)",
-                    kind.name()
-                ));
-            }
-        }
+    if UNDER.get() != Some(kind) {
+        install(kind);
+        UNDER.set(Some(kind));
     }
     if kind == ThreadKind::Worker {
         forbidden_call_for_tests();
+    }
+}
+
+/// Adds `kind`'s filter to the calling thread's.
+fn install(kind: ThreadKind) {
+    let Some(prepared) = PREPARED.get() else {
+        return;
+    };
+    if kind == ThreadKind::Signals && prepared.inherited {
+        // Already under the previous program's signal filter, which allows what this
+        // one would (and upgrades must not pile up filters: the kernel limits the
+        // instructions of all filters on a thread).
+        return;
+    }
+    if let Some((_, program)) = prepared.programs.iter().find(|(k, _)| *k == kind) {
+        if let Err(e) = apply(program) {
+            trap::fatal(&format!(
+                "sandbox: cannot install the {} filter: {e} (--sandbox off runs without)",
+                kind.name()
+            ));
+        }
     }
 }
 

@@ -97,12 +97,9 @@ impl Service {
         status: impl Fn() -> String + Send + 'static,
     ) -> std::io::Result<()> {
         let me = self.clone();
-        std::thread::Builder::new()
-            .name("service".into())
-            .spawn(move || {
-                crate::sandbox::enter(crate::sandbox::ThreadKind::Service);
-                me.monitor(&status)
-            })?;
+        crate::sandbox::spawn(crate::sandbox::ThreadKind::Service, "service", move || {
+            me.monitor(&status)
+        })?;
         Ok(())
     }
 

@@ -40,10 +40,10 @@ struct PendingTmf {
 fn start_ticker(sh: &Shared) -> Arc<AtomicBool> {
     let answered = Arc::new(AtomicBool::new(false));
     let (stop, wake) = (answered.clone(), sh.tmf_event.try_clone());
-    let spawned = std::thread::Builder::new()
-        .name("tmf-ticker".into())
-        .spawn(move || {
-            crate::sandbox::enter(crate::sandbox::ThreadKind::Ticker);
+    let spawned = crate::sandbox::spawn(
+        crate::sandbox::ThreadKind::Ticker,
+        "tmf-ticker",
+        move || {
             let Ok(wake) = wake else {
                 return;
             };
@@ -52,7 +52,8 @@ fn start_ticker(sh: &Shared) -> Arc<AtomicBool> {
                 std::thread::sleep(TMF_TICK);
                 let _ = wake.write(1);
             }
-        });
+        },
+    );
     if let Err(e) = spawned {
         tracing::warn!("cannot start the task management ticker: {e}");
     }

@@ -135,10 +135,7 @@ impl ScsiDevice {
         tracing::warn!(
             "connection ended with block I/O in the kernel; its commands end when it completes"
         );
-        std::thread::Builder::new()
-            .name("abandoned-io".into())
-            .spawn(move || {
-                crate::sandbox::enter(crate::sandbox::ThreadKind::Worker);
+        crate::sandbox::spawn(crate::sandbox::ThreadKind::Worker, "abandoned-io", move || {
                 let deadline = Instant::now() + ABANDONED_IO_WAIT;
                 let mut left = left;
                 while !left.is_empty() && Instant::now() < deadline {

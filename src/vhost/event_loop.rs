@@ -73,8 +73,7 @@ impl QueueThread {
         let timeout_ms = heartbeats.tick().map_or(-1, |t| {
             i32::try_from(t.as_millis().max(1)).unwrap_or(i32::MAX)
         });
-        let handle = std::thread::Builder::new().name(name).spawn(move || {
-            crate::sandbox::enter(crate::sandbox::ThreadKind::Worker);
+        let handle = crate::sandbox::spawn(crate::sandbox::ThreadKind::Worker, name, move || {
             run(&c, &device, thread_id, &vrings, &beat, timeout_ms)
         })?;
         Ok(QueueThread {

@@ -210,14 +210,15 @@ impl Core {
         }
         let weak = Arc::downgrade(&core);
         let span = tracing::Span::current();
-        std::thread::Builder::new()
-            .name("iscsi-multipath".into())
-            .spawn(move || {
-                crate::sandbox::enter(crate::sandbox::ThreadKind::Iscsi);
+        crate::sandbox::spawn(
+            crate::sandbox::ThreadKind::Iscsi,
+            "iscsi-multipath",
+            move || {
                 let _span = span.entered();
                 expiry_loop(weak)
-            })
-            .map_err(|e| LoginError::Protocol(e.to_string()))?;
+            },
+        )
+        .map_err(|e| LoginError::Protocol(e.to_string()))?;
         Ok(core)
     }
 
@@ -391,7 +392,6 @@ impl Core {
         let span = tracing::Span::current();
         let thread_reply = reply.clone();
         let repeat = move || {
-            crate::sandbox::enter(crate::sandbox::ThreadKind::Iscsi);
             let _span = span.entered();
             for i in others {
                 core.repeat_on(i, &repeat);
@@ -402,10 +402,11 @@ impl Core {
         };
         // Without a thread the repeats are skipped: the guest still gets its answer, and
         // the paths are registered when they next log in.
-        if let Err(e) = std::thread::Builder::new()
-            .name("iscsi-pr-register".into())
-            .spawn(repeat)
-        {
+        if let Err(e) = crate::sandbox::spawn(
+            crate::sandbox::ThreadKind::Iscsi,
+            "iscsi-pr-register",
+            repeat,
+        ) {
             tracing::error!(
                 lun = self.lun.value(),
                 "iSCSI: cannot start the thread that registers the other paths: {e}"

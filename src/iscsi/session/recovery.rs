@@ -121,13 +121,14 @@ impl Session {
         if !st.recovering && !self.closing.load(Ordering::Acquire) {
             st.recovering = true;
             let me = self.clone();
-            let _ = std::thread::Builder::new()
-                .name("iscsi-recovery".into())
-                .spawn(move || {
-                    crate::sandbox::enter(crate::sandbox::ThreadKind::Iscsi);
+            let _ = crate::sandbox::spawn(
+                crate::sandbox::ThreadKind::Iscsi,
+                "iscsi-recovery",
+                move || {
                     let _span = me.span.clone().entered();
                     me.recover()
-                });
+                },
+            );
         }
         self.changed.notify_all();
     }
