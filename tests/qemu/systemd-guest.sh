@@ -175,6 +175,15 @@ refused_as_outsider() {
   [[ $st != 0 && $out == *"ermission denied"* ]]
 }
 
+# The unit's StateDirectory= is vscsid's --state-dir ($STATE_DIRECTORY): LUN 1, shared
+# since the reload, keeps its reservations there.
+reservation_state_dir() {
+  local f
+  f=$(ls /var/lib/vscsid-reservations/reservations-*.state 2>/dev/null | head -n 1)
+  note "state file '$f': $(stat -c '%U %a' "$f" 2>&1)"
+  [[ -n $f && $(stat -c '%U %a' "$f") == "vscsid 600" ]]
+}
+
 reload_applies_config() {
   local pid0 pid1 st=0 t0 out
   pid0=$(main_pid $U) || return 1
@@ -188,6 +197,7 @@ lun = 1
 path = "/var/lib/vscsid/vm1-data.img"
 cache = "writeback"
 serial = "VM1-DATA"
+shared = true
 EOF
   timeout 30 systemctl reload $U || { note "systemctl reload failed"; return 1; }
   wait_for 30 status_has "2 LUNs" || { note "StatusText '$(prop $U StatusText)'"; st=1; }
@@ -338,6 +348,7 @@ check "socket: created by vscsid with socket_group/socket_mode (vscsid:vscsid-cl
 check "I/O: loadgen as a member of the socket's group writes and reads LUN 0" io_as_group_member
 check "access: loadgen as another user is refused (EACCES)" refused_as_outsider
 check "reload: upgrade in place re-reads the config (LUN 1 added, same MainPID)" reload_applies_config
+check "reservations: the shared LUN's state file is in the unit's StateDirectory (vscsid, 0600)" reservation_state_dir
 check "journal: -o json has VM=, LUN=, SYSLOG_IDENTIFIER=, PRIORITY=" journal_fields
 check "kill -9: systemd restarts the daemon (Restart=on-failure), I/O again" kill9_restarts
 check "watchdog: a stuck worker stops the pings, systemd restarts the daemon" watchdog_restarts_stuck_worker
