@@ -146,7 +146,8 @@ impl Probe {
         let (ok, detail) = match (&direct, &through) {
             (Ok(d), Some(t)) => {
                 let same_sense = key_of(&d.sense) == key_of(&t.sense);
-                let ok = t.response == 0 && d.status == t.status && same_sense && d.data == t.data_in;
+                let ok =
+                    t.response == 0 && d.status == t.status && same_sense && d.data == t.data_in;
                 (
                     ok,
                     format!(
@@ -177,7 +178,9 @@ fn key_of(sense: &[u8]) -> Option<(u8, u8, u8)> {
 }
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 fn rw10(op: u8, lba: u32, blocks: u16) -> [u8; 10] {
@@ -215,14 +218,32 @@ fn disk_checks(p: &mut Probe) {
         &vendor,
     );
     for page in [0x00u8, 0x80, 0x83] {
-        p.same_both_ways(&format!("pt-vpd-{page:02x}-unchanged"), &inquiry(Some(page), 252), 252);
+        p.same_both_ways(
+            &format!("pt-vpd-{page:02x}-unchanged"),
+            &inquiry(Some(page), 252),
+            252,
+        );
     }
-    p.same_both_ways("pt-read-capacity-unchanged", &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], 8);
-    p.same_both_ways("pt-mode-sense-unchanged", &[0x5a, 0, 0x3f, 0, 0, 0, 0, 0x10, 0, 0], 4096);
+    p.same_both_ways(
+        "pt-read-capacity-unchanged",
+        &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        8,
+    );
+    p.same_both_ways(
+        "pt-mode-sense-unchanged",
+        &[0x5a, 0, 0x3f, 0, 0, 0, 0, 0x10, 0, 0],
+        4096,
+    );
     // REPORT LUNS: vscsid's own table (one LUN), not the device's.
     let r = p.via_vscsid(&[0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], &[], 256);
-    let luns = r.as_ref().map(|r| u32::from_be_bytes(r.data_in[0..4].try_into().unwrap_or([0; 4])) / 8);
-    p.check("pt-report-luns-by-vscsid", luns == Some(1), &format!("{luns:?} LUNs"));
+    let luns = r
+        .as_ref()
+        .map(|r| u32::from_be_bytes(r.data_in[0..4].try_into().unwrap_or([0; 4])) / 8);
+    p.check(
+        "pt-report-luns-by-vscsid",
+        luns == Some(1),
+        &format!("{luns:?} LUNs"),
+    );
     // Data both ways: written through vscsid, read back through vscsid and straight from
     // the device.
     let data = pattern(7, 64 * 512);
@@ -230,9 +251,16 @@ fn disk_checks(p: &mut Probe) {
     let r = p.via_vscsid(&rw10(0x28, 100, 64), &[], data.len() as u32);
     let direct = sg_io(&p.dev, &rw10(0x28, 100, 64), &[], data.len());
     let ok = w.as_ref().is_some_and(|w| w.status == 0)
-        && r.as_ref().is_some_and(|r| r.status == 0 && r.data_in == data)
-        && direct.as_ref().is_ok_and(|d| d.status == 0 && d.data == data);
-    p.check("pt-write-read-pattern", ok, "64 blocks at LBA 100, read back both ways");
+        && r.as_ref()
+            .is_some_and(|r| r.status == 0 && r.data_in == data)
+        && direct
+            .as_ref()
+            .is_ok_and(|d| d.status == 0 && d.data == data);
+    p.check(
+        "pt-write-read-pattern",
+        ok,
+        "64 blocks at LBA 100, read back both ways",
+    );
     // An error the device injects comes back as the device's sense.
     let armed = std::fs::write(SCSI_DEBUG_OPTS, OPT_MEDIUM_ERR.to_string()).is_ok();
     let cdb = rw10(0x28, MEDIUM_ERROR_LBA, 1);
@@ -241,7 +269,9 @@ fn disk_checks(p: &mut Probe) {
     let sense = r.as_ref().and_then(|r| key_of(&r.sense));
     p.check(
         "pt-injected-medium-error",
-        armed && r.as_ref().is_some_and(|r| r.status == 2) && sense.is_some_and(|s| s.0 == 3 && s.1 == 0x11),
+        armed
+            && r.as_ref().is_some_and(|r| r.status == 2)
+            && sense.is_some_and(|s| s.0 == 3 && s.1 == 0x11),
         &format!("sense {sense:?}"),
     );
     // A vendor-specific opcode the device does not know: its own answer, unchanged.
@@ -251,20 +281,35 @@ fn disk_checks(p: &mut Probe) {
 fn tape_checks(p: &mut Probe) {
     let r = p.via_vscsid(&inquiry(None, 96), &[], 96);
     let ptype = r.as_ref().and_then(|r| r.data_in.first()).map(|b| b & 0x1f);
-    p.check("pt-tape-inquiry", ptype == Some(1), &format!("peripheral type {ptype:?}"));
+    p.check(
+        "pt-tape-inquiry",
+        ptype == Some(1),
+        &format!("peripheral type {ptype:?}"),
+    );
     // What the device makes of tape commands, through vscsid as straight: REWIND, WRITE
     // FILEMARKS(6) (1 filemark), READ POSITION (short form).
     p.same_both_ways("pt-tape-rewind", &[0x01, 0, 0, 0, 0, 0], 0);
     p.same_both_ways("pt-tape-write-filemarks", &[0x10, 0, 0, 0, 1, 0], 0);
-    p.same_both_ways("pt-tape-read-position", &[0x34, 0, 0, 0, 0, 0, 0, 0, 0, 0], 20);
+    p.same_both_ways(
+        "pt-tape-read-position",
+        &[0x34, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        20,
+    );
     p.same_both_ways("pt-tape-rewind-again", &[0x01, 0, 0, 0, 0, 0], 0);
 }
 
 /// Removes the device from the kernel and checks that vscsid answers its commands (with
 /// some error) instead of hanging, and keeps serving.
 fn removal_check(p: &mut Probe, device: &std::path::Path) {
-    let name = device.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-    let class = if name.starts_with("sg") { "scsi_generic" } else { "block" };
+    let name = device
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let class = if name.starts_with("sg") {
+        "scsi_generic"
+    } else {
+        "block"
+    };
     let delete = PathBuf::from(format!("/sys/class/{class}/{name}/device/delete"));
     let deleted = std::fs::write(&delete, "1").is_ok();
     std::thread::sleep(Duration::from_millis(500));
@@ -272,9 +317,7 @@ fn removal_check(p: &mut Probe, device: &std::path::Path) {
     p.fe.timeout = Duration::from_secs(20);
     let r = p.via_vscsid(&rw10(0x28, 0, 1), &[], 512);
     let took = start.elapsed();
-    let answered = r
-        .as_ref()
-        .is_some_and(|r| r.response != 0 || r.status != 0);
+    let answered = r.as_ref().is_some_and(|r| r.response != 0 || r.status != 0);
     p.check(
         "pt-removed-device-answered",
         deleted && answered,
@@ -313,13 +356,18 @@ fn main() {
         }
     }
     let (Some(socket), Some(device)) = (socket, device) else {
-        eprintln!("usage: passthrough_check --socket S --device D --mode disk|tape [--delete-after]");
+        eprintln!(
+            "usage: passthrough_check --socket S --device D --mode disk|tape [--delete-after]"
+        );
         std::process::exit(2);
     };
     let dev = match OpenOptions::new().read(true).write(true).open(&device) {
         Ok(f) => f,
         Err(e) => {
-            println!("VSCSID-CHECK {prefix}pt-device FAIL {}: {e}", device.display());
+            println!(
+                "VSCSID-CHECK {prefix}pt-device FAIL {}: {e}",
+                device.display()
+            );
             std::process::exit(1);
         }
     };
@@ -330,7 +378,10 @@ fn main() {
     let fe = match ScsiFrontend::connect(&socket, &opts) {
         Ok(fe) => fe,
         Err(e) => {
-            println!("VSCSID-CHECK {prefix}pt-connect FAIL {}: {e}", socket.display());
+            println!(
+                "VSCSID-CHECK {prefix}pt-connect FAIL {}: {e}",
+                socket.display()
+            );
             std::process::exit(1);
         }
     };

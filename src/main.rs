@@ -238,6 +238,11 @@ fn build_config(cli: Cli, order: LunOrder) -> Result<Config, String> {
             }
         }
     }
+    if let Some(dir) = &cfg.state_dir {
+        // Now, before any filter: LUNs added later open their state files in it.
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("--state-dir {}: cannot create it: {e}", dir.display()))?;
+    }
     if let Some(mode) = &cli.sandbox {
         cfg.sandbox = vscsid::config::parse_sandbox(mode, "--sandbox").map_err(|e| e.0)?;
     }

@@ -353,6 +353,9 @@ fn the_operator_sees_the_state_both_daemons_share() {
         ],
     );
     let control = b.path("control.sock");
+    wait_until("control socket", Duration::from_secs(10), || {
+        control.exists()
+    });
     let (ok, text, err) = ctl(&control, &["reservations", "0:0"]);
     assert!(ok, "{err}");
     assert!(
@@ -379,4 +382,43 @@ fn the_operator_sees_the_state_both_daemons_share() {
     let v: serde_json::Value = serde_json::from_str(json.trim()).expect("json");
     assert_eq!(v["state"]["registrations"][0]["key"], 0x1234);
     assert_eq!(v["state"]["generation"], 1);
+}
+
+#[test]
+fn a_shared_disk_added_while_the_daemon_runs_is_served_under_the_filters() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let image = dir.path().join("added.img");
+    std::fs::File::create(&image)
+        .and_then(|f| f.set_len(4 << 20))
+        .unwrap();
+    let state = dir.path().join("state");
+    let mut d = Daemon::start(
+        &[Disk {
+            name: "root.img",
+            size: 4 << 20,
+            opts: "",
+        }],
+        &[
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--control",
+            "{dir}/control.sock",
+            "--sandbox",
+            "on",
+        ],
+    );
+    let control = d.path("control.sock");
+    wait_until("control socket", Duration::from_secs(10), || {
+        control.exists()
+    });
+    let spec = format!("{},shared", image.display());
+    let (ok, out, err) = ctl(&control, &["add", "disk", &spec]);
+    assert!(ok, "{out} {err}");
+    let (ok, text, err) = ctl(&control, &["reservations", "0:1"]);
+    assert!(ok, "{err}");
+    assert!(text.contains("not reserved"), "{text}");
+    // The reservation thread of the new LUN runs under its filter: still alive after a
+    // few of its periods.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(d.is_running());
 }

@@ -140,9 +140,13 @@ impl LunReservations {
         let me = setup.nexus.clone();
         let store = match &setup.state_dir {
             Some(dir) => {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    format!("state_dir {}: cannot create it: {e}", dir.display())
-                })?;
+                // Created at start-up when missing; a LUN added later (under the system
+                // call filters, which leave mkdir out) finds it there.
+                if !dir.is_dir() {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        format!("state_dir {}: cannot create it: {e}", dir.display())
+                    })?;
+                }
                 let path = state_path(dir, identity);
                 let opened = SharedState::open(&path, &me, |current| {
                     // The first daemon in: a power-on for the LUN.
