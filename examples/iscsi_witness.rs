@@ -58,11 +58,11 @@ fn run(url: &str, initiator: &str, steps: &[String]) -> Result<(), String> {
         let c = execute(&lun, &cdb, out, in_len)?;
         let status = c.result.as_ref().map(|s| s.status).unwrap_or_default();
         if step == "keys" && status == 0 {
-            let keys: Vec<String> = keys(&c.data_in)
-                .iter()
-                .map(|k| format!("{k:#x}"))
-                .collect();
-            println!("witness {step} status={status:#04x} keys={}", keys.join(","));
+            let keys: Vec<String> = keys(&c.data_in).iter().map(|k| format!("{k:#x}")).collect();
+            println!(
+                "witness {step} status={status:#04x} keys={}",
+                keys.join(",")
+            );
         } else {
             println!("witness {step} status={status:#04x}");
         }
@@ -72,7 +72,8 @@ fn run(url: &str, initiator: &str, steps: &[String]) -> Result<(), String> {
 }
 
 fn lba_of(s: &str) -> Result<u64, String> {
-    s.parse().map_err(|_| format!("'{s}' is not a block number"))
+    s.parse()
+        .map_err(|_| format!("'{s}' is not a block number"))
 }
 
 /// READ(16) or WRITE(16) of one block at `lba`.
@@ -85,7 +86,12 @@ fn cdb16(op: u8, lba: u64) -> Vec<u8> {
 }
 
 /// The command's answer, sent again after a UNIT ATTENTION (at most 5 times).
-fn execute(lun: &IscsiLun, cdb: &[u8], out: Vec<u8>, in_len: u32) -> Result<ScsiCompletion, String> {
+fn execute(
+    lun: &IscsiLun,
+    cdb: &[u8],
+    out: Vec<u8>,
+    in_len: u32,
+) -> Result<ScsiCompletion, String> {
     let mut last = None;
     for _ in 0..5 {
         let c = lun.execute(command(cdb, out.clone(), in_len));
