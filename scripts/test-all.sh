@@ -2,8 +2,9 @@
 # Runs every test of the project, in order of cost: formatting and lints, unit and
 # integration tests (including the in-process vhost-user frontend tests), a short run of
 # every fuzz target, then the QEMU guest end-to-end tests, the lifecycle ones (QEMU killed,
-# vscsid restarted), and last vscsid under a real systemd in a Debian 12 guest (its root
-# filesystem built once from Debian's packages, cached in target/sysguest). Installs the
+# vscsid restarted), vscsid under a real systemd in a Debian 12 guest (its root
+# filesystem built once from Debian's packages, cached in target/sysguest), and last
+# persistent reservations on a two-path iSCSI LUN across a path failover. Installs the
 # Debian packages it needs first, and QEMU 10 into target/qemu10. Fails loudly on the
 # first failing stage; a missing peer (QEMU, kernel, fio, mmdebstrap, the nightly toolchain
 # for the fuzz targets ...) is a failure, never a skip.
@@ -63,3 +64,6 @@ tests/qemu/run-restart-e2e.sh
 
 stage "Debian 12 guest with systemd as init (vscsid through its units: READY, socket, reload, restarts, watchdog, stop)"
 tests/qemu/run-systemd-e2e.sh
+
+stage "QEMU guest end-to-end (persistent reservations on an iSCSI LUN with two paths: sg_persist across a path failover)"
+tests/qemu/run-iscsi-reservations-e2e.sh

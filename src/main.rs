@@ -43,7 +43,9 @@ struct Cli {
     #[arg(long, value_name = "SPEC")]
     disk: Vec<String>,
     /// An iSCSI LUN passed through to the guest:
-    /// iscsi://[user[%password]@]host[:port]/<target-iqn>/<lun>. Each --iscsi becomes the
+    /// iscsi://[user[%password]@]host[:port]/<target-iqn>/<lun>[,readonly][,path=<host:port>]
+    /// [,<option>=<value>]... (path options as in the TOML file; readonly refuses writes
+    /// with DATA PROTECT and shows the disk write-protected). Each --iscsi becomes the
     /// next LUN of target 0, like --disk. A user without password takes the CHAP secret
     /// from the VSCSID_CHAP_SECRET environment variable.
     #[arg(long, value_name = "URL")]

@@ -1,6 +1,7 @@
 //! iSCSI LUNs in the daemon: `--iscsi <url>` makes a tgtd LUN a passthrough LUN next to an
 //! emulated one; the guest's CDBs reach the target unchanged, REPORT LUNS still comes from
-//! vscsid's table, and failed logins stop the daemon with one clear line.
+//! vscsid's table, a read-only one (`--iscsi <url>,readonly`) refuses writes itself and
+//! shows the disk write-protected, and failed logins stop the daemon with one clear line.
 
 mod common;
 mod iscsi_common;
@@ -65,9 +66,62 @@ fn passthrough_lun_serves_the_targets_data() {
     let r = fe.command(&cmd(1, &report_luns(64), &[], 64)).unwrap();
     good(&r);
     assert_eq!(&r.data_in[0..4], &16u32.to_be_bytes());
+    // A writable LUN's MODE SENSE is the target's: WP clear.
+    assert_eq!(mode_sense_wp(&mut fe, 1), (false, false));
     // A LOGICAL UNIT RESET is forwarded and answered.
     assert_eq!(fe.tmf(5, lun(1), 0).unwrap(), 0);
     assert_serving(&mut fe);
+}
+
+/// WP (bit 7 of the device-specific parameter) in LUN `l`'s MODE SENSE(6) and (10)
+/// answers, all pages.
+fn mode_sense_wp(fe: &mut vscsid::frontend::ScsiFrontend, l: u16) -> (bool, bool) {
+    let r = guest_command(fe, &cmd(l, &[0x1a, 0, 0x3f, 0, 0xff, 0], &[], 0xff));
+    good(&r);
+    let six = r.data_in[2] & 0x80 != 0;
+    let r = guest_command(
+        fe,
+        &cmd(l, &[0x5a, 0, 0x3f, 0, 0, 0, 0, 0x01, 0x00, 0], &[], 0x100),
+    );
+    good(&r);
+    (six, r.data_in[3] & 0x80 != 0)
+}
+
+#[test]
+fn a_readonly_passthrough_lun_refuses_writes_and_reads() {
+    let t = Tgtd::start(16 * MIB, Accounts::default());
+    // What the target holds: a pattern in the first 64 KiB.
+    let before = pattern(41, 64 * 1024);
+    let mut image = std::fs::read(&t.backing).unwrap();
+    image[..before.len()].copy_from_slice(&before);
+    std::fs::write(&t.backing, &image).unwrap();
+    let d = start_with_iscsi(&format!("{},readonly", t.url()));
+    let mut fe = d.connect(1);
+    settle(&mut fe, 1);
+    // Reads reach the target.
+    let r = guest_command(&mut fe, &cmd(1, &read16(0, 128), &[], 64 * 1024));
+    good(&r);
+    assert_eq!(r.data_in, before);
+    // Every command that changes data is refused with DATA PROTECT, WRITE PROTECTED.
+    let block = pattern(42, 512);
+    let r = guest_command(&mut fe, &cmd(1, &write16(0, 1), &block, 0));
+    assert_eq!(sense(&r), (7, 0x27, 0), "WRITE(16): {r:?}");
+    let r = guest_command(&mut fe, &cmd(1, &write_same16(8, 8), &block, 0));
+    assert_eq!(sense(&r), (7, 0x27, 0), "WRITE SAME(16): {r:?}");
+    let (c, list) = unmap(16, 8);
+    let r = guest_command(&mut fe, &cmd(1, &c, &list, 0));
+    assert_eq!(sense(&r), (7, 0x27, 0), "UNMAP: {r:?}");
+    // The target's data did not change, by the target's own account and in its file.
+    let r = guest_command(&mut fe, &cmd(1, &read16(0, 128), &[], 64 * 1024));
+    good(&r);
+    assert_eq!(r.data_in, before);
+    let on_file = std::fs::read(&t.backing).unwrap();
+    assert_eq!(&on_file[..before.len()], &before[..]);
+    // The guest's kernel sees the disk write-protected: WP in both MODE SENSE headers.
+    assert_eq!(mode_sense_wp(&mut fe, 1), (true, true));
+    // The emulated LUN beside it stays writable.
+    assert_eq!(mode_sense_wp(&mut fe, 0), (false, false));
+    good(&guest_command(&mut fe, &cmd(0, &write16(0, 1), &block, 0)));
 }
 
 fn login_error(url: &str, env: &[(&str, &str)]) -> String {

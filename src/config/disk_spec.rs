@@ -76,7 +76,7 @@ pub fn parse_disk_spec(spec: &str, lun: u16) -> Result<LunConfig, ConfigError> {
     Ok(cfg)
 }
 
-fn parse_bool(v: &str) -> Result<bool, String> {
+pub(super) fn parse_bool(v: &str) -> Result<bool, String> {
     match v {
         "on" | "true" | "yes" | "1" => Ok(true),
         "off" | "false" | "no" | "0" => Ok(false),

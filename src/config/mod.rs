@@ -172,6 +172,18 @@ impl LunKind {
     /// (`iscsi://host/iqn/0,path=host2:3260,policy=failover`); a user without password
     /// takes the secret from [`CHAP_SECRET_ENV`].
     pub fn iscsi(url: &str, field: &str) -> Result<LunKind, ConfigError> {
+        Self::iscsi_spec(url, field, None)
+    }
+
+    /// [`LunKind::iscsi`] for the `--iscsi` shorthand (and `vscsid ctl add iscsi`), whose
+    /// options may also say `readonly` (`ro`, `readonly=on|off`) as `--disk`'s do: set in
+    /// `readonly` when given. Without it (the TOML `url`, which has its own `readonly`
+    /// key) the option is refused.
+    fn iscsi_spec(
+        url: &str,
+        field: &str,
+        mut readonly: Option<&mut bool>,
+    ) -> Result<LunKind, ConfigError> {
         // Options follow the LUN number, after the last '/', so a password holding a
         // comma stays intact.
         let (url, options) = match url.rfind('/') {
@@ -183,9 +195,20 @@ impl LunKind {
         };
         let mut paths = MultipathSettings::default();
         for opt in options.split(',').filter(|o| !o.is_empty()) {
-            let (k, v) = opt.split_once('=').unwrap_or((opt, ""));
+            let (k, v) = match opt.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (opt, None),
+            };
+            if let (Some(ro), "readonly" | "ro") = (readonly.as_deref_mut(), k) {
+                *ro = match v {
+                    None => true,
+                    Some(v) => disk_spec::parse_bool(v)
+                        .map_err(|e| ConfigError(format!("{field}: {e}")))?,
+                };
+                continue;
+            }
             paths
-                .set(k, v)
+                .set(k, v.unwrap_or(""))
                 .map_err(|e| ConfigError(format!("{field}: {e}")))?;
         }
         paths
@@ -456,9 +479,11 @@ impl Config {
     /// An iSCSI passthrough LUN with the defaults of the `--iscsi` shorthand.
     pub fn add_iscsi(&mut self, url: &str) -> Result<(), ConfigError> {
         let field = format!("--iscsi '{url}'");
-        let kind = LunKind::iscsi(url, &field)?;
+        let mut readonly = false;
+        let kind = LunKind::iscsi_spec(url, &field, Some(&mut readonly))?;
         let mut lun = LunConfig::disk(0, self.next_lun_of_target0(), PathBuf::new());
         lun.kind = kind;
+        lun.readonly = readonly;
         lun.discard = false;
         self.add_lun(lun, &field)
     }
@@ -733,6 +758,33 @@ mod tests {
             .expect("url parses");
         c.luns.push(l);
         c.validate().expect("password in the URL");
+    }
+
+    #[test]
+    fn the_iscsi_shorthand_takes_readonly_among_its_options() {
+        let url = "iscsi://127.0.0.1/iqn.2024-01.x:y/1";
+        let mut c = base();
+        c.add_iscsi(&format!("{url},path=127.0.0.2:3260,readonly"))
+            .expect("readonly as a flag");
+        c.add_iscsi(&format!("{url},ro=off")).expect("ro=off");
+        c.add_iscsi(&format!("{url},readonly=on,policy=failover"))
+            .expect("readonly=on");
+        c.add_iscsi(url).expect("no options");
+        let ro: Vec<bool> = c.luns[1..].iter().map(|l| l.readonly).collect();
+        assert_eq!(ro, vec![true, false, true, false]);
+        match &c.luns[1].kind {
+            LunKind::Iscsi { multipath, .. } => {
+                assert_eq!(multipath.multipath.extra_portals, vec!["127.0.0.2:3260"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = c.add_iscsi(&format!("{url},readonly=maybe")).unwrap_err().0;
+        assert!(err.contains("readonly: 'maybe'"), "{err}");
+        // The TOML url has a readonly key of its own: not an option there.
+        let err = LunKind::iscsi(&format!("{url},readonly"), "url")
+            .unwrap_err()
+            .0;
+        assert!(err.contains("readonly: unknown option"), "{err}");
     }
 
     #[test]

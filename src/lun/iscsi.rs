@@ -1,6 +1,8 @@
 //! The iSCSI passthrough LUN: every CDB goes unchanged to a LUN of an iSCSI target through
 //! vscsid's initiator ([`IscsiLun`], with multipath); status, sense and data come back
 //! unchanged. Data-out is copied into the command, data-in copied back on completion.
+//! A read-only LUN is the exception: it refuses commands that change data itself, and
+//! sets the write-protect bit in the target's MODE SENSE answers.
 
 use std::time::Duration;
 
@@ -66,6 +68,27 @@ fn refuse_on_readonly(readonly: bool, cdb: &[u8]) -> Option<Answer> {
     (readonly && write_class::changes_data(cdb)).then(|| Answer::Check(Sense::write_protected()))
 }
 
+/// WP, bit 7 of the device-specific parameter of a MODE SENSE header (SBC-4 6.5.2).
+const WP: u8 = 0x80;
+
+/// The byte of a read-only LUN's data-in that holds the WP bit, for MODE SENSE: byte 2 of
+/// the MODE SENSE(6) header, byte 3 of MODE SENSE(10)'s. The target does not know the LUN
+/// is read-only; with WP set the guest's kernel knows (Linux's sd reads it there).
+fn write_protect_byte(readonly: bool, cdb: &[u8]) -> Option<usize> {
+    match cdb.first() {
+        Some(&cdb::MODE_SENSE_6) if readonly => Some(2),
+        Some(&cdb::MODE_SENSE_10) if readonly => Some(3),
+        _ => None,
+    }
+}
+
+/// Sets WP in the target's MODE SENSE data, when it reached that far.
+fn set_write_protect(data_in: &mut [u8], byte: Option<usize>) {
+    if let Some(b) = byte.and_then(|i| data_in.get_mut(i)) {
+        *b |= WP;
+    }
+}
+
 impl LunDevice for IscsiPassthrough {
     fn start(&self, cmd: &Command<'_>, task: &mut Task, io: &mut IoContext<'_>) -> Step {
         if let Some(answer) = refuse_on_readonly(self.readonly, cmd.cdb) {
@@ -79,6 +102,7 @@ impl LunDevice for IscsiPassthrough {
         if io.data.out.read_at(0, &mut data_out) != data_out.len() {
             return Step::Done(Answer::failure());
         }
+        task.write_protect_byte = write_protect_byte(self.readonly, cmd.cdb);
         let mut c = command(cmd.cdb, data_out, in_len as u32);
         let op = cmd.cdb[0];
         c.cdb_len =
@@ -91,12 +115,15 @@ impl LunDevice for IscsiPassthrough {
         Step::Forwarded
     }
 
-    fn remote_done(&self, _task: &mut Task, c: ScsiCompletion, data: DataBuffers<'_>) -> Answer {
+    fn remote_done(&self, task: &mut Task, mut c: ScsiCompletion, data: DataBuffers<'_>) -> Answer {
         let in_cap = data.inn.len();
         let resid = u32::try_from(in_cap).unwrap_or(u32::MAX);
         let host = |error| Answer::Host { error, resid };
         match c.result {
             Ok(st) => {
+                if st.status == status::GOOD {
+                    set_write_protect(&mut c.data_in, task.write_protect_byte);
+                }
                 let n = c
                     .data_in
                     .len()
@@ -205,5 +232,36 @@ mod tests {
             assert!(refuse_on_readonly(false, c).is_none());
         }
         assert!(refuse_on_readonly(true, &read).is_none());
+    }
+
+    #[test]
+    fn a_readonly_lun_sets_wp_in_mode_sense_headers() {
+        // MODE SENSE(6) header: mode data length, medium type, device-specific, block
+        // descriptor length; then a caching page.
+        let mut six = vec![0x17, 0x00, 0x10, 0x08, 0, 0, 0, 0];
+        set_write_protect(
+            &mut six,
+            write_protect_byte(true, &[cdb::MODE_SENSE_6, 0, 0x08]),
+        );
+        assert_eq!(six[2], 0x90, "WP set, DPOFUA kept");
+        assert_eq!(&six[..2], &[0x17, 0x00]);
+        assert_eq!(&six[3..], &[0x08, 0, 0, 0, 0]);
+        // MODE SENSE(10): two bytes of length, medium type, then the device-specific byte.
+        let mut ten = vec![0x00, 0x1a, 0x00, 0x00, 0, 0, 0, 0x08];
+        set_write_protect(
+            &mut ten,
+            write_protect_byte(true, &[cdb::MODE_SENSE_10, 0, 0x3f]),
+        );
+        assert_eq!(ten, vec![0x00, 0x1a, 0x00, 0x80, 0, 0, 0, 0x08]);
+        // Writable LUNs and other commands keep the target's bytes; a short answer is
+        // left as it is.
+        let mut w = vec![0x17, 0x00, 0x10, 0x08];
+        set_write_protect(&mut w, write_protect_byte(false, &[cdb::MODE_SENSE_6]));
+        assert_eq!(w[2], 0x10);
+        set_write_protect(&mut w, write_protect_byte(true, &[cdb::READ_10]));
+        assert_eq!(w[2], 0x10);
+        let mut short = vec![0x03, 0x00];
+        set_write_protect(&mut short, write_protect_byte(true, &[cdb::MODE_SENSE_6]));
+        assert_eq!(short, vec![0x03, 0x00]);
     }
 }

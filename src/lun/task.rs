@@ -26,6 +26,9 @@ pub struct Task {
     pub(super) held: bool,
     /// Counted among the commands a PREEMPT AND ABORT of the LUN drains.
     pub(super) reservation_counted: bool,
+    /// The data-in byte whose bit 7 a read-only passthrough LUN sets in the target's
+    /// answer: the WP bit of a MODE SENSE header.
+    pub(super) write_protect_byte: Option<usize>,
 }
 
 impl Task {
@@ -50,5 +53,6 @@ impl Task {
         self.remote_id = None;
         self.held = false;
         self.reservation_counted = false;
+        self.write_protect_byte = None;
     }
 }

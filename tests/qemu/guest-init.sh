@@ -173,6 +173,109 @@ if [ "$MODE" = passthrough ]; then
   finish
 fi
 
+if [ "$MODE" = iscsi-pr ]; then
+  # tests/qemu/run-iscsi-reservations-e2e.sh: LUN 0 is an iSCSI LUN with two paths
+  # (policy failover: path 0 carries the I/O while it is up), LUN 1 a small disk whose
+  # first block the host writes to tell the guest what it did ("CUT": path 0 is cut and
+  # vscsid saw it fail; "RESTORED": path 0 is back and registered; "WITNESSED": a second
+  # initiator on the host has checked the reservation at the target). The guest registers
+  # and reserves (write exclusive, registrants only) with sg_persist, then fio writes and
+  # verifies while the host cuts path 0; during the cut its own writes, read back, must
+  # hold and the reservation must stay; once the path is back, so is its registration.
+  D=$(lun_dev 0); MB=$(lun_dev 1)
+  if [ -z "$D" ] || [ -z "$MB" ]; then check ipr-disks FAIL "LUN 0 '$D' LUN 1 '$MB'"; finish; fi
+  check ipr-disks PASS "/dev/$D $(cat /sys/block/$D/device/vendor), mailbox /dev/$MB"
+  KEY=0x1f2e3d4c
+  RUNTIME=$(arg runtime); RUNTIME=${RUNTIME:-40}
+  pass_if() { if [ "$1" = 0 ]; then echo PASS; else echo FAIL; fi; }
+  # pr <sg_persist args>: output in /tmp/out; again after a failure (a new path's UNIT
+  # ATTENTION reaches sg_persist, which does not retry), at most 3 times.
+  pr() {
+    i=0
+    while [ $i -lt 3 ]; do
+      sg_persist "$@" /dev/$D >/tmp/out 2>&1 && return 0
+      i=$((i + 1)); sleep 0.5
+    done
+    return 1
+  }
+  # nkeys: how many times READ KEYS lists the key (one registration per I_T nexus).
+  nkeys() { pr --in -k && grep -c "^ *$KEY\$" /tmp/out; }
+  # resv: READ RESERVATION shows the key and the type.
+  resv() { pr --in -r && grep -q "Key=$KEY" /tmp/out && grep -qi "write exclusive, registrants only" /tmp/out; }
+  # wrv <block>: writes 4 KiB of new data at the 4 KiB block and reads it back (direct I/O).
+  wrv() {
+    dd if=/dev/urandom of=/tmp/blk bs=4096 count=1 2>/dev/null
+    dd if=/tmp/blk of=/dev/$D bs=4096 seek=$1 count=1 oflag=direct conv=notrunc 2>/dev/null &&
+      dd if=/dev/$D of=/tmp/back bs=4096 skip=$1 count=1 iflag=direct 2>/dev/null &&
+      cmp -s /tmp/blk /tmp/back
+  }
+  # wrv_blocks <first> <n>: wrv on n blocks from first; prints how many failed.
+  wrv_blocks() {
+    bad=0; b=$1
+    while [ $b -lt $(($1 + $2)) ]; do wrv $b || bad=$((bad + 1)); b=$((b + 1)); done
+    echo $bad
+  }
+  hear() { # hear <word>: waits (bounded, 120 s) for the host's word in the mailbox
+    i=0
+    while [ $i -lt 600 ]; do
+      dd if=/dev/$MB bs=512 count=1 iflag=direct 2>/dev/null | grep -q "^$1 " && return 0
+      sleep 0.2; i=$((i + 1))
+    done
+    check ipr-heard-$1 FAIL "the host never said $1"; finish
+  }
+  base=$(dmesg | wc -l)
+  pr --out --register --param-sark=$KEY
+  check ipr-register "$(pass_if $?)" "key $KEY: $(tail -n 1 /tmp/out)"
+  n=$(nkeys)
+  check ipr-key-on-both-paths "$( [ "$n" = 2 ] && echo PASS || echo FAIL )" \
+    "READ KEYS lists the key $n times (expected 2: one per path): $(tr '\n' ' ' < /tmp/out | tr -s ' ')"
+  pr --out --reserve --param-rk=$KEY --prout-type=5
+  check ipr-reserve "$(pass_if $?)" "type 5, write exclusive registrants only"
+  resv; check ipr-reservation-shown "$(pass_if $?)" "$(tr '\n' ' ' < /tmp/out | tr -s ' ')"
+  # Blocks 0-8191 (32 MiB) are fio's, the checks write from block 10240 (40 MiB) on.
+  fio --name=ipr --filename=/dev/$D --direct=1 --ioengine=libaio --rw=randwrite --bs=4k \
+    --size=32M --iodepth=8 --verify=crc32c --verify_backlog=32 --verify_fatal=1 \
+    --time_based --runtime="$RUNTIME" > /tmp/fio.out 2>&1 &
+  fio_pid=$!
+  echo "VSCSID-IPR-FIO-START"
+  hear CUT
+  bad=$(wrv_blocks 10240 16)
+  check ipr-writes-path-down "$( [ "$bad" = 0 ] && echo PASS || echo FAIL )" \
+    "16 blocks written and read back through path 1 while path 0 is cut, $bad failed"
+  resv; check ipr-reservation-held-path-down "$(pass_if $?)" "$(tr '\n' ' ' < /tmp/out | tr -s ' ')"
+  n=$(nkeys)
+  check ipr-key-registered-path-down "$( [ "${n:-0}" -ge 1 ] && echo PASS || echo FAIL )" \
+    "READ KEYS lists the key $n times"
+  echo "VSCSID-IPR-CHECKED-DOWN"
+  hear RESTORED
+  wait $fio_pid; rc=$?
+  io=$(grep -o 'write: IOPS=[^,]*' /tmp/fio.out | head -n 1)
+  err=$(grep -o 'err= *[0-9]*' /tmp/fio.out | head -n 1)
+  check ipr-fio-crc32c-verify "$( [ $rc = 0 ] && echo PASS || echo FAIL )" "fio across the cut: exit $rc, $err, $io"
+  [ $rc = 0 ] || tail -n 20 /tmp/fio.out
+  # tgtd makes every login a new I_T nexus and keeps the registration of the one that
+  # ended: path 0's old nexus, path 1's and path 0's new one.
+  n=$(nkeys)
+  check ipr-key-on-both-paths-again "$( [ "$n" = 3 ] && echo PASS || echo FAIL )" \
+    "READ KEYS lists the key $n times (expected 3: path 0's old nexus, path 1, path 0's new one)"
+  resv; check ipr-reservation-held-after-restore "$(pass_if $?)" "$(tr '\n' ' ' < /tmp/out | tr -s ' ')"
+  bad=$(wrv_blocks 10496 16)
+  check ipr-writes-after-restore "$( [ "$bad" = 0 ] && echo PASS || echo FAIL )" \
+    "16 blocks written and read back through path 0 again, $bad failed"
+  pat='I/O error|critical|FAILED Result|timing out command'
+  n=$(dmesg | tail -n +$((base + 1)) | grep -ciE "$pat")
+  check ipr-no-guest-errors "$( [ "$n" = 0 ] && echo PASS || echo FAIL )" "$n kernel I/O error or conflict lines"
+  [ "$n" = 0 ] || dmesg | tail -n +$((base + 1)) | grep -iE "$pat" | tail -n 5
+  echo "VSCSID-IPR-WITNESS"
+  hear WITNESSED
+  pr --out --clear --param-rk=$KEY
+  check ipr-clear "$(pass_if $?)" "CLEAR with key $KEY: $(tail -n 1 /tmp/out)"
+  n=$(nkeys)
+  check ipr-no-keys-after-clear "$( [ "$n" = 0 ] && echo PASS || echo FAIL )" "READ KEYS lists the key $n times"
+  echo "VSCSID-IPR-CLEARED"
+  finish
+fi
+
 if [ "$MODE" = multipath ]; then
   # tests/qemu/run-multipath-e2e.sh breaks the LUN's paths while this fio runs: every
   # block written is read back and checked (verify_backlog) during the run.

@@ -2,7 +2,8 @@
 # benches/vm-fio.sh), from the repository's root: the guest's kernel and initramfs, the
 # QEMU command line that boots it (the stock QEMU 7.2, or QEMU 10 after use_qemu10),
 # vscsid's vhost-user-scsi device, the scratch directory and the waits for vscsid's socket
-# and for a tgtd target.
+# and for a tgtd target; and for the iSCSI multipath tests, two network namespaces joined
+# by two links (two paths) with tgtd in one of them, and the means to cut a path.
 
 # Where scripts/build-guest.sh puts the guest: $guest/vmlinuz and $guest/initrd.gz.
 guest=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/target/guest
@@ -144,4 +145,68 @@ log_time() {
 # ms_between <t0> <t1>: milliseconds from t0 to t1 (seconds since the epoch, fractions).
 ms_between() {
   awk -v a="$1" -v b="$2" 'BEGIN { printf "%d", (b - a) * 1000 }'
+}
+
+# two_path_netns <tag>: two network namespaces, $ini (vscsid's side) and $tgt (tgtd's),
+# joined by two veth links, one per path p (0 and 1): 192.168.5p.1 in $ini, 192.168.5p.2
+# in $tgt. The names end in the script's PID; netns_cleanup deletes them.
+#
+#   ns $ini  192.168.50.1 ==== path 0 ==== 192.168.50.2  ns $tgt
+#            192.168.51.1 ==== path 1 ==== 192.168.51.2
+two_path_netns() {
+  ini=vscsid-$1-ini-$$
+  tgt=vscsid-$1-tgt-$$
+  ip netns add "$ini"
+  ip netns add "$tgt"
+  ip -n "$ini" link set lo up
+  ip -n "$tgt" link set lo up
+  local p
+  for p in 0 1; do
+    ip link add "mp${p}i$$" netns "$ini" type veth peer name "mp${p}t$$" netns "$tgt"
+    ip -n "$ini" addr add "192.168.5$p.1/24" dev "mp${p}i$$"
+    ip -n "$tgt" addr add "192.168.5$p.2/24" dev "mp${p}t$$"
+    ip -n "$ini" link set "mp${p}i$$" up
+    ip -n "$tgt" link set "mp${p}t$$" up
+  done
+}
+netns_cleanup() {
+  if [[ -n ${ini:-} ]]; then ip netns del "$ini" 2>/dev/null || true; fi
+  if [[ -n ${tgt:-} ]]; then ip netns del "$tgt" 2>/dev/null || true; fi
+}
+
+# netns_tgtd <iqn> <backing file> <log>: starts tgtd in $tgt on port 3260 of every address
+# (its PID appended to the caller's array pids), with a control port of its own, and
+# exports the file as LUN 1 of target <iqn> (tgt_export). tgtadm talks to it from then on.
+netns_tgtd() {
+  tgt_ctl=$(( ($$ % 20000) + 10000 ))
+  ip netns exec "$tgt" /usr/sbin/tgtd -f -C "$tgt_ctl" --iscsi portal=0.0.0.0:3260 > "$3" 2>&1 &
+  pids+=($!)
+  tgt_export "$1" "$2"
+}
+tgtadm() { ip netns exec "$tgt" /usr/sbin/tgtadm -C "$tgt_ctl" --lld iscsi "$@"; }
+
+# path_links <up|down> <path>...: the target side of each path's veth link (down: the
+# carrier is lost, packets vanish).
+path_links() {
+  local state=$1 p
+  shift
+  for p in "$@"; do ip -n "$tgt" link set "mp${p}t$$" "$state"; done
+}
+
+# path_firewall <-I|-D> <path> <iptables target...>: adds or deletes a rule on the path's
+# iSCSI traffic as it reaches the target (DROP: a silent path; REJECT --reject-with
+# tcp-reset: a reset one).
+path_firewall() {
+  local op=$1 p=$2
+  shift 2
+  ip netns exec "$tgt" iptables "$op" INPUT -i "mp${p}t$$" -p tcp --dport 3260 -j "$@"
+}
+
+# stop_pids: ends the processes whose PIDs the caller keeps in the array pids (TERM, then
+# KILL for those still there after 0.2 s) and reaps them.
+stop_pids() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.2
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
 }

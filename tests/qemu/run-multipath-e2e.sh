@@ -32,38 +32,18 @@ cargo build --release --quiet
 build_guest
 
 work=$(mktemp -d)
-ini=vscsid-mp-ini-$$
-tgt=vscsid-mp-tgt-$$
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.2
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  ip netns del "$ini" 2>/dev/null || true
-  ip netns del "$tgt" 2>/dev/null || true
+  stop_pids
+  netns_cleanup
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-ip netns add "$ini"
-ip netns add "$tgt"
-ip -n "$ini" link set lo up
-ip -n "$tgt" link set lo up
-for p in 0 1; do
-  ip link add "mp${p}i$$" netns "$ini" type veth peer name "mp${p}t$$" netns "$tgt"
-  ip -n "$ini" addr add "192.168.5$p.1/24" dev "mp${p}i$$"
-  ip -n "$tgt" addr add "192.168.5$p.2/24" dev "mp${p}t$$"
-  ip -n "$ini" link set "mp${p}i$$" up
-  ip -n "$tgt" link set "mp${p}t$$" up
-done
-
-ctl=$(( ($$ % 20000) + 10000 ))
+two_path_netns mp
 iqn=iqn.2024-01.io.vscsid.test:multipath
 truncate -s 128M "$work/target.img"
-ip netns exec "$tgt" /usr/sbin/tgtd -f -C "$ctl" --iscsi portal=0.0.0.0:3260 > "$work/tgtd.log" 2>&1 &
-pids+=($!)
-tgtadm() { ip netns exec "$tgt" /usr/sbin/tgtadm -C "$ctl" --lld iscsi "$@"; }
-tgt_export "$iqn" "$work/target.img"
+netns_tgtd "$iqn" "$work/target.img" "$work/tgtd.log"
 
 sock=$work/vscsid.sock
 ip netns exec "$ini" env VSCSID_LOG=info target/release/vscsid --socket "$sock" \
@@ -92,19 +72,6 @@ wait_for() {
   done
 }
 ups() { grep -ac "iSCSI path up" "$work/vscsid.log" || true; }
-# links <up|down> <path>...: the target side of each path's veth link.
-links() {
-  local state=$1 p
-  shift
-  for p in "$@"; do ip -n "$tgt" link set "mp${p}t$$" "$state"; done
-}
-# firewall <-I|-D> <path> <iptables target...>: a rule on the path's iSCSI traffic.
-firewall() {
-  local op=$1 p=$2
-  shift 2
-  ip netns exec "$tgt" iptables "$op" INPUT -i "mp${p}t$$" -p tcp --dport 3260 -j "$@"
-}
-
 events_ok=1
 run_events() {
   wait_for VSCSID-MP-FIO-START "$serial" 1 300 || return 1
@@ -112,32 +79,32 @@ run_events() {
   sleep 4
   local n
   n=$(ups)
-  log "path 0: link down"; links down 0
+  log "path 0: link down"; path_links down 0
   sleep 4
-  log "path 0: link up"; links up 0
+  log "path 0: link up"; path_links up 0
   wait_for "iSCSI path up" "$work/vscsid.log" $((n + 1)) 30 || return 1
   sleep 3
   n=$(ups)
   log "path 1: firewall DROP"
-  firewall -I 1 DROP
+  path_firewall -I 1 DROP
   sleep 4
   log "path 1: DROP removed"
-  firewall -D 1 DROP
+  path_firewall -D 1 DROP
   wait_for "iSCSI path up" "$work/vscsid.log" $((n + 1)) 30 || return 1
   sleep 3
   n=$(ups)
   log "path 0: firewall REJECT with TCP reset"
-  firewall -I 0 REJECT --reject-with tcp-reset
+  path_firewall -I 0 REJECT --reject-with tcp-reset
   sleep 4
   log "path 0: REJECT removed"
-  firewall -D 0 REJECT --reject-with tcp-reset
+  path_firewall -D 0 REJECT --reject-with tcp-reset
   wait_for "iSCSI path up" "$work/vscsid.log" $((n + 1)) 30 || return 1
   sleep 3
   n=$(ups)
   log "both paths: link down for 3 s (no_path_retry is 10 s)"
-  links down 0 1
+  path_links down 0 1
   sleep 3
-  links up 0 1
+  path_links up 0 1
   log "both paths: links up"
   wait_for "iSCSI path up" "$work/vscsid.log" $((n + 2)) 30 || return 1
   grep -aq VSCSID-MP-FIO-DONE "$serial" && { log "fio ended before the last event"; return 1; }
@@ -151,9 +118,9 @@ long_outage() {
   local n
   n=$(ups)
   log "both paths: link down for 14 s (longer than no_path_retry)"
-  links down 0 1
+  path_links down 0 1
   sleep 14
-  links up 0 1
+  path_links up 0 1
   log "both paths: links up"
   wait_for "iSCSI path up" "$work/vscsid.log" $((n + 1)) 30
 }
