@@ -118,8 +118,13 @@ impl Backing {
         }
         let mut ssz: libc::c_int = 0;
         // SAFETY: BLKSSZGET writes one int to the pointer, which points at `ssz`.
-        let rc =
-            unsafe { libc::ioctl(self.file.as_raw_fd(), BLKSSZGET, &mut ssz as *mut libc::c_int) };
+        let rc = unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                BLKSSZGET,
+                &mut ssz as *mut libc::c_int,
+            )
+        };
         (rc == 0 && ssz > 0).then_some(ssz as u64)
     }
 

@@ -96,9 +96,10 @@ pub fn sg_io(
     sense: &mut [u8],
     timeout_ms: u32,
 ) -> io::Result<SgReply> {
-    let dxfer_len = u32::try_from(data.len())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let cmd_len = u8::try_from(cdb.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let dxfer_len =
+        u32::try_from(data.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let cmd_len =
+        u8::try_from(cdb.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let mut hdr = SgIoHdr {
         interface_id: libc::c_int::from(b'S'),
         dxfer_direction: if data.is_empty() {
@@ -192,7 +193,13 @@ pub fn block_max_transfer(file: &File) -> Option<u64> {
 pub fn reset_device(file: &File) -> io::Result<()> {
     let mut what: libc::c_int = SG_SCSI_RESET_DEVICE;
     // SAFETY: SG_SCSI_RESET reads one int from the pointer, which points at `what`.
-    let rc = unsafe { libc::ioctl(file.as_raw_fd(), SG_SCSI_RESET, &mut what as *mut libc::c_int) };
+    let rc = unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            SG_SCSI_RESET,
+            &mut what as *mut libc::c_int,
+        )
+    };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -299,8 +306,13 @@ mod tests {
         assert!(e.ends_with("is not a SCSI generic device"), "{e}");
         let e = open_device(f.path(), DeviceKind::Block, true, 0).expect_err("file");
         assert!(e.ends_with("is not a block device"), "{e}");
-        let e = open_device(Path::new("/dev/nonexistent-sg"), DeviceKind::ScsiGeneric, true, 0)
-            .expect_err("missing");
+        let e = open_device(
+            Path::new("/dev/nonexistent-sg"),
+            DeviceKind::ScsiGeneric,
+            true,
+            0,
+        )
+        .expect_err("missing");
         assert_eq!(e, "/dev/nonexistent-sg does not exist");
     }
 
