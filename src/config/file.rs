@@ -387,10 +387,12 @@ fn lun_from_raw(l: RawLun, i: usize) -> Result<LunConfig, ConfigError> {
             };
             cfg.kind = LunKind::Null { size };
         }
-        other => return Err(ConfigError(format!(
+        other => {
+            return Err(ConfigError(format!(
             "{}: unknown LUN kind '{other}' (expected disk, null, iscsi, sg or block-passthrough)",
             field("kind")
-        ))),
+        )))
+        }
     }
     for (key, v) in [
         ("iops", &l.iops),

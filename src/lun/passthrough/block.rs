@@ -52,8 +52,9 @@ pub fn open(
 ) -> Result<Box<dyn LunDevice>, String> {
     let where_ = format!("target {} LUN {}", l.target, l.lun);
     let shown = path.display();
-    // The block device check first, for the error an sg or regular path deserves.
-    let file = sg_io::open_device(path, DeviceKind::Block, l.readonly, cache.open_flags())
+    // The block device check first (without O_DIRECT, which a character device refuses),
+    // for the error an sg or regular path deserves.
+    let file = sg_io::open_device(path, DeviceKind::Block, l.readonly, 0)
         .map_err(|e| format!("{where_}: path: {e}"))?;
     if sg_io::sg_version(&file).is_err() {
         return Err(format!(
