@@ -764,6 +764,8 @@ mod tests {
     }
 
     #[test]
+    // The request constants are `c_ulong`, which is u64 only on 64-bit targets.
+    #[allow(clippy::unnecessary_cast)]
     fn sg_io_only_on_passthrough_threads() {
         let sg_io = crate::backend::sg_io::SG_IO as u64;
         let ioctl_values = |kind| -> Vec<u64> {
