@@ -39,7 +39,9 @@ struct Cli {
     vm_name: Option<String>,
     /// A disk LUN: <path>[,readonly][,cache=<mode>][,block-size=<512|4096>]
     /// [,physical-block-size=<n>][,discard=unmap|ignore][,serial=<s>][,wwn=<naa>]. Each
-    /// --disk becomes the next LUN of target 0.
+    /// --disk becomes the next LUN of target 0. <path>,passthrough[,readonly]
+    /// [,cache=none|directsync] passes a SCSI disk's block device through (QEMU's
+    /// scsi-block).
     #[arg(long, value_name = "SPEC")]
     disk: Vec<String>,
     /// An iSCSI LUN passed through to the guest:
@@ -50,6 +52,11 @@ struct Cli {
     /// from the VSCSID_CHAP_SECRET environment variable.
     #[arg(long, value_name = "URL")]
     iscsi: Vec<String>,
+    /// A SCSI generic device passed through to the guest (QEMU's scsi-generic):
+    /// /dev/sgN[,readonly]. Every CDB goes to the device. Numbered with --disk LUNs.
+    /// A disk's block device passes through with --disk /dev/sdX,passthrough instead.
+    #[arg(long, value_name = "SPEC")]
+    sg: Vec<String>,
     /// A null LUN of <size> bytes (K/M/G/T suffixes): reads return zeroes, writes are
     /// dropped. <size>[,block-size=<512|4096>]. Numbered with --disk and --iscsi LUNs.
     #[arg(long, value_name = "SIZE")]
@@ -125,12 +132,13 @@ struct Cli {
     metrics: Option<String>,
 }
 
-/// Positions of the --disk and --iscsi values on the command line.
+/// Positions of the --disk, --iscsi, --null and --sg values on the command line.
 #[derive(Default)]
 struct LunOrder {
     disk: Vec<usize>,
     iscsi: Vec<usize>,
     null: Vec<usize>,
+    sg: Vec<usize>,
 }
 
 /// Which shorthand a LUN on the command line came from.
@@ -139,6 +147,7 @@ enum Shorthand {
     Disk,
     Iscsi,
     Null,
+    Sg,
 }
 
 fn build_config(cli: Cli, order: LunOrder) -> Result<Config, String> {
@@ -189,12 +198,13 @@ fn build_config(cli: Cli, order: LunOrder) -> Result<Config, String> {
         cfg.stop_timeout_ms =
             vscsid::config::check_stop_timeout_ms(n, "--stop-timeout-ms").map_err(|e| e.0)?;
     }
-    // --disk and --iscsi LUNs are numbered in command-line order.
+    // --disk, --iscsi, --null and --sg LUNs are numbered in command-line order.
     let mut specs: Vec<(usize, Shorthand, &String)> = Vec::new();
     for (positions, values, kind) in [
         (&order.disk, &cli.disk, Shorthand::Disk),
         (&order.iscsi, &cli.iscsi, Shorthand::Iscsi),
         (&order.null, &cli.null, Shorthand::Null),
+        (&order.sg, &cli.sg, Shorthand::Sg),
     ] {
         specs.extend(
             positions
@@ -214,6 +224,7 @@ fn build_config(cli: Cli, order: LunOrder) -> Result<Config, String> {
             }
             Shorthand::Iscsi => cfg.add_iscsi(spec).map_err(|e| e.0)?,
             Shorthand::Null => cfg.add_null(spec).map_err(|e| e.0)?,
+            Shorthand::Sg => cfg.add_sg(spec).map_err(|e| e.0)?,
         }
     }
     if cli.initiator_name.is_some() {
@@ -278,6 +289,7 @@ fn parse_args() -> Result<(Cli, LunOrder), clap::Error> {
         disk: idx("disk"),
         iscsi: idx("iscsi"),
         null: idx("null"),
+        sg: idx("sg"),
     };
     Ok((cli, order))
 }

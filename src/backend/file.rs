@@ -111,6 +111,23 @@ impl Backing {
         self.file.set_len(bytes)
     }
 
+    /// The logical block size of a block device (BLKSSZGET); None for a file.
+    pub fn logical_block_size(&self) -> Option<u64> {
+        if !self.is_block_device {
+            return None;
+        }
+        let mut ssz: libc::c_int = 0;
+        // SAFETY: BLKSSZGET writes one int to the pointer, which points at `ssz`.
+        let rc = unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                BLKSSZGET,
+                &mut ssz as *mut libc::c_int,
+            )
+        };
+        (rc == 0 && ssz > 0).then_some(ssz as u64)
+    }
+
     pub fn unmapped_blocks_read_zeroes(&self) -> bool {
         if !self.is_block_device {
             return true;

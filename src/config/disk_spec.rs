@@ -1,8 +1,22 @@
-//! The `--disk <path>[,readonly][,cache=<mode>][,block-size=<512|4096>]...` shorthand.
+//! The `--disk <path>[,readonly][,cache=<mode>][,block-size=<512|4096>]...` shorthand, and
+//! its `passthrough` form (`--disk /dev/sdX,passthrough`: a block-passthrough LUN).
 
 use std::path::PathBuf;
 
-use super::{check_block_size, check_physical_block_size, ConfigError, LunConfig, LunKind};
+use super::{
+    check_block_size, check_passthrough_cache, check_physical_block_size, ConfigError, LunConfig,
+    LunKind,
+};
+
+/// Options of an emulated disk that a passthrough disk takes from the device instead.
+const EMULATION_ONLY: &[&str] = &[
+    "block-size",
+    "physical-block-size",
+    "discard",
+    "serial",
+    "wwn",
+    "shared",
+];
 
 /// Parses one `--disk` value into a LUN of target 0 numbered `lun`.
 pub fn parse_disk_spec(spec: &str, lun: u16) -> Result<LunConfig, ConfigError> {
@@ -15,12 +29,23 @@ pub fn parse_disk_spec(spec: &str, lun: u16) -> Result<LunConfig, ConfigError> {
     let mut cfg = LunConfig::disk(0, lun, PathBuf::from(path));
     // Checked against the logical block size once every option is read.
     let mut physical = None;
+    let mut passthrough = false;
+    // The first option that only an emulated disk takes, to refuse with passthrough.
+    let mut emulation_only = None;
     for opt in parts {
         let (key, value) = match opt.split_once('=') {
             Some((k, v)) => (k, Some(v)),
             None => (opt, None),
         };
+        if EMULATION_ONLY.contains(&key) {
+            emulation_only.get_or_insert(key);
+        }
         match (key, value) {
+            ("passthrough", None) => passthrough = true,
+            ("passthrough", Some(v)) => {
+                passthrough =
+                    parse_bool(v).map_err(|e| err(e.replace("readonly", "passthrough")))?
+            }
             ("readonly" | "ro", None) => cfg.readonly = true,
             ("readonly" | "ro", Some(v)) => cfg.readonly = parse_bool(v).map_err(err)?,
             ("shared", None) => cfg.shared = true,
@@ -73,6 +98,19 @@ pub fn parse_disk_spec(spec: &str, lun: u16) -> Result<LunConfig, ConfigError> {
         );
     }
     cfg.limits.check().map_err(err)?;
+    if passthrough {
+        if let Some(key) = emulation_only {
+            return Err(err(format!(
+                "{key}: does not apply to a passthrough disk (the device reports its own)"
+            )));
+        }
+        let LunKind::Disk { path, cache } = cfg.kind else {
+            return Err(err("passthrough: not a disk".into()));
+        };
+        let cache = check_passthrough_cache(cache, "cache").map_err(|e| err(e.0))?;
+        cfg.kind = LunKind::BlockPassthrough { path, cache };
+        cfg.discard = false;
+    }
     Ok(cfg)
 }
 
@@ -160,6 +198,65 @@ mod tests {
             .unwrap_err()
             .0;
         assert!(e.contains("wwn:") && e.contains("32 hex digits"), "{e}");
+    }
+
+    #[test]
+    fn passthrough_makes_a_block_passthrough_lun() {
+        let c = parse_disk_spec("/dev/sdb,passthrough", 2).expect("ok");
+        assert_eq!(
+            c.kind,
+            LunKind::BlockPassthrough {
+                path: "/dev/sdb".into(),
+                cache: CacheMode::None
+            }
+        );
+        assert_eq!(c.lun, 2);
+        let c = parse_disk_spec(
+            "/dev/sdb,readonly,passthrough=on,cache=directsync,iops=100",
+            0,
+        )
+        .expect("ok");
+        assert!(c.readonly);
+        assert_eq!(c.limits.iops[0], 100);
+        assert!(matches!(
+            c.kind,
+            LunKind::BlockPassthrough {
+                cache: CacheMode::Directsync,
+                ..
+            }
+        ));
+        let c = parse_disk_spec("/dev/sdb,passthrough=off", 0).expect("ok");
+        assert!(matches!(c.kind, LunKind::Disk { .. }));
+    }
+
+    #[test]
+    fn passthrough_refuses_what_the_device_decides() {
+        for (opt, key) in [
+            ("block-size=4096", "block-size"),
+            ("physical-block-size=4096", "physical-block-size"),
+            ("serial=X", "serial"),
+            ("wwn=0x5000c500a1b2c3d4", "wwn"),
+            ("discard=unmap", "discard"),
+            ("shared", "shared"),
+        ] {
+            let e = parse_disk_spec(&format!("/dev/sdb,passthrough,{opt}"), 0)
+                .unwrap_err()
+                .0;
+            assert_eq!(
+                e,
+                format!("--disk '/dev/sdb,passthrough,{opt}': {key}: does not apply to a passthrough disk (the device reports its own)")
+            );
+        }
+        for mode in ["writeback", "unsafe", "writethrough"] {
+            let e = parse_disk_spec(&format!("/dev/sdb,passthrough,cache={mode}"), 0)
+                .unwrap_err()
+                .0;
+            assert!(e.contains("cache:") && e.contains(mode), "{e}");
+        }
+        let e = parse_disk_spec("/dev/sdb,passthrough=maybe", 0)
+            .unwrap_err()
+            .0;
+        assert!(e.contains("passthrough: 'maybe'"), "{e}");
     }
 
     #[test]

@@ -349,6 +349,24 @@ fn lun_from_raw(l: RawLun, i: usize) -> Result<LunConfig, ConfigError> {
             cfg.kind = k;
             cfg.discard = false;
         }
+        "sg" => {
+            cfg.kind = LunKind::Sg {
+                path: device_path(l.path.clone(), &field("path"), "SCSI generic device")?,
+            };
+            cfg.discard = false;
+        }
+        "block-passthrough" => {
+            let path = device_path(l.path.clone(), &field("path"), "block device")?;
+            let cache = match &l.cache {
+                Some(c) => c
+                    .parse()
+                    .map_err(|e: String| ConfigError(format!("{}: {e}", field("cache"))))?,
+                None => Default::default(),
+            };
+            let cache = super::check_passthrough_cache(cache, &field("cache"))?;
+            cfg.kind = LunKind::BlockPassthrough { path, cache };
+            cfg.discard = false;
+        }
         "null" => {
             let size = match &l.size {
                 Some(toml::Value::Integer(n)) if *n > 0 => *n as u64,
@@ -371,9 +389,9 @@ fn lun_from_raw(l: RawLun, i: usize) -> Result<LunConfig, ConfigError> {
         }
         other => {
             return Err(ConfigError(format!(
-                "{}: unknown LUN kind '{other}' (expected disk, null or iscsi)",
-                field("kind")
-            )))
+            "{}: unknown LUN kind '{other}' (expected disk, null, iscsi, sg or block-passthrough)",
+            field("kind")
+        )))
         }
     }
     for (key, v) in [
@@ -433,8 +451,21 @@ fn lun_from_raw(l: RawLun, i: usize) -> Result<LunConfig, ConfigError> {
     Ok(cfg)
 }
 
+/// The path of a passthrough LUN's device: present and not empty.
+fn device_path(path: Option<PathBuf>, field: &str, what: &str) -> Result<PathBuf, ConfigError> {
+    match path {
+        Some(p) if !p.as_os_str().is_empty() => Ok(p),
+        Some(_) => Err(ConfigError(format!("{field}: empty"))),
+        None => Err(ConfigError(format!("{field}: missing {what} path"))),
+    }
+}
+
 /// LUN kinds a key applies to.
 const DISK: &[&str] = &["disk"];
+/// Kinds opened from a path.
+const WITH_PATH: &[&str] = &["disk", "sg", "block-passthrough"];
+/// Kinds with a host cache mode.
+const CACHED: &[&str] = &["disk", "block-passthrough"];
 const NULL: &[&str] = &["null"];
 const ISCSI: &[&str] = &["iscsi"];
 /// What vscsid emulates (for an iSCSI LUN the target decides).
@@ -445,8 +476,8 @@ const EMULATED: &[&str] = &["disk", "null"];
 /// The keys not listed (target, lun, kind, readonly, the I/O limits) apply to every kind.
 fn check_keys_apply(l: &RawLun, kind: &str, i: usize) -> Result<(), ConfigError> {
     let keys: [(&str, bool, &[&str]); 22] = [
-        ("path", l.path.is_some(), DISK),
-        ("cache", l.cache.is_some(), DISK),
+        ("path", l.path.is_some(), WITH_PATH),
+        ("cache", l.cache.is_some(), CACHED),
         ("shared", l.shared.is_some(), DISK),
         ("physical_block_size", l.physical_block_size.is_some(), DISK),
         ("block_size", l.block_size.is_some(), EMULATED),
@@ -468,7 +499,7 @@ fn check_keys_apply(l: &RawLun, kind: &str, i: usize) -> Result<(), ConfigError>
         ("nop_timeout", l.nop_timeout.is_some(), ISCSI),
         ("no_path_retry", l.no_path_retry.is_some(), ISCSI),
     ];
-    if !matches!(kind, "disk" | "null" | "iscsi") {
+    if !matches!(kind, "disk" | "null" | "iscsi" | "sg" | "block-passthrough") {
         // An unknown kind is reported as such by the caller.
         return Ok(());
     }
@@ -824,6 +855,124 @@ mod tests {
             let text = format!("[[lun]]\nlun = 0\n{table}");
             parse_config_text(&text).expect(&text);
         }
+    }
+
+    #[test]
+    fn passthrough_kinds_parse_and_refuse_what_does_not_apply() {
+        let cfg = parse_config_text(
+            r#"
+            [[lun]]
+            lun = 0
+            kind = "sg"
+            path = "/dev/sg0"
+            readonly = true
+            iops = 100
+            [[lun]]
+            lun = 1
+            kind = "block-passthrough"
+            path = "/dev/sdb"
+            cache = "directsync"
+            [[lun]]
+            lun = 2
+            kind = "block-passthrough"
+            path = "/dev/sdc"
+            "#,
+        )
+        .expect("parse");
+        assert_eq!(
+            cfg.luns[0].kind,
+            LunKind::Sg {
+                path: "/dev/sg0".into()
+            }
+        );
+        assert!(cfg.luns[0].readonly);
+        assert_eq!(cfg.luns[0].limits.iops[0], 100);
+        assert_eq!(
+            cfg.luns[1].kind,
+            LunKind::BlockPassthrough {
+                path: "/dev/sdb".into(),
+                cache: CacheMode::Directsync
+            }
+        );
+        assert_eq!(
+            cfg.luns[2].kind,
+            LunKind::BlockPassthrough {
+                path: "/dev/sdc".into(),
+                cache: CacheMode::None
+            }
+        );
+        let sg = "kind = \"sg\"\npath = \"/dev/sg0\"\n";
+        let bp = "kind = \"block-passthrough\"\npath = \"/dev/sdb\"\n";
+        let cases = [
+            (
+                format!("{sg}cache = \"none\"\n"),
+                "lun[0].cache: does not apply to sg LUNs",
+            ),
+            (
+                format!("{sg}block_size = 4096\n"),
+                "lun[0].block_size: does not apply to sg LUNs",
+            ),
+            (
+                format!("{sg}serial = \"S\"\n"),
+                "lun[0].serial: does not apply to sg LUNs",
+            ),
+            (
+                format!("{sg}wwn = \"0x5000c500a1b2c3d4\"\n"),
+                "lun[0].wwn: does not apply to sg LUNs",
+            ),
+            (
+                format!("{sg}discard = true\n"),
+                "lun[0].discard: does not apply to sg LUNs",
+            ),
+            (
+                format!("{sg}shared = true\n"),
+                "lun[0].shared: does not apply to sg LUNs",
+            ),
+            (
+                format!("{sg}url = \"iscsi://h/t/0\"\n"),
+                "lun[0].url: does not apply to sg LUNs",
+            ),
+            (
+                format!("{bp}block_size = 4096\n"),
+                "lun[0].block_size: does not apply to block-passthrough LUNs",
+            ),
+            (
+                format!("{bp}physical_block_size = 4096\n"),
+                "lun[0].physical_block_size: does not apply to block-passthrough LUNs",
+            ),
+            (
+                format!("{bp}shared = true\n"),
+                "lun[0].shared: does not apply to block-passthrough LUNs",
+            ),
+            (
+                format!("{bp}size = 5\n"),
+                "lun[0].size: does not apply to block-passthrough LUNs",
+            ),
+            (
+                "kind = \"sg\"\n".to_string(),
+                "lun[0].path: missing SCSI generic device path",
+            ),
+            (
+                "kind = \"sg\"\npath = \"\"\n".to_string(),
+                "lun[0].path: empty",
+            ),
+            (
+                "kind = \"block-passthrough\"\n".to_string(),
+                "lun[0].path: missing block device path",
+            ),
+        ];
+        for (table, want) in cases {
+            let text = format!("[[lun]]\nlun = 0\n{table}");
+            let e = parse_config_text(&text).expect_err(&text).0;
+            assert_eq!(e, want, "{text}");
+        }
+        let e = parse_config_text(&format!("[[lun]]\nlun = 0\n{bp}cache = \"writeback\"\n"))
+            .expect_err("writeback")
+            .0;
+        assert!(
+            e.starts_with("lun[0].cache: 'writeback' does not apply"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -165,6 +165,25 @@ pub enum LunKind {
         /// Extra portals, path policy, path checking, no-path queueing.
         multipath: Box<MultipathSettings>,
     },
+    /// A SCSI generic device (`/dev/sgN`) passed through: every CDB goes to the device
+    /// (QEMU's `scsi-generic`).
+    Sg { path: PathBuf },
+    /// A SCSI disk's block device (`/dev/sdX`) passed through (QEMU's `scsi-block`):
+    /// READ and WRITE go through io_uring with `cache`, every other CDB through SG_IO.
+    BlockPassthrough { path: PathBuf, cache: CacheMode },
+}
+
+/// Cache modes a block-passthrough LUN takes: those that bypass the host's page cache.
+/// Commands sent with SG_IO (WRITE SAME, UNMAP, SYNCHRONIZE CACHE, ...) go around the
+/// page cache, so a cached copy would go stale and a flush through SG_IO would not write
+/// it back.
+pub fn check_passthrough_cache(mode: CacheMode, field: &str) -> Result<CacheMode, ConfigError> {
+    match mode {
+        CacheMode::None | CacheMode::Directsync => Ok(mode),
+        other => Err(ConfigError(format!(
+            "{field}: '{other}' does not apply to a passthrough disk (use none or directsync: commands passed through bypass the host page cache)"
+        ))),
+    }
 }
 
 impl LunKind {
@@ -488,6 +507,14 @@ impl Config {
         self.add_lun(lun, &field)
     }
 
+    /// A SCSI generic LUN from the `--sg <path>[,readonly][,<I/O limit>=<n>...]` shorthand.
+    pub fn add_sg(&mut self, spec: &str) -> Result<(), ConfigError> {
+        let field = format!("--sg '{spec}'");
+        let lun = parse_sg_spec(spec, self.next_lun_of_target0())
+            .map_err(|e| ConfigError(format!("{field}: {}", e.0)))?;
+        self.add_lun(lun, &field)
+    }
+
     /// A null LUN from the `--null <size>[,block-size=<512|4096>]` shorthand.
     pub fn add_null(&mut self, spec: &str) -> Result<(), ConfigError> {
         let field = format!("--null '{spec}'");
@@ -567,8 +594,52 @@ impl Config {
     }
 }
 
+/// Parses the value of `--sg` into a LUN of target 0 numbered `lun`.
+pub fn parse_sg_spec(spec: &str, lun: u16) -> Result<LunConfig, ConfigError> {
+    let mut parts = spec.split(',');
+    let path = parts.next().unwrap_or_default();
+    if path.is_empty() {
+        return Err(ConfigError("path: missing SCSI generic device path".into()));
+    }
+    let mut l = LunConfig::disk(0, lun, PathBuf::new());
+    l.kind = LunKind::Sg { path: path.into() };
+    l.discard = false;
+    for opt in parts {
+        match opt.split_once('=') {
+            None if opt == "readonly" || opt == "ro" => l.readonly = true,
+            Some(("readonly" | "ro", v)) => {
+                l.readonly = match v {
+                    "on" | "true" | "yes" | "1" => true,
+                    "off" | "false" | "no" | "0" => false,
+                    other => return Err(ConfigError(format!("readonly: '{other}' is not on/off"))),
+                }
+            }
+            Some((k, v)) if IoLimits::is_key(k) => l.limits.set_text(k, v).map_err(ConfigError)?,
+            _ => {
+                let key = opt.split('=').next().unwrap_or(opt);
+                return Err(ConfigError(match key {
+                    "" => "empty option".to_string(),
+                    "cache"
+                    | "block-size"
+                    | "physical-block-size"
+                    | "serial"
+                    | "wwn"
+                    | "discard"
+                    | "shared"
+                    | "passthrough" => {
+                        format!("{key}: does not apply to a SCSI generic LUN")
+                    }
+                    _ => format!("{key}: unknown option"),
+                }));
+            }
+        }
+    }
+    l.limits.check().map_err(ConfigError)?;
+    Ok(l)
+}
+
 /// A LUN added while the daemon runs, from the same spec as the command line's `--disk`,
-/// `--iscsi` or `--null` (`kind`), at `target`/`lun`. Errors are one line naming the spec.
+/// `--iscsi`, `--sg` or `--null` (`kind`), at `target`/`lun`. Errors are one line naming the spec.
 pub fn lun_from_spec(
     kind: &str,
     spec: &str,
@@ -580,9 +651,10 @@ pub fn lun_from_spec(
         "disk" => scratch.luns.push(parse_disk_spec(spec, lun)?),
         "iscsi" => scratch.add_iscsi(spec)?,
         "null" => scratch.add_null(spec)?,
+        "sg" => scratch.add_sg(spec)?,
         other => {
             return Err(ConfigError(format!(
-                "kind: '{other}' is not one of disk, iscsi, null"
+                "kind: '{other}' is not one of disk, iscsi, sg, null"
             )))
         }
     }
@@ -817,6 +889,53 @@ mod tests {
             .unwrap_err()
             .0
             .contains("colour"));
+    }
+
+    #[test]
+    fn sg_luns_from_the_shorthand() {
+        let mut c = base();
+        c.add_sg("/dev/sg1").expect("plain");
+        c.add_sg("/dev/sg2,readonly,iops=50").expect("options");
+        assert_eq!(
+            c.luns[1].kind,
+            LunKind::Sg {
+                path: "/dev/sg1".into()
+            }
+        );
+        assert_eq!((c.luns[1].lun, c.luns[2].lun), (1, 2));
+        assert!(!c.luns[1].readonly && c.luns[2].readonly);
+        assert_eq!(c.luns[2].limits.iops[0], 50);
+        assert!(!c.luns[1].discard);
+        for (spec, want) in [
+            ("", "--sg '': path: missing SCSI generic device path"),
+            (
+                "/dev/sg1,cache=none",
+                "--sg '/dev/sg1,cache=none': cache: does not apply to a SCSI generic LUN",
+            ),
+            (
+                "/dev/sg1,serial=X",
+                "--sg '/dev/sg1,serial=X': serial: does not apply to a SCSI generic LUN",
+            ),
+            (
+                "/dev/sg1,colour",
+                "--sg '/dev/sg1,colour': colour: unknown option",
+            ),
+            ("/dev/sg1,", "--sg '/dev/sg1,': empty option"),
+            (
+                "/dev/sg1,readonly=maybe",
+                "--sg '/dev/sg1,readonly=maybe': readonly: 'maybe' is not on/off",
+            ),
+        ] {
+            assert_eq!(c.add_sg(spec).unwrap_err().0, want);
+        }
+        let e = c.add_sg("/dev/sg1,iops=lots").unwrap_err().0;
+        assert!(e.contains("iops:"), "{e}");
+        let l = lun_from_spec("sg", "/dev/sg4,readonly", 1, 7).expect("runtime add");
+        assert_eq!((l.target, l.lun, l.readonly), (1, 7, true));
+        assert!(lun_from_spec("tape", "/dev/st0", 0, 0)
+            .unwrap_err()
+            .0
+            .contains("sg"));
     }
 
     #[test]

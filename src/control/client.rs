@@ -39,7 +39,7 @@ pub struct CtlCli {
 enum CtlCommand {
     /// Every LUN: address, size, block size, commands in flight, what it is.
     Luns,
-    /// Add a LUN: <disk|iscsi|null> <spec as --disk, --iscsi or --null take it>.
+    /// Add a LUN: <disk|iscsi|sg|null> <spec as --disk, --iscsi, --sg or --null take it>.
     Add {
         kind: String,
         spec: String,

@@ -267,7 +267,10 @@ impl LiveLuns {
         if current.get(l.target, l.lun).is_some() {
             return Err(format!("target {} LUN {} is in use", l.target, l.lun));
         }
-        if let LunKind::Disk { path, .. } = &l.kind {
+        if let LunKind::Disk { path, .. }
+        | LunKind::BlockPassthrough { path, .. }
+        | LunKind::Sg { path } = &l.kind
+        {
             let wanted = canonical(path);
             for (t, n, other) in current.luns() {
                 let Some(p) = other.device().backing_path() else {

@@ -24,6 +24,7 @@ pub mod live;
 mod medium;
 mod medium_data;
 mod null;
+mod passthrough;
 mod registry;
 mod reservations;
 pub mod stats;

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::passthrough::{block, sg};
 use super::reservations::ReservationSetup;
 use super::{disk, iscsi, null, Lun, LunDevice, LunTable};
 use crate::config::{Config, LunConfig, LunKind};
@@ -81,6 +82,8 @@ fn open_device(
     match &l.kind {
         LunKind::Disk { path, cache } => disk::open(l, path, *cache, lock_now, &opts.reservations),
         LunKind::Null { size } => null::open(l, *size),
+        LunKind::Sg { path } => sg::open(l, path),
+        LunKind::BlockPassthrough { path, cache } => block::open(l, path, *cache, lock_now),
         LunKind::Iscsi {
             url,
             chap_secret,

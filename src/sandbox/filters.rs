@@ -131,6 +131,22 @@ const IOCTLS: &[u64] = &[
     libc::FIOCLEX as u64,
 ];
 
+/// ioctl requests of a passthrough LUN's helper threads: SG_IO, what opening the device
+/// again checks (the sg version, the transfer limit, a block device's sizes).
+#[allow(clippy::unnecessary_cast)]
+const SG_IOCTLS: &[u64] = &[
+    crate::backend::sg_io::SG_IO as u64,
+    crate::backend::sg_io::SG_GET_VERSION_NUM as u64,
+    crate::backend::sg_io::SG_GET_RESERVED_SIZE as u64,
+    crate::backend::sg_io::BLKSECTGET as u64,
+    crate::backend::sg_io::SG_SCSI_RESET as u64,
+];
+
+/// SG_SCSI_RESET: a passthrough LUN's logical unit reset, sent from the task management
+/// thread (a worker of the control queue starts it, with the iSCSI filter).
+#[allow(clippy::unnecessary_cast)]
+const SG_RESET_IOCTL: &[u64] = &[crate::backend::sg_io::SG_SCSI_RESET as u64];
+
 /// Socket families of the iSCSI threads: TCP to the targets, and what name resolution
 /// opens (nscd's UNIX socket, netlink for address sorting).
 const INET_FAMILIES: &[u64] = &[
@@ -396,15 +412,18 @@ pub fn spawns(kind: ThreadKind, needs: &Needs) -> Vec<ThreadKind> {
             ThreadKind::Flush,
             ThreadKind::Iscsi,
             ThreadKind::Reservations,
+            ThreadKind::Passthrough,
         ],
         ThreadKind::Control => vec![
             ThreadKind::Control,
             ThreadKind::Iscsi,
             ThreadKind::Flush,
             ThreadKind::Reservations,
+            ThreadKind::Passthrough,
         ],
         ThreadKind::Iscsi => vec![ThreadKind::Iscsi],
         ThreadKind::Metrics => vec![ThreadKind::Metrics],
+        ThreadKind::Passthrough => vec![],
         ThreadKind::Service | ThreadKind::Ticker | ThreadKind::Flush | ThreadKind::Reservations => {
             vec![]
         }
@@ -434,6 +453,8 @@ fn calls(kind: ThreadKind, needs: &Needs) -> Vec<Call> {
             // Dropping a frontend's connection that sent what cannot be served (guest
             // memory pulled away, a ring out of bounds).
             v.push(call!(shutdown));
+            // The task management thread it starts resets passthrough devices.
+            v.push(call!(ioctl, Args::OneOf(1, SG_RESET_IOCTL)));
             if needs.iscsi {
                 v.extend(network());
             }
@@ -490,7 +511,22 @@ fn calls(kind: ThreadKind, needs: &Needs) -> Vec<Call> {
             v.extend(network());
             v.extend(read_files());
             v.push(call!(eventfd2));
+            // As the task management thread: a passthrough LUN's reset.
+            v.push(call!(ioctl, Args::OneOf(1, SG_RESET_IOCTL)));
             if let Some((uid, gid)) = needs.drop_to {
+                v.extend(set_ids(uid, gid));
+            }
+        }
+        ThreadKind::Passthrough => {
+            v.push(call!(ioctl, Args::OneOf(1, SG_IOCTLS)));
+            // Opening the device again, read-write, and putting it behind the
+            // descriptor number the LUN's reads and writes use.
+            v.push(call!(openat));
+            v.push(call!(dup3));
+            #[cfg(target_arch = "x86_64")]
+            v.push(call!(open));
+            if let Some((uid, gid)) = needs.drop_to {
+                // The threads run when privileges are dropped.
                 v.extend(set_ids(uid, gid));
             }
         }
@@ -750,6 +786,7 @@ mod tests {
                         | ThreadKind::Control
                         | ThreadKind::Metrics
                         | ThreadKind::Reservations
+                        | ThreadKind::Passthrough
                 ) && needs.drop_to.is_some();
                 assert_eq!(allows(kind, &needs, libc::SYS_setuid), ids, "{kind:?}");
                 assert_eq!(allows(kind, &needs, libc::SYS_setgroups), ids, "{kind:?}");
@@ -761,6 +798,39 @@ mod tests {
             libc::SYS_io_uring_enter
         ));
         assert!(!allows(ThreadKind::Service, &plain, libc::SYS_clone3));
+    }
+
+    #[test]
+    // The request constants are `c_ulong`, which is u64 only on 64-bit targets.
+    #[allow(clippy::unnecessary_cast)]
+    fn sg_io_only_on_passthrough_threads() {
+        let sg_io = crate::backend::sg_io::SG_IO as u64;
+        let ioctl_values = |kind| -> Vec<u64> {
+            calls(kind, &Needs::default())
+                .into_iter()
+                .filter(|c| c.name == "ioctl")
+                .flat_map(|c| match c.args {
+                    Args::OneOf(_, v) => v.to_vec(),
+                    _ => vec![u64::MAX],
+                })
+                .collect()
+        };
+        assert!(ioctl_values(ThreadKind::Passthrough).contains(&sg_io));
+        for kind in [ThreadKind::Worker, ThreadKind::Iscsi, ThreadKind::Main] {
+            assert!(!ioctl_values(kind).contains(&sg_io), "{kind:?}");
+            assert!(
+                !ioctl_values(kind).contains(&u64::MAX),
+                "{kind:?}: any ioctl"
+            );
+        }
+        let reset = crate::backend::sg_io::SG_SCSI_RESET as u64;
+        assert!(ioctl_values(ThreadKind::Worker).contains(&reset));
+        assert!(ioctl_values(ThreadKind::Iscsi).contains(&reset));
+        assert!(!allows(
+            ThreadKind::Passthrough,
+            &Needs::default(),
+            libc::SYS_socket
+        ));
     }
 
     #[test]

@@ -113,11 +113,14 @@ pub enum ThreadKind {
     /// The metrics endpoint (`--metrics`) and its clients: accepting TCP connections on
     /// the socket bound at start-up, reading requests and writing answers.
     Metrics,
+    /// A passthrough LUN's helper threads (`vscsid-sg*`): SG_IO and the sg ioctls on the
+    /// device, and opening it again (read-write) when it comes back.
+    Passthrough,
 }
 
 impl ThreadKind {
     /// Every kind.
-    pub const ALL: [ThreadKind; 10] = [
+    pub const ALL: [ThreadKind; 11] = [
         ThreadKind::Main,
         ThreadKind::Signals,
         ThreadKind::Service,
@@ -128,6 +131,7 @@ impl ThreadKind {
         ThreadKind::Reservations,
         ThreadKind::Control,
         ThreadKind::Metrics,
+        ThreadKind::Passthrough,
     ];
 
     pub fn name(self) -> &'static str {
@@ -142,6 +146,7 @@ impl ThreadKind {
             ThreadKind::Reservations => "reservations",
             ThreadKind::Control => "control",
             ThreadKind::Metrics => "metrics",
+            ThreadKind::Passthrough => "passthrough",
         }
     }
 }

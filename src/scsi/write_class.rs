@@ -3,15 +3,28 @@
 //!
 //! A passthrough LUN cannot rely on the target to refuse them, so the list is by operation
 //! code (and service action where one opcode carries both kinds), not by what vscsid's own
-//! disk emulation supports. Commands that change only state around the data pass:
-//! SYNCHRONIZE CACHE, MODE SELECT, PERSISTENT RESERVE OUT, RESERVE/RELEASE, START STOP
-//! UNIT, SECURITY PROTOCOL OUT, SET TARGET PORT GROUPS.
+//! disk emulation supports. It covers disks (SBC), tapes (SSC, whose WRITE(6/16), FORMAT
+//! MEDIUM and ERASE(16) share opcodes with the disk commands listed) and every
+//! vendor-specific opcode (C0h..FFh), whose effect nobody outside the vendor knows.
+//! Commands that change only state around the data pass: SYNCHRONIZE CACHE, MODE SELECT,
+//! PERSISTENT RESERVE OUT, RESERVE/RELEASE, START STOP UNIT (LOAD/UNLOAD), SET TARGET PORT
+//! GROUPS, and a tape's positioning (REWIND, SPACE, LOCATE) and a changer's MOVE MEDIUM,
+//! which a reader needs. SECURITY PROTOCOL OUT is refused: on a real device it can erase
+//! (a TCG Opal revert, a cryptographic erase).
 
 use super::cdb::{self, be16, byte};
 
 /// Operation codes that may change the medium's contents.
 pub const FORMAT_UNIT: u8 = 0x04;
 pub const REASSIGN_BLOCKS: u8 = 0x07;
+/// SSC: changes a tape's capacity, losing what it held.
+pub const SET_CAPACITY: u8 = 0x0b;
+pub const WRITE_FILEMARKS_6: u8 = 0x10;
+pub const ERASE_6: u8 = 0x19;
+pub const WRITE_FILEMARKS_16: u8 = 0x80;
+pub const SECURITY_PROTOCOL_OUT: u8 = 0xb5;
+/// First vendor-specific operation code: C0h..FFh are all refused.
+pub const VENDOR_SPECIFIC_FIRST: u8 = 0xc0;
 pub const WRITE_LONG_10: u8 = 0x3f;
 pub const SANITIZE: u8 = 0x48;
 pub const XDWRITE_10: u8 = 0x50;
@@ -54,9 +67,20 @@ const fn w(opcode: u8, writes: Writes, name: &'static str) -> WriteCommand {
 
 /// Every command a read-only LUN refuses (SBC-4 and SPC-4 names).
 pub static WRITE_COMMANDS: &[WriteCommand] = &[
-    w(FORMAT_UNIT, Writes::Always, "FORMAT UNIT"),
+    w(
+        FORMAT_UNIT,
+        Writes::Always,
+        "FORMAT UNIT, FORMAT MEDIUM (tape)",
+    ),
     w(REASSIGN_BLOCKS, Writes::Always, "REASSIGN BLOCKS"),
     w(cdb::WRITE_6, Writes::Always, "WRITE(6)"),
+    w(SET_CAPACITY, Writes::Always, "SET CAPACITY (tape)"),
+    w(
+        WRITE_FILEMARKS_6,
+        Writes::Always,
+        "WRITE FILEMARKS(6) (tape)",
+    ),
+    w(ERASE_6, Writes::Always, "ERASE(6) (tape)"),
     w(cdb::WRITE_10, Writes::Always, "WRITE(10)"),
     w(
         cdb::WRITE_AND_VERIFY_10,
@@ -87,6 +111,11 @@ pub static WRITE_COMMANDS: &[WriteCommand] = &[
         Writes::ServiceActions(&[0x00, 0x01, 0x11]),
         "EXTENDED COPY, WRITE USING TOKEN",
     ),
+    w(
+        WRITE_FILEMARKS_16,
+        Writes::Always,
+        "WRITE FILEMARKS(16) (tape)",
+    ),
     // An ATA command inside can write anything.
     w(ATA_PASS_THROUGH_16, Writes::Always, "ATA PASS-THROUGH(16)"),
     w(cdb::COMPARE_AND_WRITE, Writes::Always, "COMPARE AND WRITE"),
@@ -97,7 +126,11 @@ pub static WRITE_COMMANDS: &[WriteCommand] = &[
         Writes::Always,
         "WRITE AND VERIFY(16)",
     ),
-    w(cdb::WRITE_SAME_16, Writes::Always, "WRITE SAME(16)"),
+    w(
+        cdb::WRITE_SAME_16,
+        Writes::Always,
+        "WRITE SAME(16), ERASE(16) (tape)",
+    ),
     w(WRITE_STREAM_16, Writes::Always, "WRITE STREAM(16)"),
     w(WRITE_ATOMIC_16, Writes::Always, "WRITE ATOMIC(16)"),
     // WRITE LONG(16) and WRITE SCATTERED(16).
@@ -113,11 +146,19 @@ pub static WRITE_COMMANDS: &[WriteCommand] = &[
         Writes::Always,
         "WRITE AND VERIFY(12)",
     ),
+    w(
+        SECURITY_PROTOCOL_OUT,
+        Writes::Always,
+        "SECURITY PROTOCOL OUT",
+    ),
 ];
 
 /// Whether `cdb` may change the LUN's data, so a read-only LUN must refuse it.
 pub fn changes_data(c: &[u8]) -> bool {
     let op = byte(c, 0);
+    if op >= VENDOR_SPECIFIC_FIRST {
+        return true;
+    }
     let Some(entry) = WRITE_COMMANDS.iter().find(|e| e.opcode == op) else {
         return false;
     };
@@ -192,6 +233,28 @@ mod tests {
             (cdb::START_STOP_UNIT, 0, false),
             (cdb::LOG_SENSE, 0, false),
             (cdb::SERVICE_ACTION_IN_16, 0x10, false),
+            // Tape: what writes the medium, and the positioning a reader needs.
+            (WRITE_FILEMARKS_6, 0, true),
+            (WRITE_FILEMARKS_16, 0, true),
+            (ERASE_6, 0, true),
+            (SET_CAPACITY, 0, true),
+            (0x01, 0, false), // REWIND
+            (0x11, 0, false), // SPACE(6)
+            (0x2b, 0, false), // LOCATE(10)
+            (0x34, 0, false), // READ POSITION
+            (0x91, 0, false), // SPACE(16)
+            (0x92, 0, false), // LOCATE(16)
+            (0xa5, 0, false), // MOVE MEDIUM (changer)
+            (0xb8, 0, false), // READ ELEMENT STATUS (changer)
+            (SECURITY_PROTOCOL_OUT, 0, true),
+            (0xa2, 0, false), // SECURITY PROTOCOL IN
+            (WRITE_LONG_10, 0, true),
+            (SERVICE_ACTION_OUT_16, 0x10, false),
+            // Every vendor-specific opcode.
+            (0xc0, 0, true),
+            (0xd5, 0, true),
+            (0xff, 0, true),
+            (0xbf, 0, false),
         ];
         for &(op, sa, writes) in cases {
             assert_eq!(
@@ -206,6 +269,11 @@ mod tests {
     fn the_list_names_each_opcode_once() {
         for (i, a) in WRITE_COMMANDS.iter().enumerate() {
             assert!(!a.name.is_empty());
+            assert!(
+                a.opcode < VENDOR_SPECIFIC_FIRST,
+                "{}: covered by the range",
+                a.name
+            );
             for b in &WRITE_COMMANDS[i + 1..] {
                 assert_ne!(a.opcode, b.opcode, "{} and {}", a.name, b.name);
             }

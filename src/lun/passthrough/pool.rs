@@ -1,0 +1,516 @@
+//! A passthrough LUN's helper threads: they take commands from a bounded queue, run each
+//! with a blocking SG_IO on the device, and answer it through the worker's callback. The
+//! device's descriptor is shared by the threads; when the device is gone it is dropped
+//! and the path opened again, at most once per [`REOPEN_INTERVAL`], by the thread of a
+//! later command. Data moves through buffers the LUN keeps for reuse (see the module
+//! above for why not guest memory).
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::reply::{self, DeviceFacts, Health, DEVICE_GONE};
+use crate::backend::sg_io::{self, DeviceKind, Direction};
+use crate::lun::MAX_SENSE;
+use crate::scsi::task::{ScsiCompletion, TransportError};
+
+/// Helper threads per LUN: enough to keep a disk's queue busy with the commands that are
+/// not READ/WRITE (or every command of an sg device); the sg driver takes at most 16
+/// commands per descriptor at once.
+pub const THREADS: usize = 8;
+/// Commands a LUN accepts at once (running and queued); past that, TASK SET FULL.
+pub const QUEUE_DEPTH: usize = 64;
+/// Buffers kept for reuse: one per thread covers a steady load without allocating.
+const KEPT_BUFFERS: usize = THREADS;
+/// Least time between two attempts to open a gone device again.
+pub const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
+/// Tries of a command the kernel answered with EINTR/EAGAIN before giving up.
+const MAX_TRIES: u32 = 3;
+
+/// One command for the helper threads.
+pub struct Job {
+    /// Its id for ABORT TASK (the task's `remote_id`).
+    pub id: u64,
+    pub cdb: [u8; 32],
+    pub cdb_len: usize,
+    pub dir: Direction,
+    /// Data-out to send, or room for data-in.
+    pub buf: Vec<u8>,
+    pub reply: Box<dyn FnOnce(ScsiCompletion) + Send>,
+}
+
+/// Where the device is and how to open it again.
+pub struct DeviceSpec {
+    pub path: PathBuf,
+    pub kind: DeviceKind,
+    pub readonly: bool,
+    /// Open flags besides O_CLOEXEC (O_DIRECT for a block device).
+    pub extra_flags: libc::c_int,
+    /// SG_IO's timeout, in milliseconds.
+    pub timeout_ms: u32,
+}
+
+struct DeviceState {
+    /// None while the device is gone.
+    file: Option<Arc<File>>,
+    /// When the path was last opened (or tried).
+    last_try: Instant,
+    /// Counts the successful reopens.
+    generation: u64,
+    /// Another descriptor number of the same device that must follow a reopen (a
+    /// block-passthrough LUN's reads and writes go through it): the reopened file is
+    /// duplicated onto it. None once the pool is dropped, before that descriptor closes.
+    mirror_fd: Option<RawFd>,
+}
+
+struct Queue {
+    jobs: VecDeque<Job>,
+    /// Commands accepted and not answered yet (queued or running).
+    outstanding: usize,
+    stopping: bool,
+}
+
+struct Shared {
+    spec: DeviceSpec,
+    device: Mutex<DeviceState>,
+    queue: Mutex<Queue>,
+    ready: Condvar,
+    buffers: Mutex<Vec<Vec<u8>>>,
+    facts: DeviceFacts,
+    next_id: AtomicU64,
+    /// The kernel refused a command for want of privilege (logged once).
+    denied_logged: AtomicBool,
+}
+
+/// The helper threads of one LUN and what they share.
+pub struct Pool {
+    shared: Arc<Shared>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Pool {
+    /// Starts the threads on an opened device. `mirror_fd`: a descriptor of the same
+    /// device, owned by the caller and open for as long as the pool, that a reopen
+    /// replaces too.
+    pub fn start(
+        spec: DeviceSpec,
+        file: File,
+        facts: DeviceFacts,
+        mirror_fd: Option<RawFd>,
+    ) -> Result<Pool, String> {
+        let shared = Arc::new(Shared {
+            spec,
+            device: Mutex::new(DeviceState {
+                file: Some(Arc::new(file)),
+                last_try: Instant::now(),
+                generation: 0,
+                mirror_fd,
+            }),
+            queue: Mutex::new(Queue {
+                jobs: VecDeque::with_capacity(QUEUE_DEPTH),
+                outstanding: 0,
+                stopping: false,
+            }),
+            ready: Condvar::new(),
+            buffers: Mutex::new(Vec::with_capacity(KEPT_BUFFERS)),
+            facts,
+            next_id: AtomicU64::new(1),
+            denied_logged: AtomicBool::new(false),
+        });
+        let pool = Pool { shared };
+        for n in 0..THREADS {
+            let shared = pool.shared.clone();
+            std::thread::Builder::new()
+                .name(format!("vscsid-sg{n}"))
+                .spawn(move || {
+                    crate::sandbox::enter(crate::sandbox::ThreadKind::Passthrough);
+                    serve(&shared);
+                })
+                .map_err(|e| format!("cannot start a passthrough thread: {e}"))?;
+        }
+        Ok(pool)
+    }
+
+    /// What the LUN knows of its device.
+    pub fn facts(&self) -> &DeviceFacts {
+        &self.shared.facts
+    }
+
+    /// Takes a buffer of `len` bytes (zeroed) from the reusable ones, or a new one.
+    pub fn buffer(&self, len: usize) -> Vec<u8> {
+        let mut buf = lock(&self.shared.buffers).pop().unwrap_or_default();
+        buf.clear();
+        buf.resize(len, 0);
+        buf
+    }
+
+    /// Gives a buffer back for reuse.
+    pub fn recycle(&self, buf: Vec<u8>) {
+        if buf.capacity() == 0 {
+            return;
+        }
+        let mut kept = lock(&self.shared.buffers);
+        if kept.len() < KEPT_BUFFERS {
+            kept.push(buf);
+        }
+    }
+
+    /// Counts a command in before its job is built: false when QUEUE_DEPTH commands are
+    /// already outstanding (answer TASK SET FULL).
+    pub fn reserve(&self) -> bool {
+        let mut q = lock(&self.shared.queue);
+        if q.outstanding >= QUEUE_DEPTH || q.stopping {
+            return false;
+        }
+        q.outstanding += 1;
+        true
+    }
+
+    /// Gives back a count taken by [`Pool::reserve`] for a command that was not queued.
+    pub fn cancel_reservation(&self) {
+        let mut q = lock(&self.shared.queue);
+        q.outstanding = q.outstanding.saturating_sub(1);
+    }
+
+    /// A fresh id for a command.
+    pub fn next_id(&self) -> u64 {
+        self.shared.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Queues a command counted in by [`Pool::reserve`].
+    pub fn submit(&self, job: Job) {
+        lock(&self.shared.queue).jobs.push_back(job);
+        self.shared.ready.notify_one();
+    }
+
+    /// Answers queued commands (`which` picks them; None: all) as aborted before they
+    /// reach the device. Commands already in an ioctl cannot be taken back: they end when
+    /// the device answers. Returns how many were taken off the queue.
+    pub fn cancel(&self, which: Option<u64>) -> usize {
+        let taken: Vec<Job> = {
+            let mut q = lock(&self.shared.queue);
+            let (taken, kept): (Vec<Job>, Vec<Job>) = q
+                .jobs
+                .drain(..)
+                .partition(|j| which.is_none_or(|id| id == j.id));
+            q.jobs.extend(kept);
+            q.outstanding -= taken.len();
+            taken
+        };
+        let n = taken.len();
+        for job in taken {
+            (job.reply)(reply::failed(TransportError::Aborted, job.buf));
+        }
+        n
+    }
+
+    /// Resets the logical unit (SG_SCSI_RESET), when the device is there and the kernel
+    /// allows it (CAP_SYS_ADMIN and CAP_SYS_RAWIO). Blocks until the host is done.
+    pub fn reset_device(&self) -> Result<(), String> {
+        let Some(file) = current_file(&self.shared) else {
+            return Err("the device is gone".into());
+        };
+        sg_io::reset_device(&file).map_err(|e| e.to_string())
+    }
+
+    /// How often the device was opened again after it was gone.
+    pub fn generation(&self) -> u64 {
+        lock(&self.shared.device).generation
+    }
+
+    /// The device failed outside SG_IO (a read or write of the block device): it is
+    /// treated as gone, and the next command sent to the threads opens it again.
+    pub fn mark_lost(&self) {
+        let file = lock(&self.shared.device).file.clone();
+        if let Some(f) = file {
+            lost(&self.shared, &f);
+        }
+    }
+
+    /// Whether the device is there now (not known gone).
+    pub fn present(&self) -> bool {
+        lock(&self.shared.device).file.is_some()
+    }
+
+    /// Commands accepted and not answered yet.
+    pub fn outstanding(&self) -> usize {
+        lock(&self.shared.queue).outstanding
+    }
+}
+
+/// The threads stop once the queue is empty; nothing waits for a thread still in an
+/// ioctl (a tape's REWIND can take minutes), which ends on its own.
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // From here on a reopen leaves the owner's descriptor alone (it closes next).
+        lock(&self.shared.device).mirror_fd = None;
+        lock(&self.shared.queue).stopping = true;
+        self.shared.ready.notify_all();
+    }
+}
+
+/// A helper thread's loop.
+fn serve(shared: &Shared) {
+    let mut sense = [0u8; MAX_SENSE];
+    loop {
+        let job = {
+            let mut q = lock(&shared.queue);
+            loop {
+                if let Some(job) = q.jobs.pop_front() {
+                    break job;
+                }
+                if q.stopping {
+                    return;
+                }
+                q = shared.ready.wait(q).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        let Job {
+            cdb,
+            cdb_len,
+            dir,
+            buf,
+            reply,
+            ..
+        } = job;
+        let completion = run(shared, &cdb[..cdb_len], dir, buf, &mut sense);
+        lock(&shared.queue).outstanding -= 1;
+        reply(completion);
+    }
+}
+
+/// The device's descriptor, opened again when it was gone and REOPEN_INTERVAL passed.
+fn current_file(shared: &Shared) -> Option<Arc<File>> {
+    let mut d = lock(&shared.device);
+    if let Some(f) = &d.file {
+        return Some(f.clone());
+    }
+    if d.last_try.elapsed() < REOPEN_INTERVAL {
+        return None;
+    }
+    d.last_try = Instant::now();
+    let s = &shared.spec;
+    match sg_io::open_device(&s.path, s.kind, s.readonly, s.extra_flags) {
+        Ok(f) => {
+            if let Some(mirror) = d.mirror_fd {
+                // SAFETY: dup3 takes two descriptor numbers: `f` is open, and `mirror`
+                // stays open while `mirror_fd` is Some (the pool's owner clears it under
+                // this lock before closing it). The old file behind `mirror` is closed
+                // by the kernel; I/O in flight on it keeps its own reference.
+                if unsafe { libc::dup3(f.as_raw_fd(), mirror, libc::O_CLOEXEC) } < 0 {
+                    tracing::warn!(
+                        "passthrough device reopened, but its read/write descriptor was not replaced: {}",
+                        std::io::Error::last_os_error()
+                    );
+                }
+            }
+            tracing::info!(path = %s.path.display(), "passthrough device is back");
+            let f = Arc::new(f);
+            d.file = Some(f.clone());
+            d.generation += 1;
+            Some(f)
+        }
+        Err(e) => {
+            tracing::debug!("passthrough device still gone: {e}");
+            None
+        }
+    }
+}
+
+/// The device answered as gone through `file`: forget it (unless it was replaced
+/// meanwhile), so the next command opens the path again.
+fn lost(shared: &Shared, file: &Arc<File>) {
+    let mut d = lock(&shared.device);
+    if d.file.as_ref().is_some_and(|f| Arc::ptr_eq(f, file)) {
+        tracing::warn!(
+            path = %shared.spec.path.display(),
+            "passthrough device gone; commands get NOT READY until it is back"
+        );
+        d.file = None;
+        d.last_try = Instant::now();
+    }
+}
+
+/// Runs one command on the device and builds its answer.
+fn run(
+    shared: &Shared,
+    cdb: &[u8],
+    dir: Direction,
+    mut buf: Vec<u8>,
+    sense: &mut [u8; MAX_SENSE],
+) -> ScsiCompletion {
+    let Some(file) = current_file(shared) else {
+        return reply::check(DEVICE_GONE, buf);
+    };
+    let timeout = shared.spec.timeout_ms;
+    let mut tries = 0;
+    let result = loop {
+        tries += 1;
+        match sg_io::sg_io(&file, cdb, dir, &mut buf, sense, timeout) {
+            Err(e)
+                if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN))
+                    && tries < MAX_TRIES => {}
+            r => break r,
+        }
+    };
+    match result {
+        Ok(r) => {
+            let (mut c, health) = reply::for_reply(&r, sense, buf, dir == Direction::FromDevice);
+            if health == Health::Gone {
+                lost(shared, &file);
+            } else if matches!(&c.result, Ok(st) if st.status == crate::scsi::status::GOOD) {
+                shared.facts.observe(cdb, &mut c.data_in);
+            }
+            c
+        }
+        Err(e) => {
+            let errno = e.raw_os_error().unwrap_or(libc::EIO);
+            if sg_io::device_gone(errno) {
+                lost(shared, &file);
+                return reply::check(DEVICE_GONE, buf);
+            }
+            if matches!(errno, libc::EPERM | libc::EACCES)
+                && !shared.denied_logged.swap(true, Ordering::Relaxed)
+            {
+                tracing::warn!(
+                    path = %shared.spec.path.display(),
+                    opcode = format_args!("{:#04x}", cdb.first().copied().unwrap_or(0)),
+                    "the kernel refused a passthrough command (EPERM): some commands need CAP_SYS_RAWIO; answered INVALID COMMAND OPERATION CODE (logged once)"
+                );
+            }
+            reply::for_errno(errno, buf)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// A pool on /dev/null: every SG_IO fails with ENOTTY, which is not a lost device.
+    fn null_pool() -> Pool {
+        let spec = DeviceSpec {
+            path: "/dev/null".into(),
+            kind: DeviceKind::ScsiGeneric,
+            readonly: true,
+            extra_flags: 0,
+            timeout_ms: 1000,
+        };
+        let file = File::open("/dev/null").expect("/dev/null");
+        Pool::start(spec, file, DeviceFacts::new(1 << 20, 512, 0), None).expect("pool")
+    }
+
+    fn job(pool: &Pool, tx: mpsc::Sender<ScsiCompletion>) -> Job {
+        let mut cdb = [0u8; 32];
+        cdb[0] = crate::scsi::cdb::INQUIRY;
+        Job {
+            id: pool.next_id(),
+            cdb,
+            cdb_len: 6,
+            dir: Direction::FromDevice,
+            buf: pool.buffer(96),
+            reply: Box::new(move |c| {
+                let _ = tx.send(c);
+            }),
+        }
+    }
+
+    #[test]
+    fn a_command_is_answered_from_a_helper_thread_and_its_buffer_comes_back() {
+        let pool = null_pool();
+        let (tx, rx) = mpsc::channel();
+        assert!(pool.reserve());
+        pool.submit(job(&pool, tx));
+        let c = rx.recv_timeout(Duration::from_secs(10)).expect("answer");
+        // ENOTTY: an internal target failure, not a lost device.
+        let st = c.result.expect("status");
+        assert_eq!(st.status, crate::scsi::status::CHECK_CONDITION);
+        assert_eq!(st.sense[12], 0x44);
+        assert!(pool.present());
+        assert!(c.data_in.is_empty() && c.data_in.capacity() >= 96);
+        pool.recycle(c.data_in);
+        assert_eq!(pool.buffer(10), vec![0u8; 10], "reused, zeroed");
+        assert_eq!(pool.outstanding(), 0);
+    }
+
+    #[test]
+    fn the_queue_is_bounded() {
+        let pool = null_pool();
+        // Counted in but not submitted: the threads cannot take them.
+        for _ in 0..QUEUE_DEPTH {
+            assert!(pool.reserve());
+        }
+        assert!(!pool.reserve(), "TASK SET FULL past the depth");
+        assert_eq!(pool.outstanding(), QUEUE_DEPTH);
+    }
+
+    #[test]
+    fn cancelled_commands_end_aborted() {
+        let pool = null_pool();
+        let (tx, rx) = mpsc::channel();
+        let (a, b) = (job(&pool, tx.clone()), job(&pool, tx));
+        let (id_a, id_b) = (a.id, b.id);
+        {
+            let mut q = lock(&pool.shared.queue);
+            q.outstanding += 2;
+            q.jobs.push_back(a);
+            q.jobs.push_back(b);
+        }
+        // Whichever a thread already took ends with the device's answer; the rest abort.
+        let taken = pool.cancel(Some(id_a)) + pool.cancel(None);
+        let mut aborted = 0;
+        for _ in 0..2 {
+            let c = rx.recv_timeout(Duration::from_secs(10)).expect("answer");
+            if c.result == Err(TransportError::Aborted) {
+                aborted += 1;
+            }
+        }
+        assert_eq!(aborted, taken);
+        assert_eq!(pool.outstanding(), 0);
+        assert_ne!(id_a, id_b);
+    }
+
+    #[test]
+    fn a_gone_device_is_not_ready_and_reopened_at_most_once_per_interval() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("sg9");
+        let spec = DeviceSpec {
+            path: path.clone(),
+            kind: DeviceKind::ScsiGeneric,
+            readonly: true,
+            extra_flags: 0,
+            timeout_ms: 1000,
+        };
+        let file = File::open("/dev/null").expect("/dev/null");
+        let pool = Pool::start(spec, file, DeviceFacts::new(1 << 20, 512, 0), None).expect("pool");
+        let held = current_file(&pool.shared).expect("open");
+        lost(&pool.shared, &held);
+        assert!(!pool.present());
+        let (tx, rx) = mpsc::channel();
+        assert!(pool.reserve());
+        pool.submit(job(&pool, tx));
+        let c = rx.recv_timeout(Duration::from_secs(10)).expect("answer");
+        let st = c.result.expect("status");
+        assert_eq!(
+            (st.sense[2], st.sense[12], st.sense[13]),
+            (0x02, 0x04, 0x03)
+        );
+        // The path does not exist: the attempt fails, and the next waits its turn.
+        lock(&pool.shared.device).last_try = Instant::now() - REOPEN_INTERVAL;
+        assert!(current_file(&pool.shared).is_none());
+        let tried = lock(&pool.shared.device).last_try;
+        assert!(tried.elapsed() < REOPEN_INTERVAL);
+        assert!(current_file(&pool.shared).is_none());
+        assert_eq!(lock(&pool.shared.device).last_try, tried, "rate-limited");
+        assert_eq!(pool.generation(), 0);
+        assert!(pool.reset_device().is_err());
+    }
+}
