@@ -47,6 +47,9 @@ tests/qemu/run-multipath-e2e.sh
 stage "QEMU guest end-to-end (two guests share a disk through two vscsids and fence each other with persistent reservations)"
 tests/qemu/run-reservations-e2e.sh
 
+stage "QEMU guest end-to-end (local SCSI passthrough: vscsid in the guest on scsi_debug disk and tape, --sg and --disk ...,passthrough)"
+tests/qemu/run-passthrough-e2e.sh
+
 stage "QEMU guest end-to-end (live migration: QEMU 7.2 to QEMU 7.2, each with its own vscsid)"
 tests/qemu/run-migration-e2e.sh
 
