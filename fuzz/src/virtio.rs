@@ -12,7 +12,7 @@ use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, Guest
 
 use vscsid::backend::guest::GuestMem;
 use vscsid::heartbeat::{Heartbeat, Heartbeats};
-use vscsid::lun::{build_lun_table, iscsi_options, LiveLuns};
+use vscsid::lun::{build_lun_table, open_options, LiveLuns};
 use vscsid::vhost::{DirtyLog, ScsiDevice, Vring};
 
 use crate::{wait_readable, HANG_BOUND};
@@ -78,7 +78,7 @@ impl DeviceHarness {
         let (cfg, images) = crate::luns::config(NUM_REQUEST_QUEUES, MAX_QUEUE_SIZE);
         let luns = LiveLuns::new(
             build_lun_table(&cfg).expect("LUN table"),
-            iscsi_options(&cfg),
+            open_options(&cfg),
             true,
         );
         let regions = [
