@@ -348,11 +348,209 @@ fn removal_check(p: &mut Probe, device: &std::path::Path) {
     );
 }
 
+/// How many 4 KiB reads at random offsets a way of sending them completes in `for`.
+struct Rate {
+    name: &'static str,
+    ios: u64,
+    secs: f64,
+}
+
+impl Rate {
+    fn iops(&self) -> f64 {
+        self.ios as f64 / self.secs
+    }
+}
+
+fn random_read(lba_range: u32, rng: &mut u64) -> [u8; 10] {
+    // xorshift: reproducible, no dependency.
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    rw10(0x28, ((*rng % u64::from(lba_range.max(1))) as u32) & !7, 8)
+}
+
+/// The sg driver's asynchronous interface (write() queues a command, read() returns a
+/// finished one), `depth` commands in flight, each with its own buffer.
+fn sg_async_rate(dev: &File, lba_range: u32, depth: usize, run: Duration) -> std::io::Result<u64> {
+    let mut bufs = vec![vec![0u8; 4096]; depth];
+    let mut cdbs = vec![[0u8; 10]; depth];
+    let mut senses = vec![[0u8; 32]; depth];
+    let mut rng = 0x1234_5678_u64;
+    let header =
+        |i: usize, bufs: &mut [Vec<u8>], cdbs: &[[u8; 10]], senses: &mut [[u8; 32]]| SgIoHdr {
+            interface_id: i32::from(b'S'),
+            dxfer_direction: SG_DXFER_FROM_DEV,
+            cmd_len: 10,
+            mx_sb_len: 32,
+            iovec_count: 0,
+            dxfer_len: 4096,
+            dxferp: bufs[i].as_mut_ptr().cast(),
+            cmdp: cdbs[i].as_ptr(),
+            sbp: senses[i].as_mut_ptr(),
+            timeout: 20_000,
+            flags: 0,
+            pack_id: i as i32,
+            usr_ptr: std::ptr::null_mut(),
+            status: 0,
+            masked_status: 0,
+            msg_status: 0,
+            sb_len_wr: 0,
+            host_status: 0,
+            driver_status: 0,
+            resid: 0,
+            duration: 0,
+            info: 0,
+        };
+    let size = std::mem::size_of::<SgIoHdr>();
+    let submit = |h: &SgIoHdr| -> std::io::Result<()> {
+        // SAFETY: write() hands the sg driver a header whose buffers (bufs, cdbs, senses)
+        // live until this function returns, after every command was read back.
+        let n = unsafe { libc::write(dev.as_raw_fd(), (h as *const SgIoHdr).cast(), size) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    for i in 0..depth {
+        cdbs[i] = random_read(lba_range, &mut rng);
+        submit(&header(i, &mut bufs, &cdbs, &mut senses))?;
+    }
+    let start = Instant::now();
+    let mut done = 0u64;
+    let mut outstanding = depth;
+    while outstanding > 0 {
+        let mut h = header(0, &mut bufs, &cdbs, &mut senses);
+        // SAFETY: read() fills the header of a finished command (its pack_id tells which).
+        let n = unsafe { libc::read(dev.as_raw_fd(), (&mut h as *mut SgIoHdr).cast(), size) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        outstanding -= 1;
+        done += 1;
+        let i = usize::try_from(h.pack_id).unwrap_or(0).min(depth - 1);
+        if start.elapsed() < run {
+            cdbs[i] = random_read(lba_range, &mut rng);
+            submit(&header(i, &mut bufs, &cdbs, &mut senses))?;
+            outstanding += 1;
+        }
+    }
+    Ok(done)
+}
+
+/// 4 KiB random reads, `depth` in flight through vscsid.
+fn vscsid_rate(p: &mut Probe, lba_range: u32, depth: usize, run: Duration) -> u64 {
+    let mut rng = 0x8765_4321_u64;
+    let cdbs: Vec<[u8; 10]> = (0..4096)
+        .map(|_| random_read(lba_range, &mut rng))
+        .collect();
+    let mut next = 0usize;
+    let mut outstanding = 0;
+    let mut done = 0u64;
+    let start = Instant::now();
+    let deadline = start + run + Duration::from_secs(20);
+    for _ in 0..depth {
+        let req = VirtioScsiRequest {
+            lun: lun_address(0, 0),
+            tag: next as u64,
+            cdb: &cdbs[next % cdbs.len()],
+            data_out: &[],
+            data_in_len: 4096,
+        };
+        next += 1;
+        if p.fe.submit(2, &req).is_ok() {
+            outstanding += 1;
+        }
+    }
+    while outstanding > 0 && Instant::now() < deadline {
+        let Some(_) = p.fe.complete(2) else {
+            std::hint::spin_loop();
+            continue;
+        };
+        outstanding -= 1;
+        done += 1;
+        if start.elapsed() < run {
+            let req = VirtioScsiRequest {
+                lun: lun_address(0, 0),
+                tag: next as u64,
+                cdb: &cdbs[next % cdbs.len()],
+                data_out: &[],
+                data_in_len: 4096,
+            };
+            next += 1;
+            if p.fe.submit(2, &req).is_ok() {
+                outstanding += 1;
+            }
+        }
+    }
+    done
+}
+
+/// What the daemon's SG_IO helper pool costs, against the device's own interfaces from
+/// the same guest: 4 KiB random reads of a scsi_debug disk (RAM, so the interfaces' cost
+/// is what is measured) at queue depth 1 and 8, synchronous SG_IO and the sg driver's
+/// asynchronous write()/read() straight to the device, and through vscsid. Prints one
+/// `VSCSID-BENCH <name> <IOPS>` line each.
+fn bench(p: &mut Probe, seconds: u64) {
+    let run = Duration::from_secs(seconds);
+    let cap = p
+        .via_vscsid(&[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 8)
+        .and_then(|r| {
+            r.data_in
+                .get(0..4)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        })
+        .unwrap_or(0);
+    let range = cap.saturating_sub(8);
+    let mut rates = Vec::new();
+    let mut rng = 0x55aa_u64;
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < run {
+        if sg_io(&p.dev, &random_read(range, &mut rng), &[], 4096).is_err() {
+            break;
+        }
+        n += 1;
+    }
+    rates.push(Rate {
+        name: "device-sg_io-qd1",
+        ios: n,
+        secs: start.elapsed().as_secs_f64(),
+    });
+    for (name, depth) in [("device-sg-async-qd1", 1), ("device-sg-async-qd8", 8)] {
+        let start = Instant::now();
+        let n = sg_async_rate(&p.dev, range, depth, run).unwrap_or(0);
+        rates.push(Rate {
+            name,
+            ios: n,
+            secs: start.elapsed().as_secs_f64(),
+        });
+    }
+    for (name, depth) in [("vscsid-qd1", 1), ("vscsid-qd8", 8)] {
+        let start = Instant::now();
+        let n = vscsid_rate(p, range, depth, run);
+        rates.push(Rate {
+            name,
+            ios: n,
+            secs: start.elapsed().as_secs_f64(),
+        });
+    }
+    for r in &rates {
+        println!("VSCSID-BENCH {}{} {:.0}", p.prefix, r.name, r.iops());
+    }
+    let all_ran = rates.iter().all(|r| r.ios > 0);
+    let summary: Vec<String> = rates
+        .iter()
+        .map(|r| format!("{} {:.0}", r.name, r.iops()))
+        .collect();
+    p.check("pt-bench-ran", all_ran, &summary.join(", "));
+}
+
 fn main() {
     let mut socket = None;
     let mut device = None;
     let mut mode = String::from("disk");
     let mut delete_after = false;
+    let mut bench_secs: Option<u64> = None;
     let mut prefix = String::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -361,6 +559,7 @@ fn main() {
             "--device" => device = args.next().map(PathBuf::from),
             "--mode" => mode = args.next().unwrap_or_default(),
             "--delete-after" => delete_after = true,
+            "--bench" => bench_secs = args.next().and_then(|v| v.parse().ok()),
             "--prefix" => prefix = args.next().unwrap_or_default(),
             other => {
                 eprintln!("passthrough_check: unknown argument {other}");
@@ -409,6 +608,9 @@ fn main() {
     match mode.as_str() {
         "tape" => tape_checks(&mut p),
         _ => disk_checks(&mut p),
+    }
+    if let Some(secs) = bench_secs {
+        bench(&mut p, secs);
     }
     if delete_after {
         removal_check(&mut p, &device);

@@ -158,12 +158,12 @@ if [ "$MODE" = passthrough ]; then
     check ${prefix}pt-vscsid-log "$( [ "$n" = 0 ] && echo PASS || echo FAIL )" "$n warnings or errors"
     [ "$n" = 0 ] || grep -E ' (ERROR|WARN) ' /tmp/vscsid-$prefix.log | head -n 3
   }
-  load_scsi_debug dev_size_mb=64
+  load_scsi_debug dev_size_mb=64 delay=0
   SG=$(debug_dev scsi_generic); SD=$(debug_dev block)
   if [ -z "$SG" ] || [ -z "$SD" ]; then check pt-scsi-debug FAIL "no scsi_debug disk"; finish; fi
   check pt-scsi-debug PASS "disk /dev/$SD /dev/$SG"
-  run_probe sg- --device /dev/$SG --mode disk -- --sg /dev/$SG
-  run_probe block- --device /dev/$SG --mode disk --delete-after -- --disk /dev/$SD,passthrough,cache=none
+  run_probe sg- --device /dev/$SG --mode disk --bench 2 -- --sg /dev/$SG
+  run_probe block- --device /dev/$SG --mode disk --bench 2 --delete-after -- --disk /dev/$SD,passthrough,cache=none
   rmmod scsi_debug
   load_scsi_debug ptype=1
   SG=$(debug_dev scsi_generic)

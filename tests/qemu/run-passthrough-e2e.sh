@@ -38,11 +38,14 @@ for prefix in sg- block-; do
     "${prefix}pt-report-luns-by-vscsid" "${prefix}pt-write-read-pattern"
     "${prefix}pt-injected-medium-error" "${prefix}pt-unknown-opcode-unchanged" "${prefix}pt-vscsid-log")
 done
-checks+=(block-pt-removed-device-answered block-pt-daemon-serves-after-removal pt-scsi-debug-tape
+checks+=(sg-pt-bench-ran block-pt-removed-device-answered block-pt-daemon-serves-after-removal pt-scsi-debug-tape
   tape-pt-vscsid-started tape-pt-tape-inquiry tape-pt-tape-rewind tape-pt-tape-write-filemarks
   tape-pt-tape-read-position tape-pt-tape-rewind-again tape-pt-vscsid-log)
 report_guest_checks "$serial" "${checks[@]}"
 report_powered_off "$serial" "$qemu_rc" "QEMU exited 0"
+# What the SG_IO helper pool costs (4 KiB random reads of the RAM disk, IOPS under TCG):
+# the device's own interfaces against the path through vscsid.
+tr -d '\r' < "$serial" | grep -ao 'VSCSID-BENCH .*' | sed 's/^VSCSID-BENCH /bench: /' || true
 if ((failed > 0)); then
   echo "--- serial (last 40 lines) ---"; tail -n 40 "$serial" || true
 fi
