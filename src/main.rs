@@ -251,11 +251,6 @@ fn build_config(cli: Cli, order: LunOrder) -> Result<Config, String> {
             }
         }
     }
-    if let Some(dir) = &cfg.state_dir {
-        // Now, before any filter: LUNs added later open their state files in it.
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("--state-dir {}: cannot create it: {e}", dir.display()))?;
-    }
     if let Some(mode) = &cli.sandbox {
         cfg.sandbox = vscsid::config::parse_sandbox(mode, "--sandbox").map_err(|e| e.0)?;
     }
@@ -354,6 +349,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(dir) = &cfg.state_dir {
+        // At start-up only, before any filter (a reload reads the configuration again
+        // on the signal thread, whose filter leaves mkdir out): LUNs added later open
+        // their state files in it.
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            report(&format!(
+                "error: --state-dir {}: cannot create it: {e}",
+                dir.display()
+            ));
+            return ExitCode::from(2);
+        }
+    }
     let vm_name = cfg.vm_name.clone().unwrap_or_else(|| {
         cfg.socket
             .as_deref()

@@ -422,3 +422,56 @@ fn a_shared_disk_added_while_the_daemon_runs_is_served_under_the_filters() {
     std::thread::sleep(Duration::from_millis(200));
     assert!(d.is_running());
 }
+
+#[test]
+fn a_reload_adding_a_shared_disk_is_served_under_the_filters() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let state = dir.path().join("state");
+    let config = dir.path().join("vscsid.toml");
+    let image = dir.path().join("shared.img");
+    std::fs::File::create(&image)
+        .and_then(|f| f.set_len(4 << 20))
+        .unwrap();
+    std::fs::write(&config, "").unwrap();
+    let mut d = Daemon::start(
+        &[Disk {
+            name: "root.img",
+            size: 4 << 20,
+            opts: "",
+        }],
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--sandbox",
+            "on",
+        ],
+    );
+    // SIGHUP reads the configuration again on the signal thread, under its filter.
+    std::fs::write(
+        &config,
+        format!(
+            "[[lun]]\nlun = 5\npath = \"{}\"\nshared = true\n",
+            image.display()
+        ),
+    )
+    .unwrap();
+    // SAFETY: kill() sends a signal to the daemon this test started.
+    assert_eq!(unsafe { libc::kill(d.child.id() as i32, libc::SIGHUP) }, 0);
+    let mut fe = d.connect(1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = fe
+            .command(&cmd(5, &test_unit_ready(), &[], 0))
+            .expect("TEST UNIT READY");
+        if (r.response, r.status) == (0, 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "LUN 5 never came: {r:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let p = pr_params(0, 7, false);
+    good(&fe.command(&cmd(5, &pr_out(REGISTER, 0), &p, 0)).unwrap());
+    assert!(d.is_running());
+}
