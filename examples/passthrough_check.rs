@@ -5,7 +5,7 @@
 //! vscsid would see with what the device itself answers: status, sense and data unchanged.
 //!
 //! Usage: `passthrough_check --socket <vscsid socket> --device </dev/sgN or /dev/sdX>
-//! --mode disk|tape [--delete-after]`. Prints `VSCSID-CHECK <name> PASS|FAIL <detail>` per
+//! --mode disk|tape [--delete-after [--rescan-after]]`. Prints `VSCSID-CHECK <name> PASS|FAIL <detail>` per
 //! check (the guest's init script and the host script count them); exit status 1 when one
 //! failed.
 
@@ -348,6 +348,96 @@ fn removal_check(p: &mut Probe, device: &std::path::Path) {
     );
 }
 
+/// The SCSI host a device hangs off, from its sysfs link (`.../hostN/targetN:0:0/...`).
+fn scsi_host_of(device: &std::path::Path) -> Option<String> {
+    let name = device.file_name()?.to_str()?;
+    let class = if name.starts_with("sg") {
+        "scsi_generic"
+    } else {
+        "block"
+    };
+    let link = std::fs::canonicalize(format!("/sys/class/{class}/{name}/device")).ok()?;
+    link.components()
+        .filter_map(|c| c.as_os_str().to_str())
+        .find(|c| c.starts_with("host") && c[4..].chars().all(|d| d.is_ascii_digit()))
+        .map(String::from)
+}
+
+/// After [`removal_check`]: the host is scanned again, the device comes back under the
+/// same path, and vscsid serves it again on its own (it opens the path again at most once
+/// a second): a READ through vscsid is GOOD (unit attentions of the new device taken)
+/// and returns what the device itself returns.
+fn return_check(p: &mut Probe, device: &std::path::Path, host: Option<String>) {
+    let Some(host) = host else {
+        p.check("pt-device-back", false, "no SCSI host found for the device");
+        return;
+    };
+    // The kernel gives the device's name to the returning device only once nobody holds
+    // the old one open: the probe lets go of it (vscsid did when it saw it gone).
+    match File::open("/dev/null") {
+        Ok(f) => p.dev = f,
+        Err(e) => {
+            p.check("pt-device-back", false, &format!("/dev/null: {e}"));
+            return;
+        }
+    }
+    // The sg driver frees the name in a work item after the last close: let it run.
+    std::thread::sleep(Duration::from_secs(1));
+    let scanned = std::fs::write(format!("/sys/class/scsi_host/{host}/scan"), "- - -").is_ok();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut reopened = None;
+    while Instant::now() < deadline {
+        if let Ok(f) = OpenOptions::new().read(true).write(true).open(device) {
+            reopened = Some(f);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let Some(dev) = reopened else {
+        let present: Vec<String> = std::fs::read_dir("/sys/class/scsi_generic")
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        p.check(
+            "pt-device-back",
+            false,
+            &format!(
+                "scan of {host} written {scanned}; {} never came back (sg devices now: {present:?})",
+                device.display()
+            ),
+        );
+        return;
+    };
+    p.dev = dev;
+    let start = Instant::now();
+    let mut last = None;
+    let mut good = false;
+    for _ in 0..100 {
+        let r = p.via_vscsid(&rw10(0x28, 0, 1), &[], 512);
+        good = r.as_ref().is_some_and(|r| r.response == 0 && r.status == 0);
+        last = r.map(|r| (r.response, r.status, key_of(&r.sense)));
+        if good {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    p.check(
+        "pt-device-back",
+        good,
+        &format!(
+            "{} back after a scan of {host}; vscsid READ {last:?} after {} ms",
+            device.display(),
+            start.elapsed().as_millis()
+        ),
+    );
+    if good {
+        p.same_both_ways("pt-read-after-return", &rw10(0x28, 0, 8), 8 * 512);
+    }
+}
+
 /// How many 4 KiB reads at random offsets a way of sending them completes in `for`.
 struct Rate {
     name: &'static str,
@@ -550,6 +640,7 @@ fn main() {
     let mut device = None;
     let mut mode = String::from("disk");
     let mut delete_after = false;
+    let mut rescan_after = false;
     let mut bench_secs: Option<u64> = None;
     let mut prefix = String::new();
     let mut args = std::env::args().skip(1);
@@ -559,6 +650,7 @@ fn main() {
             "--device" => device = args.next().map(PathBuf::from),
             "--mode" => mode = args.next().unwrap_or_default(),
             "--delete-after" => delete_after = true,
+            "--rescan-after" => rescan_after = true,
             "--bench" => bench_secs = args.next().and_then(|v| v.parse().ok()),
             "--prefix" => prefix = args.next().unwrap_or_default(),
             other => {
@@ -569,7 +661,7 @@ fn main() {
     }
     let (Some(socket), Some(device)) = (socket, device) else {
         eprintln!(
-            "usage: passthrough_check --socket S --device D --mode disk|tape [--delete-after]"
+            "usage: passthrough_check --socket S --device D --mode disk|tape [--delete-after [--rescan-after]]"
         );
         std::process::exit(2);
     };
@@ -613,7 +705,11 @@ fn main() {
         bench(&mut p, secs);
     }
     if delete_after {
+        let host = scsi_host_of(&device);
         removal_check(&mut p, &device);
+        if rescan_after {
+            return_check(&mut p, &device, host);
+        }
     }
     std::process::exit(i32::from(p.failed));
 }

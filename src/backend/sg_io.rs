@@ -86,21 +86,23 @@ pub struct SgReply {
     pub resid: u32,
 }
 
-/// Runs one command with `SG_IO` (blocks until it completes). `data` is the whole
-/// transfer in `dir`; `sense` receives the sense bytes.
-pub fn sg_io(
-    file: &File,
+/// The request header of one command. The pointers are the caller's: `data` for
+/// `dxfer_len` bytes, the CDB, and `sense_len` bytes at `sense`.
+#[allow(clippy::too_many_arguments)]
+fn header(
     cdb: &[u8],
     dir: Direction,
     data: &mut [u8],
-    sense: &mut [u8],
+    sense: *mut u8,
+    sense_len: usize,
     timeout_ms: u32,
-) -> io::Result<SgReply> {
+    pack_id: libc::c_int,
+) -> io::Result<SgIoHdr> {
     let dxfer_len =
         u32::try_from(data.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let cmd_len =
         u8::try_from(cdb.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let mut hdr = SgIoHdr {
+    Ok(SgIoHdr {
         interface_id: libc::c_int::from(b'S'),
         dxfer_direction: if data.is_empty() {
             Direction::None.raw()
@@ -108,15 +110,17 @@ pub fn sg_io(
             dir.raw()
         },
         cmd_len,
-        mx_sb_len: u8::try_from(sense.len()).unwrap_or(u8::MAX),
+        mx_sb_len: u8::try_from(sense_len).unwrap_or(u8::MAX),
         iovec_count: 0,
         dxfer_len,
         dxferp: data.as_mut_ptr().cast(),
         cmdp: cdb.as_ptr(),
-        sbp: sense.as_mut_ptr(),
+        sbp: sense,
         timeout: timeout_ms,
+        // No SG_FLAG_DIRECT_IO: the kernel copies data in and out of its own pages, so
+        // it touches the caller's buffer only inside the calls (see `sg_write`).
         flags: 0,
-        pack_id: 0,
+        pack_id,
         usr_ptr: std::ptr::null_mut(),
         status: 0,
         masked_status: 0,
@@ -127,7 +131,40 @@ pub fn sg_io(
         resid: 0,
         duration: 0,
         info: 0,
-    };
+    })
+}
+
+impl SgIoHdr {
+    fn reply(&self) -> SgReply {
+        SgReply {
+            status: self.status,
+            host_status: self.host_status,
+            driver_status: self.driver_status,
+            sense_len: self.sb_len_wr.min(self.mx_sb_len),
+            resid: u32::try_from(self.resid).unwrap_or(0).min(self.dxfer_len),
+        }
+    }
+}
+
+/// Runs one command with `SG_IO` (blocks until it completes). `data` is the whole
+/// transfer in `dir`; `sense` receives the sense bytes.
+pub fn sg_io(
+    file: &File,
+    cdb: &[u8],
+    dir: Direction,
+    data: &mut [u8],
+    sense: &mut [u8],
+    timeout_ms: u32,
+) -> io::Result<SgReply> {
+    let mut hdr = header(
+        cdb,
+        dir,
+        data,
+        sense.as_mut_ptr(),
+        sense.len(),
+        timeout_ms,
+        0,
+    )?;
     // SAFETY: SG_IO reads the header and the `cmd_len` CDB bytes, moves at most
     // `dxfer_len` bytes to or from `data` and writes at most `mx_sb_len` sense bytes, all
     // of which are borrowed for the duration of this (blocking) call; it writes the
@@ -136,13 +173,63 @@ pub fn sg_io(
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(SgReply {
-        status: hdr.status,
-        host_status: hdr.host_status,
-        driver_status: hdr.driver_status,
-        sense_len: hdr.sb_len_wr.min(hdr.mx_sb_len),
-        resid: u32::try_from(hdr.resid).unwrap_or(0).min(dxfer_len),
-    })
+    Ok(hdr.reply())
+}
+
+/// Queues one command on an sg device (the sg driver's asynchronous interface) and
+/// returns at once; its answer comes from [`sg_read`] with the same `pack_id`. The kernel
+/// copies the CDB and any data-out now; the command's data-in (into `data`) and sense
+/// (`sense_len` bytes at `sense`) are copied by the `sg_read` that returns it.
+///
+/// # Safety contract (checked by the caller, not the compiler)
+/// `data` and the sense area must stay valid, and not be moved or freed, until `sg_read`
+/// returns this command or the descriptor is closed; a command whose descriptor is
+/// closed first is finished by the kernel without writing to them.
+#[allow(clippy::too_many_arguments)]
+pub fn sg_write(
+    file: &File,
+    cdb: &[u8],
+    dir: Direction,
+    data: &mut [u8],
+    sense: *mut u8,
+    sense_len: usize,
+    timeout_ms: u32,
+    pack_id: libc::c_int,
+) -> io::Result<()> {
+    let hdr = header(cdb, dir, data, sense, sense_len, timeout_ms, pack_id)?;
+    let size = std::mem::size_of::<SgIoHdr>();
+    // SAFETY: write() reads `size` bytes of the header, which lives for the call; the
+    // kernel reads the CDB and data-out through its pointers during the call and keeps
+    // `dxferp`/`sbp` for the read() that returns the command (the caller's contract).
+    let n = unsafe { libc::write(file.as_raw_fd(), (&hdr as *const SgIoHdr).cast(), size) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Takes one finished command of an sg device (any of them: its `pack_id` says which),
+/// with its data-in and sense copied where [`sg_write`] pointed. WouldBlock when none is
+/// finished (the descriptor is non-blocking).
+pub fn sg_read(file: &File) -> io::Result<(libc::c_int, SgReply)> {
+    let mut hdr = header(
+        &[],
+        Direction::None,
+        &mut [],
+        std::ptr::null_mut(),
+        0,
+        0,
+        -1,
+    )?;
+    let size = std::mem::size_of::<SgIoHdr>();
+    // SAFETY: read() writes at most `size` bytes into the header, which lives for the
+    // call; it copies the command's data-in and sense to the pointers given at its
+    // sg_write, which the caller keeps valid until now.
+    let n = unsafe { libc::read(file.as_raw_fd(), (&mut hdr as *mut SgIoHdr).cast(), size) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((hdr.pack_id, hdr.reply()))
 }
 
 /// An ioctl that writes one int.

@@ -7,7 +7,7 @@
 # the device gives straight through SG_IO: INQUIRY, VPD, READ CAPACITY, MODE SENSE unchanged,
 # REPORT LUNS from vscsid's table, data written and read back both ways, an injected medium
 # error's sense, a vendor opcode's sense, tape commands, and a device deleted at run time
-# answered without a hang. No vhost-user device in this guest: nested TCG would be slow.
+# answered without a hang and, for the sg LUN, served again once a host scan brings it back. No vhost-user device in this guest: nested TCG would be slow.
 # Prints one line per check and "N passed, M failed"; exits non-zero on any failure.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
@@ -23,7 +23,9 @@ scripts/build-guest.sh "$guest" passthrough
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 serial=$work/serial.log
-guest_qemu -m 1G "file:$serial" "vscsid.test=passthrough vscsid.disks=0"
+# VSCSID_PT_BENCH_ROUNDS=N: N more interleaved rounds of the sg LUN's two engines;
+# VSCSID_PT_SDEBUG_NDELAY=ns: scsi_debug answers after that delay (a timer) instead of at once.
+guest_qemu -m 1G "file:$serial" "vscsid.test=passthrough vscsid.disks=0 vscsid.bench_rounds=${VSCSID_PT_BENCH_ROUNDS:-0}${VSCSID_PT_SDEBUG_NDELAY:+ vscsid.sdebug_ndelay=$VSCSID_PT_SDEBUG_NDELAY}"
 set +e
 timeout "$TIMEOUT" "${qemu_cmd[@]}" > "$work/qemu.log" 2>&1
 qemu_rc=$?
@@ -31,19 +33,20 @@ set -e
 
 source tests/qemu/report.sh
 checks=(pt-scsi-debug)
-for prefix in sg- block-; do
+for prefix in sgthreads- sg- block-; do
   checks+=("${prefix}pt-vscsid-started" "${prefix}pt-inquiry-unchanged" "${prefix}pt-inquiry-is-scsi-debug"
     "${prefix}pt-vpd-00-unchanged" "${prefix}pt-vpd-80-unchanged" "${prefix}pt-vpd-83-unchanged"
     "${prefix}pt-read-capacity-unchanged" "${prefix}pt-mode-sense-unchanged"
     "${prefix}pt-report-luns-by-vscsid" "${prefix}pt-write-read-pattern"
     "${prefix}pt-injected-medium-error" "${prefix}pt-unknown-opcode-unchanged" "${prefix}pt-vscsid-log")
 done
-checks+=(sg-pt-bench-ran block-pt-removed-device-answered block-pt-daemon-serves-after-removal pt-scsi-debug-tape
+checks+=(sgthreads-pt-bench-ran sg-pt-bench-ran sg-pt-removed-device-answered sg-pt-daemon-serves-after-removal
+  sg-pt-device-back sg-pt-read-after-return pt-scsi-debug-back block-pt-removed-device-answered block-pt-daemon-serves-after-removal pt-scsi-debug-tape
   tape-pt-vscsid-started tape-pt-tape-inquiry tape-pt-tape-rewind tape-pt-tape-write-filemarks
   tape-pt-tape-read-position tape-pt-tape-rewind-again tape-pt-vscsid-log)
 report_guest_checks "$serial" "${checks[@]}"
 report_powered_off "$serial" "$qemu_rc" "QEMU exited 0"
-# What the SG_IO helper pool costs (4 KiB random reads of the RAM disk, IOPS under TCG):
+# What the sg LUN's two engines cost (4 KiB random reads of the RAM disk, IOPS under TCG):
 # the device's own interfaces against the path through vscsid.
 tr -d '\r' < "$serial" | grep -ao 'VSCSID-BENCH .*' | sed 's/^VSCSID-BENCH /bench: /' || true
 if ((failed > 0)); then

@@ -11,7 +11,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use super::pool::{DeviceSpec, Pool};
+use super::pool::{DeviceSpec, Engine, Pool};
 use super::reply::DeviceFacts;
 use super::{refuse_on_readonly, Forwarder};
 use crate::backend::guest::DataBuffers;
@@ -97,8 +97,14 @@ pub fn open(
         u32::try_from(block_size).unwrap_or(512),
         backing.size / block_size,
     );
-    let pool = Pool::start(spec, sg_file, facts, Some(backing.file.as_raw_fd()))
-        .map_err(|e| format!("{where_}: {e}"))?;
+    let pool = Pool::start(
+        spec,
+        sg_file,
+        facts,
+        Some(backing.file.as_raw_fd()),
+        Engine::Threads,
+    )
+    .map_err(|e| format!("{where_}: {e}"))?;
     tracing::info!(
         "{where_}: block passthrough {shown} cache={cache}, {} blocks of {block_size} bytes, max transfer {max_transfer} bytes",
         backing.size / block_size

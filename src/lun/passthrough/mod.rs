@@ -4,30 +4,30 @@
 //! here: sending a CDB with SG_IO without blocking the worker, the read-only refusal, the
 //! transfer limit, answering, and task management.
 //!
-//! How a worker avoids blocking in SG_IO. What the kernel offers:
+//! How a worker avoids blocking on the device. What the kernel offers:
 //! - the sg driver's asynchronous interface (write() an `sg_io_hdr` to `/dev/sgN`, read()
-//!   the completion; pollable): sg-only, so a block-passthrough LUN (SG_IO on an sd block
-//!   device) could not use it; it takes at most 16 commands per descriptor, and read()
-//!   returns any completed command, so matching answers to commands needs pack ids and a
-//!   reader thread or an epoll source in every worker;
+//!   the completion; pollable): sg-only, at most 16 commands per descriptor, and read()
+//!   returns any finished command (matched by its pack id);
 //! - io_uring passthrough (`IORING_OP_URING_CMD`): implemented by NVMe character devices
 //!   and ublk only; neither sg nor sd has a `uring_cmd` handler, so it cannot carry a
 //!   SCSI CDB;
-//! - a bounded pool of helper threads issuing the blocking SG_IO ioctl: works for both
-//!   device kinds with one code path, and is what QEMU does (its scsi-generic and
-//!   scsi-block send SG_IO through its thread pool).
+//! - a bounded pool of helper threads issuing the blocking SG_IO ioctl: works on sd block
+//!   devices too, and is what QEMU does (its scsi-generic and scsi-block send SG_IO
+//!   through its thread pool).
 //!
-//! vscsid uses the pool ([`pool`]): [`pool::THREADS`] threads per LUN and at most
-//! [`pool::QUEUE_DEPTH`] commands accepted at once; a command past that is answered TASK
-//! SET FULL at once (the guest lowers its queue depth and retries), not queued without
-//! bound. The block-passthrough LUN's READ and WRITE, where speed matters, do not take
-//! this path. Measured in the passthrough guest test (`passthrough_check --bench`, 4 KiB
-//! reads of a RAM-backed scsi_debug disk under TCG, README "Local SCSI passthrough"): at
-//! queue depth 1 the pool's two thread hand-offs halve the rate against the io_uring path
-//! (317 against 672 IOPS; the device's own SG_IO and asynchronous interface do 12–24 k
-//! there, the vhost-user path dominating both), at depth 8 they are hidden (1 371 against
-//! 1 227). Against a real device's milliseconds the hand-offs matter less; for `--sg` the
-//! measured next step is the sg driver's asynchronous interface polled by the worker.
+//! Both are used ([`pool::Engine`]), measured against each other in the passthrough guest
+//! test (`passthrough_check --bench`, 4 KiB reads of a RAM-backed scsi_debug disk under
+//! TCG, four interleaved runs each, README "Local SCSI passthrough"): an sg LUN uses the
+//! asynchronous interface ([`sg_async`]): the worker write()s the command and a completion
+//! thread per LUN read()s answers, one hand-off instead of the pool's two. With a device
+//! that answers after a delay, as hardware does (scsi_debug `ndelay=50000`), it did a
+//! median 1 023 IOPS at QD1 and 1 397 at QD8 against the pool's 158 and 770; with a device
+//! that answers inside the submitting call (`delay=0`) 2 224 and 4 091 against 1 207 and
+//! 4 383 (the device's work then runs on the worker). A block-passthrough LUN has no
+//! asynchronous interface for SG_IO and keeps the pool for its commands other than READ
+//! and WRITE (those go through io_uring). Either way at most [`pool::QUEUE_DEPTH`]
+//! commands are accepted at once; a command past that is answered TASK SET FULL at once
+//! (the guest lowers its queue depth and retries), not queued without bound.
 //!
 //! Data is copied: data-out from guest memory into a buffer before the command is queued,
 //! data-in from the buffer into guest memory when the answer reaches the worker. The
@@ -37,9 +37,11 @@
 //! per thread), so a steady load does not allocate them.
 
 pub mod block;
+mod device;
 mod pool;
 mod reply;
 pub mod sg;
+mod sg_async;
 
 use super::{Answer, Command, HostError, IoContext, RawSense, Step, Task};
 use crate::backend::guest::DataBuffers;

@@ -1,20 +1,25 @@
-//! A passthrough LUN's helper threads: they take commands from a bounded queue, run each
-//! with a blocking SG_IO on the device, and answer it through the worker's callback. The
-//! device's descriptor is shared by the threads; when the device is gone it is dropped
-//! and the path opened again, at most once per [`REOPEN_INTERVAL`], by the thread of a
-//! later command. Data moves through buffers the LUN keeps for reuse (see the module
-//! above for why not guest memory).
+//! A passthrough LUN's command engine. With helper threads ([`Engine::Threads`]) they
+//! take commands from a bounded queue, run each with a blocking SG_IO on the device, and
+//! answer it through the worker's callback; an sg device uses the sg driver's
+//! asynchronous interface instead ([`Engine::SgAsync`], see `sg_async`). The device's
+//! descriptor is shared; when the device is gone it is dropped and the path opened again,
+//! at most once per `REOPEN_INTERVAL`, for a later command (`device`). Data moves through
+//! buffers the LUN keeps for reuse (see the module above for why not guest memory).
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::os::unix::io::{AsRawFd, RawFd};
-use std::path::PathBuf;
+use std::os::unix::io::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
 
+#[cfg(test)]
+use super::device::REOPEN_INTERVAL;
+use super::device::{current_file, lock, lost, DeviceState, Queue, Shared};
+pub use super::device::{DeviceSpec, Job, QUEUE_DEPTH};
 use super::reply::{self, DeviceFacts, Health, DEVICE_GONE};
-use crate::backend::sg_io::{self, DeviceKind, Direction};
+use super::sg_async::{self, AsyncSg};
+use crate::backend::sg_io::{self, Direction};
 use crate::lun::MAX_SENSE;
 use crate::scsi::task::{ScsiCompletion, TransportError};
 
@@ -22,77 +27,24 @@ use crate::scsi::task::{ScsiCompletion, TransportError};
 /// not READ/WRITE (or every command of an sg device); the sg driver takes at most 16
 /// commands per descriptor at once.
 pub const THREADS: usize = 8;
-/// Commands a LUN accepts at once (running and queued); past that, TASK SET FULL.
-pub const QUEUE_DEPTH: usize = 64;
 /// Buffers kept for reuse: one per thread covers a steady load without allocating.
 const KEPT_BUFFERS: usize = THREADS;
-/// Least time between two attempts to open a gone device again.
-pub const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 /// Tries of a command the kernel answered with EINTR/EAGAIN before giving up.
 const MAX_TRIES: u32 = 3;
 
-/// One command for the helper threads.
-pub struct Job {
-    /// Its id for ABORT TASK (the task's `remote_id`).
-    pub id: u64,
-    pub cdb: [u8; 32],
-    pub cdb_len: usize,
-    pub dir: Direction,
-    /// Data-out to send, or room for data-in.
-    pub buf: Vec<u8>,
-    pub reply: Box<dyn FnOnce(ScsiCompletion) + Send>,
-}
-
-/// Where the device is and how to open it again.
-pub struct DeviceSpec {
-    pub path: PathBuf,
-    pub kind: DeviceKind,
-    pub readonly: bool,
-    /// Open flags besides O_CLOEXEC (O_DIRECT for a block device).
-    pub extra_flags: libc::c_int,
-    /// SG_IO's timeout, in milliseconds.
-    pub timeout_ms: u32,
-}
-
-struct DeviceState {
-    /// None while the device is gone.
-    file: Option<Arc<File>>,
-    /// When the path was last opened (or tried).
-    last_try: Instant,
-    /// Counts the successful reopens.
-    generation: u64,
-    /// Another descriptor number of the same device that must follow a reopen (a
-    /// block-passthrough LUN's reads and writes go through it): the reopened file is
-    /// duplicated onto it. None once the pool is dropped, before that descriptor closes.
-    mirror_fd: Option<RawFd>,
-}
-
-struct Queue {
-    jobs: VecDeque<Job>,
-    /// Commands accepted and not answered yet (queued or running).
-    outstanding: usize,
-    stopping: bool,
-}
-
-struct Shared {
-    spec: DeviceSpec,
-    device: Mutex<DeviceState>,
-    queue: Mutex<Queue>,
-    ready: Condvar,
-    buffers: Mutex<Vec<Vec<u8>>>,
-    facts: DeviceFacts,
-    next_id: AtomicU64,
-    /// The kernel refused a command for want of privilege (logged once).
-    denied_logged: AtomicBool,
+/// How a LUN's commands reach the device.
+pub enum Engine {
+    /// [`THREADS`] helper threads, each in a blocking SG_IO.
+    Threads,
+    /// The sg driver's asynchronous interface (`sg_async`): sg devices only.
+    SgAsync,
 }
 
 /// The helper threads of one LUN and what they share.
 pub struct Pool {
     shared: Arc<Shared>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    /// Set for the asynchronous engine.
+    sg_async: Option<Arc<AsyncSg>>,
 }
 
 impl Pool {
@@ -104,7 +56,14 @@ impl Pool {
         file: File,
         facts: DeviceFacts,
         mirror_fd: Option<RawFd>,
+        engine: Engine,
     ) -> Result<Pool, String> {
+        let sg_async = match engine {
+            Engine::Threads => None,
+            Engine::SgAsync => Some(Arc::new(
+                AsyncSg::new().map_err(|e| format!("cannot set up sg completions: {e}"))?,
+            )),
+        };
         let shared = Arc::new(Shared {
             spec,
             device: Mutex::new(DeviceState {
@@ -124,7 +83,18 @@ impl Pool {
             next_id: AtomicU64::new(1),
             denied_logged: AtomicBool::new(false),
         });
-        let pool = Pool { shared };
+        let pool = Pool { shared, sg_async };
+        if let Some(engine) = &pool.sg_async {
+            let (shared, engine) = (pool.shared.clone(), engine.clone());
+            std::thread::Builder::new()
+                .name("vscsid-sgdone".into())
+                .spawn(move || {
+                    crate::sandbox::enter(crate::sandbox::ThreadKind::Passthrough);
+                    sg_async::complete(&shared, &engine);
+                })
+                .map_err(|e| format!("cannot start the sg completion thread: {e}"))?;
+            return Ok(pool);
+        }
         for n in 0..THREADS {
             let shared = pool.shared.clone();
             std::thread::Builder::new()
@@ -186,6 +156,10 @@ impl Pool {
 
     /// Queues a command counted in by [`Pool::reserve`].
     pub fn submit(&self, job: Job) {
+        if let Some(engine) = &self.sg_async {
+            sg_async::submit(&self.shared, engine, job);
+            return;
+        }
         lock(&self.shared.queue).jobs.push_back(job);
         self.shared.ready.notify_one();
     }
@@ -253,6 +227,9 @@ impl Drop for Pool {
         lock(&self.shared.device).mirror_fd = None;
         lock(&self.shared.queue).stopping = true;
         self.shared.ready.notify_all();
+        if let Some(engine) = &self.sg_async {
+            engine.wake();
+        }
     }
 }
 
@@ -283,58 +260,6 @@ fn serve(shared: &Shared) {
         let completion = run(shared, &cdb[..cdb_len], dir, buf, &mut sense);
         lock(&shared.queue).outstanding -= 1;
         reply(completion);
-    }
-}
-
-/// The device's descriptor, opened again when it was gone and REOPEN_INTERVAL passed.
-fn current_file(shared: &Shared) -> Option<Arc<File>> {
-    let mut d = lock(&shared.device);
-    if let Some(f) = &d.file {
-        return Some(f.clone());
-    }
-    if d.last_try.elapsed() < REOPEN_INTERVAL {
-        return None;
-    }
-    d.last_try = Instant::now();
-    let s = &shared.spec;
-    match sg_io::open_device(&s.path, s.kind, s.readonly, s.extra_flags) {
-        Ok(f) => {
-            if let Some(mirror) = d.mirror_fd {
-                // SAFETY: dup3 takes two descriptor numbers: `f` is open, and `mirror`
-                // stays open while `mirror_fd` is Some (the pool's owner clears it under
-                // this lock before closing it). The old file behind `mirror` is closed
-                // by the kernel; I/O in flight on it keeps its own reference.
-                if unsafe { libc::dup3(f.as_raw_fd(), mirror, libc::O_CLOEXEC) } < 0 {
-                    tracing::warn!(
-                        "passthrough device reopened, but its read/write descriptor was not replaced: {}",
-                        std::io::Error::last_os_error()
-                    );
-                }
-            }
-            tracing::info!(path = %s.path.display(), "passthrough device is back");
-            let f = Arc::new(f);
-            d.file = Some(f.clone());
-            d.generation += 1;
-            Some(f)
-        }
-        Err(e) => {
-            tracing::debug!("passthrough device still gone: {e}");
-            None
-        }
-    }
-}
-
-/// The device answered as gone through `file`: forget it (unless it was replaced
-/// meanwhile), so the next command opens the path again.
-fn lost(shared: &Shared, file: &Arc<File>) {
-    let mut d = lock(&shared.device);
-    if d.file.as_ref().is_some_and(|f| Arc::ptr_eq(f, file)) {
-        tracing::warn!(
-            path = %shared.spec.path.display(),
-            "passthrough device gone; commands get NOT READY until it is back"
-        );
-        d.file = None;
-        d.last_try = Instant::now();
     }
 }
 
@@ -393,7 +318,9 @@ fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::sg_io::DeviceKind;
     use std::sync::mpsc;
+    use std::time::Duration;
 
     /// A pool on /dev/null: every SG_IO fails with ENOTTY, which is not a lost device.
     fn null_pool() -> Pool {
@@ -405,7 +332,14 @@ mod tests {
             timeout_ms: 1000,
         };
         let file = File::open("/dev/null").expect("/dev/null");
-        Pool::start(spec, file, DeviceFacts::new(1 << 20, 512, 0), None).expect("pool")
+        Pool::start(
+            spec,
+            file,
+            DeviceFacts::new(1 << 20, 512, 0),
+            None,
+            Engine::Threads,
+        )
+        .expect("pool")
     }
 
     fn job(pool: &Pool, tx: mpsc::Sender<ScsiCompletion>) -> Job {
@@ -490,7 +424,14 @@ mod tests {
             timeout_ms: 1000,
         };
         let file = File::open("/dev/null").expect("/dev/null");
-        let pool = Pool::start(spec, file, DeviceFacts::new(1 << 20, 512, 0), None).expect("pool");
+        let pool = Pool::start(
+            spec,
+            file,
+            DeviceFacts::new(1 << 20, 512, 0),
+            None,
+            Engine::Threads,
+        )
+        .expect("pool");
         let held = current_file(&pool.shared).expect("open");
         lost(&pool.shared, &held);
         assert!(!pool.present());
@@ -512,5 +453,56 @@ mod tests {
         assert_eq!(lock(&pool.shared.device).last_try, tried, "rate-limited");
         assert_eq!(pool.generation(), 0);
         assert!(pool.reset_device().is_err());
+    }
+
+    #[test]
+    fn with_the_sg_engine_commands_of_a_gone_device_wait_for_the_completion_thread_and_end_not_ready(
+    ) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let spec = DeviceSpec {
+            path: dir.path().join("sg9"),
+            kind: DeviceKind::ScsiGeneric,
+            readonly: true,
+            extra_flags: 0,
+            timeout_ms: 1000,
+        };
+        let file = File::open("/dev/null").expect("/dev/null");
+        let pool = Pool::start(
+            spec,
+            file,
+            DeviceFacts::new(1 << 20, 512, 0),
+            None,
+            Engine::SgAsync,
+        )
+        .expect("pool");
+        pool.mark_lost();
+        assert!(!pool.present());
+        let (tx, rx) = mpsc::channel();
+        for _ in 0..3 {
+            assert!(pool.reserve());
+            let tx = tx.clone();
+            let mut cdb = [0u8; 32];
+            cdb[0] = crate::scsi::cdb::INQUIRY;
+            pool.submit(Job {
+                id: pool.next_id(),
+                cdb,
+                cdb_len: 6,
+                dir: Direction::FromDevice,
+                buf: pool.buffer(96),
+                reply: Box::new(move |c| {
+                    let _ = tx.send((std::thread::current().name().map(String::from), c));
+                }),
+            });
+        }
+        for _ in 0..3 {
+            let (thread, c) = rx.recv_timeout(Duration::from_secs(10)).expect("answer");
+            assert_eq!(thread.as_deref(), Some("vscsid-sgdone"));
+            let st = c.result.expect("status");
+            assert_eq!(
+                (st.sense[2], st.sense[12], st.sense[13]),
+                (0x02, 0x04, 0x03)
+            );
+        }
+        assert_eq!(pool.outstanding(), 0);
     }
 }

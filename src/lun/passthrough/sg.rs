@@ -6,8 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::pool::{DeviceSpec, Pool};
+use super::pool::{DeviceSpec, Engine, Pool};
 use super::reply::DeviceFacts;
+use super::sg_async;
 use super::Forwarder;
 use crate::backend::guest::DataBuffers;
 use crate::backend::sg_io::{self, DeviceKind};
@@ -44,10 +45,21 @@ pub fn open(l: &LunConfig, path: &Path) -> Result<Box<dyn LunDevice>, String> {
         timeout_ms: SG_TIMEOUT_MS,
     };
     // Block size and capacity are learnt from READ CAPACITY (a tape has neither).
-    let pool = Pool::start(spec, file, DeviceFacts::new(max_transfer, 0, 0), None)
-        .map_err(|e| format!("{where_}: {e}"))?;
+    let (engine, how) = if sg_async::chosen() {
+        (Engine::SgAsync, "asynchronous sg interface")
+    } else {
+        (Engine::Threads, "SG_IO helper threads")
+    };
+    let pool = Pool::start(
+        spec,
+        file,
+        DeviceFacts::new(max_transfer, 0, 0),
+        None,
+        engine,
+    )
+    .map_err(|e| format!("{where_}: {e}"))?;
     tracing::info!(
-        "{where_}: SCSI generic {} (max transfer {max_transfer} bytes)",
+        "{where_}: SCSI generic {} (max transfer {max_transfer} bytes, {how})",
         path.display()
     );
     Ok(Box::new(SgLun {
