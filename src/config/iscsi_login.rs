@@ -108,9 +108,11 @@ impl IscsiLoginSettings {
             (None, Some(_)) => {
                 return Err("mutual_secret_file: no mutual_user given for the secret".into())
             }
-            (Some(u), None | Some("")) => return Err(format!(
+            (Some(u), None | Some("")) => {
+                return Err(format!(
                 "mutual_user: '{u}' has no secret (give mutual_secret_file or mutual_secret_env)"
-            )),
+            ))
+            }
             (Some(_), Some(_)) => {}
         }
         match chap {

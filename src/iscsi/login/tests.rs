@@ -11,6 +11,7 @@ mod algorithms;
 mod authentication;
 mod failures;
 mod negotiation;
+mod redirects;
 
 use std::os::unix::net::UnixStream;
 use std::thread;
@@ -211,9 +212,14 @@ impl Reply {
     }
 }
 
+/// A connection the scripted target reads and writes: a socket pair's end, or an accepted
+/// TCP connection (redirects).
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
 /// The target end of the connection and what it has checked so far.
 struct Target {
-    s: UnixStream,
+    s: Box<dyn Stream>,
     stat_sn: u32,
     rounds: usize,
     /// StatSN of the last response: the next request must acknowledge it.
@@ -222,6 +228,17 @@ struct Target {
 }
 
 impl Target {
+    /// A fresh target on `s`.
+    fn on(s: Box<dyn Stream>) -> Target {
+        Target {
+            s,
+            stat_sn: FIRST_STAT_SN,
+            rounds: 0,
+            last_stat_sn: None,
+            itt: None,
+        }
+    }
+
     /// The next Login Request, or None if the initiator closed the connection.
     fn try_recv(&mut self) -> Option<Request> {
         self.rounds += 1;
@@ -409,7 +426,7 @@ where
     tgt.set_write_timeout(Some(IO_TIMEOUT)).expect("timeout");
     let handle = thread::spawn(move || {
         let mut t = Target {
-            s: tgt,
+            s: Box::new(tgt),
             stat_sn: FIRST_STAT_SN,
             rounds: 0,
             last_stat_sn: None,
