@@ -225,6 +225,8 @@ struct Target {
     /// StatSN of the last response: the next request must acknowledge it.
     last_stat_sn: Option<u32>,
     itt: Option<u32>,
+    /// Whether the requests must carry [`ISID`] (a discovery session picks its own).
+    fixed_isid: bool,
 }
 
 impl Target {
@@ -236,6 +238,7 @@ impl Target {
             rounds: 0,
             last_stat_sn: None,
             itt: None,
+            fixed_isid: true,
         }
     }
 
@@ -259,7 +262,9 @@ impl Target {
         // Version-max and Version-min: 0x00 for RFC 7143.
         assert_eq!(&pdu.bhs[2..4], &[0, 0], "versions");
         assert!(pdu.ahs.is_empty(), "AHS in a login request");
-        assert_eq!(&pdu.bhs[8..14], &ISID, "ISID");
+        if self.fixed_isid {
+            assert_eq!(&pdu.bhs[8..14], &ISID, "ISID");
+        }
         // A new session: TSIH 0 until the target hands one out on its final response.
         assert_eq!(u16::from_be_bytes([pdu.bhs[14], pdu.bhs[15]]), 0, "TSIH");
         // The initiator's only connection: CID 0.
@@ -431,6 +436,7 @@ where
             rounds: 0,
             last_stat_sn: None,
             itt: None,
+            fixed_isid: true,
         };
         script(&mut t)
     });

@@ -5,6 +5,8 @@
 
 use std::net::{TcpListener, TcpStream};
 
+use crate::iscsi::url::IscsiUrl;
+
 use super::*;
 
 /// A listener on `ip` whose thread runs `script` on each of `connections` accepted
@@ -211,5 +213,40 @@ fn a_refused_sha256_response_is_retried_without_sha256_and_remembered() {
     };
     let e = establish(&PathLogin::new(&portal.addr), &opts).expect_err("refused");
     assert!(e.to_string().contains("leave sha256 out"), "{e}");
+    portal.join();
+}
+
+#[test]
+fn send_targets_for_one_target_lists_its_portals() {
+    let portal = Portal::start("127.0.0.6", 1, |t, _| {
+        t.fixed_isid = false;
+        t.security_none(None);
+        let r = t.recv();
+        r.assert_stage(true, OPERATIONAL, FULL_FEATURE);
+        t.reply(&r, Reply::go(OPERATIONAL, FULL_FEATURE, &[]).tsih(TSIH));
+        let f = Framing::default();
+        let q = pdu::read_pdu(&mut t.s, &f).expect("text request");
+        assert_eq!(q.opcode(), op::TEXT_REQ);
+        assert_eq!(
+            text::parse(&q.data),
+            [("SendTargets".to_string(), TARGET.to_string())]
+        );
+        let mut p = Pdu::new(op::TEXT_RESP);
+        p.set_flags(F_FINAL);
+        p.set_itt(q.itt());
+        p.set_u32(20, 0xffff_ffff);
+        p.data = kv(&[
+            ("TargetName", TARGET),
+            ("TargetAddress", "127.0.0.6:3260,1"),
+            ("TargetAddress", "127.0.0.7:3261,2"),
+            ("TargetAddress", "[::1]:3262,3"),
+            ("TargetName", "iqn.2003-01.org.example:other"),
+            ("TargetAddress", "127.0.0.8:3260,1"),
+        ]);
+        pdu::write_pdu(&mut t.s, &p, &f).expect("text response");
+    });
+    let url = IscsiUrl::parse(&format!("iscsi://{}/{TARGET}/0", portal.addr)).expect("url");
+    let found = discover_portals(&url, &options()).expect("discovery");
+    assert_eq!(found, ["127.0.0.6:3260", "127.0.0.7:3261", "[::1]:3262"]);
     portal.join();
 }
