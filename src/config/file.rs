@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::{
-    check_block_size, check_lun_number, check_physical_block_size, Config, ConfigError, LunConfig,
-    LunKind, Secret,
+    check_block_size, check_lun_number, check_physical_block_size, Config, ConfigError,
+    IscsiLoginSettings, LunConfig, LunKind, Secret,
 };
 use crate::scsi::naa::Naa;
 
@@ -67,6 +67,11 @@ struct RawLun {
     chap_secret_env: Option<String>,
     header_digest: Option<bool>,
     data_digest: Option<bool>,
+    chap_algorithms: Option<Vec<String>>,
+    mutual_user: Option<String>,
+    mutual_secret_file: Option<PathBuf>,
+    mutual_secret_env: Option<String>,
+    discover: Option<bool>,
     paths: Option<Vec<String>>,
     policy: Option<String>,
     failback: Option<String>,
@@ -281,14 +286,14 @@ fn lun_from_raw(l: RawLun, i: usize) -> Result<LunConfig, ConfigError> {
         "iscsi" => {
             let url = l
                 .url
+                .clone()
                 .ok_or_else(|| ConfigError(format!("{}: missing iscsi:// URL", field("url"))))?;
             let mut k = LunKind::iscsi(&url, &field("url"))?;
             if let LunKind::Iscsi {
+                url,
                 chap_secret,
-                header_digest,
-                data_digest,
+                login,
                 multipath,
-                ..
             } = &mut k
             {
                 let mut set = |name: &str, value: String| {
@@ -343,8 +348,14 @@ fn lun_from_raw(l: RawLun, i: usize) -> Result<LunConfig, ConfigError> {
                     })?;
                     *chap_secret = Some(Secret(s));
                 }
-                *header_digest = l.header_digest.unwrap_or(false);
-                *data_digest = l.data_digest.unwrap_or(false);
+                login_settings(login, &l, &field)?;
+                let secret = url
+                    .password
+                    .as_deref()
+                    .or(chap_secret.as_ref().map(|s| s.0.as_str()));
+                login
+                    .check(url.user.as_deref().map(|u| (u, secret)))
+                    .map_err(|e| ConfigError(format!("lun[{i}].{e}")))?;
             }
             cfg.kind = k;
             cfg.discard = false;
@@ -462,6 +473,40 @@ fn device_path(path: Option<PathBuf>, field: &str, what: &str) -> Result<PathBuf
 
 /// LUN kinds a key applies to.
 const DISK: &[&str] = &["disk"];
+/// The login keys of an iSCSI `[[lun]]` table; errors name the field.
+fn login_settings(
+    login: &mut IscsiLoginSettings,
+    l: &RawLun,
+    field: &dyn Fn(&str) -> String,
+) -> Result<(), ConfigError> {
+    let named = |name: &'static str| move |e: String| ConfigError(format!("{}: {e}", field(name)));
+    login.header_digest = l.header_digest.unwrap_or(false);
+    login.data_digest = l.data_digest.unwrap_or(false);
+    login.discover = l.discover.unwrap_or(false);
+    if let Some(list) = &l.chap_algorithms {
+        login
+            .set_algorithms(list.iter().map(String::as_str))
+            .map_err(named("chap_algorithms"))?;
+    }
+    if let Some(u) = &l.mutual_user {
+        if u.is_empty() {
+            return Err(named("mutual_user")("empty".into()));
+        }
+        login.mutual_user = Some(u.clone());
+    }
+    if let Some(p) = &l.mutual_secret_file {
+        login
+            .read_secret_file(p)
+            .map_err(named("mutual_secret_file"))?;
+    }
+    if let Some(var) = &l.mutual_secret_env {
+        login
+            .read_secret_env(var)
+            .map_err(named("mutual_secret_env"))?;
+    }
+    Ok(())
+}
+
 /// Kinds opened from a path.
 const WITH_PATH: &[&str] = &["disk", "sg", "block-passthrough"];
 /// Kinds with a host cache mode.
@@ -475,7 +520,7 @@ const EMULATED: &[&str] = &["disk", "null"];
 /// it would let a setting such as `cache` on an iSCSI LUN look effective when it is not.
 /// The keys not listed (target, lun, kind, readonly, the I/O limits) apply to every kind.
 fn check_keys_apply(l: &RawLun, kind: &str, i: usize) -> Result<(), ConfigError> {
-    let keys: [(&str, bool, &[&str]); 22] = [
+    let keys: [(&str, bool, &[&str]); 27] = [
         ("path", l.path.is_some(), WITH_PATH),
         ("cache", l.cache.is_some(), CACHED),
         ("shared", l.shared.is_some(), DISK),
@@ -490,6 +535,11 @@ fn check_keys_apply(l: &RawLun, kind: &str, i: usize) -> Result<(), ConfigError>
         ("chap_secret_env", l.chap_secret_env.is_some(), ISCSI),
         ("header_digest", l.header_digest.is_some(), ISCSI),
         ("data_digest", l.data_digest.is_some(), ISCSI),
+        ("chap_algorithms", l.chap_algorithms.is_some(), ISCSI),
+        ("mutual_user", l.mutual_user.is_some(), ISCSI),
+        ("mutual_secret_file", l.mutual_secret_file.is_some(), ISCSI),
+        ("mutual_secret_env", l.mutual_secret_env.is_some(), ISCSI),
+        ("discover", l.discover.is_some(), ISCSI),
         ("paths", l.paths.is_some(), ISCSI),
         ("policy", l.policy.is_some(), ISCSI),
         ("failback", l.failback.is_some(), ISCSI),
@@ -780,7 +830,7 @@ mod tests {
             LunKind::Iscsi {
                 url,
                 chap_secret,
-                header_digest,
+                login,
                 ..
             } => {
                 assert_eq!(url.user.as_deref(), Some("alice"));
@@ -788,7 +838,8 @@ mod tests {
                     chap_secret.as_ref().map(|s| s.0.as_str()),
                     Some("s3cret-value")
                 );
-                assert!(*header_digest);
+                assert!(login.header_digest);
+                assert!(!login.data_digest);
             }
             other => panic!("{other:?}"),
         }

@@ -3,6 +3,7 @@
 
 mod disk_spec;
 mod file;
+mod iscsi_login;
 pub mod limits;
 mod multipath;
 
@@ -15,6 +16,7 @@ use crate::scsi::naa::Naa;
 
 pub use disk_spec::parse_disk_spec;
 pub use file::{lun_from_json, parse_config_file, parse_config_text};
+pub use iscsi_login::IscsiLoginSettings;
 pub use limits::IoLimits;
 pub use multipath::{duration, MultipathSettings};
 
@@ -160,8 +162,8 @@ pub enum LunKind {
         url: IscsiUrl,
         /// CHAP secret for the URL's user when the URL carries none.
         chap_secret: Option<Secret>,
-        header_digest: bool,
-        data_digest: bool,
+        /// Digests, CHAP algorithms, mutual CHAP, discovery.
+        login: Box<IscsiLoginSettings>,
         /// Extra portals, path policy, path checking, no-path queueing.
         multipath: Box<MultipathSettings>,
     },
@@ -203,16 +205,9 @@ impl LunKind {
         field: &str,
         mut readonly: Option<&mut bool>,
     ) -> Result<LunKind, ConfigError> {
-        // Options follow the LUN number, after the last '/', so a password holding a
-        // comma stays intact.
-        let (url, options) = match url.rfind('/') {
-            Some(slash) => match url[slash..].find(',') {
-                Some(c) => (&url[..slash + c], &url[slash + c + 1..]),
-                None => (url, ""),
-            },
-            None => (url, ""),
-        };
+        let (url, options) = split_iscsi_options(url);
         let mut paths = MultipathSettings::default();
+        let mut login = IscsiLoginSettings::default();
         for opt in options.split(',').filter(|o| !o.is_empty()) {
             let (k, v) = match opt.split_once('=') {
                 Some((k, v)) => (k, Some(v)),
@@ -224,6 +219,10 @@ impl LunKind {
                     Some(v) => disk_spec::parse_bool(v)
                         .map_err(|e| ConfigError(format!("{field}: {e}")))?,
                 };
+                continue;
+            }
+            if let Some(r) = login.set(k, v) {
+                r.map_err(|e| ConfigError(format!("{field}: {e}")))?;
                 continue;
             }
             paths
@@ -242,11 +241,21 @@ impl LunKind {
         Ok(LunKind::Iscsi {
             url,
             chap_secret,
-            header_digest: false,
-            data_digest: false,
+            login: Box::new(login),
             multipath: Box::new(paths),
         })
     }
+}
+
+/// Splits `URL,options` at the first comma after which the URL is whole: a password may
+/// hold commas and slashes, an option's value (a file path) slashes.
+fn split_iscsi_options(spec: &str) -> (&str, &str) {
+    for (comma, _) in spec.match_indices(',') {
+        if IscsiUrl::parse(&spec[..comma]).is_ok() {
+            return (&spec[..comma], &spec[comma + 1..]);
+        }
+    }
+    (spec, "")
 }
 
 /// One LUN of the table.
@@ -678,18 +687,24 @@ pub fn lun_from_spec(
 /// one would only fail later, at the target, with a less helpful message.
 fn check_chap_secret(l: &LunConfig) -> Result<(), ConfigError> {
     let LunKind::Iscsi {
-        url, chap_secret, ..
+        url,
+        chap_secret,
+        login,
+        ..
     } = &l.kind
     else {
-        return Ok(());
-    };
-    let Some(user) = &url.user else {
         return Ok(());
     };
     let secret = url
         .password
         .as_deref()
         .or(chap_secret.as_ref().map(|s| s.0.as_str()));
+    login
+        .check(url.user.as_deref().map(|u| (u, secret)))
+        .map_err(|e| ConfigError(format!("target {} LUN {}: {e}", l.target, l.lun)))?;
+    let Some(user) = &url.user else {
+        return Ok(());
+    };
     if secret.is_none_or(str::is_empty) {
         return Err(ConfigError(format!(
             "target {} LUN {}: url: CHAP user '{user}' has no secret (give it in the URL, in {CHAP_SECRET_ENV}, or with chap_secret_file / chap_secret_env)",

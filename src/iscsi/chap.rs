@@ -1,14 +1,51 @@
-//! CHAP with MD5 (RFC 1994) as iSCSI uses it: hex-encoded challenges and responses.
+//! CHAP (RFC 1994) as iSCSI uses it (RFC 7143 12.1.3): hex-encoded challenges and
+//! responses, the digest algorithms (`algorithm`), and the record of the challenges we sent
+//! that keeps a target from reflecting one of them back to us.
 
-use md5::{Digest, Md5};
+mod algorithm;
 
-/// CHAP_R = MD5(identifier || secret || challenge).
-pub fn response(id: u8, secret: &[u8], challenge: &[u8]) -> [u8; 16] {
-    let mut h = Md5::new();
-    h.update([id]);
-    h.update(secret);
-    h.update(challenge);
-    h.finalize().into()
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+pub use algorithm::{names, ChapAlgorithm};
+
+/// How many of our recent mutual-CHAP challenges are remembered: enough for every path of
+/// many LUNs logging in at once.
+const RECENT_CHALLENGES: usize = 256;
+
+/// The challenges this process sent to targets lately (mutual CHAP).
+static SENT_CHALLENGES: Mutex<VecDeque<Vec<u8>>> = Mutex::new(VecDeque::new());
+
+/// Remembers a challenge we send to a target.
+pub fn record_sent_challenge(challenge: &[u8]) {
+    let mut sent = SENT_CHALLENGES.lock().unwrap_or_else(|p| p.into_inner());
+    if sent.len() >= RECENT_CHALLENGES {
+        sent.pop_front();
+    }
+    sent.push_back(challenge.to_vec());
+}
+
+/// Whether `challenge` (from a target) is one we sent: a target that wants our response to
+/// it could be replaying our own challenge to learn the answer it must give (RFC 7143
+/// 12.1.3 forbids reusing the other side's challenge).
+pub fn is_reflected(challenge: &[u8]) -> bool {
+    let sent = SENT_CHALLENGES.lock().unwrap_or_else(|p| p.into_inner());
+    sent.iter().any(|c| c.as_slice() == challenge)
+}
+
+/// A fresh challenge for the target (mutual CHAP), as long as the algorithm's digest and
+/// never equal to the target's own (`theirs`).
+pub fn new_challenge(algorithm: ChapAlgorithm, theirs: &[u8]) -> Vec<u8> {
+    // Two draws from the kernel's generator matching a given value is not a real case; the
+    // bound only keeps the loop finite.
+    let mut c = random_bytes(algorithm.digest_len());
+    for _ in 0..4 {
+        if c != theirs {
+            break;
+        }
+        c = random_bytes(algorithm.digest_len());
+    }
+    c
 }
 
 /// Encodes bytes as iSCSI hex (`0x...`).
@@ -57,15 +94,27 @@ mod tests {
 
     #[test]
     fn md5_response_matches_a_hand_computed_value() {
+        use md5::{Digest, Md5};
         // MD5(0x01 || "secret" || 0x00 0x01 0x02 0x03)
-        let r = response(1, b"secret", &[0, 1, 2, 3]);
-        let mut h = Md5::new();
-        h.update(b"\x01secret\x00\x01\x02\x03");
-        let want: [u8; 16] = h.finalize().into();
+        let r = ChapAlgorithm::Md5.response(1, b"secret", &[0, 1, 2, 3]);
+        let want = Md5::digest(b"\x01secret\x00\x01\x02\x03").to_vec();
         assert_eq!(r, want);
         // And MD5 itself against RFC 1321's test suite.
-        let d: [u8; 16] = Md5::digest(b"abc").into();
+        let d = Md5::digest(b"abc").to_vec();
         assert_eq!(to_hex(&d), "0x900150983cd24fb0d6963f7d28e17f72");
+    }
+
+    #[test]
+    fn our_challenges_are_recognised_when_reflected() {
+        let theirs = random_bytes(32);
+        let ours = new_challenge(ChapAlgorithm::Sha256, &theirs);
+        assert_eq!(ours.len(), 32);
+        assert_ne!(ours, theirs);
+        assert!(!is_reflected(&ours));
+        record_sent_challenge(&ours);
+        assert!(is_reflected(&ours));
+        assert!(!is_reflected(&theirs));
+        assert_eq!(new_challenge(ChapAlgorithm::Md5, &[]).len(), 16);
     }
 
     #[test]

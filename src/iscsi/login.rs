@@ -1,6 +1,11 @@
-//! Login (RFC 7143 section 6.3): security negotiation (None or CHAP, one-way or mutual)
-//! and operational parameter negotiation, ending in the full feature phase; and
-//! SendTargets discovery.
+//! Login (RFC 7143 section 6.3): security negotiation (None or CHAP, one-way or mutual:
+//! `chap_auth`) and operational parameter negotiation, ending in the full feature phase.
+//! `redirect` connects a path and follows the target's login redirects; `discovery` asks a
+//! portal for targets and their portals (SendTargets).
+
+mod chap_auth;
+mod discovery;
+mod redirect;
 
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -8,8 +13,11 @@ use std::time::Duration;
 
 use super::chap;
 use super::options::IscsiOptions;
-use super::pdu::{self, op, Framing, Pdu, F_FINAL};
+use super::pdu::{self, op, Framing, Pdu};
 use super::text;
+
+pub use discovery::{discover, discover_portals};
+pub use redirect::{target_address_portal, PathLogin, MAX_REDIRECTS};
 
 /// Why a login failed; the text says which kind of failure it was.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +36,14 @@ pub enum LoginError {
     /// the portal and the timeout.
     #[error("the target did not answer the login in time")]
     TimedOut,
+    /// Status class 1: log in at `address` instead ([`PathLogin`] follows it).
+    #[error("the target redirected the login ({}) to {address}", if *permanent { "permanently" } else { "temporarily" })]
+    Redirected { address: String, permanent: bool },
+    /// The target refused our response with SHA-256 (`CHAP_A=7`). tgt and IET take 7 for
+    /// SHA-1, an assignment older than IANA's: [`PathLogin`] then logs in again without
+    /// offering SHA-256.
+    #[error("{0} (the target chose CHAP_A=7, SHA-256; some targets, such as tgt, take 7 for SHA-1: leave sha256 out of chap_algorithms for them)")]
+    Sha256Refused(Box<LoginError>),
 }
 
 impl From<io::Error> for LoginError {
@@ -211,6 +227,21 @@ impl<S: Read + Write> Exchange<'_, S> {
                     ))
                 }
                 (2, 3) | (2, 4) => return Err(LoginError::NotFound(self.target.clone())),
+                (1, 1) | (1, 2) => {
+                    let pairs = text::parse(&r.data);
+                    let address = text::get(&pairs, "TargetAddress")
+                        .ok_or_else(|| {
+                            LoginError::Protocol("a login redirect without TargetAddress".into())
+                        })
+                        .and_then(|a| {
+                            target_address_portal(a)
+                                .map_err(|e| LoginError::Protocol(format!("login redirect: {e}")))
+                        })?;
+                    return Err(LoginError::Redirected {
+                        address,
+                        permanent: detail == 2,
+                    });
+                }
                 (c, d) => return Err(LoginError::Rejected(format!("status class {c} detail {d}"))),
             }
             self.exp_stat_sn = r.stat_sn().wrapping_add(1);
@@ -296,44 +327,7 @@ pub fn login<S: Read + Write>(
                 ))
             }
         }
-        let (ans, _, _) = x.round(SECURITY, OPERATIONAL, false, &[("CHAP_A", "5".into())])?;
-        if text::get(&ans, "CHAP_A") != Some("5") {
-            return Err(LoginError::Authentication(
-                "the target does not offer CHAP with MD5".into(),
-            ));
-        }
-        let id: u8 = text::get(&ans, "CHAP_I")
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| LoginError::Authentication("missing CHAP_I".into()))?;
-        let challenge = text::get(&ans, "CHAP_C")
-            .and_then(chap::from_hex)
-            .ok_or_else(|| LoginError::Authentication("missing or malformed CHAP_C".into()))?;
-        let resp = chap::response(id, chap_opts.secret.as_bytes(), &challenge);
-        let mut pairs = vec![
-            ("CHAP_N", chap_opts.user.clone()),
-            ("CHAP_R", chap::to_hex(&resp)),
-        ];
-        let mutual = chap_opts.mutual.as_ref().map(|m| {
-            let my_id = chap::random_bytes(1)[0];
-            let my_challenge = chap::random_bytes(16);
-            pairs.push(("CHAP_I", my_id.to_string()));
-            pairs.push(("CHAP_C", chap::to_hex(&my_challenge)));
-            (m, my_id, my_challenge)
-        });
-        let (ans, tt, n) = x.round(SECURITY, OPERATIONAL, true, &pairs)?;
-        if let Some((m, my_id, my_challenge)) = mutual {
-            let want = chap::response(my_id, m.secret.as_bytes(), &my_challenge);
-            let got = text::get(&ans, "CHAP_R").and_then(chap::from_hex);
-            if text::get(&ans, "CHAP_N") != Some(m.user.as_str())
-                || got.as_deref() != Some(&want[..])
-            {
-                return Err(LoginError::Authentication(
-                    "the target's mutual CHAP response is wrong".into(),
-                ));
-            }
-        }
-        t = tt;
-        nsg = n;
+        (t, nsg) = chap_auth::authenticate(&mut x, chap_opts, &opts.chap_algorithms)?;
     }
     let mut rounds = 0;
     while !(t && nsg == OPERATIONAL) {
@@ -411,64 +405,6 @@ pub fn login<S: Read + Write>(
     Err(LoginError::Protocol(
         "the target never moved to the full feature phase".into(),
     ))
-}
-
-/// SendTargets=All discovery: `(target name, portals)` of every target the portal reports.
-pub fn discover(
-    portal: &str,
-    opts: &IscsiOptions,
-) -> Result<Vec<(String, Vec<String>)>, LoginError> {
-    let mut s = connect(portal, opts)?;
-    let n = login(&mut s, opts, None, new_isid()).map_err(|e| e.at(portal, opts.login_timeout))?;
-    let mut p = Pdu::new(op::TEXT_REQ);
-    p.set_immediate();
-    p.set_flags(F_FINAL);
-    p.set_itt(1);
-    p.set_u32(20, 0xffff_ffff);
-    p.set_u32(24, n.cmd_sn);
-    p.set_u32(28, n.exp_stat_sn);
-    p.data = b"SendTargets=All\0".to_vec();
-    pdu::write_pdu(&mut s, &p, &n.framing)?;
-    let mut data = Vec::new();
-    loop {
-        let r = pdu::read_pdu(
-            &mut s,
-            &Framing {
-                max_recv_data: 1 << 20,
-                ..n.framing
-            },
-        )?;
-        if r.opcode() != op::TEXT_RESP {
-            return Err(LoginError::Protocol(format!(
-                "unexpected opcode {:#x} in discovery",
-                r.opcode()
-            )));
-        }
-        data.extend_from_slice(&r.data);
-        if r.flags() & F_FINAL != 0 {
-            break;
-        }
-        let mut more = Pdu::new(op::TEXT_REQ);
-        more.set_immediate();
-        more.set_itt(1);
-        more.set_u32(20, r.ttt());
-        more.set_u32(24, n.cmd_sn);
-        more.set_u32(28, r.stat_sn().wrapping_add(1));
-        pdu::write_pdu(&mut s, &more, &n.framing)?;
-    }
-    let mut out: Vec<(String, Vec<String>)> = Vec::new();
-    for (k, v) in text::parse(&data) {
-        match k.as_str() {
-            "TargetName" => out.push((v, Vec::new())),
-            "TargetAddress" => {
-                if let Some(last) = out.last_mut() {
-                    last.1.push(v);
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

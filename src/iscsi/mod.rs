@@ -16,7 +16,8 @@ mod url;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use login::{discover, LoginError};
+pub use chap::ChapAlgorithm;
+pub use login::{discover, discover_portals, LoginError};
 pub use multipath::{Failback, MultipathOptions, PathStatus, Policy};
 pub use options::{default_initiator_name, Chap, IscsiOptions};
 pub use url::IscsiUrl;

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use super::chap::ChapAlgorithm;
+
 /// CHAP credentials; `mutual` holds the name and secret the target must prove.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Chap {
@@ -32,6 +34,8 @@ pub struct IscsiOptions {
     /// `initiator_id` and its socket path.
     pub isid_scope: String,
     pub chap: Option<Chap>,
+    /// The CHAP digest algorithms offered, preferred first.
+    pub chap_algorithms: Vec<ChapAlgorithm>,
     pub header_digest: bool,
     pub data_digest: bool,
     pub immediate_data: bool,
@@ -55,6 +59,7 @@ impl Default for IscsiOptions {
             initiator_name: default_initiator_name(),
             isid_scope: String::new(),
             chap: None,
+            chap_algorithms: ChapAlgorithm::DEFAULT_ORDER.to_vec(),
             header_digest: false,
             data_digest: false,
             immediate_data: true,

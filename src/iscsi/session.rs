@@ -167,6 +167,8 @@ struct State {
 
 pub(crate) struct Session {
     url: IscsiUrl,
+    /// Where the path logs in (its portal, or where a permanent redirect moved it).
+    login: login::PathLogin,
     opts: IscsiOptions,
     /// Claimed from `isid` for the session's life; given back by [`Session::close`].
     isid: [u8; 6],
@@ -208,6 +210,7 @@ impl Session {
         });
         Arc::new(Session {
             url: url.clone(),
+            login: login::PathLogin::new(&url.portal()),
             opts: opts.clone(),
             isid,
             isid_released: AtomicBool::new(false),
@@ -312,10 +315,9 @@ impl Session {
         if self.closing.load(Ordering::Acquire) {
             return Err(closed());
         }
-        let portal = self.url.portal();
-        let mut stream = login::connect(&portal, &self.opts)?;
-        let neg = login::login(&mut stream, &self.opts, Some(&self.url.target), self.isid)
-            .map_err(|e| e.at(&portal, self.opts.login_timeout))?;
+        let (stream, neg) = self
+            .login
+            .establish(&self.opts, Some(&self.url.target), self.isid)?;
         let io = |e: std::io::Error| LoginError::Protocol(e.to_string());
         stream.set_read_timeout(None).map_err(io)?;
         stream

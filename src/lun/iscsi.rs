@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use super::{Answer, Command, HostError, IoContext, LunDevice, RawSense, Step, Task};
 use crate::backend::guest::DataBuffers;
-use crate::config::{LunConfig, MultipathSettings};
-use crate::iscsi::{Chap, IscsiLun, IscsiOptions, IscsiUrl};
+use crate::config::{IscsiLoginSettings, LunConfig, MultipathSettings};
+use crate::iscsi::{Chap, IscsiLun, IscsiOptions, IscsiUrl, MultipathOptions};
 use crate::scsi::cdb;
 use crate::scsi::task::{command, ScsiCompletion, TmfFunction, TransportError};
 use crate::scsi::{status, write_class, Sense};
@@ -24,32 +24,34 @@ pub struct IscsiPassthrough {
     readonly: bool,
 }
 
-/// Logs in to the LUN's target through each of its portals.
+/// Logs in to the LUN's target through each of its portals: the URL's, the configured
+/// paths, and with `discover` those the URL's portal lists for the target.
 pub fn open(
     l: &LunConfig,
     url: &IscsiUrl,
     chap_secret: Option<&str>,
-    digests: (bool, bool),
+    login: &IscsiLoginSettings,
     settings: &MultipathSettings,
     defaults: &IscsiOptions,
 ) -> Result<Box<dyn LunDevice>, String> {
     let where_ = format!("target {} LUN {}", l.target, l.lun);
-    let mut opts = IscsiOptions {
-        header_digest: digests.0,
-        data_digest: digests.1,
-        ..defaults.clone()
-    };
+    let mut opts = defaults.clone();
     settings.apply(&mut opts);
-    if let (Some(user), Some(secret)) = (&url.user, chap_secret) {
+    if let (Some(user), Some(secret)) = (&url.user, chap_secret.or(url.password.as_deref())) {
         opts.chap = Some(Chap {
             user: user.clone(),
             secret: secret.to_string(),
             mutual: None,
         });
     }
-    let lun = IscsiLun::connect_multipath(url, &opts, &settings.multipath)
+    login.apply(&mut opts);
+    let mut multipath = settings.multipath.clone();
+    if login.discover {
+        add_discovered_paths(&where_, url, &opts, &mut multipath);
+    }
+    let lun = IscsiLun::connect_multipath(url, &opts, &multipath)
         .map_err(|e| format!("{where_}: {url}: {e}"))?;
-    if settings.multipath.extra_portals.is_empty() {
+    if multipath.extra_portals.is_empty() {
         tracing::info!("{where_}: iSCSI {url}: one path");
     } else {
         for p in lun.paths() {
@@ -60,6 +62,54 @@ pub fn open(
         lun,
         readonly: l.readonly,
     }))
+}
+
+/// Adds the portals SendTargets at the URL's portal lists for the target to `mp`'s paths,
+/// except those already there, up to the paths a LUN may have. Discovery that fails is
+/// logged and the LUN goes on with the configured paths: they may well work, and a login
+/// through them reports its own error.
+fn add_discovered_paths(
+    where_: &str,
+    url: &IscsiUrl,
+    opts: &IscsiOptions,
+    mp: &mut MultipathOptions,
+) {
+    let found = match crate::iscsi::discover_portals(url, opts) {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(
+                "{where_}: discovery at {} failed, going on with the configured paths: {e}",
+                url.portal()
+            );
+            return;
+        }
+    };
+    let known = |p: &str, mp: &MultipathOptions| {
+        same_portal(p, &url.portal()) || mp.extra_portals.iter().any(|e| same_portal(p, e))
+    };
+    for portal in found {
+        if known(&portal, mp) {
+            continue;
+        }
+        if mp.extra_portals.len() + 1 >= crate::iscsi::multipath::MAX_PATHS {
+            tracing::warn!(
+                "{where_}: discovery lists more portals than the {} paths a LUN may have: {portal} left out",
+                crate::iscsi::multipath::MAX_PATHS
+            );
+            continue;
+        }
+        tracing::info!("{where_}: discovered path {portal}");
+        mp.extra_portals.push(portal);
+    }
+}
+
+/// Whether two portals name the same host and port (`h` and `h:3260` do).
+fn same_portal(a: &str, b: &str) -> bool {
+    let split = crate::iscsi::multipath::split_portal;
+    match (split(a), split(b)) {
+        (Ok((ha, pa)), Ok((hb, pb))) => pa == pb && ha.eq_ignore_ascii_case(&hb),
+        _ => a == b,
+    }
 }
 
 /// A read-only LUN answers a command that would change data itself, before the target
@@ -215,6 +265,14 @@ impl LunDevice for IscsiPassthrough {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn portals_compare_by_host_and_port() {
+        assert!(same_portal("127.0.0.2:3260", "127.0.0.2"));
+        assert!(same_portal("[::1]:3260", "[::1]"));
+        assert!(!same_portal("127.0.0.2:3261", "127.0.0.2:3260"));
+        assert!(!same_portal("127.0.0.3:3260", "127.0.0.2:3260"));
+    }
 
     #[test]
     fn a_readonly_lun_refuses_writes_before_forwarding() {

@@ -87,13 +87,11 @@ fn open_device(
         LunKind::Iscsi {
             url,
             chap_secret,
-            header_digest,
-            data_digest,
+            login,
             multipath,
         } => {
             let secret = chap_secret.as_ref().map(|s| s.0.as_str());
-            let digests = (*header_digest, *data_digest);
-            iscsi::open(l, url, secret, digests, multipath, iscsi)
+            iscsi::open(l, url, secret, login, multipath, iscsi)
         }
     }
 }

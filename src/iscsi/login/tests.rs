@@ -7,19 +7,24 @@
 //! This file is the scripted target and its helpers; the tests are in `negotiation`
 //! (logins that succeed), `authentication` (CHAP) and `failures` (logins that must fail).
 
+mod algorithms;
 mod authentication;
 mod failures;
 mod negotiation;
+mod redirects;
 
 use std::os::unix::net::UnixStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use md5::{Digest, Md5};
+use sha1::Sha1;
+use sha2::Sha256;
+use sha3::Sha3_256;
 
 use super::*;
 use crate::iscsi::options::Chap;
-use crate::iscsi::pdu::{BHS_LEN, F_IMMEDIATE};
+use crate::iscsi::pdu::{BHS_LEN, F_FINAL, F_IMMEDIATE};
 
 /// Long enough for any honest exchange, short enough that a wait on it is noticed.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -92,11 +97,26 @@ fn unhex(s: &str) -> Vec<u8> {
 
 /// RFC 1994: MD5 over the identifier, the secret and the challenge.
 fn md5_response(id: u8, secret: &str, challenge: &[u8]) -> Vec<u8> {
-    let mut h = Md5::new();
-    h.update([id]);
-    h.update(secret.as_bytes());
-    h.update(challenge);
-    h.finalize().to_vec()
+    chap_response("5", id, secret, challenge)
+}
+
+/// RFC 1994 with the hash `CHAP_A` names (5 MD5, 6 SHA-1, 7 SHA-256, 8 SHA3-256), computed
+/// here with the hash crates rather than through the initiator's code.
+fn chap_response(chap_a: &str, id: u8, secret: &str, challenge: &[u8]) -> Vec<u8> {
+    fn h<D: Digest>(id: u8, secret: &str, challenge: &[u8]) -> Vec<u8> {
+        let mut h = D::new();
+        h.update([id]);
+        h.update(secret.as_bytes());
+        h.update(challenge);
+        h.finalize().to_vec()
+    }
+    match chap_a {
+        "5" => h::<Md5>(id, secret, challenge),
+        "6" => h::<Sha1>(id, secret, challenge),
+        "7" => h::<Sha256>(id, secret, challenge),
+        "8" => h::<Sha3_256>(id, secret, challenge),
+        other => panic!("no hash for CHAP_A={other}"),
+    }
 }
 
 /// Whether an I/O error only means that the initiator has closed its end.
@@ -192,17 +212,36 @@ impl Reply {
     }
 }
 
+/// A connection the scripted target reads and writes: a socket pair's end, or an accepted
+/// TCP connection (redirects).
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
 /// The target end of the connection and what it has checked so far.
 struct Target {
-    s: UnixStream,
+    s: Box<dyn Stream>,
     stat_sn: u32,
     rounds: usize,
     /// StatSN of the last response: the next request must acknowledge it.
     last_stat_sn: Option<u32>,
     itt: Option<u32>,
+    /// Whether the requests must carry [`ISID`] (a discovery session picks its own).
+    fixed_isid: bool,
 }
 
 impl Target {
+    /// A fresh target on `s`.
+    fn on(s: Box<dyn Stream>) -> Target {
+        Target {
+            s,
+            stat_sn: FIRST_STAT_SN,
+            rounds: 0,
+            last_stat_sn: None,
+            itt: None,
+            fixed_isid: true,
+        }
+    }
+
     /// The next Login Request, or None if the initiator closed the connection.
     fn try_recv(&mut self) -> Option<Request> {
         self.rounds += 1;
@@ -223,7 +262,9 @@ impl Target {
         // Version-max and Version-min: 0x00 for RFC 7143.
         assert_eq!(&pdu.bhs[2..4], &[0, 0], "versions");
         assert!(pdu.ahs.is_empty(), "AHS in a login request");
-        assert_eq!(&pdu.bhs[8..14], &ISID, "ISID");
+        if self.fixed_isid {
+            assert_eq!(&pdu.bhs[8..14], &ISID, "ISID");
+        }
         // A new session: TSIH 0 until the target hands one out on its final response.
         assert_eq!(u16::from_be_bytes([pdu.bhs[14], pdu.bhs[15]]), 0, "TSIH");
         // The initiator's only connection: CID 0.
@@ -320,9 +361,21 @@ impl Target {
         r
     }
 
-    /// CHAP up to the challenge: AuthMethod=CHAP, then CHAP_A=5 answered with `id` and
-    /// `challenge`. Returns the request carrying CHAP_N and CHAP_R, unanswered.
+    /// CHAP up to the challenge: AuthMethod=CHAP, then the default CHAP_A offer answered
+    /// with MD5, `id` and `challenge`. Returns the request carrying CHAP_N and CHAP_R,
+    /// unanswered.
     fn chap_challenge(&mut self, id: u8, challenge: &[u8]) -> Request {
+        self.chap_challenge_with("8,7,6,5", "5", id, challenge)
+    }
+
+    /// [`Target::chap_challenge`] expecting the offer `offer` and choosing `chosen`.
+    fn chap_challenge_with(
+        &mut self,
+        offer: &str,
+        chosen: &str,
+        id: u8,
+        challenge: &[u8],
+    ) -> Request {
         let r = self.recv();
         // T=0: the initiator must not leave the security stage before authenticating.
         r.assert_stage(false, SECURITY, 0);
@@ -335,14 +388,14 @@ impl Target {
         self.reply(&r, Reply::stay(SECURITY, &[("AuthMethod", "CHAP")]));
         let r = self.recv();
         r.assert_stage(false, SECURITY, 0);
-        r.assert_keys(&[("CHAP_A", "5")]);
+        r.assert_keys(&[("CHAP_A", offer)]);
         let id = id.to_string();
         let c = hex(challenge);
         self.reply(
             &r,
             Reply::stay(
                 SECURITY,
-                &[("CHAP_A", "5"), ("CHAP_I", &id), ("CHAP_C", &c)],
+                &[("CHAP_A", chosen), ("CHAP_I", &id), ("CHAP_C", &c)],
             ),
         );
         let r = self.recv();
@@ -378,11 +431,12 @@ where
     tgt.set_write_timeout(Some(IO_TIMEOUT)).expect("timeout");
     let handle = thread::spawn(move || {
         let mut t = Target {
-            s: tgt,
+            s: Box::new(tgt),
             stat_sn: FIRST_STAT_SN,
             rounds: 0,
             last_stat_sn: None,
             itt: None,
+            fixed_isid: true,
         };
         script(&mut t)
     });

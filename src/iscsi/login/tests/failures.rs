@@ -74,8 +74,8 @@ fn login_status_maps_to_the_error_variant() {
             other => panic!("{status:#06x}: {other:?}"),
         }
     }
-    // Other initiator errors, redirection and target errors are rejections naming the code.
-    for status in [0x0200u16, 0x0205, 0x0101, 0x0300, 0x0301] {
+    // Other initiator errors and target errors are rejections naming the code.
+    for status in [0x0200u16, 0x0205, 0x0300, 0x0301] {
         let out = drive(&options(), Some(TARGET), move |t| {
             let r = t.recv();
             t.reply(&r, Reply::fail(SECURITY, status));
@@ -88,6 +88,33 @@ fn login_status_maps_to_the_error_variant() {
             other => panic!("{status:#06x}: {other:?}"),
         }
     }
+    // A redirect names its address; one without an address is the target's error.
+    for (status, permanent) in [(0x0101u16, false), (0x0102, true)] {
+        let out = drive(&options(), Some(TARGET), move |t| {
+            let r = t.recv();
+            let mut reply = Reply::fail(SECURITY, status);
+            reply.data = kv(&[("TargetAddress", "127.0.0.9:3262,3")]);
+            t.reply(&r, reply);
+        });
+        match out.result {
+            Err(LoginError::Redirected {
+                address,
+                permanent: p,
+            }) => {
+                assert_eq!((address.as_str(), p), ("127.0.0.9:3262", permanent));
+            }
+            other => panic!("{status:#06x}: {other:?}"),
+        }
+    }
+    let out = drive(&options(), Some(TARGET), |t| {
+        let r = t.recv();
+        t.reply(&r, Reply::fail(SECURITY, 0x0101));
+    });
+    assert!(
+        matches!(&out.result, Err(LoginError::Protocol(m)) if m.contains("TargetAddress")),
+        "{:?}",
+        out.result
+    );
     // A failure in the operational stage counts just the same.
     let out = drive(&options(), Some(TARGET), |t| {
         t.security_none(Some(TARGET));
