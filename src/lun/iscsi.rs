@@ -24,16 +24,15 @@ pub struct IscsiPassthrough {
     readonly: bool,
 }
 
-/// Logs in to the LUN's target through each of its portals.
-pub fn open(
-    l: &LunConfig,
+/// The options a LUN logs in with: the daemon's, with the LUN's digests, path checking
+/// and credentials. LUNs whose options come out equal share their sessions.
+pub(super) fn login_options(
     url: &IscsiUrl,
     chap_secret: Option<&str>,
     digests: (bool, bool),
     settings: &MultipathSettings,
     defaults: &IscsiOptions,
-) -> Result<Box<dyn LunDevice>, String> {
-    let where_ = format!("target {} LUN {}", l.target, l.lun);
+) -> IscsiOptions {
     let mut opts = IscsiOptions {
         header_digest: digests.0,
         data_digest: digests.1,
@@ -47,6 +46,21 @@ pub fn open(
             mutual: None,
         });
     }
+    opts
+}
+
+/// Logs in to the LUN's target through each of its portals (or joins the sessions the
+/// target's other LUNs opened).
+pub fn open(
+    l: &LunConfig,
+    url: &IscsiUrl,
+    chap_secret: Option<&str>,
+    digests: (bool, bool),
+    settings: &MultipathSettings,
+    defaults: &IscsiOptions,
+) -> Result<Box<dyn LunDevice>, String> {
+    let where_ = format!("target {} LUN {}", l.target, l.lun);
+    let opts = login_options(url, chap_secret, digests, settings, defaults);
     let lun = IscsiLun::connect_multipath(url, &opts, &settings.multipath)
         .map_err(|e| format!("{where_}: {url}: {e}"))?;
     if settings.multipath.extra_portals.is_empty() {
