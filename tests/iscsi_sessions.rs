@@ -342,4 +342,42 @@ mod through_the_daemon {
             tgtd.nexus_count() == 0
         });
     }
+
+    #[test]
+    fn a_reload_lists_the_target_again() {
+        let tgtd = Tgtd::start(MIB, Accounts::default());
+        let dir = tempfile::tempdir().expect("tmp");
+        let config = dir.path().join("vscsid.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[daemon]\nnum_queues = 1\ncontrol = \"{}\"\n[[lun]]\nlun = 3\nkind = \"iscsi\"\n\
+                 url = \"iscsi://127.0.0.1:{}/{IQN}/0\"\nluns = \"all\"\n",
+                dir.path().join("control.sock").display(),
+                tgtd.port
+            ),
+        )
+        .unwrap();
+        let cfg_arg = config.display().to_string();
+        let d = Daemon::start(&[], &["--config", &cfg_arg]);
+        let control = dir.path().join("control.sock");
+        wait_until("the control socket", Duration::from_secs(10), || {
+            control.exists()
+        });
+        let mut fe = d.connect(1);
+        // tgtd's controller (0) and LUN 1, from the base 3.
+        assert_eq!(reported(&mut fe), vec![3, 4]);
+        // The target gains a LUN; a reload attaches it, on the same session.
+        tgtd.add_lun(2, MIB);
+        // SAFETY: kill(2) with the PID of the daemon this test started.
+        unsafe { libc::kill(d.child.id() as i32, libc::SIGHUP) };
+        wait_until("LUN 5 after the reload", Duration::from_secs(10), || {
+            let (_, out, _) = ctl(&control, &["luns"]);
+            out.lines().any(|l| l.starts_with("0:5 "))
+        });
+        assert_eq!(reported(&mut fe), vec![3, 4, 5]);
+        assert_eq!(tgtd.nexus_count(), 1);
+        let (_, out, _) = ctl(&control, &["luns"]);
+        assert!(out.contains("luns 0,1,2"), "{out}");
+    }
 }
