@@ -10,7 +10,9 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 
 use vscsid::config::{parse_config_file, parse_disk_spec, Config, SocketAccess};
 use vscsid::control::ControlServer;
-use vscsid::lun::{build_lun_table, open_options, status_lines, LiveLuns};
+use vscsid::lun::{
+    build_lun_table, expand_all_luns, iscsi_options, open_options, status_lines, LiveLuns,
+};
 use vscsid::sandbox::{self, SandboxMode, ThreadKind};
 use vscsid::service::{init_logging, status_text, LogDestination, Service};
 use vscsid::vhost::{serve, CurrentDevice, SocketHandover, SocketRemover, VhostSocket};
@@ -296,10 +298,18 @@ fn reload_config(luns: &LiveLuns, running: &std::sync::Mutex<Config>, service: &
     let new = parse_args()
         .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string())
         .and_then(|(cli, order)| build_config(cli, order));
+    // Every LUN of a target ('*'): the target's list now, so LUNs it added come in and
+    // LUNs it dropped go.
+    let new = new.and_then(|mut new| {
+        let (expanded, discovery) = expand_all_luns(&new.luns, &luns.open_options().iscsi)?;
+        new.luns = expanded;
+        Ok((new, discovery))
+    });
     match new {
-        Ok(new) => {
+        Ok((new, discovery)) => {
             let mut old = running.lock().unwrap_or_else(|p| p.into_inner());
             let report = vscsid::control::reload::apply(luns, &old, &new);
+            drop(discovery);
             // The LUNs now are the new ones (those that failed are logged); the daemon's
             // other settings stay as they run.
             old.luns = new.luns;
@@ -332,7 +342,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let cfg = match build_config(cli, order) {
+    let mut cfg = match build_config(cli, order) {
         Ok(mut c) => {
             if let Some(old) = std::env::var_os(UPGRADED_ENV) {
                 std::env::remove_var(UPGRADED_ENV);
@@ -436,6 +446,17 @@ fn main() -> ExitCode {
     if socket.passed_by_systemd() && cfg.socket_access != SocketAccess::default() {
         tracing::info!("socket owner, group and mode come from the .socket unit (SocketUser=, SocketGroup=, SocketMode=), not from the configuration");
     }
+    // Every LUN of a target ('*'): listed over the sessions they then share.
+    let discovery = match expand_all_luns(&cfg.luns, &iscsi_options(&cfg)) {
+        Ok((expanded, discovery)) => {
+            cfg.luns = expanded;
+            discovery
+        }
+        Err(e) => {
+            fail(&e);
+            return ExitCode::from(2);
+        }
+    };
     let luns = match build_lun_table(&cfg) {
         Ok(t) => {
             let live = LiveLuns::new(t, open_options(&cfg), !cfg.incoming);
@@ -447,6 +468,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    drop(discovery);
     for (t, l, lun) in luns.snapshot().luns() {
         tracing::info!(
             target_id = t,

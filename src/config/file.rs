@@ -62,6 +62,8 @@ struct RawLun {
     serial: Option<String>,
     wwn: Option<String>,
     url: Option<String>,
+    /// `"all"`: every LUN of the iSCSI target.
+    luns: Option<String>,
     size: Option<toml::Value>,
     chap_secret_file: Option<PathBuf>,
     chap_secret_env: Option<String>,
@@ -294,8 +296,20 @@ fn lun_from_raw(l: RawLun, i: usize) -> Result<LunConfig, ConfigError> {
                 chap_secret,
                 login,
                 multipath,
+                all_luns,
+                ..
             } = &mut k
             {
+                match l.luns.as_deref() {
+                    None => {}
+                    Some("all") => *all_luns = true,
+                    Some(other) => {
+                        return Err(ConfigError(format!(
+                            "{}: '{other}' is not \"all\" (the one value it takes)",
+                            field("luns")
+                        )))
+                    }
+                }
                 let mut set = |name: &str, value: String| {
                     multipath
                         .set(name, &value)
@@ -520,7 +534,7 @@ const EMULATED: &[&str] = &["disk", "null"];
 /// it would let a setting such as `cache` on an iSCSI LUN look effective when it is not.
 /// The keys not listed (target, lun, kind, readonly, the I/O limits) apply to every kind.
 fn check_keys_apply(l: &RawLun, kind: &str, i: usize) -> Result<(), ConfigError> {
-    let keys: [(&str, bool, &[&str]); 27] = [
+    let keys: [(&str, bool, &[&str]); 28] = [
         ("path", l.path.is_some(), WITH_PATH),
         ("cache", l.cache.is_some(), CACHED),
         ("shared", l.shared.is_some(), DISK),
@@ -531,6 +545,7 @@ fn check_keys_apply(l: &RawLun, kind: &str, i: usize) -> Result<(), ConfigError>
         ("wwn", l.wwn.is_some(), EMULATED),
         ("size", l.size.is_some(), NULL),
         ("url", l.url.is_some(), ISCSI),
+        ("luns", l.luns.is_some(), ISCSI),
         ("chap_secret_file", l.chap_secret_file.is_some(), ISCSI),
         ("chap_secret_env", l.chap_secret_env.is_some(), ISCSI),
         ("header_digest", l.header_digest.is_some(), ISCSI),
@@ -813,6 +828,35 @@ mod tests {
             assert!(e.contains(field), "{text:?} gave {e:?}");
             assert!(!e.contains('\n'), "{e:?}");
         }
+    }
+
+    #[test]
+    fn every_lun_of_a_target_by_luns_all_or_a_star() {
+        let all = |cfg: &Config| {
+            cfg.luns
+                .iter()
+                .map(|l| match &l.kind {
+                    LunKind::Iscsi { all_luns, .. } => (l.lun, *all_luns),
+                    other => panic!("{other:?}"),
+                })
+                .collect::<Vec<_>>()
+        };
+        let text =
+            "[[lun]]\nlun = 4\nkind = \"iscsi\"\nurl = \"iscsi://h/iqn.x:y/0\"\nluns = \"all\"\n\
+                    [[lun]]\nlun = 40\nkind = \"iscsi\"\nurl = \"iscsi://h/iqn.x:z/*\"\n\
+                    [[lun]]\nlun = 50\nkind = \"iscsi\"\nurl = \"iscsi://h/iqn.x:z/3\"\n";
+        let cfg = parse_config_text(text).expect("parse");
+        assert_eq!(all(&cfg), vec![(4, true), (40, true), (50, false)]);
+        let e = parse_config_text(
+            "[[lun]]\nlun = 0\nkind = \"iscsi\"\nurl = \"iscsi://h/t/0\"\nluns = \"some\"\n",
+        )
+        .unwrap_err()
+        .0;
+        assert!(e.contains("lun[0].luns: 'some'"), "{e}");
+        let e = parse_config_text("[[lun]]\nlun = 0\npath = \"/a\"\nluns = \"all\"\n")
+            .unwrap_err()
+            .0;
+        assert!(e.contains("luns"), "{e}");
     }
 
     #[test]

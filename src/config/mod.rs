@@ -166,6 +166,10 @@ pub enum LunKind {
         login: Box<IscsiLoginSettings>,
         /// Extra portals, path policy, path checking, no-path queueing.
         multipath: Box<MultipathSettings>,
+        /// Every LUN the target reports (`iscsi://host/iqn/*`, TOML `luns = "all"`), each
+        /// with these settings, numbered from this LUN's number up; `url`'s LUN is unused.
+        /// The LUN table opens them (`lun::iscsi::expand_all_luns`).
+        all_luns: bool,
     },
     /// A SCSI generic device (`/dev/sgN`) passed through: every CDB goes to the device
     /// (QEMU's `scsi-generic`).
@@ -232,7 +236,12 @@ impl LunKind {
         paths
             .check()
             .map_err(|e| ConfigError(format!("{field}: {e}")))?;
-        let url = IscsiUrl::parse(url).map_err(|e| ConfigError(format!("{field}: {e}")))?;
+        // `/*` in place of the LUN number: every LUN of the target.
+        let (url, all_luns) = match url.strip_suffix("/*") {
+            Some(target) => (format!("{target}/0"), true),
+            None => (url.to_string(), false),
+        };
+        let url = IscsiUrl::parse(&url).map_err(|e| ConfigError(format!("{field}: {e}")))?;
         let chap_secret = if url.user.is_some() && url.password.is_none() {
             std::env::var(CHAP_SECRET_ENV).ok().map(Secret)
         } else {
@@ -243,6 +252,7 @@ impl LunKind {
             chap_secret,
             login: Box::new(login),
             multipath: Box::new(paths),
+            all_luns,
         })
     }
 }
@@ -250,8 +260,13 @@ impl LunKind {
 /// Splits `URL,options` at the first comma after which the URL is whole: a password may
 /// hold commas and slashes, an option's value (a file path) slashes.
 fn split_iscsi_options(spec: &str) -> (&str, &str) {
+    // `/*` in place of the LUN number parses as LUN 0 (every LUN of the target).
+    let parses = |url: &str| match url.strip_suffix("/*") {
+        Some(target) => IscsiUrl::parse(&format!("{target}/0")).is_ok(),
+        None => IscsiUrl::parse(url).is_ok(),
+    };
     for (comma, _) in spec.match_indices(',') {
-        if IscsiUrl::parse(&spec[..comma]).is_ok() {
+        if parses(&spec[..comma]) {
             return (&spec[..comma], &spec[comma + 1..]);
         }
     }
@@ -845,6 +860,30 @@ mod tests {
             .expect("url parses");
         c.luns.push(l);
         c.validate().expect("password in the URL");
+    }
+
+    #[test]
+    fn a_star_in_place_of_the_lun_takes_every_lun_with_the_options() {
+        let mut c = base();
+        c.add_iscsi("iscsi://127.0.0.1/iqn.2024-01.x:y/*,path=127.0.0.2:3260,readonly")
+            .expect("star");
+        match &c.luns[1].kind {
+            LunKind::Iscsi {
+                all_luns,
+                multipath,
+                ..
+            } => {
+                assert!(*all_luns);
+                assert_eq!(multipath.multipath.extra_portals, vec!["127.0.0.2:3260"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(c.luns[1].readonly);
+        let err = c
+            .add_iscsi("iscsi://127.0.0.1/iqn.2024-01.x:y/**")
+            .unwrap_err()
+            .0;
+        assert!(err.contains("lun: '**'"), "{err}");
     }
 
     #[test]

@@ -37,7 +37,8 @@ pub struct CtlCli {
 
 #[derive(Subcommand, Debug)]
 enum CtlCommand {
-    /// Every LUN: address, size, block size, commands in flight, what it is.
+    /// Every LUN: address, size, block size, commands in flight, what it is; and the
+    /// iSCSI sessions, with the target LUNs that share each.
     Luns,
     /// Add a LUN: <disk|iscsi|sg|null> <spec as --disk, --iscsi, --sg or --null take it>.
     Add {
@@ -282,6 +283,19 @@ fn print_luns(v: &Value) {
             let v = serde_json::to_value(&l.limits).ok();
             let text = limits_text(v.as_ref());
             println!("{:<8} {:>10} {:>6} {:>9}    limits {text}", "", "", "", "");
+        }
+    }
+    let sessions: Vec<&str> = v
+        .get("iscsi_sessions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if !sessions.is_empty() {
+        println!("iSCSI sessions: {}", sessions.len());
+        for s in sessions {
+            println!("  {s}");
         }
     }
 }

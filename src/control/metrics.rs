@@ -9,7 +9,8 @@
 //! `vscsid_lun_host_errors_total` (label `error`, every kind), `vscsid_lun_other_status_total`,
 //! `vscsid_lun_latency_seconds` (histogram, bucket bounds 2^i µs), `vscsid_lun_in_flight`
 //! (gauge), `vscsid_queue_commands_total` (label `queue`: the request queue's number,
-//! queues that answered a command only).
+//! queues that answered a command only), `vscsid_iscsi_sessions` (gauge: the daemon's
+//! iSCSI sessions, one per target and portal).
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
@@ -32,6 +33,8 @@ struct Scrape {
     luns: Vec<LunCounters>,
     /// `(request queue number, commands answered)`.
     queues: Vec<(u16, u64)>,
+    /// iSCSI sessions open now.
+    iscsi_sessions: usize,
 }
 
 /// The labels of one series: `vm`, then the LUN's address, then the series' own.
@@ -166,6 +169,16 @@ impl Collector for Scrape {
                 ConstGauge::new(i64::from(l.in_flight)).encode(family.encode_family(&labels)?)?;
             }
         }
+        {
+            let mut family = encoder.encode_descriptor(
+                "vscsid_iscsi_sessions",
+                "iSCSI sessions open (one per target and portal, shared by the target's LUNs)",
+                None,
+                MetricType::Gauge,
+            )?;
+            let labels: Labels = vec![("vm", self.vm.clone())];
+            ConstGauge::new(self.iscsi_sessions as i64).encode(family.encode_family(&labels)?)?;
+        }
         let mut family = encoder.encode_descriptor(
             "vscsid_queue_commands",
             "Commands answered on each request queue (queues that answered one)",
@@ -195,6 +208,7 @@ pub fn render(luns: &LiveLuns, vm: &str) -> String {
         vm: vm.to_string(),
         luns: luns.stats(None, None),
         queues: request_queues(luns),
+        iscsi_sessions: crate::iscsi::registry::count(),
     };
     let mut registry = Registry::default();
     registry.register_collector(Box::new(scrape));

@@ -216,7 +216,11 @@ fn serve_client(stream: UnixStream, luns: &LiveLuns, vm: &str) {
 /// Carries out one request; `vm` names the VM in the metrics.
 pub fn execute(luns: &LiveLuns, vm: &str, req: Request) -> Value {
     let done = match req {
-        Request::Luns => Ok(json!({ "ok": true, "luns": list(luns) })),
+        Request::Luns => Ok(json!({
+            "ok": true,
+            "luns": list(luns),
+            "iscsi_sessions": iscsi_sessions(),
+        })),
         Request::Add {
             kind,
             spec,
@@ -322,8 +326,25 @@ fn add(
             )
         }
     };
-    luns.add(&l)?;
-    Ok(json!({ "ok": true, "target": l.target, "lun": l.lun }))
+    // Every LUN of an iSCSI target ('*'): one LUN each, from `l.lun` up, all or none.
+    let (expanded, discovery) =
+        crate::lun::expand_all_luns(std::slice::from_ref(&l), &luns.open_options().iscsi)?;
+    let taken = luns.configs();
+    if let Some(t) = expanded
+        .iter()
+        .find(|e| taken.contains_key(&(e.target, e.lun)))
+    {
+        return Err(format!(
+            "target {} LUN {} is in use (the target's LUNs are numbered from {} up)",
+            t.target, t.lun, l.lun
+        ));
+    }
+    for e in &expanded {
+        luns.add(e)?;
+    }
+    drop(discovery);
+    let added: Vec<u16> = expanded.iter().map(|e| e.lun).collect();
+    Ok(json!({ "ok": true, "target": l.target, "lun": l.lun, "luns": added }))
 }
 
 fn list(luns: &LiveLuns) -> Vec<LunEntry> {
@@ -340,6 +361,15 @@ fn list(luns: &LiveLuns) -> Vec<LunEntry> {
             paths: i.paths,
             limits: limits_map(&i.limits),
         })
+        .collect()
+}
+
+/// One line per iSCSI session of the daemon: its target, portal, ISID, state and the
+/// target's LUNs that share it.
+fn iscsi_sessions() -> Vec<String> {
+    crate::iscsi::registry::status()
+        .iter()
+        .map(ToString::to_string)
         .collect()
 }
 

@@ -13,12 +13,14 @@
 //! the RFC's conservative ISID reuse asks.
 //!
 //! All 40 bits (B, C and D) come from two crc32c over the initiator name, the daemon's
-//! `initiator_id` and socket path, the target name, the portal and the LUN. The LUN is part of it because
-//! vscsid runs one session per LUN and path: two LUNs of one target through one portal
-//! are two sessions, and the same ISID for both would make the target end one whenever
-//! the other logs in (session reinstatement, RFC 7143 6.3.5). For the same reason two
-//! sessions of this process never hold one ISID at once: a session claims its ISID
-//! ([`claim`]) and one already held is derived again with the next attempt number. Two
+//! `initiator_id` and socket path, the target name and the portal. vscsid runs one session
+//! per target and portal, shared by every LUN of that target (the session registry), so
+//! the LUN is not part of it: every LUN of the target is behind the same I_T nexus on a
+//! path, as with open-iscsi. Two sessions of this process that would share an ISID (the
+//! same target and portal with other credentials or options) must not: the target would
+//! end one whenever the other logs in (session reinstatement, RFC 7143 6.3.5). So a
+//! session claims its ISID ([`claim`]) and one already held is derived again with the
+//! next attempt number. Two
 //! daemons that log in at once on one host (a migration's source and destination) differ
 //! by their socket paths; daemons on two hosts by their initiator names (an iSCSI name
 //! belongs to one node). Collisions between daemons are left to chance: 2^-40 per pair of
@@ -27,7 +29,7 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-/// What names one path of one LUN, from the initiator's side.
+/// What names one session (a path to a target), from the initiator's side.
 #[derive(Debug, Clone, Copy)]
 pub struct PathIdentity<'a> {
     pub initiator_name: &'a str,
@@ -37,7 +39,6 @@ pub struct PathIdentity<'a> {
     pub target: &'a str,
     /// `host:port` of the path's portal.
     pub portal: &'a str,
-    pub lun: u64,
 }
 
 /// The T field's value for the random format, in the top two bits of byte 0.
@@ -56,7 +57,6 @@ pub fn derive(path: &PathIdentity<'_>, attempt: u32) -> [u8; 6] {
         input.extend_from_slice(&(part.len() as u32).to_be_bytes());
         input.extend_from_slice(part);
     }
-    input.extend_from_slice(&path.lun.to_be_bytes());
     input.extend_from_slice(&attempt.to_be_bytes());
     let high = crc32c::crc32c(&input);
     // A second, independent 32 bits: the same input after a different prefix.
@@ -73,7 +73,8 @@ type Held = (String, String, [u8; 6]);
 static HELD: Mutex<Option<HashSet<Held>>> = Mutex::new(None);
 
 /// Most attempts at an ISID no session of this process holds; past them the last one is
-/// used (16 paths of one LUN, and 40 random bits, make that unreachable in practice).
+/// used (a few sessions per target and portal, and 40 random bits, make that unreachable
+/// in practice).
 const MAX_ATTEMPTS: u32 = 64;
 
 /// The ISID a new session of `path` logs in with: [`derive`]'s, unless a session of this
@@ -127,7 +128,6 @@ mod tests {
             scope: id,
             target: "iqn.2003-01.com.example:array",
             portal,
-            lun: 0,
         }
     }
 
@@ -137,12 +137,13 @@ mod tests {
         let b = derive(&path("10.0.1.10:3260", "/run/vscsid/vm1.sock"), 0);
         assert_eq!(a, b);
         // A fixed value: a change of the derivation would make every restart after an
-        // upgrade a new I_T nexus, and must be deliberate.
-        assert_eq!(hex(&a), "0x807ce93486f5");
+        // upgrade a new I_T nexus, and must be deliberate (the last one: the LUN left the
+        // input when sessions became one per target and portal).
+        assert_eq!(hex(&a), "0x809537a7e207");
     }
 
     #[test]
-    fn portals_luns_targets_names_and_ids_each_change_it() {
+    fn portals_targets_names_and_ids_each_change_it() {
         let base = path("10.0.1.10:3260", "vm1");
         let isid = derive(&base, 0);
         let others = [
@@ -154,7 +155,6 @@ mod tests {
                 portal: "10.0.1.10:3261",
                 ..base
             },
-            PathIdentity { lun: 1, ..base },
             PathIdentity {
                 target: "iqn.2003-01.com.example:other",
                 ..base

@@ -9,6 +9,7 @@ pub mod login;
 pub mod multipath;
 mod options;
 pub mod pdu;
+pub mod registry;
 mod session;
 pub mod text;
 mod url;
@@ -24,8 +25,9 @@ pub use url::IscsiUrl;
 
 use crate::scsi::task::{ScsiCommand, ScsiCompletion, TmfFunction, TransportError};
 
-/// A LUN of an iSCSI target, reached through one session per portal (path). Send + Sync:
-/// any thread submits.
+/// A LUN of an iSCSI target, reached through the target's session on each portal (path),
+/// which it shares with the target's other LUNs (`registry`). Send + Sync: any thread
+/// submits.
 pub struct IscsiLun {
     core: Arc<multipath::Core>,
     pub url: IscsiUrl,
@@ -130,8 +132,8 @@ impl IscsiLun {
         self.core.status()
     }
 
-    /// Logs out of every path, waiting at most `within` in all for the target's answers,
-    /// and fails whatever is still pending.
+    /// Leaves every path's session (the last LUN on a session logs it out, waiting at most
+    /// `within` in all for the target's answers) and fails whatever is still pending.
     pub fn close(&self, within: Duration) {
         self.core.close(within);
     }

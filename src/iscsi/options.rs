@@ -25,8 +25,9 @@ impl std::fmt::Debug for Chap {
     }
 }
 
-/// Session settings.
-#[derive(Debug, Clone)]
+/// Session settings. Compared whole by the session registry: LUNs share a session only
+/// when they would log in with the same settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IscsiOptions {
     pub initiator_name: String,
     /// Tells apart initiators that share `initiator_name` and run at once (two daemons of a

@@ -1,28 +1,36 @@
-//! One path of a LUN: the full feature phase of one session over one connection. SCSI
-//! commands with immediate, unsolicited and R2T-solicited data, Data-In reassembly, status
-//! and sense, the CmdSN/MaxCmdSN window, NOP keepalive both ways, task management.
+//! One session to a target through one portal, in full feature phase over one connection,
+//! shared by every LUN of that target that reaches it through that portal (the session
+//! `registry` hands it out): SCSI commands with immediate, unsolicited and R2T-solicited
+//! data, Data-In reassembly, status and sense, the CmdSN/MaxCmdSN window, NOP keepalive
+//! both ways, task management.
 //!
-//! When the connection drops (reset, silence past the NOP timeout, or a protocol error of
-//! the target) the session hands every command that had no status back to its LUN (the
-//! multipath layer, which reissues them on another path or queues them), then logs in
-//! again in the background with back-off and tells the LUN when it is back (ERL 0: nothing
-//! is recovered in place). A connection that ended by a protocol error, or before it
-//! proved healthy, counts as a failure for the back-off, like a failed login.
+//! Each LUN on the session is an owner (`owners`): its commands carry its id, so when the
+//! connection drops (reset, silence past the NOP timeout, or a protocol error of the
+//! target) the session hands every command that had no status back to the LUN it came
+//! from (the multipath layer, which reissues them on another path or queues them), tells
+//! every LUN the path is down, logs in again in the background with back-off, and tells
+//! every LUN when it is back (ERL 0: nothing is recovered in place). A connection that
+//! ended by a protocol error, or before it proved healthy, counts as a failure for the
+//! back-off, like a failed login.
 //!
 //! This file holds the session's state and its life cycle (login into the full feature
-//! phase, logout). The rest of the session is in its submodules: `send` (commands and
-//! their data out to the target), `receive` (the reader thread and every PDU the target
-//! sends), `recovery` (keepalive, connection loss, re-login) and `tmf` (task management).
+//! phase, logout). The rest of the session is in its submodules: `owners` (the LUNs on
+//! the session and what they are told), `fair` (round-robin across LUNs while the CmdSN
+//! window is full), `send` (commands and their data out to the target), `receive` (the
+//! reader thread and every PDU the target sends), `recovery` (keepalive, connection loss,
+//! re-login) and `tmf` (task management).
 
+mod fair;
+mod owners;
 mod receive;
 mod recovery;
 mod send;
 mod tmf;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::isid;
@@ -33,6 +41,8 @@ use super::url::IscsiUrl;
 use crate::log_limit::LogLimiter;
 use crate::scsi::task::{ScsiCommand, ScsiCompletion, TransportError};
 use crate::scsi::LunId;
+use fair::FairQueue;
+use owners::Owner;
 
 /// Serial number arithmetic (RFC 1982): a <= b.
 fn sn_le(a: u32, b: u32) -> bool {
@@ -67,6 +77,8 @@ pub(crate) struct PathCommand {
 
 /// A command the target has not answered yet.
 struct Pending {
+    /// The LUN (owner) that sent it.
+    owner: u64,
     /// The LUN layer's command id (stable across paths, unlike the ITT).
     id: u64,
     lun: LunId,
@@ -82,6 +94,8 @@ struct Pending {
 
 /// A command without status taken back from a failed path.
 pub(crate) struct Orphan {
+    /// The LUN (owner) it goes back to.
+    pub owner: u64,
     pub command: PathCommand,
     /// The target may have received (and run) it.
     pub sent: bool,
@@ -117,13 +131,15 @@ pub(crate) struct LostPath {
     pub orphans: Vec<Orphan>,
 }
 
-/// What the LUN layer learns from its paths. Called without any session lock held.
+/// What a LUN learns from the sessions of its paths (`path` is the path's index among the
+/// LUN's). Every LUN on a session hears of its loss (with only its own orphans) and of its
+/// return. Called without any session lock held.
 pub(crate) trait PathEvents: Send + Sync {
     fn path_down(&self, path: usize, lost: LostPath);
     fn path_up(&self, path: usize);
 }
 
-/// Counters of one path, for logs and status.
+/// Counters of one session (one path of each LUN on it), for logs and status.
 #[derive(Default)]
 pub(crate) struct PathStats {
     pub ios: AtomicU64,
@@ -145,8 +161,8 @@ struct State {
     max_cmd_sn: u32,
     next_itt: u32,
     pending: HashMap<u32, Pending>,
-    /// Commands waiting to be sent (window closed or connection down), oldest first.
-    unsent: VecDeque<u32>,
+    /// Commands waiting to be sent (window closed), per LUN, served round-robin.
+    unsent: FairQueue,
     tmf: HashMap<u32, Option<u8>>,
     recovering: bool,
     /// A loss not yet reported to the LUN layer (reported once the lock is released).
@@ -166,6 +182,8 @@ struct State {
 }
 
 pub(crate) struct Session {
+    /// The registry's number for the session (status lines).
+    pub(crate) id: u64,
     url: IscsiUrl,
     /// Where the path logs in (its portal, or where a permanent redirect moved it).
     login: login::PathLogin,
@@ -173,9 +191,11 @@ pub(crate) struct Session {
     /// Claimed from `isid` for the session's life; given back by [`Session::close`].
     isid: [u8; 6],
     isid_released: AtomicBool,
-    /// This session's index among its LUN's paths.
-    path: usize,
-    events: Weak<dyn PathEvents>,
+    /// The LUNs on the session.
+    owners: Mutex<Vec<Owner>>,
+    /// Whether the first login was tried: `None` not yet; `Some(false)` it failed and the
+    /// session gave up; `Some(true)` logged in or retrying in the background.
+    started: Mutex<Option<bool>>,
     pub(crate) stats: PathStats,
     /// Connected and in full feature phase (read without the lock by path selection).
     up: AtomicBool,
@@ -186,7 +206,7 @@ pub(crate) struct Session {
     closing: AtomicBool,
     /// Keeps the lines this path repeats while it flaps down to one per kind and interval.
     pub(crate) log: LogLimiter,
-    /// The span the session was created in (its LUN's): the session's threads log in it.
+    /// The session's threads log in this span (target and portal; it serves many LUNs).
     span: tracing::Span,
 }
 
@@ -194,28 +214,25 @@ pub(crate) struct Session {
 type Completions = Vec<(Done, ScsiCompletion)>;
 
 impl Session {
-    /// A path to `url`'s portal; nothing happens on the network until [`Session::start`].
-    pub(crate) fn new(
-        url: &IscsiUrl,
-        opts: &IscsiOptions,
-        path: usize,
-        events: Weak<dyn PathEvents>,
-    ) -> Arc<Session> {
+    /// A session to `url`'s target through its portal (the URL's LUN does not matter);
+    /// nothing happens on the network until [`Session::start`].
+    pub(crate) fn new(id: u64, url: &IscsiUrl, opts: &IscsiOptions) -> Arc<Session> {
+        let portal = url.portal();
         let isid = isid::claim(&isid::PathIdentity {
             initiator_name: &opts.initiator_name,
             scope: &opts.isid_scope,
             target: &url.target,
-            portal: &url.portal(),
-            lun: u64::from(url.lun.value()),
+            portal: &portal,
         });
         Arc::new(Session {
+            id,
             url: url.clone(),
             login: login::PathLogin::new(&url.portal()),
             opts: opts.clone(),
             isid,
             isid_released: AtomicBool::new(false),
-            path,
-            events,
+            owners: Mutex::new(Vec::new()),
+            started: Mutex::new(None),
             stats: PathStats::default(),
             up: AtomicBool::new(false),
             outstanding: AtomicUsize::new(0),
@@ -228,7 +245,7 @@ impl Session {
                 max_cmd_sn: 0,
                 next_itt: 1,
                 pending: HashMap::new(),
-                unsent: VecDeque::new(),
+                unsent: FairQueue::default(),
                 tmf: HashMap::new(),
                 recovering: false,
                 lost: None,
@@ -243,7 +260,7 @@ impl Session {
             changed: Condvar::new(),
             closing: AtomicBool::new(false),
             log: LogLimiter::default(),
-            span: tracing::Span::current(),
+            span: tracing::info_span!(parent: None, "iscsi_session", session = id, target = %url.target, %portal),
         })
     }
 
@@ -384,10 +401,16 @@ impl Session {
                 Ok(())
             };
         }
-        if let Some(ev) = self.events.upgrade() {
-            ev.path_up(self.path);
-        }
+        self.announce_up(generation, None);
         Ok(())
+    }
+
+    pub(crate) fn target(&self) -> &str {
+        &self.url.target
+    }
+
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
     }
 
     pub(crate) fn is_up(&self) -> bool {
@@ -475,91 +498,4 @@ fn next_itt(st: &mut State) -> u32 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::iscsi::pdu::{self, Framing};
-    use std::net::TcpListener;
-
-    #[test]
-    fn serial_arithmetic_wraps() {
-        assert!(sn_le(1, 1));
-        assert!(sn_le(1, 2));
-        assert!(!sn_le(2, 1));
-        assert!(sn_le(u32::MAX, 0));
-        assert!(!sn_le(0, u32::MAX));
-    }
-
-    struct NoEvents;
-
-    impl PathEvents for NoEvents {
-        fn path_down(&self, _path: usize, _lost: LostPath) {}
-        fn path_up(&self, _path: usize) {}
-    }
-
-    /// A target on 127.0.0.1 that answers the Login Requests of one connection (security
-    /// to operational, operational to full feature), running `before_last` just before it
-    /// sends the response that ends the login. Bounded by socket timeouts.
-    fn login_target(
-        before_last: impl FnOnce() + Send + 'static,
-    ) -> (u16, std::thread::JoinHandle<()>) {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("listener");
-        let port = listener.local_addr().expect("port").port();
-        let target = std::thread::spawn(move || {
-            let Ok((mut s, _)) = listener.accept() else {
-                return;
-            };
-            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut before_last = Some(before_last);
-            for stat_sn in 1..8u32 {
-                let Ok(req) = pdu::read_pdu(&mut s, &Framing::default()) else {
-                    return;
-                };
-                let csg = (req.flags() >> 2) & 3;
-                let nsg = if csg == 0 { 1 } else { 3 };
-                let mut p = Pdu::new(op::LOGIN_RESP);
-                p.set_flags(0x80 | (csg << 2) | nsg);
-                p.set_itt(req.itt());
-                p.set_u32(24, stat_sn);
-                p.set_u32(28, req.u32_at(24));
-                p.set_u32(32, req.u32_at(24).wrapping_add(31));
-                if nsg == 3 {
-                    if let Some(f) = before_last.take() {
-                        f();
-                    }
-                }
-                if pdu::write_pdu(&mut s, &p, &Framing::default()).is_err() || nsg == 3 {
-                    break;
-                }
-            }
-            // Until the initiator closes the connection.
-            let mut b = [0u8; 64];
-            while matches!(std::io::Read::read(&mut s, &mut b), Ok(n) if n > 0) {}
-        });
-        (port, target)
-    }
-
-    #[test]
-    fn a_session_closed_during_its_login_stays_down() {
-        let slot: Arc<Mutex<Option<Arc<Session>>>> = Arc::default();
-        let closer = slot.clone();
-        let (port, target) = login_target(move || {
-            if let Some(s) = closer.lock().expect("slot").as_ref() {
-                s.close(Duration::ZERO);
-            }
-        });
-        let url = IscsiUrl::parse(&format!("iscsi://127.0.0.1:{port}/iqn.2024-01.test:t/0"))
-            .expect("url");
-        let events: Weak<dyn PathEvents> = Weak::<NoEvents>::new();
-        let session = Session::new(&url, &IscsiOptions::default(), 0, events);
-        *slot.lock().expect("slot") = Some(session.clone());
-        // The target closes the session before it answers the last login request: the
-        // login completes, but the session must not come up on it.
-        assert!(session.establish().is_err());
-        assert!(!session.is_up());
-        assert!(session.lock().writer.is_none());
-        target.join().expect("target");
-        // And once closed, it does not even connect.
-        assert!(session.establish().is_err());
-        assert!(!session.is_up());
-    }
-}
+mod tests;

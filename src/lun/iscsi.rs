@@ -24,17 +24,16 @@ pub struct IscsiPassthrough {
     readonly: bool,
 }
 
-/// Logs in to the LUN's target through each of its portals: the URL's, the configured
-/// paths, and with `discover` those the URL's portal lists for the target.
-pub fn open(
-    l: &LunConfig,
+/// The options a LUN logs in with: the daemon's, with the LUN's path checking,
+/// credentials, digests and CHAP algorithms. LUNs whose options come out equal share
+/// their sessions.
+pub(super) fn login_options(
     url: &IscsiUrl,
     chap_secret: Option<&str>,
     login: &IscsiLoginSettings,
     settings: &MultipathSettings,
     defaults: &IscsiOptions,
-) -> Result<Box<dyn LunDevice>, String> {
-    let where_ = format!("target {} LUN {}", l.target, l.lun);
+) -> IscsiOptions {
     let mut opts = defaults.clone();
     settings.apply(&mut opts);
     if let (Some(user), Some(secret)) = (&url.user, chap_secret.or(url.password.as_deref())) {
@@ -45,10 +44,38 @@ pub fn open(
         });
     }
     login.apply(&mut opts);
+    opts
+}
+
+/// The LUN's paths: the configured ones, and with `discover` those the URL's portal lists
+/// for the target.
+pub(super) fn paths_of(
+    where_: &str,
+    url: &IscsiUrl,
+    opts: &IscsiOptions,
+    login: &IscsiLoginSettings,
+    settings: &MultipathSettings,
+) -> MultipathOptions {
     let mut multipath = settings.multipath.clone();
     if login.discover {
-        add_discovered_paths(&where_, url, &opts, &mut multipath);
+        add_discovered_paths(where_, url, opts, &mut multipath);
     }
+    multipath
+}
+
+/// Logs in to the LUN's target through each of its portals (or joins the sessions the
+/// target's other LUNs opened).
+pub fn open(
+    l: &LunConfig,
+    url: &IscsiUrl,
+    chap_secret: Option<&str>,
+    login: &IscsiLoginSettings,
+    settings: &MultipathSettings,
+    defaults: &IscsiOptions,
+) -> Result<Box<dyn LunDevice>, String> {
+    let where_ = format!("target {} LUN {}", l.target, l.lun);
+    let opts = login_options(url, chap_secret, login, settings, defaults);
+    let multipath = paths_of(&where_, url, &opts, login, settings);
     let lun = IscsiLun::connect_multipath(url, &opts, &multipath)
         .map_err(|e| format!("{where_}: {url}: {e}"))?;
     if multipath.extra_portals.is_empty() {

@@ -252,6 +252,11 @@ impl LiveLuns {
     }
 
     /// The first free LUN number of `target`.
+    /// What the LUNs are opened with.
+    pub fn open_options(&self) -> &LunOpenOptions {
+        &self.open
+    }
+
     pub fn next_free_lun(&self, target: u8) -> Option<u16> {
         let table = self.load();
         (0..=crate::scsi::lun_id::MAX_LUN).find(|&l| table.get(target, l).is_none())

@@ -20,6 +20,7 @@ mod disk;
 mod gate;
 mod identity;
 mod iscsi;
+mod iscsi_all;
 pub mod live;
 mod medium;
 mod medium_data;
@@ -48,6 +49,7 @@ use crate::scsi::disk::DiskProperties;
 use crate::scsi::task::{ScsiCompletion, TaskAttr, TmfFunction, TransportError};
 use crate::scsi::{DataOut, Outcome, Sense};
 
+pub use iscsi_all::{expand_all_luns, Discovery};
 pub use live::{LiveLuns, LunChange};
 pub use registry::{build_lun_table, iscsi_options, open_options, status_lines, LunOpenOptions};
 pub use reservations::{ReservationReport, ReservationSetup};

@@ -89,15 +89,24 @@ fn open_device(
             chap_secret,
             login,
             multipath,
+            all_luns,
         } => {
+            if *all_luns {
+                // `expand_all_luns` replaces it before the table is built.
+                return Err(format!(
+                    "target {} LUN {}: url: every LUN of a target ('*') is only taken at \
+                     start-up, on reload and by `ctl add`",
+                    l.target, l.lun
+                ));
+            }
             let secret = chap_secret.as_ref().map(|s| s.0.as_str());
             iscsi::open(l, url, secret, login, multipath, iscsi)
         }
     }
 }
 
-/// One line per LUN, and its detail lines (the paths of an iSCSI LUN): what an operator
-/// asks with SIGUSR1.
+/// One line per LUN, and its detail lines (the paths of an iSCSI LUN), then one per iSCSI
+/// session: what an operator asks with SIGUSR1.
 pub fn status_lines(table: &LunTable<Lun>) -> Vec<String> {
     let mut out = Vec::new();
     for (t, l, lun) in table.luns() {
@@ -110,6 +119,11 @@ pub fn status_lines(table: &LunTable<Lun>) -> Vec<String> {
             out.push(format!("target {t} LUN {l} {line}"));
         }
     }
+    out.extend(
+        crate::iscsi::registry::status()
+            .iter()
+            .map(ToString::to_string),
+    );
     out
 }
 

@@ -138,6 +138,44 @@ impl Tgtd {
         assert!(self.tgtadm(&bind));
     }
 
+    /// Adds LUN `lun` to the target, backed by a file of its own of `size` bytes (not
+    /// re-created by [`Tgtd::launch`]).
+    pub fn add_lun(&self, lun: u16, size: u64) -> PathBuf {
+        let backing = self.dir.path().join(format!("lun{lun}.img"));
+        std::fs::File::create(&backing)
+            .and_then(|f| f.set_len(size))
+            .expect("backing");
+        let b = backing.display().to_string();
+        let n = lun.to_string();
+        assert!(self.tgtadm(&[
+            "--op",
+            "new",
+            "--mode",
+            "logicalunit",
+            "--tid",
+            "1",
+            "--lun",
+            &n,
+            "-b",
+            &b
+        ]));
+        backing
+    }
+
+    /// The I_T nexuses (sessions) the target has now, as `tgtadm --mode target --op show`
+    /// lists them.
+    pub fn nexus_count(&self) -> usize {
+        let out = Command::new("/usr/sbin/tgtadm")
+            .args(["-C", &self.control.to_string(), "--lld", "iscsi"])
+            .args(["--op", "show", "--mode", "target"])
+            .output()
+            .expect("tgtadm");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.trim_start().starts_with("I_T nexus:"))
+            .count()
+    }
+
     fn tgtadm(&self, args: &[&str]) -> bool {
         Command::new("/usr/sbin/tgtadm")
             .args(["-C", &self.control.to_string(), "--lld", "iscsi"])

@@ -23,6 +23,7 @@ use super::selector::{PathView, Selector};
 use crate::iscsi::alua;
 use crate::iscsi::login::LoginError;
 use crate::iscsi::options::IscsiOptions;
+use crate::iscsi::registry::{self, Attachment};
 use crate::iscsi::session::{Done, LostPath, PathCommand, PathEvents, Session};
 use crate::iscsi::url::IscsiUrl;
 use crate::scsi::task::{
@@ -82,8 +83,11 @@ pub fn reissue_is_safe(cdb: &[u8]) -> bool {
     )
 }
 
-/// One path: its session, priority group and ALUA state.
+/// One path: its session (shared with the target's other LUNs on that portal), priority
+/// group and ALUA state, which are this LUN's own.
 struct Path {
+    /// This LUN's place on the session: its commands go through it.
+    attachment: Attachment,
     session: Arc<Session>,
     priority: u32,
     /// The path's ALUA state (one of `alua`'s codes); `alua::UNKNOWN` when the target
@@ -158,18 +162,22 @@ impl Core {
             let paths = urls
                 .iter()
                 .enumerate()
-                .map(|(i, u)| Path {
-                    session: Session::new(u, opts, i, events.clone()),
-                    priority: mp.priorities.get(i).copied().unwrap_or(
-                        if mp.policy == Policy::Failover {
-                            i as u32
-                        } else {
-                            0
-                        },
-                    ),
-                    alua: AtomicU8::new(alua::UNKNOWN),
-                    serving: AtomicBool::new(false),
-                    admin_failed: AtomicBool::new(false),
+                .map(|(i, u)| {
+                    let attachment = registry::attach(u, opts, i, events.clone());
+                    Path {
+                        session: attachment.session().clone(),
+                        attachment,
+                        priority: mp.priorities.get(i).copied().unwrap_or(
+                            if mp.policy == Policy::Failover {
+                                i as u32
+                            } else {
+                                0
+                            },
+                        ),
+                        alua: AtomicU8::new(alua::UNKNOWN),
+                        serving: AtomicBool::new(false),
+                        admin_failed: AtomicBool::new(false),
+                    }
                 })
                 .collect();
             Core {
@@ -194,7 +202,7 @@ impl Core {
         let mut first_error = None;
         let mut up = 0;
         for p in &core.paths {
-            match p.session.start(multipath) {
+            match p.attachment.start(multipath) {
                 Ok(()) => up += 1,
                 Err(e) => {
                     if multipath {
@@ -348,7 +356,7 @@ impl Core {
         };
         if let Some(i) = self.choose() {
             first.store(i, Ordering::Release);
-            match self.paths[i].session.submit(self.lun, q, cork) {
+            match self.paths[i].attachment.submit(self.lun, q, cork) {
                 Ok(()) => return id,
                 Err(back) => {
                     first.store(usize::MAX, Ordering::Release);
@@ -516,7 +524,7 @@ impl Core {
             let Some(i) = self.choose() else {
                 break;
             };
-            match self.paths[i].session.submit(self.lun, q, cork) {
+            match self.paths[i].attachment.submit(self.lun, q, cork) {
                 Ok(()) => return,
                 Err(back) => q = back,
             }
@@ -599,7 +607,7 @@ impl Core {
             return Ok(0);
         }
         for p in &self.paths {
-            if let Some(r) = p.session.abort_task(id) {
+            if let Some(r) = p.attachment.abort_task(id) {
                 return r;
             }
         }
@@ -608,15 +616,21 @@ impl Core {
     }
 
     /// ABORT TASK SET, CLEAR TASK SET or LOGICAL UNIT RESET: on every path that is up
-    /// (each is its own I_T nexus), and for commands waiting for a path.
+    /// (each is its own I_T nexus), and for commands waiting for a path. A target reset
+    /// asked of this LUN is sent as LOGICAL UNIT RESET: the session carries the target's
+    /// other LUNs too, and resetting the target would abort their commands.
     pub(crate) fn reset(&self, f: TmfFunction) -> Result<u8, TransportError> {
+        let f = match f {
+            TmfFunction::TargetWarmReset => TmfFunction::LogicalUnitReset,
+            f => f,
+        };
         let queued = std::mem::take(&mut self.lock().queued);
         for q in queued {
             (q.done)(ScsiCompletion::failed(TransportError::Aborted));
         }
         let mut result = Ok(0);
         for p in &self.paths {
-            let r = p.session.reset_lun(self.lun, f);
+            let r = p.attachment.reset_lun(self.lun, f);
             if result == Ok(0) {
                 result = r;
             }
@@ -666,6 +680,8 @@ impl Core {
             .iter()
             .map(|p| PathStatus {
                 portal: p.session.portal(),
+                session: p.session.id,
+                shared_by: p.session.owner_count(),
                 isid: p.session.isid(),
                 up: p.session.is_up(),
                 admin_failed: p.admin_failed.load(Ordering::Relaxed),
@@ -682,14 +698,15 @@ impl Core {
             .collect()
     }
 
-    /// Logs every path out (all within `within`) and fails what is queued.
+    /// Leaves every path's session (the last LUN on a session logs it out; all within
+    /// `within`) and fails what is queued.
     pub(crate) fn close(&self, within: Duration) {
         self.closing.store(true, Ordering::Release);
         self.changed.notify_all();
         let deadline = Instant::now() + within;
         for p in &self.paths {
-            p.session
-                .close(deadline.saturating_duration_since(Instant::now()));
+            p.attachment
+                .detach(deadline.saturating_duration_since(Instant::now()));
         }
         let queued = std::mem::take(&mut self.lock().queued);
         for q in queued {
@@ -711,7 +728,7 @@ impl Core {
             reissues: 0,
             probe: true,
         };
-        p.session.submit(self.lun, c, false).ok()?;
+        p.attachment.submit(self.lun, c, false).ok()?;
         rx.recv_timeout(Duration::from_secs(10)).ok()
     }
 
@@ -750,6 +767,9 @@ impl Core {
 #[derive(Debug, Clone)]
 pub struct PathStatus {
     pub portal: String,
+    /// The number of the path's session (the registry's), and how many LUNs use it.
+    pub session: u64,
+    pub shared_by: usize,
     /// The ISID the path logs in with (`isid`).
     pub isid: [u8; 6],
     pub up: bool,
@@ -768,14 +788,16 @@ impl std::fmt::Display for PathStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}: {} isid {} priority {} alua {} outstanding {} ios {} errors {} failovers {} \
-             last-failover-ms {}",
+            "{}: {} session {} shared-by {} isid {} priority {} alua {} outstanding {} ios {} \
+             errors {} failovers {} last-failover-ms {}",
             self.portal,
             match (self.up, self.admin_failed) {
                 (_, true) => "failed-by-operator",
                 (true, false) => "up",
                 (false, false) => "down",
             },
+            self.session,
+            self.shared_by,
             crate::iscsi::isid::hex(&self.isid),
             self.priority,
             self.alua,
@@ -928,6 +950,8 @@ mod tests {
     fn path_status_line_names_state_and_counters() {
         let p = PathStatus {
             portal: "10.0.2.10:3260".into(),
+            session: 7,
+            shared_by: 20,
             isid: [0x80, 0x12, 0x34, 0x56, 0x78, 0x9a],
             up: false,
             admin_failed: false,
@@ -941,8 +965,8 @@ mod tests {
         };
         assert_eq!(
             p.to_string(),
-            "10.0.2.10:3260: down isid 0x80123456789a priority 1 alua standby outstanding 3 ios \
-             42 errors 1 failovers 2 last-failover-ms 610"
+            "10.0.2.10:3260: down session 7 shared-by 20 isid 0x80123456789a priority 1 alua \
+             standby outstanding 3 ios 42 errors 1 failovers 2 last-failover-ms 610"
         );
         let failed = PathStatus {
             up: true,

@@ -29,6 +29,10 @@
 //!   only the reserving path may write, which is the target's rule and is why multipath
 //!   hosts use the registrants types.
 //! - RESERVATION CONFLICT, like every status, goes to the guest unchanged.
+//!
+//! The LUNs of one target share each path's session (`registry`), so they share its I_T
+//! nexus. Registrations and reservations are per logical unit, though: each LUN keeps and
+//! restores its own, on its own LUN, through the shared session.
 
 use crate::scsi::cdb::PERSISTENT_RESERVE_OUT;
 

@@ -55,25 +55,9 @@ fn failures_after_loss(failures: u32, loss: Loss, up_for: Duration, completed_on
 }
 
 impl Session {
-    /// Reports a loss recorded under the lock to the LUN layer; call with no lock held.
-    pub(super) fn hand_off(&self) {
-        let Some(lost) = self.lock().lost.take() else {
-            return;
-        };
-        self.stats.failovers.fetch_add(1, Ordering::Relaxed);
-        match self.events.upgrade() {
-            Some(ev) => ev.path_down(self.path, lost),
-            None => {
-                for o in lost.orphans {
-                    (o.command.done)(ScsiCompletion::failed(TransportError::Closed));
-                }
-            }
-        }
-    }
-
     /// Drops the connection, which ended for `loss`, takes back every command without
-    /// status for the LUN layer (reported by [`Session::hand_off`] once the lock is
-    /// released) and starts reconnecting (once).
+    /// status for the LUNs that sent them (reported by [`Session::hand_off`] once the lock
+    /// is released) and starts reconnecting (once).
     pub(super) fn connection_lost(self: &Arc<Self>, st: &mut State, loss: Loss) {
         self.up.store(false, Ordering::Release);
         if let Some(w) = st.writer.take() {
@@ -97,6 +81,7 @@ impl Session {
         taken.sort_unstable_by_key(|(_, p)| p.id);
         let orphans = taken.into_iter().filter_map(|(_, mut p)| {
             p.done.take().map(|done| Orphan {
+                owner: p.owner,
                 command: PathCommand {
                     id: p.id,
                     cmd: p.cmd,

@@ -14,12 +14,13 @@ use crate::scsi::task::{ScsiCompletion, TransportError};
 use crate::scsi::LunId;
 
 impl Session {
-    /// Queues a command on this path; its `done` runs exactly once, from a session thread
-    /// or here. A path that is not up gives the command back.
+    /// Queues a command of LUN `owner` on this path; its `done` runs exactly once, from a
+    /// session thread or here. A path that is not up gives the command back.
     /// With `cork`, the command's PDUs stay in the output buffer until [`Session::flush`]
     /// (or any other write) sends the batch with one system call.
     pub(crate) fn submit(
         self: &Arc<Self>,
+        owner: u64,
         lun: LunId,
         c: PathCommand,
         cork: bool,
@@ -37,6 +38,7 @@ impl Session {
         st.pending.insert(
             itt,
             Pending {
+                owner,
                 id: c.id,
                 lun,
                 cmd: c.cmd,
@@ -49,7 +51,7 @@ impl Session {
             },
         );
         self.outstanding.store(st.pending.len(), Ordering::Relaxed);
-        st.unsent.push_back(itt);
+        st.unsent.push(owner, itt);
         let sent = self
             .pump(&mut st)
             .and_then(|()| if cork { Ok(()) } else { flush_out(&mut st) });
@@ -82,10 +84,11 @@ impl Session {
         self.connection_lost(st, Loss::of(e));
     }
 
-    /// Sends queued commands while connected and the CmdSN window is open.
+    /// Sends queued commands while connected and the CmdSN window is open, taking the LUNs
+    /// in turn (`fair`).
     pub(super) fn pump(self: &Arc<Self>, st: &mut State) -> std::io::Result<()> {
         while st.writer.is_some() && sn_le(st.cmd_sn, st.max_cmd_sn) {
-            let Some(itt) = st.unsent.pop_front() else {
+            let Some(itt) = st.unsent.pop() else {
                 break;
             };
             if !st.pending.contains_key(&itt) {

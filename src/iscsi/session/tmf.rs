@@ -75,7 +75,7 @@ impl Session {
                 .filter_map(|mut p| p.done.take())
                 .map(|d| (d, ScsiCompletion::failed(TransportError::Aborted)))
                 .collect();
-            st.unsent.retain(|i| !itts.contains(i));
+            st.unsent.retain(|i| !itts.contains(&i));
             self.outstanding.store(st.pending.len(), Ordering::Relaxed);
             done
         };
@@ -84,13 +84,20 @@ impl Session {
         }
     }
 
-    /// ABORT TASK for the LUN layer's command `id`, if this path holds it. A command not
+    /// ABORT TASK for LUN `owner`'s command `id`, if this path holds it. A command not
     /// sent yet is dropped here; otherwise the target is asked, and once it answers
     /// (function complete, or no such task) the command completes as aborted (ERL 0: the
     /// target sends nothing more for it).
-    pub(crate) fn abort_task(self: &Arc<Self>, id: u64) -> Option<Result<u8, TransportError>> {
+    pub(crate) fn abort_task(
+        self: &Arc<Self>,
+        owner: u64,
+        id: u64,
+    ) -> Option<Result<u8, TransportError>> {
         let st = self.lock();
-        let (&itt, p) = st.pending.iter().find(|(_, p)| p.id == id)?;
+        let (&itt, p) = st
+            .pending
+            .iter()
+            .find(|(_, p)| p.owner == owner && p.id == id)?;
         let (lun, sent, cmd_sn) = (p.lun, p.sent, p.cmd_sn);
         drop(st);
         if !sent {
@@ -105,14 +112,16 @@ impl Session {
     }
 
     /// ABORT TASK SET, CLEAR TASK SET or LOGICAL UNIT RESET on `lun` through this path;
-    /// the commands of the LUN this path held complete as aborted once the target agrees.
+    /// the commands LUN `owner` has on this path complete as aborted once the target
+    /// agrees. Only that LUN's: the other LUNs of the session are not touched.
     pub(crate) fn reset_lun(
         self: &Arc<Self>,
+        owner: u64,
         lun: LunId,
         function: TmfFunction,
     ) -> Result<u8, TransportError> {
         let (mut sent, mut unsent) = (Vec::new(), Vec::new());
-        for (&itt, p) in self.lock().pending.iter().filter(|(_, p)| p.lun == lun) {
+        for (&itt, p) in self.lock().pending.iter().filter(|(_, p)| p.owner == owner) {
             if p.sent {
                 sent.push(itt);
             } else {
