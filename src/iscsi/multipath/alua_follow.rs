@@ -18,9 +18,9 @@
 //!   (`reissue_is_safe`), otherwise the guest gets the target's answer. Each resend
 //!   counts against failover's bound (`MAX_REISSUES`).
 //!
-//! While a port is transitioning, or no logged-in path is in a usable state, the states
-//! are read again every [`POLL_TRANSITION`] / [`POLL_NO_PATH`] (a port carrying no
-//! commands reports nothing). A transition holds queued commands past `no_path_retry` for
+//! While a port is transitioning the states are read again every [`POLL_TRANSITION`];
+//! while no logged-in path is in a usable state, every [`POLL_NO_PATH`] ([`tick`], from
+//! the LUN's expiry loop): a port that carries no commands reports nothing. A transition holds queued commands past `no_path_retry` for
 //! at most the target's implicit transition time (RTPG's extended header) or
 //! [`DEFAULT_TRANSITION_BOUND`]; then `no_path_retry` applies as in any outage.
 
@@ -67,7 +67,6 @@ pub(super) trait AluaPaths: Send + Sync + Sized + 'static {
     fn resend(&self, command: PathCommand);
     /// Sends the queued commands again (the states changed).
     fn flush(&self);
-    fn no_path_retry(&self) -> Duration;
     fn portal(&self, path: usize) -> String;
     fn handle(&self) -> Option<Arc<Self>>;
     fn closing(&self) -> bool;
@@ -109,6 +108,8 @@ pub(crate) struct AluaFollow {
     transition_since: Mutex<Option<Instant>>,
     refresher: Mutex<Refresher>,
     wake: Condvar,
+    /// When the states were last read (or tried).
+    last_read: Mutex<Option<Instant>>,
 }
 
 /// A path's port identity and counters, for its status line.
@@ -293,6 +294,11 @@ pub(super) fn request_refresh<C: AluaPaths>(core: &C) {
 
 /// Reads the states through the best logged-in path that answers; false if none did.
 fn refresh_once<C: AluaPaths>(core: &C) -> bool {
+    *core
+        .follow()
+        .last_read
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     let mut candidates: Vec<usize> = (0..core.path_count())
         .filter(|&i| core.serving(i))
         .collect();
@@ -321,19 +327,31 @@ fn next_read<C: AluaPaths>(
     if !read {
         return (failed < MAX_FAILED_READS).then_some(RETRY_FAILED);
     }
+    let transitioning =
+        (0..core.path_count()).any(|i| core.serving(i) && core.state(i) == alua::TRANSITIONING);
+    let bound = core.follow().transition_bound();
+    (transitioning && core.follow().transition_holds() && started.elapsed() < bound)
+        .then_some(POLL_TRANSITION)
+}
+
+/// From the LUN's expiry loop: while paths are logged in but none is in a usable state,
+/// the states are read every [`POLL_NO_PATH`] (nothing else would tell of their return).
+pub(super) fn tick<C: AluaPaths>(core: &C) {
     let serving: Vec<usize> = (0..core.path_count())
         .filter(|&i| core.serving(i))
         .collect();
-    if serving
-        .iter()
-        .any(|&i| core.state(i) == alua::TRANSITIONING)
-        && core.follow().transition_holds()
-    {
-        return Some(POLL_TRANSITION);
+    if serving.is_empty() || serving.iter().any(|&i| alua::usable(core.state(i))) {
+        return;
     }
-    let none_usable = !serving.iter().any(|&i| alua::usable(core.state(i)));
-    let bound = core.no_path_retry().max(core.follow().transition_bound());
-    (!serving.is_empty() && none_usable && started.elapsed() < bound).then_some(POLL_NO_PATH)
+    let last = *core
+        .follow()
+        .last_read
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if last.is_some_and(|t| t.elapsed() < POLL_NO_PATH) {
+        return;
+    }
+    request_refresh(core);
 }
 
 /// The refresher: reads the states while asked to, or while a transition or an ALUA

@@ -137,9 +137,6 @@ impl AluaPaths for Fake {
     fn max_reissues(&self) -> u32 {
         MAX_REISSUES
     }
-    fn no_path_retry(&self) -> Duration {
-        Duration::from_secs(1)
-    }
     fn portal(&self, path: usize) -> String {
         format!("path{path}")
     }

@@ -935,9 +935,6 @@ impl AluaPaths for Core {
     fn flush(&self) {
         Core::flush(self);
     }
-    fn no_path_retry(&self) -> Duration {
-        self.no_path_retry
-    }
     fn portal(&self, path: usize) -> String {
         self.paths
             .get(path)
@@ -974,6 +971,7 @@ fn expiry_loop(core: Weak<Core>) {
             return;
         }
         c.expire();
+        alua_follow::tick(&*c);
         let tick =
             (c.no_path_retry / 10).clamp(Duration::from_millis(10), Duration::from_millis(100));
         let st = c.lock();
