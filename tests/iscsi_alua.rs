@@ -122,6 +122,9 @@ fn states_are_read_at_login_and_a_switch_moves_io_without_errors() {
         (Some(1), Some(2))
     );
     println!("{}\n{}", paths[0], paths[1]);
+    // The caller sees one path: the target's TPGS is hidden (vscsid does ALUA).
+    let inq = lun.execute(command(&[0x12, 0, 0, 0, 36, 0], Vec::new(), 36));
+    assert!(ok(&inq) && inq.data_in[5] & 0x30 == 0, "{inq:?}");
 
     let w = Writer::start(&lun);
     wait_for("I/O on the optimized port", || io(&target, 0) > 50);

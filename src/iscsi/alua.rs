@@ -116,6 +116,21 @@ pub fn tpgs(inquiry: &[u8]) -> u8 {
     inquiry.get(5).map_or(0, |b| (b >> 4) & 0x3)
 }
 
+/// Whether `cdb` asks for standard INQUIRY data (not a VPD page).
+pub fn is_standard_inquiry(cdb: &[u8]) -> bool {
+    cdb.first() == Some(&cdb::INQUIRY) && cdb.get(1).is_some_and(|b| b & 1 == 0)
+}
+
+/// Clears TPGS in standard INQUIRY data: the guest sees one path, vscsid's LUN, and
+/// vscsid follows the ports' states itself; a guest that did ALUA on it (Linux's
+/// scsi_dh_alua) would read the state of whichever port answered and could fail its own
+/// I/O on a port vscsid no longer uses.
+pub fn hide_tpgs(inquiry: &mut [u8]) {
+    if let Some(b) = inquiry.get_mut(5) {
+        *b &= !0x30;
+    }
+}
+
 /// Designator of `kind` (VPD page 0x83, association "target port") as a 16-bit number:
 /// type 4 is the relative target port, type 5 the target port group.
 fn vpd83_port_designator(vpd83: &[u8], kind: u8) -> Option<u16> {
@@ -364,6 +379,18 @@ mod tests {
         assert_eq!(port_group(&vpd83(7, Some(2))), Some(7));
         assert_eq!(port_group(&[0, 0x80, 0, 0]), None);
         assert_eq!(port_group(&[0, 0x83, 0xff, 0xff, 0, 5, 0, 40]), None);
+    }
+
+    #[test]
+    fn tpgs_is_hidden_from_the_guest() {
+        let mut inq = [0u8; 36];
+        inq[5] = 0x39;
+        hide_tpgs(&mut inq);
+        assert_eq!((inq[5], tpgs(&inq)), (0x09, 0));
+        hide_tpgs(&mut [0u8; 3]);
+        assert!(is_standard_inquiry(&[cdb::INQUIRY, 0, 0, 0, 96, 0]));
+        assert!(!is_standard_inquiry(&[cdb::INQUIRY, 1, 0x83, 0, 96, 0]));
+        assert!(!is_standard_inquiry(&[cdb::READ_10]));
     }
 
     #[test]

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use super::options::MAX_PATHS;
 use crate::iscsi::alua::{self, PortGroups, Refusal};
-use crate::iscsi::session::PathCommand;
+use crate::iscsi::session::{Done, PathCommand};
 use crate::scsi::task::ScsiCompletion;
 
 /// How long a transition may last when the target does not say (RTPG's IMPLICIT
@@ -261,6 +261,18 @@ pub(super) fn port_refused<C: AluaPaths>(
         p.redirected.fetch_add(1, Ordering::Relaxed);
     }
     core.resend(command);
+}
+
+/// The guest's completion of a standard INQUIRY, with TPGS hidden (`alua::hide_tpgs`);
+/// any other command's `done` as it is (no allocation).
+pub(super) fn guest_view(cdb: &[u8], done: Done) -> Done {
+    if !alua::is_standard_inquiry(cdb) {
+        return done;
+    }
+    Box::new(move |mut c: ScsiCompletion| {
+        alua::hide_tpgs(&mut c.data_in);
+        done(c)
+    })
 }
 
 /// Asks for the states to be read again: starts the refresher, or has the running one

@@ -281,6 +281,7 @@ impl Core {
             });
             return id;
         }
+        let done = alua_follow::guest_view(&cmd.cdb[..cmd.cdb_len.min(32)], done);
         let pr_out = reservation::classify(&cmd.cdb[..cmd.cdb_len.min(32)], &cmd.data_out);
         let done = match pr_out {
             Some(PrOut::Register(r)) => {
