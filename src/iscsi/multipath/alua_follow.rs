@@ -14,7 +14,7 @@
 //! - the command goes down another path (or queues while none is usable, as in an outage)
 //!   when it may: a unit attention is reported instead of running the command, so that
 //!   command is always sent again (and the attention, vscsid's news, never reaches the
-//!   guest); after NOT READY it is sent again when failover would reissue it
+//!   guest), down the same path when it is not one failover would reissue; after NOT READY it is sent again when failover would reissue it
 //!   (`reissue_is_safe`), otherwise the guest gets the target's answer. Each resend
 //!   counts against failover's bound (`MAX_REISSUES`).
 //!
@@ -65,6 +65,8 @@ pub(super) trait AluaPaths: Send + Sync + Sized + 'static {
     fn max_reissues(&self) -> u32;
     /// Sends a command down a usable path, or queues it while none is.
     fn resend(&self, command: PathCommand);
+    /// Sends a command down `path` again (or as `resend` when that path is not up).
+    fn resend_on(&self, path: usize, command: PathCommand);
     /// Sends the queued commands again (the states changed).
     fn flush(&self);
     fn portal(&self, path: usize) -> String;
@@ -182,8 +184,8 @@ pub(super) fn at_login<C: AluaPaths>(core: &C, path: usize) {
         p.rel_port.store(plus_one(id.rel_port), Ordering::Relaxed);
     }
     match &id.groups {
-        Some(groups) => apply(core, groups),
-        None => set_state(core, path, alua::UNKNOWN),
+        Some(groups) if groups.state_of(id.group, id.rel_port).is_some() => apply(core, groups),
+        _ => set_state(core, path, alua::UNKNOWN),
     }
 }
 
@@ -260,7 +262,13 @@ pub(super) fn port_refused<C: AluaPaths>(
     if let Some(p) = core.follow().ports.get(path) {
         p.redirected.fetch_add(1, Ordering::Relaxed);
     }
-    core.resend(command);
+    if core.reissue_is_safe(cdb) {
+        core.resend(command);
+    } else {
+        // Down the nexus whose attention it met (now consumed): a command that must run
+        // once, and where (a reservation's registration is repeated on the other paths).
+        core.resend_on(path, command);
+    }
 }
 
 /// The guest's completion of a standard INQUIRY, with TPGS hidden (`alua::hide_tpgs`);
@@ -349,10 +357,9 @@ fn next_read<C: AluaPaths>(
 /// From the LUN's expiry loop: while paths are logged in but none is in a usable state,
 /// the states are read every [`POLL_NO_PATH`] (nothing else would tell of their return).
 pub(super) fn tick<C: AluaPaths>(core: &C) {
-    let serving: Vec<usize> = (0..core.path_count())
-        .filter(|&i| core.serving(i))
-        .collect();
-    if serving.is_empty() || serving.iter().any(|&i| alua::usable(core.state(i))) {
+    let n = core.path_count();
+    let any_serving = (0..n).any(|i| core.serving(i));
+    if !any_serving || (0..n).any(|i| core.serving(i) && alua::usable(core.state(i))) {
         return;
     }
     let last = *core

@@ -18,6 +18,7 @@ struct Fake {
     target: [AtomicU8; 2],
     rtpg_reads: AtomicUsize,
     resent: Mutex<Vec<u64>>,
+    resent_on: Mutex<Vec<usize>>,
     /// Makes each RTPG take a while, so requests pile up behind it.
     slow: AtomicBool,
     me: Weak<Fake>,
@@ -36,6 +37,7 @@ fn fake() -> Arc<Fake> {
         ],
         rtpg_reads: AtomicUsize::new(0),
         resent: Mutex::new(Vec::new()),
+        resent_on: Mutex::new(Vec::new()),
         slow: AtomicBool::new(false),
         me: me.clone(),
     })
@@ -130,6 +132,10 @@ impl AluaPaths for Fake {
             .push(u64::from(command.reissues));
         (command.done)(good(Vec::new()).unwrap());
     }
+    fn resend_on(&self, path: usize, command: PathCommand) {
+        self.resent_on.lock().unwrap().push(path);
+        (command.done)(good(Vec::new()).unwrap());
+    }
     fn flush(&self) {}
     fn reissue_is_safe(&self, cdb: &[u8]) -> bool {
         crate::iscsi::multipath::reissue_is_safe(cdb)
@@ -220,6 +226,10 @@ fn a_standby_refusal_moves_a_safe_command_and_returns_an_unsafe_one() {
 fn a_state_change_attention_resends_any_command_within_the_bound() {
     let f = fake();
     let (c, _) = path_command(&[cdb::COMPARE_AND_WRITE]);
+    port_refused(&*f, 1, c, check(6, 0x2a, 0x06));
+    // Not one to run twice: down the same nexus, whose attention is consumed.
+    assert_eq!(*f.resent_on.lock().unwrap(), [1]);
+    let (c, _) = path_command(&[cdb::WRITE_16]);
     port_refused(&*f, 1, c, check(6, 0x2a, 0x06));
     assert_eq!(*f.resent.lock().unwrap(), [1]);
     // The path's state is not guessed from an attention.

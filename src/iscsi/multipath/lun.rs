@@ -933,6 +933,15 @@ impl AluaPaths for Core {
     fn resend(&self, command: PathCommand) {
         self.dispatch(command, false);
     }
+    fn resend_on(&self, path: usize, command: PathCommand) {
+        let sent = match self.paths.get(path) {
+            Some(p) => p.session.submit(self.lun, command, false),
+            None => Err(command),
+        };
+        if let Err(back) = sent {
+            self.dispatch(back, false);
+        }
+    }
     fn flush(&self) {
         Core::flush(self);
     }
