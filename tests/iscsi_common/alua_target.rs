@@ -12,6 +12,8 @@
 //! ASYMMETRIC ACCESS STATE CHANGED on its next command. A new nexus gets POWER ON
 //! OCCURRED first, as real targets do.
 //!
+//! This file holds the portals, logins and PDUs; `alua_lu.rs` the LUN and its answers.
+//!
 //! Every connection is served on its own thread. Every loop is bounded: each listener
 //! accepts at most `MAX_CONNECTIONS`, the target lives at most its lifetime, each socket
 //! has a read timeout so the stop flag is seen.
@@ -20,7 +22,7 @@
 use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -28,14 +30,15 @@ use std::time::{Duration, Instant};
 use vscsid::iscsi::pdu::{self, op, Framing, Pdu, F_FINAL};
 use vscsid::iscsi::text;
 
-pub const TARGET_NAME: &str = "iqn.2024-01.io.vscsid.test:alua";
-pub const ACTIVE_OPTIMIZED: u8 = 0x0;
-pub const ACTIVE_NON_OPTIMIZED: u8 = 0x1;
-pub const STANDBY: u8 = 0x2;
-pub const UNAVAILABLE: u8 = 0x3;
-pub const TRANSITIONING: u8 = 0xf;
+#[path = "alua_lu.rs"]
+mod lu;
+use lu::{Lu, Nexus, Reply, BLOCK, UA_POWER_ON};
+#[allow(unused_imports)] // Each user of the target takes what it needs.
+pub use lu::{
+    PortCounters, ACTIVE_NON_OPTIMIZED, ACTIVE_OPTIMIZED, STANDBY, TRANSITIONING, UNAVAILABLE,
+};
 
-const BLOCK: usize = 512;
+pub const TARGET_NAME: &str = "iqn.2024-01.io.vscsid.test:alua";
 const MAX_CONNECTIONS: usize = 500;
 const POLL: Duration = Duration::from_millis(100);
 const MAX_PDUS_PER_CONNECTION: usize = 10_000_000;
@@ -44,37 +47,6 @@ const WINDOW: u32 = 63;
 /// What the target grants: data per R2T, and unsolicited data per command.
 const MAX_BURST: u32 = 1 << 20;
 const FIRST_BURST: u32 = 262_144;
-
-/// Unit attention a nexus has pending.
-const UA_NONE: u8 = 0;
-const UA_POWER_ON: u8 = 1;
-const UA_STATE_CHANGED: u8 = 2;
-
-/// What the test reads of one port.
-#[derive(Default)]
-pub struct PortCounters {
-    /// READs and WRITEs served.
-    pub io: AtomicU64,
-    /// Commands answered NOT READY for the port's state.
-    pub refused: AtomicU64,
-    /// ASYMMETRIC ACCESS STATE CHANGED attentions reported.
-    pub state_attentions: AtomicU64,
-}
-
-/// One I_T nexus (connection) as the LUN sees it.
-struct Nexus {
-    port: usize,
-    attention: AtomicU8,
-}
-
-struct Lu {
-    data: Mutex<Vec<u8>>,
-    states: [AtomicU8; 2],
-    /// IMPLICIT TRANSITION TIME reported in RTPG's extended header (seconds).
-    transition_secs: u8,
-    nexuses: Mutex<Vec<Arc<Nexus>>>,
-    ports: [PortCounters; 2],
-}
 
 pub struct AluaTarget {
     pub ports: [u16; 2],
@@ -145,19 +117,7 @@ impl AluaTarget {
     /// Switches the two groups' states; nexuses on ports active afterwards get ASYMMETRIC
     /// ACCESS STATE CHANGED.
     pub fn set_states(&self, states: [u8; 2]) {
-        for (s, v) in self.lu.states.iter().zip(states) {
-            s.store(v, Ordering::Release);
-        }
-        for n in self.lu.nexuses.lock().unwrap().iter() {
-            if matches!(states[n.port], ACTIVE_OPTIMIZED | ACTIVE_NON_OPTIMIZED) {
-                let _ = n.attention.compare_exchange(
-                    UA_NONE,
-                    UA_STATE_CHANGED,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                );
-            }
-        }
+        self.lu.set_states(states);
     }
 
     pub fn counters(&self, port: usize) -> &PortCounters {
@@ -225,8 +185,6 @@ struct Conn {
     /// The initiator's MaxRecvDataSegmentLength.
     max_send: usize,
     writes: HashMap<u32, Write>,
-    /// A WRITE whose command PDU ended its unsolicited data: complete it or ask for more.
-    progress_due: Option<u32>,
     nexus: Arc<Nexus>,
 }
 
@@ -256,7 +214,6 @@ fn serve(
         exp_cmd_sn: 1,
         max_send: 8192,
         writes: HashMap::new(),
-        progress_due: None,
         nexus: nexus.clone(),
     };
     if !c.login(stop) {
@@ -276,24 +233,6 @@ fn serve(
         .lock()
         .unwrap()
         .retain(|n| !Arc::ptr_eq(n, &nexus));
-}
-
-fn fixed_sense(key: u8, asc: u8, ascq: u8) -> Vec<u8> {
-    let mut s = vec![0u8; 18];
-    s[0] = 0x70;
-    s[2] = key;
-    s[7] = 10;
-    s[12] = asc;
-    s[13] = ascq;
-    s
-}
-
-/// What a command gets.
-enum Reply {
-    Good(Vec<u8>),
-    Check(Vec<u8>),
-    /// A WRITE: its data comes first.
-    Wait,
 }
 
 impl Conn {
@@ -415,13 +354,10 @@ impl Conn {
                 if p.bhs[0] & 0x40 == 0 {
                     self.exp_cmd_sn = p.u32_at(24).wrapping_add(1);
                 }
-                match self.command(lu, p) {
+                match lu.execute(self.port, &self.nexus, &p.bhs[32..48]) {
                     Reply::Good(data) => self.respond(p.itt(), p.u32_at(20), &data),
                     Reply::Check(sense) => self.check(p.itt(), &sense),
-                    Reply::Wait => match self.progress_due.take() {
-                        Some(itt) => self.progress(lu, itt),
-                        None => true,
-                    },
+                    Reply::Write { lba, len } => self.start_write(lu, p, lba, len),
                 }
             }
             op::DATA_OUT => self.data_out(lu, p),
@@ -494,129 +430,9 @@ impl Conn {
         self.send(&r)
     }
 
-    fn command(&mut self, lu: &Lu, p: &Pdu) -> Reply {
-        let cdb = &p.bhs[32..48];
-        let opcode = cdb[0];
-        let rtpg = opcode == 0xa3 && cdb[1] & 0x1f == 0x0a;
-        // INQUIRY, REPORT LUNS and REQUEST SENSE never get a unit attention.
-        if !matches!(opcode, 0x12 | 0xa0 | 0x03) {
-            match self.nexus.attention.swap(UA_NONE, Ordering::AcqRel) {
-                UA_POWER_ON => return Reply::Check(fixed_sense(6, 0x29, 0)),
-                UA_STATE_CHANGED => {
-                    lu.ports[self.port]
-                        .state_attentions
-                        .fetch_add(1, Ordering::Relaxed);
-                    return Reply::Check(fixed_sense(6, 0x2a, 0x06));
-                }
-                _ => {}
-            }
-        }
-        let state = lu.states[self.port].load(Ordering::Acquire);
-        let always = matches!(opcode, 0x12 | 0xa0 | 0x03) || rtpg;
-        if !always && !matches!(state, ACTIVE_OPTIMIZED | ACTIVE_NON_OPTIMIZED) {
-            lu.ports[self.port].refused.fetch_add(1, Ordering::Relaxed);
-            let ascq = match state {
-                STANDBY => 0x0b,
-                UNAVAILABLE => 0x0c,
-                _ => 0x0a,
-            };
-            return Reply::Check(fixed_sense(2, 0x04, ascq));
-        }
-        let blocks = (lu.data.lock().unwrap().len() / BLOCK) as u64;
-        let be32 = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-        let be64 = |b: &[u8]| u64::from_be_bytes(b[..8].try_into().unwrap());
-        match opcode {
-            0x00 | 0x35 | 0x91 => Reply::Good(Vec::new()),
-            0x03 => Reply::Good(fixed_sense(0, 0, 0)),
-            0x12 => self.inquiry(cdb),
-            0xa0 => Reply::Good(vec![0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
-            0x25 => {
-                let mut d = ((blocks - 1) as u32).to_be_bytes().to_vec();
-                d.extend_from_slice(&(BLOCK as u32).to_be_bytes());
-                Reply::Good(d)
-            }
-            0x9e if cdb[1] & 0x1f == 0x10 => {
-                let mut d = (blocks - 1).to_be_bytes().to_vec();
-                d.extend_from_slice(&(BLOCK as u32).to_be_bytes());
-                d.resize(32, 0);
-                Reply::Good(d)
-            }
-            0x1a => Reply::Good(vec![3, 0, 0, 0]),
-            0x5a => Reply::Good(vec![0, 6, 0, 0, 0, 0, 0, 0]),
-            _ if rtpg => Reply::Good(self.rtpg(lu, cdb[1] >> 5 == 1)),
-            0x28 | 0x88 | 0x2a | 0x8a => {
-                let (lba, count) = if opcode & 0xf0 == 0x20 {
-                    (
-                        u64::from(be32(&cdb[2..6])),
-                        u64::from(u16::from_be_bytes([cdb[7], cdb[8]])),
-                    )
-                } else {
-                    (be64(&cdb[2..10]), u64::from(be32(&cdb[10..14])))
-                };
-                if lba + count > blocks {
-                    return Reply::Check(fixed_sense(5, 0x21, 0));
-                }
-                lu.ports[self.port].io.fetch_add(1, Ordering::Relaxed);
-                let at = lba as usize * BLOCK;
-                let len = count as usize * BLOCK;
-                if opcode == 0x28 || opcode == 0x88 {
-                    return Reply::Good(lu.data.lock().unwrap()[at..at + len].to_vec());
-                }
-                self.start_write(p, lba, len)
-            }
-            _ => Reply::Check(fixed_sense(5, 0x20, 0)),
-        }
-    }
-
-    fn inquiry(&self, cdb: &[u8]) -> Reply {
-        if cdb[1] & 1 == 0 {
-            let mut d = vec![0u8; 36];
-            d[2] = 0x06;
-            d[3] = 0x02;
-            d[4] = 31;
-            d[5] = 0x10; // TPGS = 01b: implicit ALUA
-            d[7] = 0x02;
-            d[8..16].copy_from_slice(b"VSCSID  ");
-            d[16..32].copy_from_slice(b"ALUA TARGET     ");
-            d[32..36].copy_from_slice(b"0001");
-            return Reply::Good(d);
-        }
-        let port = self.port as u8 + 1;
-        match cdb[2] {
-            0x00 => Reply::Good(vec![0, 0, 0, 2, 0x00, 0x83]),
-            0x83 => {
-                let mut d = vec![0, 0x83, 0, 0];
-                // NAA 5 of the LUN, relative target port, target port group.
-                d.extend_from_slice(&[0x01, 0x03, 0, 8, 0x50, 0x01, 0x40, 0x5c, 0, 0, 0, 1]);
-                d.extend_from_slice(&[0x51, 0x94, 0, 4, 0, 0, 0, port]);
-                d.extend_from_slice(&[0x51, 0x95, 0, 4, 0, 0, 0, port]);
-                let n = (d.len() - 4) as u16;
-                d[2..4].copy_from_slice(&n.to_be_bytes());
-                Reply::Good(d)
-            }
-            _ => Reply::Check(fixed_sense(5, 0x24, 0)),
-        }
-    }
-
-    fn rtpg(&self, lu: &Lu, extended: bool) -> Vec<u8> {
-        let mut d = vec![0u8; 4];
-        if extended {
-            d.extend_from_slice(&[0x10, lu.transition_secs, 0, 0]);
-        }
-        for (i, s) in lu.states.iter().enumerate() {
-            let id = i as u8 + 1;
-            // State; supports T, O, U, S, AN, AO.
-            d.extend_from_slice(&[s.load(Ordering::Acquire), 0xcf, 0, id, 0, 0, 0, 1]);
-            d.extend_from_slice(&[0, 0, 0, id]);
-        }
-        let n = (d.len() - 4) as u32;
-        d[..4].copy_from_slice(&n.to_be_bytes());
-        d
-    }
-
     /// A WRITE: its immediate data, then unsolicited Data-Out up to FirstBurstLength, then
     /// R2Ts for the rest.
-    fn start_write(&mut self, p: &Pdu, lba: u64, len: usize) -> Reply {
+    fn start_write(&mut self, lu: &Lu, p: &Pdu, lba: u64, len: usize) -> bool {
         let mut w = Write {
             lba,
             data: vec![0u8; len],
@@ -629,10 +445,8 @@ impl Conn {
         let itt = p.itt();
         let unsolicited_follows = p.flags() & F_FINAL == 0;
         self.writes.insert(itt, w);
-        if !unsolicited_follows {
-            self.progress_due = Some(itt);
-        }
-        Reply::Wait
+        // The command PDU ended the unsolicited data: complete it or ask for more.
+        unsolicited_follows || self.progress(lu, itt)
     }
 
     fn data_out(&mut self, lu: &Lu, p: &Pdu) -> bool {

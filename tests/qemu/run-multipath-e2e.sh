@@ -99,7 +99,7 @@ alua_states() { echo "$1 $2" > "$alua_ctl"; log "ALUA: port group states $1, $2"
 alua_ok=1
 alua_detail="not run"
 alua_events() {
-  local a0 b0 a1 b1 a2 b2 a3 b3
+  local a0 b0 a1 b1 a2 b2 a3 b3 moved
   sleep 3
   read -r a0 b0 <<< "$(alua_io)"
   (( a0 > 0 )) || { alua_detail="no I/O on port 1 before the switch"; return 1; }
@@ -113,7 +113,8 @@ alua_events() {
     alua_detail="I/O did not move to port 2 (port 1 $a1 -> $a2, port 2 $b1 -> $b2)"
     return 1
   fi
-  log "ALUA: I/O on port 2 (port 1 stayed at $a2, port 2 $b1 -> $b2)"
+  moved="port 1 stayed at $a2, port 2 $b1 -> $b2"
+  log "ALUA: I/O on port 2 ($moved)"
   alua_states transitioning standby
   sleep 2
   alua_states optimized standby
@@ -125,7 +126,7 @@ alua_events() {
     alua_detail="I/O did not return to port 1 (port 1 $a3 -> $a2, port 2 $b3 -> $b2)"
     return 1
   fi
-  alua_detail="I/O moved to port 2 ($b1 -> $b2 there) and back to port 1 after a transition"
+  alua_detail="I/O moved to port 2 ($moved), back to port 1 after a transition ($a3 -> $a2)"
   log "ALUA: $alua_detail"
 }
 events_ok=1
