@@ -153,7 +153,7 @@ impl AluaFollow {
     }
 
     /// Whether a transition in progress holds queued commands (past `no_path_retry`).
-    pub(crate) fn transition_holds(&self) -> bool {
+    fn transition_holds(&self) -> bool {
         self.since()
             .is_some_and(|t| t.elapsed() < self.transition_bound())
     }
@@ -172,6 +172,14 @@ impl AluaFollow {
             .get(path)
             .map_or((None, None), |p| (known(&p.group), known(&p.rel_port)))
     }
+}
+
+/// Whether a transition holds the LUN's queued commands past `no_path_retry`: a
+/// logged-in path's port is transitioning, within the transition's bound. (Paths whose
+/// sessions are down hold nothing: their outage is the network's.)
+pub(super) fn transition_holds<C: AluaPaths>(core: &C) -> bool {
+    core.follow().transition_holds()
+        && (0..core.path_count()).any(|i| core.serving(i) && core.state(i) == alua::TRANSITIONING)
 }
 
 /// After a login, before the path serves: which port group the path leads to, and every

@@ -752,7 +752,7 @@ impl Core {
     /// Whether an outage that began at `since` has outlasted `no_path_retry` (an ALUA
     /// transition in progress holds it, within its own bound).
     fn outage_expired(&self, since: Instant) -> bool {
-        since.elapsed() >= self.no_path_retry && !self.alua_follow.transition_holds()
+        since.elapsed() >= self.no_path_retry && !alua_follow::transition_holds(self)
     }
 }
 
