@@ -11,18 +11,24 @@
 //!   group, so every path whose group or relative port is known gets its state from one
 //!   answer), on a thread of its own; requests while a read runs are coalesced into one
 //!   more read, and failed reads are retried a bounded number of times;
-//! - the command goes down another path (or queues while none is usable, as in an outage)
-//!   when it may: a unit attention is reported instead of running the command, so that
-//!   command is always sent again (and the attention, vscsid's news, never reaches the
-//!   guest), down the same path when it is not one failover would reissue; after NOT READY it is sent again when failover would reissue it
-//!   (`reissue_is_safe`), otherwise the guest gets the target's answer. Each resend
+//! - the command is sent again when it may be. A unit attention is reported instead of
+//!   running the command, so that command is always sent again (down another path, or
+//!   down the same one when failover would not reissue it), and the attention, vscsid's
+//!   news, never reaches the guest. After NOT READY the command goes down another path
+//!   (or queues while none is usable, as in an outage) when failover would reissue it
+//!   (`reissue_is_safe`); otherwise the guest gets the target's answer. Each resend
 //!   counts against failover's bound (`MAX_REISSUES`).
 //!
 //! While a port is transitioning the states are read again every [`POLL_TRANSITION`];
 //! while no logged-in path is in a usable state, every [`POLL_NO_PATH`] ([`tick`], from
-//! the LUN's expiry loop): a port that carries no commands reports nothing. A transition holds queued commands past `no_path_retry` for
-//! at most the target's implicit transition time (RTPG's extended header) or
-//! [`DEFAULT_TRANSITION_BOUND`]; then `no_path_retry` applies as in any outage.
+//! the LUN's expiry loop): a port that carries no commands reports nothing. A transition
+//! on a logged-in path holds queued commands past `no_path_retry` for at most the
+//! target's implicit transition time (RTPG's extended header) or
+//! [`DEFAULT_TRANSITION_BOUND`] ([`transition_holds`]); then `no_path_retry` applies as in
+//! any outage.
+//!
+//! The guest sees one path, vscsid's LUN: standard INQUIRY reaches it with TPGS cleared
+//! ([`guest_view`]).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
