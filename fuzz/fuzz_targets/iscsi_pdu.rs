@@ -43,6 +43,9 @@ fuzz_target!(|data: &[u8]| {
             let _ = alua::group_state(&p.data, group);
         }
         let _ = alua::group_state(&p.data, u16::from_be_bytes([p.bhs[2], p.bhs[3]]));
+        let _ = alua::relative_port(&p.data);
+        let _ = alua::parse_rtpg(&p.data);
+        let _ = alua::sense_refusal(&p.data);
         pdus.push(p);
     }
     // The PDUs' data segments as the answers to an ALUA query, in order.

@@ -6,10 +6,14 @@
 //! A single-portal LUN is the one-path case of the same machinery: a dropped connection
 //! queues its commands until the session logs in again, within the same bound.
 //!
+//! `alua_follow` re-reads the ALUA states when a target port reports a change and sends
+//! the commands a port refused elsewhere.
+//!
 //! `options` holds what the configuration chooses, `selector` picks a path per command,
 //! `reservation` keeps the guest's persistent reservation registration on every path,
 //! and `lun` is the LUN itself: its paths, dispatch, queueing and failover.
 
+mod alua_follow;
 mod attention;
 mod lun;
 mod options;

@@ -137,6 +137,12 @@ pub(crate) struct LostPath {
 pub(crate) trait PathEvents: Send + Sync {
     fn path_down(&self, path: usize, lost: LostPath);
     fn path_up(&self, path: usize);
+    /// A guest's command that the target port refused for its ALUA state
+    /// (`alua::refusal`), given back with the answer so the LUN layer can send it down
+    /// another path. Without a LUN layer that does, it completes with that answer.
+    fn port_refused(&self, _path: usize, command: PathCommand, answer: ScsiCompletion) {
+        (command.done)(answer)
+    }
 }
 
 /// Counters of one session (one path of each LUN on it), for logs and status.

@@ -3,6 +3,7 @@
 //! by its PID on drop. A missing tgtd fails the test: it is never skipped.
 #![allow(dead_code)]
 
+pub mod alua_target;
 pub mod hostile_target;
 pub mod link;
 

@@ -306,6 +306,18 @@ if [ "$MODE" = multipath ]; then
   if [ -z "$D0" ]; then check mp-disk-found FAIL "no disk at LUN 0"; finish; fi
   check mp-disk-found PASS "/dev/$D0 $(cat /sys/block/$D0/device/vendor)"
   RUNTIME=$(arg runtime); RUNTIME=${RUNTIME:-60}
+  # With vscsid.alua=1, LUN 1 is the scripted ALUA target's two-portal LUN, whose port
+  # states the host switches while the same fio runs on it.
+  D1=""
+  if [ "$(arg alua)" = 1 ]; then
+    D1=$(lun_dev 1)
+    if [ -z "$D1" ]; then check mp-alua-disk-found FAIL "no disk at LUN 1"; finish; fi
+    check mp-alua-disk-found PASS "/dev/$D1 $(cat /sys/block/$D1/device/vendor)"
+    fio --name=alua --filename=/dev/$D1 --direct=1 --ioengine=libaio --rw=randwrite --bs=4k \
+      --size=32M --iodepth=8 --verify=crc32c --verify_backlog=32 --verify_fatal=1 \
+      --time_based --runtime="$RUNTIME" > /tmp/fio-alua.out 2>&1 &
+    alua_fio=$!
+  fi
   echo "VSCSID-MP-FIO-START"
   fio --name=mp --filename=/dev/$D0 --direct=1 --ioengine=libaio --rw=randwrite --bs=4k \
     --size=32M --iodepth=8 --verify=crc32c --verify_backlog=32 --verify_fatal=1 \
@@ -316,6 +328,15 @@ if [ "$MODE" = multipath ]; then
   err=$(grep -o 'err= *[0-9]*' /tmp/fio.out | head -n 1)
   check mp-fio-crc32c-verify "$( [ $rc = 0 ] && echo PASS || echo FAIL )" "fio exit $rc, $err, $io"
   [ $rc = 0 ] || tail -n 20 /tmp/fio.out
+  if [ -n "$D1" ]; then
+    wait $alua_fio
+    rc=$?
+    io=$(grep -o 'write: IOPS=[^,]*' /tmp/fio-alua.out | head -n 1)
+    err=$(grep -o 'err= *[0-9]*' /tmp/fio-alua.out | head -n 1)
+    check mp-alua-fio-crc32c-verify "$( [ $rc = 0 ] && echo PASS || echo FAIL )" \
+      "fio exit $rc, $err, $io"
+    [ $rc = 0 ] || tail -n 20 /tmp/fio-alua.out
+  fi
   n=$(dmesg | grep -ciE 'I/O error|critical|FAILED Result|timing out command')
   check mp-no-guest-errors "$( [ "$n" = 0 ] && echo PASS || echo FAIL )" "$n kernel I/O error lines"
   [ "$n" = 0 ] || dmesg | grep -iE 'I/O error|critical|FAILED Result|timing out command' | tail -n 5

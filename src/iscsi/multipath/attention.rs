@@ -10,6 +10,10 @@
 //! path, TEST UNIT READY is sent until it reports no such attention (at most
 //! [`MAX_TRIES`] times), as initiators that hide their sessions from their users do.
 //!
+//! ASYMMETRIC ACCESS STATE CHANGED (2Ah/06h) is vscsid's news, not the guest's: vscsid
+//! picks the path by the ALUA states (`alua_follow` re-reads them), and the guest's one
+//! path to its LUN did not change. It is consumed the same way.
+//!
 //! Any other unit attention met on the way (capacity data changed, inquiry data changed,
 //! reported LUNs changed ...) is news for the guest: its sense is held and given, once, as
 //! the answer to the guest's next command (see [`HeldAttention`]), as the target would
@@ -45,6 +49,8 @@ pub fn key_and_asc(sense: &[u8]) -> Option<(u8, u8)> {
 pub enum Outcome {
     /// The new nexus's reset attention: consumed, ask again.
     NexusReset,
+    /// ASYMMETRIC ACCESS STATE CHANGED: consumed (the ALUA states are re-read), ask again.
+    AccessStateChanged,
     /// Another unit attention, for the guest.
     Other(Vec<u8>),
     /// No attention (GOOD, NOT READY, a transport error ...): done.
@@ -58,6 +64,11 @@ pub fn classify(c: &ScsiCompletion) -> Outcome {
     if st.status != CHECK_CONDITION {
         return Outcome::Clear;
     }
+    if crate::iscsi::alua::sense_refusal(&st.sense)
+        == Some(crate::iscsi::alua::Refusal::StateChanged)
+    {
+        return Outcome::AccessStateChanged;
+    }
     match key_and_asc(&st.sense) {
         Some((UNIT_ATTENTION, ASC_POWER_ON_RESET)) => Outcome::NexusReset,
         Some((UNIT_ATTENTION, _)) => Outcome::Other(st.sense.clone()),
@@ -65,9 +76,9 @@ pub fn classify(c: &ScsiCompletion) -> Outcome {
     }
 }
 
-/// Sends TEST UNIT READY through `exec` (None: no answer) until no nexus reset attention
-/// is reported. Returns the sense of another unit attention it consumed, if one came, and
-/// how many reset attentions it consumed.
+/// Sends TEST UNIT READY through `exec` (None: no answer) until no nexus reset (or ALUA
+/// state change) attention is reported. Returns the sense of another unit attention it
+/// consumed, if one came, and how many reset and state change attentions it consumed.
 pub fn clear_after_login(
     mut exec: impl FnMut(&[u8]) -> Option<ScsiCompletion>,
 ) -> (Option<Vec<u8>>, usize) {
@@ -77,7 +88,7 @@ pub fn clear_after_login(
             break;
         };
         match classify(&c) {
-            Outcome::NexusReset => consumed += 1,
+            Outcome::NexusReset | Outcome::AccessStateChanged => consumed += 1,
             Outcome::Other(sense) => return (Some(sense), consumed),
             Outcome::Clear => break,
         }
@@ -178,6 +189,21 @@ mod tests {
         .into_iter();
         let (held, consumed) = clear_after_login(|_| answers.next());
         assert_eq!((held, consumed), (Some(capacity_changed), 1));
+    }
+
+    #[test]
+    fn an_alua_state_change_is_consumed_not_held() {
+        let mut answers = vec![
+            answer(CHECK_CONDITION, &fixed(6, 0x29, 0)),
+            answer(CHECK_CONDITION, &fixed(6, 0x2a, 0x06)),
+            answer(CHECK_CONDITION, &[0x72, 0x06, 0x2a, 0x06]),
+            answer(0, &[]),
+        ]
+        .into_iter();
+        let (held, consumed) = clear_after_login(|_| answers.next());
+        assert_eq!((held, consumed), (None, 3));
+        let c = answer(CHECK_CONDITION, &fixed(6, 0x2a, 0x06));
+        assert_eq!(classify(&c), Outcome::AccessStateChanged);
     }
 
     #[test]

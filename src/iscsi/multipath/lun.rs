@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use super::alua_follow::{self, AluaFollow, AluaPaths};
 use super::attention::{self, HeldAttention};
 use super::options::{split_portal, MultipathOptions, Policy, MAX_PATHS};
 use super::reservation::{self, PrOut, Registration, Remembered, Repeat};
@@ -131,6 +132,8 @@ pub(crate) struct Core {
     held_attention: HeldAttention,
     /// The guest's persistent reservation registration, for paths that log in later.
     registration: Mutex<Remembered>,
+    /// ALUA states followed after login (`alua_follow`).
+    alua_follow: AluaFollow,
     /// This LUN, for completions that act on it after the guest's command.
     me: Weak<Core>,
 }
@@ -195,6 +198,7 @@ impl Core {
                 closing: AtomicBool::new(false),
                 held_attention: HeldAttention::default(),
                 registration: Mutex::new(Remembered::Nothing),
+                alua_follow: AluaFollow::default(),
                 me: me.clone(),
             }
         });
@@ -285,6 +289,7 @@ impl Core {
             });
             return id;
         }
+        let done = alua_follow::guest_view(&cmd.cdb[..cmd.cdb_len.min(32)], done);
         let pr_out = reservation::classify(&cmd.cdb[..cmd.cdb_len.min(32)], &cmd.data_out);
         let done = match pr_out {
             Some(PrOut::Register(r)) => {
@@ -503,6 +508,7 @@ impl Core {
             let c = self.probe(p, cdb, data_out.clone(), len)?;
             match attention::classify(&c) {
                 attention::Outcome::NexusReset => {}
+                attention::Outcome::AccessStateChanged => alua_follow::request_refresh(self),
                 attention::Outcome::Other(sense) => self.held_attention.hold(sense),
                 attention::Outcome::Clear => return Some(c),
             }
@@ -536,7 +542,7 @@ impl Core {
             return;
         }
         let since = *st.outage_since.get_or_insert_with(Instant::now);
-        if since.elapsed() >= self.no_path_retry {
+        if self.outage_expired(since) {
             drop(st);
             (q.done)(ScsiCompletion::failed(TransportError::Timeout));
             return;
@@ -566,10 +572,11 @@ impl Core {
         let in_outage = self.lock().outage_since.is_some();
         // Checked without the LUN's lock (each check takes its session's).
         if in_outage
-            && self
-                .paths
-                .iter()
-                .any(|p| p.is_serving() && p.session.is_healthy())
+            && self.paths.iter().any(|p| {
+                p.is_serving()
+                    && alua::usable(p.alua.load(Ordering::Relaxed))
+                    && p.session.is_healthy()
+            })
         {
             self.lock().outage_since = None;
             return;
@@ -577,7 +584,7 @@ impl Core {
         let expired = {
             let mut st = self.lock();
             match st.outage_since {
-                Some(t) if t.elapsed() >= self.no_path_retry && !st.queued.is_empty() => {
+                Some(t) if self.outage_expired(t) && !st.queued.is_empty() => {
                     std::mem::take(&mut st.queued)
                 }
                 _ => return,
@@ -678,7 +685,8 @@ impl Core {
     pub(crate) fn status(&self) -> Vec<PathStatus> {
         self.paths
             .iter()
-            .map(|p| PathStatus {
+            .enumerate()
+            .map(|(i, p)| PathStatus {
                 portal: p.session.portal(),
                 session: p.session.id,
                 shared_by: p.session.owner_count(),
@@ -687,6 +695,9 @@ impl Core {
                 admin_failed: p.admin_failed.load(Ordering::Relaxed),
                 priority: p.priority,
                 alua: alua::name(p.alua.load(Ordering::Relaxed)),
+                alua_group: self.alua_follow.counters(i).group,
+                alua_refreshes: self.alua_follow.counters(i).refreshes,
+                alua_redirected: self.alua_follow.counters(i).redirected,
                 outstanding: p.session.outstanding(),
                 ios: p.session.stats.ios.load(Ordering::Relaxed),
                 errors: p.session.stats.errors.load(Ordering::Relaxed),
@@ -752,14 +763,13 @@ impl Core {
     /// Reads the path's ALUA state when the target supports TPGS (blocking; called from
     /// the thread that logged the path in).
     fn refresh_alua(&self, path: usize) {
-        let Some(p) = self.paths.get(path) else {
-            return;
-        };
-        let state = alua::query(|cdb, len| self.probe(p, cdb, Vec::new(), len));
-        let old = p.alua.swap(state, Ordering::Relaxed);
-        if old != state {
-            tracing::info!(portal = %p.session.portal(), state = alua::name(state), "ALUA state");
-        }
+        alua_follow::at_login(self, path);
+    }
+
+    /// Whether an outage that began at `since` has outlasted `no_path_retry` (an ALUA
+    /// transition in progress holds it, within its own bound).
+    fn outage_expired(&self, since: Instant) -> bool {
+        since.elapsed() >= self.no_path_retry && !alua_follow::transition_holds(self)
     }
 }
 
@@ -777,6 +787,12 @@ pub struct PathStatus {
     pub admin_failed: bool,
     pub priority: u32,
     pub alua: &'static str,
+    /// The path's target port group, when known.
+    pub alua_group: Option<u16>,
+    /// REPORT TARGET PORT GROUPS answers that set the path's state.
+    pub alua_refreshes: u64,
+    /// Guest commands the path's port refused for its ALUA state that were sent again.
+    pub alua_redirected: u64,
     pub outstanding: usize,
     pub ios: u64,
     pub errors: u64,
@@ -788,8 +804,9 @@ impl std::fmt::Display for PathStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}: {} session {} shared-by {} isid {} priority {} alua {} outstanding {} ios {} \
-             errors {} failovers {} last-failover-ms {}",
+            "{}: {} session {} shared-by {} isid {} priority {} alua {} alua-group {} \
+             outstanding {} ios {} errors {} failovers {} last-failover-ms {} alua-refreshes {} \
+             alua-redirected {}",
             self.portal,
             match (self.up, self.admin_failed) {
                 (_, true) => "failed-by-operator",
@@ -801,11 +818,15 @@ impl std::fmt::Display for PathStatus {
             crate::iscsi::isid::hex(&self.isid),
             self.priority,
             self.alua,
+            self.alua_group
+                .map_or_else(|| "-".to_string(), |g| g.to_string()),
             self.outstanding,
             self.ios,
             self.errors,
             self.failovers,
-            self.last_failover.as_millis()
+            self.last_failover.as_millis(),
+            self.alua_refreshes,
+            self.alua_redirected,
         )
     }
 }
@@ -897,6 +918,67 @@ impl PathEvents for Core {
         }
         self.flush();
     }
+
+    fn port_refused(&self, path: usize, command: PathCommand, answer: ScsiCompletion) {
+        alua_follow::port_refused(self, path, command, answer);
+    }
+}
+
+impl AluaPaths for Core {
+    fn follow(&self) -> &AluaFollow {
+        &self.alua_follow
+    }
+    fn path_count(&self) -> usize {
+        self.paths.len()
+    }
+    fn state(&self, path: usize) -> u8 {
+        self.paths
+            .get(path)
+            .map_or(alua::UNKNOWN, |p| p.alua.load(Ordering::Relaxed))
+    }
+    fn set_state(&self, path: usize, state: u8) {
+        if let Some(p) = self.paths.get(path) {
+            p.alua.store(state, Ordering::Relaxed);
+        }
+    }
+    fn serving(&self, path: usize) -> bool {
+        self.paths.get(path).is_some_and(Path::is_serving)
+    }
+    fn ask(&self, path: usize, cdb: &[u8], len: u32) -> Option<ScsiCompletion> {
+        self.own_command(self.paths.get(path)?, cdb, Vec::new(), len)
+    }
+    fn reissue_is_safe(&self, cdb: &[u8]) -> bool {
+        reissue_is_safe(cdb)
+    }
+    fn max_reissues(&self) -> u32 {
+        MAX_REISSUES
+    }
+    fn resend(&self, command: PathCommand) {
+        self.dispatch(command, false);
+    }
+    fn resend_on(&self, path: usize, command: PathCommand) {
+        let sent = match self.paths.get(path) {
+            Some(p) => p.attachment.submit(self.lun, command, false),
+            None => Err(command),
+        };
+        if let Err(back) = sent {
+            self.dispatch(back, false);
+        }
+    }
+    fn flush(&self) {
+        Core::flush(self);
+    }
+    fn portal(&self, path: usize) -> String {
+        self.paths
+            .get(path)
+            .map_or_else(|| "?".into(), |p| p.session.portal())
+    }
+    fn handle(&self) -> Option<Arc<Core>> {
+        self.me.upgrade()
+    }
+    fn closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
 }
 
 /// GOOD status from the target.
@@ -922,6 +1004,7 @@ fn expiry_loop(core: Weak<Core>) {
             return;
         }
         c.expire();
+        alua_follow::tick(&*c);
         let tick =
             (c.no_path_retry / 10).clamp(Duration::from_millis(10), Duration::from_millis(100));
         let st = c.lock();
@@ -957,6 +1040,9 @@ mod tests {
             admin_failed: false,
             priority: 1,
             alua: alua::name(alua::STANDBY),
+            alua_group: Some(2),
+            alua_refreshes: 4,
+            alua_redirected: 5,
             outstanding: 3,
             ios: 42,
             errors: 1,
@@ -966,7 +1052,8 @@ mod tests {
         assert_eq!(
             p.to_string(),
             "10.0.2.10:3260: down session 7 shared-by 20 isid 0x80123456789a priority 1 alua \
-             standby outstanding 3 ios 42 errors 1 failovers 2 last-failover-ms 610"
+             standby alua-group 2 outstanding 3 ios 42 errors 1 failovers 2 last-failover-ms 610 \
+             alua-refreshes 4 alua-redirected 5"
         );
         let failed = PathStatus {
             up: true,

@@ -150,6 +150,32 @@ mod tests {
     }
 
     #[test]
+    fn alua_state_changes_replan_path_use() {
+        use crate::iscsi::alua;
+        let view = |state: u8| PathView {
+            usable: alua::usable(state),
+            rank: (0, alua::preference(state)),
+            outstanding: 0,
+        };
+        let mut s = Selector::default();
+        let mut pick = |a: u8, b: u8| {
+            s.choose(
+                Policy::RoundRobin,
+                Failback::Immediate,
+                1,
+                &[view(a), view(b)],
+            )
+        };
+        use alua::{ACTIVE_NON_OPTIMIZED as AN, ACTIVE_OPTIMIZED as AO};
+        assert_eq!(pick(AO, AN), Some(0));
+        assert_eq!(pick(alua::STANDBY, AO), Some(1));
+        assert_eq!(pick(alua::STANDBY, AN), Some(1), "non-optimized is next");
+        assert_eq!(pick(alua::TRANSITIONING, alua::UNAVAILABLE), None);
+        assert_eq!(pick(alua::OFFLINE, alua::STANDBY), None);
+        assert_eq!(pick(AO, alua::TRANSITIONING), Some(0));
+    }
+
+    #[test]
     fn alua_preference_orders_paths_within_a_group() {
         let paths = [
             PathView {

@@ -41,6 +41,13 @@ impl Session {
         });
     }
 
+    /// The LUN layer of `owner` and which of its paths this session is; None once it left.
+    pub(super) fn events_of(&self, owner: u64) -> Option<(usize, Arc<dyn PathEvents>)> {
+        let owners = self.owners();
+        let o = owners.iter().find(|o| o.id == owner)?;
+        Some((o.path, o.events.upgrade()?))
+    }
+
     /// How many LUNs are on the session.
     pub(crate) fn owner_count(&self) -> usize {
         self.owners().len()

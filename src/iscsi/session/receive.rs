@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::send::{flush_out, queue_data_out};
-use super::{sn_le, Completions, Loss, Session, State, NO_TAG};
+use super::{sn_le, Completions, Loss, PathCommand, Session, State, NO_TAG};
+use crate::iscsi::alua;
 use crate::iscsi::pdu::{self, op, Framing, Pdu, F_FINAL};
 use crate::scsi::task::{Residual, ScsiCompletion, ScsiStatus, TransportError};
 
@@ -135,6 +136,7 @@ impl Session {
                     if status {
                         let residual = residual_of(p);
                         finish(
+                            self,
                             st,
                             itt,
                             Ok(ScsiStatus {
@@ -169,7 +171,7 @@ impl Session {
                         sense,
                     })
                 };
-                finish(st, itt, result, residual_of(p), done);
+                finish(self, st, itt, result, residual_of(p), done);
             }
             op::R2T => {
                 Self::update_sn(st, p, false);
@@ -248,6 +250,7 @@ impl Session {
                         );
                     }
                     finish(
+                        self,
                         st,
                         itt,
                         Err(TransportError::Protocol(format!(
@@ -285,7 +288,11 @@ fn residual_of(p: &Pdu) -> Residual {
     }
 }
 
+/// Completes command `itt` with `result`: its `done` joins `done`, or, when the target
+/// port refused a guest's command for its ALUA state, the command goes back to the LUN
+/// layer (`PathEvents::port_refused`) with the answer.
 fn finish(
+    session: &Session,
     st: &mut State,
     itt: u32,
     result: Result<ScsiStatus, TransportError>,
@@ -298,14 +305,28 @@ fn finish(
             st.completed_one = true;
         }
         if let Some(f) = p.done.take() {
-            done.push((
-                f,
-                ScsiCompletion {
-                    result,
-                    data_in: std::mem::take(&mut p.data_in),
-                    residual,
-                },
-            ));
+            let answer = ScsiCompletion {
+                result,
+                data_in: std::mem::take(&mut p.data_in),
+                residual,
+            };
+            let refused = !p.probe && alua::refusal(&answer).is_some();
+            match refused.then(|| session.events_of(p.owner)).flatten() {
+                Some((path, events)) => {
+                    let command = PathCommand {
+                        id: p.id,
+                        cmd: p.cmd,
+                        done: f,
+                        reissues: p.reissues,
+                        probe: false,
+                    };
+                    done.push((
+                        Box::new(move |c| events.port_refused(path, command, c)),
+                        answer,
+                    ));
+                }
+                None => done.push((f, answer)),
+            }
         }
     }
 }
