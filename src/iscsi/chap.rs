@@ -48,6 +48,20 @@ pub fn new_challenge(algorithm: ChapAlgorithm, theirs: &[u8]) -> Vec<u8> {
     c
 }
 
+/// Whether a CHAP response is the expected one, in time that does not depend on where
+/// they differ (the length is the digest's, which is public): a target probing our
+/// mutual-CHAP check byte by byte learns nothing from how fast it fails.
+pub fn responses_match(got: &[u8], want: &[u8]) -> bool {
+    if got.len() != want.len() {
+        return false;
+    }
+    let diff = got
+        .iter()
+        .zip(want)
+        .fold(0u8, |acc, (a, b)| acc | std::hint::black_box(a ^ b));
+    diff == 0
+}
+
 /// Encodes bytes as iSCSI hex (`0x...`).
 pub fn to_hex(b: &[u8]) -> String {
     let mut s = String::with_capacity(2 + 2 * b.len());
@@ -91,6 +105,15 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn responses_match_only_when_equal_in_length_and_every_byte() {
+        assert!(responses_match(&[1, 2, 3], &[1, 2, 3]));
+        assert!(!responses_match(&[1, 2, 3], &[1, 2, 4]));
+        assert!(!responses_match(&[0, 2, 3], &[1, 2, 3]));
+        assert!(!responses_match(&[1, 2], &[1, 2, 3]));
+        assert!(responses_match(&[], &[]));
+    }
 
     #[test]
     fn md5_response_matches_a_hand_computed_value() {

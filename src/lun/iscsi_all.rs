@@ -74,9 +74,19 @@ pub fn expand_all_luns(
         for (i, id) in reported.iter().enumerate() {
             let mut one = l.clone();
             one.lun = l.lun + i as u16;
-            if let LunKind::Iscsi { url, all_luns, .. } = &mut one.kind {
+            if let LunKind::Iscsi {
+                url,
+                all_luns,
+                login,
+                multipath,
+                ..
+            } = &mut one.kind
+            {
                 url.lun = *id;
                 *all_luns = false;
+                // The portals were discovered once for the target: every LUN takes them.
+                multipath.multipath = paths.clone();
+                login.discover = false;
             }
             out.push(one);
         }

@@ -113,7 +113,7 @@ pub(super) fn authenticate<S: Read + Write>(
                 m.user
             )));
         }
-        if got.as_deref() != Some(&want[..]) {
+        if !got.is_some_and(|got| chap::responses_match(&got, &want)) {
             return Err(auth(format!(
                 "the target's mutual CHAP response ({algorithm}) is wrong"
             )));
