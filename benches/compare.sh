@@ -3,14 +3,20 @@
 #   vscsid              vscsid, cache=none, on the backing file (virtio-scsi)
 #   qsd-vhost-user-blk  qemu-storage-daemon exporting the same file as vhost-user-blk,
 #                       aio=io_uring, cache.direct=on: QEMU's own block layer and virtio-blk
+#   qsd10-vhost-user-blk the same with QEMU 10.0's qemu-storage-daemon (Debian's
+#                       bookworm-backports, unpacked by scripts/install-qemu10.sh)
 #   vscsid-null         vscsid with a null LUN: the daemon's own ceiling
 #   vscsid-null-poll    the same with --poll-us 50 (busy polling)
-# and fio measures the machine's limit on the same file:
+# and two references measure the machine's limit on the same file:
+#   host-ref            the load generator's own I/O shapes (same buffers in a memfd
+#                       mapping, same offsets, same depth per queue) issued straight with
+#                       io_uring and O_DIRECT, no vhost-user in between: vscsid's limit
 #   host-fio            fio, io_uring, direct=1
 # Then, on one tgtd iSCSI LUN on 127.0.0.1:
 #   vscsid-iscsi        vscsid --iscsi: its own initiator, CDBs passed through
 #   qsd-iscsi           qemu-storage-daemon with QEMU's libiscsi driver (qemu-block-extra)
 #                       exporting the same LUN as vhost-user-blk
+#   qsd10-iscsi         the same with QEMU 10.0
 # Workloads: randread-4k-qd1, randread-4k-qd32, randwrite-4k-qd32, read-128k-qd8, and for
 # the local systems randread-4k-qd32-2q (two request queues of depth 32: multiqueue scaling).
 # Prints one JSON object per line, then a table of ratios (local systems against
@@ -41,6 +47,12 @@ done
 for tool in /usr/sbin/tgtd /usr/sbin/tgtadm; do
   [[ -x $tool ]] || { echo "compare: $tool is missing (Debian package tgt)" >&2; exit 1; }
 done
+# QEMU 10.0's qemu-storage-daemon beside the stock 7.2, with its own modules (libiscsi).
+qsd10=$(scripts/install-qemu10.sh | tail -n 1)
+qsd10=${qsd10%/qemu-system-x86_64}/qemu-storage-daemon
+[[ -x $qsd10 ]] || { echo "compare: QEMU 10's qemu-storage-daemon is missing ($qsd10)" >&2; exit 1; }
+qsd10_modules=${qsd10%/usr/bin/qemu-storage-daemon}/usr/lib/x86_64-linux-gnu/qemu
+qsd10() { QEMU_MODULE_DIR=$qsd10_modules exec "$qsd10" "$@"; }
 out=$here/target/bench
 mkdir -p "$out"
 results=$out/results.jsonl
@@ -115,6 +127,12 @@ run_one() { # system rw bs qd [queues]
     --workload "$(name_of "$2" "$3" "$4" "${5:-1}")" |
     tee -a "$results"
 }
+host_ref() { # rw bs qd [queues]: the load generator's I/O shapes, no vhost-user
+  loadgen --host-reference "$disk" --rw "$1" --bs "$2" --iodepth "$3" --queues "${4:-1}" \
+    --runtime "$runtime" --size $size --system host-ref \
+    --workload "$(name_of "$1" "$2" "$3" "${4:-1}")" |
+    tee -a "$results"
+}
 host_fio() { # rw bs qd [jobs]: one fio job per queue, each at depth qd
   fio --name=host --filename="$disk" --rw="$1" --bs="$2" --iodepth="$3" --direct=1 \
     --ioengine=io_uring --runtime="$runtime" --time_based --size=$size \
@@ -144,6 +162,11 @@ start_backend qsd-vhost-user-blk blk "$work/qsd.sock" $size \
   --blockdev "driver=file,node-name=file0,filename=$disk,aio=io_uring,cache.direct=on,locking=off" \
   --blockdev driver=raw,node-name=disk0,file=file0 \
   --export "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=$work/qsd.sock,writable=on,num-queues=2"
+start_backend qsd10-vhost-user-blk blk "$work/qsd10.sock" $size \
+  qsd10 \
+  --blockdev "driver=file,node-name=file0,filename=$disk,aio=io_uring,cache.direct=on,locking=off" \
+  --blockdev driver=raw,node-name=disk0,file=file0 \
+  --export "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=$work/qsd10.sock,writable=on,num-queues=2"
 start_backend vscsid-null scsi "$work/null.sock" $size \
   "$vscsid" --socket "$work/null.sock" --null 1G --num-queues 2 --reconnect
 start_backend vscsid-null-poll scsi "$work/null-poll.sock" $size \
@@ -151,9 +174,10 @@ start_backend vscsid-null-poll scsi "$work/null-poll.sock" $size \
 for _ in $(seq "$rounds"); do
   for w in "${LOCAL_WORKLOADS[@]}"; do
     read -r rw bs qd nq <<< "$w"
-    for system in vscsid qsd-vhost-user-blk vscsid-null vscsid-null-poll; do
+    for system in vscsid qsd-vhost-user-blk qsd10-vhost-user-blk vscsid-null vscsid-null-poll; do
       run_one "$system" "$rw" "$bs" "$qd" "${nq:-1}"
     done
+    host_ref "$rw" "$bs" "$qd" "${nq:-1}"
     host_fio "$rw" "$bs" "$qd" "${nq:-1}"
   done
 done
@@ -201,10 +225,14 @@ start_backend qsd-iscsi blk "$work/qsd-iscsi.sock" $iscsi_size \
   qemu-storage-daemon \
   --blockdev "driver=iscsi,node-name=disk0,transport=tcp,portal=127.0.0.1:$port,target=$iqn,lun=1,cache.direct=on" \
   --export "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=$work/qsd-iscsi.sock,writable=on,num-queues=1"
+start_backend qsd10-iscsi blk "$work/qsd10-iscsi.sock" $iscsi_size \
+  qsd10 \
+  --blockdev "driver=iscsi,node-name=disk0,transport=tcp,portal=127.0.0.1:$port,target=$iqn,lun=1,cache.direct=on" \
+  --export "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=$work/qsd10-iscsi.sock,writable=on,num-queues=1"
 for _ in $(seq "$rounds"); do
   for w in "${WORKLOADS[@]}"; do
     read -r rw bs qd <<< "$w"
-    for system in vscsid-iscsi qsd-iscsi; do
+    for system in vscsid-iscsi qsd-iscsi qsd10-iscsi; do
       run_one "$system" "$rw" "$bs" "$qd"
     done
   done

@@ -6,13 +6,18 @@
 //!
 //! Prints one JSON object: system, workload, iops, bw_mib_s, lat_mean_us, lat_p99_us,
 //! cpu_us_per_io (backend process CPU time per I/O, from /proc).
+//!
+//! With `--host-reference FILE` instead of `--socket`: the same workload's I/O shapes
+//! straight on FILE with io_uring and O_DIRECT, no vhost-user in between (the limit
+//! vscsid is measured against; `cpu_us_per_io` is then this process's own).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use vscsid::frontend::loadgen::{run, Args, Proto};
 
-fn parse_args() -> Result<Args, String> {
+fn parse_args() -> Result<(Args, Option<PathBuf>), String> {
+    let mut host_reference = None;
     let mut a = Args {
         socket: PathBuf::new(),
         proto: Proto::Scsi,
@@ -35,6 +40,7 @@ fn parse_args() -> Result<Args, String> {
         let mut v = || it.next().ok_or_else(|| format!("{k}: missing value"));
         match k.as_str() {
             "--socket" => a.socket = v()?.into(),
+            "--host-reference" => host_reference = Some(PathBuf::from(v()?)),
             "--proto" => {
                 a.proto = match v()?.as_str() {
                     "scsi" => Proto::Scsi,
@@ -60,8 +66,8 @@ fn parse_args() -> Result<Args, String> {
             o => return Err(format!("unknown argument {o}")),
         }
     }
-    if a.socket.as_os_str().is_empty() {
-        return Err("--socket is required".into());
+    if a.socket.as_os_str().is_empty() && host_reference.is_none() {
+        return Err("--socket (or --host-reference) is required".into());
     }
     if !matches!(a.rw.as_str(), "randread" | "randwrite" | "read" | "write") {
         return Err(format!("--rw: unknown '{}'", a.rw));
@@ -69,11 +75,11 @@ fn parse_args() -> Result<Args, String> {
     if a.workload.is_empty() {
         a.workload = format!("{}-{}k-qd{}", a.rw, a.bs / 1024, a.iodepth);
     }
-    Ok(a)
+    Ok((a, host_reference))
 }
 
 const USAGE: &str =
-    "usage: loadgen --socket S [--proto scsi|blk] [--rw randread|randwrite|read|write] \
+    "usage: loadgen --socket S|--host-reference FILE [--proto scsi|blk] [--rw randread|randwrite|read|write] \
 [--bs BYTES] [--iodepth N] [--queues N] [--runtime SECS] [--size SIZE] [--lun N] \
 [--backend-pid PID] [--system NAME] [--workload NAME]";
 
@@ -85,14 +91,18 @@ fn main() {
         println!("{USAGE}");
         return;
     }
-    let args = match parse_args() {
+    let (args, host_reference) = match parse_args() {
         Ok(a) => a,
         Err(e) => {
             eprintln!("loadgen: {e}");
             std::process::exit(2);
         }
     };
-    match run(&args) {
+    let result = match &host_reference {
+        Some(file) => vscsid::frontend::host_reference::run(&args, file),
+        None => run(&args),
+    };
+    match result {
         Ok(line) => println!("{line}"),
         Err(e) => {
             eprintln!("loadgen: {}: {}: {e}", args.system, args.workload);

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Reads the benchmark's JSON lines, prints a table of ratios against QEMU's own device
-(qsd-vhost-user-blk for local systems, qsd-iscsi for iSCSI ones), and writes an SVG bar
-chart of IOPS relative to it."""
+(qsd-vhost-user-blk for local systems, qsd-iscsi for iSCSI ones) and, for local systems,
+against the host reference (host-ref: the load generator's I/O shapes without
+vhost-user), with each system's spread over the rounds, and writes an SVG bar chart of
+IOPS relative to QEMU."""
 import json
 import sys
 
@@ -31,24 +33,36 @@ for r in rows:
 by = {k: sorted(v, key=lambda r: r["iops"])[(len(v) - 1) // 2] for k, v in runs.items()}
 rounds = max((len(v) for v in runs.values()), default=0)
 
+def spread(system, workload):
+    """(max - min) / median of a system's IOPS over the rounds, in percent."""
+    v = [r["iops"] for r in runs[(system, workload)]]
+    med = by[(system, workload)]["iops"]
+    return 100.0 * (max(v) - min(v)) / med if med else float("nan")
+
+
 print()
-print(f"{rounds} round(s); median round per system and workload")
-print(f"{'workload':<20} {'system':<20} {'IOPS':>10} {'x qsd':>7} {'mean us':>9} {'x qsd':>7} {'p99 us':>8} {'CPU us/IO':>10}")
+print(f"{rounds} round(s); median round per system and workload; spread = (max - min) / median")
+print(f"{'workload':<20} {'system':<21} {'IOPS':>10} {'spread':>7} {'x qsd':>7} {'x ref':>7} "
+      f"{'mean us':>9} {'-ref us':>8} {'p99 us':>8} {'CPU us/IO':>10}")
 for w in workloads:
+    ref = by.get(("host-ref", w))
     for s in systems:
         base = by.get((base_of(s), w))
         r = by.get((s, w))
         if not r:
             continue
         ratio = r["iops"] / base["iops"] if base and base["iops"] else float("nan")
-        lat = r["lat_mean_us"] / base["lat_mean_us"] if base and base["lat_mean_us"] else float("nan")
+        local = not s.endswith("-iscsi")
+        x_ref = r["iops"] / ref["iops"] if local and ref and ref["iops"] else float("nan")
+        d_ref = r["lat_mean_us"] - ref["lat_mean_us"] if local and ref else float("nan")
         cpu = r["cpu_us_per_io"]
         cpu = f"{cpu:.2f}" if cpu is not None else "-"
-        print(f"{w:<20} {s:<20} {r['iops']:>10.0f} {ratio:>7.2f} {r['lat_mean_us']:>9.1f} {lat:>7.2f} {r['lat_p99_us']:>8.0f} {cpu:>10}")
+        print(f"{w:<20} {s:<21} {r['iops']:>10.0f} {spread(s, w):>6.1f}% {ratio:>7.2f} {x_ref:>7.2f} "
+              f"{r['lat_mean_us']:>9.1f} {d_ref:>8.1f} {r['lat_p99_us']:>8.0f} {cpu:>10}")
     print()
 
 # Grouped bars: IOPS of each system relative to qsd-vhost-user-blk, per workload.
-colors = ["#2b6cb0", "#718096", "#38a169", "#68d391", "#d69e2e", "#9f7aea", "#e53e3e"]
+colors = ["#2b6cb0", "#718096", "#a0aec0", "#38a169", "#68d391", "#d69e2e", "#9f7aea", "#e53e3e", "#ed8936"]
 W, H, left, bottom, top = 900, 420, 70, 60, 40
 group_w = (W - left - 20) / max(1, len(workloads))
 bar_w = group_w * 0.8 / max(1, len(systems))
@@ -79,9 +93,10 @@ for gi, w in enumerate(workloads):
         out.append(f'<text x="{x+bar_w/2-1:.1f}" y="{H-bottom-h-4:.1f}" text-anchor="middle" font-size="10">{v:.2f}</text>')
     out.append(f'<text x="{gx+group_w*0.4:.1f}" y="{H-bottom+18}" text-anchor="middle">{w}</text>')
 for si, s in enumerate(systems):
-    x = left + si * 170
-    out.append(f'<rect x="{x}" y="{H-24}" width="12" height="12" fill="{colors[si % len(colors)]}"/>')
-    out.append(f'<text x="{x+16}" y="{H-14}">{s}</text>')
+    x = left + (si % 5) * 170
+    y = H - 38 + (si // 5) * 16
+    out.append(f'<rect x="{x}" y="{y}" width="12" height="12" fill="{colors[si % len(colors)]}"/>')
+    out.append(f'<text x="{x+16}" y="{y+10}">{s}</text>')
 out.append("</svg>")
 open(svg_path, "w").write("\n".join(out))
 for r in memory:

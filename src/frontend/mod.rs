@@ -4,6 +4,7 @@
 //! and meant for load generators; it is not part of the daemon's request path.
 
 mod connection;
+pub mod host_reference;
 pub mod loadgen;
 pub mod rng;
 mod scsi;
