@@ -31,8 +31,9 @@ struct Memory {
     len: usize,
 }
 
-// SAFETY: the mapping is plain memory; each thread uses its own disjoint slots.
+// SAFETY: the mapping is plain memory, alive until the owner drops it.
 unsafe impl Send for Memory {}
+// SAFETY: each queue's thread writes only its own slots of the mapping.
 unsafe impl Sync for Memory {}
 
 impl Memory {
