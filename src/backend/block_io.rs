@@ -137,6 +137,17 @@ impl IoBuffers {
         self.bounce.as_mut()
     }
 
+    /// The host iovecs the buffers are mapped to.
+    pub fn iovecs(&self) -> &[libc::iovec] {
+        &self.iov
+    }
+
+    /// Lets go of the memory (the guest's mapping, the bounce buffer), keeping the iovec
+    /// array's allocation for reuse.
+    pub fn release(&mut self) {
+        self.clear();
+    }
+
     /// Drops the bounce buffer (and the iovec that pointed at it).
     pub fn drop_bounce(&mut self) {
         if self.bounce.take().is_some() {

@@ -208,6 +208,43 @@ pub fn sg_write(
     Ok(())
 }
 
+/// [`sg_write`] with the data in scattered buffers (`iov`, `total` bytes in all): the
+/// kernel copies data-out from them in this call and data-in to them in the [`sg_read`]
+/// that returns the command, under the same contract as `sg_write` for every buffer.
+#[allow(clippy::too_many_arguments)]
+pub fn sg_write_iov(
+    file: &File,
+    cdb: &[u8],
+    dir: Direction,
+    iov: &[libc::iovec],
+    total: usize,
+    sense: *mut u8,
+    sense_len: usize,
+    timeout_ms: u32,
+    pack_id: libc::c_int,
+) -> io::Result<()> {
+    let count = u16::try_from(iov.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut hdr = header(cdb, dir, &mut [], sense, sense_len, timeout_ms, pack_id)?;
+    if total > 0 {
+        hdr.dxfer_direction = dir.raw();
+        hdr.dxfer_len =
+            u32::try_from(total).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        hdr.iovec_count = count;
+        // `struct sg_iovec` is `struct iovec`'s layout (a pointer and a size).
+        hdr.dxferp = iov.as_ptr() as *mut libc::c_void;
+    }
+    let size = std::mem::size_of::<SgIoHdr>();
+    // SAFETY: write() reads `size` bytes of the header and the `count` iovecs it points
+    // at, which live for the call; the kernel copies the iovec array, and reads data-out
+    // through it now and writes data-in through it in the read() that returns the command
+    // (the caller's contract, as for `sg_write`).
+    let n = unsafe { libc::write(file.as_raw_fd(), (&hdr as *const SgIoHdr).cast(), size) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Takes one finished command of an sg device (any of them: its `pack_id` says which),
 /// with its data-in and sense copied where [`sg_write`] pointed. WouldBlock when none is
 /// finished (the descriptor is non-blocking).

@@ -29,6 +29,9 @@ pub struct Task {
     /// The data-in byte whose bit 7 a read-only passthrough LUN sets in the target's
     /// answer: the WP bit of a MODE SENSE header.
     pub(super) write_protect_byte: Option<usize>,
+    /// A passthrough command whose data moves straight between guest memory and the
+    /// device (no buffer of the LUN in between).
+    pub(super) direct_data: bool,
 }
 
 impl Task {
@@ -54,5 +57,6 @@ impl Task {
         self.held = false;
         self.reservation_counted = false;
         self.write_protect_byte = None;
+        self.direct_data = false;
     }
 }

@@ -192,8 +192,8 @@ impl LunDevice for BlockPassthroughLun {
         medium::leave_gate(&self.medium, task)
     }
 
-    fn remote_done(&self, _task: &mut Task, c: ScsiCompletion, data: DataBuffers<'_>) -> Answer {
-        self.fwd.remote_done(c, data)
+    fn remote_done(&self, task: &mut Task, c: ScsiCompletion, data: DataBuffers<'_>) -> Answer {
+        self.fwd.remote_done(c, data, task.direct_data)
     }
 
     fn forwards_task_management(&self) -> bool {

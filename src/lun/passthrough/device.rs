@@ -11,6 +11,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::reply::DeviceFacts;
+use crate::backend::block_io::IoBuffers;
 use crate::backend::sg_io::{self, DeviceKind, Direction};
 use crate::scsi::task::ScsiCompletion;
 
@@ -27,8 +28,11 @@ pub struct Job {
     pub cdb: [u8; 32],
     pub cdb_len: usize,
     pub dir: Direction,
-    /// Data-out to send, or room for data-in.
+    /// Data-out to send, or room for data-in (empty when `guest` holds the data).
     pub buf: Vec<u8>,
+    /// The command's data in guest memory, for an engine that moves it straight (the
+    /// iovecs and the guard that keeps that memory mapped until the command ends).
+    pub guest: Option<IoBuffers>,
     pub reply: Box<dyn FnOnce(ScsiCompletion) + Send>,
 }
 

@@ -29,12 +29,17 @@
 //! commands are accepted at once; a command past that is answered TASK SET FULL at once
 //! (the guest lowers its queue depth and retries), not queued without bound.
 //!
-//! Data is copied: data-out from guest memory into a buffer before the command is queued,
-//! data-in from the buffer into guest memory when the answer reaches the worker. The
-//! kernel never sees guest memory: an SG_IO cannot be cancelled, and if the frontend's
-//! connection drops while one is in flight, guest memory is unmapped under it, while the
-//! buffer belongs to the command until the ioctl returns. Buffers are kept for reuse (one
-//! per thread), so a steady load does not allocate them.
+//! Data. With the asynchronous sg engine it moves straight between guest memory and the
+//! device: the command names the guest's buffers (iovecs), the kernel copies data-out from
+//! them inside our write() and data-in into them inside the read() that returns the
+//! command, and the command holds the guest memory map's guard until then, so a frontend
+//! that disconnects or replaces its memory meanwhile cannot have it unmapped under the
+//! kernel. The exceptions are copied: commands whose data-in vscsid reads or edits on
+//! its way (INQUIRY, READ CAPACITY: see `reply`) and lists of more than IOV_MAX pieces.
+//! With the helper threads data is copied: data-out from guest memory into a buffer
+//! before the command is queued, data-in from the buffer into guest memory when the
+//! answer reaches the worker. Buffers are kept for reuse (one per thread), so a steady
+//! load does not allocate them.
 
 pub mod block;
 mod device;
@@ -104,11 +109,16 @@ impl Forwarder {
         if !self.pool.reserve() {
             return Step::Done(task_set_full());
         }
-        let mut buf = self.pool.buffer(len as usize);
-        if dir == Direction::ToDevice && io.data.out.read_at(0, &mut buf) != buf.len() {
-            self.pool.cancel_reservation();
-            self.pool.recycle(buf);
-            return Step::Done(Answer::failure());
+        let guest = self.guest_buffers(cmd.cdb, dir, len, &io.data);
+        task.direct_data = guest.is_some();
+        let mut buf = Vec::new();
+        if guest.is_none() {
+            buf = self.pool.buffer(len as usize);
+            if dir == Direction::ToDevice && io.data.out.read_at(0, &mut buf) != buf.len() {
+                self.pool.cancel_reservation();
+                self.pool.recycle(buf);
+                return Step::Done(Answer::failure());
+            }
         }
         let id = self.pool.next_id();
         io.hold(task);
@@ -121,25 +131,67 @@ impl Forwarder {
             cdb_len: cdb_len(cmd.cdb),
             dir,
             buf,
+            guest,
             reply: io.reply.callback(io.id),
         });
         Step::Forwarded
     }
 
-    /// Places a forwarded command's data-in and gives the device's answer.
-    pub fn remote_done(&self, c: ScsiCompletion, data: DataBuffers<'_>) -> Answer {
+    /// The command's data as iovecs into guest memory, when it can move straight between
+    /// guest memory and the device: with the asynchronous sg engine (the kernel copies
+    /// through its own pages inside our write() and read(), so guest memory is touched only
+    /// there, while the guard keeps it mapped), for a command whose data vscsid does not
+    /// read or edit on the way (`DeviceFacts::observe`), in at most IOV_MAX pieces.
+    fn guest_buffers(
+        &self,
+        c: &[u8; 32],
+        dir: Direction,
+        len: u64,
+        data: &DataBuffers<'_>,
+    ) -> Option<crate::backend::block_io::IoBuffers> {
+        let engine = self.pool.sg_engine()?;
+        let observed = matches!(
+            c[0],
+            cdb::INQUIRY | cdb::READ_CAPACITY_10 | cdb::SERVICE_ACTION_IN_16
+        );
+        let side = match dir {
+            Direction::ToDevice => data.out,
+            Direction::FromDevice => data.inn,
+            Direction::None => return None,
+        };
+        if observed || len == 0 {
+            return None;
+        }
+        let mut b = engine.io_buffers();
+        // Alignment 1: the kernel copies, so any buffer will do; a bounce buffer (more
+        // than IOV_MAX pieces) is not straight: copy as usual then.
+        if b.map_guest(side, data.guard, 0, len, 0, 1, false) && b.bounce().is_none() {
+            return Some(b);
+        }
+        engine.recycle(b);
+        None
+    }
+
+    /// Places a forwarded command's data-in (unless it went straight to guest memory:
+    /// `direct`) and gives the device's answer.
+    pub fn remote_done(&self, c: ScsiCompletion, data: DataBuffers<'_>, direct: bool) -> Answer {
         let in_cap = data.inn.len();
         let answer = match c.result {
             Ok(st) => {
-                let n = c
-                    .data_in
-                    .len()
-                    .min(usize::try_from(in_cap).unwrap_or(usize::MAX));
-                let written = data.inn.write_at(0, &c.data_in[..n]);
+                let written = if direct {
+                    // What arrived: the transfer less the device's residual.
+                    in_cap.saturating_sub(u64::from(c.residual.count))
+                } else {
+                    let n = c
+                        .data_in
+                        .len()
+                        .min(usize::try_from(in_cap).unwrap_or(usize::MAX));
+                    data.inn.write_at(0, &c.data_in[..n]) as u64
+                };
                 Answer::Status {
                     status: st.status,
                     sense: RawSense::new(&st.sense),
-                    data_in: written as u64,
+                    data_in: written,
                 }
             }
             Err(e) => {

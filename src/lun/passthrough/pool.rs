@@ -108,6 +108,12 @@ impl Pool {
         Ok(pool)
     }
 
+    /// The asynchronous sg engine, when the LUN uses it: it moves data straight between
+    /// guest memory and the device.
+    pub fn sg_engine(&self) -> Option<&AsyncSg> {
+        self.sg_async.as_deref()
+    }
+
     /// What the LUN knows of its device.
     pub fn facts(&self) -> &DeviceFacts {
         &self.shared.facts
@@ -351,6 +357,7 @@ mod tests {
             cdb_len: 6,
             dir: Direction::FromDevice,
             buf: pool.buffer(96),
+            guest: None,
             reply: Box::new(move |c| {
                 let _ = tx.send(c);
             }),
@@ -489,6 +496,7 @@ mod tests {
                 cdb_len: 6,
                 dir: Direction::FromDevice,
                 buf: pool.buffer(96),
+                guest: None,
                 reply: Box::new(move |c| {
                     let _ = tx.send((std::thread::current().name().map(String::from), c));
                 }),

@@ -113,12 +113,27 @@ pub fn for_errno(errno: i32, data: Vec<u8>) -> ScsiCompletion {
 pub fn for_reply(
     reply: &SgReply,
     sense: &[u8],
-    mut data: Vec<u8>,
+    data: Vec<u8>,
     data_in: bool,
 ) -> (ScsiCompletion, Health) {
-    let resid = reply
-        .resid
-        .min(u32::try_from(data.len()).unwrap_or(u32::MAX));
+    let len = data.len();
+    for_reply_of(reply, sense, data, data_in, len)
+}
+
+/// [`for_reply`] for a command whose `len` bytes of data moved straight between guest
+/// memory and the device: the answer carries no data, its residual says how much moved.
+pub fn for_direct_reply(reply: &SgReply, sense: &[u8], len: usize) -> (ScsiCompletion, Health) {
+    for_reply_of(reply, sense, Vec::new(), false, len)
+}
+
+fn for_reply_of(
+    reply: &SgReply,
+    sense: &[u8],
+    mut data: Vec<u8>,
+    data_in: bool,
+    len: usize,
+) -> (ScsiCompletion, Health) {
+    let resid = reply.resid.min(u32::try_from(len).unwrap_or(u32::MAX));
     match host_failure(reply.host_status) {
         None => {}
         Some(Err(health)) => return (check(DEVICE_GONE, data), health),

@@ -30,6 +30,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::device::{self as pool, Job, Shared};
 use super::reply::{self, Health, DEVICE_GONE};
+use crate::backend::block_io::IoBuffers;
 use crate::backend::sg_io::{self, SgReply};
 use crate::lun::MAX_SENSE;
 use crate::scsi::task::ScsiCompletion;
@@ -47,6 +48,11 @@ struct Slot {
     from_device: bool,
     /// The data buffer the kernel copies into on read() (see the module comment).
     buf: Vec<u8>,
+    /// Or the guest's buffers, kept mapped by their guard until the read() that returns
+    /// the command.
+    guest: Option<IoBuffers>,
+    /// Bytes of the transfer.
+    len: usize,
     reply: Box<dyn FnOnce(ScsiCompletion) + Send>,
     /// The descriptor it was written to: an answer read from another one is not its.
     file: Arc<File>,
@@ -63,6 +69,8 @@ unsafe impl Sync for SenseArea {}
 /// The asynchronous engine of one sg LUN.
 pub struct AsyncSg {
     slots: Mutex<Vec<Option<Slot>>>,
+    /// Iovec arrays of ended commands, for reuse.
+    spare: Mutex<Vec<IoBuffers>>,
     wake: EventFd,
     sense: Box<SenseArea>,
 }
@@ -73,6 +81,7 @@ impl AsyncSg {
         slots.resize_with(SG_MAX_QUEUE, || None);
         Ok(AsyncSg {
             slots: Mutex::new(slots),
+            spare: Mutex::new(Vec::with_capacity(SG_MAX_QUEUE)),
             wake: EventFd::new(EFD_NONBLOCK)?,
             sense: Box::new(SenseArea(UnsafeCell::new([0; MAX_SENSE]))),
         })
@@ -82,6 +91,20 @@ impl AsyncSg {
     pub fn wake(&self) {
         // A full counter already wakes it.
         let _ = self.wake.write(1);
+    }
+
+    /// An iovec array for a command's guest buffers (reused).
+    pub fn io_buffers(&self) -> IoBuffers {
+        pool::lock(&self.spare).pop().unwrap_or_default()
+    }
+
+    /// Gives an iovec array back once its command ended (its guard is let go here).
+    pub fn recycle(&self, mut b: IoBuffers) {
+        b.release();
+        let mut spare = pool::lock(&self.spare);
+        if spare.len() < SG_MAX_QUEUE {
+            spare.push(b);
+        }
     }
 
     /// Commands the kernel holds now.
@@ -124,28 +147,51 @@ fn try_write(shared: &Shared, engine: &AsyncSg, file: &Arc<File>, job: Option<Jo
         cdb_len,
         dir,
         buf,
+        guest,
         reply,
     } = job;
+    let len = match &guest {
+        Some(g) => g.iovecs().iter().map(|v| v.iov_len).sum(),
+        None => buf.len(),
+    };
     let slot = slots[index].insert(Slot {
         id,
         cdb,
         cdb_len,
         from_device: dir == sg_io::Direction::FromDevice,
         buf,
+        guest,
+        len,
         reply,
         file: file.clone(),
     });
     let pack_id = i32::try_from(index).unwrap_or(0);
-    let result = sg_io::sg_write(
-        file,
-        &slot.cdb[..slot.cdb_len],
-        dir,
-        &mut slot.buf,
-        engine.sense.0.get().cast(),
-        MAX_SENSE,
-        shared.spec.timeout_ms,
-        pack_id,
-    );
+    let sense = engine.sense.0.get().cast();
+    let cdb = &slot.cdb[..slot.cdb_len];
+    let timeout = shared.spec.timeout_ms;
+    let result = match &slot.guest {
+        Some(g) => sg_io::sg_write_iov(
+            file,
+            cdb,
+            dir,
+            g.iovecs(),
+            slot.len,
+            sense,
+            MAX_SENSE,
+            timeout,
+            pack_id,
+        ),
+        None => sg_io::sg_write(
+            file,
+            cdb,
+            dir,
+            &mut slot.buf,
+            sense,
+            MAX_SENSE,
+            timeout,
+            pack_id,
+        ),
+    };
     let Err(e) = result else {
         return None;
     };
@@ -159,6 +205,9 @@ fn try_write(shared: &Shared, engine: &AsyncSg, file: &Arc<File>, job: Option<Jo
     } else {
         reply::for_errno(errno, slot.buf)
     };
+    if let Some(g) = slot.guest {
+        engine.recycle(g);
+    }
     pool::lock(&shared.queue).outstanding -= 1;
     (slot.reply)(completion);
     None
@@ -219,11 +268,11 @@ fn read_answers(shared: &Shared, engine: &AsyncSg, file: &Arc<File>) {
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
             Err(e) => {
                 let errno = e.raw_os_error().unwrap_or(libc::EIO);
-                if sg_io::device_gone(errno) {
-                    pool::lost(shared, file);
-                }
-                // What the kernel holds on this descriptor will not be read from it: the
-                // kernel finishes those without touching our memory (module comment).
+                // The descriptor is let go whatever the error (and the path opened again
+                // later): what the kernel holds on it will then never be read, and the
+                // kernel finishes those without touching our memory (module comment), so
+                // their buffers, guest memory included, can be let go.
+                pool::lost(shared, file);
                 abandon(shared, engine, file, errno);
                 return;
             }
@@ -249,7 +298,13 @@ fn finish(shared: &Shared, engine: &AsyncSg, file: &Arc<File>, pack_id: i32, r: 
     // SAFETY: the read() that returned this answer filled the area, and this thread is the
     // only one that reads it (see SenseArea); no read() is under way now.
     let sense: &[u8; MAX_SENSE] = unsafe { &*engine.sense.0.get() };
-    let (mut c, health) = reply::for_reply(r, sense, slot.buf, slot.from_device);
+    let (mut c, health) = match slot.guest {
+        Some(g) => {
+            engine.recycle(g);
+            reply::for_direct_reply(r, sense, slot.len)
+        }
+        None => reply::for_reply(r, sense, slot.buf, slot.from_device),
+    };
     if health == Health::Gone {
         pool::lost(shared, file);
     } else if matches!(&c.result, Ok(st) if st.status == crate::scsi::status::GOOD) {
@@ -270,6 +325,9 @@ fn abandon(shared: &Shared, engine: &AsyncSg, file: &Arc<File>, errno: i32) {
         .filter_map(Option::take)
         .collect();
     for slot in taken {
+        if let Some(g) = slot.guest {
+            engine.recycle(g);
+        }
         let c = if sg_io::device_gone(errno) {
             reply::check(DEVICE_GONE, slot.buf)
         } else {
