@@ -31,7 +31,7 @@ struct RawDaemon {
     threads: Option<i64>,
     queue_size: Option<i64>,
     reconnect: Option<bool>,
-    poll_us: Option<i64>,
+    poll_us: Option<toml::Value>,
     submit_batch: Option<i64>,
     stop_timeout_ms: Option<i64>,
     initiator_name: Option<String>,
@@ -203,8 +203,16 @@ pub fn parse_config_text(text: &str) -> Result<Config, ConfigError> {
             .map_err(|_| ConfigError(format!("daemon.queue_size: {n} is out of range")))?;
     }
     cfg.reconnect = d.reconnect.unwrap_or(false);
-    if let Some(n) = d.poll_us {
-        cfg.poll_us = super::check_poll_us(n, "daemon.poll_us")?;
+    if let Some(v) = &d.poll_us {
+        cfg.poll_us = match v {
+            toml::Value::Integer(n) => super::check_poll_us(*n, "daemon.poll_us")?,
+            toml::Value::String(text) => super::parse_poll(text, "daemon.poll_us")?,
+            _ => {
+                return Err(ConfigError(
+                    "daemon.poll_us: expected \"adaptive\" or a number of microseconds".into(),
+                ))
+            }
+        };
     }
     if let Some(n) = d.submit_batch {
         cfg.submit_batch = super::check_submit_batch(n, "daemon.submit_batch")?;
