@@ -10,40 +10,44 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
 
+use super::poll_budget::PollBudget;
 use super::queue::{lock, Vring};
 use super::shared::Shared;
 use super::worker::Worker;
 use crate::heartbeat::Heartbeat;
 
-/// Polls thread `thread_id`'s request queues and completions until `window` passes without
-/// work (at once for a zero window), then turns guest notifications back on. Returns when
-/// the thread last found work. Beats `beat` on every pass: under steady load it may not
-/// return to its epoll loop for long.
+/// Polls thread `thread_id`'s request queues and completions until `budget`'s window
+/// passes without work (at once for a zero window), telling `budget` how long each catch
+/// took, then turns guest notifications back on. Returns when the thread last found work.
+/// Beats `beat` on every pass: under steady load it may not return to its epoll loop for
+/// long.
 pub fn busy_poll(
     sh: &Shared,
     worker: &Mutex<Worker>,
     vrings: &[Vring],
     thread_id: usize,
     beat: &Heartbeat,
-    window: Duration,
+    budget: &mut PollBudget,
 ) -> Instant {
     let mut last_work = Instant::now();
-    if window.is_zero() || sh.request_queues_of(thread_id).next().is_none() {
+    if budget.window().is_zero() || sh.request_queues_of(thread_id).next().is_none() {
         lock(worker).set_polling(false);
         return last_work;
     }
     let mut rounds: u64 = 0;
     loop {
-        while last_work.elapsed() < window && !stopped(sh) {
+        while last_work.elapsed() < budget.window() && !stopped(sh) {
             beat.beat();
             rounds += 1;
             if poll_once(sh, worker, vrings, thread_id) {
-                last_work = Instant::now();
+                let now = Instant::now();
+                budget.found_after(now.saturating_duration_since(last_work));
+                last_work = now;
             } else {
                 std::hint::spin_loop();
             }
@@ -65,7 +69,7 @@ pub fn busy_poll(
                     more |= pending && !w.is_throttled() && !sh.is_broken(queue);
                 }
             }
-            if more && !stopped(sh) {
+            if more && !stopped(sh) && !budget.window().is_zero() {
                 w.set_polling(true);
             }
             more
@@ -73,10 +77,37 @@ pub fn busy_poll(
         if !more || stopped(sh) {
             break;
         }
+        if budget.window().is_zero() {
+            // Polling was found costly: serve what came in the normal way.
+            drop_into_event_path(sh, worker, vrings, thread_id);
+            last_work = Instant::now();
+            break;
+        }
         last_work = Instant::now();
     }
     sh.luns.queue_stats().polled(rounds);
     last_work
+}
+
+/// Serves once, with notifications re-enabled after each batch, what arrived as polling
+/// stopped (without a kick, so no wake-up would come for it).
+fn drop_into_event_path(sh: &Shared, worker: &Mutex<Worker>, vrings: &[Vring], thread_id: usize) {
+    let mut w = lock(worker);
+    w.set_polling(false);
+    if w.has_completions() {
+        w.complete(sh, vrings);
+    }
+    if w.is_throttled() {
+        return;
+    }
+    for (vpos, queue) in sh.request_queues_of(thread_id) {
+        if vrings
+            .get(vpos)
+            .is_some_and(|v| v.get_ref().get_queue().ready())
+        {
+            w.process_queue(sh, vrings, vpos, queue);
+        }
+    }
 }
 
 /// The daemon stops or the frontend broke the connection: no more polling.

@@ -12,6 +12,7 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 use super::busy_poll::busy_poll;
 use super::control_queue::PendingTmfs;
 use super::events;
+use super::poll_budget::PollBudget;
 use super::queue::{lock, Vring};
 use super::shared::{Shared, CONTROL_QUEUE, EVENT_QUEUE};
 use super::worker::Worker;
@@ -304,17 +305,18 @@ impl ScsiDevice {
     }
 
     /// After serving a wake-up's events: busy-polls thread `thread_id`'s queues and
-    /// completions until `window` passes without work, then turns guest notifications back
-    /// on. Returns when the thread last found work. Beats `beat` on every pass.
+    /// completions until `budget`'s window passes without work, then turns guest
+    /// notifications back on. Returns when the thread last found work. Beats `beat` on
+    /// every pass.
     pub fn poll_after_events(
         &self,
         vrings: &[Vring],
         thread_id: usize,
         beat: &Heartbeat,
-        window: Duration,
+        budget: &mut PollBudget,
     ) -> Instant {
         match self.workers.get(thread_id) {
-            Some(worker) => busy_poll(&self.shared, worker, vrings, thread_id, beat, window),
+            Some(worker) => busy_poll(&self.shared, worker, vrings, thread_id, beat, budget),
             None => Instant::now(),
         }
     }

@@ -173,6 +173,6 @@ fn run(
                 }
             }
         }
-        last_work = device.poll_after_events(vrings, thread_id, beat, window);
+        last_work = device.poll_after_events(vrings, thread_id, beat, &mut budget);
     }
 }
