@@ -8,17 +8,20 @@
 # null LUN, --runtime seconds): IOPS per daemon and the slowest against the mean.
 # Every process it starts is stopped by its PID; counts and times are bounded.
 # Usage: benches/density.sh [--daemons N] [--loaded N] [--idle SECS] [--runtime SECS]
+#   [--poll-us SETTING] (passed to every daemon; default: the daemon's default)
 # Appends its JSON lines to target/bench/density.jsonl and prints a summary.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 daemons=64 loaded=16 idle=20 runtime=10
+poll=()
 while (($#)); do
   case $1 in
     --daemons) daemons=${2:?}; shift ;;
     --loaded) loaded=${2:?}; shift ;;
     --idle) idle=${2:?}; shift ;;
     --runtime) runtime=${2:?}; shift ;;
+    --poll-us) poll=(--poll-us "${2:?}"); shift ;;
     *) echo "density: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -47,7 +50,7 @@ cp "$lg" "$work/loadgen"
 for i in $(seq 0 $((daemons - 1))); do
   truncate -s 16M "$work/$i-a.img" "$work/$i-b.img"
   "$work/vscsid" --socket "$work/$i.sock" --reconnect --null 64M --null 64M \
-    --disk "$work/$i-a.img" --disk "$work/$i-b.img" 2>"$work/$i.log" &
+    --disk "$work/$i-a.img" --disk "$work/$i-b.img" "${poll[@]}" 2>"$work/$i.log" &
   daemon_pids+=($!)
 done
 for i in $(seq 0 $((daemons - 1))); do
@@ -96,10 +99,13 @@ PY
 stop "${frontend_pids[@]}"
 frontend_pids=()
 
-# Under load: the first $loaded daemons at once, the same workload each.
+# Under load: the first $loaded daemons at once, the same workload each, all starting at
+# the same instant (after every generator connected) so they share the whole interval.
+start_at=$(python3 -c 'import time; print(f"{time.time() + 3:.3f}")')
 for i in $(seq 0 $((loaded - 1))); do
   "$work/loadgen" --socket "$work/$i.sock" --proto scsi --rw randread --bs 4096 --iodepth 4 \
     --runtime "$runtime" --size 64M --system "vscsid-$i" --workload density-load \
+    --start-at "$start_at" \
     --backend-pid "${daemon_pids[$i]}" >"$work/load-$i.json" 2>"$work/fe-$i.log" &
   frontend_pids+=($!)
 done

@@ -23,6 +23,7 @@ fn args(socket: &std::path::Path, rw: &str, bs: u64, qd: usize, pid: u32) -> Arg
         system: "test".into(),
         workload: format!("{rw}-{qd}"),
         idle: Duration::ZERO,
+        start_at: None,
     }
 }
 

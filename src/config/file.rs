@@ -730,6 +730,20 @@ mod tests {
     }
 
     #[test]
+    fn poll_us_takes_adaptive_zero_or_microseconds() {
+        use crate::config::PollSetting;
+        for (text, want) in [
+            ("\"adaptive\"", PollSetting::Adaptive),
+            ("0", PollSetting::Off),
+            ("\"0\"", PollSetting::Off),
+            ("50", PollSetting::Fixed(50)),
+        ] {
+            let cfg = parse_config_text(&format!("[daemon]\npoll_us = {text}\n")).expect(text);
+            assert_eq!(cfg.poll_us, want, "{text}");
+        }
+    }
+
+    #[test]
     fn full_file_parses() {
         let cfg = parse_config_text(
             r#"
@@ -764,6 +778,11 @@ mod tests {
         assert_eq!(cfg.num_queues, 4);
         assert!(cfg.reconnect);
         assert_eq!(cfg.submit_batch, 8);
+        assert_eq!(
+            cfg.poll_us,
+            crate::config::PollSetting::Adaptive,
+            "the default"
+        );
         assert_eq!(cfg.luns.len(), 2);
         assert_eq!(cfg.luns[0].block_size, 4096);
         assert!(matches!(
@@ -825,6 +844,9 @@ mod tests {
             ("[daemon]\nnum_queues = -1\n", "daemon.num_queues"),
             ("[daemon]\nsubmit_batch = 0\n", "daemon.submit_batch"),
             ("[daemon]\nsubmit_batch = 5000\n", "daemon.submit_batch"),
+            ("[daemon]\npoll_us = \"often\"\n", "daemon.poll_us"),
+            ("[daemon]\npoll_us = -3\n", "daemon.poll_us"),
+            ("[daemon]\npoll_us = true\n", "daemon.poll_us"),
             (
                 "[[lun]]\nlun = 0\npath = \"/a\"\n[[lun]]\nlun = 0\npath = \"/b\"\n",
                 "lun[1]",

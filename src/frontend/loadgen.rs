@@ -36,6 +36,9 @@ pub struct Args {
     /// After the workload, stay connected without I/O this long and report the backend's
     /// CPU meanwhile (`idle_cpu_pct`, percent of one core).
     pub idle: Duration,
+    /// Start the workload at this wall-clock time (after connecting), so several generators
+    /// run over the same interval.
+    pub start_at: Option<std::time::SystemTime>,
 }
 
 /// Guest buffers of one in-flight request.
@@ -223,6 +226,11 @@ pub fn run(a: &Args) -> Result<String, String> {
     let mut errors = 0u64;
     // Every completion counts; latencies are sampled up to the vector's capacity.
     let mut completed = 0u64;
+    if let Some(at) = a.start_at {
+        if let Ok(wait) = at.duration_since(std::time::SystemTime::now()) {
+            std::thread::sleep(wait.min(Duration::from_secs(60)));
+        }
+    }
     let cpu0 = a.backend_pid.and_then(cpu_ticks);
     let start = Instant::now();
     for q in 0..a.queues {
