@@ -44,9 +44,10 @@ pub fn busy_poll(
         while last_work.elapsed() < budget.window() && !stopped(sh) {
             beat.beat();
             rounds += 1;
-            if poll_once(sh, worker, vrings, thread_id) {
+            let found = poll_once(sh, worker, vrings, thread_id);
+            if found > 0 {
                 let now = Instant::now();
-                budget.found_after(now.saturating_duration_since(last_work));
+                budget.found_after(now.saturating_duration_since(last_work), found);
                 last_work = now;
             } else {
                 std::hint::spin_loop();
@@ -116,18 +117,19 @@ fn stopped(sh: &Shared) -> bool {
 }
 
 /// One pass over the thread's completions, held-back commands and request queues;
-/// returns whether it found work.
-fn poll_once(sh: &Shared, worker: &Mutex<Worker>, vrings: &[Vring], thread_id: usize) -> bool {
-    let mut busy = false;
+/// returns how much work it found: the requests waiting in the rings, plus one for
+/// completions and one for held-back commands.
+fn poll_once(sh: &Shared, worker: &Mutex<Worker>, vrings: &[Vring], thread_id: usize) -> u32 {
+    let mut busy = 0;
     let mut w = lock(worker);
     if w.has_completions() {
         w.complete(sh, vrings);
-        busy = true;
+        busy += 1;
     }
     if w.deferred_due() {
         // The timer's wake-up waits in epoll while this thread polls.
         w.on_timer(sh, vrings);
-        busy = true;
+        busy += 1;
     }
     if w.is_throttled() {
         // Every slot is busy: the queues are resumed when a command ends.
@@ -141,14 +143,16 @@ fn poll_once(sh: &Shared, worker: &Mutex<Worker>, vrings: &[Vring], thread_id: u
         let pending = {
             let v = vring.get_ref();
             let q = v.get_queue();
-            q.ready()
-                && !sh.is_broken(queue)
-                && q.avail_idx(&*mem, Ordering::Acquire)
-                    .is_ok_and(|i| i.0 != q.next_avail())
+            if q.ready() && !sh.is_broken(queue) {
+                q.avail_idx(&*mem, Ordering::Acquire)
+                    .map_or(0, |i| i.0.wrapping_sub(q.next_avail()))
+            } else {
+                0
+            }
         };
-        if pending {
+        if pending > 0 {
             w.process_queue(sh, vrings, vpos, queue);
-            busy = true;
+            busy += u32::from(pending);
         }
     }
     busy

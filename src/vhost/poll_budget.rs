@@ -12,7 +12,8 @@
 //! That much is QEMU's adaptive AioContext polling. One more rule, for a device whose
 //! answers come within the bound but late in it (a virtual disk at ~40 µs): polling then
 //! spins most of the window for each piece of work it catches, doubling the CPU per I/O
-//! for no gain in latency. So the mean spin before each catch is followed; when it exceeds
+//! for no gain in latency. So the mean spin per piece of work caught (a catch of a whole
+//! batch of requests shares its spin among them) is followed; when it exceeds
 //! [`COSTLY_SPIN`] polling stops, and stays off for [`HOLD_OFF_WAKES`] wake-ups before it
 //! may grow again (so a device that became fast is polled again soon). Kept as a pure
 //! value so the rules are tested without threads or clocks.
@@ -106,12 +107,14 @@ impl PollBudget {
         }
     }
 
-    /// Polling found work after spinning `spin` since the last work.
-    pub fn found_after(&mut self, spin: Duration) {
+    /// Polling found `pieces` of work (requests, a batch of completions) at once after
+    /// spinning `spin` since the last work: the spin is shared among them, so a catch of
+    /// a whole batch counts as cheap as a quick catch of one.
+    pub fn found_after(&mut self, spin: Duration, pieces: u32) {
         if !self.adaptive {
             return;
         }
-        let spin = u64::try_from(spin.as_nanos()).unwrap_or(u64::MAX);
+        let spin = u64::try_from(spin.as_nanos()).unwrap_or(u64::MAX) / u64::from(pieces.max(1));
         self.spin_ns = self.spin_ns - self.spin_ns / 8 + spin / 8;
         if self.spin_ns > COSTLY_SPIN.as_nanos() as u64 {
             self.window = Duration::ZERO;
@@ -189,16 +192,25 @@ mod tests {
         assert_eq!(b.window(), ADAPTIVE_MAX);
         // Quick catches (a busy fast device): polling goes on.
         for _ in 0..1000 {
-            b.found_after(US);
+            b.found_after(US, 1);
         }
         assert_eq!(b.window(), ADAPTIVE_MAX);
         // Each answer caught only after 40 µs of spinning: stopped within a few catches.
         let mut catches = 0;
         while b.window() > Duration::ZERO {
-            b.found_after(40 * US);
+            b.found_after(40 * US, 1);
             catches += 1;
             assert!(catches < 10);
         }
+        // A batch of 32 requests caught after 40 µs costs little per request.
+        let mut batch = PollBudget::new(PollSetting::Adaptive);
+        for _ in 0..10 {
+            batch.woke_after(batch.window() + 5 * US);
+        }
+        for _ in 0..100 {
+            batch.found_after(40 * US, 32);
+        }
+        assert_eq!(batch.window(), ADAPTIVE_MAX);
         // Held off for a while, whatever the gaps; then it may grow again.
         for _ in 0..HOLD_OFF_WAKES {
             b.woke_after(5 * US);
@@ -209,7 +221,7 @@ mod tests {
         // Fixed windows do not follow the cost.
         let mut f = PollBudget::new(PollSetting::Fixed(50));
         for _ in 0..100 {
-            f.found_after(40 * US);
+            f.found_after(40 * US, 1);
         }
         assert_eq!(f.window(), 50 * US);
     }
