@@ -5,8 +5,9 @@
 #                       aio=io_uring, cache.direct=on: QEMU's own block layer and virtio-blk
 #   qsd10-vhost-user-blk the same with QEMU 10.0's qemu-storage-daemon (Debian's
 #                       bookworm-backports, unpacked by scripts/install-qemu10.sh)
-#   vscsid-null         vscsid with a null LUN: the daemon's own ceiling
-#   vscsid-null-poll    the same with --poll-us 50 (busy polling)
+#   vscsid-null         vscsid with a null LUN and default options (adaptive polling):
+#                       the daemon's own ceiling
+#   vscsid-null-poll    the same with --poll-us 50 (a fixed busy-polling window)
 # and two references measure the machine's limit on the same file:
 #   host-ref            the load generator's own I/O shapes (same buffers in a memfd
 #                       mapping, same offsets, same depth per queue) issued straight with
@@ -22,23 +23,43 @@
 # Prints one JSON object per line, then a table of ratios (local systems against
 # qsd-vhost-user-blk, iSCSI systems against qsd-iscsi), and writes
 # target/bench/results.jsonl and target/bench/chart.svg.
-# Usage: benches/compare.sh [--quick] [--repeat N]
-#   --quick: 4 s per run, one round, under 5 minutes in all; otherwise 15 s per run and
-#   3 rounds. Each round runs every system once per workload, taking turns; the table
-#   shows each system's median round.
+# Two more sections, each also runnable alone: polling's trade-off (benches/polling.sh:
+# polling off, fixed and adaptive on a null and a file LUN, CPU per I/O and idle CPU side
+# by side) and density (benches/density.sh: 64 daemons with 4 LUNs and an idle frontend
+# each, then 16 of them under load at once).
+# Usage: benches/compare.sh [--quick] [--repeat N] [--polling | --density]
+#   --quick: 4 s per run, one round, under 5 minutes in all (the polling and density
+#   sections shortened too); otherwise 15 s per run and 3 rounds. Each round runs every
+#   system once per workload, taking turns; the table shows each system's median round.
+#   --polling, --density: only that section.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 runtime=15
 rounds=3
+only=""
 while (($#)); do
   case $1 in
     --quick) runtime=4; rounds=1 ;;
     --repeat) rounds=${2:?--repeat needs a count}; shift ;;
+    --polling | --density) only=${1#--} ;;
     *) echo "compare: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
 done
+# The polling and density sections, shortened with --quick.
+polling_section() {
+  if ((runtime < 15)); then benches/polling.sh --runtime 2 --rounds 1 --idle 3
+  else benches/polling.sh --rounds "$rounds"; fi
+}
+density_section() {
+  if ((runtime < 15)); then benches/density.sh --daemons 16 --loaded 4 --idle 5 --runtime 3
+  else benches/density.sh; fi
+}
+case $only in
+  polling) polling_section; exit ;;
+  density) density_section; exit ;;
+esac
 
 scripts/install-deps.sh >/dev/null
 for tool in qemu-storage-daemon fio python3; do
@@ -61,7 +82,7 @@ work=$(mktemp -d "$out/run.XXXXXX")
 pids=()
 tgtd_pid=""
 stop_all() { # every backend started by start_backend
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   pids=()
 }
 stop_tgtd() {
@@ -156,7 +177,8 @@ PY
 # vscsid and unlocked for qemu-storage-daemon); vscsid's own ceiling on null LUNs. Each offers two request queues (vscsid
 # serves each with its own thread); the one-queue workloads use the first.
 start_backend vscsid scsi "$work/vscsid.sock" $size \
-  "$vscsid" --socket "$work/vscsid.sock" --disk "$disk,cache=none,shared" --num-queues 2 --reconnect
+  "$vscsid" --socket "$work/vscsid.sock" --disk "$disk,cache=none,shared" --num-queues 2 --reconnect \
+  --state-dir "$work/state"
 start_backend qsd-vhost-user-blk blk "$work/qsd.sock" $size \
   qemu-storage-daemon \
   --blockdev "driver=file,node-name=file0,filename=$disk,aio=io_uring,cache.direct=on,locking=off" \
@@ -241,3 +263,5 @@ stop_all
 stop_tgtd
 
 python3 benches/report.py "$results" "$out/chart.svg"
+polling_section
+density_section

@@ -2,10 +2,13 @@
 //!
 //!   cargo bench --bench loadgen -- --socket S --proto scsi|blk --rw randread --bs 4096 \
 //!       --iodepth 32 --queues 1 --runtime 10 --size 1G [--backend-pid P] [--system NAME]
-//!       [--workload NAME]
+//!       [--workload NAME] [--idle SECS] [--start-at UNIX_SECS]
 //!
 //! Prints one JSON object: system, workload, iops, bw_mib_s, lat_mean_us, lat_p99_us,
-//! cpu_us_per_io (backend process CPU time per I/O, from /proc).
+//! cpu_us_per_io (backend process CPU time per I/O, from /proc), kicks_per_io (kicks the
+//! backend asked for), idle_cpu_pct (with --idle: the backend's CPU, % of one core, while
+//! the generator stays connected without I/O for SECS after the workload). --start-at:
+//! connect, then start the workload at that wall-clock time (generators run side by side).
 //!
 //! With `--host-reference FILE` instead of `--socket`: the same workload's I/O shapes
 //! straight on FILE with io_uring and O_DIRECT, no vhost-user in between (the limit
@@ -31,6 +34,8 @@ fn parse_args() -> Result<(Args, Option<PathBuf>), String> {
         backend_pid: None,
         system: "unknown".into(),
         workload: String::new(),
+        idle: Duration::ZERO,
+        start_at: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -63,6 +68,13 @@ fn parse_args() -> Result<(Args, Option<PathBuf>), String> {
             }
             "--system" => a.system = v()?,
             "--workload" => a.workload = v()?,
+            "--start-at" => {
+                let secs: f64 = v()?.parse().map_err(|_| "--start-at: not a number")?;
+                a.start_at = Some(std::time::UNIX_EPOCH + Duration::from_secs_f64(secs))
+            }
+            "--idle" => {
+                a.idle = Duration::from_secs_f64(v()?.parse().map_err(|_| "--idle: not a number")?)
+            }
             o => return Err(format!("unknown argument {o}")),
         }
     }
@@ -81,7 +93,7 @@ fn parse_args() -> Result<(Args, Option<PathBuf>), String> {
 const USAGE: &str =
     "usage: loadgen --socket S|--host-reference FILE [--proto scsi|blk] [--rw randread|randwrite|read|write] \
 [--bs BYTES] [--iodepth N] [--queues N] [--runtime SECS] [--size SIZE] [--lun N] \
-[--backend-pid PID] [--system NAME] [--workload NAME]";
+[--backend-pid PID] [--system NAME] [--workload NAME] [--idle SECS] [--start-at UNIX_SECS]";
 
 fn main() {
     // `cargo test --all-targets` and a bare `cargo bench` run every bench binary with no

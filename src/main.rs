@@ -91,10 +91,11 @@ struct Cli {
     /// Keep listening for a new connection after the frontend disconnects.
     #[arg(long)]
     reconnect: bool,
-    /// Busy-poll the queues and completions for this many microseconds after the last
-    /// work before sleeping (0 = off; at most 1000000). Trades CPU for latency.
-    #[arg(long, value_name = "US")]
-    poll_us: Option<i64>,
+    /// Busy-poll the queues and completions after work before sleeping: "adaptive" (the
+    /// default: only while recent polling found work, at most 50 µs after the last work),
+    /// 0 (never) or a fixed number of microseconds (at most 1000000).
+    #[arg(long, value_name = "US|adaptive")]
+    poll_us: Option<String>,
     /// I/Os gathered before each io_uring submission (default 1: every I/O starts at
     /// once; at most 1024). Larger batches save system calls at some latency.
     #[arg(long, value_name = "N")]
@@ -188,8 +189,8 @@ fn build_config(cli: Cli, order: LunOrder) -> Result<Config, String> {
         cfg.queue_size = n;
     }
     cfg.reconnect |= cli.reconnect;
-    if let Some(n) = cli.poll_us {
-        cfg.poll_us = vscsid::config::check_poll_us(n, "--poll-us").map_err(|e| e.0)?;
+    if let Some(text) = &cli.poll_us {
+        cfg.poll_us = vscsid::config::parse_poll(text, "--poll-us").map_err(|e| e.0)?;
     }
     if let Some(n) = cli.submit_batch {
         cfg.submit_batch =

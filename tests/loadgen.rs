@@ -22,6 +22,8 @@ fn args(socket: &std::path::Path, rw: &str, bs: u64, qd: usize, pid: u32) -> Arg
         backend_pid: Some(pid),
         system: "test".into(),
         workload: format!("{rw}-{qd}"),
+        idle: Duration::ZERO,
+        start_at: None,
     }
 }
 

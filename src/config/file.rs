@@ -31,7 +31,7 @@ struct RawDaemon {
     threads: Option<i64>,
     queue_size: Option<i64>,
     reconnect: Option<bool>,
-    poll_us: Option<i64>,
+    poll_us: Option<toml::Value>,
     submit_batch: Option<i64>,
     stop_timeout_ms: Option<i64>,
     initiator_name: Option<String>,
@@ -203,8 +203,16 @@ pub fn parse_config_text(text: &str) -> Result<Config, ConfigError> {
             .map_err(|_| ConfigError(format!("daemon.queue_size: {n} is out of range")))?;
     }
     cfg.reconnect = d.reconnect.unwrap_or(false);
-    if let Some(n) = d.poll_us {
-        cfg.poll_us = super::check_poll_us(n, "daemon.poll_us")?;
+    if let Some(v) = &d.poll_us {
+        cfg.poll_us = match v {
+            toml::Value::Integer(n) => super::check_poll_us(*n, "daemon.poll_us")?,
+            toml::Value::String(text) => super::parse_poll(text, "daemon.poll_us")?,
+            _ => {
+                return Err(ConfigError(
+                    "daemon.poll_us: expected \"adaptive\" or a number of microseconds".into(),
+                ))
+            }
+        };
     }
     if let Some(n) = d.submit_batch {
         cfg.submit_batch = super::check_submit_batch(n, "daemon.submit_batch")?;
@@ -722,6 +730,20 @@ mod tests {
     }
 
     #[test]
+    fn poll_us_takes_adaptive_zero_or_microseconds() {
+        use crate::config::PollSetting;
+        for (text, want) in [
+            ("\"adaptive\"", PollSetting::Adaptive),
+            ("0", PollSetting::Off),
+            ("\"0\"", PollSetting::Off),
+            ("50", PollSetting::Fixed(50)),
+        ] {
+            let cfg = parse_config_text(&format!("[daemon]\npoll_us = {text}\n")).expect(text);
+            assert_eq!(cfg.poll_us, want, "{text}");
+        }
+    }
+
+    #[test]
     fn full_file_parses() {
         let cfg = parse_config_text(
             r#"
@@ -756,6 +778,11 @@ mod tests {
         assert_eq!(cfg.num_queues, 4);
         assert!(cfg.reconnect);
         assert_eq!(cfg.submit_batch, 8);
+        assert_eq!(
+            cfg.poll_us,
+            crate::config::PollSetting::Adaptive,
+            "the default"
+        );
         assert_eq!(cfg.luns.len(), 2);
         assert_eq!(cfg.luns[0].block_size, 4096);
         assert!(matches!(
@@ -817,6 +844,9 @@ mod tests {
             ("[daemon]\nnum_queues = -1\n", "daemon.num_queues"),
             ("[daemon]\nsubmit_batch = 0\n", "daemon.submit_batch"),
             ("[daemon]\nsubmit_batch = 5000\n", "daemon.submit_batch"),
+            ("[daemon]\npoll_us = \"often\"\n", "daemon.poll_us"),
+            ("[daemon]\npoll_us = -3\n", "daemon.poll_us"),
+            ("[daemon]\npoll_us = true\n", "daemon.poll_us"),
             (
                 "[[lun]]\nlun = 0\npath = \"/a\"\n[[lun]]\nlun = 0\npath = \"/b\"\n",
                 "lun[1]",

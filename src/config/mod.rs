@@ -35,16 +35,62 @@ pub const MAX_QUEUE_SIZE: u16 = 1024;
 /// Largest busy-poll budget: polling longer than this only burns CPU.
 pub const MAX_POLL_US: u32 = 1_000_000;
 
+/// How a worker polls its queues and completions after work before it sleeps in epoll
+/// (`--poll-us`, `daemon.poll_us`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PollSetting {
+    /// Never polls: every request and completion wakes the worker through epoll.
+    Off,
+    /// Polls for this many microseconds after the last work, whatever it finds.
+    Fixed(u32),
+    /// Polls only while recent polling found work: the window grows while work arrives
+    /// shortly after the last piece and shrinks to nothing when it does not (see
+    /// `vhost::poll_budget`).
+    #[default]
+    Adaptive,
+}
+
+impl std::fmt::Display for PollSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PollSetting::Off => write!(f, "0"),
+            PollSetting::Fixed(us) => write!(f, "{us}"),
+            PollSetting::Adaptive => write!(f, "adaptive"),
+        }
+    }
+}
+
 /// Checks a busy-poll budget in microseconds.
-pub fn check_poll_us(n: i64, field: &str) -> Result<u32, ConfigError> {
+pub fn check_poll_us(n: i64, field: &str) -> Result<PollSetting, ConfigError> {
     u32::try_from(n)
         .ok()
         .filter(|&v| v <= MAX_POLL_US)
+        .map(|v| {
+            if v == 0 {
+                PollSetting::Off
+            } else {
+                PollSetting::Fixed(v)
+            }
+        })
         .ok_or_else(|| {
             ConfigError(format!(
-                "{field}: {n} is out of range 0..={MAX_POLL_US} microseconds"
+                "{field}: {n} is out of range 0..={MAX_POLL_US} microseconds (or \"adaptive\")"
             ))
         })
+}
+
+/// Parses a busy-poll setting: `adaptive` or microseconds.
+pub fn parse_poll(text: &str, field: &str) -> Result<PollSetting, ConfigError> {
+    let text = text.trim();
+    if text == "adaptive" {
+        return Ok(PollSetting::Adaptive);
+    }
+    match text.parse::<i64>() {
+        Ok(n) => check_poll_us(n, field),
+        Err(_) => Err(ConfigError(format!(
+            "{field}: '{text}' is neither \"adaptive\" nor a number of microseconds"
+        ))),
+    }
 }
 
 /// How long stopping a queue (GET_VRING_BASE) waits for its commands by default: QEMU's
@@ -336,9 +382,9 @@ pub struct Config {
     pub queue_size: u16,
     /// Keep listening for the next frontend after a disconnect instead of exiting.
     pub reconnect: bool,
-    /// Microseconds a worker keeps polling its queues and completions after the last work
-    /// before it sleeps (0: never polls).
-    pub poll_us: u32,
+    /// How long a worker keeps polling its queues and completions after the last work
+    /// before it sleeps.
+    pub poll_us: PollSetting,
     /// I/Os a worker queues before it hands them to the kernel, within one pass over a
     /// virtqueue (the rest go at the pass's end). 1 starts each I/O as soon as it is
     /// decoded, so the device works while the guest's batch is still being read: lowest
@@ -456,7 +502,7 @@ impl Default for Config {
             threads: None,
             queue_size: MAX_QUEUE_SIZE,
             reconnect: false,
-            poll_us: 0,
+            poll_us: PollSetting::Adaptive,
             submit_batch: DEFAULT_SUBMIT_BATCH,
             stop_timeout_ms: DEFAULT_STOP_TIMEOUT_MS,
             incoming: false,

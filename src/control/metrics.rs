@@ -35,6 +35,8 @@ struct Scrape {
     queues: Vec<(u16, u64)>,
     /// iSCSI sessions open now.
     iscsi_sessions: usize,
+    /// The worker threads' `(wake-ups from epoll, busy-poll passes)`.
+    workers: (u64, u64),
 }
 
 /// The labels of one series: `vm`, then the LUN's address, then the series' own.
@@ -189,6 +191,22 @@ impl Collector for Scrape {
             let labels: Labels = vec![("vm", self.vm.clone()), ("queue", queue.to_string())];
             ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
         }
+        let vm: Labels = vec![("vm", self.vm.clone())];
+        for (name, help, n) in [
+            (
+                "vscsid_worker_wakeups",
+                "Wake-ups of the worker threads from epoll to serve events",
+                self.workers.0,
+            ),
+            (
+                "vscsid_worker_poll_rounds",
+                "Passes of the worker threads' busy polling over their queues and completions",
+                self.workers.1,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(n).encode(family.encode_family(&vm)?)?;
+        }
         Ok(())
     }
 }
@@ -209,6 +227,7 @@ pub fn render(luns: &LiveLuns, vm: &str) -> String {
         luns: luns.stats(None, None),
         queues: request_queues(luns),
         iscsi_sessions: crate::iscsi::registry::count(),
+        workers: luns.queue_stats().worker_activity(),
     };
     let mut registry = Registry::default();
     registry.register_collector(Box::new(scrape));

@@ -393,7 +393,9 @@ fn stats(luns: &LiveLuns, target: Option<u8>, lun: Option<u16>) -> Result<Value,
         .into_iter()
         .map(|(queue, commands)| QueueEntry { queue, commands })
         .collect();
-    Ok(json!({ "ok": true, "luns": entries, "queues": queues }))
+    let (wakeups, poll_rounds) = luns.queue_stats().worker_activity();
+    let workers = json!({ "wakeups": wakeups, "poll_rounds": poll_rounds });
+    Ok(json!({ "ok": true, "luns": entries, "queues": queues, "workers": workers }))
 }
 
 fn by_kind(v: [u64; 3]) -> ByKind {

@@ -33,6 +33,12 @@ pub struct Args {
     pub backend_pid: Option<u32>,
     pub system: String,
     pub workload: String,
+    /// After the workload, stay connected without I/O this long and report the backend's
+    /// CPU meanwhile (`idle_cpu_pct`, percent of one core).
+    pub idle: Duration,
+    /// Start the workload at this wall-clock time (after connecting), so several generators
+    /// run over the same interval.
+    pub start_at: Option<std::time::SystemTime>,
 }
 
 /// Guest buffers of one in-flight request.
@@ -141,6 +147,21 @@ impl Engine {
     }
 }
 
+/// CPU time of every thread of `pid` so far, in nanoseconds (the scheduler's own
+/// accounting, finer than the clock ticks of /proc/<pid>/stat).
+pub fn cpu_ns(pid: u32) -> Option<u64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let path = task.ok()?.path().join("schedstat");
+        // A thread may end between the listing and the read.
+        let Ok(text) = std::fs::read_to_string(path) else {
+            continue;
+        };
+        total += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
 fn cpu_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -149,7 +170,8 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
 }
 
 /// Runs the workload against the backend at `a.socket`; returns the result as one JSON
-/// object (system, workload, iops, bw_mib_s, lat_mean_us, lat_p99_us, cpu_us_per_io).
+/// object (system, workload, iops, bw_mib_s, lat_mean_us, lat_p99_us, cpu_us_per_io,
+/// kicks_per_io, idle_cpu_pct).
 pub fn run(a: &Args) -> Result<String, String> {
     let queue_size: u16 = 256;
     let slot_bytes = 4096 + a.bs;
@@ -204,6 +226,11 @@ pub fn run(a: &Args) -> Result<String, String> {
     let mut errors = 0u64;
     // Every completion counts; latencies are sampled up to the vector's capacity.
     let mut completed = 0u64;
+    if let Some(at) = a.start_at {
+        if let Ok(wait) = at.duration_since(std::time::SystemTime::now()) {
+            std::thread::sleep(wait.min(Duration::from_secs(60)));
+        }
+    }
     let cpu0 = a.backend_pid.and_then(cpu_ticks);
     let start = Instant::now();
     for q in 0..a.queues {
@@ -212,6 +239,7 @@ pub fn run(a: &Args) -> Result<String, String> {
         }
         e.conn.queues[first_queue + q].kick();
     }
+    let mut kicks = a.queues as u64;
     let deadline = start + a.runtime;
     let mut inflight = a.queues * a.iodepth;
     let mut stopping = false;
@@ -249,7 +277,10 @@ pub fn run(a: &Args) -> Result<String, String> {
                 }
             }
             if resubmitted {
-                e.conn.queues[first_queue + q].kick();
+                // As a guest driver: only when the device asked for it (it does not while
+                // it polls).
+                let mem = &e.conn.mem;
+                kicks += u64::from(e.conn.queues[first_queue + q].kick_if_needed(mem));
             }
         }
         if !progressed {
@@ -272,6 +303,22 @@ pub fn run(a: &Args) -> Result<String, String> {
     }
     let elapsed = start.elapsed().as_secs_f64();
     let cpu1 = a.backend_pid.and_then(cpu_ticks);
+    let idle_cpu = if a.idle.is_zero() {
+        "null".to_string()
+    } else {
+        // Connected, queues live, nothing to do: what the backend spends waiting.
+        let before = a.backend_pid.and_then(cpu_ns);
+        let t0 = std::time::Instant::now();
+        std::thread::sleep(a.idle);
+        let after = a.backend_pid.and_then(cpu_ns);
+        match (before, after) {
+            (Some(b), Some(e)) => format!(
+                "{:.4}",
+                e.saturating_sub(b) as f64 / t0.elapsed().as_nanos() as f64 * 100.0
+            ),
+            _ => "null".into(),
+        }
+    };
     let ios = completed as f64;
     if lat.is_empty() {
         return Err("no I/O completed".into());
@@ -289,13 +336,15 @@ pub fn run(a: &Args) -> Result<String, String> {
         _ => "null".into(),
     };
     Ok(format!(
-        "{{\"system\": \"{}\", \"workload\": \"{}\", \"iops\": {:.0}, \"bw_mib_s\": {:.1}, \"lat_mean_us\": {:.1}, \"lat_p99_us\": {:.0}, \"cpu_us_per_io\": {}}}",
+        "{{\"system\": \"{}\", \"workload\": \"{}\", \"iops\": {:.0}, \"bw_mib_s\": {:.1}, \"lat_mean_us\": {:.1}, \"lat_p99_us\": {:.0}, \"cpu_us_per_io\": {}, \"kicks_per_io\": {:.3}, \"idle_cpu_pct\": {}}}",
         a.system,
         a.workload,
         iops,
         iops * a.bs as f64 / 1048576.0,
         mean,
         p99,
-        cpu
+        cpu,
+        kicks as f64 / ios,
+        idle_cpu
     ))
 }

@@ -25,6 +25,8 @@ pub struct SplitQueue {
     avail_idx: u16,
     last_used: u16,
     event_idx: bool,
+    /// The available index when the device was last told (or decided not to be told).
+    notified_at: u16,
 }
 
 impl SplitQueue {
@@ -62,6 +64,7 @@ impl SplitQueue {
             avail_idx: 0,
             last_used: 0,
             event_idx,
+            notified_at: 0,
         })
     }
 
@@ -160,6 +163,30 @@ impl SplitQueue {
     /// Notifies the device.
     pub fn kick(&self) {
         let _ = self.kick.write(1);
+    }
+
+    /// Notifies the device of the chains added since the last call only if it asked to be
+    /// (a guest driver's virtqueue_kick_prepare: the avail_event of EVENT_IDX, else the used
+    /// ring's NO_NOTIFY flag). Returns whether it kicked.
+    pub fn kick_if_needed(&mut self, mem: &FrontendMemory) -> bool {
+        fence(Ordering::SeqCst);
+        let (old, new) = (self.notified_at, self.avail_idx);
+        self.notified_at = new;
+        let needed = if self.event_idx {
+            let at = self.used + 4 + 8 * u64::from(self.size);
+            match mem.read_obj::<u16>(GuestAddress(at)) {
+                Ok(event) => new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old),
+                Err(_) => true,
+            }
+        } else {
+            const VRING_USED_F_NO_NOTIFY: u16 = 1;
+            mem.read_obj::<u16>(GuestAddress(self.used))
+                .map_or(true, |flags| flags & VRING_USED_F_NO_NOTIFY == 0)
+        };
+        if needed {
+            self.kick();
+        }
+        needed
     }
 
     /// Takes one used element `(id, len)` if the device has published one, and returns the

@@ -285,6 +285,10 @@ impl LunStatsSnapshot {
 #[derive(Debug)]
 pub struct QueueStats {
     completed: Box<[AtomicU64]>,
+    /// Worker threads' wake-ups from epoll with events to serve (all threads).
+    wakeups: AtomicU64,
+    /// Passes of the worker threads' busy polling over their queues (all threads).
+    poll_rounds: AtomicU64,
 }
 
 impl QueueStats {
@@ -292,7 +296,26 @@ impl QueueStats {
     pub fn new(queues: usize) -> QueueStats {
         QueueStats {
             completed: (0..queues).map(|_| AtomicU64::new(0)).collect(),
+            wakeups: AtomicU64::new(0),
+            poll_rounds: AtomicU64::new(0),
         }
+    }
+
+    /// A worker thread woke from epoll to serve events.
+    pub fn woke(&self) {
+        self.wakeups.fetch_add(1, Relaxed);
+    }
+
+    /// A worker thread ended a busy-poll session of `rounds` passes.
+    pub fn polled(&self, rounds: u64) {
+        if rounds > 0 {
+            self.poll_rounds.fetch_add(rounds, Relaxed);
+        }
+    }
+
+    /// `(wake-ups, busy-poll passes)` of the worker threads so far.
+    pub fn worker_activity(&self) -> (u64, u64) {
+        (self.wakeups.load(Relaxed), self.poll_rounds.load(Relaxed))
     }
 
     /// A command of `queue` was answered.

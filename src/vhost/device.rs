@@ -2,24 +2,23 @@
 //! dispatch that hands virtqueue kicks and io_uring completions to the right worker.
 
 use std::io;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::QueueT;
-use vm_memory::GuestAddressSpace;
 
+use super::busy_poll::busy_poll;
 use super::control_queue::PendingTmfs;
 use super::events;
+use super::poll_budget::PollBudget;
 use super::queue::{lock, Vring};
 use super::shared::{Shared, CONTROL_QUEUE, EVENT_QUEUE};
 use super::worker::Worker;
 use crate::backend::guest::GuestMem;
 use crate::backend::guest_fault;
-use crate::config::Config;
+use crate::config::{Config, PollSetting};
 use crate::heartbeat::Heartbeat;
 use crate::lun::{LiveLuns, MAX_TRANSFER_BYTES};
 use crate::virtio::layout::{feature, CDB_SIZE, SENSE_SIZE};
@@ -99,7 +98,7 @@ impl ScsiDevice {
             wakers.push(worker.waker()?);
             workers.push(Arc::new(Mutex::new(worker)));
         }
-        let poll = Duration::from_micros(u64::from(cfg.poll_us));
+        let poll = cfg.poll_us;
         let queues = usize::from(n) + 2;
         // Changes of the LUN table wake the thread of the event queue.
         luns.set_waker(Some(wakers[0].try_clone()?));
@@ -291,16 +290,40 @@ impl ScsiDevice {
         Ok(())
     }
 
-    /// Serves one event of worker thread `thread_id`: a kick of the queue at that position
-    /// in `vrings` (the thread's queues), io_uring completions or a task-management wake-up.
-    /// Busy polling beats `beat` on every pass (it may not return to the loop for long).
-    pub fn handle_event(
+    /// How the worker threads poll after work (`--poll-us`).
+    pub fn poll_setting(&self) -> PollSetting {
+        self.shared.poll
+    }
+
+    /// Worker thread `thread_id` woke from epoll with events; it polls for `window` after
+    /// serving them (guest notifications stay off meanwhile when the window is not zero).
+    pub fn woke(&self, thread_id: usize, window: Duration) {
+        self.shared.luns.queue_stats().woke();
+        if let Some(worker) = self.workers.get(thread_id) {
+            lock(worker).set_polling(!window.is_zero());
+        }
+    }
+
+    /// After serving a wake-up's events: busy-polls thread `thread_id`'s queues and
+    /// completions until `budget`'s window passes without work, then turns guest
+    /// notifications back on. Returns when the thread last found work. Beats `beat` on
+    /// every pass.
+    pub fn poll_after_events(
         &self,
-        device_event: u16,
         vrings: &[Vring],
         thread_id: usize,
         beat: &Heartbeat,
-    ) {
+        budget: &mut PollBudget,
+    ) -> Instant {
+        match self.workers.get(thread_id) {
+            Some(worker) => busy_poll(&self.shared, worker, vrings, thread_id, beat, budget),
+            None => Instant::now(),
+        }
+    }
+
+    /// Serves one event of worker thread `thread_id`: a kick of the queue at that position
+    /// in `vrings` (the thread's queues), io_uring completions or a task-management wake-up.
+    pub fn handle_event(&self, device_event: u16, vrings: &[Vring], thread_id: usize) {
         let sh = &self.shared;
         let Some(worker) = self.workers.get(thread_id) else {
             return;
@@ -336,70 +359,9 @@ impl ScsiDevice {
             // The event queue is thread 0's second queue (after the control queue).
             events::deliver(sh, &sh.luns, vrings, 1);
         }
-        if !sh.poll.is_zero() {
-            busy_poll(sh, worker, vrings, thread_id, beat);
-        }
         // A fault on guest memory while serving ends the connection now, not at the next
         // event.
         sh.connection.broken_by_frontend();
-    }
-}
-
-/// Keeps serving a thread's request queues and completions without sleeping for as long
-/// as work keeps arriving within `--poll-us` of the last piece: a new request or
-/// completion is picked up without an epoll wake-up. Bounded: it returns after `--poll-us`
-/// without work. (A window that adapts to the device, as QEMU's does, was tried twice and
-/// lost most of the gain on fast devices while still costing CPU on slow ones; left for
-/// later.)
-fn busy_poll(
-    sh: &Shared,
-    worker: &Mutex<Worker>,
-    vrings: &[Vring],
-    thread_id: usize,
-    beat: &Heartbeat,
-) {
-    let window = sh.poll;
-    if sh.request_queues_of(thread_id).next().is_none() {
-        return;
-    }
-    let mut idle_since = Instant::now();
-    while idle_since.elapsed() < window && !sh.stopping.load(Ordering::Acquire) {
-        beat.beat();
-        let mut busy = false;
-        {
-            let mut w = lock(worker);
-            if w.has_completions() {
-                w.complete(sh, vrings);
-                busy = true;
-            }
-            if w.deferred_due() {
-                // The timer's wake-up waits in epoll while this thread polls.
-                w.on_timer(sh, vrings);
-                busy = true;
-            }
-            let mem = sh.mem.memory();
-            for (vpos, queue) in sh.request_queues_of(thread_id) {
-                let Some(vring) = vrings.get(vpos) else {
-                    continue;
-                };
-                let pending = {
-                    let v = vring.get_ref();
-                    let q = v.get_queue();
-                    q.ready()
-                        && q.avail_idx(&*mem, std::sync::atomic::Ordering::Acquire)
-                            .is_ok_and(|i| i.0 != q.next_avail())
-                };
-                if pending {
-                    w.process_queue(sh, vrings, vpos, queue);
-                    busy = true;
-                }
-            }
-        }
-        if busy {
-            idle_since = Instant::now();
-        } else {
-            std::hint::spin_loop();
-        }
     }
 }
 

@@ -9,11 +9,13 @@ use std::io;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::device::ScsiDevice;
+use super::poll_budget::PollBudget;
 use super::queue::lock;
 use super::vring::Vring;
 use crate::heartbeat::{Heartbeat, Heartbeats};
@@ -119,7 +121,9 @@ impl Drop for QueueThread {
     }
 }
 
-/// The loop; `timeout_ms` bounds each wait (-1: none).
+/// The loop; `timeout_ms` bounds each wait (-1: none). After the events of each wake-up
+/// the thread busy-polls for its window (see `poll_budget`), which follows how soon work
+/// came after the last work.
 fn run(
     control: &LoopControl,
     device: &ScsiDevice,
@@ -129,10 +133,13 @@ fn run(
     timeout_ms: i32,
 ) {
     let mut events = vec![EpollEvent::default(); 64];
+    let mut budget = PollBudget::new(device.poll_setting());
+    let mut last_work = Instant::now();
     loop {
         let waited = control.epoll.wait(timeout_ms, &mut events);
         beat.beat();
         let n = match waited {
+            Ok(0) => continue,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
@@ -140,6 +147,9 @@ fn run(
                 return;
             }
         };
+        budget.woke_after(last_work.elapsed());
+        let window = budget.window();
+        device.woke(thread_id, window);
         for ev in &events[..n] {
             match ev.data() {
                 EXIT_TOKEN => return,
@@ -147,7 +157,7 @@ fn run(
                     let _ = control.live_event.read();
                     let positions = std::mem::take(&mut *lock(&control.became_live));
                     for p in positions {
-                        device.handle_event(p, vrings, thread_id, beat);
+                        device.handle_event(p, vrings, thread_id);
                     }
                 }
                 token => {
@@ -159,9 +169,10 @@ fn run(
                             continue;
                         }
                     }
-                    device.handle_event(t, vrings, thread_id, beat);
+                    device.handle_event(t, vrings, thread_id);
                 }
             }
         }
+        last_work = device.poll_after_events(vrings, thread_id, beat, &mut budget);
     }
 }

@@ -2,6 +2,7 @@
 //! queues and the worker threads that serve them. It knows that a request has a LUN
 //! address, a CDB, data buffers and an answer; what a LUN does with it is the LUN layer's.
 
+mod busy_poll;
 mod connection;
 mod control_queue;
 mod device;
@@ -10,6 +11,7 @@ mod event_loop;
 mod events;
 mod inflight;
 mod inflight_region;
+mod poll_budget;
 mod queue;
 mod remote;
 mod session;

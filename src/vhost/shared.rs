@@ -4,13 +4,13 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use vmm_sys_util::eventfd::EventFd;
 
 use super::connection::ConnectionGuard;
 use super::inflight::InflightCounters;
 use crate::backend::guest::GuestMem;
+use crate::config::PollSetting;
 use crate::lun::LiveLuns;
 
 /// Global index of the control queue and of the event queue.
@@ -31,8 +31,8 @@ pub struct Shared {
     /// Queues (by global index) whose available ring the guest corrupted; they are not
     /// served again until the frontend stops and restarts them.
     broken: Vec<AtomicBool>,
-    /// Busy-poll budget after each event (`--poll-us`); zero sleeps in epoll at once.
-    pub poll: Duration,
+    /// How workers busy-poll after work (`--poll-us`).
+    pub poll: PollSetting,
     /// Each worker's wake-up (its completion eventfd).
     wakers: Vec<EventFd>,
     /// Per queue, how often the frontend took it back (GET_VRING_BASE, reset). A command
@@ -51,7 +51,7 @@ impl Shared {
         mem: GuestMem,
         queues: usize,
         thread_queues: Vec<Vec<u16>>,
-        poll: Duration,
+        poll: PollSetting,
         wakers: Vec<EventFd>,
     ) -> std::io::Result<Shared> {
         Ok(Shared {

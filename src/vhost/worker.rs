@@ -37,6 +37,9 @@ pub struct Worker {
     reaped: Vec<(usize, i32)>,
     /// A queue stopped popping because every slot was busy.
     throttled: bool,
+    /// The thread busy-polls after this pass: guest notifications stay off after a batch
+    /// (the poller turns them back on when it stops, see `busy_poll`).
+    polling: bool,
     replier: Replier,
     /// This thread's vrings (cheap shared handles), so a forwarded command's answer can be
     /// returned by the initiator thread that received it.
@@ -142,6 +145,7 @@ impl Worker {
             scratch: vec![0u8; DATA_IN_SCRATCH],
             reaped: Vec::with_capacity(max_inflight),
             throttled: false,
+            polling: false,
             replier: Replier {
                 answers,
                 shared: Weak::new(),
@@ -203,13 +207,24 @@ impl Worker {
         None
     }
 
+    /// Whether the thread polls after this pass (guest notifications stay off until it
+    /// stops polling and turns them back on).
+    pub fn set_polling(&mut self, on: bool) {
+        self.polling = on;
+    }
+
+    /// Whether a queue waits for a free slot (it is resumed when a command ends).
+    pub fn is_throttled(&self) -> bool {
+        self.throttled
+    }
+
     /// Whether completions (block I/O or forwarded answers) wait for [`Worker::complete`].
     pub fn has_completions(&mut self) -> bool {
         self.block.has_completions() || !self.replier.answers.is_empty()
     }
 
     /// Serves a request queue: pops every available chain (re-checking after re-enabling
-    /// notifications, for EVENT_IDX), submits the batch's I/O and notifies the guest once
+    /// notifications, for EVENT_IDX; left off while the thread polls), submits the batch's I/O and notifies the guest once
     /// for everything completed inline.
     pub fn process_queue(&mut self, sh: &Shared, vrings: &[Vring], vpos: usize, queue: u16) {
         let Some(vring) = vrings.get(vpos) else {
@@ -253,6 +268,10 @@ impl Worker {
                 }
             }
             self.end_batch();
+            if self.polling {
+                // The poller looks again soon and turns notifications on when it stops.
+                break;
+            }
             match vring.enable_notification() {
                 Ok(true) => continue,
                 _ => break,
