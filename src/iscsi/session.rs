@@ -52,7 +52,7 @@ fn sn_le(a: u32, b: u32) -> bool {
 /// The reserved tag value: no initiator or target task tag.
 const NO_TAG: u32 = 0xffff_ffff;
 
-pub(crate) type Done = Box<dyn FnOnce(ScsiCompletion) + Send>;
+pub(crate) type Done = crate::scsi::task::Completer;
 
 /// TMF answer slot value meaning "the connection went away before the answer".
 const TMF_LOST: u8 = 0xff;
@@ -141,7 +141,7 @@ pub(crate) trait PathEvents: Send + Sync {
     /// (`alua::refusal`), given back with the answer so the LUN layer can send it down
     /// another path. Without a LUN layer that does, it completes with that answer.
     fn port_refused(&self, _path: usize, command: PathCommand, answer: ScsiCompletion) {
-        (command.done)(answer)
+        command.done.complete(answer)
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::send::{flush_out, queue_data_out};
-use super::{sn_le, Completions, Loss, PathCommand, Session, State, NO_TAG};
+use super::{sn_le, Completions, Done, Loss, PathCommand, Session, State, NO_TAG};
 use crate::iscsi::alua;
 use crate::iscsi::pdu::{self, op, Framing, Pdu, F_FINAL};
 use crate::scsi::task::{Residual, ScsiCompletion, ScsiStatus, TransportError};
@@ -25,8 +25,10 @@ impl Session {
         generation: u64,
     ) {
         let mut r = BufReader::with_capacity(256 * 1024, stream);
-        // The last PDU's data buffer, reused for the next one.
+        // The last PDU's data buffer, reused for the next one; and the completions of one
+        // PDU, kept for the next: the steady state allocates nothing per PDU.
         let mut spare = Vec::new();
+        let mut done = Completions::new();
         loop {
             let pdu = match pdu::read_pdu_into(&mut r, &framing, std::mem::take(&mut spare)) {
                 Ok(p) => p,
@@ -47,7 +49,6 @@ impl Session {
                     return;
                 }
             };
-            let mut done = Completions::new();
             {
                 let mut st = self.lock();
                 if st.generation != generation {
@@ -66,9 +67,10 @@ impl Session {
             self.stats
                 .ios
                 .fetch_add(done.len() as u64, Ordering::Relaxed);
-            for (f, c) in done {
-                f(c);
+            for (f, c) in done.drain(..) {
+                f.complete(c);
             }
+            spare = pdu.data;
         }
     }
 
@@ -321,7 +323,7 @@ fn finish(
                         probe: false,
                     };
                     done.push((
-                        Box::new(move |c| events.port_refused(path, command, c)),
+                        Done::new(move |c| events.port_refused(path, command, c)),
                         answer,
                     ));
                 }

@@ -28,7 +28,8 @@ impl Session {
         let mut st = self.lock();
         if self.closing.load(Ordering::Acquire) {
             drop(st);
-            (c.done)(ScsiCompletion::failed(TransportError::Closed));
+            c.done
+                .complete(ScsiCompletion::failed(TransportError::Closed));
             return Ok(());
         }
         if st.writer.is_none() {

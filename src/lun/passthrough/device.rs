@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::reply::DeviceFacts;
 use crate::backend::sg_io::{self, DeviceKind, Direction};
-use crate::scsi::task::ScsiCompletion;
+use crate::scsi::task::Completer;
 
 /// Commands a LUN accepts at once (running and queued); past that, TASK SET FULL.
 pub const QUEUE_DEPTH: usize = 64;
@@ -29,7 +29,7 @@ pub struct Job {
     pub dir: Direction,
     /// Data-out to send, or room for data-in.
     pub buf: Vec<u8>,
-    pub reply: Box<dyn FnOnce(ScsiCompletion) + Send>,
+    pub reply: Completer,
 }
 
 /// Where the device is and how to open it again.

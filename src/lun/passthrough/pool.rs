@@ -180,7 +180,8 @@ impl Pool {
         };
         let n = taken.len();
         for job in taken {
-            (job.reply)(reply::failed(TransportError::Aborted, job.buf));
+            job.reply
+                .complete(reply::failed(TransportError::Aborted, job.buf));
         }
         n
     }
@@ -259,7 +260,7 @@ fn serve(shared: &Shared) {
         } = job;
         let completion = run(shared, &cdb[..cdb_len], dir, buf, &mut sense);
         lock(&shared.queue).outstanding -= 1;
-        reply(completion);
+        reply.complete(completion);
     }
 }
 
@@ -351,7 +352,7 @@ mod tests {
             cdb_len: 6,
             dir: Direction::FromDevice,
             buf: pool.buffer(96),
-            reply: Box::new(move |c| {
+            reply: crate::scsi::task::Completer::new(move |c| {
                 let _ = tx.send(c);
             }),
         }
@@ -489,7 +490,7 @@ mod tests {
                 cdb_len: 6,
                 dir: Direction::FromDevice,
                 buf: pool.buffer(96),
-                reply: Box::new(move |c| {
+                reply: crate::scsi::task::Completer::new(move |c| {
                     let _ = tx.send((std::thread::current().name().map(String::from), c));
                 }),
             });
