@@ -182,6 +182,43 @@ pub fn encode_into(pdu: &Pdu, data: &[u8], framing: &Framing, out: &mut Vec<u8>)
     }
 }
 
+/// [`encode_into`] with a data segment of `dl` bytes that `fill` writes in place in
+/// `out` (from the guest's buffers, without a copy in between); false, with `out` as it
+/// was, when `fill` could not supply every byte.
+pub fn encode_filled_into(
+    pdu: &Pdu,
+    dl: usize,
+    framing: &Framing,
+    out: &mut Vec<u8>,
+    fill: impl FnOnce(&mut [u8]) -> bool,
+) -> bool {
+    let start = out.len();
+    let mut bhs = pdu.bhs;
+    bhs[4] = (pdu.ahs.len() / 4) as u8;
+    bhs[5] = (dl >> 16) as u8;
+    bhs[6] = (dl >> 8) as u8;
+    bhs[7] = dl as u8;
+    out.reserve(BHS_LEN + pdu.ahs.len() + dl + 12);
+    out.extend_from_slice(&bhs);
+    out.extend_from_slice(&pdu.ahs);
+    if framing.header_digest {
+        out.extend_from_slice(&digest(&[&bhs, &pdu.ahs]).to_le_bytes());
+    }
+    if dl > 0 {
+        let at = out.len();
+        out.resize(at + dl + pad4(dl), 0);
+        if !fill(&mut out[at..at + dl]) {
+            out.truncate(start);
+            return false;
+        }
+        if framing.data_digest {
+            let d = digest(&[&out[at..]]);
+            out.extend_from_slice(&d.to_le_bytes());
+        }
+    }
+    true
+}
+
 /// Writes one PDU.
 pub fn write_pdu(w: &mut impl Write, pdu: &Pdu, framing: &Framing) -> io::Result<()> {
     w.write_all(&encode(pdu, framing))

@@ -17,6 +17,7 @@
 //! live here, beside the emulated disk that needs them.
 
 mod disk;
+mod forwarded_io;
 mod gate;
 mod identity;
 mod iscsi;

@@ -1,6 +1,7 @@
 //! Per-command state of the LUN layer, kept by the worker in the command's slot and reused
 //! from command to command so the hot path does not allocate.
 
+use super::forwarded_io::GuestIoLease;
 use super::gate::GateHold;
 use super::medium::Job;
 use crate::scsi::{IoRequest, Sense};
@@ -29,6 +30,9 @@ pub struct Task {
     /// The data-in byte whose bit 7 a read-only passthrough LUN sets in the target's
     /// answer: the WP bit of a MODE SENSE header.
     pub(super) write_protect_byte: Option<usize>,
+    /// The guest buffers a forwarded command's data moves through in place; dropping it
+    /// ends every write into them.
+    pub(super) guest_io: Option<GuestIoLease>,
 }
 
 impl Task {
@@ -54,5 +58,6 @@ impl Task {
         self.held = false;
         self.reservation_counted = false;
         self.write_protect_byte = None;
+        self.guest_io = None;
     }
 }

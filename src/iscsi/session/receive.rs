@@ -1,5 +1,6 @@
-//! A session's reader thread: every PDU the target sends. Data-In is reassembled into the
-//! command's buffer, SCSI Response and Data-In with status complete commands (status,
+//! A session's reader thread: every PDU the target sends. Data-In is written into the
+//! guest's buffers of a command that has them (`GuestIo`), or reassembled into the
+//! command's own buffer, SCSI Response and Data-In with status complete commands (status,
 //! sense, residuals), R2T sends the data asked for, NOP-In answers our pings and the
 //! target's, and each PDU moves the CmdSN window and ExpStatSN. A PDU the target must not
 //! send (too long, an R2T outside the data, an unknown opcode) is a protocol error: the
@@ -11,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::send::{flush_out, queue_data_out};
+use super::send::{flush_out, queue_data_out, DataOutTo};
 use super::{sn_le, Completions, Done, Loss, PathCommand, Session, State, NO_TAG};
 use crate::iscsi::alua;
 use crate::iscsi::pdu::{self, op, Framing, Pdu, F_FINAL};
@@ -125,7 +126,13 @@ impl Session {
                     let off = p.buffer_offset() as usize;
                     let limit = pend.cmd.data_in_len as usize;
                     let end = off.saturating_add(p.data.len()).min(limit);
-                    if off < end {
+                    if off < end && pend.cmd.guest.is_some() {
+                        // Straight into the guest's buffers: only while the command is
+                        // pending here (this lock), never past its data-in length.
+                        if let Some(g) = &pend.cmd.guest {
+                            g.buffers.write_in(off, &p.data[..end - off]);
+                        }
+                    } else if off < end {
                         if pend.data_in.capacity() == 0 {
                             // One allocation for the whole transfer.
                             pend.data_in.reserve_exact(limit);
@@ -183,16 +190,19 @@ impl Session {
                 };
                 let off = p.buffer_offset() as usize;
                 let len = p.residual() as usize; // desired data transfer length
-                let end = off.saturating_add(len).min(pend.cmd.data_out.len());
-                if pend.cmd.data_out.get(off..end).is_none() {
+                let end = off.saturating_add(len).min(pend.cmd.out_len());
+                if off > end {
                     return Err(protocol_error("R2T outside the command's data"));
                 }
-                let lun = pend.lun.to_u64();
-                let exp = st.exp_stat_sn;
+                let to = DataOutTo {
+                    lun: pend.lun.to_u64(),
+                    itt,
+                    ttt: p.ttt(),
+                    exp_stat_sn: st.exp_stat_sn,
+                };
                 let State { pending, out, .. } = &mut *st;
                 if let Some(pend) = pending.get(&itt) {
-                    let data = &pend.cmd.data_out[off..end];
-                    queue_data_out(out, &neg, lun, itt, p.ttt(), exp, off, data);
+                    queue_data_out(out, &neg, &to, &pend.cmd, off..end)?;
                 }
                 flush_out(st)?;
             }
