@@ -252,8 +252,10 @@ pub fn read_pdu_into(r: &mut impl Read, framing: &Framing, mut buf: Vec<u8>) -> 
     if dl > framing.max_recv_data.max(8192) {
         return Err(bad("data segment longer than MaxRecvDataSegmentLength"));
     }
+    // The buffer is handed back in the PDU even when it carries no data, so a reader
+    // reusing it keeps its allocation across PDUs without data.
+    buf.clear();
     if dl > 0 {
-        buf.clear();
         buf.resize(dl + pad4(dl), 0);
         r.read_exact(&mut buf)?;
         if framing.data_digest {
@@ -264,8 +266,8 @@ pub fn read_pdu_into(r: &mut impl Read, framing: &Framing, mut buf: Vec<u8>) -> 
             }
         }
         buf.truncate(dl);
-        pdu.data = buf;
     }
+    pdu.data = buf;
     Ok(pdu)
 }
 

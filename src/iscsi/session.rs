@@ -54,6 +54,10 @@ const NO_TAG: u32 = 0xffff_ffff;
 
 pub(crate) type Done = crate::scsi::task::Completer;
 
+/// Commands a session's table holds without growing: twice the deepest queue a guest
+/// has in practice.
+const PENDING_CAPACITY: usize = 256;
+
 /// TMF answer slot value meaning "the connection went away before the answer".
 const TMF_LOST: u8 = 0xff;
 
@@ -250,7 +254,10 @@ impl Session {
                 exp_stat_sn: 0,
                 max_cmd_sn: 0,
                 next_itt: 1,
-                pending: HashMap::new(),
+                // Sized for a deep queue from the start: with at most half of it in
+                // use, the churn of commands in and out rehashes in place, never
+                // allocating again.
+                pending: HashMap::with_capacity(PENDING_CAPACITY),
                 unsent: FairQueue::default(),
                 tmf: HashMap::new(),
                 recovering: false,
