@@ -103,7 +103,7 @@ fn nth(i: usize, payload: &[u8]) -> (Vec<u8>, usize, u32) {
     let blocks: u32 = if i % 4 == 3 { 256 } else { 8 };
     let lba = (i as u64 * 257) % (SPAN_BLOCKS - 256);
     let bytes = blocks as usize * 512;
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         (read16(lba, blocks).to_vec(), 0, bytes as u32)
     } else {
         (write16(lba, blocks).to_vec(), bytes.min(payload.len()), 0)

@@ -19,6 +19,9 @@ impl Session {
     /// session thread or here. A path that is not up gives the command back.
     /// With `cork`, the command's PDUs stay in the output buffer until [`Session::flush`]
     /// (or any other write) sends the batch with one system call.
+    // The command comes back by value when no path takes it: boxing it would cost an
+    // allocation per command.
+    #[allow(clippy::result_large_err)]
     pub(crate) fn submit(
         self: &Arc<Self>,
         owner: u64,
