@@ -528,6 +528,18 @@ mod tests {
         assert_eq!(back.ttt(), 0x777);
         assert_eq!(back.data_sn(), 2);
         assert_eq!(back.buffer_offset(), 0x0001_0000);
+        // Filled in place (data-out from guest memory): the same bytes, digests included;
+        // a fill that comes up short leaves the buffer as it was.
+        for framing in [plain(), f] {
+            let mut out = vec![0x77];
+            assert!(encode_filled_into(&p, 6, &framing, &mut out, |dst| {
+                dst.copy_from_slice(&p.data);
+                true
+            }));
+            assert_eq!(out[1..], encode(&p, &framing)[..]);
+            assert!(!encode_filled_into(&p, 6, &framing, &mut out, |_| false));
+            assert_eq!(out[1..], encode(&p, &framing)[..]);
+        }
 
         // A flipped bit in either digest, or anywhere they cover (padding included), is
         // refused.
