@@ -114,7 +114,8 @@ impl Pdu {
     pub fn residual(&self) -> u32 {
         self.u32_at(44)
     }
-    fn data_len_field(&self) -> usize {
+    /// The DataSegmentLength field (without padding or digest).
+    pub fn data_len_field(&self) -> usize {
         (usize::from(self.bhs[5]) << 16)
             | (usize::from(self.bhs[6]) << 8)
             | usize::from(self.bhs[7])
@@ -140,7 +141,8 @@ impl Default for Framing {
     }
 }
 
-fn pad4(n: usize) -> usize {
+/// Padding bytes after a data segment of `n` bytes.
+pub fn pad4(n: usize) -> usize {
     (4 - n % 4) % 4
 }
 
@@ -235,7 +237,16 @@ pub fn read_pdu(r: &mut impl Read, framing: &Framing) -> io::Result<Pdu> {
 
 /// [`read_pdu`] with the data segment read into `buf` (cleared first), so a reader can
 /// hand the previous PDU's buffer back instead of allocating one per PDU.
-pub fn read_pdu_into(r: &mut impl Read, framing: &Framing, mut buf: Vec<u8>) -> io::Result<Pdu> {
+pub fn read_pdu_into(r: &mut impl Read, framing: &Framing, buf: Vec<u8>) -> io::Result<Pdu> {
+    let mut pdu = read_header(r, framing)?;
+    read_data_into(r, framing, &mut pdu, buf)?;
+    Ok(pdu)
+}
+
+/// Reads a PDU's header (BHS, AHS and header digest), checking the digest and that the
+/// data segment it announces is not longer than we accept; the data segment follows
+/// ([`read_data_into`], or a reader that places it itself).
+pub fn read_header(r: &mut impl Read, framing: &Framing) -> io::Result<Pdu> {
     let mut pdu = Pdu::default();
     r.read_exact(&mut pdu.bhs)?;
     let ahs_len = usize::from(pdu.bhs[4]) * 4;
@@ -248,12 +259,22 @@ pub fn read_pdu_into(r: &mut impl Read, framing: &Framing, mut buf: Vec<u8>) -> 
             return Err(bad("header digest mismatch"));
         }
     }
-    let dl = pdu.data_len_field();
-    if dl > framing.max_recv_data.max(8192) {
+    if pdu.data_len_field() > framing.max_recv_data.max(8192) {
         return Err(bad("data segment longer than MaxRecvDataSegmentLength"));
     }
-    // The buffer is handed back in the PDU even when it carries no data, so a reader
-    // reusing it keeps its allocation across PDUs without data.
+    Ok(pdu)
+}
+
+/// Reads the data segment of `pdu` (whose header [`read_header`] read) into `buf` (cleared
+/// first), checking its digest. The buffer is handed back in the PDU even when it carries
+/// no data, so a reader reusing it keeps its allocation across PDUs without data.
+pub fn read_data_into(
+    r: &mut impl Read,
+    framing: &Framing,
+    pdu: &mut Pdu,
+    mut buf: Vec<u8>,
+) -> io::Result<()> {
+    let dl = pdu.data_len_field();
     buf.clear();
     if dl > 0 {
         buf.resize(dl + pad4(dl), 0);
@@ -268,7 +289,7 @@ pub fn read_pdu_into(r: &mut impl Read, framing: &Framing, mut buf: Vec<u8>) -> 
         buf.truncate(dl);
     }
     pdu.data = buf;
-    Ok(pdu)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,12 +1,13 @@
-//! A session's reader thread: every PDU the target sends. Data-In is written into the
-//! guest's buffers of a command that has them (`GuestIo`), or reassembled into the
+//! A session's reader thread: every PDU the target sends. Data-In is written from the
+//! connection's read buffer straight into the guest's buffers of a command that has them
+//! (`GuestIo`; with a data digest, once the digest is checked), or reassembled into the
 //! command's own buffer, SCSI Response and Data-In with status complete commands (status,
 //! sense, residuals), R2T sends the data asked for, NOP-In answers our pings and the
 //! target's, and each PDU moves the CmdSN window and ExpStatSN. A PDU the target must not
 //! send (too long, an R2T outside the data, an unknown opcode) is a protocol error: the
 //! connection is dropped and the error counts against reconnecting.
 
-use std::io::BufReader;
+use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -31,7 +32,18 @@ impl Session {
         let mut spare = Vec::new();
         let mut done = Completions::new();
         loop {
-            let pdu = match pdu::read_pdu_into(&mut r, &framing, std::mem::take(&mut spare)) {
+            let read = pdu::read_header(&mut r, &framing).and_then(|mut pdu| {
+                if self.streams_into_guest(&pdu, &framing, generation) {
+                    self.stream_data_in(&mut r, &pdu, generation)?;
+                    // Handled as a Data-In without data: only its status is left.
+                    pdu.data = std::mem::take(&mut spare);
+                    pdu.data.clear();
+                } else {
+                    pdu::read_data_into(&mut r, &framing, &mut pdu, std::mem::take(&mut spare))?;
+                }
+                Ok(pdu)
+            });
+            let pdu = match read {
                 Ok(p) => p,
                 Err(e) => {
                     let mut st = self.lock();
@@ -73,6 +85,62 @@ impl Session {
             }
             spare = pdu.data;
         }
+    }
+
+    /// Whether `pdu` is a Data-In (with data, and no data digest to check first) of a
+    /// command of this connection that has guest buffers: its data goes straight there.
+    fn streams_into_guest(&self, pdu: &Pdu, framing: &Framing, generation: u64) -> bool {
+        if pdu.opcode() != op::DATA_IN || pdu.data_len_field() == 0 || framing.data_digest {
+            return false;
+        }
+        let st = self.lock();
+        st.generation == generation
+            && st
+                .pending
+                .get(&pdu.itt())
+                .is_some_and(|p| p.cmd.guest.is_some())
+    }
+
+    /// Reads the data segment of Data-In `pdu` from the connection's read buffer straight
+    /// into its command's guest buffers, as much as the buffer holds at a time. Each piece
+    /// is written under the session lock and only while the command is still pending on
+    /// this connection (a command completed, aborted or handed to another path meanwhile
+    /// gets nothing more from here); nothing blocks while the lock is held.
+    fn stream_data_in(
+        &self,
+        r: &mut BufReader<TcpStream>,
+        pdu: &Pdu,
+        generation: u64,
+    ) -> std::io::Result<()> {
+        let dl = pdu.data_len_field();
+        let total = dl + pdu::pad4(dl);
+        let itt = pdu.itt();
+        let offset = pdu.buffer_offset() as usize;
+        let mut at = 0usize;
+        while at < total {
+            let piece = r.fill_buf()?;
+            if piece.is_empty() {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let n = piece.len().min(total - at);
+            let data = n.min(dl.saturating_sub(at));
+            if data > 0 {
+                let st = self.lock();
+                let guest = st
+                    .pending
+                    .get(&itt)
+                    .filter(|_| st.generation == generation)
+                    .and_then(|p| p.cmd.guest.as_ref());
+                if let Some(g) = guest {
+                    // Clipped to the guest's data-in buffers, whatever the offset.
+                    g.buffers
+                        .write_in(offset.saturating_add(at), &piece[..data]);
+                }
+            }
+            r.consume(n);
+            at += n;
+        }
+        Ok(())
     }
 
     /// Logs why the connection is dropped, at most once per kind and interval.
