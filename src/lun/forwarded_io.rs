@@ -18,7 +18,9 @@
 //!   buffers again, even from a session that still holds the command (a path that is
 //!   being failed over, a command abandoned at a frozen target). A command reissued on
 //!   another path while open writes the same bytes again into the same buffers, which is
-//!   what the guest asked for.
+//!   what the guest asked for. On the session's side, a reader writes a piece of Data-In
+//!   only under its session's lock and while the command is pending on its connection, so
+//!   a path that lost the command (failed over, aborted) stops writing it at once.
 //! - **Never outside the guest's buffers.** A write is clipped to the data-in length the
 //!   guest supplied, whatever offset and length the target sends, and each range is
 //!   translated through the memory map (a range outside guest memory is not written).
