@@ -432,4 +432,48 @@ mod through_the_daemon {
         let back = guest_command(&mut fe, &cmd(1, &read, &[], 512));
         good(&back);
     }
+
+    /// READs in flight on a path when it fails are reissued on the other path, and their
+    /// data lands in the guest's buffers (in place, from the second path's reader).
+    #[test]
+    fn reads_in_flight_on_a_failed_path_land_after_the_reissue() {
+        const READS: u64 = 16;
+        const BLOCKS: u32 = 128;
+        let tgtd = Tgtd::start(32 * MIB, Accounts::default());
+        let upstream: SocketAddr = format!("127.0.0.1:{}", tgtd.port).parse().unwrap();
+        let links: Vec<Link> = ["127.0.0.2", "127.0.0.3"]
+            .iter()
+            .map(|ip| Link::start(ip, upstream))
+            .collect();
+        let spec = format!(
+            "iscsi://{}/{IQN}/1,path={},policy=round-robin,rr-ios=1,no-path-retry=60",
+            links[0].portal(),
+            links[1].portal()
+        );
+        let d = Daemon::start(&[], &["--iscsi", &spec, "--num-queues", "1"]);
+        let mut fe = d.connect(1);
+        let len = BLOCKS * 512;
+        for i in 0..READS {
+            let w = write16(i * u64::from(BLOCKS), BLOCKS);
+            good(&guest_command(
+                &mut fe,
+                &cmd(0, &w, &pattern(i, len as usize), 0),
+            ));
+        }
+        // Path 0 goes silent before the READs go out: the daemon does not know yet, sends
+        // every other one down it, and reissues those once the path is declared dead.
+        links[0].cut_silent();
+        let mut heads = std::collections::HashMap::new();
+        for i in 0..READS {
+            let r = read16(i * u64::from(BLOCKS), BLOCKS);
+            heads.insert(fe.submit(2, &cmd(0, &r, &[], len)).unwrap(), i);
+        }
+        for _ in 0..READS {
+            let (head, r) = fe.complete(2).expect("answered after the reissue");
+            let i = heads.remove(&head).expect("a submitted command");
+            good(&r);
+            assert_eq!(r.data_in, pattern(i, len as usize), "read {i}");
+        }
+        links[0].restore();
+    }
 }

@@ -59,6 +59,13 @@ impl SegList {
         true
     }
 
+    /// Makes this list a copy of `other`, keeping this list's allocation.
+    pub fn copy_from(&mut self, other: &SegList) {
+        self.segs.clear();
+        self.segs.extend_from_slice(&other.segs);
+        self.total = other.total;
+    }
+
     /// Total bytes of all segments.
     pub fn total(&self) -> u64 {
         self.total
@@ -156,6 +163,22 @@ impl<'a> GuestData<'a> {
 
     pub fn mem(&self) -> &'a Mem {
         self.mem
+    }
+
+    /// The guest buffers this data lies in, and where in them it starts.
+    pub fn segments(&self) -> (&'a SegList, u64) {
+        (self.segs, self.base)
+    }
+
+    /// Whether every byte lies in guest memory (a copy of it would not stop short).
+    pub fn is_mapped(&self) -> bool {
+        let len = self.len();
+        matches!(
+            self.for_each_range(0, len, |addr, n| {
+                vm_memory::GuestMemoryBackend::get_slice(self.mem, addr, n).map(|_| ()).map_err(|_| ())
+            }),
+            Ok(done) if done == len
+        )
     }
 
     /// Copies bytes `[offset, offset+buf.len())` into `buf`; returns bytes copied.

@@ -23,7 +23,7 @@ pub use multipath::{Failback, MultipathOptions, PathStatus, Policy};
 pub use options::{default_initiator_name, Chap, IscsiOptions};
 pub use url::IscsiUrl;
 
-use crate::scsi::task::{ScsiCommand, ScsiCompletion, TmfFunction, TransportError};
+use crate::scsi::task::{Completer, ScsiCommand, ScsiCompletion, TmfFunction, TransportError};
 
 /// A LUN of an iSCSI target, reached through the target's session on each portal (path),
 /// which it shares with the target's other LUNs (`registry`). Send + Sync: any thread
@@ -69,17 +69,13 @@ impl IscsiLun {
     /// Queues a command; `done` is called exactly once. Returns the command's id, which
     /// [`IscsiLun::abort_task`] takes.
     pub fn submit(&self, cmd: ScsiCommand, done: Box<dyn FnOnce(ScsiCompletion) + Send>) -> u64 {
-        self.core.submit(cmd, done, false)
+        self.core.submit(cmd, Completer::Once(done), false)
     }
 
     /// [`IscsiLun::submit`] without sending yet: the command goes out with the next
     /// [`IscsiLun::flush`] (or any other write on its path), together with the rest of the
     /// batch. The caller must flush.
-    pub fn submit_corked(
-        &self,
-        cmd: ScsiCommand,
-        done: Box<dyn FnOnce(ScsiCompletion) + Send>,
-    ) -> u64 {
+    pub fn submit_corked(&self, cmd: ScsiCommand, done: Completer) -> u64 {
         self.core.submit(cmd, done, true)
     }
 

@@ -114,7 +114,8 @@ impl Pdu {
     pub fn residual(&self) -> u32 {
         self.u32_at(44)
     }
-    fn data_len_field(&self) -> usize {
+    /// The DataSegmentLength field (without padding or digest).
+    pub fn data_len_field(&self) -> usize {
         (usize::from(self.bhs[5]) << 16)
             | (usize::from(self.bhs[6]) << 8)
             | usize::from(self.bhs[7])
@@ -140,7 +141,8 @@ impl Default for Framing {
     }
 }
 
-fn pad4(n: usize) -> usize {
+/// Padding bytes after a data segment of `n` bytes.
+pub fn pad4(n: usize) -> usize {
     (4 - n % 4) % 4
 }
 
@@ -182,6 +184,43 @@ pub fn encode_into(pdu: &Pdu, data: &[u8], framing: &Framing, out: &mut Vec<u8>)
     }
 }
 
+/// [`encode_into`] with a data segment of `dl` bytes that `fill` writes in place in
+/// `out` (from the guest's buffers, without a copy in between); false, with `out` as it
+/// was, when `fill` could not supply every byte.
+pub fn encode_filled_into(
+    pdu: &Pdu,
+    dl: usize,
+    framing: &Framing,
+    out: &mut Vec<u8>,
+    fill: impl FnOnce(&mut [u8]) -> bool,
+) -> bool {
+    let start = out.len();
+    let mut bhs = pdu.bhs;
+    bhs[4] = (pdu.ahs.len() / 4) as u8;
+    bhs[5] = (dl >> 16) as u8;
+    bhs[6] = (dl >> 8) as u8;
+    bhs[7] = dl as u8;
+    out.reserve(BHS_LEN + pdu.ahs.len() + dl + 12);
+    out.extend_from_slice(&bhs);
+    out.extend_from_slice(&pdu.ahs);
+    if framing.header_digest {
+        out.extend_from_slice(&digest(&[&bhs, &pdu.ahs]).to_le_bytes());
+    }
+    if dl > 0 {
+        let at = out.len();
+        out.resize(at + dl + pad4(dl), 0);
+        if !fill(&mut out[at..at + dl]) {
+            out.truncate(start);
+            return false;
+        }
+        if framing.data_digest {
+            let d = digest(&[&out[at..]]);
+            out.extend_from_slice(&d.to_le_bytes());
+        }
+    }
+    true
+}
+
 /// Writes one PDU.
 pub fn write_pdu(w: &mut impl Write, pdu: &Pdu, framing: &Framing) -> io::Result<()> {
     w.write_all(&encode(pdu, framing))
@@ -198,7 +237,16 @@ pub fn read_pdu(r: &mut impl Read, framing: &Framing) -> io::Result<Pdu> {
 
 /// [`read_pdu`] with the data segment read into `buf` (cleared first), so a reader can
 /// hand the previous PDU's buffer back instead of allocating one per PDU.
-pub fn read_pdu_into(r: &mut impl Read, framing: &Framing, mut buf: Vec<u8>) -> io::Result<Pdu> {
+pub fn read_pdu_into(r: &mut impl Read, framing: &Framing, buf: Vec<u8>) -> io::Result<Pdu> {
+    let mut pdu = read_header(r, framing)?;
+    read_data_into(r, framing, &mut pdu, buf)?;
+    Ok(pdu)
+}
+
+/// Reads a PDU's header (BHS, AHS and header digest), checking the digest and that the
+/// data segment it announces is not longer than we accept; the data segment follows
+/// ([`read_data_into`], or a reader that places it itself).
+pub fn read_header(r: &mut impl Read, framing: &Framing) -> io::Result<Pdu> {
     let mut pdu = Pdu::default();
     r.read_exact(&mut pdu.bhs)?;
     let ahs_len = usize::from(pdu.bhs[4]) * 4;
@@ -211,12 +259,24 @@ pub fn read_pdu_into(r: &mut impl Read, framing: &Framing, mut buf: Vec<u8>) -> 
             return Err(bad("header digest mismatch"));
         }
     }
-    let dl = pdu.data_len_field();
-    if dl > framing.max_recv_data.max(8192) {
+    if pdu.data_len_field() > framing.max_recv_data.max(8192) {
         return Err(bad("data segment longer than MaxRecvDataSegmentLength"));
     }
+    Ok(pdu)
+}
+
+/// Reads the data segment of `pdu` (whose header [`read_header`] read) into `buf` (cleared
+/// first), checking its digest. The buffer is handed back in the PDU even when it carries
+/// no data, so a reader reusing it keeps its allocation across PDUs without data.
+pub fn read_data_into(
+    r: &mut impl Read,
+    framing: &Framing,
+    pdu: &mut Pdu,
+    mut buf: Vec<u8>,
+) -> io::Result<()> {
+    let dl = pdu.data_len_field();
+    buf.clear();
     if dl > 0 {
-        buf.clear();
         buf.resize(dl + pad4(dl), 0);
         r.read_exact(&mut buf)?;
         if framing.data_digest {
@@ -227,9 +287,9 @@ pub fn read_pdu_into(r: &mut impl Read, framing: &Framing, mut buf: Vec<u8>) -> 
             }
         }
         buf.truncate(dl);
-        pdu.data = buf;
     }
-    Ok(pdu)
+    pdu.data = buf;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -489,6 +549,18 @@ mod tests {
         assert_eq!(back.ttt(), 0x777);
         assert_eq!(back.data_sn(), 2);
         assert_eq!(back.buffer_offset(), 0x0001_0000);
+        // Filled in place (data-out from guest memory): the same bytes, digests included;
+        // a fill that comes up short leaves the buffer as it was.
+        for framing in [plain(), f] {
+            let mut out = vec![0x77];
+            assert!(encode_filled_into(&p, 6, &framing, &mut out, |dst| {
+                dst.copy_from_slice(&p.data);
+                true
+            }));
+            assert_eq!(out[1..], encode(&p, &framing)[..]);
+            assert!(!encode_filled_into(&p, 6, &framing, &mut out, |_| false));
+            assert_eq!(out[1..], encode(&p, &framing)[..]);
+        }
 
         // A flipped bit in either digest, or anywhere they cover (padding included), is
         // refused.

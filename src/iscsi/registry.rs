@@ -103,6 +103,9 @@ impl Attachment {
     }
 
     /// Queues one of this LUN's commands on the session ([`Session::submit`]).
+    // The command comes back by value when no path takes it: boxing it would cost an
+    // allocation per command.
+    #[allow(clippy::result_large_err)]
     pub(crate) fn submit(&self, lun: LunId, c: PathCommand, cork: bool) -> Result<(), PathCommand> {
         self.session.submit(self.owner, lun, c, cork)
     }

@@ -52,7 +52,11 @@ fn sn_le(a: u32, b: u32) -> bool {
 /// The reserved tag value: no initiator or target task tag.
 const NO_TAG: u32 = 0xffff_ffff;
 
-pub(crate) type Done = Box<dyn FnOnce(ScsiCompletion) + Send>;
+pub(crate) type Done = crate::scsi::task::Completer;
+
+/// Commands a session's table holds without growing: twice the deepest queue a guest
+/// has in practice.
+const PENDING_CAPACITY: usize = 256;
 
 /// TMF answer slot value meaning "the connection went away before the answer".
 const TMF_LOST: u8 = 0xff;
@@ -141,7 +145,7 @@ pub(crate) trait PathEvents: Send + Sync {
     /// (`alua::refusal`), given back with the answer so the LUN layer can send it down
     /// another path. Without a LUN layer that does, it completes with that answer.
     fn port_refused(&self, _path: usize, command: PathCommand, answer: ScsiCompletion) {
-        (command.done)(answer)
+        command.done.complete(answer)
     }
 }
 
@@ -250,7 +254,10 @@ impl Session {
                 exp_stat_sn: 0,
                 max_cmd_sn: 0,
                 next_itt: 1,
-                pending: HashMap::new(),
+                // Sized for a deep queue from the start: with at most half of it in
+                // use, the churn of commands in and out rehashes in place, never
+                // allocating again.
+                pending: HashMap::with_capacity(PENDING_CAPACITY),
                 unsent: FairQueue::default(),
                 tmf: HashMap::new(),
                 recovering: false,

@@ -1,11 +1,16 @@
 //! The iSCSI passthrough LUN: every CDB goes unchanged to a LUN of an iSCSI target through
 //! vscsid's initiator ([`IscsiLun`], with multipath); status, sense and data come back
-//! unchanged. Data-out is copied into the command, data-in copied back on completion.
-//! A read-only LUN is the exception: it refuses commands that change data itself, and
+//! unchanged. READs and WRITEs move their data in place (`forwarded_io`): the session
+//! writes Data-In straight into the guest's buffers and sends Data-Out straight from them,
+//! and nothing is allocated per command. Other commands (INQUIRY, MODE SENSE, PERSISTENT
+//! RESERVE OUT, ...), whose data the initiator or this LUN looks at or changes, copy their
+//! data-out into the command and their data-in back on completion. A read-only LUN is the exception: it refuses commands that change data itself, and
 //! sets the write-protect bit in the target's MODE SENSE answers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::forwarded_io::{GuestIoLease, GuestIoPool};
 use super::{Answer, Command, HostError, IoContext, LunDevice, RawSense, Step, Task};
 use crate::backend::guest::DataBuffers;
 use crate::config::{IscsiLoginSettings, LunConfig, MultipathSettings};
@@ -14,11 +19,13 @@ use crate::scsi::cdb;
 use crate::scsi::task::{command, ScsiCompletion, TmfFunction, TransportError};
 use crate::scsi::{status, write_class, Sense};
 
-/// Largest data buffer of one passthrough command (it is copied, unlike local I/O).
+/// Largest data buffer of one passthrough command (a copied one is allocated).
 const MAX_PASSTHROUGH_BYTES: u64 = 16 << 20;
 
 pub struct IscsiPassthrough {
     lun: IscsiLun,
+    /// Guest buffers lent to READs and WRITEs in flight.
+    guest_io: Arc<GuestIoPool>,
     /// Commands that change data are refused here: the target does not know the LUN is
     /// configured read-only.
     readonly: bool,
@@ -87,6 +94,7 @@ pub fn open(
     }
     Ok(Box::new(IscsiPassthrough {
         lun,
+        guest_io: Arc::default(),
         readonly: l.readonly,
     }))
 }
@@ -145,6 +153,24 @@ fn refuse_on_readonly(readonly: bool, cdb: &[u8]) -> Option<Answer> {
     (readonly && write_class::changes_data(cdb)).then(|| Answer::Check(Sense::write_protected()))
 }
 
+/// Whether a command's data moves in place: READ and WRITE, whose data neither the
+/// initiator nor this LUN looks at.
+fn moves_data_in_place(cdb: &[u8]) -> bool {
+    matches!(
+        cdb.first(),
+        Some(
+            &(cdb::READ_6
+                | cdb::READ_10
+                | cdb::READ_12
+                | cdb::READ_16
+                | cdb::WRITE_6
+                | cdb::WRITE_10
+                | cdb::WRITE_12
+                | cdb::WRITE_16)
+        )
+    )
+}
+
 /// WP, bit 7 of the device-specific parameter of a MODE SENSE header (SBC-4 6.5.2).
 const WP: u8 = 0x80;
 
@@ -175,12 +201,27 @@ impl LunDevice for IscsiPassthrough {
         if out_len > MAX_PASSTHROUGH_BYTES || in_len > MAX_PASSTHROUGH_BYTES {
             return Step::Done(Answer::overrun());
         }
-        let mut data_out = vec![0u8; out_len as usize];
-        if io.data.out.read_at(0, &mut data_out) != data_out.len() {
-            return Step::Done(Answer::failure());
-        }
-        task.write_protect_byte = write_protect_byte(self.readonly, cmd.cdb);
-        let mut c = command(cmd.cdb, data_out, in_len as u32);
+        let lent = if moves_data_in_place(cmd.cdb) {
+            self.guest_io.lend(&io.data)
+        } else {
+            None
+        };
+        let mut c = match lent {
+            Some((lease, guest)) => {
+                task.guest_io = Some(lease);
+                let mut c = command(cmd.cdb, Vec::new(), in_len as u32);
+                c.guest = Some(guest);
+                c
+            }
+            None => {
+                let mut data_out = vec![0u8; out_len as usize];
+                if io.data.out.read_at(0, &mut data_out) != data_out.len() {
+                    return Step::Done(Answer::failure());
+                }
+                task.write_protect_byte = write_protect_byte(self.readonly, cmd.cdb);
+                command(cmd.cdb, data_out, in_len as u32)
+            }
+        };
         let op = cmd.cdb[0];
         c.cdb_len =
             cdb::cdb_len_for_opcode(op).unwrap_or(if op == cdb::VARIABLE_LENGTH { 32 } else { 16 });
@@ -193,23 +234,30 @@ impl LunDevice for IscsiPassthrough {
     }
 
     fn remote_done(&self, task: &mut Task, mut c: ScsiCompletion, data: DataBuffers<'_>) -> Answer {
+        // Closed before the guest is answered: no Data-In lands in its buffers after this.
+        let written_in_place = task.guest_io.take().map(GuestIoLease::end);
         let in_cap = data.inn.len();
         let resid = u32::try_from(in_cap).unwrap_or(u32::MAX);
         let host = |error| Answer::Host { error, resid };
         match c.result {
             Ok(st) => {
-                if st.status == status::GOOD {
-                    set_write_protect(&mut c.data_in, task.write_protect_byte);
-                }
-                let n = c
-                    .data_in
-                    .len()
-                    .min(usize::try_from(in_cap).unwrap_or(usize::MAX));
-                let written = data.inn.write_at(0, &c.data_in[..n]);
+                let written = match written_in_place {
+                    Some(n) => n.min(in_cap),
+                    None => {
+                        if st.status == status::GOOD {
+                            set_write_protect(&mut c.data_in, task.write_protect_byte);
+                        }
+                        let n = c
+                            .data_in
+                            .len()
+                            .min(usize::try_from(in_cap).unwrap_or(usize::MAX));
+                        data.inn.write_at(0, &c.data_in[..n]) as u64
+                    }
+                };
                 Answer::Status {
                     status: st.status,
                     sense: RawSense::new(&st.sense),
-                    data_in: written as u64,
+                    data_in: written,
                 }
             }
             // No path within no_path_retry, or none that could carry the command in

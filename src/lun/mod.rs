@@ -17,6 +17,7 @@
 //! live here, beside the emulated disk that needs them.
 
 mod disk;
+mod forwarded_io;
 mod gate;
 mod identity;
 mod iscsi;
@@ -46,7 +47,7 @@ use crate::backend::guest::{DataBuffers, GuestData};
 use crate::backend::BlockIo;
 use crate::config::IoLimits;
 use crate::scsi::disk::DiskProperties;
-use crate::scsi::task::{ScsiCompletion, TaskAttr, TmfFunction, TransportError};
+use crate::scsi::task::{Completer, ScsiCompletion, TaskAttr, TmfFunction, TransportError};
 use crate::scsi::{DataOut, Outcome, Sense};
 
 pub use iscsi_all::{expand_all_luns, Discovery};
@@ -158,7 +159,7 @@ pub enum Step {
 /// Builds the callback through which a forwarded command is answered (on whatever thread
 /// the answer arrives).
 pub trait ReplyLater {
-    fn callback(&self, id: usize) -> Box<dyn FnOnce(ScsiCompletion) + Send>;
+    fn callback(&self, id: usize) -> Completer;
 }
 
 /// What a LUN may use while it runs a command.

@@ -26,7 +26,7 @@ use crate::scsi::reservation::{
     self, access, persistent_reserve_in, persistent_reserve_out, reserve_release, Access, PrAnswer,
     ReservationState,
 };
-use crate::scsi::task::{ScsiCompletion, ScsiStatus};
+use crate::scsi::task::{Completer, ScsiCompletion, ScsiStatus};
 use crate::scsi::{cdb, status, DataOut, Sense};
 
 /// How often a shared LUN's thread looks for abort requests and finished preemptions.
@@ -62,7 +62,7 @@ struct Waiting {
     id: u64,
     victims: Vec<String>,
     deadline: Instant,
-    reply: Box<dyn FnOnce(ScsiCompletion) + Send>,
+    reply: Completer,
 }
 
 /// A LUN's reservations for the operator (`vscsid ctl reservations`).
@@ -376,12 +376,7 @@ impl LunReservations {
 
     /// Answers a PREEMPT AND ABORT through `reply` once the daemons serving `victims` have
     /// drained (or are gone, or [`ABORT_WAIT`] passed).
-    pub fn wait_for(
-        &self,
-        id: u64,
-        victims: Vec<String>,
-        reply: Box<dyn FnOnce(ScsiCompletion) + Send>,
-    ) {
+    pub fn wait_for(&self, id: u64, victims: Vec<String>, reply: Completer) {
         let w = Waiting {
             id,
             victims,
@@ -407,7 +402,7 @@ impl LunReservations {
                 s.aborts.retain(|a| a.id != ids);
                 (s.aborts.len() != before, false, ())
             });
-            (w.reply)(ScsiCompletion {
+            w.reply.complete(ScsiCompletion {
                 result: Ok(ScsiStatus {
                     status: status::GOOD,
                     sense: Vec::new(),

@@ -1,6 +1,7 @@
 //! Per-command state of the LUN layer, kept by the worker in the command's slot and reused
 //! from command to command so the hot path does not allocate.
 
+use super::forwarded_io::GuestIoLease;
 use super::gate::GateHold;
 use super::medium::Job;
 use crate::scsi::{IoRequest, Sense};
@@ -32,6 +33,9 @@ pub struct Task {
     /// A passthrough command whose data moves straight between guest memory and the
     /// device (no buffer of the LUN in between).
     pub(super) direct_data: bool,
+    /// The guest buffers a forwarded command's data moves through in place; dropping it
+    /// ends every write into them.
+    pub(super) guest_io: Option<GuestIoLease>,
 }
 
 impl Task {
@@ -58,5 +62,6 @@ impl Task {
         self.reservation_counted = false;
         self.write_protect_byte = None;
         self.direct_data = false;
+        self.guest_io = None;
     }
 }

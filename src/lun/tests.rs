@@ -24,8 +24,8 @@ const BUF: u32 = 0x20000;
 struct NoReply;
 
 impl ReplyLater for NoReply {
-    fn callback(&self, _id: usize) -> Box<dyn FnOnce(ScsiCompletion) + Send> {
-        Box::new(|_| {})
+    fn callback(&self, _id: usize) -> Completer {
+        Completer::new(|_| {})
     }
 }
 

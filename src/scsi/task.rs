@@ -2,6 +2,14 @@
 //! (SAM-5): task attributes, a command to forward with its data-out, the status and sense
 //! that came back, residuals, transport failures and task management functions. The iSCSI
 //! initiator and the passthrough LUNs share these.
+//!
+//! A forwarded command's data either travels in the command (`data_out`, and `data_in` of
+//! its completion), or stays in the guest's buffers ([`GuestIo`]): the transport reads
+//! data-out from them and writes data-in into them in place, and the completion carries
+//! no data. Its answer goes back through a [`Completer`]: a closure, or a shared
+//! [`CompletionSink`] and the command's id there, which costs no allocation per command.
+
+use std::sync::Arc;
 
 /// SAM task attribute of a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -19,9 +27,72 @@ pub enum TaskAttr {
 pub struct ScsiCommand {
     pub cdb: [u8; 32],
     pub cdb_len: usize,
+    /// Data-out carried in the command (empty when `guest` holds it).
     pub data_out: Vec<u8>,
     pub data_in_len: u32,
     pub task_attr: TaskAttr,
+    /// The guest's buffers, when data moves in place instead of in the command.
+    pub guest: Option<GuestIo>,
+}
+
+impl ScsiCommand {
+    /// Bytes of data-out, wherever they are.
+    pub fn out_len(&self) -> usize {
+        match &self.guest {
+            Some(g) => g.out_len,
+            None => self.data_out.len(),
+        }
+    }
+}
+
+/// The guest's buffers of one forwarded command, read and written in place by the
+/// transport (from whatever thread it runs on).
+pub trait GuestBuffers: Send + Sync {
+    /// Copies data-out bytes `[offset, offset + buf.len())` into `buf`; returns the bytes
+    /// copied (fewer when the guest's buffers are shorter or the command has ended).
+    fn read_out(&self, offset: usize, buf: &mut [u8]) -> usize;
+    /// Writes `data` at data-in offset `offset`; returns the bytes written: nothing past
+    /// the guest's data-in buffers, nothing once the command has ended.
+    fn write_in(&self, offset: usize, data: &[u8]) -> usize;
+}
+
+/// A command's guest buffers and its data-out length.
+#[derive(Clone)]
+pub struct GuestIo {
+    pub buffers: Arc<dyn GuestBuffers>,
+    pub out_len: usize,
+}
+
+impl std::fmt::Debug for GuestIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GuestIo {{ out_len: {} }}", self.out_len)
+    }
+}
+
+/// Receives the answers of many commands, each by its id (a worker's forwarded commands).
+pub trait CompletionSink: Send + Sync {
+    fn complete(&self, id: usize, c: ScsiCompletion);
+}
+
+/// Where a command's answer goes; used exactly once.
+pub enum Completer {
+    /// A closure of its own (commands the initiator makes, wrappers of the LUN layer).
+    Once(Box<dyn FnOnce(ScsiCompletion) + Send>),
+    /// A shared sink and the command's id there: no allocation per command.
+    Sink(Arc<dyn CompletionSink>, usize),
+}
+
+impl Completer {
+    pub fn new(f: impl FnOnce(ScsiCompletion) + Send + 'static) -> Completer {
+        Completer::Once(Box::new(f))
+    }
+
+    pub fn complete(self, c: ScsiCompletion) {
+        match self {
+            Completer::Once(f) => f(c),
+            Completer::Sink(sink, id) => sink.complete(id, c),
+        }
+    }
 }
 
 /// Status and raw sense bytes of a completed command.
@@ -96,5 +167,6 @@ pub fn command(cdb: &[u8], data_out: Vec<u8>, data_in_len: u32) -> ScsiCommand {
         data_out,
         data_in_len,
         task_attr: TaskAttr::Simple,
+        guest: None,
     }
 }

@@ -37,9 +37,10 @@ impl RemoteAnswers {
         }
     }
 
-    /// Every answer posted so far.
-    pub fn take(&self) -> Vec<(usize, ScsiCompletion)> {
-        std::mem::take(&mut *lock(&self.items))
+    /// Moves every answer posted so far into `into` (empty), which leaves its allocation
+    /// here for the next posts: handing answers over allocates nothing per batch.
+    pub fn take_into(&self, into: &mut Vec<(usize, ScsiCompletion)>) {
+        std::mem::swap(&mut *lock(&self.items), into);
     }
 
     pub fn is_empty(&self) -> bool {

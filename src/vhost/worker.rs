@@ -21,7 +21,7 @@ use super::slot::{Slot, Tally};
 use crate::backend::guest::{Mem, MemGuard};
 use crate::backend::BlockIo;
 use crate::lun::{answer_emulated, Answer, Command, Cost, HostError, Lun, ReplyLater, Route, Step};
-use crate::scsi::task::ScsiCompletion;
+use crate::scsi::task::{Completer, CompletionSink, ScsiCompletion};
 use crate::scsi::DATA_IN_SCRATCH;
 use crate::virtio::request::{self, CmdRequest};
 
@@ -35,6 +35,9 @@ pub struct Worker {
     scratch: Vec<u8>,
     /// Completions reaped in one pass (kept to avoid allocating per pass).
     reaped: Vec<(usize, i32)>,
+    /// Forwarded commands' answers taken in one pass; swapped with the list they were
+    /// posted to, so neither allocates again.
+    answered: Vec<(usize, ScsiCompletion)>,
     /// A queue stopped popping because every slot was busy.
     throttled: bool,
     /// The thread busy-polls after this pass: guest notifications stay off after a batch
@@ -105,30 +108,35 @@ fn nonblocking_timer() -> std::io::Result<TimerFd> {
 }
 
 /// How a forwarded command's answer reaches its worker: on the initiator thread when the
-/// worker is free (no hand-over, no wake-up), otherwise through [`RemoteAnswers`].
+/// worker is free (no hand-over, no wake-up), otherwise through [`RemoteAnswers`]. One
+/// sink serves every command of the worker (no allocation per command).
 struct Replier {
+    answers: Arc<RemoteAnswers>,
+    sink: Arc<ReplySink>,
+}
+
+struct ReplySink {
     answers: Arc<RemoteAnswers>,
     shared: Weak<Shared>,
     worker: Weak<Mutex<Worker>>,
 }
 
-impl ReplyLater for Replier {
-    fn callback(&self, id: usize) -> Box<dyn FnOnce(ScsiCompletion) + Send> {
-        let (answers, shared, worker) = (
-            self.answers.clone(),
-            self.shared.clone(),
-            self.worker.clone(),
-        );
-        Box::new(move |c| {
-            if let (Some(sh), Some(w)) = (shared.upgrade(), worker.upgrade()) {
-                // Busy (or this is its own thread inside a batch): hand the answer over.
-                if let Ok(mut w) = w.try_lock() {
-                    w.finish_remote_here(id, c, &sh);
-                    return;
-                }
+impl CompletionSink for ReplySink {
+    fn complete(&self, id: usize, c: ScsiCompletion) {
+        if let (Some(sh), Some(w)) = (self.shared.upgrade(), self.worker.upgrade()) {
+            // Busy (or this is its own thread inside a batch): hand the answer over.
+            if let Ok(mut w) = w.try_lock() {
+                w.finish_remote_here(id, c, &sh);
+                return;
             }
-            answers.post(id, c);
-        })
+        }
+        self.answers.post(id, c);
+    }
+}
+
+impl ReplyLater for Replier {
+    fn callback(&self, id: usize) -> Completer {
+        Completer::Sink(self.sink.clone(), id)
     }
 }
 
@@ -144,12 +152,16 @@ impl Worker {
             max_slots: max_inflight,
             scratch: vec![0u8; DATA_IN_SCRATCH],
             reaped: Vec::with_capacity(max_inflight),
+            answered: Vec::with_capacity(max_inflight),
             throttled: false,
             polling: false,
             replier: Replier {
+                sink: Arc::new(ReplySink {
+                    answers: answers.clone(),
+                    shared: Weak::new(),
+                    worker: Weak::new(),
+                }),
                 answers,
-                shared: Weak::new(),
-                worker: Weak::new(),
             },
             vrings: Vec::new(),
             corked: Vec::new(),
@@ -163,8 +175,11 @@ impl Worker {
 
     /// Tells the worker where it lives, for answers that arrive on other threads.
     pub fn attach(&mut self, shared: Weak<Shared>, me: Weak<Mutex<Worker>>) {
-        self.replier.shared = shared;
-        self.replier.worker = me;
+        self.replier.sink = Arc::new(ReplySink {
+            answers: self.replier.answers.clone(),
+            shared,
+            worker: me,
+        });
     }
 
     /// A handle that wakes this worker (its completion eventfd), for other threads.
@@ -623,9 +638,12 @@ impl Worker {
         }
         reaped.clear();
         self.reaped = reaped;
-        for (id, c) in self.replier.answers.take() {
+        let mut answered = std::mem::take(&mut self.answered);
+        self.replier.answers.take_into(&mut answered);
+        for (id, c) in answered.drain(..) {
             to_signal |= self.answer_remote(id, c, sh, vrings);
         }
+        self.answered = answered;
         if !self.parked.is_empty() {
             to_signal |= self.resume_parked(sh, vrings);
         }

@@ -34,9 +34,21 @@ pub enum Misbehaviour {
     /// and closes the connection: a path that logs in and fails again at once without
     /// ever carrying a guest's command.
     DropsAfterInquiry,
+    /// A READ is answered with Data-In past its buffer: a segment longer than asked for,
+    /// one at an offset past the end, one at an offset near 4 GiB (all bytes
+    /// `PAST_THE_BUFFER_BYTE`), then GOOD status.
+    DataInPastTheBuffer,
+    /// READs are held unanswered until [`HostileTarget::release_reads`], then answered
+    /// in full (bytes `HELD_READ_BYTE`) with GOOD status.
+    HoldsReads,
     /// Nothing: every command is answered correctly.
     WellBehaved,
 }
+
+/// What a [`Misbehaviour::DataInPastTheBuffer`] target's Data-In holds.
+pub const PAST_THE_BUFFER_BYTE: u8 = 0xee;
+/// What a [`Misbehaviour::HoldsReads`] target's Data-In holds.
+pub const HELD_READ_BYTE: u8 = 0xab;
 
 /// The DataSegmentLength of the bad Data-In: far above the initiator's 256 KiB default.
 pub const OVERSIZED_SEGMENT: u32 = 4 << 20;
@@ -58,6 +70,8 @@ pub struct HostileTarget {
     logins: Arc<AtomicUsize>,
     logouts: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
+    held: Arc<AtomicUsize>,
+    release: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -69,9 +83,13 @@ impl HostileTarget {
         let logins = Arc::new(AtomicUsize::new(0));
         let logouts = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
+        let held = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new(AtomicBool::new(false));
         let counts = Counts {
             logins: logins.clone(),
             logouts: logouts.clone(),
+            held: held.clone(),
+            release: release.clone(),
         };
         let s = stop.clone();
         let thread = std::thread::Builder::new()
@@ -83,8 +101,21 @@ impl HostileTarget {
             logins,
             logouts,
             stop,
+            held,
+            release,
             thread: Some(thread),
         }
+    }
+
+    /// READs a [`Misbehaviour::HoldsReads`] target holds (or held) unanswered.
+    pub fn held_reads(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+
+    /// Lets a [`Misbehaviour::HoldsReads`] target answer the READs it holds, and the
+    /// following ones at once.
+    pub fn release_reads(&self) {
+        self.release.store(true, Ordering::Release);
     }
 
     /// Logins that reached the full feature phase so far.
@@ -117,6 +148,8 @@ pub const TARGET_NAME: &str = "iqn.2024-01.io.vscsid.test:hostile";
 struct Counts {
     logins: Arc<AtomicUsize>,
     logouts: Arc<AtomicUsize>,
+    held: Arc<AtomicUsize>,
+    release: Arc<AtomicBool>,
 }
 
 fn accept_loop(
@@ -153,6 +186,10 @@ struct Conn {
     exp_cmd_sn: u32,
     /// MaxCmdSN when the target keeps the window from moving.
     fixed_max_cmd_sn: Option<u32>,
+    /// READs held unanswered (their LUN and ITT bytes, and length).
+    held: Vec<([u8; 8], u32, u32)>,
+    held_count: Arc<AtomicUsize>,
+    release: Arc<AtomicBool>,
 }
 
 impl Conn {
@@ -172,7 +209,11 @@ impl Conn {
             match self.s.peek(&mut first) {
                 Ok(0) => return None,
                 Ok(_) => break,
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    if !self.answer_held() {
+                        return None;
+                    }
+                }
                 Err(_) => return None,
             }
         }
@@ -180,6 +221,31 @@ impl Conn {
         let p = pdu::read_pdu(&mut self.s, &framing).ok();
         self.s.set_read_timeout(Some(POLL)).ok()?;
         p
+    }
+
+    /// Answers the held READs once they are released; false when the connection failed.
+    fn answer_held(&mut self) -> bool {
+        if self.held.is_empty() || !self.release.load(Ordering::Acquire) {
+            return true;
+        }
+        for (lun, itt, expected) in std::mem::take(&mut self.held) {
+            if !self.data_in_with_status(lun, itt, vec![HELD_READ_BYTE; expected as usize]) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// One Data-In with all of a READ's data and GOOD status.
+    fn data_in_with_status(&mut self, lun: [u8; 8], itt: u32, data: Vec<u8>) -> bool {
+        let mut r = Pdu::new(op::DATA_IN);
+        r.set_flags(F_FINAL | 0x01);
+        r.bhs[8..16].copy_from_slice(&lun);
+        r.set_itt(itt);
+        r.set_u32(20, NO_TAG);
+        self.numbers(&mut r, true);
+        r.data = data;
+        self.send(&r)
     }
 
     fn send(&mut self, p: &Pdu) -> bool {
@@ -331,6 +397,38 @@ impl Conn {
             bytes.extend_from_slice(&[0u8; 4096]);
             return self.s.write_all(&bytes).is_ok();
         }
+        if is_read && misbehaviour == Misbehaviour::HoldsReads {
+            let mut lun = [0u8; 8];
+            lun.copy_from_slice(&p.bhs[8..16]);
+            self.held.push((lun, p.itt(), expected));
+            self.held_count.fetch_add(1, Ordering::AcqRel);
+            return self.answer_held();
+        }
+        if is_read && misbehaviour == Misbehaviour::DataInPastTheBuffer {
+            // Longer than asked for, past the end, and near the end of the offset space.
+            let pieces = [
+                (0u32, expected.saturating_add(4096)),
+                (expected.saturating_add(65536), 512),
+                (0xffff_fe00, 512),
+            ];
+            for (offset, len) in pieces {
+                let mut r = Pdu::new(op::DATA_IN);
+                r.bhs[8..16].copy_from_slice(&p.bhs[8..16]);
+                r.set_itt(p.itt());
+                r.set_u32(20, NO_TAG);
+                self.numbers(&mut r, false);
+                r.set_u32(40, offset);
+                r.data = vec![PAST_THE_BUFFER_BYTE; len as usize];
+                if !self.send(&r) {
+                    return false;
+                }
+            }
+            let mut r = Pdu::new(op::SCSI_RESP);
+            r.set_flags(F_FINAL);
+            r.set_itt(p.itt());
+            self.numbers(&mut r, true);
+            return self.send(&r);
+        }
         if is_write && misbehaviour == Misbehaviour::R2tOutsideData {
             let mut r = Pdu::new(op::R2T);
             r.set_flags(F_FINAL);
@@ -395,6 +493,9 @@ fn serve(
         stat_sn: 1,
         exp_cmd_sn: 1,
         fixed_max_cmd_sn: None,
+        held: Vec::new(),
+        held_count: counts.held.clone(),
+        release: counts.release.clone(),
     };
     if !c.login(stop, misbehaviour) {
         return;

@@ -249,7 +249,7 @@ pub(super) fn port_refused<C: AluaPaths>(
     answer: ScsiCompletion,
 ) {
     let Some(refusal) = alua::refusal(&answer) else {
-        return (command.done)(answer);
+        return command.done.complete(answer);
     };
     if let Some(state) = refusal.state() {
         if core.state(path) != state {
@@ -271,7 +271,7 @@ pub(super) fn port_refused<C: AluaPaths>(
     let may_resend = refusal == Refusal::StateChanged || core.reissue_is_safe(cdb);
     command.reissues += 1;
     if !may_resend || command.reissues > core.max_reissues() {
-        return (command.done)(answer);
+        return command.done.complete(answer);
     }
     if let Some(p) = core.follow().ports.get(path) {
         p.redirected.fetch_add(1, Ordering::Relaxed);
@@ -291,9 +291,9 @@ pub(super) fn guest_view(cdb: &[u8], done: Done) -> Done {
     if !alua::is_standard_inquiry(cdb) {
         return done;
     }
-    Box::new(move |mut c: ScsiCompletion| {
+    Done::new(move |mut c: ScsiCompletion| {
         alua::hide_tpgs(&mut c.data_in);
-        done(c)
+        done.complete(c)
     })
 }
 

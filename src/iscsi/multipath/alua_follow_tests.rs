@@ -130,11 +130,11 @@ impl AluaPaths for Fake {
             .lock()
             .unwrap()
             .push(u64::from(command.reissues));
-        (command.done)(good(Vec::new()).unwrap());
+        command.done.complete(good(Vec::new()).unwrap());
     }
     fn resend_on(&self, path: usize, command: PathCommand) {
         self.resent_on.lock().unwrap().push(path);
-        (command.done)(good(Vec::new()).unwrap());
+        command.done.complete(good(Vec::new()).unwrap());
     }
     fn flush(&self) {}
     fn reissue_is_safe(&self, cdb: &[u8]) -> bool {
@@ -161,7 +161,7 @@ fn path_command(cdb: &[u8]) -> (PathCommand, Arc<Mutex<Option<ScsiCompletion>>>)
     let c = PathCommand {
         id: 1,
         cmd: command(cdb, Vec::new(), 0),
-        done: Box::new(move |c| *s.lock().unwrap() = Some(c)),
+        done: crate::scsi::task::Completer::new(move |c| *s.lock().unwrap() = Some(c)),
         reissues: 0,
         probe: false,
     };

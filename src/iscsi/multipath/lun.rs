@@ -279,7 +279,7 @@ impl Core {
             .held_attention
             .take_for(&cmd.cdb[..cmd.cdb_len.min(32)])
         {
-            done(ScsiCompletion {
+            done.complete(ScsiCompletion {
                 result: Ok(ScsiStatus {
                     status: crate::scsi::status::CHECK_CONDITION,
                     sense,
@@ -299,11 +299,11 @@ impl Core {
             Some(PrOut::Clear) => {
                 // Every registration is gone, the guest's too: joining paths stay so.
                 let me = self.me.clone();
-                Box::new(move |c: ScsiCompletion| {
+                Done::new(move |c: ScsiCompletion| {
                     if let Some(core) = me.upgrade().filter(|_| is_good(&c)) {
                         *core.remembered() = Remembered::Nothing;
                     }
-                    done(c)
+                    done.complete(c)
                 })
             }
             _ => done,
@@ -342,7 +342,7 @@ impl Core {
         let first = Arc::new(AtomicUsize::new(usize::MAX));
         let me = self.me.clone();
         let sent_on = first.clone();
-        let done: Done = Box::new(move |c: ScsiCompletion| match me.upgrade() {
+        let done: Done = Done::new(move |c: ScsiCompletion| match me.upgrade() {
             Some(core) if is_good(&c) => core.succeeded(
                 repeat,
                 registration,
@@ -350,7 +350,7 @@ impl Core {
                 c,
                 done,
             ),
-            _ => done(c),
+            _ => done.complete(c),
         });
         let mut q = PathCommand {
             id,
@@ -394,7 +394,7 @@ impl Core {
             .filter(|&i| i != first && self.paths[i].session.is_up())
             .collect();
         let Some(core) = self.me.upgrade().filter(|_| !others.is_empty()) else {
-            return done(answer);
+            return done.complete(answer);
         };
         // The guest's answer, given by whoever takes it: the thread after the repeats, or
         // this function if the thread cannot start.
@@ -410,7 +410,7 @@ impl Core {
                 core.repeat_on(i, &repeat);
             }
             if let Some((done, answer)) = take(&thread_reply) {
-                done(answer);
+                done.complete(answer);
             }
         };
         // Without a thread the repeats are skipped: the guest still gets its answer, and
@@ -425,7 +425,7 @@ impl Core {
                 "iSCSI: cannot start the thread that registers the other paths: {e}"
             );
             if let Some((done, answer)) = take(&reply) {
-                done(answer);
+                done.complete(answer);
             }
         }
     }
@@ -538,13 +538,15 @@ impl Core {
         let mut st = self.lock();
         if self.closing.load(Ordering::Acquire) {
             drop(st);
-            (q.done)(ScsiCompletion::failed(TransportError::Closed));
+            q.done
+                .complete(ScsiCompletion::failed(TransportError::Closed));
             return;
         }
         let since = *st.outage_since.get_or_insert_with(Instant::now);
         if self.outage_expired(since) {
             drop(st);
-            (q.done)(ScsiCompletion::failed(TransportError::Timeout));
+            q.done
+                .complete(ScsiCompletion::failed(TransportError::Timeout));
             return;
         }
         st.queued.push_back(q);
@@ -596,7 +598,8 @@ impl Core {
             "iSCSI: no path came back within no_path_retry; failing queued commands"
         );
         for q in expired {
-            (q.done)(ScsiCompletion::failed(TransportError::Timeout));
+            q.done
+                .complete(ScsiCompletion::failed(TransportError::Timeout));
         }
     }
 
@@ -610,7 +613,8 @@ impl Core {
                 .and_then(|i| st.queued.remove(i))
         };
         if let Some(q) = queued {
-            (q.done)(ScsiCompletion::failed(TransportError::Aborted));
+            q.done
+                .complete(ScsiCompletion::failed(TransportError::Aborted));
             return Ok(0);
         }
         for p in &self.paths {
@@ -633,7 +637,8 @@ impl Core {
         };
         let queued = std::mem::take(&mut self.lock().queued);
         for q in queued {
-            (q.done)(ScsiCompletion::failed(TransportError::Aborted));
+            q.done
+                .complete(ScsiCompletion::failed(TransportError::Aborted));
         }
         let mut result = Ok(0);
         for p in &self.paths {
@@ -721,7 +726,8 @@ impl Core {
         }
         let queued = std::mem::take(&mut self.lock().queued);
         for q in queued {
-            (q.done)(ScsiCompletion::failed(TransportError::Closed));
+            q.done
+                .complete(ScsiCompletion::failed(TransportError::Closed));
         }
     }
 
@@ -733,7 +739,7 @@ impl Core {
         let c = PathCommand {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             cmd,
-            done: Box::new(move |c| {
+            done: Done::new(move |c| {
                 let _ = tx.send(c);
             }),
             reissues: 0,
@@ -844,13 +850,15 @@ impl PathEvents for Core {
             if o.sent {
                 if !reissue_is_safe(&c.cmd.cdb[..c.cmd.cdb_len.min(32)]) {
                     failed += 1;
-                    (c.done)(ScsiCompletion::failed(TransportError::Disrupted));
+                    c.done
+                        .complete(ScsiCompletion::failed(TransportError::Disrupted));
                     continue;
                 }
                 c.reissues += 1;
                 if c.reissues > MAX_REISSUES {
                     gave_up += 1;
-                    (c.done)(ScsiCompletion::failed(TransportError::ReissueLimit));
+                    c.done
+                        .complete(ScsiCompletion::failed(TransportError::ReissueLimit));
                     continue;
                 }
             }

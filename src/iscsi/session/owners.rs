@@ -80,7 +80,7 @@ impl Session {
             done
         };
         for d in done {
-            d(ScsiCompletion::failed(TransportError::Closed));
+            d.complete(ScsiCompletion::failed(TransportError::Closed));
         }
     }
 
@@ -188,6 +188,8 @@ impl Session {
 
 fn fail(orphans: Vec<Orphan>) {
     for o in orphans {
-        (o.command.done)(ScsiCompletion::failed(TransportError::Closed));
+        o.command
+            .done
+            .complete(ScsiCompletion::failed(TransportError::Closed));
     }
 }

@@ -1,18 +1,20 @@
-//! A session's reader thread: every PDU the target sends. Data-In is reassembled into the
-//! command's buffer, SCSI Response and Data-In with status complete commands (status,
+//! A session's reader thread: every PDU the target sends. Data-In is written from the
+//! connection's read buffer straight into the guest's buffers of a command that has them
+//! (`GuestIo`; with a data digest, once the digest is checked), or reassembled into the
+//! command's own buffer, SCSI Response and Data-In with status complete commands (status,
 //! sense, residuals), R2T sends the data asked for, NOP-In answers our pings and the
 //! target's, and each PDU moves the CmdSN window and ExpStatSN. A PDU the target must not
 //! send (too long, an R2T outside the data, an unknown opcode) is a protocol error: the
 //! connection is dropped and the error counts against reconnecting.
 
-use std::io::BufReader;
+use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::send::{flush_out, queue_data_out};
-use super::{sn_le, Completions, Loss, PathCommand, Session, State, NO_TAG};
+use super::send::{flush_out, queue_data_out, DataOutTo};
+use super::{sn_le, Completions, Done, Loss, PathCommand, Session, State, NO_TAG};
 use crate::iscsi::alua;
 use crate::iscsi::pdu::{self, op, Framing, Pdu, F_FINAL};
 use crate::scsi::task::{Residual, ScsiCompletion, ScsiStatus, TransportError};
@@ -25,10 +27,23 @@ impl Session {
         generation: u64,
     ) {
         let mut r = BufReader::with_capacity(256 * 1024, stream);
-        // The last PDU's data buffer, reused for the next one.
+        // The last PDU's data buffer, reused for the next one; and the completions of one
+        // PDU, kept for the next: the steady state allocates nothing per PDU.
         let mut spare = Vec::new();
+        let mut done = Completions::new();
         loop {
-            let pdu = match pdu::read_pdu_into(&mut r, &framing, std::mem::take(&mut spare)) {
+            let read = pdu::read_header(&mut r, &framing).and_then(|mut pdu| {
+                if self.streams_into_guest(&pdu, &framing, generation) {
+                    self.stream_data_in(&mut r, &pdu, generation)?;
+                    // Handled as a Data-In without data: only its status is left.
+                    pdu.data = std::mem::take(&mut spare);
+                    pdu.data.clear();
+                } else {
+                    pdu::read_data_into(&mut r, &framing, &mut pdu, std::mem::take(&mut spare))?;
+                }
+                Ok(pdu)
+            });
+            let pdu = match read {
                 Ok(p) => p,
                 Err(e) => {
                     let mut st = self.lock();
@@ -47,7 +62,6 @@ impl Session {
                     return;
                 }
             };
-            let mut done = Completions::new();
             {
                 let mut st = self.lock();
                 if st.generation != generation {
@@ -66,10 +80,67 @@ impl Session {
             self.stats
                 .ios
                 .fetch_add(done.len() as u64, Ordering::Relaxed);
-            for (f, c) in done {
-                f(c);
+            for (f, c) in done.drain(..) {
+                f.complete(c);
             }
+            spare = pdu.data;
         }
+    }
+
+    /// Whether `pdu` is a Data-In (with data, and no data digest to check first) of a
+    /// command of this connection that has guest buffers: its data goes straight there.
+    fn streams_into_guest(&self, pdu: &Pdu, framing: &Framing, generation: u64) -> bool {
+        if pdu.opcode() != op::DATA_IN || pdu.data_len_field() == 0 || framing.data_digest {
+            return false;
+        }
+        let st = self.lock();
+        st.generation == generation
+            && st
+                .pending
+                .get(&pdu.itt())
+                .is_some_and(|p| p.cmd.guest.is_some())
+    }
+
+    /// Reads the data segment of Data-In `pdu` from the connection's read buffer straight
+    /// into its command's guest buffers, as much as the buffer holds at a time. Each piece
+    /// is written under the session lock and only while the command is still pending on
+    /// this connection (a command completed, aborted or handed to another path meanwhile
+    /// gets nothing more from here); nothing blocks while the lock is held.
+    fn stream_data_in(
+        &self,
+        r: &mut BufReader<TcpStream>,
+        pdu: &Pdu,
+        generation: u64,
+    ) -> std::io::Result<()> {
+        let dl = pdu.data_len_field();
+        let total = dl + pdu::pad4(dl);
+        let itt = pdu.itt();
+        let offset = pdu.buffer_offset() as usize;
+        let mut at = 0usize;
+        while at < total {
+            let piece = r.fill_buf()?;
+            if piece.is_empty() {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let n = piece.len().min(total - at);
+            let data = n.min(dl.saturating_sub(at));
+            if data > 0 {
+                let st = self.lock();
+                let guest = st
+                    .pending
+                    .get(&itt)
+                    .filter(|_| st.generation == generation)
+                    .and_then(|p| p.cmd.guest.as_ref());
+                if let Some(g) = guest {
+                    // Clipped to the guest's data-in buffers, whatever the offset.
+                    g.buffers
+                        .write_in(offset.saturating_add(at), &piece[..data]);
+                }
+            }
+            r.consume(n);
+            at += n;
+        }
+        Ok(())
     }
 
     /// Logs why the connection is dropped, at most once per kind and interval.
@@ -123,7 +194,13 @@ impl Session {
                     let off = p.buffer_offset() as usize;
                     let limit = pend.cmd.data_in_len as usize;
                     let end = off.saturating_add(p.data.len()).min(limit);
-                    if off < end {
+                    if off < end && pend.cmd.guest.is_some() {
+                        // Straight into the guest's buffers: only while the command is
+                        // pending here (this lock), never past its data-in length.
+                        if let Some(g) = &pend.cmd.guest {
+                            g.buffers.write_in(off, &p.data[..end - off]);
+                        }
+                    } else if off < end {
                         if pend.data_in.capacity() == 0 {
                             // One allocation for the whole transfer.
                             pend.data_in.reserve_exact(limit);
@@ -181,16 +258,19 @@ impl Session {
                 };
                 let off = p.buffer_offset() as usize;
                 let len = p.residual() as usize; // desired data transfer length
-                let end = off.saturating_add(len).min(pend.cmd.data_out.len());
-                if pend.cmd.data_out.get(off..end).is_none() {
+                let end = off.saturating_add(len).min(pend.cmd.out_len());
+                if off > end {
                     return Err(protocol_error("R2T outside the command's data"));
                 }
-                let lun = pend.lun.to_u64();
-                let exp = st.exp_stat_sn;
+                let to = DataOutTo {
+                    lun: pend.lun.to_u64(),
+                    itt,
+                    ttt: p.ttt(),
+                    exp_stat_sn: st.exp_stat_sn,
+                };
                 let State { pending, out, .. } = &mut *st;
                 if let Some(pend) = pending.get(&itt) {
-                    let data = &pend.cmd.data_out[off..end];
-                    queue_data_out(out, &neg, lun, itt, p.ttt(), exp, off, data);
+                    queue_data_out(out, &neg, &to, &pend.cmd, off..end)?;
                 }
                 flush_out(st)?;
             }
@@ -321,7 +401,7 @@ fn finish(
                         probe: false,
                     };
                     done.push((
-                        Box::new(move |c| events.port_refused(path, command, c)),
+                        Done::new(move |c| events.port_refused(path, command, c)),
                         answer,
                     ));
                 }

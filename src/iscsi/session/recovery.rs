@@ -166,7 +166,7 @@ impl Session {
             pending
         };
         for (f, c) in done {
-            f(c);
+            f.complete(c);
         }
     }
 

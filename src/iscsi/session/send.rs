@@ -4,13 +4,14 @@
 //! asks for; corked batches that go out in one write.
 
 use std::io::Write;
+use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{next_itt, sn_le, Loss, PathCommand, Pending, Session, State, NO_TAG};
 use crate::iscsi::login::Negotiated;
-use crate::iscsi::pdu::{self, op, Pdu, F_FINAL};
-use crate::scsi::task::{ScsiCompletion, TransportError};
+use crate::iscsi::pdu::{self, op, Framing, Pdu, F_FINAL};
+use crate::scsi::task::{ScsiCommand, ScsiCompletion, TransportError};
 use crate::scsi::LunId;
 
 impl Session {
@@ -18,6 +19,9 @@ impl Session {
     /// session thread or here. A path that is not up gives the command back.
     /// With `cork`, the command's PDUs stay in the output buffer until [`Session::flush`]
     /// (or any other write) sends the batch with one system call.
+    // The command comes back by value when no path takes it: boxing it would cost an
+    // allocation per command.
+    #[allow(clippy::result_large_err)]
     pub(crate) fn submit(
         self: &Arc<Self>,
         owner: u64,
@@ -28,7 +32,8 @@ impl Session {
         let mut st = self.lock();
         if self.closing.load(Ordering::Acquire) {
             drop(st);
-            (c.done)(ScsiCompletion::failed(TransportError::Closed));
+            c.done
+                .complete(ScsiCompletion::failed(TransportError::Closed));
             return Ok(());
         }
         if st.writer.is_none() {
@@ -108,12 +113,12 @@ impl Session {
         p.cmd_sn = cmd_sn;
         let p = &*p;
         let cmd = &p.cmd;
-        let write = !cmd.data_out.is_empty();
+        let out_len = cmd.out_len();
+        let write = out_len > 0;
         let read = cmd.data_in_len > 0;
         let mut pdu = Pdu::new(op::SCSI_CMD);
         let immediate_len = if write && neg.immediate_data {
-            cmd.data_out
-                .len()
+            out_len
                 .min(neg.first_burst as usize)
                 .min(neg.target_max_recv as usize)
         } else {
@@ -121,7 +126,7 @@ impl Session {
         };
         // Unsolicited Data-Out follows when InitialR2T=No, up to FirstBurstLength.
         let unsolicited_end = if write && !neg.initial_r2t {
-            cmd.data_out.len().min(neg.first_burst as usize)
+            out_len.min(neg.first_burst as usize)
         } else {
             immediate_len
         };
@@ -137,7 +142,7 @@ impl Session {
         pdu.set_lun(p.lun.to_u64());
         pdu.set_itt(itt);
         let edtl = if write {
-            cmd.data_out.len() as u32
+            out_len as u32
         } else {
             cmd.data_in_len
         };
@@ -171,20 +176,18 @@ impl Session {
         let Some(p) = pending.get(&itt) else {
             return Ok(());
         };
-        let data = &p.cmd.data_out;
-        pdu::encode_into(&pdu, &data[..immediate_len], &neg.framing, out);
+        let cmd = &p.cmd;
+        if !encode_with_data_out(&pdu, cmd, 0, immediate_len, &neg.framing, out) {
+            return Err(unreadable_data_out());
+        }
         if unsolicited_end > immediate_len {
-            let unsolicited = &data[immediate_len..unsolicited_end];
-            queue_data_out(
-                out,
-                &neg,
+            let to = DataOutTo {
                 lun,
                 itt,
-                NO_TAG,
+                ttt: NO_TAG,
                 exp_stat_sn,
-                immediate_len,
-                unsolicited,
-            );
+            };
+            queue_data_out(out, &neg, &to, cmd, immediate_len..unsolicited_end)?;
         }
         *cmd_sn = cmd_sn.wrapping_add(1);
         Ok(())
@@ -215,34 +218,74 @@ pub(super) fn flush_out(st: &mut State) -> std::io::Result<()> {
     r
 }
 
-/// Queues `data` (starting at buffer offset `offset`) as Data-Out PDUs no longer than the
-/// target's MaxRecvDataSegmentLength, the last one Final.
-#[allow(clippy::too_many_arguments)]
+/// Where Data-Out PDUs go: the command's LUN and task tag, the target's transfer tag (an
+/// R2T's, or none for unsolicited data) and the ExpStatSN they acknowledge.
+pub(super) struct DataOutTo {
+    pub lun: u64,
+    pub itt: u32,
+    pub ttt: u32,
+    pub exp_stat_sn: u32,
+}
+
+/// Queues bytes `range` of `cmd`'s data-out as Data-Out PDUs no longer than the target's
+/// MaxRecvDataSegmentLength, the last one Final. Guest data goes from the guest's buffers
+/// straight into the output buffer.
 pub(super) fn queue_data_out(
     out: &mut Vec<u8>,
     neg: &Negotiated,
-    lun: u64,
-    itt: u32,
-    ttt: u32,
-    exp_stat_sn: u32,
-    offset: usize,
-    data: &[u8],
-) {
+    to: &DataOutTo,
+    cmd: &ScsiCommand,
+    range: Range<usize>,
+) -> std::io::Result<()> {
     let chunk = (neg.target_max_recv as usize).max(512);
-    let mut sent = 0usize;
+    let mut at = range.start;
     let mut data_sn = 0u32;
-    while sent < data.len() {
-        let n = chunk.min(data.len() - sent);
+    while at < range.end {
+        let n = chunk.min(range.end - at);
         let mut p = Pdu::new(op::DATA_OUT);
-        p.set_flags(if sent + n == data.len() { F_FINAL } else { 0 });
-        p.set_lun(lun);
-        p.set_itt(itt);
-        p.set_u32(20, ttt);
-        p.set_u32(28, exp_stat_sn);
+        p.set_flags(if at + n == range.end { F_FINAL } else { 0 });
+        p.set_lun(to.lun);
+        p.set_itt(to.itt);
+        p.set_u32(20, to.ttt);
+        p.set_u32(28, to.exp_stat_sn);
         p.set_u32(36, data_sn);
-        p.set_u32(40, (offset + sent) as u32);
-        pdu::encode_into(&p, &data[sent..sent + n], &neg.framing, out);
-        sent += n;
+        p.set_u32(40, at as u32);
+        if !encode_with_data_out(&p, cmd, at, n, &neg.framing, out) {
+            return Err(unreadable_data_out());
+        }
+        at += n;
         data_sn += 1;
     }
+    Ok(())
+}
+
+/// Encodes `p` with bytes `[offset, offset + n)` of `cmd`'s data-out as its data segment.
+/// False when they could not all be read: the guest's buffers were checked when the
+/// command started, so this does not happen, and the PDU is then not sent at all (zeros
+/// must never reach the medium in place of the guest's data).
+fn encode_with_data_out(
+    p: &Pdu,
+    cmd: &ScsiCommand,
+    offset: usize,
+    n: usize,
+    framing: &Framing,
+    out: &mut Vec<u8>,
+) -> bool {
+    match &cmd.guest {
+        Some(g) => pdu::encode_filled_into(p, n, framing, out, |dst| {
+            g.buffers.read_out(offset, dst) == dst.len()
+        }),
+        None => match cmd.data_out.get(offset..offset.saturating_add(n)) {
+            Some(data) => {
+                pdu::encode_into(p, data, framing, out);
+                true
+            }
+            None => false,
+        },
+    }
+}
+
+/// A command's data-out could not be read from the guest's buffers.
+fn unreadable_data_out() -> std::io::Error {
+    std::io::Error::other("a command's data-out could not be read from guest memory")
 }

@@ -99,7 +99,7 @@ fn tur(owner: u64, done: &std::sync::mpsc::Sender<u64>) -> PathCommand {
     PathCommand {
         id: owner,
         cmd: crate::scsi::task::command(&[0u8; 6], Vec::new(), 0),
-        done: Box::new(move |c| {
+        done: crate::scsi::task::Completer::new(move |c| {
             assert!(c.result.is_ok(), "{:?}", c.result);
             let _ = done.send(owner);
         }),

@@ -80,7 +80,7 @@ impl Session {
             done
         };
         for (f, c) in done {
-            f(c);
+            f.complete(c);
         }
     }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use super::reply::DeviceFacts;
 use crate::backend::block_io::IoBuffers;
 use crate::backend::sg_io::{self, DeviceKind, Direction};
-use crate::scsi::task::ScsiCompletion;
+use crate::scsi::task::Completer;
 
 /// Commands a LUN accepts at once (running and queued); past that, TASK SET FULL.
 pub const QUEUE_DEPTH: usize = 64;
@@ -33,7 +33,7 @@ pub struct Job {
     /// The command's data in guest memory, for an engine that moves it straight (the
     /// iovecs and the guard that keeps that memory mapped until the command ends).
     pub guest: Option<IoBuffers>,
-    pub reply: Box<dyn FnOnce(ScsiCompletion) + Send>,
+    pub reply: Completer,
 }
 
 /// Where the device is and how to open it again.

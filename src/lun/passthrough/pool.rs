@@ -186,7 +186,8 @@ impl Pool {
         };
         let n = taken.len();
         for job in taken {
-            (job.reply)(reply::failed(TransportError::Aborted, job.buf));
+            job.reply
+                .complete(reply::failed(TransportError::Aborted, job.buf));
         }
         n
     }
@@ -265,7 +266,7 @@ fn serve(shared: &Shared) {
         } = job;
         let completion = run(shared, &cdb[..cdb_len], dir, buf, &mut sense);
         lock(&shared.queue).outstanding -= 1;
-        reply(completion);
+        reply.complete(completion);
     }
 }
 
@@ -358,7 +359,7 @@ mod tests {
             dir: Direction::FromDevice,
             buf: pool.buffer(96),
             guest: None,
-            reply: Box::new(move |c| {
+            reply: crate::scsi::task::Completer::new(move |c| {
                 let _ = tx.send(c);
             }),
         }
@@ -497,7 +498,7 @@ mod tests {
                 dir: Direction::FromDevice,
                 buf: pool.buffer(96),
                 guest: None,
-                reply: Box::new(move |c| {
+                reply: crate::scsi::task::Completer::new(move |c| {
                     let _ = tx.send((std::thread::current().name().map(String::from), c));
                 }),
             });

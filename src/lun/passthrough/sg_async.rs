@@ -33,7 +33,7 @@ use super::reply::{self, Health, DEVICE_GONE};
 use crate::backend::block_io::IoBuffers;
 use crate::backend::sg_io::{self, SgReply};
 use crate::lun::MAX_SENSE;
-use crate::scsi::task::ScsiCompletion;
+use crate::scsi::task::Completer;
 
 /// Commands the sg driver accepts per descriptor at once (its `SG_MAX_QUEUE`).
 pub const SG_MAX_QUEUE: usize = 16;
@@ -53,7 +53,7 @@ struct Slot {
     guest: Option<IoBuffers>,
     /// Bytes of the transfer.
     len: usize,
-    reply: Box<dyn FnOnce(ScsiCompletion) + Send>,
+    reply: Completer,
     /// The descriptor it was written to: an answer read from another one is not its.
     file: Arc<File>,
 }
@@ -209,7 +209,7 @@ fn try_write(shared: &Shared, engine: &AsyncSg, file: &Arc<File>, job: Option<Jo
         engine.recycle(g);
     }
     pool::lock(&shared.queue).outstanding -= 1;
-    (slot.reply)(completion);
+    slot.reply.complete(completion);
     None
 }
 
@@ -314,7 +314,7 @@ fn finish(shared: &Shared, engine: &AsyncSg, file: &Arc<File>, pack_id: i32, r: 
     }
     pool::lock(&shared.queue).outstanding -= 1;
     tracing::trace!(id = slot.id, "sg answer");
-    (slot.reply)(c);
+    slot.reply.complete(c);
 }
 
 /// Answers every command the kernel holds on `file` as failed by `errno`.
@@ -334,7 +334,7 @@ fn abandon(shared: &Shared, engine: &AsyncSg, file: &Arc<File>, errno: i32) {
             reply::for_errno(errno, slot.buf)
         };
         pool::lock(&shared.queue).outstanding -= 1;
-        (slot.reply)(c);
+        slot.reply.complete(c);
     }
 }
 
@@ -355,7 +355,7 @@ fn drain_queue(shared: &Shared, engine: &AsyncSg) {
             }
             None => {
                 pool::lock(&shared.queue).outstanding -= 1;
-                (job.reply)(reply::check(DEVICE_GONE, job.buf));
+                job.reply.complete(reply::check(DEVICE_GONE, job.buf));
             }
         }
     }
