@@ -29,6 +29,7 @@ fn command(cdb: &[u8], data_out: Vec<u8>, data_in_len: u32) -> ScsiCommand {
         data_out,
         data_in_len,
         task_attr: TaskAttr::Simple,
+        guest: None,
     }
 }
 

@@ -17,7 +17,7 @@ use vscsid::backend::BlockIo;
 use vscsid::lun::{
     answer_emulated, build_lun_table, Command, Lun, LunTable, ReplyLater, Route, Step, Task,
 };
-use vscsid::scsi::task::{ScsiCompletion, TaskAttr};
+use vscsid::scsi::task::{Completer, TaskAttr};
 use vscsid::scsi::DATA_IN_SCRATCH;
 
 use crate::{wait_readable, HANG_BOUND};
@@ -44,8 +44,8 @@ pub fn input(lun: u8, data_in: u16, cdb: &[u8], data_out: &[u8]) -> Vec<u8> {
 struct NoRemote;
 
 impl ReplyLater for NoRemote {
-    fn callback(&self, _id: usize) -> Box<dyn FnOnce(ScsiCompletion) + Send> {
-        Box::new(|_| panic!("an emulated LUN forwarded a command"))
+    fn callback(&self, _id: usize) -> Completer {
+        Completer::new(|_| panic!("an emulated LUN forwarded a command"))
     }
 }
 

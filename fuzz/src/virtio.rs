@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
 use vscsid::backend::guest::GuestMem;
-use vscsid::heartbeat::{Heartbeat, Heartbeats};
 use vscsid::lun::{build_lun_table, open_options, LiveLuns};
 use vscsid::vhost::{DirtyLog, ScsiDevice, Vring};
 
@@ -67,8 +66,6 @@ impl QueueFlags {
 /// The device and its guest memory, built once per process.
 pub struct DeviceHarness {
     pub dev: ScsiDevice,
-    /// What the daemon's epoll loop hands the device (no watchdog watches it here).
-    beat: Heartbeat,
     mem: GuestMem,
     _images: Vec<OwnedFd>,
 }
@@ -90,7 +87,6 @@ impl DeviceHarness {
         let dev = ScsiDevice::new(&cfg, luns, mem.clone()).expect("device");
         DeviceHarness {
             dev,
-            beat: Heartbeats::new(None).register("fuzz"),
             mem,
             _images: images,
         }
@@ -144,7 +140,7 @@ impl DeviceHarness {
         ];
         debug_assert_eq!(usize::from(EVENT_VRING), 1);
         for &k in kicks {
-            self.dev.handle_event(k, &vrings, 0, &self.beat);
+            self.dev.handle_event(k, &vrings, 0);
         }
         self.drain(&vrings);
     }
@@ -166,9 +162,9 @@ impl DeviceHarness {
             );
             wait_readable(ring_fd, Duration::from_millis(5));
             self.dev
-                .handle_event(self.dev.ring_token() as u16, vrings, 0, &self.beat);
+                .handle_event(self.dev.ring_token() as u16, vrings, 0);
             self.dev
-                .handle_event(self.dev.tmf_token() as u16, vrings, 0, &self.beat);
+                .handle_event(self.dev.tmf_token() as u16, vrings, 0);
         }
     }
 }
