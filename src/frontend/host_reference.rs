@@ -227,6 +227,10 @@ fn queue(
             }
             if now >= deadline || !submit(&mut ring, s, &mut started) {
                 inflight -= 1;
+            } else {
+                // Each request goes to the kernel as soon as it is made, as vscsid submits
+                // (`--submit-batch 1`): a batch would let the block layer plug it.
+                ring.submit().map_err(|e| e.to_string())?;
             }
         }
         if now > give_up {
