@@ -162,26 +162,11 @@ pub fn encode(pdu: &Pdu, framing: &Framing) -> Vec<u8> {
 /// ignored), so a sender can batch PDUs in one buffer and send data without copying it
 /// into the PDU first.
 pub fn encode_into(pdu: &Pdu, data: &[u8], framing: &Framing, out: &mut Vec<u8>) {
-    let mut bhs = pdu.bhs;
-    bhs[4] = (pdu.ahs.len() / 4) as u8;
-    let dl = data.len();
-    bhs[5] = (dl >> 16) as u8;
-    bhs[6] = (dl >> 8) as u8;
-    bhs[7] = dl as u8;
-    out.reserve(BHS_LEN + pdu.ahs.len() + dl + 12);
-    out.extend_from_slice(&bhs);
-    out.extend_from_slice(&pdu.ahs);
-    if framing.header_digest {
-        out.extend_from_slice(&digest(&[&bhs, &pdu.ahs]).to_le_bytes());
-    }
-    if dl > 0 {
-        out.extend_from_slice(data);
-        out.extend(std::iter::repeat_n(0u8, pad4(dl)));
-        if framing.data_digest {
-            let pad = [0u8; 3];
-            out.extend_from_slice(&digest(&[data, &pad[..pad4(dl)]]).to_le_bytes());
-        }
-    }
+    // A copy of `data` always supplies every byte.
+    encode_filled_into(pdu, data.len(), framing, out, |dst| {
+        dst.copy_from_slice(data);
+        true
+    });
 }
 
 /// [`encode_into`] with a data segment of `dl` bytes that `fill` writes in place in
