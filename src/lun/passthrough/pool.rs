@@ -330,23 +330,22 @@ mod tests {
     use std::time::Duration;
 
     /// A pool on /dev/null: every SG_IO fails with ENOTTY, which is not a lost device.
-    fn null_pool() -> Pool {
+    /// A pool for a device at `path` whose first descriptor is /dev/null (every SG_IO
+    /// fails with ENOTTY, which is not a lost device).
+    fn pool_at(path: std::path::PathBuf, engine: Engine) -> Pool {
         let spec = DeviceSpec {
-            path: "/dev/null".into(),
+            path,
             kind: DeviceKind::ScsiGeneric,
             readonly: true,
             extra_flags: 0,
             timeout_ms: 1000,
         };
         let file = File::open("/dev/null").expect("/dev/null");
-        Pool::start(
-            spec,
-            file,
-            DeviceFacts::new(1 << 20, 512, 0),
-            None,
-            Engine::Threads,
-        )
-        .expect("pool")
+        Pool::start(spec, file, DeviceFacts::new(1 << 20, 512, 0), None, engine).expect("pool")
+    }
+
+    fn null_pool() -> Pool {
+        pool_at("/dev/null".into(), Engine::Threads)
     }
 
     fn job(pool: &Pool, tx: mpsc::Sender<ScsiCompletion>) -> Job {
@@ -423,23 +422,7 @@ mod tests {
     #[test]
     fn a_gone_device_is_not_ready_and_reopened_at_most_once_per_interval() {
         let dir = tempfile::tempdir().expect("tmp");
-        let path = dir.path().join("sg9");
-        let spec = DeviceSpec {
-            path: path.clone(),
-            kind: DeviceKind::ScsiGeneric,
-            readonly: true,
-            extra_flags: 0,
-            timeout_ms: 1000,
-        };
-        let file = File::open("/dev/null").expect("/dev/null");
-        let pool = Pool::start(
-            spec,
-            file,
-            DeviceFacts::new(1 << 20, 512, 0),
-            None,
-            Engine::Threads,
-        )
-        .expect("pool");
+        let pool = pool_at(dir.path().join("sg9"), Engine::Threads);
         let held = current_file(&pool.shared).expect("open");
         lost(&pool.shared, &held);
         assert!(!pool.present());
@@ -467,22 +450,7 @@ mod tests {
     fn with_the_sg_engine_commands_of_a_gone_device_wait_for_the_completion_thread_and_end_not_ready(
     ) {
         let dir = tempfile::tempdir().expect("tmp");
-        let spec = DeviceSpec {
-            path: dir.path().join("sg9"),
-            kind: DeviceKind::ScsiGeneric,
-            readonly: true,
-            extra_flags: 0,
-            timeout_ms: 1000,
-        };
-        let file = File::open("/dev/null").expect("/dev/null");
-        let pool = Pool::start(
-            spec,
-            file,
-            DeviceFacts::new(1 << 20, 512, 0),
-            None,
-            Engine::SgAsync,
-        )
-        .expect("pool");
+        let pool = pool_at(dir.path().join("sg9"), Engine::SgAsync);
         pool.mark_lost();
         assert!(!pool.present());
         let (tx, rx) = mpsc::channel();
