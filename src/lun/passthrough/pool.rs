@@ -306,7 +306,6 @@ fn run(
             let errno = e.raw_os_error().unwrap_or(libc::EIO);
             if sg_io::device_gone(errno) {
                 lost(shared, &file);
-                return reply::check(DEVICE_GONE, buf);
             }
             if matches!(errno, libc::EPERM | libc::EACCES)
                 && !shared.denied_logged.swap(true, Ordering::Relaxed)

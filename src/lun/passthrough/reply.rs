@@ -96,6 +96,9 @@ pub fn host_failure(host_status: u16) -> Option<Result<TransportError, Health>> 
 /// device's absence is handled by the caller: [`crate::backend::sg_io::device_gone`]).
 pub fn for_errno(errno: i32, data: Vec<u8>) -> ScsiCompletion {
     match errno {
+        // The device is gone (the caller lets go of its descriptor and opens the path
+        // again later).
+        e if crate::backend::sg_io::device_gone(e) => check(DEVICE_GONE, data),
         // The kernel refused the CDB: a length it cannot map, a bad CDB length.
         libc::EINVAL | libc::EOVERFLOW => check(Sense::invalid_field_in_cdb(), data),
         // Without CAP_SYS_RAWIO the kernel lets only a list of commands through (and
@@ -355,6 +358,10 @@ mod tests {
             (status::CHECK_CONDITION, Some(0x05), Some(0x20))
         );
         assert_eq!(sense_of(libc::ENOMEM), (status::BUSY, None, None));
+        assert_eq!(
+            sense_of(libc::ENODEV),
+            (status::CHECK_CONDITION, Some(0x02), Some(0x04))
+        );
         assert_eq!(
             sense_of(libc::EFAULT),
             (status::CHECK_CONDITION, Some(0x04), Some(0x44))

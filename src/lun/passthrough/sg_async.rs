@@ -199,12 +199,10 @@ fn try_write(shared: &Shared, engine: &AsyncSg, file: &Arc<File>, job: Option<Jo
     let slot = slots[index].take()?;
     drop(slots);
     let errno = e.raw_os_error().unwrap_or(libc::EIO);
-    let completion = if sg_io::device_gone(errno) {
+    if sg_io::device_gone(errno) {
         pool::lost(shared, file);
-        reply::check(DEVICE_GONE, slot.buf)
-    } else {
-        reply::for_errno(errno, slot.buf)
-    };
+    }
+    let completion = reply::for_errno(errno, slot.buf);
     if let Some(g) = slot.guest {
         engine.recycle(g);
     }
@@ -328,11 +326,7 @@ fn abandon(shared: &Shared, engine: &AsyncSg, file: &Arc<File>, errno: i32) {
         if let Some(g) = slot.guest {
             engine.recycle(g);
         }
-        let c = if sg_io::device_gone(errno) {
-            reply::check(DEVICE_GONE, slot.buf)
-        } else {
-            reply::for_errno(errno, slot.buf)
-        };
+        let c = reply::for_errno(errno, slot.buf);
         pool::lock(&shared.queue).outstanding -= 1;
         slot.reply.complete(c);
     }
