@@ -136,9 +136,7 @@ pub fn run(a: &Args, file: &std::path::Path) -> Result<String, String> {
     if lat.is_empty() {
         return Err("no I/O completed".into());
     }
-    lat.sort_unstable();
-    let mean = lat.iter().map(|&x| f64::from(x)).sum::<f64>() / lat.len() as f64;
-    let p99 = f64::from(lat[((lat.len() as f64 * 0.99) as usize).min(lat.len() - 1)]);
+    let (mean, p99) = super::loadgen::mean_and_p99(&mut lat);
     let iops = completed as f64 / elapsed;
     Ok(format!(
         "{{\"system\": \"{}\", \"workload\": \"{}\", \"iops\": {:.0}, \"bw_mib_s\": {:.1}, \"lat_mean_us\": {:.1}, \"lat_p99_us\": {:.0}, \"cpu_us_per_io\": {:.3}}}",

@@ -326,9 +326,7 @@ pub fn run(a: &Args) -> Result<String, String> {
     if errors > 0 {
         return Err(format!("{errors} I/Os failed"));
     }
-    lat.sort_unstable();
-    let mean = lat.iter().map(|&x| f64::from(x)).sum::<f64>() / lat.len() as f64;
-    let p99 = f64::from(lat[((lat.len() as f64 * 0.99) as usize).min(lat.len() - 1)]);
+    let (mean, p99) = mean_and_p99(&mut lat);
     let iops = ios / elapsed;
     let cpu = match (cpu0, cpu1) {
         // USER_HZ is 100 on Linux: one tick is 10 000 us.
@@ -347,4 +345,12 @@ pub fn run(a: &Args) -> Result<String, String> {
         kicks as f64 / ios,
         idle_cpu
     ))
+}
+
+/// Mean and 99th percentile of latency samples (µs; at least one), sorting them.
+pub(super) fn mean_and_p99(lat: &mut [u32]) -> (f64, f64) {
+    lat.sort_unstable();
+    let mean = lat.iter().map(|&x| f64::from(x)).sum::<f64>() / lat.len() as f64;
+    let p99 = f64::from(lat[((lat.len() as f64 * 0.99) as usize).min(lat.len() - 1)]);
+    (mean, p99)
 }
