@@ -197,11 +197,17 @@ pub fn sg_write(
     pack_id: libc::c_int,
 ) -> io::Result<()> {
     let hdr = header(cdb, dir, data, sense, sense_len, timeout_ms, pack_id)?;
+    queue_header(file, &hdr)
+}
+
+/// Hands one request header to the sg driver's write().
+fn queue_header(file: &File, hdr: &SgIoHdr) -> io::Result<()> {
     let size = std::mem::size_of::<SgIoHdr>();
     // SAFETY: write() reads `size` bytes of the header, which lives for the call; the
-    // kernel reads the CDB and data-out through its pointers during the call and keeps
-    // `dxferp`/`sbp` for the read() that returns the command (the caller's contract).
-    let n = unsafe { libc::write(file.as_raw_fd(), (&hdr as *const SgIoHdr).cast(), size) };
+    // kernel reads the CDB, the iovec array (if any) and data-out through its pointers
+    // during the call and keeps the data and sense pointers for the read() that returns
+    // the command (the contract of `sg_write` and `sg_write_iov`).
+    let n = unsafe { libc::write(file.as_raw_fd(), (hdr as *const SgIoHdr).cast(), size) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -233,16 +239,8 @@ pub fn sg_write_iov(
         // `struct sg_iovec` is `struct iovec`'s layout (a pointer and a size).
         hdr.dxferp = iov.as_ptr() as *mut libc::c_void;
     }
-    let size = std::mem::size_of::<SgIoHdr>();
-    // SAFETY: write() reads `size` bytes of the header and the `count` iovecs it points
-    // at, which live for the call; the kernel copies the iovec array, and reads data-out
-    // through it now and writes data-in through it in the read() that returns the command
-    // (the caller's contract, as for `sg_write`).
-    let n = unsafe { libc::write(file.as_raw_fd(), (&hdr as *const SgIoHdr).cast(), size) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    // The kernel copies the iovec array in this call.
+    queue_header(file, &hdr)
 }
 
 /// Takes one finished command of an sg device (any of them: its `pack_id` says which),
