@@ -15,7 +15,7 @@ use std::time::Instant;
 use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
 
-use super::poll_budget::PollBudget;
+use super::poll_budget::{Catch, PollBudget};
 use super::queue::{lock, Vring};
 use super::shared::Shared;
 use super::worker::Worker;
@@ -45,7 +45,7 @@ pub fn busy_poll(
             beat.beat();
             rounds += 1;
             let found = poll_once(sh, worker, vrings, thread_id);
-            if found > 0 {
+            if !found.is_empty() {
                 let now = Instant::now();
                 budget.found_after(now.saturating_duration_since(last_work), found);
                 last_work = now;
@@ -57,6 +57,9 @@ pub fn busy_poll(
         // posted before they were on (without a kick) is not left waiting.
         let more = {
             let mut w = lock(worker);
+            if w.in_flight() > 0 && !budget.window().is_zero() {
+                budget.device_outlasted(last_work.elapsed());
+            }
             w.set_polling(false);
             let mut more = w.has_completions();
             for (vpos, queue) in sh.request_queues_of(thread_id) {
@@ -117,23 +120,23 @@ fn stopped(sh: &Shared) -> bool {
 }
 
 /// One pass over the thread's completions, held-back commands and request queues;
-/// returns how much work it found: the requests waiting in the rings, plus one for
-/// completions and one for held-back commands.
-fn poll_once(sh: &Shared, worker: &Mutex<Worker>, vrings: &[Vring], thread_id: usize) -> u32 {
-    let mut busy = 0;
+/// returns what it found: the requests waiting in the rings, and one answer for
+/// completions and one for held-back commands come due.
+fn poll_once(sh: &Shared, worker: &Mutex<Worker>, vrings: &[Vring], thread_id: usize) -> Catch {
+    let mut found = Catch::default();
     let mut w = lock(worker);
     if w.has_completions() {
         w.complete(sh, vrings);
-        busy += 1;
+        found.answers += 1;
     }
     if w.deferred_due() {
         // The timer's wake-up waits in epoll while this thread polls.
         w.on_timer(sh, vrings);
-        busy += 1;
+        found.answers += 1;
     }
     if w.is_throttled() {
         // Every slot is busy: the queues are resumed when a command ends.
-        return busy;
+        return found;
     }
     let mem = sh.mem.memory();
     for (vpos, queue) in sh.request_queues_of(thread_id) {
@@ -152,8 +155,8 @@ fn poll_once(sh: &Shared, worker: &Mutex<Worker>, vrings: &[Vring], thread_id: u
         };
         if pending > 0 {
             w.process_queue(sh, vrings, vpos, queue);
-            busy += u32::from(pending);
+            found.requests += u32::from(pending);
         }
     }
-    busy
+    found
 }

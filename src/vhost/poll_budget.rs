@@ -12,11 +12,19 @@
 //! That much is QEMU's adaptive AioContext polling. One more rule, for a device whose
 //! answers come within the bound but late in it (a virtual disk at ~40 µs): polling then
 //! spins most of the window for each piece of work it catches, doubling the CPU per I/O
-//! for no gain in latency. So the mean spin per piece of work caught (a catch of a whole
-//! batch of requests shares its spin among them) is followed; when it exceeds
+//! for no gain in latency. So the mean spin before each catch of the device's answers (a
+//! batch of completions shares its spin among them) is followed; when it exceeds
 //! [`COSTLY_SPIN`] polling stops, and stays off for [`HOLD_OFF_WAKES`] wake-ups before it
-//! may grow again (so a device that became fast is polled again soon). Kept as a pure
-//! value so the rules are tested without threads or clocks.
+//! may grow again (so a device that became fast is polled again soon); a device found
+//! costly again within [`HOLD_OFF_WAKES`] answers of trying doubles the hold, up to
+//! [`HOLD_OFF_MAX`] wake-ups, so a disk that stays slow is tried rarely. Spinning that ends
+//! with new requests from the guest is not counted: that wait is the guest's round trip
+//! (its wake-up by our notification and its next submission), which every device's users
+//! share and which polling exists to shorten; counting it stopped polling on the fastest
+//! device, whose guest is the only thing polling ever waits for. A window that passes
+//! while the device holds commands counts as a spin of the whole window for one answer
+//! (a device slower than the window). Kept as a pure value so
+//! the rules are tested without threads or clocks.
 
 use std::time::Duration;
 
@@ -37,6 +45,25 @@ pub const COSTLY_SPIN: Duration = Duration::from_micros(15);
 /// Wake-ups without polling after polling was found costly.
 pub const HOLD_OFF_WAKES: u32 = 64;
 
+/// The longest hold, for a device found costly every time it is tried (at queue depth 1
+/// on a 40 µs disk about 0.2 s of wake-ups).
+pub const HOLD_OFF_MAX: u32 = 8192;
+
+/// What one polling pass found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Catch {
+    /// New requests waiting in the guest's rings.
+    pub requests: u32,
+    /// The device's answers: a batch of completions, a held-back command come due.
+    pub answers: u32,
+}
+
+impl Catch {
+    pub fn is_empty(&self) -> bool {
+        self.requests == 0 && self.answers == 0
+    }
+}
+
 /// One worker thread's polling window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PollBudget {
@@ -48,6 +75,11 @@ pub struct PollBudget {
     spin_ns: u64,
     /// Wake-ups left before the window may grow again (after polling was found costly).
     hold: u32,
+    /// The hold the next costly finding sets.
+    hold_len: u32,
+    /// The device's answers polled for since polling was last found costly (starts as if
+    /// long ago).
+    answers_since_hold: u32,
 }
 
 impl PollBudget {
@@ -59,6 +91,8 @@ impl PollBudget {
                 adaptive: false,
                 spin_ns: 0,
                 hold: 0,
+                hold_len: HOLD_OFF_WAKES,
+                answers_since_hold: HOLD_OFF_WAKES,
             },
             PollSetting::Fixed(us) => {
                 let w = Duration::from_micros(u64::from(us));
@@ -68,6 +102,8 @@ impl PollBudget {
                     adaptive: false,
                     spin_ns: 0,
                     hold: 0,
+                    hold_len: HOLD_OFF_WAKES,
+                    answers_since_hold: HOLD_OFF_WAKES,
                 }
             }
             PollSetting::Adaptive => PollBudget {
@@ -76,6 +112,8 @@ impl PollBudget {
                 adaptive: true,
                 spin_ns: 0,
                 hold: 0,
+                hold_len: HOLD_OFF_WAKES,
+                answers_since_hold: HOLD_OFF_WAKES,
             },
         }
     }
@@ -107,19 +145,41 @@ impl PollBudget {
         }
     }
 
-    /// Polling found `pieces` of work (requests, a batch of completions) at once after
-    /// spinning `spin` since the last work: the spin is shared among them, so a catch of
-    /// a whole batch counts as cheap as a quick catch of one.
-    pub fn found_after(&mut self, spin: Duration, pieces: u32) {
-        if !self.adaptive {
+    /// A whole window passed without work while the device held commands: the device is
+    /// slower than the window, and the spin was all cost.
+    pub fn device_outlasted(&mut self, spin: Duration) {
+        self.found_after(
+            spin,
+            Catch {
+                requests: 0,
+                answers: 1,
+            },
+        );
+    }
+
+    /// Polling found work after spinning `spin` since the last work. A catch with new
+    /// guest requests waited for the guest and costs nothing here; a catch of only the
+    /// device's answers (`answers`: completions, due timers) waited for the device, and its
+    /// spin is shared among them, so a whole batch counts as cheap as a quick catch of one.
+    pub fn found_after(&mut self, spin: Duration, catch: Catch) {
+        if !self.adaptive || catch.requests > 0 || catch.answers == 0 {
             return;
         }
-        let spin = u64::try_from(spin.as_nanos()).unwrap_or(u64::MAX) / u64::from(pieces.max(1));
+        let spin =
+            u64::try_from(spin.as_nanos()).unwrap_or(u64::MAX) / u64::from(catch.answers.max(1));
         self.spin_ns = self.spin_ns - self.spin_ns / 8 + spin / 8;
+        self.answers_since_hold = self.answers_since_hold.saturating_add(catch.answers);
         if self.spin_ns > COSTLY_SPIN.as_nanos() as u64 {
             self.window = Duration::ZERO;
             self.spin_ns = 0;
-            self.hold = HOLD_OFF_WAKES;
+            self.hold_len = if self.answers_since_hold < HOLD_OFF_WAKES {
+                // Costly again as soon as it was tried.
+                self.hold_len.saturating_mul(2).min(HOLD_OFF_MAX)
+            } else {
+                HOLD_OFF_WAKES
+            };
+            self.hold = self.hold_len;
+            self.answers_since_hold = 0;
         }
     }
 }
@@ -129,6 +189,77 @@ mod tests {
     use super::*;
 
     const US: Duration = Duration::from_micros(1);
+
+    fn answers(answers: u32) -> Catch {
+        Catch {
+            requests: 0,
+            answers,
+        }
+    }
+
+    /// Work keeps coming just after the window ends until the window is the bound.
+    fn grow(b: &mut PollBudget) {
+        for _ in 0..10 {
+            if b.window() == ADAPTIVE_MAX {
+                return;
+            }
+            b.woke_after(b.window() + US);
+        }
+        assert_eq!(b.window(), ADAPTIVE_MAX);
+    }
+
+    fn grown() -> PollBudget {
+        let mut b = PollBudget::new(PollSetting::Adaptive);
+        grow(&mut b);
+        b
+    }
+
+    #[test]
+    fn waiting_for_the_guest_is_not_a_cost() {
+        // A null device at queue depth 1: each answer is immediate, each new request comes
+        // a guest round trip (30-40 µs here) later. Polling must go on.
+        let mut b = grown();
+        for _ in 0..1000 {
+            b.found_after(
+                35 * US,
+                Catch {
+                    requests: 1,
+                    answers: 0,
+                },
+            );
+            b.found_after(Duration::ZERO, answers(1));
+        }
+        assert_eq!(b.window(), ADAPTIVE_MAX);
+        // A disk slower than the window: each window passes while it holds the command.
+        let mut slow = grown();
+        let mut windows = 0;
+        while slow.window() > Duration::ZERO {
+            slow.found_after(
+                35 * US,
+                Catch {
+                    requests: 1,
+                    answers: 0,
+                },
+            );
+            slow.device_outlasted(slow.window());
+            windows += 1;
+            assert!(windows < 10);
+        }
+        // The same round trip with a disk answering 40 µs after each request: stopped.
+        let mut catches = 0;
+        while b.window() > Duration::ZERO {
+            b.found_after(
+                35 * US,
+                Catch {
+                    requests: 1,
+                    answers: 0,
+                },
+            );
+            b.found_after(40 * US, answers(1));
+            catches += 1;
+            assert!(catches < 10);
+        }
+    }
 
     #[test]
     fn off_and_fixed_never_change() {
@@ -165,11 +296,7 @@ mod tests {
 
     #[test]
     fn adaptive_decays_to_zero_when_polling_finds_nothing() {
-        let mut b = PollBudget::new(PollSetting::Adaptive);
-        for _ in 0..10 {
-            b.woke_after(b.window() + 5 * US);
-        }
-        assert_eq!(b.window(), ADAPTIVE_MAX);
+        let mut b = grown();
         let mut steps = 0;
         while b.window() > Duration::ZERO {
             b.woke_after(Duration::from_millis(10));
@@ -185,30 +312,23 @@ mod tests {
 
     #[test]
     fn polling_that_spins_long_for_each_catch_stops_and_holds_off() {
-        let mut b = PollBudget::new(PollSetting::Adaptive);
-        for _ in 0..10 {
-            b.woke_after(b.window() + 5 * US);
-        }
-        assert_eq!(b.window(), ADAPTIVE_MAX);
+        let mut b = grown();
         // Quick catches (a busy fast device): polling goes on.
         for _ in 0..1000 {
-            b.found_after(US, 1);
+            b.found_after(US, answers(1));
         }
         assert_eq!(b.window(), ADAPTIVE_MAX);
         // Each answer caught only after 40 µs of spinning: stopped within a few catches.
         let mut catches = 0;
         while b.window() > Duration::ZERO {
-            b.found_after(40 * US, 1);
+            b.found_after(40 * US, answers(1));
             catches += 1;
             assert!(catches < 10);
         }
         // A batch of 32 requests caught after 40 µs costs little per request.
-        let mut batch = PollBudget::new(PollSetting::Adaptive);
-        for _ in 0..10 {
-            batch.woke_after(batch.window() + 5 * US);
-        }
+        let mut batch = grown();
         for _ in 0..100 {
-            batch.found_after(40 * US, 32);
+            batch.found_after(40 * US, answers(32));
         }
         assert_eq!(batch.window(), ADAPTIVE_MAX);
         // Held off for a while, whatever the gaps; then it may grow again.
@@ -221,9 +341,49 @@ mod tests {
         // Fixed windows do not follow the cost.
         let mut f = PollBudget::new(PollSetting::Fixed(50));
         for _ in 0..100 {
-            f.found_after(40 * US, 1);
+            f.found_after(40 * US, answers(1));
         }
         assert_eq!(f.window(), 50 * US);
+    }
+
+    /// Grows the window after a hold, then spins 40 µs for each answer until polling stops;
+    /// returns the hold that follows (wake-ups without polling).
+    fn try_slow_device(b: &mut PollBudget) -> u32 {
+        grow(b);
+        while b.window() > Duration::ZERO {
+            b.found_after(40 * US, answers(1));
+        }
+        let mut held = 0;
+        while b.window().is_zero() {
+            b.woke_after(5 * US);
+            held += 1;
+            assert!(held <= HOLD_OFF_MAX + 1);
+        }
+        held - 1
+    }
+
+    #[test]
+    fn a_device_costly_each_time_it_is_tried_is_tried_ever_more_rarely() {
+        let mut b = PollBudget::new(PollSetting::Adaptive);
+        let holds: Vec<u32> = (0..10).map(|_| try_slow_device(&mut b)).collect();
+        assert_eq!(
+            holds,
+            [64, 128, 256, 512, 1024, 2048, 4096, 8192, 8192, 8192]
+        );
+        // It became fast: a long run of cheap answers, and the next slow spell holds briefly.
+        grow(&mut b);
+        for _ in 0..1000 {
+            b.found_after(US, answers(1));
+        }
+        while b.window() > Duration::ZERO {
+            b.found_after(40 * US, answers(1));
+        }
+        let mut held = 0;
+        while b.window().is_zero() {
+            b.woke_after(5 * US);
+            held += 1;
+        }
+        assert_eq!(held - 1, HOLD_OFF_WAKES);
     }
 
     #[test]

@@ -228,6 +228,11 @@ impl Worker {
         self.polling = on;
     }
 
+    /// Commands taken from the guest and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
     /// Whether a queue waits for a free slot (it is resumed when a command ends).
     pub fn is_throttled(&self) -> bool {
         self.throttled
