@@ -6,7 +6,8 @@
 //!
 //! Prints one JSON object: system, workload, iops, bw_mib_s, lat_mean_us, lat_p99_us,
 //! cpu_us_per_io (backend process CPU time per I/O, from /proc), kicks_per_io (kicks the
-//! backend asked for), idle_cpu_pct (with --idle: the backend's CPU, % of one core, while
+//! backend asked for), calls_per_io (notifications the backend sent: a guest's
+//! interrupts), idle_cpu_pct (with --idle: the backend's CPU, % of one core, while
 //! the generator stays connected without I/O for SECS after the workload). --start-at:
 //! connect, then start the workload at that wall-clock time (generators run side by side).
 //!

@@ -171,7 +171,7 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
 
 /// Runs the workload against the backend at `a.socket`; returns the result as one JSON
 /// object (system, workload, iops, bw_mib_s, lat_mean_us, lat_p99_us, cpu_us_per_io,
-/// kicks_per_io, idle_cpu_pct).
+/// kicks_per_io, calls_per_io: the device's notifications per I/O, idle_cpu_pct).
 pub fn run(a: &Args) -> Result<String, String> {
     let queue_size: u16 = 256;
     let slot_bytes = 4096 + a.bs;
@@ -240,6 +240,8 @@ pub fn run(a: &Args) -> Result<String, String> {
         e.conn.queues[first_queue + q].kick();
     }
     let mut kicks = a.queues as u64;
+    // The device's notifications (interrupts to a guest): the call eventfds' counters.
+    let mut calls = 0u64;
     let deadline = start + a.runtime;
     let mut inflight = a.queues * a.iodepth;
     let mut stopping = false;
@@ -294,7 +296,7 @@ pub fn run(a: &Args) -> Result<String, String> {
             // SAFETY: fds is a valid array of pollfd for the call's duration.
             unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
             for q in 0..a.queues {
-                let _ = e.conn.queues[first_queue + q].call.read();
+                calls += e.conn.queues[first_queue + q].call.read().unwrap_or(0);
             }
             if start.elapsed() > a.runtime + Duration::from_secs(30) {
                 return Err("the backend stopped completing requests".into());
@@ -303,6 +305,9 @@ pub fn run(a: &Args) -> Result<String, String> {
     }
     let elapsed = start.elapsed().as_secs_f64();
     let cpu1 = a.backend_pid.and_then(cpu_ticks);
+    for q in 0..a.queues {
+        calls += e.conn.queues[first_queue + q].call.read().unwrap_or(0);
+    }
     let idle_cpu = if a.idle.is_zero() {
         "null".to_string()
     } else {
@@ -334,7 +339,7 @@ pub fn run(a: &Args) -> Result<String, String> {
         _ => "null".into(),
     };
     Ok(format!(
-        "{{\"system\": \"{}\", \"workload\": \"{}\", \"iops\": {:.0}, \"bw_mib_s\": {:.1}, \"lat_mean_us\": {:.1}, \"lat_p99_us\": {:.0}, \"cpu_us_per_io\": {}, \"kicks_per_io\": {:.3}, \"idle_cpu_pct\": {}}}",
+        "{{\"system\": \"{}\", \"workload\": \"{}\", \"iops\": {:.0}, \"bw_mib_s\": {:.1}, \"lat_mean_us\": {:.1}, \"lat_p99_us\": {:.0}, \"cpu_us_per_io\": {}, \"kicks_per_io\": {:.3}, \"calls_per_io\": {:.3}, \"idle_cpu_pct\": {}}}",
         a.system,
         a.workload,
         iops,
@@ -343,6 +348,7 @@ pub fn run(a: &Args) -> Result<String, String> {
         p99,
         cpu,
         kicks as f64 / ios,
+        calls as f64 / ios,
         idle_cpu
     ))
 }
