@@ -111,8 +111,12 @@ pub fn check_stop_timeout_ms(n: i64, field: &str) -> Result<u32, ConfigError> {
         })
 }
 
-/// Default I/Os gathered per io_uring submission: each one starts at once.
-pub const DEFAULT_SUBMIT_BATCH: u32 = 1;
+/// Default I/Os gathered per io_uring submission. One per submission starts each I/O at
+/// once but rings the disk's doorbell for each (a VM exit on a virtual disk); a whole
+/// pass per submission leaves the disk idle while the guest's batch is read. Four was
+/// measured as good as one or better on every workload, at 13-25 % less CPU per I/O at
+/// queue depth 32 (README, Performance).
+pub const DEFAULT_SUBMIT_BATCH: u32 = 4;
 /// Largest submission batch: a virtqueue pass never queues more than a ring holds.
 pub const MAX_SUBMIT_BATCH: u32 = 1024;
 
