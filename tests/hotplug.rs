@@ -53,11 +53,7 @@ fn start() -> (Daemon, std::path::PathBuf) {
         }],
         &["--num-queues", "1", "--control", "{dir}/control.sock"],
     );
-    let control = d.path("control.sock");
-    // The control socket comes up once the LUNs are open, after the vhost-user socket.
-    wait_until("the control socket", Duration::from_secs(10), || {
-        control.exists()
-    });
+    let control = d.control_socket();
     (d, control)
 }
 

@@ -44,10 +44,7 @@ fn start_queues(queues: u16, limits: &str, extra: &[&str]) -> (Daemon, PathBuf, 
     ];
     args.extend_from_slice(extra);
     let d = Daemon::start(&[], &args);
-    let control = d.path("control.sock");
-    wait_until("the control socket", Duration::from_secs(10), || {
-        control.exists()
-    });
+    let control = d.control_socket();
     let fe = d.connect(queues);
     (d, control, fe)
 }

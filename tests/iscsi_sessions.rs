@@ -288,10 +288,7 @@ mod through_the_daemon {
                 "{dir}/control.sock",
             ],
         );
-        let control = d.path("control.sock");
-        wait_until("the control socket", Duration::from_secs(10), || {
-            control.exists()
-        });
+        let control = d.control_socket();
         let mut fe = d.connect(1);
         assert_eq!(reported(&mut fe), vec![0, 1, 2, 3, 4, 5]);
         // Each guest LUN is its target LUN: distinct data written through each stays there.

@@ -36,10 +36,7 @@ fn daemon_after_io(extra: &[&str], reads: usize) -> (Daemon, vscsid::frontend::S
     ];
     args.extend_from_slice(extra);
     let d = Daemon::start(&[], &args);
-    let control = d.path("control.sock");
-    wait_until("the control socket", Duration::from_secs(10), || {
-        control.exists()
-    });
+    d.control_socket();
     let mut fe = d.connect(1);
     for i in 0..reads {
         let r = fe

@@ -446,10 +446,7 @@ fn luns_added_through_the_control_socket_are_served_under_the_filters() {
     }
     let d = Daemon::start_logged(&disk(), &args, &[]);
     let _log = LogOnPanic::of(&d);
-    let control = d.path("control.sock");
-    wait_until("the control socket", Duration::from_secs(10), || {
-        control.exists()
-    });
+    let control = d.control_socket();
     // An image the daemon's user may open.
     std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).expect("dir");
     let b = d.path("b.img");

@@ -218,10 +218,7 @@ fn the_control_socket_serves_its_group_and_refuses_other_users() {
         "--control-mode",
         "0660",
     ]);
-    let control = d.path("control.sock");
-    wait_until("the control socket", Duration::from_secs(10), || {
-        control.exists()
-    });
+    let control = d.control_socket();
     let meta = std::fs::symlink_metadata(&control).expect("control socket");
     assert_eq!((meta.mode() & 0o777, meta.gid()), (0o660, NOGROUP));
     let (code, err) = ctl_as(&helper, NOBODY, NOGROUP, &control);
@@ -236,10 +233,7 @@ fn the_control_socket_serves_its_group_and_refuses_other_users() {
 
     // A socket anyone may open: the daemon itself refuses another user.
     let d = start(&["--control", "{dir}/control.sock", "--control-mode", "0666"]);
-    let control = d.path("control.sock");
-    wait_until("the control socket", Duration::from_secs(10), || {
-        control.exists()
-    });
+    let control = d.control_socket();
     let (code, err) = ctl_as(&helper, NOBODY, OTHER_GROUP, &control);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("refused a client of uid 65534"), "{err}");

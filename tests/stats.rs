@@ -176,10 +176,7 @@ fn stats_counters_add_up_to_what_the_frontend_sent() {
         // The port chosen is in the log.
         &[("VSCSID_LOG", "info")],
     );
-    let control = d.path("control.sock");
-    wait_until("the control socket", Duration::from_secs(10), || {
-        control.exists()
-    });
+    let control = d.control_socket();
     let mut port = 0u16;
     wait_until("the metrics address", Duration::from_secs(10), || {
         let log = d.log();

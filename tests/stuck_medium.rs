@@ -172,10 +172,7 @@ fn a_lun_removed_with_a_write_stuck_closes_after_the_write_is_acknowledged() {
         &[("VSCSID_LOG", "info")],
     );
     let _thaw = fs.thaw_on_drop();
-    let control = d.path("control.sock");
-    wait_until("the control socket", Duration::from_secs(10), || {
-        control.exists()
-    });
+    let control = d.control_socket();
     let mut fe = d.connect(1);
     stick_a_write(&fs, &mut d, &mut fe);
     // Removed while its write waits in the kernel: the reply says one is still in flight.

@@ -132,6 +132,16 @@ impl Daemon {
         self.dir.path().join(name)
     }
 
+    /// Waits for the control socket the daemon was given as `{dir}/control.sock` (it comes
+    /// up once the LUNs are open, after the vhost-user socket) and returns its path.
+    pub fn control_socket(&self) -> PathBuf {
+        let control = self.path("control.sock");
+        wait_until("the control socket", Duration::from_secs(10), || {
+            control.exists()
+        });
+        control
+    }
+
     pub fn connect(&self, request_queues: u16) -> ScsiFrontend {
         let opts = ConnectOptions {
             queues: 2 + request_queues,
