@@ -136,16 +136,9 @@ pub fn run(a: &Args, file: &std::path::Path) -> Result<String, String> {
     if lat.is_empty() {
         return Err("no I/O completed".into());
     }
-    let (mean, p99) = super::loadgen::mean_and_p99(&mut lat);
-    let iops = completed as f64 / elapsed;
     Ok(format!(
-        "{{\"system\": \"{}\", \"workload\": \"{}\", \"iops\": {:.0}, \"bw_mib_s\": {:.1}, \"lat_mean_us\": {:.1}, \"lat_p99_us\": {:.0}, \"cpu_us_per_io\": {:.3}}}",
-        a.system,
-        a.workload,
-        iops,
-        iops * a.bs as f64 / 1048576.0,
-        mean,
-        p99,
+        "{}, \"cpu_us_per_io\": {:.3}}}",
+        super::loadgen::result_head(a, completed as f64 / elapsed, &mut lat),
         cpu / completed as f64
     ))
 }

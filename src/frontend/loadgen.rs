@@ -331,21 +331,14 @@ pub fn run(a: &Args) -> Result<String, String> {
     if errors > 0 {
         return Err(format!("{errors} I/Os failed"));
     }
-    let (mean, p99) = mean_and_p99(&mut lat);
-    let iops = ios / elapsed;
     let cpu = match (cpu0, cpu1) {
         // USER_HZ is 100 on Linux: one tick is 10 000 us.
         (Some(c0), Some(c1)) => format!("{:.3}", (c1 - c0) as f64 * 10_000.0 / ios),
         _ => "null".into(),
     };
     Ok(format!(
-        "{{\"system\": \"{}\", \"workload\": \"{}\", \"iops\": {:.0}, \"bw_mib_s\": {:.1}, \"lat_mean_us\": {:.1}, \"lat_p99_us\": {:.0}, \"cpu_us_per_io\": {}, \"kicks_per_io\": {:.3}, \"calls_per_io\": {:.3}, \"idle_cpu_pct\": {}}}",
-        a.system,
-        a.workload,
-        iops,
-        iops * a.bs as f64 / 1048576.0,
-        mean,
-        p99,
+        "{}, \"cpu_us_per_io\": {}, \"kicks_per_io\": {:.3}, \"calls_per_io\": {:.3}, \"idle_cpu_pct\": {}}}",
+        result_head(a, ios / elapsed, &mut lat),
         cpu,
         kicks as f64 / ios,
         calls as f64 / ios,
@@ -353,8 +346,24 @@ pub fn run(a: &Args) -> Result<String, String> {
     ))
 }
 
+/// The fields every result starts with, as the opening of a JSON object without its
+/// closing brace: system, workload, iops, bw_mib_s, lat_mean_us and lat_p99_us (from
+/// `lat`, at least one sample, sorted here).
+pub(super) fn result_head(a: &Args, iops: f64, lat: &mut [u32]) -> String {
+    let (mean, p99) = mean_and_p99(lat);
+    format!(
+        "{{\"system\": \"{}\", \"workload\": \"{}\", \"iops\": {:.0}, \"bw_mib_s\": {:.1}, \"lat_mean_us\": {:.1}, \"lat_p99_us\": {:.0}",
+        a.system,
+        a.workload,
+        iops,
+        iops * a.bs as f64 / 1048576.0,
+        mean,
+        p99
+    )
+}
+
 /// Mean and 99th percentile of latency samples (µs; at least one), sorting them.
-pub(super) fn mean_and_p99(lat: &mut [u32]) -> (f64, f64) {
+fn mean_and_p99(lat: &mut [u32]) -> (f64, f64) {
     lat.sort_unstable();
     let mean = lat.iter().map(|&x| f64::from(x)).sum::<f64>() / lat.len() as f64;
     let p99 = f64::from(lat[((lat.len() as f64 * 0.99) as usize).min(lat.len() - 1)]);
