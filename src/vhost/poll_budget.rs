@@ -165,8 +165,8 @@ impl PollBudget {
         if !self.adaptive || catch.requests > 0 || catch.answers == 0 {
             return;
         }
-        let spin =
-            u64::try_from(spin.as_nanos()).unwrap_or(u64::MAX) / u64::from(catch.answers.max(1));
+        // Not zero: returned above.
+        let spin = u64::try_from(spin.as_nanos()).unwrap_or(u64::MAX) / u64::from(catch.answers);
         self.spin_ns = self.spin_ns - self.spin_ns / 8 + spin / 8;
         self.answers_since_hold = self.answers_since_hold.saturating_add(catch.answers);
         if self.spin_ns > COSTLY_SPIN.as_nanos() as u64 {
@@ -346,10 +346,9 @@ mod tests {
         assert_eq!(f.window(), 50 * US);
     }
 
-    /// Grows the window after a hold, then spins 40 µs for each answer until polling stops;
-    /// returns the hold that follows (wake-ups without polling).
-    fn try_slow_device(b: &mut PollBudget) -> u32 {
-        grow(b);
+    /// Spins 40 µs for each answer until polling stops; returns the hold that follows
+    /// (wake-ups without polling).
+    fn slow_answers_until_held(b: &mut PollBudget) -> u32 {
         while b.window() > Duration::ZERO {
             b.found_after(40 * US, answers(1));
         }
@@ -360,6 +359,12 @@ mod tests {
             assert!(held <= HOLD_OFF_MAX + 1);
         }
         held - 1
+    }
+
+    /// Grows the window after a hold, then [`slow_answers_until_held`].
+    fn try_slow_device(b: &mut PollBudget) -> u32 {
+        grow(b);
+        slow_answers_until_held(b)
     }
 
     #[test]
@@ -375,23 +380,12 @@ mod tests {
         for _ in 0..1000 {
             b.found_after(US, answers(1));
         }
-        while b.window() > Duration::ZERO {
-            b.found_after(40 * US, answers(1));
-        }
-        let mut held = 0;
-        while b.window().is_zero() {
-            b.woke_after(5 * US);
-            held += 1;
-        }
-        assert_eq!(held - 1, HOLD_OFF_WAKES);
+        assert_eq!(slow_answers_until_held(&mut b), HOLD_OFF_WAKES);
     }
 
     #[test]
     fn a_stray_slow_answer_halves_the_window_instead_of_ending_polling() {
-        let mut b = PollBudget::new(PollSetting::Adaptive);
-        for _ in 0..10 {
-            b.woke_after(b.window() + 5 * US);
-        }
+        let mut b = grown();
         b.woke_after(Duration::from_millis(1));
         assert_eq!(b.window(), ADAPTIVE_MAX / 2);
         b.woke_after(b.window() + 5 * US);
