@@ -98,12 +98,9 @@ stop_tgtd() {
 }
 trap 'stop_all; stop_tgtd; rm -rf "$work"' EXIT
 
-# Build once and run copies, so edits and rebuilds during a run change nothing.
-cargo build --release --quiet
-cp target/release/vscsid "$work/vscsid"
-lg=$(cargo bench --bench loadgen --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
-[[ -x $lg ]] || { echo "compare: could not build the load generator" >&2; exit 1; }
-cp "$lg" "$work/loadgen"
+# shellcheck source=benches/build-tools.sh
+. benches/build-tools.sh
+build_tools "$work" compare
 loadgen() { "$work/loadgen" "$@"; }
 # Backends start straight from $vscsid (not through a shell function) so $! is the
 # daemon itself: its CPU time is measured and it is the process stopped.

@@ -48,11 +48,9 @@ stop() { # pids...
 }
 trap 'stop "${frontend_pids[@]}"; stop "${daemon_pids[@]}"; rm -rf "$work"' EXIT
 
-cargo build --release --quiet
-cp target/release/vscsid "$work/vscsid"
-lg=$(cargo bench --bench loadgen --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
-[[ -x $lg ]] || { echo "density: could not build the load generator" >&2; exit 1; }
-cp "$lg" "$work/loadgen"
+# shellcheck source=benches/build-tools.sh
+. benches/build-tools.sh
+build_tools "$work" density
 
 ncpu=$(nproc)
 on_cpu() { # i: the command prefix that places daemon i and its generator (nothing unpinned)

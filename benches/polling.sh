@@ -30,11 +30,9 @@ pids=()
 stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; pids=(); }
 trap 'stop_all; rm -rf "$work"' EXIT
 
-cargo build --release --quiet
-cp target/release/vscsid "$work/vscsid"
-lg=$(cargo bench --bench loadgen --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
-[[ -x $lg ]] || { echo "polling: could not build the load generator" >&2; exit 1; }
-cp "$lg" "$work/loadgen"
+# shellcheck source=benches/build-tools.sh
+. benches/build-tools.sh
+build_tools "$work" polling
 
 disk=$out/disk.img
 size=$((1 << 30))
