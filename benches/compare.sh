@@ -27,11 +27,12 @@
 # polling off, fixed and adaptive on a null and a file LUN, CPU per I/O and idle CPU side
 # by side) and density (benches/density.sh: 64 daemons with 4 LUNs and an idle frontend
 # each, then 16 of them under load at once).
-# Usage: benches/compare.sh [--quick] [--repeat N] [--polling | --density]
+# Usage: benches/compare.sh [--quick] [--repeat N] [--polling | --density | --iscsi]
 #   --quick: 4 s per run, one round, under 5 minutes in all (the polling and density
 #   sections shortened too); otherwise 15 s per run and 3 rounds. Each round runs every
 #   system once per workload, taking turns; the table shows each system's median round.
-#   --polling, --density: only that section.
+#   --polling, --density, --iscsi: only that section (--iscsi: the iSCSI systems and
+#   their table, no polling or density section).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -42,7 +43,7 @@ while (($#)); do
   case $1 in
     --quick) runtime=4; rounds=1 ;;
     --repeat) rounds=${2:?--repeat needs a count}; shift ;;
-    --polling | --density) only=${1#--} ;;
+    --polling | --density | --iscsi) only=${1#--} ;;
     *) echo "compare: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -174,6 +175,7 @@ print(json.dumps({"system": "host-fio", "workload": sys.argv[2], "iops": round(d
 PY
 }
 
+if [[ $only != iscsi ]]; then
 # vscsid on the file; QEMU's block layer and virtio-blk exported by qemu-storage-daemon on
 # the same file (both run at once, one measured at a time: the image is `shared` for
 # vscsid and unlocked for qemu-storage-daemon); vscsid's own ceiling on null LUNs. Each offers two request queues (vscsid
@@ -219,6 +221,7 @@ sleep 1
 rss_kib=$(awk '/^VmRSS/ {print $2}' "/proc/${pid_of[vscsid-4-luns]}/status")
 echo "{\"system\": \"vscsid\", \"workload\": \"idle-rss-4-luns\", \"rss_mib\": $(python3 -c "print(round($rss_kib / 1024, 1))")}" | tee -a "$results"
 stop_all
+fi
 
 # iSCSI: one tgtd LUN on 127.0.0.1, driven through vscsid's initiator and through QEMU's
 # libiscsi driver. tgtd serves it from the page cache (its default rdwr backing store), so
@@ -265,5 +268,6 @@ stop_all
 stop_tgtd
 
 python3 benches/report.py "$results" "$out/chart.svg"
+[[ $only == iscsi ]] && exit
 polling_section
 density_section

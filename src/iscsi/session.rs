@@ -159,9 +159,10 @@ pub(crate) struct PathStats {
     pub last_failover_us: AtomicU64,
 }
 
-/// Mutable session state behind one lock; the writer is part of it so the PDUs of one
-/// command go out together and in CmdSN order.
+/// Mutable session state behind one lock. PDUs are encoded into `out` under it, so the
+/// PDUs of one command go out together and in CmdSN order (written through [`send::Tx`]).
 struct State {
+    /// The connection (shut down when it is lost); `None` while there is none.
     writer: Option<TcpStream>,
     /// PDUs encoded and not yet written (a corked batch, or the PDU being sent).
     out: Vec<u8>,
@@ -212,7 +213,12 @@ pub(crate) struct Session {
     /// Commands queued or sent and not yet answered.
     outstanding: AtomicUsize,
     state: Mutex<State>,
+    /// The connection's sending side; taken with `state` held, never the other way round.
+    tx: Mutex<send::Tx>,
     changed: Condvar,
+    /// Threads waiting on `changed` (a logout, a task management function): the reader
+    /// wakes them after a PDU only when there are any.
+    waiting: AtomicUsize,
     closing: AtomicBool,
     /// Keeps the lines this path repeats while it flaps down to one per kind and interval.
     pub(crate) log: LogLimiter,
@@ -270,7 +276,9 @@ impl Session {
                 generation: 0,
                 logout_itt: None,
             }),
+            tx: Mutex::new(send::Tx::default()),
             changed: Condvar::new(),
+            waiting: AtomicUsize::new(0),
             closing: AtomicBool::new(false),
             log: LogLimiter::default(),
             span: tracing::info_span!(parent: None, "iscsi_session", session = id, target = %url.target, %portal),
@@ -336,6 +344,35 @@ impl Session {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn lock_tx(&self) -> MutexGuard<'_, send::Tx> {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits on `changed` for at most `timeout` (the state is checked again by the caller).
+    fn wait_changed<'a>(
+        &self,
+        st: MutexGuard<'a, State>,
+        timeout: Duration,
+    ) -> MutexGuard<'a, State> {
+        // Counted under the lock, before the wait lets it go: a thread that changes the
+        // state under the lock and then looks at `waiting` sees this wait.
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let st = self
+            .changed
+            .wait_timeout(st, timeout)
+            .map(|(g, _)| g)
+            .unwrap_or_else(|e| e.into_inner().0);
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        st
+    }
+
+    /// Wakes the threads in [`Session::wait_changed`], if any (no system call otherwise).
+    fn notify_changed(&self) {
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.notify_changed();
+        }
+    }
+
     /// Connects, logs in, starts a reader, and (re)sends every command without status.
     /// Refuses once the session is closing: a login that was under way when
     /// [`Session::close`] ran ends with its connection shut, so no session comes up again
@@ -354,6 +391,7 @@ impl Session {
             .set_write_timeout(Some(self.opts.nop_timeout.max(Duration::from_secs(5))))
             .map_err(io)?;
         let reader = stream.try_clone().map_err(io)?;
+        let sender = stream.try_clone().map_err(io)?;
         let framing = neg.framing;
         let generation;
         {
@@ -366,6 +404,7 @@ impl Session {
             st.exp_stat_sn = neg.exp_stat_sn;
             st.max_cmd_sn = neg.max_cmd_sn;
             st.neg = Some(neg);
+            self.lock_tx().connect(sender, &mut st.out);
             st.writer = Some(stream);
             st.last_rx = Instant::now();
             st.connected_at = Instant::now();
@@ -404,7 +443,7 @@ impl Session {
             st.recovering = true;
             return Err(LoginError::Protocol(e.to_string()));
         }
-        self.changed.notify_all();
+        self.notify_changed();
         // Lost already (the reader got there first): its recovery takes it from here.
         // Closed meanwhile (close() ends the generation): no session again.
         if self.lock().generation != generation {
@@ -470,11 +509,7 @@ impl Session {
                         tracing::warn!(portal = %self.url.portal(), "iSCSI logout not answered in {within:?}; closing the connection");
                         break;
                     }
-                    st = self
-                        .changed
-                        .wait_timeout(st, left)
-                        .map(|(g, _)| g)
-                        .unwrap_or_else(|e| e.into_inner().0);
+                    st = self.wait_changed(st, left);
                 }
                 if st.logout_itt.is_none() {
                     tracing::info!(portal = %self.url.portal(), "iSCSI session logged out");
@@ -488,7 +523,7 @@ impl Session {
         }
         self.up.store(false, Ordering::Release);
         drop(st);
-        self.changed.notify_all();
+        self.notify_changed();
         self.fail_all(TransportError::Closed);
         self.release_isid();
     }

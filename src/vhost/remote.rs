@@ -16,9 +16,12 @@ pub struct RemoteAnswers {
 }
 
 impl RemoteAnswers {
-    pub fn new(wake: EventFd) -> RemoteAnswers {
+    /// `capacity`: the most answers that can be outstanding (the worker's commands in
+    /// flight). The list and the worker's own buffer trade places at each hand-over, so
+    /// both are sized for it from the start: neither grows while the other lags behind.
+    pub fn new(wake: EventFd, capacity: usize) -> RemoteAnswers {
         RemoteAnswers {
-            items: Mutex::new(Vec::new()),
+            items: Mutex::new(Vec::with_capacity(capacity)),
             wake,
         }
     }

@@ -143,7 +143,7 @@ impl ReplyLater for Replier {
 impl Worker {
     pub fn new(thread: usize, max_inflight: usize, submit_batch: u32) -> std::io::Result<Worker> {
         let block = BlockIo::new(max_inflight, submit_batch)?;
-        let answers = Arc::new(RemoteAnswers::new(block.wake_handle()?));
+        let answers = Arc::new(RemoteAnswers::new(block.wake_handle()?, max_inflight));
         Ok(Worker {
             thread,
             block,

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::send::{flush_out, queue_data_out, DataOutTo};
+use super::send::{queue_data_out, DataOutTo};
 use super::{sn_le, Completions, Done, Loss, PathCommand, Session, State, NO_TAG};
 use crate::iscsi::alua;
 use crate::iscsi::pdu::{self, op, Framing, Pdu, F_FINAL};
@@ -56,7 +56,7 @@ impl Session {
                     let logging_out = st.logout_itt.take().is_some();
                     drop(st);
                     if logging_out {
-                        self.changed.notify_all();
+                        self.notify_changed();
                     }
                     self.hand_off();
                     return;
@@ -75,7 +75,7 @@ impl Session {
                 }
                 self.outstanding.store(st.pending.len(), Ordering::Relaxed);
             }
-            self.changed.notify_all();
+            self.notify_changed();
             self.hand_off();
             self.stats
                 .ios
@@ -272,7 +272,7 @@ impl Session {
                 if let Some(pend) = pending.get(&itt) {
                     queue_data_out(out, &neg, &to, &pend.cmd, off..end)?;
                 }
-                flush_out(st)?;
+                self.flush_out(st)?;
             }
             op::NOP_IN => {
                 Self::update_sn(st, p, p.itt() != NO_TAG);
@@ -351,7 +351,7 @@ impl Session {
             other => return Err(protocol_error(&format!("unexpected opcode {other:#x}"))),
         }
         self.pump(st)?;
-        flush_out(st)
+        self.flush_out(st)
     }
 }
 

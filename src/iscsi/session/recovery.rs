@@ -115,7 +115,7 @@ impl Session {
                 },
             );
         }
-        self.changed.notify_all();
+        self.notify_changed();
     }
 
     /// Logs in again with back-off until it works or the session closes.

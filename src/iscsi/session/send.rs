@@ -2,11 +2,18 @@
 //! CmdSN window is open, each as a SCSI Command PDU (with an extended CDB AHS past 16
 //! bytes, and immediate data) followed by its unsolicited Data-Out; the Data-Out an R2T
 //! asks for; corked batches that go out in one write.
+//!
+//! PDUs are encoded into the session's output buffer under the session lock and written
+//! under the sending side's own lock ([`Tx`]), taken before the session lock is let go, so
+//! they leave in the order they were queued. A guest's command (`submit`, `flush`) is
+//! written after the session lock is released: the reader thread handles the target's
+//! answers meanwhile instead of waiting for our send.
 
 use std::io::Write;
+use std::net::TcpStream;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 
 use super::{next_itt, sn_le, Loss, PathCommand, Pending, Session, State, NO_TAG};
 use crate::iscsi::login::Negotiated;
@@ -57,11 +64,13 @@ impl Session {
         );
         self.outstanding.store(st.pending.len(), Ordering::Relaxed);
         st.unsent.push(owner, itt);
-        let sent = self
-            .pump(&mut st)
-            .and_then(|()| if cork { Ok(()) } else { flush_out(&mut st) });
-        if let Err(e) = sent {
-            self.send_failed(&mut st, &e);
+        match self.pump(&mut st) {
+            Err(e) => self.send_failed(&mut st, &e),
+            Ok(()) if !cork => {
+                self.flush_unlocked(st);
+                return Ok(());
+            }
+            Ok(()) => {}
         }
         drop(st);
         self.hand_off();
@@ -70,14 +79,33 @@ impl Session {
 
     /// Writes the PDUs corked submissions left in the output buffer.
     pub(crate) fn flush(self: &Arc<Self>) {
-        let mut st = self.lock();
+        let st = self.lock();
         if st.out.is_empty() {
             return;
         }
-        if let Err(e) = flush_out(&mut st) {
-            self.send_failed(&mut st, &e);
+        self.flush_unlocked(st);
+    }
+
+    /// Writes the output buffer with the session lock released: the bytes move to the
+    /// sending side, whose lock is taken first (so nothing queued later overtakes them).
+    /// A failed write drops the connection it was for, unless that one is gone already.
+    fn flush_unlocked(self: &Arc<Self>, mut st: MutexGuard<'_, State>) {
+        if !st.out.is_empty() {
+            let generation = st.generation;
+            let mut tx = self.lock_tx();
+            tx.take(&mut st.out);
+            drop(st);
+            let written = tx.write();
+            drop(tx);
+            if let Err(e) = written {
+                let mut st = self.lock();
+                if st.generation == generation {
+                    self.send_failed(&mut st, &e);
+                }
+            }
+        } else {
+            drop(st);
         }
-        drop(st);
         self.hand_off();
     }
 
@@ -200,22 +228,65 @@ impl Session {
             return Err(std::io::Error::other("not connected"));
         }
         pdu::encode_into(p, &p.data, &framing, &mut st.out);
-        flush_out(st)
+        self.flush_out(st)
+    }
+
+    /// Writes the output buffer to the connection and empties it, the session lock held.
+    pub(super) fn flush_out(&self, st: &mut State) -> std::io::Result<()> {
+        if st.out.is_empty() {
+            return Ok(());
+        }
+        if st.writer.is_none() {
+            st.out.clear();
+            return Err(std::io::Error::other("not connected"));
+        }
+        let mut tx = self.lock_tx();
+        tx.take(&mut st.out);
+        tx.write()
     }
 }
 
-/// Writes the output buffer to the connection and empties it.
-pub(super) fn flush_out(st: &mut State) -> std::io::Result<()> {
-    if st.out.is_empty() {
-        return Ok(());
+/// Room reserved in each output buffer at login (bytes).
+const OUT_RESERVE: usize = 1 << 20;
+
+/// The sending side of the session's connection (a clone of the session's stream, set at
+/// each login; a loss shuts the stream down, which ends a write under way here).
+#[derive(Default)]
+pub(super) struct Tx {
+    stream: Option<TcpStream>,
+    /// The bytes being written: the session's output buffer, swapped in (both buffers
+    /// keep their capacity, so sending allocates nothing).
+    buf: Vec<u8>,
+}
+
+impl Tx {
+    /// The connection of a new login; `out` is the session's output buffer. Both buffers
+    /// start with room for a deep queue's batch of commands with immediate data, so the
+    /// steady state never grows them (room that is never written takes no memory).
+    pub(super) fn connect(&mut self, stream: TcpStream, out: &mut Vec<u8>) {
+        self.stream = Some(stream);
+        self.buf.clear();
+        self.buf.reserve(OUT_RESERVE);
+        out.reserve(OUT_RESERVE);
     }
-    let State { writer, out, .. } = st;
-    let w = writer
-        .as_mut()
-        .ok_or_else(|| std::io::Error::other("not connected"))?;
-    let r = w.write_all(out);
-    out.clear();
-    r
+
+    /// Takes `out`'s bytes, leaving it empty and at least as large as the buffer taken:
+    /// the two buffers take turns, and each grows only to the largest batch yet, as one
+    /// buffer would (steady state allocates nothing).
+    fn take(&mut self, out: &mut Vec<u8>) {
+        debug_assert!(self.buf.is_empty());
+        std::mem::swap(&mut self.buf, out);
+        out.reserve(self.buf.capacity());
+    }
+
+    fn write(&mut self) -> std::io::Result<()> {
+        let r = match self.stream.as_mut() {
+            Some(s) => s.write_all(&self.buf),
+            None => Err(std::io::Error::other("not connected")),
+        };
+        self.buf.clear();
+        r
+    }
 }
 
 /// Where Data-Out PDUs go: the command's LUN and task tag, the target's transfer tag (an

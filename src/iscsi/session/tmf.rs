@@ -57,11 +57,7 @@ impl Session {
                 st.tmf.remove(&itt);
                 return Err(TransportError::Timeout);
             }
-            st = self
-                .changed
-                .wait_timeout(st, Duration::from_millis(50))
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
+            st = self.wait_changed(st, Duration::from_millis(50));
         }
     }
 
