@@ -18,9 +18,10 @@
 //!   buffers again, even from a session that still holds the command (a path that is
 //!   being failed over, a command abandoned at a frozen target). A command reissued on
 //!   another path while open writes the same bytes again into the same buffers, which is
-//!   what the guest asked for. On the session's side, a reader writes a piece of Data-In
-//!   only under its session's lock and while the command is pending on its connection, so
-//!   a path that lost the command (failed over, aborted) stops writing it at once.
+//!   what the guest asked for. On the session's side, a reader starts a Data-In PDU only
+//!   while the command is pending on its connection (checked under its session's lock);
+//!   a path that loses the command (failed over, aborted) meanwhile may finish that one
+//!   PDU, whose data the target sent for this command, and starts no other.
 //! - **Never outside the guest's buffers.** A write is clipped to the data-in length the
 //!   guest supplied, whatever offset and length the target sends, and each range is
 //!   translated through the memory map (a range outside guest memory is not written).

@@ -17,7 +17,7 @@ use super::send::{queue_data_out, DataOutTo};
 use super::{sn_le, Completions, Done, Loss, PathCommand, Session, State, NO_TAG};
 use crate::iscsi::alua;
 use crate::iscsi::pdu::{self, op, Framing, Pdu, F_FINAL};
-use crate::scsi::task::{Residual, ScsiCompletion, ScsiStatus, TransportError};
+use crate::scsi::task::{GuestBuffers, Residual, ScsiCompletion, ScsiStatus, TransportError};
 
 impl Session {
     pub(super) fn reader_loop(
@@ -33,8 +33,8 @@ impl Session {
         let mut done = Completions::new();
         loop {
             let read = pdu::read_header(&mut r, &framing).and_then(|mut pdu| {
-                if self.streams_into_guest(&pdu, &framing, generation) {
-                    self.stream_data_in(&mut r, &pdu, generation)?;
+                if let Some(guest) = self.streams_into_guest(&pdu, &framing, generation) {
+                    Self::stream_data_in(&mut r, &pdu, &*guest)?;
                     // Handled as a Data-In without data: only its status is left.
                     pdu.data = std::mem::take(&mut spare);
                     pdu.data.clear();
@@ -87,34 +87,41 @@ impl Session {
         }
     }
 
-    /// Whether `pdu` is a Data-In (with data, and no data digest to check first) of a
-    /// command of this connection that has guest buffers: its data goes straight there.
-    fn streams_into_guest(&self, pdu: &Pdu, framing: &Framing, generation: u64) -> bool {
+    /// The guest buffers `pdu`'s data goes straight into, when it is a Data-In (with data,
+    /// and no data digest to check first) of a command pending on this connection that has
+    /// guest buffers.
+    fn streams_into_guest(
+        &self,
+        pdu: &Pdu,
+        framing: &Framing,
+        generation: u64,
+    ) -> Option<Arc<dyn GuestBuffers>> {
         if pdu.opcode() != op::DATA_IN || pdu.data_len_field() == 0 || framing.data_digest {
-            return false;
+            return None;
         }
         let st = self.lock();
-        st.generation == generation
-            && st
-                .pending
-                .get(&pdu.itt())
-                .is_some_and(|p| p.cmd.guest.is_some())
+        if st.generation != generation {
+            return None;
+        }
+        let guest = st.pending.get(&pdu.itt())?.cmd.guest.as_ref()?;
+        Some(guest.buffers.clone())
     }
 
     /// Reads the data segment of Data-In `pdu` from the connection's read buffer straight
-    /// into its command's guest buffers, as much as the buffer holds at a time. Each piece
-    /// is written under the session lock and only while the command is still pending on
-    /// this connection (a command completed, aborted or handed to another path meanwhile
-    /// gets nothing more from here); nothing blocks while the lock is held.
+    /// into its command's guest buffers, as much as the read buffer holds at a time,
+    /// without the session lock: the worker sends meanwhile. The command was pending on
+    /// this connection when the PDU began; the buffers take no byte once the command has
+    /// ended ([`GuestBuffers::write_in`] checks under their own lock, which the worker
+    /// closes before it answers the guest). A command aborted or handed to another path
+    /// while this PDU is read may still get the rest of this PDU's data, which the target
+    /// sent for that very command, and nothing after it.
     fn stream_data_in(
-        &self,
         r: &mut BufReader<TcpStream>,
         pdu: &Pdu,
-        generation: u64,
+        guest: &dyn GuestBuffers,
     ) -> std::io::Result<()> {
         let dl = pdu.data_len_field();
         let total = dl + pdu::pad4(dl);
-        let itt = pdu.itt();
         let offset = pdu.buffer_offset() as usize;
         let mut at = 0usize;
         while at < total {
@@ -125,17 +132,8 @@ impl Session {
             let n = piece.len().min(total - at);
             let data = n.min(dl.saturating_sub(at));
             if data > 0 {
-                let st = self.lock();
-                let guest = st
-                    .pending
-                    .get(&itt)
-                    .filter(|_| st.generation == generation)
-                    .and_then(|p| p.cmd.guest.as_ref());
-                if let Some(g) = guest {
-                    // Clipped to the guest's data-in buffers, whatever the offset.
-                    g.buffers
-                        .write_in(offset.saturating_add(at), &piece[..data]);
-                }
+                // Clipped to the guest's data-in buffers, whatever the offset.
+                guest.write_in(offset.saturating_add(at), &piece[..data]);
             }
             r.consume(n);
             at += n;

@@ -180,3 +180,134 @@ fn a_full_window_serves_the_luns_in_turn() {
     session.close(Duration::ZERO);
     target.join().expect("target");
 }
+
+/// Makes `fd`'s socket buffer `opt` (SO_SNDBUF or SO_RCVBUF) as small as the kernel allows.
+fn shrink_socket_buffer(fd: std::os::fd::RawFd, opt: libc::c_int) {
+    let size: libc::c_int = 4096;
+    // SAFETY: setsockopt reads one c_int from a live local for the duration of the call.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "setsockopt: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn an_answer_is_delivered_while_a_send_is_blocked() {
+    use std::os::fd::AsRawFd;
+    const WRITES: usize = 24;
+    let (got_tur_tx, got_tur_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (drain_tx, drain_rx) = std::sync::mpsc::channel::<()>();
+    // The target reads the TEST UNIT READY, then stops reading until told to answer it,
+    // and reads (and answers) the writes only when told to drain.
+    let (port, target) = scripted_target(
+        64,
+        || {},
+        move |s, mut stat_sn| {
+            shrink_socket_buffer(s.as_raw_fd(), libc::SO_RCVBUF);
+            let mut answer = |s: &mut std::net::TcpStream, cmd: &Pdu| {
+                let cmd_sn = cmd.u32_at(24);
+                let mut p = Pdu::new(op::SCSI_RESP);
+                p.set_flags(0x80);
+                p.set_itt(cmd.itt());
+                p.set_u32(24, stat_sn);
+                p.set_u32(28, cmd_sn.wrapping_add(1));
+                p.set_u32(32, cmd_sn.wrapping_add(64));
+                stat_sn += 1;
+                pdu::write_pdu(s, &p, &Framing::default()).is_ok()
+            };
+            let Ok(tur) = pdu::read_pdu(s, &Framing::default()) else {
+                return;
+            };
+            let _ = got_tur_tx.send(());
+            if go_rx.recv_timeout(Duration::from_secs(10)).is_err() || !answer(s, &tur) {
+                return;
+            }
+            if drain_rx.recv_timeout(Duration::from_secs(10)).is_err() {
+                return;
+            }
+            for _ in 0..WRITES {
+                match pdu::read_pdu(s, &Framing::default()) {
+                    Ok(cmd) if answer(s, &cmd) => {}
+                    _ => return,
+                }
+            }
+        },
+    );
+    let url =
+        IscsiUrl::parse(&format!("iscsi://127.0.0.1:{port}/iqn.2024-01.test:t/0")).expect("url");
+    let session = Session::new(0, &url, &IscsiOptions::default());
+    session.establish().expect("login");
+    let fd = session
+        .lock()
+        .writer
+        .as_ref()
+        .expect("connected")
+        .as_raw_fd();
+    shrink_socket_buffer(fd, libc::SO_SNDBUF);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let lun = LunId::new(0).expect("lun");
+    session
+        .submit(0, lun, tur(7, &done_tx), false)
+        .unwrap_or_else(|_| panic!("session down"));
+    got_tur_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the target reads the TEST UNIT READY");
+    // Writes of 8 KiB each (immediate data): far more than the two shrunk socket buffers
+    // hold while the target does not read, so the flush blocks in its write.
+    let flushed = Arc::new(AtomicBool::new(false));
+    let (writes_done_tx, writes_done_rx) = std::sync::mpsc::channel::<()>();
+    let writer = {
+        let session = session.clone();
+        let flushed = flushed.clone();
+        std::thread::spawn(move || {
+            let write10 = [0x2a, 0, 0, 0, 0, 0, 0, 0, 16, 0];
+            for _ in 0..WRITES {
+                let done = writes_done_tx.clone();
+                let cmd = PathCommand {
+                    id: 1,
+                    cmd: crate::scsi::task::command(&write10, vec![0x5a; 8192], 0),
+                    done: crate::scsi::task::Completer::new(move |c| {
+                        assert!(c.result.is_ok(), "{:?}", c.result);
+                        let _ = done.send(());
+                    }),
+                    reissues: 0,
+                    probe: false,
+                };
+                session
+                    .submit(0, lun, cmd, true)
+                    .unwrap_or_else(|_| panic!("session down"));
+            }
+            session.flush();
+            flushed.store(true, Ordering::SeqCst);
+        })
+    };
+    // Let the flush reach its blocked write, then have the target answer the TEST UNIT
+    // READY: the answer arrives while the write is still blocked.
+    std::thread::sleep(Duration::from_millis(300));
+    go_tx.send(()).expect("go");
+    assert_eq!(
+        done_rx.recv_timeout(Duration::from_secs(5)),
+        Ok(7),
+        "the answer waited for the blocked send"
+    );
+    assert!(
+        !flushed.load(Ordering::SeqCst),
+        "the send did not block: the test shows nothing"
+    );
+    drain_tx.send(()).expect("drain");
+    writer.join().expect("writer");
+    for _ in 0..WRITES {
+        writes_done_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("every write completes");
+    }
+    session.close(Duration::ZERO);
+    target.join().expect("target");
+}
