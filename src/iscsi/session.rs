@@ -369,7 +369,7 @@ impl Session {
     /// Wakes the threads in [`Session::wait_changed`], if any (no system call otherwise).
     fn notify_changed(&self) {
         if self.waiting.load(Ordering::SeqCst) > 0 {
-            self.notify_changed();
+            self.changed.notify_all();
         }
     }
 
