@@ -27,12 +27,13 @@
 # polling off, fixed and adaptive on a null and a file LUN, CPU per I/O and idle CPU side
 # by side) and density (benches/density.sh: 64 daemons with 4 LUNs and an idle frontend
 # each, then 16 of them under load at once).
-# Usage: benches/compare.sh [--quick] [--repeat N] [--polling | --density | --iscsi]
+# Usage: benches/compare.sh [--quick] [--repeat N] [--polling | --density | --iscsi | --main]
 #   --quick: 4 s per run, one round, under 5 minutes in all (the polling and density
 #   sections shortened too); otherwise 15 s per run and 3 rounds. Each round runs every
 #   system once per workload, taking turns; the table shows each system's median round.
 #   --polling, --density, --iscsi: only that section (--iscsi: the iSCSI systems and
-#   their table, no polling or density section).
+#   their table); --main: the local and iSCSI systems and their table, without the polling
+#   and density sections.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -43,7 +44,7 @@ while (($#)); do
   case $1 in
     --quick) runtime=4; rounds=1 ;;
     --repeat) rounds=${2:?--repeat needs a count}; shift ;;
-    --polling | --density | --iscsi) only=${1#--} ;;
+    --polling | --density | --iscsi | --main) only=${1#--} ;;
     *) echo "compare: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -268,6 +269,6 @@ stop_all
 stop_tgtd
 
 python3 benches/report.py "$results" "$out/chart.svg"
-[[ $only == iscsi ]] && exit
+[[ $only == iscsi || $only == main ]] && exit
 polling_section
 density_section
