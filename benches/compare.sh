@@ -257,11 +257,16 @@ start_backend qsd10-iscsi blk "$work/qsd10-iscsi.sock" $iscsi_size \
   qsd10 \
   --blockdev "driver=iscsi,node-name=disk0,transport=tcp,portal=127.0.0.1:$port,target=$iqn,lun=1,cache.direct=on" \
   --export "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=$work/qsd10-iscsi.sock,writable=on,num-queues=1"
-for _ in $(seq "$rounds"); do
+# Each round starts with another system, and each workload with the target's writes made
+# durable: tgtd writes through the page cache, so the write-back of a randwrite run would
+# otherwise land in the next workload's first run, always the same system's.
+iscsi_systems=(vscsid-iscsi qsd-iscsi qsd10-iscsi)
+for round in $(seq "$rounds"); do
   for w in "${WORKLOADS[@]}"; do
     read -r rw bs qd <<< "$w"
-    for system in vscsid-iscsi qsd-iscsi qsd10-iscsi; do
-      run_one "$system" "$rw" "$bs" "$qd"
+    sync "$iscsi_disk"
+    for i in 0 1 2; do
+      run_one "${iscsi_systems[(i + round - 1) % 3]}" "$rw" "$bs" "$qd"
     done
   done
 done
