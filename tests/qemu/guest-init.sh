@@ -14,6 +14,31 @@ for m in $(cat /etc/modules.order); do insmod "/lib/modules/$m" 2>/dev/null; don
 arg() { tr ' ' '\n' < /proc/cmdline | sed -n "s/^vscsid\.$1=//p"; }
 # Guest uptime in centiseconds in $NOW, without a fork (busybox ash: read is a builtin).
 now_cs() { read -r up _ < /proc/uptime; NOW=$(( ${up%.*} * 100 + 1${up#*.} - 100 )); }
+# fio_passes <seconds> <fio job options...>: random writes with crc32c verification, in
+# passes until <seconds> are up (at most 100 passes). Each pass writes every block of the
+# job's regions once, in a random order, with data from its own seed, and reads each back
+# 16 writes later (the rest at its end). No pass wraps around its region: fio 3.33 (Debian
+# 12) reports false verify failures (err=84, "bad header rand_seed") when a time-based job
+# writes a block again, and aborts with a double free on exit. A write lost or misplaced
+# still fails here: the block then holds the previous pass's data, under another seed.
+# The last pass's output is in /tmp/fio.out, the number of passes in /tmp/fio.passes;
+# returns fio's exit status (1 when no pass ran), printing fio's verify lines on failure.
+fio_passes() {
+  secs=$1; shift
+  now_cs; end=$((NOW + secs * 100)); passes=0; frc=0
+  while [ $frc = 0 ] && [ $passes -lt 100 ] && [ $NOW -lt $end ]; do
+    passes=$((passes + 1))
+    fio "$@" --rw=randwrite --verify=crc32c --verify_backlog=16 --verify_fatal=1 \
+      --serialize_overlap=1 --randseed=$passes --runtime=$(( (end - NOW) / 100 + 1 )) \
+      > /tmp/fio.out 2>&1
+    frc=$?
+    now_cs
+  done
+  echo $passes > /tmp/fio.passes
+  [ $passes -gt 0 ] || frc=1
+  [ $frc = 0 ] || grep -iE 'verify|bad header|expected|received' /tmp/fio.out | head -n 10
+  return $frc
+}
 MODE=$(arg test)
 NDISKS=$(arg disks); NDISKS=${NDISKS:-1}
 FAILED=0
@@ -367,9 +392,8 @@ if [ "$MODE" = hotplug ]; then
   D0=$(lun_dev 0)
   if [ -z "$D0" ]; then check hp-disk-found FAIL "no disk at LUN 0"; finish; fi
   RUNTIME=$(arg runtime); RUNTIME=${RUNTIME:-60}
-  fio --name=hp --filename=/dev/$D0 --direct=1 --ioengine=libaio --rw=randrw --bs=4k \
-    --size=64M --iodepth=4 --verify=crc32c --verify_backlog=16 --verify_fatal=1 \
-    --time_based --runtime="$RUNTIME" > /tmp/fio.out 2>&1 &
+  fio_passes "$RUNTIME" --name=hp --filename=/dev/$D0 --direct=1 --ioengine=libaio \
+    --bs=4k --size=64M --iodepth=4 &
   fio_pid=$!
   up_ds() { read -r up _ < /proc/uptime; echo $(( ${up%.*} * 10 + ${up#*.} / 10 )); }
   # wait_for <seconds> <shell test>: polls every 0.1 s; 0 once the test holds.
@@ -429,7 +453,8 @@ if [ "$MODE" = hotplug ]; then
   fi
   wait $fio_pid; rc=$?
   io=$(grep -o 'write: IOPS=[^,]*' /tmp/fio.out | head -n 1)
-  check hp-fio-lun0-verify "$( [ $rc = 0 ] && echo PASS || echo FAIL )" "fio on LUN 0 exit $rc, $io"
+  check hp-fio-lun0-verify "$( [ $rc = 0 ] && echo PASS || echo FAIL )" \
+    "fio on LUN 0 exit $rc after $(cat /tmp/fio.passes) passes, $io"
   [ $rc = 0 ] || tail -n 15 /tmp/fio.out
   pat='I/O error|critical|FAILED Result|timing out command|reset'
   n=$(dmesg | grep -ciE "$pat")
@@ -474,28 +499,14 @@ if [ "$MODE" = migrate ]; then
     sleep 0.25; i=$((i + 1))
   done) &
   reader_pid=$!
-  # fio in passes until the run time is up: each pass writes every block of its two 32 MiB
-  # regions once, in a random order and with data from its own seed, and reads each back
-  # 16 writes later (and the rest at its end). No pass wraps around its region: fio 3.33
-  # (Debian 12) reports false verify failures (err=84, "bad header rand_seed") when a
-  # time-based job writes a block again, and aborts with a double free on exit. A write
-  # lost or misplaced across the migration still fails here, as the block then holds the
-  # previous pass's data, under another seed.
-  now_cs; end=$((NOW + RUNTIME * 100)); pass=0; rc=0
-  while [ $rc = 0 ] && [ $pass -lt 100 ] && [ $NOW -lt $end ]; do
-    pass=$((pass + 1))
-    fio --name=mig --filename=/dev/$D0 --direct=1 --ioengine=libaio --rw=randwrite --bs=4k \
-      --size=32M --iodepth=8 --numjobs=2 --offset_increment=32M --verify=crc32c \
-      --verify_backlog=16 --verify_fatal=1 --serialize_overlap=1 --randseed=$pass \
-      --runtime=$(( (end - NOW) / 100 + 1 )) --group_reporting > /tmp/fio.out 2>&1
-    rc=$?
-    now_cs
-  done
+  # Random writes, each block read back, in passes that never wrap (fio_passes).
+  fio_passes "$RUNTIME" --name=mig --filename=/dev/$D0 --direct=1 --ioengine=libaio \
+    --bs=4k --size=32M --iodepth=8 --numjobs=2 --offset_increment=32M --group_reporting
+  rc=$?
   io=$(grep -o 'write: IOPS=[^,]*' /tmp/fio.out | head -n 1)
   err=$(grep -o 'err= *[0-9]*' /tmp/fio.out | head -n 1)
-  check mig-fio-crc32c-verify "$( [ $rc = 0 ] && [ $pass -gt 0 ] && echo PASS || echo FAIL )" \
-    "fio exit $rc in pass $pass, $err, last pass $io"
-  [ $rc = 0 ] || grep -iE 'verify|bad header|expected|received' /tmp/fio.out | head -n 10
+  check mig-fio-crc32c-verify "$( [ $rc = 0 ] && echo PASS || echo FAIL )" \
+    "fio exit $rc after $(cat /tmp/fio.passes) passes, $err, last pass $io"
   wait $reader_pid
   got=$(dd if=/dev/$D0 bs=1M skip=128 count=32 2>/dev/null | md5sum | cut -d' ' -f1)
   check mig-page-cache-intact "$( [ "$got" = "$ref" ] && echo PASS || echo FAIL )" \
