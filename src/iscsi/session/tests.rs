@@ -92,6 +92,20 @@ fn a_session_closed_during_its_login_stays_down() {
     assert!(!session.is_up());
 }
 
+/// Answers SCSI command `cmd` with status GOOD and StatSN `stat_sn` (then the next one),
+/// leaving a CmdSN window of `window` commands after it; false when the write failed.
+fn answer_good(s: &mut std::net::TcpStream, cmd: &Pdu, stat_sn: &mut u32, window: u32) -> bool {
+    let cmd_sn = cmd.u32_at(24);
+    let mut p = Pdu::new(op::SCSI_RESP);
+    p.set_flags(0x80);
+    p.set_itt(cmd.itt());
+    p.set_u32(24, *stat_sn);
+    p.set_u32(28, cmd_sn.wrapping_add(1));
+    p.set_u32(32, cmd_sn.wrapping_add(window));
+    *stat_sn += 1;
+    pdu::write_pdu(s, &p, &Framing::default()).is_ok()
+}
+
 /// A TEST UNIT READY of LUN `owner` (its LUN number the same) that reports its
 /// completion on `done`.
 fn tur(owner: u64, done: &std::sync::mpsc::Sender<u64>) -> PathCommand {
@@ -130,15 +144,7 @@ fn a_full_window_serves_the_luns_in_turn() {
                 }
                 assert_eq!(cmd.opcode(), op::SCSI_CMD);
                 order.push(cmd.lun() >> 48);
-                let cmd_sn = cmd.u32_at(24);
-                let mut p = Pdu::new(op::SCSI_RESP);
-                p.set_flags(0x80);
-                p.set_itt(cmd.itt());
-                p.set_u32(24, stat_sn);
-                p.set_u32(28, cmd_sn.wrapping_add(1));
-                p.set_u32(32, cmd_sn.wrapping_add(1));
-                stat_sn += 1;
-                if pdu::write_pdu(s, &p, &Framing::default()).is_err() {
+                if !answer_good(s, &cmd, &mut stat_sn, 1) {
                     break;
                 }
             }
@@ -211,22 +217,13 @@ fn an_answer_is_delivered_while_a_send_is_blocked() {
         || {},
         move |s, mut stat_sn| {
             shrink_socket_buffer(s.as_raw_fd(), libc::SO_RCVBUF);
-            let mut answer = |s: &mut std::net::TcpStream, cmd: &Pdu| {
-                let cmd_sn = cmd.u32_at(24);
-                let mut p = Pdu::new(op::SCSI_RESP);
-                p.set_flags(0x80);
-                p.set_itt(cmd.itt());
-                p.set_u32(24, stat_sn);
-                p.set_u32(28, cmd_sn.wrapping_add(1));
-                p.set_u32(32, cmd_sn.wrapping_add(64));
-                stat_sn += 1;
-                pdu::write_pdu(s, &p, &Framing::default()).is_ok()
-            };
             let Ok(tur) = pdu::read_pdu(s, &Framing::default()) else {
                 return;
             };
             let _ = got_tur_tx.send(());
-            if go_rx.recv_timeout(Duration::from_secs(10)).is_err() || !answer(s, &tur) {
+            if go_rx.recv_timeout(Duration::from_secs(10)).is_err()
+                || !answer_good(s, &tur, &mut stat_sn, 64)
+            {
                 return;
             }
             if drain_rx.recv_timeout(Duration::from_secs(10)).is_err() {
@@ -234,7 +231,7 @@ fn an_answer_is_delivered_while_a_send_is_blocked() {
             }
             for _ in 0..WRITES {
                 match pdu::read_pdu(s, &Framing::default()) {
-                    Ok(cmd) if answer(s, &cmd) => {}
+                    Ok(cmd) if answer_good(s, &cmd, &mut stat_sn, 64) => {}
                     _ => return,
                 }
             }
