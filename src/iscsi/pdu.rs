@@ -250,6 +250,19 @@ pub fn read_header(r: &mut impl Read, framing: &Framing) -> io::Result<Pdu> {
     Ok(pdu)
 }
 
+/// Whether `buf` starts with a whole PDU (header, AHS, digests, padded data segment), so
+/// reading that PDU from a buffered reader holding `buf` does not wait for the network.
+pub fn whole_pdu_in(buf: &[u8], framing: &Framing) -> bool {
+    let Some(bhs) = buf.get(..BHS_LEN) else {
+        return false;
+    };
+    let ahs = usize::from(bhs[4]) * 4;
+    let dl = (usize::from(bhs[5]) << 16) | (usize::from(bhs[6]) << 8) | usize::from(bhs[7]);
+    let digests =
+        4 * (usize::from(framing.header_digest) + usize::from(framing.data_digest && dl > 0));
+    buf.len() >= BHS_LEN + ahs + digests + dl + pad4(dl)
+}
+
 /// Reads the data segment of `pdu` (whose header [`read_header`] read) into `buf` (cleared
 /// first), checking its digest. The buffer is handed back in the PDU even when it carries
 /// no data, so a reader reusing it keeps its allocation across PDUs without data.
@@ -309,6 +322,39 @@ mod tests {
         assert_eq!(&bytes[5..8], &[0, 0, 17]);
         assert_eq!(&bytes[16..20], &[0x12, 0x34, 0x56, 0x78]);
         assert_eq!(&bytes[65..68], &[0, 0, 0]);
+    }
+
+    #[test]
+    fn a_whole_pdu_is_told_from_a_part() {
+        let mut p = Pdu::new(op::DATA_IN);
+        p.ahs = vec![1, 2, 3, 4];
+        p.data = vec![7; 5];
+        for f in [
+            Framing::default(),
+            Framing {
+                header_digest: true,
+                data_digest: true,
+                max_recv_data: 8192,
+            },
+        ] {
+            let mut bytes = encode(&p, &f);
+            let whole = bytes.len();
+            assert!(whole_pdu_in(&bytes, &f));
+            assert!(!whole_pdu_in(&bytes[..whole - 1], &f), "{f:?}");
+            assert!(!whole_pdu_in(&bytes[..BHS_LEN - 1], &f));
+            // More after it (the next PDU's start) does not matter.
+            bytes.extend_from_slice(&[0; 10]);
+            assert!(whole_pdu_in(&bytes, &f));
+        }
+        // Without data, no data digest either.
+        let f = Framing {
+            header_digest: false,
+            data_digest: true,
+            max_recv_data: 8192,
+        };
+        let bytes = encode(&Pdu::new(op::SCSI_RESP), &f);
+        assert_eq!(bytes.len(), BHS_LEN);
+        assert!(whole_pdu_in(&bytes, &f));
     }
 
     #[test]

@@ -72,6 +72,15 @@ impl std::fmt::Debug for GuestIo {
 /// Receives the answers of many commands, each by its id (a worker's forwarded commands).
 pub trait CompletionSink: Send + Sync {
     fn complete(&self, id: usize, c: ScsiCompletion);
+
+    /// Several answers that arrived together: a sink that notifies someone per delivery
+    /// (the guest, a worker) does it once for the lot. Unless a sink says otherwise, one
+    /// by one.
+    fn complete_all(&self, answers: &mut dyn Iterator<Item = (usize, ScsiCompletion)>) {
+        for (id, c) in answers {
+            self.complete(id, c);
+        }
+    }
 }
 
 /// Where a command's answer goes; used exactly once.
@@ -91,6 +100,28 @@ impl Completer {
         match self {
             Completer::Once(f) => f(c),
             Completer::Sink(sink, id) => sink.complete(id, c),
+        }
+    }
+
+    /// Delivers `answers` in order; consecutive answers for one sink go to it as one
+    /// batch ([`CompletionSink::complete_all`]).
+    pub fn complete_in_batches(answers: &mut Vec<(Completer, ScsiCompletion)>) {
+        let mut rest = answers.drain(..).peekable();
+        while let Some((first, c)) = rest.next() {
+            match first {
+                Completer::Once(f) => f(c),
+                Completer::Sink(sink, id) => {
+                    let same_sink = |(next, _): &(Completer, ScsiCompletion)| matches!(next, Completer::Sink(s, _) if Arc::ptr_eq(s, &sink));
+                    let mut batch = std::iter::once((id, c)).chain(std::iter::from_fn(|| {
+                        // `same_sink` admits only this sink's answers.
+                        match rest.next_if(same_sink) {
+                            Some((Completer::Sink(_, id), c)) => Some((id, c)),
+                            _ => None,
+                        }
+                    }));
+                    sink.complete_all(&mut batch);
+                }
+            }
         }
     }
 }
@@ -168,5 +199,90 @@ pub fn command(cdb: &[u8], data_out: Vec<u8>, data_in_len: u32) -> ScsiCommand {
         data_in_len,
         task_attr: TaskAttr::Simple,
         guest: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Each delivery: the sink's name and the ids handed to it.
+    type Log = Arc<Mutex<Vec<(&'static str, Vec<usize>)>>>;
+
+    /// Records what it is handed: each delivery (a batch, or one answer by `complete`)
+    /// as the ids in it, in one log shared by every sink of a test.
+    struct Recorder {
+        name: &'static str,
+        log: Log,
+        /// Takes at most this many answers of a batch.
+        takes: usize,
+    }
+
+    impl CompletionSink for Recorder {
+        fn complete(&self, id: usize, _: ScsiCompletion) {
+            self.log.lock().expect("log").push((self.name, vec![id]));
+        }
+
+        fn complete_all(&self, answers: &mut dyn Iterator<Item = (usize, ScsiCompletion)>) {
+            let ids = answers.take(self.takes).map(|(id, _)| id).collect();
+            self.log.lock().expect("log").push((self.name, ids));
+        }
+    }
+
+    fn good() -> ScsiCompletion {
+        ScsiCompletion {
+            result: Ok(ScsiStatus {
+                status: 0,
+                sense: Vec::new(),
+            }),
+            data_in: Vec::new(),
+            residual: Residual::default(),
+        }
+    }
+
+    #[test]
+    fn answers_go_in_order_in_one_batch_per_run_of_a_sink() {
+        let log: Log = Arc::default();
+        let sink = |name, takes| -> Arc<dyn CompletionSink> {
+            Arc::new(Recorder {
+                name,
+                log: log.clone(),
+                takes,
+            })
+        };
+        let (a, b, short) = (sink("a", 64), sink("b", 64), sink("short", 2));
+        let once = {
+            let log = log.clone();
+            Completer::new(move |_| log.lock().expect("log").push(("once", vec![0])))
+        };
+        let mut answers = vec![
+            (Completer::Sink(a.clone(), 1), good()),
+            (Completer::Sink(a.clone(), 2), good()),
+            (once, good()),
+            (Completer::Sink(a.clone(), 3), good()),
+            (Completer::Sink(b.clone(), 4), good()),
+            (Completer::Sink(b, 5), good()),
+            (Completer::Sink(a, 6), good()),
+            // A sink that stops early is handed the rest next.
+            (Completer::Sink(short.clone(), 7), good()),
+            (Completer::Sink(short.clone(), 8), good()),
+            (Completer::Sink(short, 9), good()),
+        ];
+        Completer::complete_in_batches(&mut answers);
+        assert!(answers.is_empty());
+        let log = log.lock().expect("log").clone();
+        assert_eq!(
+            log,
+            vec![
+                ("a", vec![1, 2]),
+                ("once", vec![0]),
+                ("a", vec![3]),
+                ("b", vec![4, 5]),
+                ("a", vec![6]),
+                ("short", vec![7, 8]),
+                ("short", vec![9]),
+            ]
+        );
     }
 }

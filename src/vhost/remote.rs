@@ -26,15 +26,16 @@ impl RemoteAnswers {
         }
     }
 
-    /// Hands command `id`'s answer to the worker.
-    pub fn post(&self, id: usize, c: ScsiCompletion) {
+    /// Hands answers to the worker. One wake-up per batch: while the list is not empty
+    /// the worker has a wake-up pending (it empties the list when it runs), so only the
+    /// post that finds it empty writes.
+    pub fn post_all(&self, answers: &mut dyn Iterator<Item = (usize, ScsiCompletion)>) {
         let first = {
             let mut items = lock(&self.items);
-            items.push((id, c));
-            items.len() == 1
+            let was_empty = items.is_empty();
+            items.extend(answers);
+            was_empty && !items.is_empty()
         };
-        // One wake-up per batch: while the list is not empty the worker has a wake-up
-        // pending (it empties the list when it runs), so only the first post writes.
         if first {
             self.wake_worker();
         }

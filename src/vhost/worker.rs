@@ -123,14 +123,20 @@ struct ReplySink {
 
 impl CompletionSink for ReplySink {
     fn complete(&self, id: usize, c: ScsiCompletion) {
+        self.complete_all(&mut std::iter::once((id, c)));
+    }
+
+    /// On the initiator's thread when the worker is free (or this is its own thread
+    /// inside a batch): one try of the worker's lock and one notification of the guest
+    /// for the lot. When the worker is busy, one hand-over and one wake-up.
+    fn complete_all(&self, answers: &mut dyn Iterator<Item = (usize, ScsiCompletion)>) {
         if let (Some(sh), Some(w)) = (self.shared.upgrade(), self.worker.upgrade()) {
-            // Busy (or this is its own thread inside a batch): hand the answer over.
             if let Ok(mut w) = w.try_lock() {
-                w.finish_remote_here(id, c, &sh);
+                w.finish_remote_batch_here(answers, &sh);
                 return;
             }
         }
-        self.answers.post(id, c);
+        self.answers.post_all(answers);
     }
 }
 
@@ -667,12 +673,19 @@ impl Worker {
         }
     }
 
-    /// Answers forwarded command `id` on the calling thread (which holds this worker's
-    /// lock) and notifies the guest.
-    fn finish_remote_here(&mut self, id: usize, c: ScsiCompletion, sh: &Shared) {
+    /// Answers forwarded commands on the calling thread (which holds this worker's lock),
+    /// with one notification per queue for all of them.
+    fn finish_remote_batch_here(
+        &mut self,
+        answers: &mut dyn Iterator<Item = (usize, ScsiCompletion)>,
+        sh: &Shared,
+    ) {
         let vrings = std::mem::take(&mut self.vrings);
-        let bit = self.answer_remote(id, c, sh, &vrings);
-        signal_marked(&vrings, bit);
+        let mut bits = 0;
+        for (id, c) in answers {
+            bits |= self.answer_remote(id, c, sh, &vrings);
+        }
+        signal_marked(&vrings, bits);
         self.vrings = vrings;
         if self.throttled {
             // A queue waits for a free slot: let the worker thread resume it.

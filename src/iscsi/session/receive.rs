@@ -19,6 +19,9 @@ use crate::iscsi::alua;
 use crate::iscsi::pdu::{self, op, Framing, Pdu, F_FINAL};
 use crate::scsi::task::{GuestBuffers, Residual, ScsiCompletion, ScsiStatus, TransportError};
 
+/// The most answers the reader holds back for a batch.
+const ANSWERS_HELD_MAX: usize = 32;
+
 impl Session {
     pub(super) fn reader_loop(
         self: Arc<Self>,
@@ -27,11 +30,19 @@ impl Session {
         generation: u64,
     ) {
         let mut r = BufReader::with_capacity(256 * 1024, stream);
-        // The last PDU's data buffer, reused for the next one; and the completions of one
-        // PDU, kept for the next: the steady state allocates nothing per PDU.
+        // The last PDU's data buffer, reused for the next one; and the list of answers,
+        // emptied and kept: the steady state allocates nothing per PDU.
         let mut spare = Vec::new();
         let mut done = Completions::new();
         loop {
+            // Answers wait while the next PDU is already here in whole (a target answers
+            // several commands in one segment): the lot then reaches the guest with one
+            // notification. They go before anything that could wait for the network.
+            if !done.is_empty()
+                && (done.len() >= ANSWERS_HELD_MAX || !pdu::whole_pdu_in(r.buffer(), &framing))
+            {
+                self.deliver(&mut done);
+            }
             let read = pdu::read_header(&mut r, &framing).and_then(|mut pdu| {
                 if let Some(guest) = self.streams_into_guest(&pdu, &framing, generation) {
                     Self::stream_data_in(&mut r, &pdu, &*guest)?;
@@ -46,6 +57,7 @@ impl Session {
             let pdu = match read {
                 Ok(p) => p,
                 Err(e) => {
+                    self.deliver(&mut done);
                     let mut st = self.lock();
                     if st.generation == generation && !self.closing.load(Ordering::Acquire) {
                         let loss = Loss::of(&e);
@@ -65,6 +77,8 @@ impl Session {
             {
                 let mut st = self.lock();
                 if st.generation != generation {
+                    drop(st);
+                    self.deliver(&mut done);
                     return;
                 }
                 st.last_rx = Instant::now();
@@ -77,14 +91,16 @@ impl Session {
             }
             self.notify_changed();
             self.hand_off();
-            self.stats
-                .ios
-                .fetch_add(done.len() as u64, Ordering::Relaxed);
-            for (f, c) in done.drain(..) {
-                f.complete(c);
-            }
             spare = pdu.data;
         }
+    }
+
+    /// Hands the answers collected so far to their commands' owners.
+    fn deliver(&self, done: &mut Completions) {
+        self.stats
+            .ios
+            .fetch_add(done.len() as u64, Ordering::Relaxed);
+        Done::complete_in_batches(done);
     }
 
     /// The guest buffers `pdu`'s data goes straight into, when it is a Data-In (with data,

@@ -94,7 +94,7 @@ fn a_session_closed_during_its_login_stays_down() {
 
 /// Answers SCSI command `cmd` with status GOOD and StatSN `stat_sn` (then the next one),
 /// leaving a CmdSN window of `window` commands after it; false when the write failed.
-fn answer_good(s: &mut std::net::TcpStream, cmd: &Pdu, stat_sn: &mut u32, window: u32) -> bool {
+fn answer_good(s: &mut impl std::io::Write, cmd: &Pdu, stat_sn: &mut u32, window: u32) -> bool {
     let cmd_sn = cmd.u32_at(24);
     let mut p = Pdu::new(op::SCSI_RESP);
     p.set_flags(0x80);
@@ -305,6 +305,70 @@ fn an_answer_is_delivered_while_a_send_is_blocked() {
             .recv_timeout(Duration::from_secs(5))
             .expect("every write completes");
     }
+    session.close(Duration::ZERO);
+    target.join().expect("target");
+}
+
+/// Counts what a worker would be handed: each delivery as the ids in it.
+struct BatchRecorder(std::sync::mpsc::Sender<Vec<usize>>);
+
+impl crate::scsi::task::CompletionSink for BatchRecorder {
+    fn complete(&self, id: usize, _: ScsiCompletion) {
+        let _ = self.0.send(vec![id]);
+    }
+
+    fn complete_all(&self, answers: &mut dyn Iterator<Item = (usize, ScsiCompletion)>) {
+        let _ = self.0.send(answers.map(|(id, _)| id).collect());
+    }
+}
+
+#[test]
+fn answers_that_arrive_together_are_delivered_together() {
+    const COMMANDS: usize = 4;
+    // The target reads every command, then answers them all in one write: they reach the
+    // reader in one segment.
+    let (port, target) = scripted_target(
+        64,
+        || {},
+        move |s, mut stat_sn| {
+            let mut answers = Vec::new();
+            for _ in 0..COMMANDS {
+                let Ok(cmd) = pdu::read_pdu(s, &Framing::default()) else {
+                    return;
+                };
+                assert!(answer_good(&mut answers, &cmd, &mut stat_sn, 64));
+            }
+            let _ = std::io::Write::write_all(s, &answers);
+        },
+    );
+    let url =
+        IscsiUrl::parse(&format!("iscsi://127.0.0.1:{port}/iqn.2024-01.test:t/0")).expect("url");
+    let session = Session::new(0, &url, &IscsiOptions::default());
+    session.establish().expect("login");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink: Arc<dyn crate::scsi::task::CompletionSink> = Arc::new(BatchRecorder(tx));
+    let lun = LunId::new(0).expect("lun");
+    for id in 0..COMMANDS {
+        let cmd = PathCommand {
+            id: 0,
+            cmd: crate::scsi::task::command(&[0u8; 6], Vec::new(), 0),
+            done: crate::scsi::task::Completer::Sink(sink.clone(), id),
+            reissues: 0,
+            probe: false,
+        };
+        session
+            .submit(0, lun, cmd, false)
+            .unwrap_or_else(|_| panic!("session down"));
+    }
+    session.flush();
+    let batch = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the answers are delivered");
+    assert_eq!(
+        batch,
+        (0..COMMANDS).collect::<Vec<_>>(),
+        "one delivery for all"
+    );
     session.close(Duration::ZERO);
     target.join().expect("target");
 }
