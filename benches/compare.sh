@@ -28,23 +28,29 @@
 # by side) and density (benches/density.sh: 64 daemons with 4 LUNs and an idle frontend
 # each, then 16 of them under load at once).
 # Usage: benches/compare.sh [--quick] [--repeat N] [--polling | --density | --iscsi | --main]
+#        [--target-cpu]
 #   --quick: 4 s per run, one round, under 5 minutes in all (the polling and density
 #   sections shortened too); otherwise 15 s per run and 3 rounds. Each round runs every
 #   system once per workload, taking turns; the table shows each system's median round.
 #   --polling, --density, --iscsi: only that section (--iscsi: the iSCSI systems and
 #   their table); --main: the local and iSCSI systems and their table, without the polling
 #   and density sections.
+#   --target-cpu: tgtd gets the last CPU to itself and the initiators (and the load
+#   generator) the others, as a target on a machine of its own would; otherwise all share
+#   every CPU.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 runtime=15
 rounds=3
 only=""
+target_cpu=""
 while (($#)); do
   case $1 in
     --quick) runtime=4; rounds=1 ;;
     --repeat) rounds=${2:?--repeat needs a count}; shift ;;
     --polling | --density | --iscsi | --main) only=${1#--} ;;
+    --target-cpu) target_cpu=$(($(nproc) - 1)) ;;
     *) echo "compare: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -239,7 +245,16 @@ cat "$iscsi_disk" > /dev/null
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 ctl=$((port % 32768 + 1))
 iqn=iqn.2024-01.io.vscsid.bench:lun
-/usr/sbin/tgtd -f -C "$ctl" --iscsi "portal=127.0.0.1:$port" >"$work/tgtd.log" 2>&1 &
+if [[ -n $target_cpu ]]; then
+  ((target_cpu > 0)) || { echo "compare: --target-cpu needs two CPUs or more" >&2; exit 1; }
+  taskset -c "$target_cpu" /usr/sbin/tgtd -f -C "$ctl" --iscsi "portal=127.0.0.1:$port" \
+    >"$work/tgtd.log" 2>&1 &
+  # Everything this script starts from here on (the initiators, the load generator)
+  # inherits the other CPUs; given back after the section.
+  taskset -p -c "0-$((target_cpu - 1))" $$ >/dev/null
+else
+  /usr/sbin/tgtd -f -C "$ctl" --iscsi "portal=127.0.0.1:$port" >"$work/tgtd.log" 2>&1 &
+fi
 tgtd_pid=$!
 tgtadm() { /usr/sbin/tgtadm -C "$ctl" --lld iscsi "$@"; }
 for _ in $(seq 100); do tgtadm --op show --mode sys >/dev/null 2>&1 && break; sleep 0.1; done
@@ -272,6 +287,7 @@ for round in $(seq "$rounds"); do
 done
 stop_all
 stop_tgtd
+[[ -z $target_cpu ]] || taskset -p -c "0-$target_cpu" $$ >/dev/null
 
 python3 benches/report.py "$results" "$out/chart.svg"
 [[ $only == iscsi || $only == main ]] && exit
