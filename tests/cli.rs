@@ -115,6 +115,15 @@ fn bad_arguments_name_the_field() {
         ],
         "no-path-retry",
     );
+    // A URL with a CHAP password: the error names the field, not the secret.
+    for bad in [
+        "iscsi://alice%s3cret@127.0.0.1:99999/iqn.x:y/0",
+        "iscsi://alice%s3cret@127.0.0.1/iqn.x:y/0,bogus=1",
+    ] {
+        one_line_error(&["--socket", sock, "--iscsi", bad], "alice%***@127.0.0.1");
+        let (_, err) = run(&["--socket", sock, "--iscsi", bad]);
+        assert!(!err.contains("s3cret"), "the password is shown: {err}");
+    }
     let cfg = dir.path().join("c.toml");
     std::fs::write(
         &cfg,

@@ -571,7 +571,7 @@ impl Config {
 
     /// An iSCSI passthrough LUN with the defaults of the `--iscsi` shorthand.
     pub fn add_iscsi(&mut self, url: &str) -> Result<(), ConfigError> {
-        let field = format!("--iscsi '{url}'");
+        let field = format!("--iscsi '{}'", crate::iscsi::redact_password(url));
         let mut readonly = false;
         let kind = LunKind::iscsi_spec(url, &field, Some(&mut readonly))?;
         let mut lun = LunConfig::disk(0, self.next_lun_of_target0(), PathBuf::new());
@@ -735,7 +735,7 @@ pub fn lun_from_spec(
     let mut l = scratch
         .luns
         .pop()
-        .ok_or_else(|| ConfigError(format!("'{spec}': no LUN")))?;
+        .ok_or_else(|| ConfigError(format!("'{}': no LUN", crate::iscsi::redact_password(spec))))?;
     if lun > crate::scsi::lun_id::MAX_LUN {
         return Err(ConfigError(format!(
             "lun: {lun} is beyond {}",

@@ -21,7 +21,7 @@ pub use chap::ChapAlgorithm;
 pub use login::{discover, discover_portals, LoginError};
 pub use multipath::{Failback, MultipathOptions, PathStatus, Policy};
 pub use options::{default_initiator_name, Chap, IscsiOptions};
-pub use url::IscsiUrl;
+pub use url::{redact_password, IscsiUrl};
 
 use crate::scsi::task::{Completer, ScsiCommand, ScsiCompletion, TmfFunction, TransportError};
 

@@ -45,6 +45,22 @@ impl fmt::Display for IscsiUrl {
     }
 }
 
+/// `text` (an `iscsi://` URL as given, options and all) with the password of its
+/// `user%password@` part, if any, shown as `***`: for messages about a URL that did not
+/// parse, which must not repeat the secret.
+pub fn redact_password(text: &str) -> std::borrow::Cow<'_, str> {
+    let Some(rest) = text.strip_prefix("iscsi://") else {
+        return text.into();
+    };
+    // As `parse` reads it: the user ends at the first '%', the password at the last '@'.
+    match (rest.find('%'), rest.rfind('@')) {
+        (Some(from), Some(to)) if from < to => {
+            format!("iscsi://{}%***{}", &rest[..from], &rest[to..]).into()
+        }
+        _ => text.into(),
+    }
+}
+
 impl IscsiUrl {
     /// `host:port` for connecting.
     pub fn portal(&self) -> String {
@@ -122,6 +138,21 @@ impl IscsiUrl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_password_is_not_repeated() {
+        assert_eq!(
+            redact_password("iscsi://alice%s3%c@r@10.0.0.5:99999/iqn.x:y/0,path=h:1"),
+            "iscsi://alice%***@10.0.0.5:99999/iqn.x:y/0,path=h:1"
+        );
+        for plain in [
+            "iscsi://alice@10.0.0.5/iqn.x:y/0",
+            "iscsi://10.0.0.5/iqn.x:y/0",
+            "http://a%b@c/d",
+        ] {
+            assert_eq!(redact_password(plain), plain);
+        }
+    }
 
     #[test]
     fn full_url() {
