@@ -134,6 +134,16 @@ fn bad_arguments_name_the_field() {
         &["--socket", sock, "--config", cfg.to_str().unwrap()],
         "lun[0].cache",
     );
+    // A value of the wrong type, in the second LUN.
+    std::fs::write(
+        &cfg,
+        "[[lun]]\nlun = 0\npath = \"/x\"\n[[lun]]\nlun = 1\npath = \"/y\"\nreadonly = 3\n",
+    )
+    .unwrap();
+    one_line_error(
+        &["--socket", sock, "--config", cfg.to_str().unwrap()],
+        "line 7: lun[1].readonly",
+    );
     let (code, _) = run(&["--socket", sock, "--disk", img, "--num-queues", "0"]);
     assert_eq!(code, 2);
 }

@@ -128,12 +128,10 @@ pub fn parse_config_file(path: &Path) -> Result<Config, ConfigError> {
 /// Parses configuration text (the file's contents).
 pub fn parse_config_text(text: &str) -> Result<Config, ConfigError> {
     let raw: RawFile = toml::from_str(text).map_err(|e| {
-        let line = e
-            .span()
-            .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
         let msg = e.message().replace('\n', " ");
-        match line {
-            Some(l) => ConfigError(format!("line {l}: {msg}")),
+        match e.span().map(|s| super::toml_field::locate(text, s.start)) {
+            Some((line, Some(field))) => ConfigError(format!("line {line}: {field}: {msg}")),
+            Some((line, None)) => ConfigError(format!("line {line}: {msg}")),
             None => ConfigError(msg),
         }
     })?;

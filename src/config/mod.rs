@@ -6,6 +6,7 @@ mod file;
 mod iscsi_login;
 pub mod limits;
 mod multipath;
+mod toml_field;
 
 use std::path::PathBuf;
 
