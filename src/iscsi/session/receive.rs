@@ -37,7 +37,8 @@ impl Session {
         loop {
             // Answers wait while the next PDU is already here in whole (a target answers
             // several commands in one segment): the lot then reaches the guest with one
-            // notification. They go before anything that could wait for the network.
+            // notification. They go before anything that could wait for the network, and
+            // before any PDU but another answer is handled.
             if !done.is_empty()
                 && (done.len() >= ANSWERS_HELD_MAX || !pdu::whole_pdu_in(r.buffer(), &framing))
             {
@@ -74,6 +75,11 @@ impl Session {
                     return;
                 }
             };
+            if !matches!(pdu.opcode(), op::SCSI_RESP | op::DATA_IN) {
+                // Anything else (a task management or logout response, a NOP, a reject)
+                // may wake a waiter, which must find the commands answered before it.
+                self.deliver(&mut done);
+            }
             {
                 let mut st = self.lock();
                 if st.generation != generation {
