@@ -57,24 +57,38 @@ impl Tgtd {
         std::fs::File::create(&backing)
             .and_then(|f| f.set_len(size))
             .expect("backing");
-        let port = free_port();
         let mut t = Tgtd {
             child: None,
-            port,
-            // tgtd's control "port" is a small number naming its management socket: derive
-            // a unique one from the TCP port (ephemeral ports are above 32768).
-            control: u32::from(port) % 32768 + 1,
+            port: 0,
+            control: 0,
             dir,
             backing,
             size,
             accounts,
         };
-        t.launch();
-        t
+        // The port was free when picked, but a test running beside this one may take it
+        // before tgtd binds it: tgtd then serves without that portal, and another port
+        // is tried.
+        for _ in 0..5 {
+            t.port = free_port();
+            // tgtd's control "port" is a small number naming its management socket:
+            // derived from the TCP port (ephemeral ports are above 32768), so unique.
+            t.control = u32::from(t.port) % 32768 + 1;
+            if t.try_launch() {
+                return t;
+            }
+        }
+        panic!("tgtd did not come up on any of five free ports");
     }
 
     /// Starts tgtd (again) on the same portal and re-creates the target.
     pub fn launch(&mut self) {
+        assert!(self.try_launch(), "tgtd did not start on its portal");
+    }
+
+    /// [`Tgtd::launch`]; false when tgtd could not bind its portal (it logs that and goes
+    /// on with its default portals, or exits) and is stopped again.
+    fn try_launch(&mut self) -> bool {
         let child = Command::new("/usr/sbin/tgtd")
             .args(["-f", "-C", &self.control.to_string(), "--iscsi"])
             .arg(format!("portal=127.0.0.1:{}", self.port))
@@ -84,9 +98,22 @@ impl Tgtd {
             .expect("spawn tgtd");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.tgtadm(&["--op", "show", "--mode", "sys"]) {
+        loop {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(Child::try_wait) {
+                self.child = None;
+                return false;
+            }
+            if self.tgtadm(&["--op", "show", "--mode", "sys"]) {
+                break;
+            }
             assert!(Instant::now() < deadline, "tgtd did not come up");
             std::thread::sleep(Duration::from_millis(50));
+        }
+        let portal = format!("127.0.0.1:{},", self.port);
+        let portals = self.tgtadm_output(&["--op", "show", "--mode", "portal"]);
+        if !portals.is_some_and(|p| p.contains(&portal)) {
+            self.kill();
+            return false;
         }
         assert!(self.tgtadm(&["--op", "new", "--mode", "target", "--tid", "1", "-T", IQN]));
         let b = self.backing.display().to_string();
@@ -115,6 +142,7 @@ impl Tgtd {
             assert!(Instant::now() < deadline, "tgtd portal did not open");
             std::thread::sleep(Duration::from_millis(50));
         }
+        true
     }
 
     /// Creates a CHAP account and binds it to the target: the initiator's, or with
@@ -175,6 +203,19 @@ impl Tgtd {
             .lines()
             .filter(|l| l.trim_start().starts_with("I_T nexus:"))
             .count()
+    }
+
+    /// What tgtadm prints, when it succeeds.
+    fn tgtadm_output(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("/usr/sbin/tgtadm")
+            .args(["-C", &self.control.to_string(), "--lld", "iscsi"])
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     fn tgtadm(&self, args: &[&str]) -> bool {
