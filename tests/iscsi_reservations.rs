@@ -71,7 +71,7 @@ fn start_daemon(spec: &str) -> Daemon {
             "--num-queues",
             "1",
             "--control",
-            "{dir}/ctl.sock",
+            "{dir}/control.sock",
         ],
     )
 }
@@ -171,7 +171,7 @@ fn guest_writes(fe: &mut vscsid::frontend::ScsiFrontend, first: u64, n: u64) {
 #[test]
 fn registration_on_every_path_holds_across_failover_and_rejoin() {
     let r = rig();
-    let control = r.daemon.path("ctl.sock");
+    let control = r.daemon.control_socket();
     let mut fe = r.daemon.connect(1);
     let other = other_initiator(&r.tgtd);
     assert_eq!(keys(&other), Vec::<u64>::new());
@@ -291,7 +291,7 @@ fn registration_on_every_path_holds_across_failover_and_rejoin() {
 #[test]
 fn a_preempted_key_does_not_come_back_through_a_rejoining_path() {
     let r = rig();
-    let control = r.daemon.path("ctl.sock");
+    let control = r.daemon.control_socket();
     let mut fe = r.daemon.connect(1);
     let other = other_initiator(&r.tgtd);
     assert_eq!(guest_pr_out(&mut fe, REGISTER, 0, 0, KEY), 0);
@@ -333,7 +333,7 @@ fn a_preempted_key_does_not_come_back_through_a_rejoining_path() {
 #[test]
 fn isids_are_stable_per_path_and_apart_between_daemons() {
     let mut r = rig();
-    let control = r.daemon.path("ctl.sock");
+    let control = r.daemon.control_socket();
     let logged_in = |links: &[Link], n: usize| {
         wait_until(
             &format!("{n} logins on each path"),
@@ -385,7 +385,7 @@ fn isids_are_stable_per_path_and_apart_between_daemons() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(r.links[0].logins().len(), 4, "no session was reinstated");
     assert_eq!(r.links[1].logins().len(), 3, "no session was reinstated");
-    let control2 = second.path("ctl.sock");
+    let control2 = second.control_socket();
     assert!(paths(&control).iter().all(|p| p.up));
     assert!(paths(&control2).iter().all(|p| p.up));
 }

@@ -51,7 +51,7 @@ fn daemon_after_io(extra: &[&str], reads: usize) -> (Daemon, vscsid::frontend::S
 fn an_idle_daemon_with_a_connected_frontend_neither_wakes_nor_polls() {
     for extra in [&[][..], &["--poll-us", "adaptive"], &["--poll-us", "50"]] {
         let (d, fe) = daemon_after_io(extra, 300);
-        let control = d.path("control.sock");
+        let control = d.control_socket();
         // Any polling window (at most 50 µs here) has long passed.
         std::thread::sleep(Duration::from_millis(300));
         let (wake0, poll0) = worker_activity(&control);
@@ -71,13 +71,13 @@ fn an_idle_daemon_with_a_connected_frontend_neither_wakes_nor_polls() {
 #[test]
 fn polling_follows_the_setting() {
     let (d, _fe) = daemon_after_io(&["--poll-us", "0"], 100);
-    let (wakeups, polls) = worker_activity(&d.path("control.sock"));
+    let (wakeups, polls) = worker_activity(&d.control_socket());
     assert!(wakeups > 0);
     assert_eq!(polls, 0, "--poll-us 0 never polls");
 
     // A fixed window polls after every wake-up.
     let (d, _fe) = daemon_after_io(&["--poll-us", "50"], 100);
-    let (_, polls) = worker_activity(&d.path("control.sock"));
+    let (_, polls) = worker_activity(&d.control_socket());
     assert!(polls > 0, "--poll-us 50 polls");
 }
 
