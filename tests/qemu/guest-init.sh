@@ -21,22 +21,25 @@ now_cs() { read -r up _ < /proc/uptime; NOW=$(( ${up%.*} * 100 + 1${up#*.} - 100
 # 12) reports false verify failures (err=84, "bad header rand_seed") when a time-based job
 # writes a block again, and aborts with a double free on exit. A write lost or misplaced
 # still fails here: the block then holds the previous pass's data, under another seed.
-# The last pass's output is in /tmp/fio.out, the number of passes in /tmp/fio.passes;
-# returns fio's exit status (1 when no pass ran), printing fio's verify lines on failure.
+# Its options come first, so they hold for every job section of the options given.
+# The last pass's output is in $FIO_OUT.out (FIO_OUT defaults to /tmp/fio), the number of
+# passes in $FIO_OUT.passes; returns fio's exit status (1 when no pass ran), printing
+# fio's verify lines on failure.
 fio_passes() {
   secs=$1; shift
+  out=${FIO_OUT:-/tmp/fio}
   now_cs; end=$((NOW + secs * 100)); passes=0; frc=0
   while [ $frc = 0 ] && [ $passes -lt 100 ] && [ $NOW -lt $end ]; do
     passes=$((passes + 1))
-    fio "$@" --rw=randwrite --verify=crc32c --verify_backlog=16 --verify_fatal=1 \
+    fio --rw=randwrite --verify=crc32c --verify_backlog=16 --verify_fatal=1 \
       --serialize_overlap=1 --randseed=$passes --runtime=$(( (end - NOW) / 100 + 1 )) \
-      > /tmp/fio.out 2>&1
+      "$@" > $out.out 2>&1
     frc=$?
     now_cs
   done
-  echo $passes > /tmp/fio.passes
+  echo $passes > $out.passes
   [ $passes -gt 0 ] || frc=1
-  [ $frc = 0 ] || grep -iE 'verify|bad header|expected|received' /tmp/fio.out | head -n 10
+  [ $frc = 0 ] || grep -iE 'verify|bad header|expected|received' $out.out | head -n 10
   return $frc
 }
 MODE=$(arg test)
@@ -283,9 +286,8 @@ if [ "$MODE" = iscsi-pr ]; then
   check ipr-reserve "$(pass_if $?)" "type 5, write exclusive registrants only"
   resv; check ipr-reservation-shown "$(pass_if $?)" "$(tr '\n' ' ' < /tmp/out | tr -s ' ')"
   # Blocks 0-8191 (32 MiB) are fio's, the checks write from block 10240 (40 MiB) on.
-  fio --name=ipr --filename=/dev/$D --direct=1 --ioengine=libaio --rw=randwrite --bs=4k \
-    --size=32M --iodepth=8 --verify=crc32c --verify_backlog=32 --verify_fatal=1 \
-    --time_based --runtime="$RUNTIME" > /tmp/fio.out 2>&1 &
+  fio_passes "$RUNTIME" --name=ipr --filename=/dev/$D --direct=1 --ioengine=libaio --bs=4k \
+    --size=32M --iodepth=8 &
   fio_pid=$!
   echo "VSCSID-IPR-FIO-START"
   hear CUT
@@ -301,7 +303,8 @@ if [ "$MODE" = iscsi-pr ]; then
   wait $fio_pid; rc=$?
   io=$(grep -o 'write: IOPS=[^,]*' /tmp/fio.out | head -n 1)
   err=$(grep -o 'err= *[0-9]*' /tmp/fio.out | head -n 1)
-  check ipr-fio-crc32c-verify "$( [ $rc = 0 ] && echo PASS || echo FAIL )" "fio across the cut: exit $rc, $err, $io"
+  check ipr-fio-crc32c-verify "$( [ $rc = 0 ] && echo PASS || echo FAIL )" \
+    "fio across the cut: exit $rc, $(cat /tmp/fio.passes) passes, last: $err, $io"
   [ $rc = 0 ] || tail -n 20 /tmp/fio.out
   # tgtd makes every login a new I_T nexus and keeps the registration of the one that
   # ended: path 0's old nexus, path 1's and path 0's new one.
@@ -328,7 +331,7 @@ fi
 
 if [ "$MODE" = multipath ]; then
   # tests/qemu/run-multipath-e2e.sh breaks the LUN's paths while this fio runs: every
-  # block written is read back and checked (verify_backlog) during the run.
+  # block written is read back and checked during the run (fio_passes).
   D0=$(lun_dev 0)
   if [ -z "$D0" ]; then check mp-disk-found FAIL "no disk at LUN 0"; finish; fi
   check mp-disk-found PASS "/dev/$D0 $(cat /sys/block/$D0/device/vendor)"
@@ -340,20 +343,19 @@ if [ "$MODE" = multipath ]; then
     D1=$(lun_dev 1)
     if [ -z "$D1" ]; then check mp-alua-disk-found FAIL "no disk at LUN 1"; finish; fi
     check mp-alua-disk-found PASS "/dev/$D1 $(cat /sys/block/$D1/device/vendor)"
-    fio --name=alua --filename=/dev/$D1 --direct=1 --ioengine=libaio --rw=randwrite --bs=4k \
-      --size=32M --iodepth=8 --verify=crc32c --verify_backlog=32 --verify_fatal=1 \
-      --time_based --runtime="$RUNTIME" > /tmp/fio-alua.out 2>&1 &
+    (FIO_OUT=/tmp/fio-alua; fio_passes "$RUNTIME" --name=alua --filename=/dev/$D1 --direct=1 \
+      --ioengine=libaio --bs=4k --size=32M --iodepth=8) &
     alua_fio=$!
   fi
   echo "VSCSID-MP-FIO-START"
-  fio --name=mp --filename=/dev/$D0 --direct=1 --ioengine=libaio --rw=randwrite --bs=4k \
-    --size=32M --iodepth=8 --verify=crc32c --verify_backlog=32 --verify_fatal=1 \
-    --time_based --runtime="$RUNTIME" > /tmp/fio.out 2>&1
+  fio_passes "$RUNTIME" --name=mp --filename=/dev/$D0 --direct=1 --ioengine=libaio --bs=4k \
+    --size=32M --iodepth=8
   rc=$?
   echo "VSCSID-MP-FIO-DONE"
   io=$(grep -o 'write: IOPS=[^,]*' /tmp/fio.out | head -n 1)
   err=$(grep -o 'err= *[0-9]*' /tmp/fio.out | head -n 1)
-  check mp-fio-crc32c-verify "$( [ $rc = 0 ] && echo PASS || echo FAIL )" "fio exit $rc, $err, $io"
+  check mp-fio-crc32c-verify "$( [ $rc = 0 ] && echo PASS || echo FAIL )" \
+    "fio exit $rc, $(cat /tmp/fio.passes) passes, last: $err, $io"
   [ $rc = 0 ] || tail -n 20 /tmp/fio.out
   if [ -n "$D1" ]; then
     wait $alua_fio
@@ -361,7 +363,7 @@ if [ "$MODE" = multipath ]; then
     io=$(grep -o 'write: IOPS=[^,]*' /tmp/fio-alua.out | head -n 1)
     err=$(grep -o 'err= *[0-9]*' /tmp/fio-alua.out | head -n 1)
     check mp-alua-fio-crc32c-verify "$( [ $rc = 0 ] && echo PASS || echo FAIL )" \
-      "fio exit $rc, $err, $io"
+      "fio exit $rc, $(cat /tmp/fio-alua.passes) passes, last: $err, $io"
     [ $rc = 0 ] || tail -n 20 /tmp/fio-alua.out
   fi
   n=$(dmesg | grep -ciE 'I/O error|critical|FAILED Result|timing out command')
@@ -395,7 +397,7 @@ if [ "$MODE" = hotplug ]; then
   fio_passes "$RUNTIME" --name=hp --filename=/dev/$D0 --direct=1 --ioengine=libaio \
     --bs=4k --size=64M --iodepth=4 &
   fio_pid=$!
-  up_ds() { read -r up _ < /proc/uptime; echo $(( ${up%.*} * 10 + ${up#*.} / 10 )); }
+  since_cs() { now_cs; echo $((NOW - $1)); }
   # wait_for <seconds> <shell test>: polls every 0.1 s; 0 once the test holds.
   wait_for() {
     n=0
@@ -403,10 +405,10 @@ if [ "$MODE" = hotplug ]; then
     return 1
   }
   echo "VSCSID-HP-STEP add"
-  t0=$(up_ds)
+  now_cs; t0=$NOW
   if wait_for 30 '[ -n "$(lun_dev 1)" ]'; then
     D1=$(lun_dev 1)
-    check hp-added-disk-appears PASS "/dev/$D1 after $(( $(up_ds) - t0 )) ds, no manual rescan"
+    check hp-added-disk-appears PASS "/dev/$D1 after $(since_cs $t0) cs, no manual rescan"
   else
     check hp-added-disk-appears FAIL "no disk at LUN 1 within 30 s"; finish
   fi
@@ -418,9 +420,9 @@ if [ "$MODE" = hotplug ]; then
   before=$(cat /sys/block/$D1/size)
   kb_before=$(df -k /mnt/d | awk 'NR == 2 { print $2 }')
   echo "VSCSID-HP-STEP resize"
-  t0=$(up_ds)
+  now_cs; t0=$NOW
   if wait_for 30 '[ "$(cat /sys/block/$D1/size)" != "$before" ]'; then
-    check hp-resize-seen PASS "/sys/block/$D1/size $before -> $(cat /sys/block/$D1/size) after $(( $(up_ds) - t0 )) ds"
+    check hp-resize-seen PASS "/sys/block/$D1/size $before -> $(cat /sys/block/$D1/size) after $(since_cs $t0) cs"
   else
     check hp-resize-seen FAIL "size still $before after 30 s"
   fi
@@ -434,9 +436,9 @@ if [ "$MODE" = hotplug ]; then
   check hp-ext4-intact "$( [ $rc = 0 ] && [ "$got" = "$sum" ] && echo PASS || echo FAIL )" \
     "e2fsck exit $rc, data md5 $got (written $sum)"
   echo "VSCSID-HP-STEP remove"
-  t0=$(up_ds)
+  now_cs; t0=$NOW
   if wait_for 30 '[ ! -e /sys/block/$D1 ]'; then
-    check hp-removed-disk-gone PASS "/dev/$D1 gone after $(( $(up_ds) - t0 )) ds"
+    check hp-removed-disk-gone PASS "/dev/$D1 gone after $(since_cs $t0) cs"
   else
     check hp-removed-disk-gone FAIL "/dev/$D1 still there after 30 s"
   fi
@@ -527,7 +529,7 @@ if [ "$MODE" = restart ]; then
   # tests/qemu/run-restart-e2e.sh restarts vscsid (SIGKILL or SIGTERM) while this fio
   # runs: four jobs (two 4 KiB with 8 in flight, two 64 KiB with 4 in flight), each on its
   # own 24 MiB region and spread over both vCPUs (both request queues), every block read
-  # back and checked (verify_backlog) during the run. Beside it a probe reads one 4 KiB
+  # back and checked during the run (fio_passes). Beside it a probe reads one 4 KiB
   # block with O_DIRECT after another from a region fio does not touch, and prints every
   # gap of 250 ms or more between two completed reads ("VSCSID-GAP <uptime cs> <gap cs>",
   # on the console as it happens): the stalls the guest sees. It gives up after 10 failed
@@ -568,12 +570,10 @@ if [ "$MODE" = restart ]; then
   (probe 2>&1 | tee /tmp/probe.out) &
   probe_pid=$!
   watch_probe &
-  fio --filename=/dev/$D0 --direct=1 --ioengine=libaio --verify=crc32c --verify_backlog=16 --verify_fatal=1 \
-    --verify_state_save=0 --time_based --runtime="$RUNTIME" --cpus_allowed=0-1 \
-    --cpus_allowed_policy=split \
-    --name=w4k --rw=randwrite --bs=4k --iodepth=8 --numjobs=2 --size=24M --offset=0 --offset_increment=24M \
-    --name=w64k --rw=randwrite --bs=64k --iodepth=4 --numjobs=2 --size=24M --offset=48M --offset_increment=24M \
-    > /tmp/fio.out 2>&1 &
+  fio_passes "$RUNTIME" --filename=/dev/$D0 --direct=1 --ioengine=libaio --verify_state_save=0 \
+    --cpus_allowed=0-1 --cpus_allowed_policy=split \
+    --name=w4k --bs=4k --iodepth=8 --numjobs=2 --size=24M --offset=0 --offset_increment=24M \
+    --name=w64k --bs=64k --iodepth=4 --numjobs=2 --size=24M --offset=48M --offset_increment=24M &
   fio_pid=$!
   now_cs; echo "VSCSID-RS-FIO-START $NOW"
   wait $fio_pid
@@ -582,7 +582,8 @@ if [ "$MODE" = restart ]; then
   echo "VSCSID-RS-FIO-DONE"
   err=$(grep -o 'err= *[0-9]*' /tmp/fio.out | tr -d ' ' | tr '\n' ',')
   io=$(grep -o 'write: IOPS=[^,]*' /tmp/fio.out | tr '\n' ',')
-  check rs-fio-crc32c-verify "$( [ $rc = 0 ] && echo PASS || echo FAIL )" "fio exit $rc, 4 jobs $err $io"
+  check rs-fio-crc32c-verify "$( [ $rc = 0 ] && echo PASS || echo FAIL )" \
+    "fio exit $rc, $(cat /tmp/fio.passes) passes of 4 jobs, last: $err $io"
   [ $rc = 0 ] || tail -n 30 /tmp/fio.out
   set -- $(grep '^VSCSID-PROBE-DONE' /tmp/probe.out)
   check rs-probe-reads "$( [ "${3:-1}" = 0 ] && [ "${2:-0}" -gt 0 ] && echo PASS || echo FAIL )" "${2:-0} O_DIRECT reads, ${3:-?} failed"

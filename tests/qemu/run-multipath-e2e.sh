@@ -7,7 +7,7 @@
 #
 # tgtd serves one LUN on both addresses; vscsid logs in through both (round-robin) and
 # serves it to a Linux guest (vhost-user socket on the shared filesystem). While the guest
-# runs fio with crc32c verification (verify_backlog: every block written is read back and
+# runs fio with crc32c verification (in passes: every block written is read back and
 # checked during the run), the script breaks the paths in turn:
 #   1. path 0 link down (carrier lost, packets vanish: a silent path), then up again;
 #   2. path 1 firewall DROP (silent), then removed;
