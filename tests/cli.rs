@@ -115,6 +115,16 @@ fn bad_arguments_name_the_field() {
         ],
         "no-path-retry",
     );
+    // Two paths to one portal (the URL's, with its default port written out).
+    one_line_error(
+        &[
+            "--socket",
+            sock,
+            "--iscsi",
+            "iscsi://127.0.0.1/iqn.x:y/0,path=127.0.0.2,path=127.0.0.1:3260",
+        ],
+        "path '127.0.0.1:3260' is the same portal as the URL's 127.0.0.1:3260",
+    );
     // A URL with a CHAP password: the error names the field, not the secret.
     for bad in [
         "iscsi://alice%s3cret@127.0.0.1:99999/iqn.x:y/0",

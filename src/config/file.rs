@@ -348,6 +348,12 @@ fn lun_from_raw(l: RawLun, i: usize) -> Result<LunConfig, ConfigError> {
                 }
                 multipath
                     .check()
+                    .and_then(|()| {
+                        crate::iscsi::check_distinct_portals(
+                            (&url.host, url.port),
+                            &multipath.multipath.extra_portals,
+                        )
+                    })
                     .map_err(|e| ConfigError(format!("{}: {e}", field("paths"))))?;
                 if let Some(p) = &l.chap_secret_file {
                     let s = std::fs::read_to_string(p).map_err(|e| {
@@ -978,6 +984,18 @@ mod tests {
             let text = format!("[[lun]]\nlun = 0\n{table}");
             parse_config_text(&text).expect(&text);
         }
+    }
+
+    #[test]
+    fn two_paths_to_one_portal_name_the_paths_key() {
+        let text = "[[lun]]\nlun = 0\nkind = \"iscsi\"\nurl = \"iscsi://san-a/iqn.x:y/0\"\n\
+                    paths = [\"san-b\", \"SAN-A:3260\"]\n";
+        let e = parse_config_text(text).expect_err("a repeated portal").0;
+        assert_eq!(
+            e,
+            "lun[0].paths: path 'SAN-A:3260' is the same portal as the URL's san-a:3260: \
+             two paths to one portal share its session"
+        );
     }
 
     #[test]

@@ -293,6 +293,8 @@ impl LunKind {
             None => (url.to_string(), false),
         };
         let url = IscsiUrl::parse(&url).map_err(|e| ConfigError(format!("{field}: {e}")))?;
+        crate::iscsi::check_distinct_portals((&url.host, url.port), &paths.multipath.extra_portals)
+            .map_err(|e| ConfigError(format!("{field}: {e}")))?;
         let chap_secret = if url.user.is_some() && url.password.is_none() {
             std::env::var(CHAP_SECRET_ENV).ok().map(Secret)
         } else {

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 pub use chap::ChapAlgorithm;
 pub use login::{discover, discover_portals, LoginError};
-pub use multipath::{Failback, MultipathOptions, PathStatus, Policy};
+pub use multipath::{check_distinct_portals, Failback, MultipathOptions, PathStatus, Policy};
 pub use options::{default_initiator_name, Chap, IscsiOptions};
 pub use url::{redact_password, IscsiUrl};
 

@@ -22,4 +22,6 @@ mod selector;
 
 pub(crate) use lun::Core;
 pub use lun::{reissue_is_safe, PathStatus, MAX_REISSUES};
-pub use options::{split_portal, Failback, MultipathOptions, Policy, MAX_PATHS};
+pub use options::{
+    check_distinct_portals, split_portal, Failback, MultipathOptions, Policy, MAX_PATHS,
+};

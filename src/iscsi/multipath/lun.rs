@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use super::alua_follow::{self, AluaFollow, AluaPaths};
 use super::attention::{self, HeldAttention};
-use super::options::{split_portal, MultipathOptions, Policy, MAX_PATHS};
+use super::options::{check_distinct_portals, split_portal, MultipathOptions, Policy, MAX_PATHS};
 use super::reservation::{self, PrOut, Registration, Remembered, Repeat};
 use super::selector::{PathView, Selector};
 use crate::iscsi::alua;
@@ -157,6 +157,8 @@ impl Core {
                 "at most {MAX_PATHS} paths per LUN"
             )));
         }
+        check_distinct_portals((&url.host, url.port), &mp.extra_portals)
+            .map_err(LoginError::Protocol)?;
         let mut urls = vec![url.clone()];
         for portal in &mp.extra_portals {
             let (host, port) = split_portal(portal).map_err(LoginError::Protocol)?;

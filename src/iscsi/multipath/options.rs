@@ -107,9 +107,54 @@ pub fn split_portal(portal: &str) -> Result<(String, u16), String> {
     Ok((host, port))
 }
 
+/// Checks that no two of a LUN's paths, the URL's portal (`first`) and then `extra`, name
+/// the same portal: paths to one portal share its session, so the second would be no
+/// path of its own. Hosts compare as addresses when they are addresses (`::1` is
+/// `0:0::1`), else as names, ignoring case.
+pub fn check_distinct_portals(first: (&str, u16), extra: &[String]) -> Result<(), String> {
+    let key = |host: &str, port: u16| match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => (ip.to_string(), port),
+        Err(_) => (host.to_ascii_lowercase(), port),
+    };
+    let mut seen = vec![(
+        key(first.0, first.1),
+        format!("the URL's {}:{}", first.0, first.1),
+    )];
+    for portal in extra {
+        let (host, port) = split_portal(portal)?;
+        let k = key(&host, port);
+        if let Some((_, earlier)) = seen.iter().find(|(s, _)| *s == k) {
+            return Err(format!(
+                "path '{portal}' is the same portal as {earlier}: two paths to one portal \
+                 share its session"
+            ));
+        }
+        seen.push((k, format!("path '{portal}'")));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_paths_to_one_portal_are_refused() {
+        let extra = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(
+            check_distinct_portals(("10.0.0.1", 3260), &extra(&["10.0.0.2", "10.0.0.1:3261"]))
+                .is_ok()
+        );
+        for (first, paths) in [
+            (("10.0.0.1", 3260), extra(&["10.0.0.1"])),
+            (("10.0.0.1", 3260), extra(&["10.0.0.2:3260", "10.0.0.2"])),
+            (("::1", 3260), extra(&["[0:0::1]:3260"])),
+            (("SAN-A", 3260), extra(&["san-a:3260"])),
+        ] {
+            let e = check_distinct_portals(first, &paths).unwrap_err();
+            assert!(e.contains("same portal"), "{e}");
+        }
+    }
 
     #[test]
     fn portals_parse() {
