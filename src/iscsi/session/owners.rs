@@ -158,7 +158,14 @@ impl Session {
     /// Reports a loss recorded under the lock to every LUN on the session, each with its
     /// own commands; call with no lock held.
     pub(super) fn hand_off(&self) {
-        let Some(lost) = self.lock().lost.take() else {
+        let lost = self.lock().lost.take();
+        self.hand_off_loss(lost);
+    }
+
+    /// [`Session::hand_off`] of a loss already taken from the state (the reader takes it
+    /// under the lock it holds for each PDU, rather than locking again).
+    pub(super) fn hand_off_loss(&self, lost: Option<LostPath>) {
+        let Some(lost) = lost else {
             return;
         };
         self.stats.failovers.fetch_add(1, Ordering::Relaxed);

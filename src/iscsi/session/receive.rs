@@ -33,7 +33,9 @@ impl Session {
         // The last PDU's data buffer, reused for the next one; and the list of answers,
         // emptied and kept: the steady state allocates nothing per PDU.
         let mut spare = Vec::new();
-        let mut done = Completions::new();
+        // Sized for the most answers held (one PDU adds at most one in the steady state),
+        // so a longer batch than the ones seen so far does not grow it.
+        let mut done = Completions::with_capacity(2 * ANSWERS_HELD_MAX);
         loop {
             // Answers wait while the next PDU is already here in whole (a target answers
             // several commands in one segment): the lot then reaches the guest with one
@@ -80,7 +82,7 @@ impl Session {
                 // may wake a waiter, which must find the commands answered before it.
                 self.deliver(&mut done);
             }
-            {
+            let lost = {
                 let mut st = self.lock();
                 if st.generation != generation {
                     drop(st);
@@ -94,9 +96,10 @@ impl Session {
                     self.connection_lost(&mut st, loss);
                 }
                 self.outstanding.store(st.pending.len(), Ordering::Relaxed);
-            }
+                st.lost.take()
+            };
             self.notify_changed();
-            self.hand_off();
+            self.hand_off_loss(lost);
             spare = pdu.data;
         }
     }
