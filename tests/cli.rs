@@ -15,7 +15,8 @@ fn run(args: &[&str]) -> (i32, String) {
     )
 }
 
-fn one_line_error(args: &[&str], field: &str) {
+/// Runs vscsid with `args`, which must fail with one line naming `field`; returns it.
+fn one_line_error(args: &[&str], field: &str) -> String {
     let (code, err) = run(args);
     assert_ne!(code, 0, "{args:?} succeeded");
     let lines: Vec<&str> = err.lines().collect();
@@ -25,6 +26,7 @@ fn one_line_error(args: &[&str], field: &str) {
         "{args:?}: {:?} does not name {field}",
         lines[0]
     );
+    lines[0].to_string()
 }
 
 /// Starts vscsid on a fresh 1 MiB disk image in `dir` (`setup` adds arguments, environment
@@ -130,28 +132,24 @@ fn bad_arguments_name_the_field() {
         "iscsi://alice%s3cret@127.0.0.1:99999/iqn.x:y/0",
         "iscsi://alice%s3cret@127.0.0.1/iqn.x:y/0,bogus=1",
     ] {
-        one_line_error(&["--socket", sock, "--iscsi", bad], "alice%***@127.0.0.1");
-        let (_, err) = run(&["--socket", sock, "--iscsi", bad]);
+        let err = one_line_error(&["--socket", sock, "--iscsi", bad], "alice%***@127.0.0.1");
         assert!(!err.contains("s3cret"), "the password is shown: {err}");
     }
     let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
+    let config_error = |text: &str, field: &str| {
+        std::fs::write(&cfg, text).unwrap();
+        one_line_error(
+            &["--socket", sock, "--config", cfg.to_str().unwrap()],
+            field,
+        );
+    };
+    config_error(
         "[[lun]]\nlun = 0\npath = \"/x\"\ncache = \"sometimes\"\n",
-    )
-    .unwrap();
-    one_line_error(
-        &["--socket", sock, "--config", cfg.to_str().unwrap()],
         "lun[0].cache",
     );
     // A value of the wrong type, in the second LUN.
-    std::fs::write(
-        &cfg,
+    config_error(
         "[[lun]]\nlun = 0\npath = \"/x\"\n[[lun]]\nlun = 1\npath = \"/y\"\nreadonly = 3\n",
-    )
-    .unwrap();
-    one_line_error(
-        &["--socket", sock, "--config", cfg.to_str().unwrap()],
         "line 7: lun[1].readonly",
     );
     let (code, _) = run(&["--socket", sock, "--disk", img, "--num-queues", "0"]);

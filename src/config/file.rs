@@ -347,13 +347,7 @@ fn lun_from_raw(l: RawLun, i: usize) -> Result<LunConfig, ConfigError> {
                     }
                 }
                 multipath
-                    .check()
-                    .and_then(|()| {
-                        crate::iscsi::check_distinct_portals(
-                            (&url.host, url.port),
-                            &multipath.multipath.extra_portals,
-                        )
-                    })
+                    .check((&url.host, url.port))
                     .map_err(|e| ConfigError(format!("{}: {e}", field("paths"))))?;
                 if let Some(p) = &l.chap_secret_file {
                     let s = std::fs::read_to_string(p).map_err(|e| {

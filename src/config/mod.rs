@@ -284,16 +284,14 @@ impl LunKind {
                 .set(k, v.unwrap_or(""))
                 .map_err(|e| ConfigError(format!("{field}: {e}")))?;
         }
-        paths
-            .check()
-            .map_err(|e| ConfigError(format!("{field}: {e}")))?;
         // `/*` in place of the LUN number: every LUN of the target.
         let (url, all_luns) = match url.strip_suffix("/*") {
             Some(target) => (format!("{target}/0"), true),
             None => (url.to_string(), false),
         };
         let url = IscsiUrl::parse(&url).map_err(|e| ConfigError(format!("{field}: {e}")))?;
-        crate::iscsi::check_distinct_portals((&url.host, url.port), &paths.multipath.extra_portals)
+        paths
+            .check((&url.host, url.port))
             .map_err(|e| ConfigError(format!("{field}: {e}")))?;
         let chap_secret = if url.user.is_some() && url.password.is_none() {
             std::env::var(CHAP_SECRET_ENV).ok().map(Secret)

@@ -52,8 +52,10 @@ impl MultipathSettings {
         Ok(())
     }
 
-    /// Checks what only makes sense as a whole.
-    pub fn check(&self) -> Result<(), String> {
+    /// Checks what only makes sense as a whole, the URL's portal (`url_portal`) among the
+    /// paths: no more paths than a LUN takes, no more priorities than paths, no portal
+    /// twice.
+    pub fn check(&self, url_portal: (&str, u16)) -> Result<(), String> {
         let paths = self.multipath.extra_portals.len() + 1;
         if paths > crate::iscsi::multipath::MAX_PATHS {
             return Err(format!(
@@ -67,7 +69,7 @@ impl MultipathSettings {
                 self.multipath.priorities.len()
             ));
         }
-        Ok(())
+        crate::iscsi::check_distinct_portals(url_portal, &self.multipath.extra_portals)
     }
 
     /// The session options with these settings applied.
@@ -111,6 +113,9 @@ pub fn duration(s: &str, min: f64, max: f64) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The URL's portal the paths of these tests go beside.
+    const URL_PORTAL: (&str, u16) = ("127.0.0.1", 3260);
     use crate::iscsi::{Failback, Policy};
 
     #[test]
@@ -132,7 +137,7 @@ mod tests {
         assert_eq!(p.nop_interval, Some(Duration::from_millis(100)));
         assert_eq!(p.nop_timeout, Some(Duration::from_millis(300)));
         assert_eq!(p.no_path_retry, Some(Duration::from_secs(5)));
-        assert!(p.check().is_ok());
+        assert!(p.check(URL_PORTAL).is_ok());
         let mut o = IscsiOptions::default();
         p.apply(&mut o);
         assert_eq!(o.recovery_timeout, Duration::from_secs(5));
@@ -159,12 +164,15 @@ mod tests {
             .unwrap_err()
             .contains("unknown option"));
         p.set("priority", "0:1:2").unwrap();
-        assert!(p.check().unwrap_err().contains("3 priorities for 1 path"));
+        assert!(p
+            .check(URL_PORTAL)
+            .unwrap_err()
+            .contains("3 priorities for 1 path"));
         let mut many = MultipathSettings::default();
         for i in 0..16 {
             many.set("path", &format!("127.0.0.{}:3260", i + 2))
                 .unwrap();
         }
-        assert!(many.check().unwrap_err().contains("at most 16"));
+        assert!(many.check(URL_PORTAL).unwrap_err().contains("at most 16"));
     }
 }

@@ -126,9 +126,9 @@ impl CompletionSink for ReplySink {
         self.complete_all(&mut std::iter::once((id, c)));
     }
 
-    /// On the initiator's thread when the worker is free (or this is its own thread
-    /// inside a batch): one try of the worker's lock and one notification of the guest
-    /// for the lot. When the worker is busy, one hand-over and one wake-up.
+    /// On the initiator's thread when the worker is free: one try of the worker's lock and
+    /// one notification of the guest for the lot. When the worker is busy (or this is its
+    /// own thread inside a batch), one hand-over and one wake-up.
     fn complete_all(&self, answers: &mut dyn Iterator<Item = (usize, ScsiCompletion)>) {
         if let (Some(sh), Some(w)) = (self.shared.upgrade(), self.worker.upgrade()) {
             if let Ok(mut w) = w.try_lock() {

@@ -219,14 +219,7 @@ impl Tgtd {
     }
 
     fn tgtadm(&self, args: &[&str]) -> bool {
-        Command::new("/usr/sbin/tgtadm")
-            .args(["-C", &self.control.to_string(), "--lld", "iscsi"])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
+        self.tgtadm_output(args).is_some()
     }
 
     /// Kills tgtd by its PID (a target crash) and waits for it to go.

@@ -116,20 +116,22 @@ pub fn check_distinct_portals(first: (&str, u16), extra: &[String]) -> Result<()
         Ok(ip) => (ip.to_string(), port),
         Err(_) => (host.to_ascii_lowercase(), port),
     };
-    let mut seen = vec![(
-        key(first.0, first.1),
-        format!("the URL's {}:{}", first.0, first.1),
-    )];
+    // The portals' keys in order: the URL's, then each of `extra`.
+    let mut seen = vec![key(first.0, first.1)];
     for portal in extra {
         let (host, port) = split_portal(portal)?;
         let k = key(&host, port);
-        if let Some((_, earlier)) = seen.iter().find(|(s, _)| *s == k) {
+        if let Some(i) = seen.iter().position(|s| *s == k) {
+            let earlier = match i.checked_sub(1) {
+                None => format!("the URL's {}:{}", first.0, first.1),
+                Some(j) => format!("path '{}'", extra[j]),
+            };
             return Err(format!(
                 "path '{portal}' is the same portal as {earlier}: two paths to one portal \
                  share its session"
             ));
         }
-        seen.push((k, format!("path '{portal}'")));
+        seen.push(k);
     }
     Ok(())
 }
