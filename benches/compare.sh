@@ -94,6 +94,7 @@ results=$out/results.jsonl
 work=$(mktemp -d "$out/run.XXXXXX")
 pids=()
 tgtd_pid=""
+target_pid=""
 stop_all() { # every backend started by start_backend
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   pids=()
@@ -154,7 +155,8 @@ run_one() { # system rw bs qd [queues]
   local system=$1
   loadgen --socket "${sock_of[$system]}" --proto "${proto_of[$system]}" --rw "$2" --bs "$3" \
     --iodepth "$4" --queues "${5:-1}" --runtime "$runtime" --size "${size_of[$system]}" \
-    --backend-pid "${pid_of[$system]}" --system "$system" \
+    --backend-pid "${pid_of[$system]}" ${target_pid:+--target-pid "$target_pid"} \
+    --system "$system" \
     --workload "$(name_of "$2" "$3" "$4" "${5:-1}")" |
     tee -a "$results"
 }
@@ -256,6 +258,8 @@ else
   /usr/sbin/tgtd -f -C "$ctl" --iscsi "portal=127.0.0.1:$port" >"$work/tgtd.log" 2>&1 &
 fi
 tgtd_pid=$!
+# The load generator reports tgtd's CPU beside the initiator's: which one set the pace.
+target_pid=$tgtd_pid
 tgtadm() { /usr/sbin/tgtadm -C "$ctl" --lld iscsi "$@"; }
 for _ in $(seq 100); do tgtadm --op show --mode sys >/dev/null 2>&1 && break; sleep 0.1; done
 tgtadm --op new --mode target --tid 1 -T "$iqn"
@@ -287,6 +291,7 @@ for round in $(seq "$rounds"); do
 done
 stop_all
 stop_tgtd
+target_pid=""
 [[ -z $target_cpu ]] || taskset -p -c "0-$target_cpu" $$ >/dev/null
 
 python3 benches/report.py "$results" "$out/chart.svg"

@@ -1,8 +1,8 @@
 //! The load generator's command line:
 //!
 //!   cargo bench --bench loadgen -- --socket S --proto scsi|blk --rw randread --bs 4096 \
-//!       --iodepth 32 --queues 1 --runtime 10 --size 1G [--backend-pid P] [--system NAME]
-//!       [--workload NAME] [--idle SECS] [--start-at UNIX_SECS]
+//!       --iodepth 32 --queues 1 --runtime 10 --size 1G [--backend-pid P] [--target-pid P]
+//!       [--system NAME] [--workload NAME] [--idle SECS] [--start-at UNIX_SECS]
 //!
 //! Prints one JSON object: system, workload, iops, bw_mib_s, lat_mean_us, lat_p99_us,
 //! cpu_us_per_io (backend process CPU time per I/O, from /proc), kicks_per_io (kicks the
@@ -10,6 +10,9 @@
 //! interrupts), idle_cpu_pct (with --idle: the backend's CPU, % of one core, while
 //! the generator stays connected without I/O for SECS after the workload). --start-at:
 //! connect, then start the workload at that wall-clock time (generators run side by side).
+//! Also over the run: target_cpu_us_per_io and target_busy_pct (with --target-pid: a
+//! process the backend depends on, such as an iSCSI target on this machine; % of one
+//! core), gen_cpu_us_per_io (the generator's own) and machine_busy_pct (% of all CPUs).
 //!
 //! With `--host-reference FILE` instead of `--socket`: the same workload's I/O shapes
 //! straight on FILE with io_uring and O_DIRECT, no vhost-user in between (the limit
@@ -33,6 +36,7 @@ fn parse_args() -> Result<(Args, Option<PathBuf>), String> {
         size: 1 << 30,
         lun: 0,
         backend_pid: None,
+        target_pid: None,
         system: "unknown".into(),
         workload: String::new(),
         idle: Duration::ZERO,
@@ -67,6 +71,9 @@ fn parse_args() -> Result<(Args, Option<PathBuf>), String> {
             "--backend-pid" => {
                 a.backend_pid = Some(v()?.parse().map_err(|_| "--backend-pid: not a number")?)
             }
+            "--target-pid" => {
+                a.target_pid = Some(v()?.parse().map_err(|_| "--target-pid: not a number")?)
+            }
             "--system" => a.system = v()?,
             "--workload" => a.workload = v()?,
             "--start-at" => {
@@ -94,7 +101,7 @@ fn parse_args() -> Result<(Args, Option<PathBuf>), String> {
 const USAGE: &str =
     "usage: loadgen --socket S|--host-reference FILE [--proto scsi|blk] [--rw randread|randwrite|read|write] \
 [--bs BYTES] [--iodepth N] [--queues N] [--runtime SECS] [--size SIZE] [--lun N] \
-[--backend-pid PID] [--system NAME] [--workload NAME] [--idle SECS] [--start-at UNIX_SECS]";
+[--backend-pid PID] [--target-pid PID] [--system NAME] [--workload NAME] [--idle SECS] [--start-at UNIX_SECS]";
 
 fn main() {
     // `cargo test --all-targets` and a bare `cargo bench` run every bench binary with no

@@ -61,6 +61,23 @@ for w in workloads:
               f"{r['lat_mean_us']:>9.1f} {d_ref:>8.1f} {r['lat_p99_us']:>8.0f} {cpu:>10}")
     print()
 
+# Where the CPU went, for runs that measured a target process (iSCSI: tgtd on this machine):
+# the initiator's, the target's and the load generator's CPU per I/O, the target's share
+# of one core and the machine's of all its CPUs, so a run shows which one set the pace.
+party = [(w, s) for w in workloads for s in systems
+         if (s, w) in by and by[(s, w)].get("target_cpu_us_per_io") is not None]
+if party:
+    print("CPU per I/O of each party (median round), target busy in % of one core, machine in % of all CPUs")
+    print(f"{'workload':<20} {'system':<21} {'IOPS':>10} {'backend':>8} {'target':>8} {'generator':>9} "
+          f"{'target %':>9} {'machine %':>10}")
+    for w, s in party:
+        r = by[(s, w)]
+        num = lambda k, f: f.format(r[k]) if r.get(k) is not None else "-"
+        print(f"{w:<20} {s:<21} {r['iops']:>10.0f} {num('cpu_us_per_io', '{:.2f}'):>8} "
+              f"{num('target_cpu_us_per_io', '{:.2f}'):>8} {num('gen_cpu_us_per_io', '{:.2f}'):>9} "
+              f"{num('target_busy_pct', '{:.1f}'):>9} {num('machine_busy_pct', '{:.1f}'):>10}")
+    print()
+
 # Grouped bars: IOPS of each system relative to qsd-vhost-user-blk, per workload.
 colors = ["#2b6cb0", "#718096", "#a0aec0", "#38a169", "#68d391", "#d69e2e", "#9f7aea", "#e53e3e", "#ed8936"]
 W, H, left, bottom, top = 900, 420, 70, 60, 40

@@ -20,6 +20,7 @@ fn args(socket: &std::path::Path, rw: &str, bs: u64, qd: usize, pid: u32) -> Arg
         size: 64 << 20,
         lun: 0,
         backend_pid: Some(pid),
+        target_pid: Some(pid),
         system: "test".into(),
         workload: format!("{rw}-{qd}"),
         idle: Duration::ZERO,
@@ -70,6 +71,21 @@ fn drives_vscsid_with_every_workload() {
             "{out}"
         );
         assert!(field(&out, "cpu_us_per_io") >= 0.0, "{out}");
+        // The daemon named as the target too: the same process's CPU over (nearly) the
+        // same window, so the backend's figure within a clock tick (10 ms) or two spread
+        // over the run's I/Os (about 0.3 s of them).
+        let target = field(&out, "target_cpu_us_per_io");
+        let backend = field(&out, "cpu_us_per_io");
+        let ios = field(&out, "iops") * 0.3;
+        assert!(target > 0.0, "{out}");
+        assert!(
+            (target - backend).abs() <= 20_000.0 / ios.max(1.0) + 0.01,
+            "{out}"
+        );
+        assert!(field(&out, "target_busy_pct") > 0.0, "{out}");
+        assert!(field(&out, "gen_cpu_us_per_io") > 0.0, "{out}");
+        let machine = field(&out, "machine_busy_pct");
+        assert!(machine > 0.0 && machine <= 100.0, "{out}");
     }
     // The writes went to the file.
     assert!(allocated_bytes(&d.path("a.img")) > 0);

@@ -31,6 +31,11 @@ pub struct Args {
     pub size: u64,
     pub lun: u16,
     pub backend_pid: Option<u32>,
+    /// A process the backend depends on (an iSCSI target on this machine): its CPU over
+    /// the run is reported beside the backend's (`target_cpu_us_per_io`,
+    /// `target_busy_pct`), with the generator's own and the whole machine's, so a run
+    /// shows which of them was the limit.
+    pub target_pid: Option<u32>,
     pub system: String,
     pub workload: String,
     /// After the workload, stay connected without I/O this long and report the backend's
@@ -162,6 +167,85 @@ pub fn cpu_ns(pid: u32) -> Option<u64> {
     Some(total)
 }
 
+/// Busy and total time of all CPUs so far, in clock ticks, from /proc/stat's first line.
+fn machine_ticks() -> Option<(u64, u64)> {
+    parse_machine_ticks(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// Busy and total ticks from /proc/stat's text: idle and I/O wait are not busy; guest
+/// time is already part of user time.
+fn parse_machine_ticks(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().next()?;
+    let mut f = line.split_whitespace();
+    if f.next()? != "cpu" {
+        return None;
+    }
+    let v: Vec<u64> = f.take(8).map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal
+    let [user, nice, system, idle, iowait, irq, softirq, steal] = v[..] else {
+        return None;
+    };
+    let busy = user + nice + system + irq + softirq + steal;
+    Some((busy, busy + idle + iowait))
+}
+
+/// What the parties other than the backend spent over a run: the target's CPU (clock
+/// ticks of /proc/<pid>/stat, which keep the time of threads that ended, as a target's
+/// I/O threads may), the generator's own (ns), and the machine's busy and total ticks.
+struct PartySample {
+    target: Option<u64>,
+    generator: Option<u64>,
+    machine: Option<(u64, u64)>,
+}
+
+impl PartySample {
+    fn now(target_pid: Option<u32>) -> PartySample {
+        PartySample {
+            target: target_pid.and_then(cpu_ticks),
+            generator: own_cpu_ns(),
+            machine: machine_ticks(),
+        }
+    }
+
+    /// The JSON fields for the run from `self` to `end`: `target_cpu_us_per_io`,
+    /// `target_busy_pct` (% of one core), `gen_cpu_us_per_io` (the generator's own) and
+    /// `machine_busy_pct` (% of all CPUs); null where a figure is missing.
+    fn fields(&self, end: &PartySample, ios: f64, elapsed: Duration) -> String {
+        let delta = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64),
+            _ => None,
+        };
+        let show = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.3}"));
+        // USER_HZ is 100 on Linux: one tick is 10 ms.
+        let target = delta(self.target, end.target).map(|t| t * 10_000_000.0);
+        let generator = delta(self.generator, end.generator);
+        let machine = match (self.machine, end.machine) {
+            (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => {
+                Some(b1.saturating_sub(b0) as f64 * 100.0 / (t1 - t0) as f64)
+            }
+            _ => None,
+        };
+        format!(
+            "\"target_cpu_us_per_io\": {}, \"target_busy_pct\": {}, \"gen_cpu_us_per_io\": {}, \"machine_busy_pct\": {}",
+            show(target.map(|t| t / 1000.0 / ios)),
+            show(target.map(|t| t * 100.0 / elapsed.as_nanos().max(1) as f64)),
+            show(generator.map(|g| g / 1000.0 / ios)),
+            show(machine),
+        )
+    }
+}
+
+/// This process's CPU time so far, every thread's (ended ones too), in nanoseconds.
+fn own_cpu_ns() -> Option<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to fill.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
 fn cpu_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -232,6 +316,7 @@ pub fn run(a: &Args) -> Result<String, String> {
         }
     }
     let cpu0 = a.backend_pid.and_then(cpu_ticks);
+    let parties0 = PartySample::now(a.target_pid);
     let start = Instant::now();
     for q in 0..a.queues {
         for s in 0..a.iodepth {
@@ -303,8 +388,10 @@ pub fn run(a: &Args) -> Result<String, String> {
             }
         }
     }
-    let elapsed = start.elapsed().as_secs_f64();
+    let run_time = start.elapsed();
+    let elapsed = run_time.as_secs_f64();
     let cpu1 = a.backend_pid.and_then(cpu_ticks);
+    let parties1 = PartySample::now(a.target_pid);
     for q in 0..a.queues {
         calls += e.conn.queues[first_queue + q].call.read().unwrap_or(0);
     }
@@ -337,12 +424,13 @@ pub fn run(a: &Args) -> Result<String, String> {
         _ => "null".into(),
     };
     Ok(format!(
-        "{}, \"cpu_us_per_io\": {}, \"kicks_per_io\": {:.3}, \"calls_per_io\": {:.3}, \"idle_cpu_pct\": {}}}",
+        "{}, \"cpu_us_per_io\": {}, \"kicks_per_io\": {:.3}, \"calls_per_io\": {:.3}, \"idle_cpu_pct\": {}, {}}}",
         result_head(a, ios / elapsed, &mut lat),
         cpu,
         kicks as f64 / ios,
         calls as f64 / ios,
-        idle_cpu
+        idle_cpu,
+        parties0.fields(&parties1, ios, run_time)
     ))
 }
 
@@ -368,4 +456,51 @@ fn mean_and_p99(lat: &mut [u32]) -> (f64, f64) {
     let mean = lat.iter().map(|&x| f64::from(x)).sum::<f64>() / lat.len() as f64;
     let p99 = f64::from(lat[((lat.len() as f64 * 0.99) as usize).min(lat.len() - 1)]);
     (mean, p99)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machine_ticks_leave_idle_and_io_wait_out_of_busy() {
+        let stat = "cpu  100 5 40 800 30 2 3 1 7 0\ncpu0 50 2 20 400 15 1 1 0 3 0\n";
+        // busy: user + nice + system + irq + softirq + steal (guest is within user).
+        assert_eq!(parse_machine_ticks(stat), Some((151, 981)));
+        assert_eq!(parse_machine_ticks("cpu0 1 2 3 4 5 6 7 8\n"), None);
+        assert_eq!(parse_machine_ticks("cpu 1 2 3\n"), None);
+        assert_eq!(parse_machine_ticks(""), None);
+    }
+
+    #[test]
+    fn party_fields_are_per_io_and_per_second() {
+        let start = PartySample {
+            target: Some(7),
+            generator: Some(0),
+            machine: Some((100, 1000)),
+        };
+        let end = PartySample {
+            // 50 ticks of 10 ms.
+            target: Some(57),
+            generator: Some(250_000_000),
+            machine: Some((250, 1200)),
+        };
+        // 1 s, 10 000 I/Os: the target ran 0.5 s (50 µs per I/O), the generator 0.25 s.
+        let f = start.fields(&end, 10_000.0, Duration::from_secs(1));
+        assert_eq!(
+            f,
+            "\"target_cpu_us_per_io\": 50.000, \"target_busy_pct\": 50.000, \
+             \"gen_cpu_us_per_io\": 25.000, \"machine_busy_pct\": 75.000"
+        );
+        let none = PartySample {
+            target: None,
+            generator: None,
+            machine: None,
+        };
+        assert_eq!(
+            none.fields(&none, 1.0, Duration::from_secs(1)),
+            "\"target_cpu_us_per_io\": null, \"target_busy_pct\": null, \
+             \"gen_cpu_us_per_io\": null, \"machine_busy_pct\": null"
+        );
+    }
 }
