@@ -2,7 +2,7 @@
 //!
 //!   cargo bench --bench loadgen -- --socket S --proto scsi|blk --rw randread --bs 4096 \
 //!       --iodepth 32 --queues 1 --runtime 10 --size 1G [--backend-pid P] [--target-pid P]
-//!       [--system NAME] [--workload NAME] [--idle SECS] [--start-at UNIX_SECS]
+//!       [--system NAME] [--workload NAME] [--idle SECS] [--start-at UNIX_SECS] [--spin]
 //!
 //! Prints one JSON object: system, workload, iops, bw_mib_s, lat_mean_us, lat_p99_us,
 //! cpu_us_per_io (backend process CPU time per I/O, from /proc), kicks_per_io (kicks the
@@ -10,9 +10,11 @@
 //! interrupts), idle_cpu_pct (with --idle: the backend's CPU, % of one core, while
 //! the generator stays connected without I/O for SECS after the workload). --start-at:
 //! connect, then start the workload at that wall-clock time (generators run side by side).
-//! Also over the run: target_cpu_us_per_io and target_busy_pct (with --target-pid: a
-//! process the backend depends on, such as an iSCSI target on this machine; % of one
-//! core), gen_cpu_us_per_io (the generator's own) and machine_busy_pct (% of all CPUs).
+//! Also over the run: target_cpu_us_per_io, target_busy_pct and target_top_thread_pct
+//! (with --target-pid: a process the backend depends on, such as an iSCSI target on this
+//! machine; the whole process and its busiest thread in % of one core), gen_cpu_us_per_io (the generator's own) and machine_busy_pct (% of all CPUs).
+//! --spin: poll the used rings without sleeping and ask the device for no notifications
+//! (a guest driver with polling queues), so the generator's wake-ups leave the round trip.
 //!
 //! With `--host-reference FILE` instead of `--socket`: the same workload's I/O shapes
 //! straight on FILE with io_uring and O_DIRECT, no vhost-user in between (the limit
@@ -41,6 +43,7 @@ fn parse_args() -> Result<(Args, Option<PathBuf>), String> {
         workload: String::new(),
         idle: Duration::ZERO,
         start_at: None,
+        spin: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -74,6 +77,7 @@ fn parse_args() -> Result<(Args, Option<PathBuf>), String> {
             "--target-pid" => {
                 a.target_pid = Some(v()?.parse().map_err(|_| "--target-pid: not a number")?)
             }
+            "--spin" => a.spin = true,
             "--system" => a.system = v()?,
             "--workload" => a.workload = v()?,
             "--start-at" => {
@@ -101,7 +105,7 @@ fn parse_args() -> Result<(Args, Option<PathBuf>), String> {
 const USAGE: &str =
     "usage: loadgen --socket S|--host-reference FILE [--proto scsi|blk] [--rw randread|randwrite|read|write] \
 [--bs BYTES] [--iodepth N] [--queues N] [--runtime SECS] [--size SIZE] [--lun N] \
-[--backend-pid PID] [--target-pid PID] [--system NAME] [--workload NAME] [--idle SECS] [--start-at UNIX_SECS]";
+[--backend-pid PID] [--target-pid PID] [--system NAME] [--workload NAME] [--idle SECS] [--start-at UNIX_SECS] [--spin]";
 
 fn main() {
     // `cargo test --all-targets` and a bare `cargo bench` run every bench binary with no

@@ -67,15 +67,17 @@ for w in workloads:
 party = [(w, s) for w in workloads for s in systems
          if (s, w) in by and by[(s, w)].get("target_cpu_us_per_io") is not None]
 if party:
-    print("CPU per I/O of each party (median round), target busy in % of one core, machine in % of all CPUs")
+    print("CPU per I/O of each party (median round, us); target busy and its busiest thread in % of one core,")
+    print("machine in % of all CPUs")
     print(f"{'workload':<20} {'system':<21} {'IOPS':>10} {'backend':>8} {'target':>8} {'generator':>9} "
-          f"{'target %':>9} {'machine %':>10}")
+          f"{'target %':>9} {'thread %':>9} {'machine %':>10}")
     for w, s in party:
         r = by[(s, w)]
         num = lambda k, f: f.format(r[k]) if r.get(k) is not None else "-"
         print(f"{w:<20} {s:<21} {r['iops']:>10.0f} {num('cpu_us_per_io', '{:.2f}'):>8} "
               f"{num('target_cpu_us_per_io', '{:.2f}'):>8} {num('gen_cpu_us_per_io', '{:.2f}'):>9} "
-              f"{num('target_busy_pct', '{:.1f}'):>9} {num('machine_busy_pct', '{:.1f}'):>10}")
+              f"{num('target_busy_pct', '{:.1f}'):>9} {num('target_top_thread_pct', '{:.1f}'):>9} "
+              f"{num('machine_busy_pct', '{:.1f}'):>10}")
     print()
 
 # Grouped bars: IOPS of each system relative to qsd-vhost-user-blk, per workload.

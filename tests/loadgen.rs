@@ -25,6 +25,7 @@ fn args(socket: &std::path::Path, rw: &str, bs: u64, qd: usize, pid: u32) -> Arg
         workload: format!("{rw}-{qd}"),
         idle: Duration::ZERO,
         start_at: None,
+        spin: false,
     }
 }
 
@@ -89,6 +90,32 @@ fn drives_vscsid_with_every_workload() {
     }
     // The writes went to the file.
     assert!(allocated_bytes(&d.path("a.img")) > 0);
+}
+
+#[test]
+fn a_polling_generator_asks_for_no_notifications() {
+    let d = Daemon::start(
+        &[Disk {
+            name: "a.img",
+            size: 64 << 20,
+            opts: "cache=none",
+        }],
+        &["--num-queues", "1", "--reconnect"],
+    );
+    for qd in [1, 32] {
+        let mut a = args(&d.socket, "randread", 4096, qd, d.child.id());
+        a.spin = true;
+        let out = run(&a).expect("load run");
+        assert!(field(&out, "iops") > 0.0, "{out}");
+        // With EVENT_IDX and the used event left where it was, the device notifies once
+        // when its used index passes it, then only after the index wraps (65 536 I/Os).
+        let ios = field(&out, "iops") * 0.3;
+        assert!(field(&out, "calls_per_io") * ios <= 2.0 + ios / 65536.0, "{out}");
+        // Without polling the same device notifies (the generator sleeps for it).
+        a.spin = false;
+        let out = run(&a).expect("load run");
+        assert!(field(&out, "calls_per_io") > 0.0, "{out}");
+    }
 }
 
 #[test]

@@ -27,6 +27,9 @@ pub struct SplitQueue {
     event_idx: bool,
     /// The available index when the device was last told (or decided not to be told).
     notified_at: u16,
+    /// The driver wants the device's notifications (a driver that polls the used ring
+    /// does not).
+    interrupts: bool,
 }
 
 impl SplitQueue {
@@ -65,7 +68,22 @@ impl SplitQueue {
             last_used: 0,
             event_idx,
             notified_at: 0,
+            interrupts: true,
         })
+    }
+
+    /// Asks the device for its notifications of used buffers, or not, as a guest driver
+    /// that polls its used ring does: with EVENT_IDX the used event is no longer moved
+    /// (the device notifies again only when its used index comes round to it), without
+    /// it the available ring's NO_INTERRUPT flag is set.
+    pub fn set_interrupts(&mut self, mem: &FrontendMemory, on: bool) {
+        const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
+        self.interrupts = on;
+        if !self.event_idx {
+            let flags = if on { 0 } else { VRING_AVAIL_F_NO_INTERRUPT };
+            let _ = mem.write_obj(flags, GuestAddress(self.avail));
+        }
+        fence(Ordering::SeqCst);
     }
 
     /// Free descriptors.
@@ -195,7 +213,7 @@ impl SplitQueue {
         fence(Ordering::SeqCst);
         let used_idx: u16 = mem.read_obj(GuestAddress(self.used + 2)).ok()?;
         if used_idx == self.last_used {
-            if self.event_idx {
+            if self.event_idx && self.interrupts {
                 // Ask to be notified for the next completion.
                 let at = self.avail + 4 + 2 * u64::from(self.size);
                 let _ = mem.write_obj(self.last_used, GuestAddress(at));
