@@ -110,7 +110,10 @@ fn a_polling_generator_asks_for_no_notifications() {
         // With EVENT_IDX and the used event left where it was, the device notifies once
         // when its used index passes it, then only after the index wraps (65 536 I/Os).
         let ios = field(&out, "iops") * 0.3;
-        assert!(field(&out, "calls_per_io") * ios <= 2.0 + ios / 65536.0, "{out}");
+        assert!(
+            field(&out, "calls_per_io") * ios <= 2.0 + ios / 65536.0,
+            "{out}"
+        );
         // Without polling the same device notifies (the generator sleeps for it).
         a.spin = false;
         let out = run(&a).expect("load run");

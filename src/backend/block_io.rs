@@ -293,7 +293,8 @@ impl BlockIo {
                 .build(),
             (false, None) => opcode::Readv::new(fd, ptr, cnt).offset(offset).build(),
         };
-        self.push(id, e)
+        let bytes = iov.iter().map(|v| v.iov_len as u64).sum();
+        self.push(id, e, bytes)
     }
 
     /// Makes completed writes to `fd` durable (fdatasync).
@@ -301,7 +302,7 @@ impl BlockIo {
         let e = opcode::Fsync::new(types::Fd(fd))
             .flags(types::FsyncFlags::DATASYNC)
             .build();
-        self.push(id, e)
+        self.push(id, e, 0)
     }
 
     /// Deallocates or zeroes `len` bytes at `offset` of `fd`.
@@ -317,10 +318,12 @@ impl BlockIo {
             .offset(offset)
             .mode(how.mode())
             .build();
-        self.push(id, e)
+        self.push(id, e, 0)
     }
 
-    fn push(&mut self, id: usize, e: io_uring::squeue::Entry) -> bool {
+    /// Queues `e` for command `id`; `bytes` is what it transfers (it sets when the ring
+    /// submits, `uring::SUBMIT_BYTES`).
+    fn push(&mut self, id: usize, e: io_uring::squeue::Entry, bytes: u64) -> bool {
         if self.cmd(id).is_none() {
             return false;
         }
@@ -328,7 +331,7 @@ impl BlockIo {
         // SAFETY: the entry points only at command `id`'s `IoBuffers` (its iovec array, its
         // bounce buffer, guest memory kept mapped by its guard) or at nothing; they cannot
         // change or be freed until its completion is reaped (module comment).
-        let ok = unsafe { self.ring.push(&e) }.is_ok();
+        let ok = unsafe { self.ring.push(&e, bytes) }.is_ok();
         if ok {
             if let Some(c) = self.cmds.get_mut(id) {
                 c.pending += 1;

@@ -7,6 +7,14 @@ use std::os::unix::io::{AsRawFd, RawFd};
 use io_uring::{squeue, IoUring};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+/// Bytes of queued I/O that trigger a submission on their own, whatever the count: a large
+/// transfer goes to the device as soon as it is decoded. Gathering saves a system call and
+/// a doorbell per small I/O; for a large one that saving is small beside its transfer,
+/// and holding it back measured worse (read-128k-qd8: 8.1–8.5 K IOPS gathered by 4
+/// against 9.0–11.4 K submitted one by one, `--submit-batch 1`), because the device
+/// then sees the guest's batch in two halves.
+pub const SUBMIT_BYTES: u64 = 64 * 1024;
+
 /// A worker's ring.
 pub struct Ring {
     ring: IoUring,
@@ -15,6 +23,8 @@ pub struct Ring {
     unsubmitted: u32,
     /// Queued SQEs that trigger a submission on their own (`daemon.submit_batch`).
     submit_batch: u32,
+    /// Bytes the SQEs pushed since the last `submit` transfer.
+    unsubmitted_bytes: u64,
 }
 
 impl Ring {
@@ -33,6 +43,7 @@ impl Ring {
             eventfd,
             unsubmitted: 0,
             submit_batch: submit_batch.max(1),
+            unsubmitted_bytes: 0,
         })
     }
 
@@ -47,17 +58,19 @@ impl Ring {
         self.eventfd.try_clone()
     }
 
-    /// Queues one operation, submitting first if the submission queue is full.
+    /// Queues one operation that transfers `bytes` (0 for one without data), submitting
+    /// first if the submission queue is full.
     ///
     /// # Safety
     /// Every buffer and iovec array the entry points to must stay valid until its completion
     /// is reaped.
-    pub unsafe fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
+    pub unsafe fn push(&mut self, entry: &squeue::Entry, bytes: u64) -> io::Result<()> {
         loop {
             // SAFETY: the caller guarantees the entry's buffers outlive the operation.
             if unsafe { self.ring.submission().push(entry) }.is_ok() {
                 self.unsubmitted += 1;
-                if self.unsubmitted >= self.submit_batch {
+                self.unsubmitted_bytes = self.unsubmitted_bytes.saturating_add(bytes);
+                if self.unsubmitted >= self.submit_batch || self.unsubmitted_bytes >= SUBMIT_BYTES {
                     // Started now, the device works on it while the rest of the batch is
                     // decoded. If this fails the entry stays queued for the next submit.
                     let _ = self.submit();
@@ -77,6 +90,7 @@ impl Ring {
             match self.ring.submit() {
                 Ok(_) => {
                     self.unsubmitted = 0;
+                    self.unsubmitted_bytes = 0;
                     return Ok(());
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
@@ -130,7 +144,7 @@ mod tests {
             .build()
             .user_data(7);
         // SAFETY: buf and iov live until the completion is reaped below.
-        unsafe { ring.push(&e) }.expect("push");
+        unsafe { ring.push(&e, 10) }.expect("push");
         ring.submit().expect("submit");
         let mut got = None;
         for _ in 0..1000 {
@@ -149,10 +163,10 @@ mod tests {
         let mut ring = Ring::new(8, 2).expect("ring");
         let nop = opcode::Nop::new().build();
         // SAFETY: a NOP points at no memory.
-        unsafe { ring.push(&nop.clone().user_data(1)) }.expect("push");
+        unsafe { ring.push(&nop.clone().user_data(1), 0) }.expect("push");
         assert_eq!((ring.unsubmitted, ring.ring.submission().len()), (1, 1));
         // SAFETY: as above.
-        unsafe { ring.push(&nop.user_data(2)) }.expect("push");
+        unsafe { ring.push(&nop.user_data(2), 0) }.expect("push");
         assert_eq!((ring.unsubmitted, ring.ring.submission().len()), (0, 0));
         let mut got = Vec::new();
         for _ in 0..1000 {
@@ -163,5 +177,33 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         assert_eq!(got, [1, 2]);
+    }
+
+    #[test]
+    fn a_large_transfer_is_submitted_on_push() {
+        let mut ring = Ring::new(8, 4).expect("ring");
+        let nop = opcode::Nop::new().build();
+        // Small transfers wait for the batch; the one that brings the bytes queued to
+        // SUBMIT_BYTES goes with them at once. (NOPs stand in: the count is the caller's.)
+        // SAFETY: a NOP points at no memory.
+        unsafe { ring.push(&nop.clone().user_data(1), 4096) }.expect("push");
+        assert_eq!(ring.ring.submission().len(), 1);
+        // SAFETY: as above.
+        unsafe { ring.push(&nop.clone().user_data(2), SUBMIT_BYTES - 4096) }.expect("push");
+        assert_eq!((ring.unsubmitted, ring.unsubmitted_bytes), (0, 0));
+        assert_eq!(ring.ring.submission().len(), 0);
+        // One large transfer alone.
+        // SAFETY: as above.
+        unsafe { ring.push(&nop.user_data(3), 128 * 1024) }.expect("push");
+        assert_eq!(ring.ring.submission().len(), 0);
+        let mut got = Vec::new();
+        for _ in 0..1000 {
+            ring.reap(|ud, _| got.push(ud));
+            if got.len() == 3 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(got, [1, 2, 3]);
     }
 }
