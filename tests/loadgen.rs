@@ -40,16 +40,21 @@ fn field(json: &str, key: &str) -> f64 {
         .expect("number")
 }
 
-#[test]
-fn drives_vscsid_with_every_workload() {
-    let d = Daemon::start(
+/// vscsid with one 64 MiB file LUN (cache=none) on one queue, as each workload test uses.
+fn one_disk_daemon() -> Daemon {
+    Daemon::start(
         &[Disk {
             name: "a.img",
             size: 64 << 20,
             opts: "cache=none",
         }],
         &["--num-queues", "1", "--reconnect"],
-    );
+    )
+}
+
+#[test]
+fn drives_vscsid_with_every_workload() {
+    let d = one_disk_daemon();
     for (rw, bs, qd) in [
         ("randread", 4096, 1),
         ("randwrite", 4096, 32),
@@ -94,14 +99,7 @@ fn drives_vscsid_with_every_workload() {
 
 #[test]
 fn a_polling_generator_asks_for_no_notifications() {
-    let d = Daemon::start(
-        &[Disk {
-            name: "a.img",
-            size: 64 << 20,
-            opts: "cache=none",
-        }],
-        &["--num-queues", "1", "--reconnect"],
-    );
+    let d = one_disk_daemon();
     for qd in [1, 32] {
         let mut a = args(&d.socket, "randread", 4096, qd, d.child.id());
         a.spin = true;

@@ -158,6 +158,19 @@ mod tests {
         assert_eq!(&buf, b"hello ring");
     }
 
+    /// The user data of the first `n` completions, waiting at most about a second.
+    fn reap_user_data(ring: &mut Ring, n: usize) -> Vec<u64> {
+        let mut got = Vec::new();
+        for _ in 0..1000 {
+            ring.reap(|ud, _| got.push(ud));
+            if got.len() >= n {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        got
+    }
+
     #[test]
     fn a_full_batch_is_submitted_on_push() {
         let mut ring = Ring::new(8, 2).expect("ring");
@@ -168,14 +181,7 @@ mod tests {
         // SAFETY: as above.
         unsafe { ring.push(&nop.user_data(2), 0) }.expect("push");
         assert_eq!((ring.unsubmitted, ring.ring.submission().len()), (0, 0));
-        let mut got = Vec::new();
-        for _ in 0..1000 {
-            ring.reap(|ud, _| got.push(ud));
-            if got.len() == 2 {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        let got = reap_user_data(&mut ring, 2);
         assert_eq!(got, [1, 2]);
     }
 
@@ -196,14 +202,7 @@ mod tests {
         // SAFETY: as above.
         unsafe { ring.push(&nop.user_data(3), 128 * 1024) }.expect("push");
         assert_eq!(ring.ring.submission().len(), 0);
-        let mut got = Vec::new();
-        for _ in 0..1000 {
-            ring.reap(|ud, _| got.push(ud));
-            if got.len() == 3 {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        let got = reap_user_data(&mut ring, 3);
         assert_eq!(got, [1, 2, 3]);
     }
 }
