@@ -1,7 +1,12 @@
 //! Per-queue counts of commands in flight, so a stopping queue (GET_VRING_BASE) or a
 //! stopping daemon (SIGTERM) can wait until every accepted command has completed.
+//!
+//! Waiting is rare (a queue or the daemon stopping) and ending a command is the hot path:
+//! at queue depth 1 every command empties its queue. A condition variable's notify is a
+//! system call whether or not anyone waits (std's futex condvar keeps no waiter count), so
+//! the ending command wakes only when a waiter has said it waits.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -9,6 +14,10 @@ pub struct InflightCounters {
     per_queue: Vec<AtomicU32>,
     lock: Mutex<()>,
     idle: Condvar,
+    /// Threads in `wait_until`; an ending command notifies only when this is non-zero.
+    waiters: AtomicU32,
+    /// Notifications sent (for tests: none when nobody waits).
+    notified: AtomicU64,
 }
 
 impl InflightCounters {
@@ -17,20 +26,25 @@ impl InflightCounters {
             per_queue: (0..queues).map(|_| AtomicU32::new(0)).collect(),
             lock: Mutex::new(()),
             idle: Condvar::new(),
+            waiters: AtomicU32::new(0),
+            notified: AtomicU64::new(0),
         }
     }
 
     pub fn begin(&self, queue: u16) {
         if let Some(c) = self.per_queue.get(usize::from(queue)) {
-            c.fetch_add(1, Ordering::AcqRel);
+            c.fetch_add(1, Ordering::SeqCst);
         }
     }
 
     pub fn end(&self, queue: u16) {
         if let Some(c) = self.per_queue.get(usize::from(queue)) {
-            if c.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // SeqCst on both sides: either this sees the waiter's count, or the waiter's
+            // check after counting itself sees this command gone.
+            if c.fetch_sub(1, Ordering::SeqCst) == 1 && self.waiters.load(Ordering::SeqCst) > 0 {
                 // Take the lock so a waiter between its check and its wait cannot miss this.
                 let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+                self.notified.fetch_add(1, Ordering::Relaxed);
                 self.idle.notify_all();
             }
         }
@@ -39,13 +53,13 @@ impl InflightCounters {
     pub fn queue(&self, queue: usize) -> u32 {
         self.per_queue
             .get(queue)
-            .map_or(0, |c| c.load(Ordering::Acquire))
+            .map_or(0, |c| c.load(Ordering::SeqCst))
     }
 
     pub fn total(&self) -> u32 {
         self.per_queue
             .iter()
-            .map(|c| c.load(Ordering::Acquire))
+            .map(|c| c.load(Ordering::SeqCst))
             .sum()
     }
 
@@ -53,10 +67,14 @@ impl InflightCounters {
     fn wait_until(&self, timeout: Duration, busy: impl Fn() -> bool) -> bool {
         let deadline = Instant::now() + timeout;
         let mut g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        while busy() {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let idle = loop {
+            if !busy() {
+                break true;
+            }
             let now = Instant::now();
             if now >= deadline {
-                return false;
+                break false;
             }
             // Bounded wait: a wake-up can also come from the timeout of a missed notify.
             let step = (deadline - now).min(Duration::from_millis(100));
@@ -64,8 +82,10 @@ impl InflightCounters {
                 Ok((g, _)) => g,
                 Err(p) => p.into_inner().0,
             };
-        }
-        true
+        };
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        drop(g);
+        idle
     }
 
     pub fn wait_queue_idle(&self, queue: usize, timeout: Duration) -> bool {
@@ -98,6 +118,28 @@ mod tests {
         assert!(c.wait_all_idle(Duration::from_secs(10)));
         t.join().expect("join");
         assert_eq!(c.queue(2), 0);
+    }
+
+    #[test]
+    fn an_ending_command_notifies_only_a_waiter() {
+        let c = Arc::new(InflightCounters::new(1));
+        for _ in 0..100 {
+            c.begin(0);
+            c.end(0);
+        }
+        assert_eq!(c.notified.load(Ordering::Relaxed), 0, "nobody waited");
+        c.begin(0);
+        let c2 = c.clone();
+        let waiter = std::thread::spawn(move || c2.wait_queue_idle(0, Duration::from_secs(30)));
+        // The command ends once the waiter has counted itself (bounded: 30 s).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while c.waiters.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        c.end(0);
+        assert!(waiter.join().expect("join"));
+        assert_eq!(c.notified.load(Ordering::Relaxed), 1);
+        assert_eq!(c.waiters.load(Ordering::SeqCst), 0);
     }
 
     #[test]
