@@ -79,6 +79,13 @@ fn polling_follows_the_setting() {
     let (d, _fe) = daemon_after_io(&["--poll-us", "50"], 100);
     let (_, polls) = worker_activity(&d.control_socket());
     assert!(polls > 0, "--poll-us 50 polls");
+
+    // Adaptive polls after a run of I/O however slowly this machine wakes a thread: the
+    // window grows when the frontend comes back within the bound as seen from epoll, and
+    // a whole window is tried every so many wake-ups when it does not.
+    let (d, _fe) = daemon_after_io(&["--poll-us", "adaptive"], 300);
+    let (_, polls) = worker_activity(&d.control_socket());
+    assert!(polls > 0, "--poll-us adaptive polls after 300 commands");
 }
 
 #[test]

@@ -23,8 +23,17 @@
 //! share and which polling exists to shorten; counting it stopped polling on the fastest
 //! device, whose guest is the only thing polling ever waits for. A window that passes
 //! while the device holds commands counts as a spin of the whole window for one answer
-//! (a device slower than the window). Kept as a pure value so
-//! the rules are tested without threads or clocks.
+//! (a device slower than the window).
+//!
+//! The gap a sleeping thread sees includes its own wake-up, which is what polling saves:
+//! where waking a thread costs tens of µs (a VM whose idle vCPUs halt), a guest that comes
+//! back well within the bound still looks slower than it from epoll, and the window would
+//! never start growing. So while the window is zero the thread tries a whole window now
+//! and then ([`PROBE_EVERY`] wake-ups after it dropped to zero): if polling catches work
+//! in it the window stays and the rules above take over; if not, the next try waits twice
+//! as long (up to [`HOLD_OFF_MAX`] wake-ups). Tries happen only on wake-ups for work, so an
+//! idle daemon still never polls. Kept as a pure value so the rules are tested without
+//! threads or clocks.
 
 use std::time::Duration;
 
@@ -48,6 +57,10 @@ pub const HOLD_OFF_WAKES: u32 = 64;
 /// The longest hold, for a device found costly every time it is tried (at queue depth 1
 /// on a 40 µs disk about 0.2 s of wake-ups).
 pub const HOLD_OFF_MAX: u32 = 8192;
+
+/// Wake-ups with a zero window before a whole window is tried (doubling after each try
+/// that caught nothing, up to [`HOLD_OFF_MAX`]).
+pub const PROBE_EVERY: u32 = 64;
 
 /// What one polling pass found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -80,6 +93,12 @@ pub struct PollBudget {
     /// The device's answers polled for since polling was last found costly (starts as if
     /// long ago).
     answers_since_hold: u32,
+    /// Whether the current window is a try from zero that has not caught work yet.
+    probing: bool,
+    /// Wake-ups with a zero window left before the next try.
+    probe_in: u32,
+    /// The wait the next try that catches nothing sets (doubled each time).
+    probe_len: u32,
 }
 
 impl PollBudget {
@@ -93,6 +112,9 @@ impl PollBudget {
                 hold: 0,
                 hold_len: HOLD_OFF_WAKES,
                 answers_since_hold: HOLD_OFF_WAKES,
+                probing: false,
+                probe_in: PROBE_EVERY,
+                probe_len: PROBE_EVERY,
             },
             PollSetting::Fixed(us) => {
                 let w = Duration::from_micros(u64::from(us));
@@ -104,6 +126,9 @@ impl PollBudget {
                     hold: 0,
                     hold_len: HOLD_OFF_WAKES,
                     answers_since_hold: HOLD_OFF_WAKES,
+                    probing: false,
+                    probe_in: PROBE_EVERY,
+                    probe_len: PROBE_EVERY,
                 }
             }
             PollSetting::Adaptive => PollBudget {
@@ -114,6 +139,9 @@ impl PollBudget {
                 hold: 0,
                 hold_len: HOLD_OFF_WAKES,
                 answers_since_hold: HOLD_OFF_WAKES,
+                probing: false,
+                probe_in: PROBE_EVERY,
+                probe_len: PROBE_EVERY,
             },
         }
     }
@@ -133,14 +161,32 @@ impl PollBudget {
             self.hold -= 1;
             return;
         }
+        if self.probing {
+            // The try's whole window passed and caught nothing: try again later, less often.
+            self.probing = false;
+            self.window = Duration::ZERO;
+            self.probe_len = self.probe_len.saturating_mul(2).min(HOLD_OFF_MAX);
+            self.probe_in = self.probe_len;
+            return;
+        }
         if gap <= self.max {
             // A longer window would have caught it without the wake-up.
             self.window = (self.window * 2).max(ADAPTIVE_START).min(self.max);
+        } else if self.window.is_zero() {
+            // The gap includes this wake-up, which polling would have saved: now and then
+            // see whether a whole window catches what comes next.
+            if self.probe_in > 0 {
+                self.probe_in -= 1;
+            } else {
+                self.probing = true;
+                self.window = self.max;
+            }
         } else {
             // Polling the whole window found nothing: it costs, it does not pay.
             self.window /= 2;
             if self.window < ADAPTIVE_START {
                 self.window = Duration::ZERO;
+                self.probe_in = self.probe_len;
             }
         }
     }
@@ -148,7 +194,7 @@ impl PollBudget {
     /// A whole window passed without work while the device held commands: the device is
     /// slower than the window, and the spin was all cost.
     pub fn device_outlasted(&mut self, spin: Duration) {
-        self.found_after(
+        self.count_spin(
             spin,
             Catch {
                 requests: 0,
@@ -162,6 +208,18 @@ impl PollBudget {
     /// device's answers (`answers`: completions, due timers) waited for the device, and its
     /// spin is shared among them, so a whole batch counts as cheap as a quick catch of one.
     pub fn found_after(&mut self, spin: Duration, catch: Catch) {
+        if self.probing && !catch.is_empty() {
+            // The try caught work: polling goes on under the rules above, and the next try
+            // (after the window drops to zero again) comes at the first interval.
+            self.probing = false;
+            self.probe_len = PROBE_EVERY;
+        }
+        self.count_spin(spin, catch);
+    }
+
+    /// Follows the mean spin before each of the device's answers; stops polling and holds
+    /// it off when that spin costs more than the wake-ups it saves.
+    fn count_spin(&mut self, spin: Duration, catch: Catch) {
         if !self.adaptive || catch.requests > 0 || catch.answers == 0 {
             return;
         }
@@ -180,6 +238,8 @@ impl PollBudget {
             };
             self.hold = self.hold_len;
             self.answers_since_hold = 0;
+            self.probing = false;
+            self.probe_in = self.probe_len;
         }
     }
 }
@@ -303,11 +363,113 @@ mod tests {
             steps += 1;
             assert!(steps < 10, "decays in a few steps");
         }
-        // A device slower than the bound never starts polling.
-        for _ in 0..100 {
+        // A device slower than the bound does not poll, but for one whole window after
+        // PROBE_EVERY wake-ups, which caught nothing and so sets the next try further off.
+        for _ in 0..PROBE_EVERY {
             b.woke_after(60 * US);
             assert_eq!(b.window(), Duration::ZERO);
         }
+        b.woke_after(60 * US);
+        assert_eq!(b.window(), ADAPTIVE_MAX, "a try");
+        b.woke_after(60 * US);
+        assert_eq!(b.window(), Duration::ZERO);
+    }
+
+    /// Wake-ups `gap` apart, nothing caught, until the window opens; returns how many
+    /// wake-ups that took (bounded).
+    fn wakes_until_a_try(b: &mut PollBudget, gap: Duration) -> u32 {
+        let mut wakes = 0;
+        while b.window().is_zero() {
+            b.woke_after(gap);
+            wakes += 1;
+            assert!(wakes <= HOLD_OFF_MAX + 1);
+        }
+        wakes
+    }
+
+    #[test]
+    fn a_guest_that_comes_back_beyond_the_bound_from_sleep_is_tried_with_a_window() {
+        // The null LUN on a VM whose wake-ups are slow: seen from epoll, each request comes
+        // 60 µs after the last answer (the guest's round trip and this thread's wake-up).
+        let mut b = PollBudget::new(PollSetting::Adaptive);
+        assert_eq!(wakes_until_a_try(&mut b, 60 * US), PROBE_EVERY + 1);
+        assert_eq!(b.window(), ADAPTIVE_MAX);
+        // Polling, the guest's next request is caught 20 µs after the answer: the window
+        // stays, and so it does while the guest keeps coming back within it.
+        for _ in 0..1000 {
+            b.found_after(
+                20 * US,
+                Catch {
+                    requests: 1,
+                    answers: 0,
+                },
+            );
+            b.found_after(Duration::ZERO, answers(1));
+        }
+        assert_eq!(b.window(), ADAPTIVE_MAX);
+        // The guest stops: the window decays to zero, and the next try is again
+        // PROBE_EVERY wake-ups off.
+        while !b.window().is_zero() {
+            b.woke_after(Duration::from_millis(10));
+        }
+        assert_eq!(
+            wakes_until_a_try(&mut b, Duration::from_millis(10)),
+            PROBE_EVERY + 1
+        );
+    }
+
+    #[test]
+    fn tries_that_catch_nothing_come_ever_more_rarely() {
+        let mut b = PollBudget::new(PollSetting::Adaptive);
+        let mut waits = vec![];
+        for _ in 0..10 {
+            waits.push(wakes_until_a_try(&mut b, Duration::from_millis(1)));
+            // The try's window passes; the next wake-up ends it.
+            b.woke_after(Duration::from_millis(1));
+            assert!(b.window().is_zero());
+        }
+        // The first wait counts the try's own wake-up; later ones the one that ended the
+        // last try as well.
+        assert_eq!(
+            waits,
+            [65, 129, 257, 513, 1025, 2049, 4097, 8193, 8193, 8193]
+        );
+        // A try that catches work sets the interval back.
+        wakes_until_a_try(&mut b, Duration::from_millis(1));
+        b.found_after(
+            10 * US,
+            Catch {
+                requests: 1,
+                answers: 0,
+            },
+        );
+        while !b.window().is_zero() {
+            b.woke_after(Duration::from_millis(1));
+        }
+        assert_eq!(
+            wakes_until_a_try(&mut b, Duration::from_millis(1)),
+            PROBE_EVERY + 1
+        );
+        // Off and fixed settings never try.
+        let mut off = PollBudget::new(PollSetting::Off);
+        for _ in 0..(2 * PROBE_EVERY) {
+            off.woke_after(Duration::from_millis(1));
+            assert!(off.window().is_zero());
+        }
+    }
+
+    #[test]
+    fn a_try_that_the_device_outlasts_is_no_catch() {
+        // A disk slower than the window: the try spins while it holds the command.
+        let mut b = PollBudget::new(PollSetting::Adaptive);
+        wakes_until_a_try(&mut b, Duration::from_millis(1));
+        b.device_outlasted(ADAPTIVE_MAX);
+        b.woke_after(Duration::from_millis(1));
+        assert!(b.window().is_zero());
+        assert_eq!(
+            wakes_until_a_try(&mut b, Duration::from_millis(1)),
+            2 * PROBE_EVERY + 1
+        );
     }
 
     #[test]
