@@ -105,46 +105,26 @@ pub struct PollBudget {
 
 impl PollBudget {
     pub fn new(setting: PollSetting) -> PollBudget {
-        match setting {
-            PollSetting::Off => PollBudget {
-                max: Duration::ZERO,
-                window: Duration::ZERO,
-                adaptive: false,
-                spin_ns: 0,
-                hold: 0,
-                hold_len: HOLD_OFF_WAKES,
-                answers_since_hold: HOLD_OFF_WAKES,
-                probing: false,
-                probe_in: PROBE_EVERY,
-                probe_len: PROBE_EVERY,
-            },
+        // (bound, starting window, adaptive)
+        let (max, window, adaptive) = match setting {
+            PollSetting::Off => (Duration::ZERO, Duration::ZERO, false),
             PollSetting::Fixed(us) => {
                 let w = Duration::from_micros(u64::from(us));
-                PollBudget {
-                    max: w,
-                    window: w,
-                    adaptive: false,
-                    spin_ns: 0,
-                    hold: 0,
-                    hold_len: HOLD_OFF_WAKES,
-                    answers_since_hold: HOLD_OFF_WAKES,
-                    probing: false,
-                    probe_in: PROBE_EVERY,
-                    probe_len: PROBE_EVERY,
-                }
+                (w, w, false)
             }
-            PollSetting::Adaptive => PollBudget {
-                max: ADAPTIVE_MAX,
-                window: Duration::ZERO,
-                adaptive: true,
-                spin_ns: 0,
-                hold: 0,
-                hold_len: HOLD_OFF_WAKES,
-                answers_since_hold: HOLD_OFF_WAKES,
-                probing: false,
-                probe_in: PROBE_EVERY,
-                probe_len: PROBE_EVERY,
-            },
+            PollSetting::Adaptive => (ADAPTIVE_MAX, Duration::ZERO, true),
+        };
+        PollBudget {
+            max,
+            window,
+            adaptive,
+            spin_ns: 0,
+            hold: 0,
+            hold_len: HOLD_OFF_WAKES,
+            answers_since_hold: HOLD_OFF_WAKES,
+            probing: false,
+            probe_in: PROBE_EVERY,
+            probe_len: PROBE_EVERY,
         }
     }
 
@@ -259,6 +239,13 @@ mod tests {
         }
     }
 
+    fn requests(requests: u32) -> Catch {
+        Catch {
+            requests,
+            answers: 0,
+        }
+    }
+
     /// Work keeps coming just after the window ends until the window is the bound.
     fn grow(b: &mut PollBudget) {
         for _ in 0..10 {
@@ -282,13 +269,7 @@ mod tests {
         // a guest round trip (30-40 µs here) later. Polling must go on.
         let mut b = grown();
         for _ in 0..1000 {
-            b.found_after(
-                35 * US,
-                Catch {
-                    requests: 1,
-                    answers: 0,
-                },
-            );
+            b.found_after(35 * US, requests(1));
             b.found_after(Duration::ZERO, answers(1));
         }
         assert_eq!(b.window(), ADAPTIVE_MAX);
@@ -296,13 +277,7 @@ mod tests {
         let mut slow = grown();
         let mut windows = 0;
         while slow.window() > Duration::ZERO {
-            slow.found_after(
-                35 * US,
-                Catch {
-                    requests: 1,
-                    answers: 0,
-                },
-            );
+            slow.found_after(35 * US, requests(1));
             slow.device_outlasted(slow.window());
             windows += 1;
             assert!(windows < 10);
@@ -310,13 +285,7 @@ mod tests {
         // The same round trip with a disk answering 40 µs after each request: stopped.
         let mut catches = 0;
         while b.window() > Duration::ZERO {
-            b.found_after(
-                35 * US,
-                Catch {
-                    requests: 1,
-                    answers: 0,
-                },
-            );
+            b.found_after(35 * US, requests(1));
             b.found_after(40 * US, answers(1));
             catches += 1;
             assert!(catches < 10);
@@ -399,13 +368,7 @@ mod tests {
         // Polling, the guest's next request is caught 20 µs after the answer: the window
         // stays, and so it does while the guest keeps coming back within it.
         for _ in 0..1000 {
-            b.found_after(
-                20 * US,
-                Catch {
-                    requests: 1,
-                    answers: 0,
-                },
-            );
+            b.found_after(20 * US, requests(1));
             b.found_after(Duration::ZERO, answers(1));
         }
         assert_eq!(b.window(), ADAPTIVE_MAX);
@@ -439,13 +402,7 @@ mod tests {
         assert_eq!(waits.last(), Some(&(HOLD_OFF_MAX + 1)), "capped");
         // A try that catches work sets the interval back.
         wakes_until_a_try(&mut b, Duration::from_millis(1));
-        b.found_after(
-            10 * US,
-            Catch {
-                requests: 1,
-                answers: 0,
-            },
-        );
+        b.found_after(10 * US, requests(1));
         while !b.window().is_zero() {
             b.woke_after(Duration::from_millis(1));
         }
