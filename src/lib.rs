@@ -9,7 +9,7 @@
 //! in-process vhost-user frontend for tests and the load generator; `log_limit` keeps
 //! repeated log lines down; `service` is what running under systemd takes (logs to the
 //! journal, readiness and status notifications, the watchdog), fed by the worker threads'
-//! `heartbeat`s; `sandbox` confines each thread to the system calls its kind needs and
+//! `heartbeat`s and woken for status changes by the `status_bell`; `sandbox` confines each thread to the system calls its kind needs and
 //! drops the daemon's privileges.
 
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -25,5 +25,6 @@ pub mod lun;
 pub mod sandbox;
 pub mod scsi;
 pub mod service;
+pub mod status_bell;
 pub mod vhost;
 pub mod virtio;

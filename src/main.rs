@@ -14,7 +14,7 @@ use vscsid::lun::{
     build_lun_table, expand_all_luns, iscsi_options, open_options, status_lines, LiveLuns,
 };
 use vscsid::sandbox::{self, SandboxMode, ThreadKind};
-use vscsid::service::{init_logging, status_text, LogDestination, Service};
+use vscsid::service::{init_logging, status_text, LogDestination, Service, StatusLine};
 use vscsid::vhost::{serve, CurrentDevice, SocketHandover, SocketRemover, VhostSocket};
 
 /// vhost-user-scsi daemon: serves a QEMU guest's virtio-scsi controller from a UNIX socket.
@@ -463,6 +463,7 @@ fn main() -> ExitCode {
         Ok(t) => {
             let live = LiveLuns::new(t, open_options(&cfg), !cfg.incoming);
             live.remember(&cfg.luns);
+            live.ring_on_changes(service.status_bell());
             live
         }
         Err(e) => {
@@ -479,7 +480,7 @@ fn main() -> ExitCode {
             lun.device().describe()
         );
     }
-    let current = CurrentDevice::default();
+    let current = CurrentDevice::ringing(service.status_bell());
     let remover = socket.remover();
     let upgrade = exe.map(|exe| Upgrade {
         exe,
@@ -527,10 +528,14 @@ fn main() -> ExitCode {
         move || {
             let table = luns.snapshot();
             let down = table.luns().map(|(_, _, l)| l.device().paths_down()).sum();
-            status_text(table.luns().count(), current.is_connected(), down)
+            let unannounced_changes = table.luns().any(|(_, _, l)| l.device().has_paths());
+            StatusLine {
+                text: status_text(table.luns().count(), current.is_connected(), down),
+                unannounced_changes,
+            }
         }
     };
-    service.ready(&status());
+    service.ready(&status().text);
     if let Err(e) = service.start_monitor(status) {
         fail(&format!("cannot start the service thread: {e}"));
         return ExitCode::FAILURE;

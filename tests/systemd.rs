@@ -5,7 +5,8 @@
 //! journald's native protocol when stderr is the journal stream (a private mount namespace
 //! puts the test's socket at /run/systemd/journal/socket); socket activation (the socket
 //! passed as descriptor 3, kept when the daemon ends) and notifications that still work
-//! after an upgrade in place. Needs root (ptrace, mount namespaces).
+//! after an upgrade in place; an idle daemon whose threads all sleep while its status line
+//! still follows a LUN added and the frontend leaving. Needs root (ptrace, mount namespaces).
 
 mod common;
 
@@ -129,6 +130,66 @@ fn ready_status_and_stopping_are_notified() {
     assert!(stopping.iter().any(|l| l.starts_with("STATUS=stopping")));
     drop(fe);
     assert_eq!(d.wait_exit(Duration::from_secs(20)), Some(0));
+}
+
+/// Context switches of every thread of `pid` so far, voluntary or not: a thread that wakes
+/// counts at least one.
+fn context_switches(pid: u32) -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let status =
+            std::fs::read_to_string(task.expect("task").path().join("status")).unwrap_or_default();
+        total += status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    total
+}
+
+#[test]
+fn an_idle_daemon_under_systemd_sleeps_and_its_status_follows_changes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let notify = NotifySocket::bind(dir.path());
+    let path = notify.path.display().to_string();
+    let d = Daemon::start_with_env(
+        &disk(),
+        &[
+            "--num-queues",
+            "1",
+            "--reconnect",
+            "--control",
+            "{dir}/control.sock",
+        ],
+        &[("NOTIFY_SOCKET", path.as_str())],
+    );
+    notify
+        .wait_for("READY=1", Duration::from_secs(10))
+        .expect("READY=1");
+    let control = d.control_socket();
+    let mut fe = d.connect(1);
+    assert_serving(&mut fe);
+    notify
+        .wait_for("STATUS=1 LUN, QEMU connected", Duration::from_secs(5))
+        .expect("the status says QEMU is connected");
+    // Connected and idle, no watchdog: no thread of the daemon wakes. (The status line
+    // used to be recomputed every second, a wake-up per second per idle daemon.)
+    std::thread::sleep(Duration::from_millis(300));
+    let before = context_switches(d.child.id());
+    std::thread::sleep(Duration::from_secs(3));
+    let woke = context_switches(d.child.id()) - before;
+    assert!(woke <= 1, "{woke} context switches in 3 idle seconds");
+    // What changes the line rings for it: a LUN added, the frontend leaving.
+    let (ok, _, err) = ctl(&control, &["add", "null", "64M"]);
+    assert!(ok, "add: {err}");
+    notify
+        .wait_for("STATUS=2 LUNs, QEMU connected", Duration::from_secs(5))
+        .expect("the status counts the added LUN");
+    drop(fe);
+    notify
+        .wait_for("STATUS=2 LUNs, waiting for QEMU", Duration::from_secs(5))
+        .expect("the status says the frontend left");
 }
 
 /// The thread IDs of the daemon's threads called `name`.

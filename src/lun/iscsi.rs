@@ -327,6 +327,10 @@ impl LunDevice for IscsiPassthrough {
         self.lun.paths().iter().filter(|p| !p.up).count()
     }
 
+    fn has_paths(&self) -> bool {
+        true
+    }
+
     fn detail_lines(&self) -> Vec<String> {
         self.lun
             .paths()

@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, Guard};
@@ -26,6 +26,7 @@ use super::reservations::ReservationReport;
 use super::stats::{LunStatsSnapshot, QueueStats};
 use super::{attention, Lun, LunTable};
 use crate::config::{IoLimits, LunConfig, LunKind};
+use crate::status_bell::StatusBell;
 
 /// Changes kept for the guest at most; past that the oldest is dropped and the next event
 /// the guest gets says events were missed (it then rescans).
@@ -131,6 +132,8 @@ pub struct LiveLuns {
     configs: Mutex<BTreeMap<(u8, u16), LunConfig>>,
     /// Commands answered per queue, across connections.
     queues: QueueStats,
+    /// Rung when a LUN comes or goes (the service's status line counts them).
+    status_bell: OnceLock<Arc<StatusBell>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -149,6 +152,7 @@ impl LiveLuns {
             lock_at_open,
             configs: Mutex::new(BTreeMap::new()),
             queues: QueueStats::new(usize::from(crate::config::MAX_REQUEST_QUEUES) + 2),
+            status_bell: OnceLock::new(),
         })
     }
 
@@ -173,6 +177,11 @@ impl LiveLuns {
     /// The table now, to keep.
     pub fn snapshot(&self) -> Arc<LunTable<Lun>> {
         self.table.load_full()
+    }
+
+    /// Rings `bell` whenever a LUN is added or removed (the first bell given stays).
+    pub fn ring_on_changes(&self, bell: Arc<StatusBell>) {
+        let _already_set = self.status_bell.set(bell);
     }
 
     /// The serving connection's wake-up for changes (None when it ends).
@@ -204,6 +213,9 @@ impl LiveLuns {
         }
         if let Some(w) = lock(&self.waker).as_ref() {
             let _ = w.write(1);
+        }
+        if let Some(b) = self.status_bell.get() {
+            b.ring();
         }
     }
 

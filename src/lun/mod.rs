@@ -260,6 +260,12 @@ pub trait LunDevice: Send + Sync {
         0
     }
 
+    /// Whether the LUN has paths to a remote device, whose state changes without telling
+    /// anyone (the status line looks at them every second).
+    fn has_paths(&self) -> bool {
+        false
+    }
+
     /// A one-line description for the logs.
     fn describe(&self) -> String;
 

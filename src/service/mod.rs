@@ -8,4 +8,4 @@ mod logging;
 mod notify;
 
 pub use logging::{init_logging, LogDestination};
-pub use notify::{status_text, Service};
+pub use notify::{status_text, Service, StatusLine};

@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 use sd_notify::NotifyState;
 
 use crate::heartbeat::{Heartbeats, ProgressCheck};
+use crate::status_bell::StatusBell;
 
-/// How often the status line is recomputed (it is sent only when it changes).
+/// How often the status line is recomputed while it shows state that changes unannounced
+/// (it is sent only when it changes).
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The daemon's link to its service manager.
@@ -22,6 +24,15 @@ pub struct Service {
     watchdog: Option<Duration>,
     heartbeats: Heartbeats,
     stopping: AtomicBool,
+    /// Rung by what changes the status line.
+    bell: Arc<StatusBell>,
+}
+
+/// The status line now, and whether it shows state that changes without ringing the bell
+/// (iSCSI paths going down or up), which must then be looked at every second.
+pub struct StatusLine {
+    pub text: String,
+    pub unannounced_changes: bool,
 }
 
 /// The status line: `<n> LUNs, QEMU connected` or `... waiting for QEMU`, and the iSCSI
@@ -53,6 +64,7 @@ impl Service {
             watchdog,
             heartbeats: Heartbeats::new(watchdog.map(|w| w / 4)),
             stopping: AtomicBool::new(false),
+            bell: Arc::default(),
         })
     }
 
@@ -88,13 +100,16 @@ impl Service {
         send(&[NotifyState::Stopping, NotifyState::Status(status)]);
     }
 
-    /// Starts the thread that keeps the status line current (from `status`, polled every
-    /// second) and, with a watchdog, sends WATCHDOG=1 every half interval in which every
-    /// worker thread's heartbeat moved. A thread stuck in a call stops the pings, and
-    /// systemd ends the daemon after `WatchdogSec=` (then `Restart=` applies).
+    /// Starts the thread that keeps the status line current and, with a watchdog, sends
+    /// WATCHDOG=1 every half interval in which every worker thread's heartbeat moved. A
+    /// thread stuck in a call stops the pings, and systemd ends the daemon after
+    /// `WatchdogSec=` (then `Restart=` applies). The line is recomputed from `status` when
+    /// the bell rings (a connection, a LUN change) and, while it says some state changes
+    /// unannounced (iSCSI paths), every second; otherwise the thread sleeps, so an idle
+    /// daemon without a watchdog has no thread that wakes.
     pub fn start_monitor(
         self: &Arc<Self>,
-        status: impl Fn() -> String + Send + 'static,
+        status: impl Fn() -> StatusLine + Send + 'static,
     ) -> std::io::Result<()> {
         let me = self.clone();
         crate::sandbox::spawn(crate::sandbox::ThreadKind::Service, "service", move || {
@@ -103,24 +118,30 @@ impl Service {
         Ok(())
     }
 
-    fn monitor(&self, status: &dyn Fn() -> String) {
+    /// The bell that wakes the status line.
+    pub fn status_bell(&self) -> Arc<StatusBell> {
+        self.bell.clone()
+    }
+
+    fn monitor(&self, status: &dyn Fn() -> StatusLine) {
         let check_every = self.watchdog.map(|w| w / 2);
-        let tick = check_every.map_or(STATUS_INTERVAL, |c| c.min(STATUS_INTERVAL));
         let mut progress = ProgressCheck::default();
         // The first check only records where the counters are.
         progress.stalled(&self.heartbeats);
         let mut last_check = Instant::now();
         let mut last_status = String::new();
         let mut stalled_before = false;
+        let mut rings = self.bell.rings();
         loop {
-            std::thread::sleep(tick);
-            if !self.stopping.load(Ordering::Acquire) {
-                let text = status();
-                if text != last_status {
-                    send(&[NotifyState::Status(&text)]);
-                    last_status = text;
-                }
+            let line = status();
+            if !self.stopping.load(Ordering::Acquire) && line.text != last_status {
+                send(&[NotifyState::Status(&line.text)]);
+                last_status = line.text;
             }
+            let until_check = check_every.map(|c| c.saturating_sub(last_check.elapsed()));
+            rings = self
+                .bell
+                .wait(rings, longest_sleep(until_check, line.unannounced_changes));
             let Some(every) = check_every else {
                 continue;
             };
@@ -146,6 +167,18 @@ impl Service {
     }
 }
 
+/// How long the service thread may sleep unless the bell rings: until the next watchdog
+/// check, and at most a second while the status shows state that changes unannounced; no
+/// limit when neither applies.
+fn longest_sleep(until_check: Option<Duration>, unannounced_changes: bool) -> Option<Duration> {
+    match (until_check, unannounced_changes) {
+        (Some(c), true) => Some(c.min(STATUS_INTERVAL)),
+        (Some(c), false) => Some(c),
+        (None, true) => Some(STATUS_INTERVAL),
+        (None, false) => None,
+    }
+}
+
 /// Sends a notification; without systemd (no `NOTIFY_SOCKET`) nothing happens, and a
 /// failure costs only that notification.
 fn send(states: &[NotifyState<'_>]) {
@@ -168,6 +201,17 @@ fn monotonic_usec() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_service_thread_sleeps_without_limit_only_when_nothing_needs_a_look() {
+        let check = Some(Duration::from_millis(2500));
+        assert_eq!(longest_sleep(None, false), None);
+        assert_eq!(longest_sleep(None, true), Some(STATUS_INTERVAL));
+        assert_eq!(longest_sleep(check, false), check);
+        assert_eq!(longest_sleep(check, true), Some(STATUS_INTERVAL));
+        let soon = Some(Duration::from_millis(200));
+        assert_eq!(longest_sleep(soon, true), soon);
+    }
 
     #[test]
     fn status_lines_say_luns_frontend_and_paths_down() {

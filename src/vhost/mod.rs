@@ -43,16 +43,23 @@ use crate::backend::guest::GuestMem;
 use crate::config::Config;
 use crate::heartbeat::Heartbeats;
 use crate::lun::LiveLuns;
+use crate::status_bell::StatusBell;
 
 /// How long SIGTERM waits for in-flight commands; the flush after it must fit in what is
 /// left of the shutdown budget.
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(25);
 
-/// The device serving the current connection, for the signal handler.
+/// The device serving the current connection, for the signal handler; `bell` rings when a
+/// frontend connects or leaves (the service's status line says which).
 #[derive(Default, Clone)]
-pub struct CurrentDevice(Arc<Mutex<Option<ScsiDevice>>>);
+pub struct CurrentDevice(Arc<Mutex<Option<ScsiDevice>>>, Arc<StatusBell>);
 
 impl CurrentDevice {
+    /// No device yet; `bell` rings at every connection and disconnection.
+    pub fn ringing(bell: Arc<StatusBell>) -> CurrentDevice {
+        CurrentDevice(Arc::default(), bell)
+    }
+
     /// Stops taking new requests and waits, at most `within`, for in-flight ones. Returns
     /// false if commands were still in flight at the deadline.
     pub fn drain_within(&self, within: Duration) -> bool {
@@ -142,6 +149,7 @@ fn serve_one(
         .map_err(|e| format!("cannot keep the connection: {e}"))?;
     dev.shared.connection.attach(control);
     *queue::lock(&current.0) = Some(dev.clone());
+    current.1.ring();
     tracing::info!("frontend connected");
     let mut handler = BackendReqHandler::from_stream(stream, session.clone());
     let result = loop {
@@ -151,6 +159,7 @@ fn serve_one(
     };
     queue::lock(&session).stop_threads();
     *queue::lock(&current.0) = None;
+    current.1.ring();
     drop(handler);
     drop(session);
     // Before the next connection: the LUNs must not count this one's commands forever.
