@@ -100,19 +100,45 @@ fn disk() -> [Disk<'static>; 1] {
     }]
 }
 
-#[test]
-fn ready_status_and_stopping_are_notified() {
+/// A daemon on `disk()` started with `args` and `NOTIFY_SOCKET` at the test's socket (and
+/// `WATCHDOG_USEC` when given), once it sent READY=1.
+struct Notified {
+    daemon: Daemon,
+    notify: NotifySocket,
+    /// The READY=1 message.
+    ready: Vec<String>,
+    /// Holds the notification socket: bind it for as long as the socket is used.
+    _dir: tempfile::TempDir,
+}
+
+fn start_notified(args: &[&str], watchdog_usec: Option<&str>) -> Notified {
     let dir = tempfile::tempdir().expect("tmp");
     let notify = NotifySocket::bind(dir.path());
     let path = notify.path.display().to_string();
-    let mut d = Daemon::start_with_env(
-        &disk(),
-        &["--num-queues", "1"],
-        &[("NOTIFY_SOCKET", path.as_str())],
-    );
+    let mut env = vec![("NOTIFY_SOCKET", path.as_str())];
+    if let Some(w) = watchdog_usec {
+        env.push(("WATCHDOG_USEC", w));
+    }
+    let daemon = Daemon::start_with_env(&disk(), args, &env);
     let ready = notify
         .wait_for("READY=1", Duration::from_secs(10))
         .expect("READY=1");
+    Notified {
+        daemon,
+        notify,
+        ready,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn ready_status_and_stopping_are_notified() {
+    let Notified {
+        daemon: mut d,
+        notify,
+        ready,
+        _dir,
+    } = start_notified(&["--num-queues", "1"], None);
     assert!(d.socket.exists(), "READY=1 before the socket exists");
     assert!(
         ready.contains(&"STATUS=1 LUN, waiting for QEMU".to_string()),
@@ -150,11 +176,12 @@ fn context_switches(pid: u32) -> u64 {
 
 #[test]
 fn an_idle_daemon_under_systemd_sleeps_and_its_status_follows_changes() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let notify = NotifySocket::bind(dir.path());
-    let path = notify.path.display().to_string();
-    let d = Daemon::start_with_env(
-        &disk(),
+    let Notified {
+        daemon: d,
+        notify,
+        _dir,
+        ..
+    } = start_notified(
         &[
             "--num-queues",
             "1",
@@ -162,11 +189,8 @@ fn an_idle_daemon_under_systemd_sleeps_and_its_status_follows_changes() {
             "--control",
             "{dir}/control.sock",
         ],
-        &[("NOTIFY_SOCKET", path.as_str())],
+        None,
     );
-    notify
-        .wait_for("READY=1", Duration::from_secs(10))
-        .expect("READY=1");
     let control = d.control_socket();
     let mut fe = d.connect(1);
     assert_serving(&mut fe);
@@ -206,21 +230,13 @@ fn thread_ids(pid: u32, name: &str) -> Vec<i32> {
 
 #[test]
 fn the_watchdog_is_fed_only_while_every_worker_thread_makes_progress() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let notify = NotifySocket::bind(dir.path());
-    let path = notify.path.display().to_string();
     // WatchdogSec=1: checks every 500 ms, idle workers wake every 250 ms.
-    let d = Daemon::start_with_env(
-        &disk(),
-        &["--num-queues", "2", "--threads", "2"],
-        &[
-            ("NOTIFY_SOCKET", path.as_str()),
-            ("WATCHDOG_USEC", "1000000"),
-        ],
-    );
-    notify
-        .wait_for("READY=1", Duration::from_secs(10))
-        .expect("READY=1");
+    let Notified {
+        daemon: d,
+        notify,
+        _dir,
+        ..
+    } = start_notified(&["--num-queues", "2", "--threads", "2"], Some("1000000"));
     // Idle, and no frontend: the workers wait for work and still beat.
     let idle = pings(&notify.collect(Duration::from_millis(2500)));
     assert!(idle >= 3, "{idle} pings in 2.5 idle seconds");
@@ -498,13 +514,14 @@ fn a_passed_socket_for_another_path_is_refused() {
 
 #[test]
 fn the_watchdog_is_fed_while_a_worker_busy_polls_under_load() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let notify = NotifySocket::bind(dir.path());
-    let path = notify.path.display().to_string();
     // The worker keeps polling for a second after each piece of work: under steady load
     // it never goes back to its epoll loop, and still beats.
-    let d = Daemon::start_with_env(
-        &disk(),
+    let Notified {
+        daemon: d,
+        notify,
+        _dir,
+        ..
+    } = start_notified(
         &[
             "--num-queues",
             "1",
@@ -513,14 +530,8 @@ fn the_watchdog_is_fed_while_a_worker_busy_polls_under_load() {
             "--poll-us",
             "1000000",
         ],
-        &[
-            ("NOTIFY_SOCKET", path.as_str()),
-            ("WATCHDOG_USEC", "1000000"),
-        ],
+        Some("1000000"),
     );
-    notify
-        .wait_for("READY=1", Duration::from_secs(10))
-        .expect("READY=1");
     let mut fe = d.connect(1);
     let load = Instant::now();
     let mut received = Vec::new();
