@@ -417,6 +417,10 @@ impl Worker {
 
     /// Starts command `id`, held back by its LUN's limits until now. Returns its vring's bit
     /// when it finished at once.
+    // The hand-over to the LUN below repeats `start`'s on purpose: one helper for both
+    // (it must borrow the slot's chain and task apart from the worker's other fields) made
+    // the null LUN at queue depth 32 slower in interleaved A/B rounds, 1.50 against 1.73 M
+    // IOPS median as `#[inline]` (not inlined) and 1.68 against 1.79 M forced inline.
     fn launch_deferred(&mut self, id: usize, sh: &Shared, vrings: &[Vring]) -> u64 {
         let Some(slot) = self.slots.get_mut(id) else {
             return 0;
