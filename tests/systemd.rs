@@ -6,7 +6,8 @@
 //! puts the test's socket at /run/systemd/journal/socket); socket activation (the socket
 //! passed as descriptor 3, kept when the daemon ends) and notifications that still work
 //! after an upgrade in place; an idle daemon whose threads all sleep while its status line
-//! still follows a LUN added and the frontend leaving. Needs root (ptrace, mount namespaces).
+//! still follows a LUN added and the frontend leaving; a reload's outcome shown, then the
+//! status line again. Needs root (ptrace, mount namespaces).
 
 mod common;
 
@@ -214,6 +215,52 @@ fn an_idle_daemon_under_systemd_sleeps_and_its_status_follows_changes() {
     notify
         .wait_for("STATUS=2 LUNs, waiting for QEMU", Duration::from_secs(5))
         .expect("the status says the frontend left");
+}
+
+#[test]
+fn a_reload_shows_its_outcome_then_the_status_line_again() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let notify = NotifySocket::bind(dir.path());
+    let path = notify.path.display().to_string();
+    for name in ["a.img", "b.img"] {
+        std::fs::File::create(dir.path().join(name))
+            .and_then(|f| f.set_len(8 * MIB))
+            .expect("image");
+    }
+    let lun = |n: u16, file: &str| {
+        format!(
+            "[[lun]]\nlun = {n}\npath = \"{}\"\ncache = \"none\"\n",
+            dir.path().join(file).display()
+        )
+    };
+    let config = dir.path().join("vscsid.toml");
+    let head = "[daemon]\nnum_queues = 1\nreconnect = true\n";
+    std::fs::write(&config, format!("{head}{}", lun(0, "a.img"))).expect("config");
+    let cfg_arg = config.display().to_string();
+    let d = Daemon::start_with_env(
+        &[],
+        &["--config", &cfg_arg],
+        &[("NOTIFY_SOCKET", path.as_str())],
+    );
+    notify
+        .wait_for("READY=1", Duration::from_secs(10))
+        .expect("READY=1");
+    let two = format!("{head}{}{}", lun(0, "a.img"), lun(1, "b.img"));
+    std::fs::write(&config, two).expect("config");
+    // SAFETY: kill(2) sends SIGHUP to the daemon this test started.
+    assert_eq!(unsafe { libc::kill(d.child.id() as i32, libc::SIGHUP) }, 0);
+    // The outcome first (it stays a few seconds), then the line with the LUN it added.
+    // (Where the status thread sees the added LUN before the outcome is sent, the line
+    // must still come back after it: `notify.rs` has the unit test for that order.)
+    notify
+        .wait_for(
+            "STATUS=configuration reloaded: 1 change(s) applied, 0 left as they were",
+            Duration::from_secs(10),
+        )
+        .expect("the reload's outcome");
+    notify
+        .wait_for("STATUS=2 LUNs, waiting for QEMU", Duration::from_secs(15))
+        .expect("the status line after the outcome");
 }
 
 /// The thread IDs of the daemon's threads called `name`.

@@ -6,7 +6,7 @@
 //! systemd again through them.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
@@ -18,6 +18,10 @@ use crate::status_bell::StatusBell;
 /// (it is sent only when it changes).
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long a reload's outcome stays the status line before the regular line comes back
+/// (the outcome is in the journal too).
+const OUTCOME_SHOWN_FOR: Duration = Duration::from_secs(5);
+
 /// The daemon's link to its service manager.
 pub struct Service {
     /// `WatchdogSec=` of the unit, when set.
@@ -26,6 +30,16 @@ pub struct Service {
     stopping: AtomicBool,
     /// Rung by what changes the status line.
     bell: Arc<StatusBell>,
+    /// The status line systemd shows; every STATUS= is sent holding it, so lines from
+    /// different threads reach systemd in the order this records.
+    shown: Mutex<Shown>,
+}
+
+/// The status line last sent, and until when it must stay (a reload's outcome).
+#[derive(Default)]
+struct Shown {
+    text: String,
+    keep_until: Option<Instant>,
 }
 
 /// The status line now, and whether it shows state that changes without ringing the bell
@@ -65,6 +79,7 @@ impl Service {
             heartbeats: Heartbeats::new(watchdog.map(|w| w / 4)),
             stopping: AtomicBool::new(false),
             bell: Arc::default(),
+            shown: Mutex::default(),
         })
     }
 
@@ -80,7 +95,12 @@ impl Service {
 
     /// Everything is open and the socket listens.
     pub fn ready(&self, status: &str) {
+        let mut shown = self.shown();
         send(&[NotifyState::Ready, NotifyState::Status(status)]);
+        *shown = Shown {
+            text: status.to_string(),
+            keep_until: None,
+        };
     }
 
     /// A configuration reload begins (RELOADING=1, with the time systemd wants).
@@ -89,15 +109,50 @@ impl Service {
         send(&[NotifyState::Reloading, NotifyState::Custom(&monotonic)]);
     }
 
-    /// The reload ended (READY=1 again, with its outcome as the status).
+    /// The reload ended (READY=1 again, with its outcome as the status for
+    /// `OUTCOME_SHOWN_FOR`; then the regular line comes back).
     pub fn reloaded(&self, status: &str) {
-        send(&[NotifyState::Ready, NotifyState::Status(status)]);
+        {
+            let mut shown = self.shown();
+            send(&[NotifyState::Ready, NotifyState::Status(status)]);
+            *shown = Shown {
+                text: status.to_string(),
+                keep_until: Some(Instant::now() + OUTCOME_SHOWN_FOR),
+            };
+        }
+        self.bell.ring();
     }
 
     /// Shutdown began: no status line replaces `status` from here on.
     pub fn stopping(&self, status: &str) {
+        let mut shown = self.shown();
         self.stopping.store(true, Ordering::Release);
         send(&[NotifyState::Stopping, NotifyState::Status(status)]);
+        shown.text = status.to_string();
+    }
+
+    fn shown(&self) -> MutexGuard<'_, Shown> {
+        self.shown.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends the regular line `text` if it is not what systemd shows, unless shutdown
+    /// began or a reload's outcome must stay: then returns how much longer it stays.
+    fn refresh_at(&self, text: String, now: Instant) -> Option<Duration> {
+        let mut shown = self.shown();
+        if self.stopping.load(Ordering::Acquire) {
+            return None;
+        }
+        if let Some(until) = shown.keep_until {
+            if until > now {
+                return Some(until - now);
+            }
+            shown.keep_until = None;
+        }
+        if text != shown.text {
+            send(&[NotifyState::Status(&text)]);
+            shown.text = text;
+        }
+        None
     }
 
     /// Starts the thread that keeps the status line current and, with a watchdog, sends
@@ -129,19 +184,15 @@ impl Service {
         // The first check only records where the counters are.
         progress.stalled(&self.heartbeats);
         let mut last_check = Instant::now();
-        let mut last_status = String::new();
         let mut stalled_before = false;
         let mut rings = self.bell.rings();
         loop {
             let line = status();
-            if !self.stopping.load(Ordering::Acquire) && line.text != last_status {
-                send(&[NotifyState::Status(&line.text)]);
-                last_status = line.text;
-            }
+            let unannounced = line.unannounced_changes;
+            let outcome_stays = self.refresh_at(line.text, Instant::now());
             let until_check = check_every.map(|c| c.saturating_sub(last_check.elapsed()));
-            rings = self
-                .bell
-                .wait(rings, longest_sleep(until_check, line.unannounced_changes));
+            let sleep = earliest(longest_sleep(until_check, unannounced), outcome_stays);
+            rings = self.bell.wait(rings, sleep);
             let Some(every) = check_every else {
                 continue;
             };
@@ -179,6 +230,15 @@ fn longest_sleep(until_check: Option<Duration>, unannounced_changes: bool) -> Op
     }
 }
 
+/// The shorter of two limits (None: no limit).
+fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
 /// Sends a notification; without systemd (no `NOTIFY_SOCKET`) nothing happens, and a
 /// failure costs only that notification.
 fn send(states: &[NotifyState<'_>]) {
@@ -211,6 +271,45 @@ mod tests {
         assert_eq!(longest_sleep(check, true), Some(STATUS_INTERVAL));
         let soon = Some(Duration::from_millis(200));
         assert_eq!(longest_sleep(soon, true), soon);
+    }
+
+    #[test]
+    fn a_reload_outcome_stays_a_while_then_the_regular_line_comes_back() {
+        let service = Service::from_environment();
+        let now = Instant::now();
+        service.ready("1 LUN, waiting for QEMU");
+        assert_eq!(
+            service.refresh_at("1 LUN, waiting for QEMU".into(), now),
+            None
+        );
+        service.reloaded("configuration reloaded: 1 change(s) applied");
+        let stays = service.refresh_at("2 LUNs, waiting for QEMU".into(), Instant::now());
+        assert!(stays.is_some_and(|d| d <= OUTCOME_SHOWN_FOR), "{stays:?}");
+        assert_eq!(
+            service.shown().text,
+            "configuration reloaded: 1 change(s) applied"
+        );
+        let later = Instant::now() + OUTCOME_SHOWN_FOR;
+        assert_eq!(
+            service.refresh_at("2 LUNs, waiting for QEMU".into(), later),
+            None
+        );
+        assert_eq!(service.shown().text, "2 LUNs, waiting for QEMU");
+        service.stopping("stopping: draining in-flight I/O");
+        assert_eq!(
+            service.refresh_at("2 LUNs, QEMU connected".into(), later),
+            None
+        );
+        assert_eq!(service.shown().text, "stopping: draining in-flight I/O");
+    }
+
+    #[test]
+    fn the_earliest_limit_wins() {
+        let (a, b) = (Duration::from_millis(10), Duration::from_millis(20));
+        assert_eq!(earliest(Some(a), Some(b)), Some(a));
+        assert_eq!(earliest(None, Some(b)), Some(b));
+        assert_eq!(earliest(Some(a), None), Some(a));
+        assert_eq!(earliest(None, None), None);
     }
 
     #[test]
