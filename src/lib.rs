@@ -9,8 +9,8 @@
 //! in-process vhost-user frontend for tests and the load generator; `log_limit` keeps
 //! repeated log lines down; `service` is what running under systemd takes (logs to the
 //! journal, readiness and status notifications, the watchdog), fed by the worker threads'
-//! `heartbeat`s and woken for status changes by the `status_bell`; `sandbox` confines each thread to the system calls its kind needs and
-//! drops the daemon's privileges.
+//! `heartbeat`s and woken for status changes by the `status_bell`; `sandbox` confines
+//! each thread to the system calls its kind needs and drops the daemon's privileges.
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 

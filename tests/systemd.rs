@@ -108,7 +108,7 @@ struct Notified {
     notify: NotifySocket,
     /// The READY=1 message.
     ready: Vec<String>,
-    /// Holds the notification socket: bind it for as long as the socket is used.
+    /// The notification socket's directory, removed with it.
     _dir: tempfile::TempDir,
 }
 
@@ -134,12 +134,13 @@ fn start_notified(args: &[&str], watchdog_usec: Option<&str>) -> Notified {
 
 #[test]
 fn ready_status_and_stopping_are_notified() {
+    let mut started = start_notified(&["--num-queues", "1"], None);
     let Notified {
-        daemon: mut d,
+        daemon: d,
         notify,
         ready,
-        _dir,
-    } = start_notified(&["--num-queues", "1"], None);
+        ..
+    } = &mut started;
     assert!(d.socket.exists(), "READY=1 before the socket exists");
     assert!(
         ready.contains(&"STATUS=1 LUN, waiting for QEMU".to_string()),
@@ -177,12 +178,7 @@ fn context_switches(pid: u32) -> u64 {
 
 #[test]
 fn an_idle_daemon_under_systemd_sleeps_and_its_status_follows_changes() {
-    let Notified {
-        daemon: d,
-        notify,
-        _dir,
-        ..
-    } = start_notified(
+    let started = start_notified(
         &[
             "--num-queues",
             "1",
@@ -192,6 +188,9 @@ fn an_idle_daemon_under_systemd_sleeps_and_its_status_follows_changes() {
         ],
         None,
     );
+    let Notified {
+        daemon: d, notify, ..
+    } = &started;
     let control = d.control_socket();
     let mut fe = d.connect(1);
     assert_serving(&mut fe);
@@ -278,12 +277,10 @@ fn thread_ids(pid: u32, name: &str) -> Vec<i32> {
 #[test]
 fn the_watchdog_is_fed_only_while_every_worker_thread_makes_progress() {
     // WatchdogSec=1: checks every 500 ms, idle workers wake every 250 ms.
+    let started = start_notified(&["--num-queues", "2", "--threads", "2"], Some("1000000"));
     let Notified {
-        daemon: d,
-        notify,
-        _dir,
-        ..
-    } = start_notified(&["--num-queues", "2", "--threads", "2"], Some("1000000"));
+        daemon: d, notify, ..
+    } = &started;
     // Idle, and no frontend: the workers wait for work and still beat.
     let idle = pings(&notify.collect(Duration::from_millis(2500)));
     assert!(idle >= 3, "{idle} pings in 2.5 idle seconds");
@@ -563,12 +560,7 @@ fn a_passed_socket_for_another_path_is_refused() {
 fn the_watchdog_is_fed_while_a_worker_busy_polls_under_load() {
     // The worker keeps polling for a second after each piece of work: under steady load
     // it never goes back to its epoll loop, and still beats.
-    let Notified {
-        daemon: d,
-        notify,
-        _dir,
-        ..
-    } = start_notified(
+    let started = start_notified(
         &[
             "--num-queues",
             "1",
@@ -579,6 +571,9 @@ fn the_watchdog_is_fed_while_a_worker_busy_polls_under_load() {
         ],
         Some("1000000"),
     );
+    let Notified {
+        daemon: d, notify, ..
+    } = &started;
     let mut fe = d.connect(1);
     let load = Instant::now();
     let mut received = Vec::new();

@@ -5,7 +5,6 @@
 //! an upgrade in place executes the new program in the same process, which notifies
 //! systemd again through them.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -27,7 +26,6 @@ pub struct Service {
     /// `WatchdogSec=` of the unit, when set.
     watchdog: Option<Duration>,
     heartbeats: Heartbeats,
-    stopping: AtomicBool,
     /// Rung by what changes the status line.
     bell: Arc<StatusBell>,
     /// The status line systemd shows; every STATUS= is sent holding it, so lines from
@@ -35,11 +33,13 @@ pub struct Service {
     shown: Mutex<Shown>,
 }
 
-/// The status line last sent, and until when it must stay (a reload's outcome).
+/// The status line last sent, and until when it must stay (a reload's outcome); after
+/// shutdown began no line replaces it.
 #[derive(Default)]
 struct Shown {
     text: String,
     keep_until: Option<Instant>,
+    stopping: bool,
 }
 
 /// The status line now, and whether it shows state that changes without ringing the bell
@@ -77,7 +77,6 @@ impl Service {
         Arc::new(Service {
             watchdog,
             heartbeats: Heartbeats::new(watchdog.map(|w| w / 4)),
-            stopping: AtomicBool::new(false),
             bell: Arc::default(),
             shown: Mutex::default(),
         })
@@ -95,12 +94,7 @@ impl Service {
 
     /// Everything is open and the socket listens.
     pub fn ready(&self, status: &str) {
-        let mut shown = self.shown();
-        send(&[NotifyState::Ready, NotifyState::Status(status)]);
-        *shown = Shown {
-            text: status.to_string(),
-            keep_until: None,
-        };
+        self.show_ready(status, None);
     }
 
     /// A configuration reload begins (RELOADING=1, with the time systemd wants).
@@ -112,23 +106,24 @@ impl Service {
     /// The reload ended (READY=1 again, with its outcome as the status for
     /// `OUTCOME_SHOWN_FOR`; then the regular line comes back).
     pub fn reloaded(&self, status: &str) {
-        {
-            let mut shown = self.shown();
-            send(&[NotifyState::Ready, NotifyState::Status(status)]);
-            *shown = Shown {
-                text: status.to_string(),
-                keep_until: Some(Instant::now() + OUTCOME_SHOWN_FOR),
-            };
-        }
+        self.show_ready(status, Some(Instant::now() + OUTCOME_SHOWN_FOR));
         self.bell.ring();
     }
 
     /// Shutdown began: no status line replaces `status` from here on.
     pub fn stopping(&self, status: &str) {
         let mut shown = self.shown();
-        self.stopping.store(true, Ordering::Release);
         send(&[NotifyState::Stopping, NotifyState::Status(status)]);
         shown.text = status.to_string();
+        shown.stopping = true;
+    }
+
+    /// READY=1 with `status`, which the status thread leaves alone until `keep_until`.
+    fn show_ready(&self, status: &str, keep_until: Option<Instant>) {
+        let mut shown = self.shown();
+        send(&[NotifyState::Ready, NotifyState::Status(status)]);
+        shown.text = status.to_string();
+        shown.keep_until = keep_until;
     }
 
     fn shown(&self) -> MutexGuard<'_, Shown> {
@@ -139,7 +134,7 @@ impl Service {
     /// began or a reload's outcome must stay: then returns how much longer it stays.
     fn refresh_at(&self, text: String, now: Instant) -> Option<Duration> {
         let mut shown = self.shown();
-        if self.stopping.load(Ordering::Acquire) {
+        if shown.stopping {
             return None;
         }
         if let Some(until) = shown.keep_until {
@@ -222,12 +217,7 @@ impl Service {
 /// check, and at most a second while the status shows state that changes unannounced; no
 /// limit when neither applies.
 fn longest_sleep(until_check: Option<Duration>, unannounced_changes: bool) -> Option<Duration> {
-    match (until_check, unannounced_changes) {
-        (Some(c), true) => Some(c.min(STATUS_INTERVAL)),
-        (Some(c), false) => Some(c),
-        (None, true) => Some(STATUS_INTERVAL),
-        (None, false) => None,
-    }
+    earliest(until_check, unannounced_changes.then_some(STATUS_INTERVAL))
 }
 
 /// The shorter of two limits (None: no limit).
